@@ -1,0 +1,184 @@
+"""The ``cytopipe`` command line.
+
+Every command is a thin layer over a function of the stage modules, so the Python API and the command line do the
+same thing. User errors (:class:`cytopipe.errors.CytopipeError`) are caught here, once, and printed as one line.
+
+Exit codes: 0 everything succeeded; 1 some samples failed (the others completed); 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import CytopipeError
+
+DEFAULT_SHEET = "sample_fcs/study.csv"
+DEFAULT_GATES = "gates/treg.yaml"
+DEFAULT_OUT = "results"
+
+
+def _add_stats_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clinical", metavar="FILE", help="clinical table (CSV keyed by subject and day or "
+                        "timepoint, e.g. platelets) joined into the tables, plots and report")
+    parser.add_argument("--cva", type=float, default=10.0, metavar="PCT", help="analytical CV %% for the "
+                        "reference change value (default 10)")
+    parser.add_argument("--cvi", type=float, default=10.0, metavar="PCT", help="within-subject biological CV %% "
+                        "(default 10)")
+    parser.add_argument("--z", type=float, default=1.96, help="z for the reference change value (default 1.96)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``cytopipe`` command."""
+    parser = argparse.ArgumentParser(
+        prog="cytopipe",
+        description="Flow-cytometry gating pipeline: raw FCS files to Treg %% of CD4 per timepoint against baseline.",
+        epilog="Exit codes: 0 all ok, 1 some samples failed, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"cytopipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="gate every sample of a study and compare each timepoint with baseline",
+                         description="Gate every sample in a sample sheet and write populations.csv, treg.csv, "
+                                     "baseline.csv, failures.csv, manifest.json and report.html into --out.")
+    run.add_argument("sheet", nargs="?", default=DEFAULT_SHEET,
+                     help=f"sample sheet CSV: file,subject,timepoint,day[,baseline,role,...] (default {DEFAULT_SHEET})")
+    run.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE",
+                     help=f"gate file, YAML or Gating-ML 2.0 (default {DEFAULT_GATES})")
+    run.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="parallel worker processes (default: all cores; 1 = in this process)")
+    run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                     help="run the per-sample work on an existing Dask distributed cluster")
+    run.add_argument("--treg", metavar="POP", help="population reported as Treg (default: the one named Treg)")
+    run.add_argument("--parent", metavar="POP", help="denominator population (default: the Treg population's parent)")
+    run.add_argument("--spillover", metavar="FILE", help="spillover matrix for every sample (CSV with a channel "
+                     "header or a FlowJo matrix) instead of each file's own $SPILLOVER/SPILL/$COMP")
+    _add_stats_options(run)
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.add_argument("--log-json", action="store_true", help="log progress as JSON lines on stderr")
+
+    info = sub.add_parser("info", help="describe an FCS file (version, instrument, events, channels, spillover)")
+    info.add_argument("fcs", metavar="FILE.fcs")
+    info.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    export = sub.add_parser("export", help="write one population's events as an FCS 3.1 file")
+    export.add_argument("fcs", metavar="FILE.fcs")
+    export.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE", help="gate file (YAML or Gating-ML)")
+    export.add_argument("--population", required=True, metavar="POP", help="population to export")
+    export.add_argument("--out", required=True, metavar="OUT.fcs", help="FCS file to write")
+
+    gate = sub.add_parser("gate", help="per-event membership: one row per event, one 0/1 column per population")
+    gate.add_argument("fcs", metavar="FILE.fcs")
+    gate.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE", help="gate file (YAML or Gating-ML)")
+    gate.add_argument("--out", metavar="OUT.csv", help="CSV to write (default: standard output)")
+
+    gates = sub.add_parser("gates", help="check or convert gate files")
+    gates_sub = gates.add_subparsers(dest="gates_command", metavar="ACTION", required=True)
+    check = gates_sub.add_parser("check", help="validate a gate file (optionally against a sample's markers)")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--fcs", metavar="SAMPLE.fcs", help="also check that every marker exists in this file")
+    convert = gates_sub.add_parser("convert", help="convert between YAML and Gating-ML 2.0")
+    convert.add_argument("file", metavar="FILE")
+    convert.add_argument("--to", required=True, choices=("gatingml", "yaml"))
+    convert.add_argument("--out", metavar="OUT", help="file to write (default: standard output)")
+
+    report = sub.add_parser("report", help="re-render report.html (and PDF) from a results folder without re-gating")
+    report.add_argument("results", metavar="RESULTS_DIR")
+    _add_stats_options(report)
+    report.add_argument("--no-pdf", action="store_true", help="skip the PDF rendering")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .batch import run
+
+    result = run(
+        sheet=args.sheet, gates=args.gates, out=args.out, workers=args.workers, scheduler=args.scheduler,
+        treg=args.treg, parent=args.parent, clinical=args.clinical, spillover=args.spillover,
+        cva=args.cva, cvi=args.cvi, z=args.z, quiet=args.quiet, log_json=args.log_json,
+    )
+    return result.exit_code
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .fcs import describe, format_description, read_fcs
+
+    info = describe(read_fcs(args.fcs))
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .pipeline import export_population
+
+    n = export_population(args.fcs, args.gates, args.population, args.out)
+    print(f"wrote {n} events of {args.population!r} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from .pipeline import event_membership, write_table
+
+    table = event_membership(args.fcs, args.gates)
+    if args.out:
+        write_table(table, args.out)
+    else:
+        table.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def _gates(args: argparse.Namespace) -> int:
+    from . import gatefile
+
+    if args.gates_command == "check":
+        sample = None
+        if args.fcs:
+            from .fcs import read_fcs
+
+            sample = read_fcs(args.fcs)
+        problems = gatefile.check_gates(args.file, sample=sample)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            return 2
+        print(f"{args.file}: ok")
+        return 0
+    text = gatefile.convert(args.file, args.to, args.out)
+    if not args.out:
+        sys.stdout.write(text)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import render_report
+
+    path = render_report(args.results, clinical=args.clinical, cva=args.cva, cvi=args.cvi, z=args.z,
+                         pdf=not args.no_pdf)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"run": _run, "info": _info, "export": _export, "gate": _gate, "gates": _gates, "report": _report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cytopipe`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CytopipeError as err:
+        print(f"cytopipe: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("cytopipe: interrupted; finished samples are cached and a re-run resumes", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The study design: which file is which subject at which timepoint.
+
+A sample sheet is a CSV file with one row per FCS file. Required columns are ``file`` (relative to the sheet),
+``subject``, ``timepoint`` and ``day``. Optional columns:
+
+``sample``
+    A unique name for the sample (default: the file name without extension).
+``baseline``
+    ``true``/``false``; at most one baseline per subject (default: each subject's earliest day).
+``role``
+    ``sample`` (default), ``fmo:<marker>`` (fluorescence-minus-one control), ``isotype:<marker>`` or ``unstained``.
+``spillover``
+    A spillover matrix file (relative to the sheet) that replaces the file's own ``$SPILLOVER`` for that row.
+
+Any other column is carried through to the outputs unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import SampleSheetError
+
+REQUIRED = ("file", "subject", "timepoint", "day")
+_TRUE = {"true", "yes", "y", "1", "t"}
+_FALSE = {"false", "no", "n", "0", "f", ""}
+_ROLE = re.compile(r"^(sample|unstained|(fmo|isotype):\S.*)$", re.IGNORECASE)
+
+
+def read_sample_sheet(path: str | Path) -> pd.DataFrame:
+    """Read and validate a sample sheet.
+
+    Parameters
+    ----------
+    path
+        The CSV file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per sample, in sheet order, with columns ``sample, file, subject, timepoint, day, baseline, role,
+        spillover`` followed by the sheet's extra columns. ``file`` and ``spillover`` are absolute paths; ``day`` is
+        a float; ``baseline`` is a bool with exactly one ``True`` per subject among ``role == "sample"`` rows.
+
+    Raises
+    ------
+    SampleSheetError
+        Missing file or required column, an empty sheet, a non-numeric day, a duplicate sample name, an unknown
+        role, a bad ``baseline`` value or two baselines for one subject. The message names the sheet and the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SampleSheetError(f"{path}: sample sheet not found")
+    try:
+        sheet = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SampleSheetError(f"{path}: not a readable CSV file ({first})") from None
+    sheet.columns = [str(c).strip() for c in sheet.columns]
+    lower = {c.lower(): c for c in sheet.columns}
+    sheet = sheet.rename(columns={lower[k]: k for k in (*REQUIRED, "sample", "baseline", "role", "spillover")
+                                  if k in lower})
+    missing = [c for c in REQUIRED if c not in sheet.columns]
+    if missing:
+        raise SampleSheetError(
+            f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)} "
+            f"(a sample sheet needs {', '.join(REQUIRED)}; found {', '.join(sheet.columns) or 'none'})"
+        )
+    sheet = sheet.map(lambda v: v.strip() if isinstance(v, str) else v)
+    sheet = sheet[~(sheet[list(REQUIRED)] == "").all(axis=1)].reset_index(drop=True)
+    if sheet.empty:
+        raise SampleSheetError(f"{path}: the sample sheet has no rows")
+
+    base = path.resolve().parent
+    rows = []
+    for i, rec in sheet.iterrows():
+        where = f"{path}: row {i + 2}"  # +1 for the header, +1 for 1-based numbering
+        for col in ("file", "subject", "timepoint"):
+            if not rec[col]:
+                raise SampleSheetError(f"{where}: column '{col}' is empty")
+        try:
+            day = float(rec["day"])
+        except ValueError:
+            raise SampleSheetError(f"{where}: day {rec['day']!r} is not a number") from None
+        if not math.isfinite(day):
+            raise SampleSheetError(f"{where}: day {rec['day']!r} is not a finite number")
+        role = rec.get("role", "") or "sample"
+        if not _ROLE.match(role):
+            raise SampleSheetError(
+                f"{where}: role {role!r} is not one of sample, unstained, fmo:<marker>, isotype:<marker>")
+        flag = (rec.get("baseline", "") or "").lower()
+        if flag not in _TRUE | _FALSE:
+            raise SampleSheetError(f"{where}: baseline {rec['baseline']!r} is not true or false")
+        spill = rec.get("spillover", "") or ""
+        rows.append({
+            "sample": rec.get("sample", "") or Path(rec["file"]).stem,
+            "file": str((base / rec["file"]).resolve()),
+            "subject": rec["subject"],
+            "timepoint": rec["timepoint"],
+            "day": day,
+            "baseline": flag in _TRUE,
+            "role": _normalise_role(role),
+            "spillover": str((base / spill).resolve()) if spill else "",
+        })
+    extra = [c for c in sheet.columns if c not in (*REQUIRED, "sample", "baseline", "role", "spillover")]
+    table = pd.concat([pd.DataFrame(rows), sheet[extra]], axis=1)
+
+    duplicated = table["sample"][table["sample"].duplicated()]
+    if not duplicated.empty:
+        raise SampleSheetError(f"{path}: sample name {duplicated.iloc[0]!r} appears more than once "
+                               "(add a 'sample' column with unique names)")
+    _assign_baselines(table, path)
+    return table
+
+
+def _normalise_role(role: str) -> str:
+    """``FMO:CD25`` -> ``fmo:CD25``: the kind is case-insensitive, the marker is kept as written."""
+    kind, sep, marker = role.partition(":")
+    return kind.lower() + sep + marker
+
+
+def _assign_baselines(table: pd.DataFrame, path: Path) -> None:
+    """Mark one baseline per subject: the row flagged ``baseline`` or else the subject's earliest day."""
+    samples = table["role"] == "sample"
+    for subject, rows in table[samples].groupby("subject", sort=False):
+        flagged = rows.index[rows["baseline"]]
+        if len(flagged) > 1:
+            names = ", ".join(table.loc[flagged, "sample"])
+            raise SampleSheetError(f"{path}: subject {subject!r} has {len(flagged)} baselines ({names}); mark one")
+        if len(flagged) == 0:
+            earliest = rows["day"].idxmin()
+            table.loc[earliest, "baseline"] = True
+    table.loc[~samples, "baseline"] = False
