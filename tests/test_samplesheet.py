@@ -1,0 +1,81 @@
+"""The sample sheet: required columns, baselines, roles and one-line errors naming the row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cytopipe.errors import SampleSheetError
+from cytopipe.samplesheet import read_sample_sheet
+
+
+def _sheet(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.csv"
+    path.write_text(text)
+    return path
+
+
+def test_reads_columns_resolves_files_and_defaults_baseline_to_earliest_day(tmp_path):
+    path = _sheet(tmp_path, "file,subject,timepoint,day,batch\n"
+                            "a/W1.fcs,S1,W1,7,b1\n"
+                            "a/D0.fcs,S1,D0,0,b1\n"
+                            "b.fcs,S2,W1,7,b2\n")
+    sheet = read_sample_sheet(path)
+    assert list(sheet.columns[:8]) == ["sample", "file", "subject", "timepoint", "day", "baseline", "role",
+                                       "spillover"]
+    assert list(sheet["sample"]) == ["W1", "D0", "b"]
+    assert sheet.loc[0, "file"] == str((tmp_path / "a" / "W1.fcs").resolve())
+    assert list(sheet["baseline"]) == [False, True, True]  # S2's only sample is its own baseline
+    assert list(sheet["batch"]) == ["b1", "b1", "b2"]  # extra columns carried through
+    assert list(sheet["role"]) == ["sample"] * 3
+    assert sheet["day"].dtype.kind == "f"
+
+
+def test_explicit_baseline_and_roles_win(tmp_path):
+    path = _sheet(tmp_path, "File,Subject,Timepoint,Day,Baseline,Role,Sample\n"
+                            "x0.fcs,S1,screen,-7,false,sample,s-screen\n"
+                            "x1.fcs,S1,D0,0,true,sample,s-d0\n"
+                            "x2.fcs,S1,FMO,0,,FMO:CD25,s-fmo\n")
+    sheet = read_sample_sheet(path)
+    assert list(sheet["baseline"]) == [False, True, False]
+    assert list(sheet["role"]) == ["sample", "sample", "fmo:CD25"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,subject,day\na.fcs,S1,0\n",
+         "study.csv: missing required column(s) 'timepoint' (a sample sheet needs file, subject, timepoint, day; "
+         "found file, subject, day)"),
+        ("file,subject,timepoint,day\n", "study.csv: the sample sheet has no rows"),
+        ("file,subject,timepoint,day\na.fcs,S1,D0,zero\n", "study.csv: row 2: day 'zero' is not a number"),
+        ("file,subject,timepoint,day\na.fcs,,D0,0\n", "study.csv: row 2: column 'subject' is empty"),
+        ("file,subject,timepoint,day\na.fcs,S1,D0,0\nsub/a.fcs,S1,W1,7\n",
+         "study.csv: sample name 'a' appears more than once (add a 'sample' column with unique names)"),
+        ("file,subject,timepoint,day,role\na.fcs,S1,D0,0,control\n",
+         "study.csv: row 2: role 'control' is not one of sample, unstained, fmo:<marker>, isotype:<marker>"),
+        ("file,subject,timepoint,day,baseline\na.fcs,S1,D0,0,maybe\n",
+         "study.csv: row 2: baseline 'maybe' is not true or false"),
+        ("file,subject,timepoint,day,baseline\na.fcs,S1,D0,0,true\nb.fcs,S1,W1,7,yes\n",
+         "study.csv: subject 'S1' has 2 baselines (a, b); mark one"),
+    ],
+)
+def test_bad_sheets_give_one_line_naming_sheet_and_row(tmp_path, text, message):
+    path = _sheet(tmp_path, text)
+    with pytest.raises(SampleSheetError) as err:
+        read_sample_sheet(path)
+    assert str(err.value) == f"{path.parent}/{message}"
+    assert "\n" not in str(err.value)
+
+
+def test_missing_sheet(tmp_path):
+    with pytest.raises(SampleSheetError, match=r"nope\.csv: sample sheet not found"):
+        read_sample_sheet(tmp_path / "nope.csv")
+
+
+def test_binary_garbage_is_a_sheet_error(tmp_path):
+    path = tmp_path / "study.csv"
+    path.write_bytes(b"\xff\xfe\x00\x01garbage\x00\x00")
+    with pytest.raises(SampleSheetError, match="study.csv"):
+        read_sample_sheet(path)
