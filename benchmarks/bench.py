@@ -1,0 +1,301 @@
+"""cytopipe against FlowKit on the same files and the same (fixed) Treg gates.
+
+One command::
+
+    python benchmarks/bench.py [--files 20] [--events 1000000] [--gates gates/treg.yaml]
+
+1. Simulates ``--files`` FCS files of ``--events`` events with :mod:`cytopipe.simulate` (cached under
+   ``benchmarks/_data/``).
+2. Loads the gate file; data-driven gates are fitted once on the first file, so both tools gate with the same
+   fixed gates, exported to Gating-ML 2.0 (``_data/.../gates.xml``) and read back by both cytopipe and FlowKit.
+3. Per stage, on the first file, in this process: events/s of read, compensate, transform (the gated fluorescence
+   channels) and gate, for cytopipe and FlowKit.
+4. End to end on the whole batch, each configuration in a fresh process (so its peak memory is its own):
+   cytopipe ``run`` with 1 and 2 workers (no plots, no report; with an empty cache) and FlowKit serially and with a
+   2-process pool over files. Prints files/s, events/s, peak RSS and the ratios.
+5. Asserts that cytopipe and FlowKit count the same Treg (and parent) events in every file.
+
+Not a timed test: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def make_data(n_files: int, n_events: int) -> Path:
+    """Simulated study files + sheet under ``_data/``; reused when already there."""
+    from cytopipe import simulate
+
+    folder = HERE / "_data" / f"f{n_files}_e{n_events}"
+    sheet = folder / "study.csv"
+    if sheet.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    k = 0
+    while len(rows) < n_files:
+        for spec, rng in simulate.study_specs(seed=simulate.STUDY_SEED + k, n_events=n_events):
+            if len(rows) == n_files:
+                break
+            name = f"r{k}_{spec.file}"
+            print(f"simulating {name} ({n_events:,} events)", file=sys.stderr)
+            simulate.write_sample(folder / name, simulate.simulate_sample(spec, rng), spec.style)
+            rows.append({"file": name, "subject": f"{spec.subject}-r{k}", "timepoint": spec.timepoint,
+                         "day": spec.day})
+        k += 1
+    pd.DataFrame(rows).to_csv(folder / ".study.csv", index=False)
+    os.replace(folder / ".study.csv", sheet)
+    return folder
+
+
+def fixed_gates(gates: Path, first_file: Path, folder: Path) -> Path:
+    """Gating-ML export of the gates, data-driven ones fitted on the first file."""
+    from cytopipe import autogate
+    from cytopipe.fcs import read_fcs
+    from cytopipe.gatefile import load_strategy
+    from cytopipe.gatingml import write_gatingml
+    from cytopipe.pipeline import choose_spillover
+
+    strategy = load_strategy(gates)
+    if autogate.needs_fitting(strategy):
+        sample = read_fcs(first_file)
+        strategy, _ = autogate.fit_strategy(strategy, [sample], spillover=choose_spillover(sample, strategy))
+    out = folder / "gates.xml"
+    write_gatingml(strategy, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """Fastest of ``repeat`` calls (seconds)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def stages_cytopipe(path: Path, xml: Path) -> dict[str, float]:
+    from cytopipe.compensate import compensate
+    from cytopipe.fcs import read_fcs
+    from cytopipe.gatefile import load_strategy
+
+    strategy = load_strategy(xml)
+    sample = read_fcs(path)
+    n = sample.n_events
+    from cytopipe.pipeline import choose_spillover
+
+    spill = choose_spillover(sample, strategy)
+    out: dict[str, float] = {"read": n / best_of(lambda: read_fcs(path))}
+    comp = compensate(sample.events, sample.channels, spill)
+    out["compensate"] = n / best_of(lambda: compensate(sample.events, sample.channels, spill))
+    used = {}
+    for pop in strategy.populations:
+        for dim in pop.gate.dimensions:
+            if dim.transform is not None and getattr(dim.transform, "name", "") != "flin":
+                used[dim.channels[0]] = dim.transform
+    columns = {ch: np.ascontiguousarray(comp[:, sample.find_channel(ch)]) for ch in used}
+    out["transform"] = n / best_of(lambda: [t.apply(columns[ch]) for ch, t in used.items()])
+    out["transform_channels"] = len(used)
+    result = strategy.apply(sample, spill)
+
+    def gate_only() -> None:
+        for pop in strategy.populations:
+            values = result.values(pop.gate)
+            if pop.parent is not None:
+                values = values[result.masks[pop.parent]]
+            pop.gate.mask(values)
+
+    out["gate"] = n / best_of(gate_only)
+    out["apply (comp+transform+gate)"] = n / best_of(lambda: strategy.apply(sample, spill))
+    return out
+
+
+def flowkit_transforms(strategy) -> dict:
+    """FlowKit: {channel label: transform} of the gated, transformed dimensions."""
+    used = {}
+    for gate_id in strategy.get_gate_ids():
+        gate = strategy.get_gate(*gate_id)
+        for dim in getattr(gate, "dimensions", []) or []:
+            ref = getattr(dim, "transformation_ref", None)
+            if ref is not None and dim.id is not None:
+                used[dim.id] = strategy.get_transform(ref)
+    return used
+
+
+def stages_flowkit(path: Path, xml: Path) -> dict[str, float]:
+    import flowkit as fk
+
+    strategy = fk.parse_gating_xml(str(xml))
+    sample = fk.Sample(str(path))
+    n = sample.event_count
+    out: dict[str, float] = {"read": n / best_of(lambda: fk.Sample(str(path)), repeat=2)}
+    spill = sample.metadata.get("spillover") or sample.metadata.get("spill")
+    matrix = fk.Matrix(spill, sample.pnn_labels)
+    out["compensate"] = n / best_of(lambda: sample.apply_compensation(matrix), repeat=2)
+    used = flowkit_transforms(strategy)
+    out["transform"] = n / best_of(lambda: [sample.apply_transform({ch: t for ch, t in used.items()})], repeat=2)
+    out["transform_channels"] = len(used)
+    sample.apply_compensation(None)
+    out["apply (comp+transform+gate)"] = n / best_of(lambda: strategy.gate_sample(sample), repeat=2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+
+
+def flowkit_counts(args: tuple[str, str, str, str]) -> tuple[str, int, int]:
+    """FlowKit: Treg and parent counts of one file (module level so a process pool can pickle it)."""
+    import flowkit as fk
+
+    path, xml, treg, parent = args
+    strategy = fk.parse_gating_xml(xml)
+    results = strategy.gate_sample(fk.Sample(path))
+    return Path(path).name, int(results.get_gate_count(treg)), int(results.get_gate_count(parent))
+
+
+def child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: str) -> dict:
+    """One end-to-end configuration; runs in its own process."""
+    sheet = pd.read_csv(folder / "study.csv")
+    files = [str(folder / f) for f in sheet["file"]]
+    start = time.perf_counter()
+    if kind == "cytopipe":
+        from cytopipe.batch import run
+
+        out = folder / f"_out_w{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        result = run(sheet=folder / "study.csv", gates=xml, out=out, workers=workers, treg=treg, parent=parent,
+                     plots=False, report=False, quiet=True)
+        elapsed = time.perf_counter() - start
+        counts = {f"{s}": [int(t), int(c)] for s, t, c in
+                  result.treg[["sample", "treg_events", "cd4_events"]].itertuples(index=False)}
+        counts = {Path(files[list(sheet["file"].map(lambda f: Path(f).stem)).index(k)]).name: v
+                  for k, v in counts.items()}
+        failures = len(result.failures)
+    else:
+        tasks = [(f, str(xml), treg, parent) for f in files]
+        if workers == 1:
+            rows = [flowkit_counts(t) for t in tasks]
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                rows = pool.map(flowkit_counts, tasks, chunksize=1)
+        elapsed = time.perf_counter() - start
+        counts = {name: [t, c] for name, t, c in rows}
+        failures = 0
+    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"seconds": elapsed, "counts": counts, "failures": failures, "peak_mib_self": peak_self,
+            "peak_mib_worker": peak_children}
+
+
+def run_child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--workers", str(workers),
+           "--folder", str(folder), "--xml", str(xml), "--treg", treg, "--parent", parent]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} with {workers} worker(s) failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--gates", type=Path, default=REPO / "gates" / "treg.yaml")
+    parser.add_argument("--skip-flowkit-serial", action="store_true", help="skip FlowKit's slow serial batch")
+    parser.add_argument("--child", choices=("cytopipe", "flowkit"), help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--xml", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--treg", help=argparse.SUPPRESS)
+    parser.add_argument("--parent", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.workers, args.folder, args.xml, args.treg, args.parent)))
+        return 0
+
+    import flowkit
+
+    import cytopipe
+    from cytopipe.gatefile import load_strategy
+    from cytopipe.pipeline import resolve_treg
+
+    folder = make_data(args.files, args.events)
+    sheet = pd.read_csv(folder / "study.csv")
+    first = folder / sheet["file"].iloc[0]
+    xml = fixed_gates(args.gates, first, folder)
+    treg, parent = resolve_treg(load_strategy(xml))
+    total_events = args.files * args.events
+    print(f"cytopipe {cytopipe.__version__} vs FlowKit {flowkit.__version__}; numpy {np.__version__}; "
+          f"{os.cpu_count()} cores; {args.files} files x {args.events:,} events; gates {args.gates.name} "
+          f"-> {xml.relative_to(REPO) if xml.is_relative_to(REPO) else xml} (Treg = {treg!r} of {parent!r})")
+
+    print("\nper stage on one file (million events/s, best of 3; single core)")
+    ours, theirs = stages_cytopipe(first, xml), stages_flowkit(first, xml)
+    print(f"  {'stage':30s} {'cytopipe':>10s} {'FlowKit':>10s} {'ratio':>8s}")
+    for stage in ("read", "compensate", "transform", "gate", "apply (comp+transform+gate)"):
+        a, b = ours.get(stage), theirs.get(stage)
+        ratio = f"{a / b:7.1f}x" if a and b else "       -"
+        print(f"  {stage:30s} {a / 1e6 if a else float('nan'):10.2f} "
+              f"{b / 1e6 if b else float('nan'):10.2f} {ratio}")
+    print(f"  (transform: {ours['transform_channels']} gated channel(s) for cytopipe, "
+          f"{theirs['transform_channels']} for FlowKit; FlowKit has no separate gate stage)")
+
+    print(f"\nend to end, {args.files} files x {args.events:,} events (fresh process each; no plots/report)")
+    configs = [("cytopipe", 1), ("cytopipe", 2), ("flowkit", 2)]
+    if not args.skip_flowkit_serial:
+        configs.insert(2, ("flowkit", 1))
+    runs = {}
+    for kind, workers in configs:
+        res = run_child(kind, workers, folder, xml, treg, parent)
+        runs[(kind, workers)] = res
+        label = f"{'cytopipe' if kind == 'cytopipe' else 'FlowKit'} {workers} worker(s)"
+        print(f"  {label:22s} {res['seconds']:7.2f} s  {args.files / res['seconds']:6.2f} files/s  "
+              f"{total_events / res['seconds'] / 1e6:7.2f} M events/s  peak RSS main {res['peak_mib_self']:6.0f} "
+              f"MiB, largest worker {res['peak_mib_worker']:6.0f} MiB")
+    best_fk = runs[("flowkit", 2)]["seconds"]
+    for workers in (1, 2):
+        print(f"  ratio cytopipe {workers} worker(s) / FlowKit 2-process pool: "
+              f"{best_fk / runs[('cytopipe', workers)]['seconds']:.1f}x")
+    if ("flowkit", 1) in runs:
+        print(f"  ratio cytopipe 1 worker / FlowKit serial: "
+              f"{runs[('flowkit', 1)]['seconds'] / runs[('cytopipe', 1)]['seconds']:.1f}x")
+
+    reference = runs[("flowkit", 2)]["counts"]
+    for key, res in runs.items():
+        assert res["failures"] == 0, f"{key}: {res['failures']} failed samples"
+        assert res["counts"] == reference, f"{key}: Treg/parent counts differ from FlowKit: " + str(
+            {f: (res["counts"].get(f), reference[f]) for f in reference if res["counts"].get(f) != reference[f]})
+    treg_total = sum(v[0] for v in reference.values())
+    print(f"\nTreg counts identical in all {len(reference)} files for every configuration "
+          f"({treg_total:,} Treg events of {sum(v[1] for v in reference.values()):,} {parent} events)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Benchmark: compensation + logicle + a 5-population Treg hierarchy, cytopipe against FlowKit, same run.
+
+A simulated 1,000,000-event FCS file (FSC-A, FSC-H, SSC-A, CD3, CD4, CD8, CD25, FoxP3, 5x5 ``$SPILLOVER``) is
+written with :func:`cytopipe.fcs.write_fcs` and loaded once by each tool (loading is not timed). The same gates
+(lymphocyte polygon, singlet polygon, CD3 range, CD4 rectangle, Treg rectangle on logicle scales, FCS
+compensation) are gated by ``GatingStrategy.apply`` and, exported with :func:`cytopipe.gatingml.write_gatingml`, by
+FlowKit's ``GatingStrategy.gate_sample``. Counts must be identical.
+
+Run ``python benchmarks/bench_gating.py [n_events]``; other code imports :func:`run`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cytopipe.fcs import read_fcs, write_fcs
+from cytopipe.gates import Dimension, GatingStrategy, PolygonGate, Population, RectangleGate
+from cytopipe.gatingml import gate_ids, write_gatingml
+from cytopipe.transforms import Logicle
+
+CHANNELS = ("FSC-A", "FSC-H", "SSC-A", "APC-Cy7-A", "FITC-A", "PerCP-Cy5.5-A", "PE-A", "APC-A")
+MARKERS = ("", "", "", "CD3", "CD4", "CD8", "CD25", "FoxP3")
+FLUOR = CHANNELS[3:]
+# Spillover rows = emitting fluorochrome (detector order), e.g. FITC -> PE 0.165.
+SPILLOVER = np.array([
+    [1.000, 0.000, 0.010, 0.000, 0.080],
+    [0.005, 1.000, 0.030, 0.165, 0.000],
+    [0.020, 0.000, 1.000, 0.010, 0.050],
+    [0.002, 0.013, 0.200, 1.000, 0.004],
+    [0.110, 0.000, 0.020, 0.000, 1.000],
+])
+
+
+def simulate(n_events: int, seed: int = 7) -> np.ndarray:
+    """Raw (uncompensated) events: lymphocytes, monocytes, debris and doublets with a Treg subset."""
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(4, size=n_events, p=[0.70, 0.15, 0.10, 0.05])  # lympho, mono, debris, doublet
+    fsc_a = np.select([kind == 0, kind == 1, kind == 2], [rng.normal(60e3, 8e3, n_events),
+                      rng.normal(110e3, 15e3, n_events), rng.normal(15e3, 6e3, n_events)],
+                      rng.normal(120e3, 15e3, n_events))
+    ssc_a = np.select([kind == 0, kind == 1, kind == 2], [rng.normal(20e3, 5e3, n_events),
+                      rng.normal(70e3, 15e3, n_events), rng.normal(10e3, 5e3, n_events)],
+                      rng.normal(40e3, 8e3, n_events))
+    fsc_h = np.where(kind == 3, 0.55, 0.85) * fsc_a + rng.normal(0, 2e3, n_events)
+    cd3 = rng.random(n_events) < np.where(kind == 0, 0.7, 0.05)
+    cd4 = cd3 & (rng.random(n_events) < 0.62)
+    cd8 = cd3 & ~cd4 & (rng.random(n_events) < 0.85)
+    treg = cd4 & (rng.random(n_events) < 0.05)
+
+    def level(positive: np.ndarray, on: float, off: float = 150.0) -> np.ndarray:
+        return np.where(positive, rng.lognormal(np.log(on), 0.45, n_events), rng.normal(off, 250.0, n_events))
+
+    true = np.column_stack([level(cd3, 8e3), level(cd4 | (kind == 1), 12e3), level(cd8, 9e3),
+                            level(treg, 15e3) + np.where(cd4 & ~treg, rng.lognormal(np.log(900), 0.8, n_events), 0),
+                            level(treg, 6e3)])
+    fluor = true @ SPILLOVER + rng.normal(0, 60.0, true.shape)
+    events = np.column_stack([fsc_a, fsc_h, ssc_a, fluor])
+    return np.clip(events, -5e3, 262143).astype(np.float32)
+
+
+def treg_strategy() -> GatingStrategy:
+    """The 5-population Treg hierarchy (coordinates: raw scatter, logicle 0..1 for fluorescence)."""
+    logicle = Logicle(262144, 0.5, 4.5, 0.0, name="logicle")
+    fl = {m: Dimension(c, logicle, "FCS") for c, m in zip(FLUOR, MARKERS[3:], strict=True)}
+    scatter = {c: Dimension(c, None, "uncompensated") for c in CHANNELS[:3]}
+    pops = (
+        Population("Lymphocytes", PolygonGate("Lymphocytes", (scatter["FSC-A"], scatter["SSC-A"]), (
+            (35e3, 5e3), (85e3, 2e3), (95e3, 30e3), (80e3, 42e3), (45e3, 40e3), (32e3, 20e3)))),
+        Population("Singlets", PolygonGate("Singlets", (scatter["FSC-A"], scatter["FSC-H"]), (
+            (20e3, 12e3), (140e3, 100e3), (140e3, 150e3), (20e3, 40e3))), "Lymphocytes"),
+        Population("CD3+", RectangleGate("CD3+", (fl["CD3"],), (0.62,), (None,)), "Singlets"),
+        Population("CD4+", RectangleGate("CD4+", (fl["CD4"], fl["CD8"]), (0.6, None), (None, 0.55)), "CD3+"),
+        Population("Treg", RectangleGate("Treg", (fl["CD25"], fl["FoxP3"]), (0.7, 0.6), (None, None)), "CD4+"),
+    )
+    return GatingStrategy(pops, transforms={"logicle": logicle}, name="Treg benchmark", treg="Treg",
+                          parent="CD4+")
+
+
+def _spillover_keyword() -> str:
+    values = ",".join(f"{v:g}" for v in SPILLOVER.ravel())
+    return f"{len(FLUOR)},{','.join(FLUOR)},{values}"
+
+
+def _best(func: Any, repeat: int) -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = func()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def run(n_events: int = 1_000_000, repeat: int = 3, workdir: str | Path | None = None) -> dict[str, Any]:
+    """Time cytopipe and FlowKit on the same sample and gates; return timings, rates, ratio and counts.
+
+    Returns
+    -------
+    dict
+        ``n_events``, ``cytopipe_s`` (best of ``repeat``), per-stage seconds ``stages`` (compensation,
+        transform, gating), ``flowkit_s``, ``ratio`` (FlowKit time / cytopipe time), ``counts`` (cytopipe),
+        ``flowkit_counts`` and ``identical`` (bool).
+    """
+    import flowkit
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        fcs_path = Path(tmp) / "bench.fcs"
+        xml_path = Path(tmp) / "bench.xml"
+        write_fcs(fcs_path, simulate(n_events), CHANNELS, MARKERS, {"$SPILLOVER": _spillover_keyword()})
+        strategy = treg_strategy()
+        write_gatingml(strategy, xml_path)
+        sample = read_fcs(fcs_path)
+        strategy.apply(sample)  # warm-up: builds the logicle table once per parameter set
+        ours_s, result = _best(lambda: strategy.apply(sample), repeat)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fk_sample = flowkit.Sample(str(fcs_path))
+            fk_strategy = flowkit.parse_gating_xml(str(xml_path))
+            flowkit_s, fk_result = _best(lambda: fk_strategy.gate_sample(fk_sample), max(1, repeat - 1))
+    ids = gate_ids(strategy)
+    fk_counts = {pop.name: int(fk_result.get_gate_count(ids[pop.name])) for pop in strategy.populations}
+    return {
+        "n_events": n_events,
+        "cytopipe_s": ours_s,
+        "stages": dict(result.timings),
+        "flowkit_s": flowkit_s,
+        "ratio": flowkit_s / ours_s,
+        "counts": dict(result.counts),
+        "flowkit_counts": fk_counts,
+        "identical": fk_counts == dict(result.counts),
+    }
+
+
+def main(argv: list[str]) -> int:
+    n_events = int(argv[1]) if len(argv) > 1 else 1_000_000
+    out = run(n_events)
+    n = out["n_events"]
+    print(f"{n:,} events, compensation + logicle + 5-population Treg hierarchy")
+    for stage, seconds in out["stages"].items():
+        print(f"  cytopipe {stage:<13} {seconds * 1e3:8.1f} ms  {n / seconds / 1e6:8.1f} M events/s")
+    print(f"  cytopipe total         {out['cytopipe_s'] * 1e3:8.1f} ms  {n / out['cytopipe_s'] / 1e6:8.1f} M events/s")
+    print(f"  FlowKit gate_sample    {out['flowkit_s'] * 1e3:8.1f} ms  {n / out['flowkit_s'] / 1e6:8.1f} M events/s")
+    print(f"  speed-up (FlowKit / cytopipe): {out['ratio']:.1f}x")
+    for name, count in out["counts"].items():
+        print(f"  {name:<12} cytopipe {count:>9,}  FlowKit {out['flowkit_counts'][name]:>9,}")
+    assert out["identical"], "cytopipe and FlowKit counts differ"
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,1175 @@
+"""Data-driven gates: boundaries fitted on the data, then used like any fixed gate.
+
+A data-driven gate follows the scikit-learn estimator contract. Its settings are given (and checked) when it is
+built, from a YAML gate spec or in Python; :meth:`AutoGate.fit` learns the boundary from transformed event values
+and returns an ordinary, immutable *fixed* gate from :mod:`cytopipe.gates` (an ellipse, a polygon or a rectangle),
+so masking, plotting (``outline``) and Gating-ML export are shared with hand-drawn gates.
+
+Gate types (the ``type`` of a YAML gate spec, registered in :data:`GATE_TYPES`):
+
+``auto_scatter``
+    :class:`ScatterGate`, a Gaussian mixture on FSC-A/SSC-A; the lymphocyte component is chosen by position and
+    returned as an ellipse at a chosen probability.
+``auto_singlets``
+    :class:`SingletGate`, a robust straight-line fit of FSC-A on FSC-H; a polygon band of +/- k robust SDs of the
+    relative residual keeps the singlets.
+``auto_threshold``
+    :class:`ThresholdGate`, one threshold per channel (a 1-D density valley, a percentile of a reference population
+    or a percentile of an FMO/isotype control), returned as a rectangle with open outer sides.
+
+:func:`fit_strategy` fits every data-driven gate of a strategy top-down (each on its fitted parent's events, pooled
+over the given samples). :func:`gate_drift` compares fitted parameters with the subject's baseline fit and
+:func:`sensitivity` reports how much the Treg % moves when a fitted threshold shifts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage, signal, stats
+
+from .errors import GateError, MarkerError
+from .gates import BooleanGate, Dimension, EllipsoidGate, Gate, GatingStrategy, PolygonGate, Population, RectangleGate
+from .transforms import Transform
+
+__all__ = [
+    "SCOPES",
+    "GATE_TYPES",
+    "AutoGate",
+    "ScatterGate",
+    "SingletGate",
+    "Threshold",
+    "ThresholdGate",
+    "density_valley",
+    "fit_scatter_ellipse",
+    "fit_singlet_band",
+    "needs_fitting",
+    "client_scopes",
+    "fit_strategy",
+    "gate_drift",
+    "sensitivity",
+]
+
+SCOPES = ("sample", "subject", "baseline")
+METHODS = ("valley", "reference", "control")
+SIDES = ("above", "below")
+#: Events drawn per sample (without replacement, fixed seed) for fitting: fitting cost stays flat above this size.
+DEFAULT_MAX_EVENTS = 100_000
+#: A threshold fitted on fewer events than this raises GateError rather than guessing.
+MIN_EVENTS = 50
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# algorithms on plain arrays
+
+
+def _robust_sd(x: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation (the SD for normal data, insensitive to a minority of outliers)."""
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def _smoothed_density(x: np.ndarray, bins: int, adjust: float) -> tuple[np.ndarray, np.ndarray]:
+    """A fast KDE: a histogram on a fine grid smoothed with a Gaussian kernel (Silverman bandwidth x adjust)."""
+    lo, hi = np.quantile(x, [0.0005, 0.9995])
+    spread = min(float(np.std(x)), float(np.subtract(*np.quantile(x, [0.75, 0.25]))) / 1.349) or float(np.std(x))
+    bandwidth = adjust * 0.9 * max(spread, 1e-9) * x.size ** -0.2
+    lo, hi = lo - 3 * bandwidth, hi + 3 * bandwidth
+    counts, edges = np.histogram(x, bins=bins, range=(lo, hi))
+    width = edges[1] - edges[0]
+    density = ndimage.gaussian_filter1d(counts.astype(float), bandwidth / width, mode="constant")
+    density /= density.sum() * width
+    return (edges[:-1] + edges[1:]) / 2, density
+
+
+def density_valley(
+    x: np.ndarray,
+    *,
+    bounds: tuple[float | None, float | None] | None = None,
+    adjust: float = 1.5,
+    k: float = 3.0,
+    min_prominence: float = 0.01,
+    bins: int = 512,
+) -> tuple[float, str]:
+    """Threshold at the density minimum between a negative and a positive mode (like openCyto's ``mindensity``).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        1-D transformed values (non-finite values are ignored).
+    bounds : (float or None, float or None), optional
+        The threshold is searched for, and finally clamped, within ``[lo, hi]`` (same units as ``x``).
+    adjust : float
+        Bandwidth multiplier on Silverman's rule.
+    k : float
+        Robust SDs above the negative mode (or below the positive mode) used when only one mode is found.
+    min_prominence : float
+        A peak counts as a mode when its prominence is at least this fraction of the highest density.
+    bins : int
+        Grid points of the density estimate.
+
+    Returns
+    -------
+    (float, str)
+        The threshold and how it was found: ``"valley"``, ``"negative+k*sd"``, ``"positive-k*sd"``, with
+        ``"+bound"`` appended when it was clamped into ``bounds``.
+
+    Raises
+    ------
+    GateError
+        Fewer than :data:`MIN_EVENTS` finite values.
+
+    Notes
+    -----
+    1. Estimate the density on a ``bins``-point grid (histogram + Gaussian smoothing, O(n)).
+    2. Find the modes (peaks with enough prominence) and, between each pair of neighbouring modes, the lowest
+       density. A valley's depth is the lower of its two modes' heights minus the valley's height.
+    3. Choose the deepest valley inside ``bounds``.
+    4. With one mode only (e.g. no positive events): if the mode lies above ``bounds`` it is the positive mode and
+       the threshold is ``mode - k * sd`` of its lower half; otherwise it is the negative mode and the threshold is
+       ``mode + k * sd`` of its lower half (the lower half of a negative mode is free of positive events).
+    """
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < MIN_EVENTS:
+        raise GateError(f"density valley needs at least {MIN_EVENTS} events, got {x.size}")
+    lo, hi = bounds if bounds is not None else (None, None)
+    lo = -np.inf if lo is None else float(lo)
+    hi = np.inf if hi is None else float(hi)
+    grid, density = _smoothed_density(x, bins, adjust)
+    peaks, _ = signal.find_peaks(np.concatenate(([0.0], density, [0.0])), prominence=min_prominence * density.max())
+    peaks = peaks - 1
+    best: tuple[float, float] | None = None  # (depth, position)
+    for left, right in zip(peaks[:-1], peaks[1:], strict=False):
+        inside = np.flatnonzero((grid >= max(grid[left], lo)) & (grid <= min(grid[right], hi)))
+        inside = inside[(inside > left) & (inside < right)]
+        if inside.size == 0:
+            continue
+        low = inside[np.argmin(density[inside])]
+        depth = min(density[left], density[right]) - density[low]
+        if best is None or depth > best[0]:
+            best = (depth, float(grid[low]))
+    if best is not None:
+        threshold, method = best[1], "valley"
+    else:
+        mode = float(grid[peaks[np.argmax(density[peaks])]]) if peaks.size else float(np.median(x))
+        below = x[x <= mode]
+        sd = float(1.4826 * np.median(mode - below)) if below.size >= MIN_EVENTS else _robust_sd(x)
+        if mode > hi:
+            threshold, method = mode - k * sd, "positive-k*sd"
+        else:
+            threshold, method = mode + k * sd, "negative+k*sd"
+    if threshold < lo or threshold > hi:
+        threshold, method = float(np.clip(threshold, lo, hi)), method + "+bound"
+    return float(threshold), method
+
+
+def fit_scatter_ellipse(
+    xy: np.ndarray,
+    *,
+    n_components: int = 5,
+    probability: float = 0.95,
+    min_weight: float = 0.05,
+    random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float, dict[str, float]]:
+    """Find the lymphocyte cloud on FSC/SSC with a Gaussian mixture.
+
+    Parameters
+    ----------
+    xy : numpy.ndarray
+        ``(n, 2)`` forward scatter (column 0) and side scatter (column 1), any linear scale.
+    n_components : int
+        Mixture components (debris, lymphocytes, monocytes, granulocytes, doublets ...).
+    probability : float
+        Probability mass of the returned ellipse under the chosen component (chi-square quantile, 2 d.f.).
+    min_weight : float
+        Components with a smaller mixing weight are never chosen as the lymphocytes.
+    random_state : int
+        Seed of the mixture initialisation (fits are reproducible).
+
+    Returns
+    -------
+    (mean, covariance, distance_square, info)
+        The ellipse in the units of ``xy`` and a dict with the chosen component's ``weight``.
+
+    Raises
+    ------
+    GateError
+        Fewer than :data:`MIN_EVENTS` finite events, or no component qualifies.
+
+    Notes
+    -----
+    1. Standardise each axis on robust quantiles (median, 10-90 % range), so detector ranges (262,144 or
+       1,048,576) and scatter gains do not matter.
+    2. Fit a full-covariance Gaussian mixture.
+    3. Lymphocytes are the component with the lowest side-to-forward scatter ratio of the means (each measured from
+       the low end of its axis) among those with enough weight. Debris sits at the low end of forward scatter, so
+       its ratio is large; monocytes and granulocytes have more side scatter. The ranking does not depend on
+       either axis' gain. Doublets share the ratio but have a smaller weight;
+       among components whose ratio is within 25 % of the lowest, the heaviest wins.
+    4. Components whose mean lies inside the chosen ellipse are the same cloud split in two: they are merged
+       (moment matching) before the ellipse is drawn.
+    """
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    xy = np.asarray(xy, dtype=float)
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    if xy.shape[0] < max(MIN_EVENTS, 10 * n_components):
+        raise GateError(f"scatter gate needs at least {max(MIN_EVENTS, 10 * n_components)} events, got {xy.shape[0]}")
+    q10, center, q90 = np.quantile(xy, [0.1, 0.5, 0.9], axis=0)
+    scale = np.where(q90 > q10, q90 - q10, 1.0)
+    z = (xy - center) / scale
+    # Tiny (n, 2) problems: BLAS threads only add start-up and contention costs.
+    with threadpool_limits(limits=1):
+        gmm = GaussianMixture(n_components=n_components, covariance_type="full", random_state=random_state,
+                              init_params="k-means++", tol=1e-2, reg_covar=1e-4, max_iter=100).fit(z)
+    means = gmm.means_ * scale + center
+    covs = gmm.covariances_ * np.outer(scale, scale)
+    weights = gmm.weights_
+    fsc_floor = np.quantile(xy[:, 0], 0.02)
+    ratio = (means[:, 1] - np.quantile(xy[:, 1], 0.001)) / np.maximum(means[:, 0] - fsc_floor, 1e-12)
+    candidates = [i for i in range(n_components) if weights[i] >= min_weight and means[i, 0] > fsc_floor]
+    if not candidates:
+        raise GateError("scatter gate: no mixture component looks like lymphocytes")
+    lowest = min(ratio[i] for i in candidates)
+    near = [i for i in candidates if ratio[i] <= 1.25 * lowest]
+    chosen = max(near, key=lambda i: weights[i])
+    d2 = float(stats.chi2.ppf(probability, 2))
+    members = [chosen]
+    inverse = np.linalg.inv(covs[chosen])
+    for i in range(n_components):
+        delta = means[i] - means[chosen]
+        if i != chosen and float(delta @ inverse @ delta) < d2:
+            members.append(i)
+    w = weights[members] / weights[members].sum()
+    mean = (w[:, None] * means[members]).sum(axis=0)
+    cov = sum(w[j] * (covs[m] + np.outer(means[m] - mean, means[m] - mean)) for j, m in enumerate(members))
+    return mean, np.asarray(cov), d2, {"weight": float(weights[members].sum()), "components": float(len(members))}
+
+
+def fit_singlet_band(area: np.ndarray, height: np.ndarray, *, k: float = 4.0) -> dict[str, float]:
+    """Fit ``area = intercept + slope * height`` robustly and the spread of the relative residual.
+
+    Parameters
+    ----------
+    area, height : numpy.ndarray
+        Pulse area and height of the same events (linear units).
+    k : float
+        Half-width of the singlet band in robust SDs of the relative residual.
+
+    Returns
+    -------
+    dict
+        ``slope``, ``intercept``, ``center`` (median relative residual), ``sd`` (robust SD), ``low``/``high``
+        (relative residual limits ``center -/+ k * sd``).
+
+    Raises
+    ------
+    GateError
+        Fewer than :data:`MIN_EVENTS` events with positive area and height.
+
+    Notes
+    -----
+    Doublets have an area out of proportion to their height and all lie on one side of the singlet line, so the
+    line is refitted by least squares on the events within 2.5 robust SDs of the previous fit (5 rounds, starting
+    from the median area/height ratio through the origin). The residual is relative (divided by the fitted area)
+    because the spread of singlets grows with signal.
+    """
+    area = np.asarray(area, dtype=float)
+    height = np.asarray(height, dtype=float)
+    ok = np.isfinite(area) & np.isfinite(height) & (area > 0) & (height > 0)
+    area, height = area[ok], height[ok]
+    if area.size < MIN_EVENTS:
+        raise GateError(f"singlet gate needs at least {MIN_EVENTS} events with positive area and height, "
+                        f"got {area.size}")
+    slope, intercept = float(np.median(area / height)), 0.0
+    keep = np.ones(area.size, dtype=bool)
+    for _ in range(5):
+        fitted = intercept + slope * height
+        rel = (area - fitted) / np.maximum(fitted, 1e-12)
+        sd = _robust_sd(rel[keep]) or 1e-6
+        keep = np.abs(rel - np.median(rel[keep])) < 2.5 * sd
+        if keep.sum() < MIN_EVENTS:
+            break
+        slope, intercept = (float(v) for v in np.polyfit(height[keep], area[keep], 1))
+    fitted = intercept + slope * height
+    rel = (area - fitted) / np.maximum(fitted, 1e-12)
+    keep = np.abs(rel - np.median(rel[keep])) < 2.5 * (_robust_sd(rel[keep]) or 1e-6)
+    center = float(np.median(rel[keep]))
+    sd = _robust_sd(rel[keep]) or 1e-6
+    return {"slope": slope, "intercept": intercept, "center": center, "sd": sd,
+            "low": center - k * sd, "high": center + k * sd}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# units: YAML coordinates are "friendly" (logicle decades 0..M, raw for linear); gates work in Gating-ML units
+
+
+def to_units(value: float, transform: Transform | None) -> float:
+    """Friendly units (logicle decades 0..M, raw for linear; see :func:`cytopipe.gatefile.friendly_units`) ->
+    Gating-ML units."""
+    from .gatefile import friendly_units
+
+    scale, offset = friendly_units(transform)
+    return (float(value) - offset) / scale
+
+
+def from_units(value: float, transform: Transform | None) -> float:
+    """Gating-ML units -> friendly units (the inverse of :func:`to_units`)."""
+    from .gatefile import friendly_units
+
+    scale, offset = friendly_units(transform)
+    return float(value) * scale + offset
+
+
+def channel_top(sample: Any, channel: str) -> float | None:
+    """Top of scale of a channel: ``$PnR`` (or the decoded top of a log-amplified ``$PnE`` channel).
+
+    Returns ``None`` when the keyword is missing or not a positive number.
+    """
+    index = sample.find_channel(channel)
+    meta = sample.metadata
+    try:
+        top = float(meta.get(f"$P{index + 1}R", ""))
+    except ValueError:
+        return None
+    if not top > 0:
+        return None
+    decades, offset = 0.0, 0.0
+    try:
+        decades, offset = (float(v) for v in meta.get(f"$P{index + 1}E", "0,0").split(",")[:2])
+    except ValueError:
+        pass
+    if decades > 0 and sample.n_events and float(np.nanmax(sample.events[:, index])) > top:
+        top = 10.0 ** decades * (offset if offset > 0 else 1.0)  # the data were decoded to linear (scale=True)
+    return top
+
+
+def resolve_dimension(dim: Dimension, sample: Any) -> Dimension:
+    """``T: auto``: a logicle/hyperlog dimension whose top of scale follows the channel's ``$PnR`` in ``sample``.
+
+    A 1,048,576-channel instrument then shows the same decades as a 262,144-channel one, so bounds written in
+    decades hold for both.
+    """
+    transform = dim.transform
+    if transform is None or getattr(transform, "kind", "") not in ("logicle", "hyperlog") or dim.ratio is not None:
+        return dim
+    top = channel_top(sample, str(dim.channel))
+    if top is None or top == transform.T:
+        return dim
+    return replace(dim, transform=replace(transform, T=top))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# gate classes
+
+
+def _check(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise GateError(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class AutoGate(Gate):
+    """Base of the data-driven gates: settings only; :meth:`fit` returns a fixed gate.
+
+    Parameters
+    ----------
+    name, dimensions
+        As for every gate.
+    scope : {"sample", "subject", "baseline"}
+        What a fit pools: each sample alone, all of a subject's samples, or the subject's baseline sample (the
+        gate is then applied unchanged to later timepoints). :func:`fit_strategy` fits on the samples it is given;
+        the batch runner chooses them by scope.
+    auto_top : bool
+        Resolve the logicle/hyperlog top of scale ``T`` from each file's ``$PnR`` (YAML ``T: auto``, the default).
+    max_events : int
+        Events drawn at random (fixed seed) from the pooled parent population for the fit.
+    random_state : int
+        Seed for the subsampling and for any random initialisation.
+    """
+
+    scope: str = "sample"
+    auto_top: bool = True
+    max_events: int = 50_000
+    random_state: int = 0
+
+    #: YAML ``type`` of the gate.
+    kind = "auto"
+
+    def __post_init__(self) -> None:
+        where = f"gate '{self.name}'"
+        _check(self.scope in SCOPES, where, f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        _check(isinstance(self.max_events, int) and self.max_events >= 1000, where,
+               f"max_events must be an integer >= 1000, got {self.max_events!r}")
+
+    def mask(self, values: np.ndarray) -> np.ndarray:
+        """Data-driven gates cannot mask before they are fitted."""
+        raise GateError(f"gate '{self.name}' is data-driven and has not been fitted (use autogate.fit_strategy)")
+
+    def fit(self, values: np.ndarray, *, reference: Mapping[str, np.ndarray] | None = None,
+            controls: Mapping[str, np.ndarray] | None = None) -> Gate:
+        """Learn the boundary and return it as an immutable fixed gate.
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            ``(n, ndim)`` transformed values of the parent population's events (pooled over the samples of the
+            scope), columns in ``dimensions`` order.
+        reference : dict of str to numpy.ndarray, optional
+            Reference population name -> its events' values on this gate's dimensions.
+        controls : dict of str to numpy.ndarray, optional
+            Control role (``fmo:CD25``) -> the control's parent-population events on this gate's dimensions.
+
+        Returns
+        -------
+        Gate
+            An :class:`EllipsoidGate`, :class:`PolygonGate` or :class:`RectangleGate` with this gate's name and
+            dimensions.
+
+        Raises
+        ------
+        GateError
+            Too few events, or a reference/control the gate needs is missing.
+        """
+        return self.fit_with_info(values, reference=reference, controls=controls)[0]
+
+    def fit_with_info(self, values: np.ndarray, *, reference: Mapping[str, np.ndarray] | None = None,
+                      controls: Mapping[str, np.ndarray] | None = None) -> tuple[Gate, dict[str, Any]]:
+        """:meth:`fit`, plus the fitted parameters in friendly units (one ``gates_fitted.csv`` row)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define fit_with_info()")
+
+    def _subsample(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values).all(axis=1)]
+        if values.shape[0] > self.max_events:
+            rng = np.random.default_rng(self.random_state)
+            values = values[np.sort(rng.choice(values.shape[0], self.max_events, replace=False))]
+        return values
+
+
+@dataclass(frozen=True)
+class ScatterGate(AutoGate):
+    """Lymphocytes on FSC-A/SSC-A: the lymphocyte component of a Gaussian mixture, as an :class:`EllipsoidGate`.
+
+    Parameters
+    ----------
+    probability : float
+        Probability mass of the ellipse under the fitted component (0 < p < 1); ``distance_square`` is the
+        chi-square quantile with 2 degrees of freedom.
+    components : int
+        Mixture components (2-10).
+    min_weight : float
+        Smallest mixing weight a lymphocyte component may have.
+
+    See :func:`fit_scatter_ellipse` for the algorithm.
+    """
+
+    probability: float = 0.95
+    components: int = 5
+    min_weight: float = 0.05
+    max_events: int = 5_000
+    kind = "auto_scatter"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"gate '{self.name}'"
+        _check(len(self.dimensions) == 2, where,
+               f"auto_scatter needs 2 channels (FSC, SSC), got {len(self.dimensions)}")
+        _check(0 < self.probability < 1, where, f"probability must be between 0 and 1, got {self.probability!r}")
+        _check(isinstance(self.components, int) and 2 <= self.components <= 10, where,
+               f"components must be an integer from 2 to 10, got {self.components!r}")
+        _check(0 <= self.min_weight < 1, where, f"min_weight must be in [0, 1), got {self.min_weight!r}")
+
+    def fit_with_info(self, values: np.ndarray, *, reference: Mapping[str, np.ndarray] | None = None,
+                      controls: Mapping[str, np.ndarray] | None = None) -> tuple[EllipsoidGate, dict[str, Any]]:
+        mean, cov, d2, found = fit_scatter_ellipse(self._subsample(values), n_components=self.components,
+                                                   probability=self.probability, min_weight=self.min_weight,
+                                                   random_state=self.random_state)
+        x, y = (str(d.channel) for d in self.dimensions)
+        sd = np.sqrt(np.diag(cov))
+        info = {f"center {x}": mean[0], f"center {y}": mean[1], f"sd {x}": sd[0], f"sd {y}": sd[1],
+                "correlation": cov[0, 1] / (sd[0] * sd[1]), "distance_square": d2, "weight": found["weight"]}
+        gate = EllipsoidGate(self.name, self.dimensions, mean=tuple(mean), covariance=tuple(map(tuple, cov)),
+                             distance_square=d2)
+        return gate, info
+
+
+@dataclass(frozen=True)
+class SingletGate(AutoGate):
+    """Singlets: a band around the robust line ``area = a + b * height``, as a :class:`PolygonGate`.
+
+    The first channel is the pulse area (``FSC-A``), the second the height (``FSC-H``).
+
+    Parameters
+    ----------
+    k : float
+        Half-width of the band in robust SDs of the relative residual (default 4).
+
+    See :func:`fit_singlet_band` for the algorithm.
+    """
+
+    k: float = 4.0
+    max_events: int = 20_000
+    kind = "auto_singlets"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"gate '{self.name}'"
+        _check(len(self.dimensions) == 2, where,
+               f"auto_singlets needs 2 channels (area, height), got {len(self.dimensions)}")
+        _check(self.k > 0, where, f"k must be positive, got {self.k!r}")
+
+    def fit_with_info(self, values: np.ndarray, *, reference: Mapping[str, np.ndarray] | None = None,
+                      controls: Mapping[str, np.ndarray] | None = None) -> tuple[PolygonGate, dict[str, Any]]:
+        values = self._subsample(values)
+        band = fit_singlet_band(values[:, 0], values[:, 1], k=self.k)
+        # Heights from below the data to far above it: the band's ends never cut real events.
+        h_low = min(0.0, float(values[:, 1].min()))
+        h_high = 2.0 * float(values[:, 1].max()) + 1.0
+        line = [band["intercept"] + band["slope"] * h for h in (h_low, h_high)]
+        lo, hi = 1.0 + band["low"], 1.0 + band["high"]
+        vertices = ((line[0] * lo, h_low), (line[1] * lo, h_high), (line[1] * hi, h_high), (line[0] * hi, h_low))
+        info = {"slope": band["slope"], "intercept": band["intercept"], "residual sd": band["sd"],
+                "band low": band["low"], "band high": band["high"]}
+        return PolygonGate(self.name, self.dimensions, vertices=vertices), info
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """How one dimension of a :class:`ThresholdGate` finds its cut.
+
+    Parameters
+    ----------
+    side : {"above", "below"}
+        Keep events at or above the cut (the gate's ``min``) or below it (``max``).
+    method : {"valley", "reference", "control"}
+        ``valley``: :func:`density_valley` on the parent's events; ``reference``: the ``percentile`` of a
+        reference population's events (``population``, e.g. CD4-negative T cells); ``control``: the ``percentile``
+        of an FMO/isotype control's events in the same parent (``control`` = its sample-sheet role, e.g.
+        ``fmo:CD25``), gated through the same fitted hierarchy.
+    bounds : (float or None, float or None) or None
+        Valley search range and clamp, in Gating-ML units of the dimension.
+    population, control : str or None
+        Reference population name / control role, for the matching method.
+    percentile : float
+        0-100, for ``reference`` and ``control``.
+    k : float
+        Robust SDs for the one-mode fallback of ``valley``.
+    adjust : float
+        Bandwidth multiplier of the density estimate.
+    within : {"parent", "gated"}
+        Fit on all the parent's events, or only on those passing the cuts listed before this one in the gate
+        (e.g. a CD25 cut among FoxP3+ cells).
+    """
+
+    side: str = "above"
+    method: str = "valley"
+    bounds: tuple[float | None, float | None] | None = None
+    population: str | None = None
+    control: str | None = None
+    percentile: float = 99.0
+    k: float = 3.0
+    adjust: float = 1.5
+    within: str = "parent"
+
+    def check(self, where: str) -> None:
+        """Raise :class:`GateError` naming the bad setting."""
+        _check(self.side in SIDES, where, f"side must be 'above' or 'below', got {self.side!r}")
+        _check(self.method in METHODS, where, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check(self.within in ("parent", "gated"), where, f"within must be 'parent' or 'gated', got {self.within!r}")
+        _check(0 < self.percentile < 100, where, f"percentile must be between 0 and 100, got {self.percentile!r}")
+        _check(self.k > 0, where, f"k must be positive, got {self.k!r}")
+        _check(self.adjust > 0, where, f"adjust must be positive, got {self.adjust!r}")
+        _check(self.method != "reference" or bool(self.population), where,
+               "method 'reference' needs population: <name of the reference population>")
+        _check(self.method != "control" or bool(self.control), where,
+               "method 'control' needs control: <sample-sheet role, e.g. fmo:CD25>")
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            _check(lo is None or hi is None or lo < hi, where, f"bounds must be [low, high] with low < high, got "
+                                                               f"{list(self.bounds)}")
+
+
+@dataclass(frozen=True)
+class ThresholdGate(AutoGate):
+    """One fitted cut per dimension; returns a :class:`RectangleGate` with open outer sides.
+
+    ``CD3+`` is one ``above`` cut on CD3; ``CD4+`` an ``above`` cut on CD4 and a ``below`` cut on CD8; the Treg
+    gate a CD25 cut from a reference population's percentile and a FoxP3 valley.
+
+    Parameters
+    ----------
+    thresholds : tuple of Threshold
+        One per dimension, fitted in this order.
+    """
+
+    thresholds: tuple[Threshold, ...] = ()
+    max_events: int = DEFAULT_MAX_EVENTS
+    kind = "auto_threshold"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"gate '{self.name}'"
+        _check(len(self.thresholds) == len(self.dimensions) > 0, where,
+               f"needs one threshold per channel ({len(self.dimensions)}), got {len(self.thresholds)}")
+        for i, threshold in enumerate(self.thresholds):
+            threshold.check(f"{where}: thresholds[{i}]")
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """Populations whose events this gate's ``reference`` cuts need."""
+        return tuple(t.population for t in self.thresholds if t.method == "reference" and t.population)
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        """Control roles (``fmo:CD25`` ...) this gate's ``control`` cuts need."""
+        return tuple(t.control for t in self.thresholds if t.method == "control" and t.control)
+
+    def fit_with_info(self, values: np.ndarray, *, reference: Mapping[str, np.ndarray] | None = None,
+                      controls: Mapping[str, np.ndarray] | None = None) -> tuple[RectangleGate, dict[str, Any]]:
+        values = self._subsample(values)
+        reference = {k: np.asarray(v, dtype=float) for k, v in (reference or {}).items()}
+        controls = {k.casefold(): np.asarray(v, dtype=float) for k, v in (controls or {}).items()}
+        lows: list[float | None] = [None] * len(self.dimensions)
+        highs: list[float | None] = [None] * len(self.dimensions)
+        methods = []
+        for i, t in enumerate(self.thresholds):
+            label = f"gate '{self.name}': {self.dimensions[i].channel}"
+            if t.method == "valley":
+                data = _passing(values, lows, highs) if t.within == "gated" else values
+                cut, how = density_valley(data[:, i], bounds=t.bounds, adjust=t.adjust, k=t.k)
+            else:
+                source = reference.get(t.population) if t.method == "reference" else controls.get(
+                    str(t.control).casefold())
+                if source is None:
+                    what = f"reference population '{t.population}'" if t.method == "reference" else (
+                        f"control '{t.control}' (a sample-sheet row with role {t.control})")
+                    raise GateError(f"{label}: the {what} is not available")
+                data = _passing(source, lows, highs) if t.within == "gated" else source
+                data = data[np.isfinite(data[:, i]), i]
+                if data.size < MIN_EVENTS:
+                    raise GateError(f"{label}: the {t.method} events are too few for a percentile "
+                                    f"({data.size} < {MIN_EVENTS})")
+                cut, how = float(np.percentile(data, t.percentile)), f"{t.method} p{t.percentile:g}"
+            if t.side == "above":
+                lows[i] = cut
+            else:
+                highs[i] = cut
+            methods.append(how)
+        info: dict[str, Any] = {}
+        for dim, t, lo, hi, how in zip(self.dimensions, self.thresholds, lows, highs, methods, strict=True):
+            bound = "min" if t.side == "above" else "max"
+            info[f"{dim.channel} {bound}"] = from_units(lo if t.side == "above" else hi, dim.transform)
+            info[f"{dim.channel} method"] = how
+        return RectangleGate(self.name, self.dimensions, min=tuple(lows), max=tuple(highs)), info
+
+
+def _passing(values: np.ndarray, lows: Sequence[float | None], highs: Sequence[float | None]) -> np.ndarray:
+    """Rows of ``values`` inside the cuts fitted so far."""
+    keep = np.ones(values.shape[0], dtype=bool)
+    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+        if lo is not None:
+            keep &= values[:, i] >= lo
+        if hi is not None:
+            keep &= values[:, i] < hi
+    return values[keep]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fitting a whole strategy
+
+
+def needs_fitting(strategy: GatingStrategy) -> bool:
+    """True when any population of ``strategy`` has a data-driven gate that is not fitted yet."""
+    return any(isinstance(p.gate, AutoGate) for p in strategy.populations)
+
+
+def client_scopes(strategy: GatingStrategy) -> set[str]:
+    """The scopes other than ``sample`` used by the strategy's unfitted data-driven gates (fitted per subject)."""
+    return {p.gate.scope for p in strategy.populations if isinstance(p.gate, AutoGate)} - {"sample"}
+
+
+def _sample_name(sample: Any, i: int) -> str:
+    path = str(getattr(sample, "path", "") or "")
+    return path.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if path else f"sample {i + 1}"
+
+
+def _subsample_sample(sample: Any, n: int) -> Any:
+    """The sample with about ``n`` events: every k-th event over the whole acquisition (systematic sampling keeps
+    the time course represented and needs no random index)."""
+    if sample.n_events <= n:
+        return sample
+    step = -(-sample.n_events // n)
+    return replace(sample, events=np.ascontiguousarray(sample.events[::step]))
+
+
+def _check_markers(pop: Population, sample: Any) -> None:
+    """Raise MarkerError naming the marker *and* the population that needs it."""
+    where = getattr(sample, "path", "") or "<in-memory sample>"
+    for dim in pop.gate.dimensions:
+        for channel in dim.channels:
+            try:
+                sample.find_channel(channel)
+            except MarkerError as err:
+                detail = str(err).removeprefix(f"{where}: ")
+                raise MarkerError(f"{where}: population '{pop.name}' needs marker '{channel}': {detail}") from None
+
+
+def _evaluate(pops: Sequence[Population], columns: Mapping[str, np.ndarray], n: int,
+              masks: dict[str, np.ndarray]) -> None:
+    """Add the masks of fixed populations not yet in ``masks``, from precomputed values, with the semantics of
+    :meth:`GatingStrategy.apply`: each gate sees only its parent's events; boolean gates combine their operands'
+    masks."""
+    for pop in pops:
+        if pop.name in masks:
+            continue
+        parent = masks[pop.parent] if pop.parent is not None else None
+        gate = pop.gate
+        if isinstance(gate, BooleanGate):
+            mask = gate.mask(np.column_stack([masks[name] for name in gate.operands]))
+            if parent is not None:
+                mask &= parent
+        else:
+            values = columns[pop.name]
+            if parent is None:
+                mask = gate.mask(values)
+            else:
+                index = np.flatnonzero(parent)
+                mask = np.zeros(n, dtype=bool)
+                mask[index] = gate.mask(values[index])
+        masks[pop.name] = mask
+
+
+class _Context:
+    """One (subsampled) sample during top-down fitting.
+
+    Every column any gate reads is compensated and transformed once, by :meth:`GatingStrategy.apply` on a strategy of
+    open "probe" gates (so compensation, channel lookup and transforms are exactly those of the final gating);
+    populations are then evaluated on those columns as they are fitted.
+    """
+
+    def __init__(self, strategy: GatingStrategy, dims: Mapping[str, tuple[Dimension, ...]], sample: Any,
+                 spillover: Any) -> None:
+        probes = tuple(
+            Population(name, RectangleGate(name, d, min=(-np.inf,) * len(d), max=(None,) * len(d)))
+            for name, d in dims.items() if d
+        )
+        result = replace(strategy, populations=probes, treg=None, parent=None).apply(sample, spillover)
+        self.columns = {p.name: result.values(p.gate) for p in probes}
+        self.n = sample.n_events
+        self.masks: dict[str, np.ndarray] = {}
+
+    def update(self, pops: Sequence[Population]) -> None:
+        """Evaluate the populations fitted so far."""
+        _evaluate(pops, self.columns, self.n, self.masks)
+
+    def parent(self, pop: Population) -> np.ndarray:
+        """Boolean mask of ``pop``'s parent (all events for a root population)."""
+        return self.masks[pop.parent] if pop.parent is not None else np.ones(self.n, dtype=bool)
+
+
+def fit_strategy(
+    strategy: GatingStrategy,
+    samples: Sequence[Any],
+    *,
+    spillover: Any = None,
+    controls: Mapping[str, Any] | None = None,
+    scopes: Sequence[str] | set[str] | None = None,
+    max_events: int = DEFAULT_MAX_EVENTS,
+    random_state: int = 0,
+) -> tuple[GatingStrategy, list[dict[str, Any]]]:
+    """Fit the data-driven gates of a strategy, top-down, pooled over ``samples``.
+
+    Parameters
+    ----------
+    strategy : GatingStrategy
+        A strategy with some :class:`AutoGate` populations (others are fixed gates, used as they are).
+    samples : sequence of cytopipe.fcs.Sample
+        The samples to pool (one for ``sample`` scope; a subject's samples or its baseline for the others).
+    spillover : Spillover or sequence of Spillover, optional
+        The matrix for ``compensation="FCS"`` (one for all samples, or one per sample); ``None`` = each file's own.
+    controls : dict of str to Sample, optional
+        Control samples by sample-sheet role (``{"fmo:CD25": sample}``) for ``method: control`` cuts. A control is
+        gated through the same fitted hierarchy as the samples, with the first sample's spillover.
+    scopes : collection of str, optional
+        Replace only the gates of these scopes (others stay unfitted in the returned strategy, e.g. ``sample``-scope
+        gates left to each worker); ancestors are still fitted internally. Default: every data-driven gate.
+    max_events : int
+        Events drawn per sample for fitting (fixed seed); fitting time stays flat for large files.
+    random_state : int
+        Seed of the subsampling.
+
+    Returns
+    -------
+    (GatingStrategy, list of dict)
+        The strategy with the chosen data-driven gates replaced by fitted fixed gates (same population names and
+        order), and one row per replaced gate: ``population, type, scope, fitted_on, n_samples, n_events`` and
+        the fitted parameters in friendly units (logicle decades, raw scatter).
+
+    Raises
+    ------
+    MarkerError
+        A sample lacks a marker; the message names the marker and the population that needs it.
+    GateError
+        A fit fails (too few events, a reference population listed after the gate using it, a missing control);
+        the message names the population.
+
+    Notes
+    -----
+    Each sample is subsampled once to ``max_events`` events. Populations are then walked in order; for a
+    data-driven gate the fitted ancestors are evaluated on every sample with :meth:`GatingStrategy.apply`
+    (compensation and transforms exactly as in the final gating), the parent's events are pooled and the gate
+    is fitted. ``T: auto`` dimensions take the logicle top of scale from the files' ``$PnR``.
+    """
+    samples = list(samples)
+    label = strategy.name or "gating strategy"
+    if not samples:
+        raise GateError(f"{label}: fitting data-driven gates needs at least one sample")
+    if isinstance(spillover, (list, tuple)):
+        spills = list(spillover)
+        if len(spills) != len(samples):
+            raise ValueError(f"spillover: {len(spills)} matrices for {len(samples)} samples")
+    else:
+        spills = [spillover] * len(samples)
+    wanted = set(SCOPES if scopes is None else scopes)
+    unknown = wanted - set(SCOPES)
+    if unknown:
+        raise ValueError(f"scopes: unknown scope(s) {sorted(unknown)}; use {', '.join(SCOPES)}")
+    if not needs_fitting(strategy):
+        return strategy, []
+    for pop in strategy.populations:
+        for sample in [*samples, *(controls or {}).values()]:
+            _check_markers(pop, sample)
+
+    where = f"{label}: population"
+    dims = {}
+    for pop in strategy.populations:
+        gate = pop.gate
+        if isinstance(gate, AutoGate) and gate.auto_top:
+            gate = _resolve_top(gate, samples, f"{where} '{pop.name}'")
+        dims[pop.name] = gate.dimensions
+    contexts = [_Context(strategy, dims, _subsample_sample(s, max_events), spill)
+                for s, spill in zip(samples, spills, strict=True)]
+    control_contexts = {str(role).casefold(): _Context(strategy, dims, _subsample_sample(c, max_events), spills[0])
+                        for role, c in (controls or {}).items()}
+    names = [_sample_name(s, i) for i, s in enumerate(samples)]
+    last = max(i for i, p in enumerate(strategy.populations) if isinstance(p.gate, AutoGate))
+    working: list[Population] = []  # every population so far, with fitted gates
+    output: dict[str, Gate] = {}
+    rows: list[dict[str, Any]] = []
+    for pop in strategy.populations[: last + 1]:
+        gate = pop.gate
+        if isinstance(gate, AutoGate):
+            for ctx in (*contexts, *control_contexts.values()):
+                ctx.update(working)
+            gate = replace(gate, dimensions=dims[pop.name], name=gate.name or pop.name)
+            fitted, info, n_used = _fit_population(gate, pop, f"{where} '{pop.name}'", contexts, control_contexts,
+                                                   {p.name for p in working})
+            if gate.scope in wanted:
+                output[pop.name] = fitted
+                rows.append({"population": pop.name, "type": gate.kind, "scope": gate.scope,
+                             "fitted_on": ";".join(names), "n_samples": len(samples), "n_events": n_used, **info})
+            gate = fitted
+        working.append(replace(pop, gate=gate))
+    populations = tuple(replace(p, gate=output[p.name]) if p.name in output else p for p in strategy.populations)
+    return replace(strategy, populations=populations), rows
+
+
+def _resolve_top(gate: AutoGate, samples: Sequence[Any], where: str) -> AutoGate:
+    """The gate with ``T: auto`` dimensions resolved from the samples' ``$PnR`` (which must agree)."""
+    resolved = [tuple(resolve_dimension(d, s) for d in gate.dimensions) for s in samples]
+    for dims, s in zip(resolved[1:], samples[1:], strict=True):
+        if dims != resolved[0]:
+            raise GateError(f"{where}: pooled samples differ in $PnR ({_sample_name(s, 0)}); fit them separately "
+                            "or set T: keep")
+    return replace(gate, dimensions=resolved[0])
+
+
+def _fit_population(gate: AutoGate, pop: Population, where: str, contexts: list[_Context],
+                    control_contexts: dict[str, _Context], known: set[str]) -> tuple[Gate, dict[str, Any], int]:
+    """Fit one data-driven gate on its fitted parent's events pooled over the contexts."""
+    needed = getattr(gate, "references", ())
+    for ref in needed:
+        if ref not in known:
+            raise GateError(f"{where}: reference population '{ref}' must be defined before '{pop.name}'")
+    values = np.concatenate([ctx.columns[pop.name][ctx.parent(pop)] for ctx in contexts])
+    reference = {ref: np.concatenate([ctx.columns[pop.name][ctx.masks[ref]] for ctx in contexts]) for ref in needed}
+    control_values = {}
+    for role in (r.casefold() for r in getattr(gate, "controls", ())):
+        if role not in control_contexts:
+            raise GateError(f"{where}: needs the control '{role}' (a sample-sheet row with role {role}); none given")
+        ctx = control_contexts[role]
+        control_values[role] = ctx.columns[pop.name][ctx.parent(pop)]
+    try:
+        fitted, info = gate.fit_with_info(values, reference=reference, controls=control_values)
+    except GateError as err:
+        raise GateError(f"{where}: {err}") from None
+    return fitted, info, int(values.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# YAML gate specs -> gates (the registry gatefile.py looks types up in)
+
+_COMMON_KEYS = {"scope", "T", "max_events", "random_state"}
+# Keys gatefile.py handles itself for every gate type.
+_LOADER_KEYS = {"type", "channels", "name", "id", "transform", "transforms", "compensation"}
+_THRESHOLD_KEYS = {"side", "method", "bounds", "population", "control", "percentile", "k", "adjust", "within"}
+
+
+def _number(spec: Mapping[str, Any], key: str, where: str, default: float, *, integer: bool = False) -> Any:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        kind = "an integer" if integer else "a number"
+        raise GateError(f"{where}.{key}: expected {kind}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _common(spec: Mapping[str, Any], where: str, allowed: set[str], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(spec) - allowed - _COMMON_KEYS - _LOADER_KEYS)
+    if unknown:
+        listed = ", ".join(sorted(allowed | _COMMON_KEYS))
+        raise GateError(f"{where}.{unknown[0]}: unknown setting for {spec.get('type')} (allowed: {listed})")
+    top = spec.get("T", "auto")
+    if top not in ("auto", "keep"):
+        raise GateError(f"{where}.T: expected 'auto' (follow each file's $PnR) or 'keep', got {top!r}")
+    scope = spec.get("scope", "sample")
+    if scope not in SCOPES:
+        raise GateError(f"{where}.scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+    return {"scope": scope, "auto_top": top == "auto",
+            "max_events": _number(spec, "max_events", where, defaults["max_events"], integer=True),
+            "random_state": _number(spec, "random_state", where, 0, integer=True)}
+
+
+def _gate_name(where: str) -> str:
+    """The population name in a loader's ``where`` ("gates/x.yaml: population 'CD3+'"), or ''."""
+    start = where.find("population '")
+    if start < 0:
+        return ""
+    rest = where[start + len("population '"):]
+    return rest[: rest.find("'")] if "'" in rest else ""
+
+
+def _build(cls: type[AutoGate], settings: dict[str, Any], dims: tuple[Dimension, ...], where: str) -> AutoGate:
+    try:
+        return cls(_gate_name(where), tuple(dims), **settings)
+    except GateError as err:
+        detail = str(err).split(": ", 1)[-1]
+        raise GateError(f"{where}: gate: {detail}") from None
+
+
+def build_scatter(spec: Mapping[str, Any], dims: tuple[Dimension, ...], where: str) -> ScatterGate:
+    """``type: auto_scatter`` -> :class:`ScatterGate` (``probability``, ``components``, ``min_weight``)."""
+    w = f"{where}: gate"
+    settings = _common(spec, w, {"probability", "components", "min_weight"}, {"max_events": 5_000})
+    settings.update(probability=_number(spec, "probability", w, 0.95),
+                    components=_number(spec, "components", w, 5, integer=True),
+                    min_weight=_number(spec, "min_weight", w, 0.05))
+    return _build(ScatterGate, settings, dims, where)  # type: ignore[return-value]
+
+
+def build_singlets(spec: Mapping[str, Any], dims: tuple[Dimension, ...], where: str) -> SingletGate:
+    """``type: auto_singlets`` -> :class:`SingletGate` (``k``)."""
+    w = f"{where}: gate"
+    settings = _common(spec, w, {"k"}, {"max_events": 20_000})
+    settings["k"] = _number(spec, "k", w, 4.0)
+    return _build(SingletGate, settings, dims, where)  # type: ignore[return-value]
+
+
+def build_threshold(spec: Mapping[str, Any], dims: tuple[Dimension, ...], where: str) -> ThresholdGate:
+    """``type: auto_threshold`` -> :class:`ThresholdGate` (``thresholds``: one mapping per channel).
+
+    ``bounds`` are written in the dimension's friendly units (logicle decades) and converted here.
+    """
+    w = f"{where}: gate"
+    settings = _common(spec, w, {"thresholds"}, {"max_events": DEFAULT_MAX_EVENTS})
+    items = spec.get("thresholds")
+    if not isinstance(items, list) or len(items) != len(dims):
+        raise GateError(f"{w}.thresholds: expected a list with one entry per channel ({len(dims)}), got {items!r}")
+    thresholds = []
+    for i, (item, dim) in enumerate(zip(items, dims, strict=True)):
+        wi = f"{w}.thresholds[{i}]"
+        if not isinstance(item, Mapping):
+            raise GateError(f"{wi}: expected a mapping such as {{side: above, method: valley}}, got {item!r}")
+        unknown = sorted(set(item) - _THRESHOLD_KEYS)
+        if unknown:
+            raise GateError(f"{wi}.{unknown[0]}: unknown setting (allowed: {', '.join(sorted(_THRESHOLD_KEYS))})")
+        bounds = item.get("bounds")
+        if bounds is not None:
+            if not isinstance(bounds, list) or len(bounds) != 2 or any(
+                    b is not None and (isinstance(b, bool) or not isinstance(b, (int, float))) for b in bounds):
+                raise GateError(f"{wi}.bounds: expected [low, high] (numbers or null), got {bounds!r}")
+            bounds = tuple(None if b is None else to_units(b, dim.transform) for b in bounds)
+        for key in ("side", "method", "within", "population", "control"):
+            if key in item and not isinstance(item[key], str):
+                raise GateError(f"{wi}.{key}: expected text, got {item[key]!r}")
+        threshold = Threshold(side=item.get("side", "above"), method=item.get("method", "valley"), bounds=bounds,
+                              population=item.get("population"), control=item.get("control"),
+                              percentile=_number(item, "percentile", wi, 99.0), k=_number(item, "k", wi, 3.0),
+                              adjust=_number(item, "adjust", wi, 1.5), within=item.get("within", "parent"))
+        threshold.check(wi)
+        thresholds.append(threshold)
+    settings["thresholds"] = tuple(thresholds)
+    return _build(ThresholdGate, settings, dims, where)  # type: ignore[return-value]
+
+
+#: YAML ``type`` -> builder ``(spec, dimensions, where) -> Gate``; :mod:`cytopipe.gatefile` looks types up here.
+GATE_TYPES: dict[str, Callable[[dict, tuple[Dimension, ...], str], Gate]] = {
+    "auto_scatter": build_scatter,
+    "auto_singlets": build_singlets,
+    "auto_threshold": build_threshold,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# drift and sensitivity
+
+_IDENTITY = {"sample", "subject", "timepoint", "day", "baseline", "population", "type", "scope", "fitted_on",
+             "n_samples", "n_events"}
+
+
+def gate_drift(fitted_rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Drift of every fitted gate parameter per timepoint against the subject's baseline fit.
+
+    Parameters
+    ----------
+    fitted_rows : list of dict or pandas.DataFrame
+        ``gates_fitted.csv`` rows: :func:`fit_strategy` rows with ``sample, subject, timepoint, day`` added (and
+        optionally a bool ``baseline``; default: each subject's earliest day is its baseline).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per subject x timepoint x population x numeric parameter: ``subject, sample, timepoint, day,
+        population, parameter, value, baseline_value, drift`` (value - baseline value, same units: logicle decades
+        for thresholds, raw for scatter) and ``drift_pct`` (drift relative to the baseline value, percent). Gates
+        fitted once per subject (``subject``/``baseline`` scope, rows without a day) are left out.
+
+    Raises
+    ------
+    ValueError
+        The rows lack ``subject``, ``day`` or ``population``.
+    """
+    table = pd.DataFrame(list(fitted_rows) if not isinstance(fitted_rows, pd.DataFrame) else fitted_rows)
+    columns = ["subject", "sample", "timepoint", "day", "population", "parameter", "value", "baseline_value",
+               "drift", "drift_pct"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    missing = [c for c in ("subject", "day", "population") if c not in table.columns]
+    if missing:
+        raise ValueError(f"gate_drift: fitted rows lack column(s) {', '.join(missing)}")
+    table = table[pd.to_numeric(table["day"], errors="coerce").notna()].copy()
+    table["day"] = table["day"].astype(float)
+    for col in ("sample", "timepoint"):
+        if col not in table.columns:
+            table[col] = ""
+    params = [c for c in table.columns if c not in _IDENTITY and pd.api.types.is_numeric_dtype(table[c])]
+    ids = ["subject", "sample", "timepoint", "day", "population"]
+    if "baseline" in table.columns:
+        ids.append("baseline")
+    long = table.melt(id_vars=ids, value_vars=params, var_name="parameter", value_name="value")
+    long = long.dropna(subset=["value"])
+    if "baseline" in long.columns and long["baseline"].astype(bool).any():
+        base = long[long["baseline"].astype(bool)]
+    else:
+        base = long[long["day"] == long.groupby("subject")["day"].transform("min")]
+    base = base.groupby(["subject", "population", "parameter"], as_index=False)["value"].first()
+    out = long.merge(base.rename(columns={"value": "baseline_value"}), on=["subject", "population", "parameter"])
+    out["drift"] = out["value"] - out["baseline_value"]
+    scale = out["baseline_value"].abs().where(out["baseline_value"].abs() > 0)
+    out["drift_pct"] = 100.0 * out["drift"] / scale
+    order = {n: i for i, n in enumerate(dict.fromkeys(table["population"]))}
+    out["_order"] = out["population"].map(order)
+    out = out.sort_values(["subject", "day", "sample", "_order", "parameter"], kind="mergesort")
+    return out[columns].reset_index(drop=True)
+
+
+def sensitivity(
+    strategy: GatingStrategy,
+    sample: Any,
+    treg: str | None = None,
+    parent: str | None = None,
+    *,
+    delta: float = 0.1,
+    spillover: Any = None,
+    fitted: GatingStrategy | None = None,
+) -> list[dict[str, Any]]:
+    """How much the Treg % moves when each data-driven threshold shifts by +/- ``delta``.
+
+    Parameters
+    ----------
+    strategy : GatingStrategy
+        The data-driven strategy (its :class:`ThresholdGate` populations are the thresholds examined).
+    sample : cytopipe.fcs.Sample
+        The sample.
+    treg, parent : str, optional
+        Treg population and denominator (default: the strategy's ``treg``/``parent``, else the population named
+        ``Treg`` and its parent).
+    delta : float
+        Shift in friendly units of each dimension (logicle decades: default 0.1).
+    spillover : Spillover, optional
+        As for :meth:`GatingStrategy.apply`.
+    fitted : GatingStrategy, optional
+        The strategy already fitted for this sample (default: fitted here with :func:`fit_strategy`).
+
+    Returns
+    -------
+    list of dict
+        One row per threshold: ``population, channel, bound`` (``min``/``max``), ``threshold`` (friendly units),
+        ``delta``, ``treg_pct``, ``treg_pct_minus``, ``treg_pct_plus`` (threshold shifted down / up) and
+        ``max_change_pp`` (largest absolute change, percentage points).
+
+    Raises
+    ------
+    GateError
+        No Treg population can be found.
+    """
+    if not delta > 0:
+        raise ValueError(f"delta must be positive, got {delta!r}")
+    treg = treg or strategy.treg or next((p.name for p in strategy.populations if p.name.casefold() == "treg"), None)
+    if treg is None:
+        raise GateError(f"{strategy.name or 'gating strategy'}: no Treg population (name one with treg=)")
+    parent = parent or strategy.parent or strategy.population(treg).parent
+    if fitted is None:
+        fitted, _ = fit_strategy(strategy, [sample], spillover=spillover)
+    # Only the populations the Treg % depends on are re-gated.
+    needed = {treg, *([parent] if parent else [])}
+    for pop in reversed(fitted.populations):
+        if pop.name in needed:
+            needed.update([pop.parent] if pop.parent else [])
+            needed.update(pop.gate.operands if isinstance(pop.gate, BooleanGate) else ())
+    fitted = replace(fitted, populations=tuple(p for p in fitted.populations if p.name in needed), treg=None,
+                     parent=None)
+
+    def treg_pct(candidate: GatingStrategy) -> float:
+        result = candidate.apply(sample, spillover)
+        n = result.n_events if parent is None else result.counts[parent]
+        return 100.0 * result.counts[treg] / n if n else math.nan
+
+    base = treg_pct(fitted)
+    rows = []
+    for pop in strategy.populations:
+        if not isinstance(pop.gate, ThresholdGate) or pop.name not in needed:
+            continue
+        gate = fitted.population(pop.name).gate
+        assert isinstance(gate, RectangleGate)
+        for i, (dim, t) in enumerate(zip(gate.dimensions, pop.gate.thresholds, strict=True)):
+            bound = "min" if t.side == "above" else "max"
+            cut = (gate.min if bound == "min" else gate.max)[i]
+            friendly = from_units(cut, dim.transform)
+            moved = []
+            for sign in (-1.0, 1.0):
+                shifted = list(gate.min if bound == "min" else gate.max)
+                shifted[i] = to_units(friendly + sign * delta, dim.transform)
+                new = replace(gate, **{bound: tuple(shifted)})
+                pops = tuple(replace(p, gate=new) if p.name == pop.name else p for p in fitted.populations)
+                moved.append(treg_pct(replace(fitted, populations=pops)))
+            rows.append({"population": pop.name, "channel": str(dim.channel), "bound": bound, "threshold": friendly,
+                         "delta": delta, "treg_pct": base, "treg_pct_minus": moved[0], "treg_pct_plus": moved[1],
+                         "max_change_pp": max(abs(moved[0] - base), abs(moved[1] - base))})
+    return rows

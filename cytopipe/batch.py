@@ -1,0 +1,622 @@
+"""Many samples: a process pool or a Dask cluster, a result cache, failure isolation, progress and the outputs.
+
+:func:`run` is what ``cytopipe run`` calls. It reads the sample sheet and the gate file, fits the data-driven
+gates whose scope spans several samples (``subject``, ``baseline``) on this machine, sends one
+:class:`cytopipe.pipeline.SampleTask` per sample to the workers, caches every finished sample under
+``OUT/.cache/``, and writes the result tables, ``manifest.json`` and ``report.html``.
+
+Determinism: rows are sorted by subject, day, sample and population order, and floats are written with a fixed
+format, so ``--workers 1``, ``--workers N`` and a Dask cluster give byte-identical CSV files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from . import __version__
+from .errors import ConfigError, CytopipeError
+from .pipeline import (
+    FAILURE_COLUMNS,
+    POPULATION_COLUMNS,
+    TREG_COLUMNS,
+    SampleResult,
+    SampleTask,
+    file_sha256,
+    process_sample,
+    resolve_treg,
+)
+
+FLOAT_FORMAT = "%.10g"
+CACHE_DIR = ".cache"
+# Bump when the cached SampleResult layout or the meaning of its numbers changes.
+CACHE_FORMAT = 1
+_DEPENDENCIES = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "PyYAML", "Jinja2", "flowio",
+                 "dask", "distributed")
+
+
+@dataclass
+class RunResult:
+    """The tables of one batch run and its exit code.
+
+    Attributes
+    ----------
+    populations, treg, baseline, failures, fitted
+        The tables written to ``populations.csv``, ``treg.csv``, ``baseline.csv``, ``failures.csv`` and
+        ``gates_fitted.csv`` (``fitted`` is empty when the strategy has no data-driven gates).
+    exit_code
+        0 when every sample succeeded, 1 when some failed.
+    out
+        The output folder.
+    computed, cached
+        Sample names processed in this run and those taken from the cache.
+    elapsed
+        Wall-clock seconds of the whole run.
+    """
+
+    populations: pd.DataFrame
+    treg: pd.DataFrame
+    baseline: pd.DataFrame
+    failures: pd.DataFrame
+    fitted: pd.DataFrame
+    exit_code: int
+    out: Path
+    computed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+    n_events: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# progress and logs
+
+
+class Progress:
+    """Progress reporting on stderr: a one-line bar on a terminal, log lines otherwise, JSON lines or nothing.
+
+    Parameters
+    ----------
+    total
+        Number of samples in the run.
+    mode
+        ``"tty"`` (one line rewritten with ``\\r``), ``"plain"``, ``"json"`` or ``"quiet"`` (errors only).
+    stream
+        Where to write (default ``sys.stderr``).
+    """
+
+    def __init__(self, total: int, mode: str, stream: IO[str] | None = None) -> None:
+        self.total = total
+        self.mode = mode
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = 0
+        self.events = 0
+        self.start = time.perf_counter()
+
+    def log(self, message: str, **fields: Any) -> None:
+        """An informational message (not shown with ``quiet``)."""
+        if self.mode == "json":
+            self._json({"event": "info", "message": message, **fields})
+        elif self.mode in ("plain", "tty"):
+            self._line(f"cytopipe: {message}")
+
+    def error(self, message: str, **fields: Any) -> None:
+        """An error message, shown in every mode."""
+        if self.mode == "json":
+            self._json({"event": "error", "message": message, **fields})
+        else:
+            self._line(f"cytopipe: error: {message}")
+
+    def sample(self, result: SampleResult) -> None:
+        """Record one finished sample."""
+        self.done += 1
+        if not result.cached:
+            self.events += result.n_events
+        elapsed = time.perf_counter() - self.start
+        rate = self.events / elapsed if elapsed > 0 else 0.0
+        if result.failure is not None:
+            f = result.failure
+            self.error(f"{f['sample']}: {f['stage']} failed: {f['reason']}", sample=f["sample"], stage=f["stage"],
+                       done=self.done, total=self.total)
+        if self.mode == "json":
+            self._json({"event": "sample", "sample": result.sample, "ok": result.ok, "cached": result.cached,
+                        "events": result.n_events, "seconds": round(result.timings.get("total", 0.0), 4),
+                        "done": self.done, "total": self.total, "events_per_s": round(rate)})
+        elif self.mode == "plain":
+            how = "cached" if result.cached else f"{result.n_events} events in {result.timings.get('total', 0):.2f} s"
+            status = "ok" if result.ok else "FAILED"
+            self._line(f"cytopipe: [{self.done}/{self.total}] {result.sample} {status} ({how})")
+        elif self.mode == "tty":
+            eta = (elapsed / self.done) * (self.total - self.done) if self.done else 0.0
+            self.stream.write(f"\r\x1b[K{self.done}/{self.total} samples  {rate / 1e6:6.2f} M events/s  "
+                              f"ETA {int(eta) // 60:d}:{int(eta) % 60:02d}")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        """End the progress line."""
+        if self.mode == "tty":
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        if self.mode == "tty":
+            text = "\r\x1b[K" + text
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _json(self, record: dict) -> None:
+        self.stream.write(json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n")
+        self.stream.flush()
+
+
+def _progress_mode(progress: bool | None, log_json: bool, quiet: bool, stream: IO[str]) -> str:
+    if quiet:
+        return "quiet"
+    if log_json:
+        return "json"
+    if progress is None:
+        progress = bool(getattr(stream, "isatty", lambda: False)())
+    return "tty" if progress else "plain"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cache
+
+
+class ResultCache:
+    """Finished samples under ``OUT/.cache/``.
+
+    An entry is ``results/<key>.json`` where the key hashes the file's SHA-256, the sample's identity, the gate
+    definitions (with any client-fitted parameters) and the settings. ``files/`` maps a file's path, size and
+    modification time to its SHA-256 so that unchanged files are not re-read to be recognised. Every entry is
+    written to a temporary name and renamed, so a run killed at any instant leaves only whole entries.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.results = root / "results"
+        self.files = root / "files"
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.files.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("*/.*.tmp"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+
+    @staticmethod
+    def _stat_key(path: str) -> str | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return _sha_text(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}")
+
+    def known_sha(self, path: str) -> str | None:
+        """The SHA-256 recorded for this file when its path, size and mtime are unchanged."""
+        key = self._stat_key(path)
+        if key is None:
+            return None
+        try:
+            return (self.files / key).read_text().strip() or None
+        except OSError:
+            return None
+
+    def remember_sha(self, path: str, sha: str) -> None:
+        """Record a file's SHA-256 under its path, size and mtime."""
+        key = self._stat_key(path)
+        if key is not None and sha:
+            _atomic_write(self.files / key, sha)
+
+    def get(self, key: str) -> SampleResult | None:
+        """The cached result or ``None`` (an unreadable entry counts as absent)."""
+        try:
+            data = json.loads((self.results / f"{key}.json").read_text())
+            result = SampleResult.from_dict(data)
+        except (OSError, ValueError, TypeError):
+            return None
+        result.cached = True
+        return result
+
+    def put(self, key: str, result: SampleResult) -> None:
+        """Store a successful result."""
+        _atomic_write(self.results / f"{key}.json", json.dumps(result.to_dict(), sort_keys=True))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.results.glob("*.json"))
+
+
+def _sha_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    _atomic_write(path, table.to_csv(index=False, lineterminator="\n", float_format=FLOAT_FORMAT))
+
+
+def task_key(task: SampleTask, sha: str, settings: str) -> str:
+    """The cache key of a task: file content, sample identity, gate definitions and settings."""
+    ident = json.dumps([task.sample, task.subject, task.timepoint, task.day, task.treg, task.parent,
+                        task.plots_dir is not None], default=str)
+    return _sha_text(f"{CACHE_FORMAT}\0{__version__}\0{sha}\0{ident}\0{settings}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# executors
+
+
+def _limit_threads() -> None:
+    """Worker initializer: one BLAS/OpenMP thread per worker process (the pool is the parallelism)."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # threadpoolctl ships with scikit-learn, but stay usable without it
+        pass
+
+
+def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
+    for task in tasks:
+        yield process_sample(task)
+
+
+def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
+    """Process tasks in a pool of ``workers`` processes; yields results as they finish.
+
+    A worker that dies (e.g. killed for memory) breaks the pool; the unfinished tasks are retried once in a fresh
+    pool and those lost again become failures, so one pathological file cannot sink the batch.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["cytopipe.pipeline"])
+    pending = list(tasks)
+    for attempt in range(2):
+        lost: list[SampleTask] = []
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
+                                   initializer=_limit_threads)
+        try:
+            futures = {pool.submit(process_sample, task): task for task in pending}
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    lost.append(futures[future])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if not lost:
+            return
+        pending = lost
+        if attempt == 1:
+            for task in lost:
+                yield _lost(task, "the worker process died while processing this sample (out of memory?)")
+
+
+def _lost(task: SampleTask, reason: str) -> SampleResult:
+    return SampleResult(sample=task.sample, file=task.file, subject=task.subject, timepoint=task.timepoint,
+                        day=task.day, failure={"sample": task.sample, "file": task.file, "stage": "read",
+                                               "reason": reason})
+
+
+def _run_dask(tasks: list[SampleTask], scheduler: str) -> Iterator[SampleResult]:
+    """Process tasks on an existing Dask distributed cluster; yields results as they finish."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError("--scheduler needs dask and distributed: pip install cytopipe[dask]") from None
+    try:
+        client = Client(scheduler, timeout="20s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise ConfigError(f"cannot connect to the Dask scheduler at {scheduler}: {first}") from None
+    try:
+        futures = client.map(process_sample, tasks, pure=False)
+        owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except Exception as err:  # noqa: BLE001 - a lost worker fails its sample, not the batch
+                yield _lost(owner[future.key], f"Dask task failed: {type(err).__name__}: {' '.join(str(err).split())}")
+            future.release()
+    finally:
+        client.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# gate fitting on the client
+
+
+def _fit_shared_scopes(strategy: Any, sheet: pd.DataFrame, spillover_for: Callable[[Any, str], Any],
+                       report: Progress) -> tuple[dict[str, Any], list[dict]]:
+    """Fit ``subject`` / ``baseline`` scope gates per subject on this machine.
+
+    Returns
+    -------
+    tuple
+        ``({subject: fitted strategy}, fitted parameter rows)``; ``({}, [])`` for strategies without such gates.
+    """
+    from . import autogate
+
+    scopes = autogate.client_scopes(strategy)
+    if not scopes:
+        return {}, []
+    from .fcs import read_fcs
+
+    fitted: dict[str, Any] = {}
+    rows: list[dict] = []
+    samples = sheet[sheet["role"] == "sample"]
+    for subject, group in samples.groupby("subject", sort=True):
+        chosen = group[group["baseline"]] if "baseline" in scopes and "subject" not in scopes else group
+        report.log(f"fitting {', '.join(sorted(scopes))}-scope gates for subject {subject} on "
+                   f"{len(chosen)} sample(s)")
+        loaded = []
+        spills = []
+        for rec in chosen.itertuples(index=False):
+            sample = read_fcs(rec.file)
+            loaded.append(sample)
+            spills.append(spillover_for(sample, rec.spillover))
+        subject_strategy, params = autogate.fit_strategy(strategy, loaded, spillover=spills[0],
+                                                         scopes=scopes)
+        fitted[subject] = subject_strategy
+        rows.extend({"sample": "", "subject": subject, "timepoint": "", "day": "", **row} for row in params)
+    return fitted, rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tables
+
+
+def _sort_rows(table: pd.DataFrame, columns: Iterable[str], population_order: list[str] | None = None) -> pd.DataFrame:
+    table = table.copy()
+    keys = ["subject", "day", "sample"]
+    if population_order is not None:
+        table["_order"] = table["population"].map({n: i for i, n in enumerate(population_order)})
+        keys.append("_order")
+    table = table.sort_values(keys, kind="mergesort").reset_index(drop=True)
+    return table[list(columns)]
+
+
+def _tables(results: list[SampleResult], strategy: Any, sheet: pd.DataFrame
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    order = [p.name for p in strategy.populations]
+    extra = [c for c in sheet.columns if c not in ("sample", "file", "subject", "timepoint", "day", "baseline",
+                                                   "role", "spillover")]
+    pop_rows = [row for r in results if r.treg is not None for row in r.populations]
+    treg_rows = [r.treg for r in results if r.treg is not None]
+    fail_rows = [r.failure for r in results if r.failure is not None]
+    fitted_rows = [row for r in results for row in r.fitted]
+    populations = _sort_rows(pd.DataFrame(pop_rows, columns=list(POPULATION_COLUMNS)), POPULATION_COLUMNS, order)
+    treg = pd.DataFrame(treg_rows, columns=list(TREG_COLUMNS))
+    # The baseline flag and the sheet's extra columns travel with each sample (report re-rendering needs them).
+    info = sheet.set_index("sample")[["baseline", *extra]]
+    treg = treg.join(info, on="sample")
+    treg = _sort_rows(treg, [*TREG_COLUMNS, "baseline", *extra])
+    failures = pd.DataFrame(fail_rows, columns=list(FAILURE_COLUMNS))
+    failures = failures.join(sheet.set_index("sample")[["subject", "day"]], on="sample")
+    failures = failures.sort_values(["subject", "day", "sample"], kind="mergesort")[list(FAILURE_COLUMNS)]
+    fitted = pd.DataFrame(fitted_rows)
+    return populations, treg.reset_index(drop=True), failures.reset_index(drop=True), fitted
+
+
+def _versions() -> dict[str, str]:
+    versions = {"cytopipe": __version__, "python": platform.python_version()}
+    for name in _DEPENDENCIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathLike = "gates/treg.yaml",
+        out: str | os.PathLike = "results", workers: int | None = None, scheduler: str | None = None,
+        treg: str | None = None, parent: str | None = None, clinical: str | os.PathLike | None = None,
+        spillover: str | os.PathLike | None = None, cva: float = 10.0, cvi: float = 10.0, z: float = 1.96,
+        progress: bool | None = None, log_json: bool = False, quiet: bool = False, plots: bool = True,
+        report: bool = True, stream: IO[str] | None = None) -> RunResult:
+    """Gate every sample of a sample sheet and write the study's result folder.
+
+    Parameters
+    ----------
+    sheet
+        Sample sheet CSV (see :func:`cytopipe.samplesheet.read_sample_sheet`).
+    gates
+        Gate file, YAML or Gating-ML 2.0.
+    out
+        Output folder (created). Finished samples are cached in ``out/.cache/``.
+    workers
+        Worker processes (default: all cores); 1 runs in this process. Ignored with ``scheduler``.
+    scheduler
+        ``tcp://HOST:PORT`` of a Dask distributed scheduler to run the per-sample work on.
+    treg, parent
+        Treg population and its denominator (default: the strategy's, else the population named Treg and its
+        parent).
+    clinical
+        Clinical table passed to the report.
+    spillover
+        Spillover matrix file for every sample (a sheet row's ``spillover`` column still wins for that row).
+    cva, cvi, z
+        Reference-change-value settings for ``baseline.csv`` and the report.
+    progress
+        Progress bar on/off; ``None`` = on when ``stream`` is a terminal.
+    log_json, quiet
+        JSON-lines logs; or nothing but errors.
+    plots
+        Draw ``plots/gating_<sample>.png`` per sample.
+    report
+        Render ``report.html`` at the end.
+    stream
+        Where progress and logs go (default ``sys.stderr``).
+
+    Returns
+    -------
+    RunResult
+        The tables and the exit code (0 all ok, 1 some samples failed).
+
+    Raises
+    ------
+    CytopipeError
+        A usage or configuration problem (bad sheet, gate file, option or scheduler address): exit code 2.
+    """
+    from .gatefile import load_strategy
+    from .samplesheet import read_sample_sheet
+
+    started = time.perf_counter()
+    stream = stream if stream is not None else sys.stderr
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (got {workers})")
+    if scheduler is not None and not str(scheduler).startswith(("tcp://", "tls://", "inproc://", "ucx://")):
+        raise ConfigError(f"--scheduler {scheduler!r} is not an address like tcp://HOST:PORT")
+    for option, value in (("--spillover", spillover), ("--clinical", clinical)):
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{option} {value}: file not found")
+    table = read_sample_sheet(sheet)
+    strategy = load_strategy(gates)
+    treg_name, parent_name = resolve_treg(strategy, treg, parent)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = ResultCache(out / CACHE_DIR)
+    mode = _progress_mode(progress, log_json, quiet, stream)
+    samples = table[table["role"] == "sample"].reset_index(drop=True)
+    report_progress = Progress(len(samples), mode, stream)
+
+    spill_path = str(Path(spillover).resolve()) if spillover is not None else None
+    spill_sha = file_sha256(spill_path) if spill_path else ""
+
+    def spillover_for(sample: Any, row_spillover: str) -> Any:
+        from .pipeline import choose_spillover
+
+        return choose_spillover(sample, strategy, row_spillover or spill_path)
+
+    subject_strategies, client_fitted = _fit_shared_scopes(strategy, table, spillover_for, report_progress)
+    definition = getattr(strategy, "source", "") or repr(strategy)
+    plots_dir = str((out / "plots").resolve()) if plots else None
+
+    tasks: list[SampleTask] = []
+    settings: list[str] = []
+    for rec in samples.itertuples(index=False):
+        row_spill = rec.spillover or None
+        tasks.append(SampleTask(
+            sample=rec.sample, file=rec.file, subject=rec.subject, timepoint=rec.timepoint, day=float(rec.day),
+            strategy=subject_strategies.get(rec.subject, strategy), treg=treg_name, parent=parent_name,
+            spillover=row_spill or spill_path, plots_dir=plots_dir))
+        fitted_here = [r for r in client_fitted if r["subject"] == rec.subject]
+        matrix_sha = file_sha256(row_spill) if row_spill and Path(row_spill).is_file() else spill_sha
+        settings.append(json.dumps({"gates": definition, "fitted": fitted_here, "spillover": matrix_sha},
+                                   sort_keys=True, default=str))
+
+    results: list[SampleResult] = []
+    todo: list[tuple[SampleTask, str]] = []
+    for task, setting in zip(tasks, settings, strict=True):
+        sha = cache.known_sha(task.file)
+        hit = cache.get(task_key(task, sha, setting)) if sha else None
+        if hit is not None and (hit.plot is None or Path(hit.plot).is_file()):
+            results.append(hit)
+            report_progress.sample(hit)
+        else:
+            todo.append((task, setting))
+    computed_names = [t.sample for t, _ in todo]
+    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    if todo:
+        report_progress.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache"
+                            + (f", on {scheduler}" if scheduler else f", {min(n_workers, len(todo))} worker(s)"))
+    pending = [t for t, _ in todo]
+    setting_of = {t.sample: s for t, s in todo}
+    if scheduler is not None:
+        stream_results = _run_dask(pending, scheduler)
+    elif n_workers == 1 or len(pending) <= 1:
+        stream_results = _run_in_process(pending)
+    else:
+        stream_results = _run_pool(pending, n_workers)
+    task_of = {t.sample: t for t in pending}
+    for result in stream_results:
+        if result.ok and result.sha256:
+            cache.remember_sha(result.file, result.sha256)
+            cache.put(task_key(task_of[result.sample], result.sha256, setting_of[result.sample]), result)
+        results.append(result)
+        report_progress.sample(result)
+    report_progress.finish()
+
+    populations, treg_table, failures, fitted = _tables(results, strategy, table)
+    if client_fitted:
+        fitted = pd.concat([pd.DataFrame(client_fitted), fitted], ignore_index=True)
+    baseline = _baseline(treg_table, clinical=clinical, cva=cva, cvi=cvi, z=z)
+    _write_csv(populations, out / "populations.csv")
+    _write_csv(treg_table, out / "treg.csv")
+    _write_csv(baseline, out / "baseline.csv")
+    _write_csv(failures, out / "failures.csv")
+    if not fitted.empty:
+        _write_csv(fitted, out / "gates_fitted.csv")
+    else:
+        (out / "gates_fitted.csv").unlink(missing_ok=True)
+
+    manifest = {
+        "cytopipe": __version__,
+        "versions": _versions(),
+        "command": sys.argv,
+        "sample_sheet": {"path": str(Path(sheet).resolve()), "sha256": file_sha256(sheet),
+                         "text": Path(sheet).read_text(encoding="utf-8-sig")},
+        "gates": {"path": str(Path(gates).resolve()), "sha256": file_sha256(gates), "text": definition,
+                  "treg": treg_name, "parent": parent_name},
+        "settings": {"workers": None if scheduler else n_workers, "scheduler": scheduler,
+                     "spillover": spill_path, "clinical": str(Path(clinical).resolve()) if clinical else None,
+                     "cva": cva, "cvi": cvi, "z": z, "plots": plots},
+        "inputs": [{"sample": r.sample, "file": r.file, "sha256": r.sha256, "events": r.n_events,
+                    "spillover": r.spillover_source} for r in sorted(results, key=lambda r: r.sample)],
+        "failed": len(failures),
+    }
+    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    if report:
+        from .report import render_report
+
+        try:
+            render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z)
+        except CytopipeError as err:
+            report_progress.error(f"report not written: {err}")
+            raise
+    elapsed = time.perf_counter() - started
+    n_events = sum(r.n_events for r in results if not r.cached)
+    exit_code = 1 if len(failures) else 0
+    report_progress.log(f"{len(samples) - len(failures)}/{len(samples)} samples ok, {len(failures)} failed; "
+                        f"{len(computed_names)} processed, {len(samples) - len(computed_names)} cached; "
+                        f"{elapsed:.1f} s; results in {out}")
+    return RunResult(populations=populations, treg=treg_table, baseline=baseline, failures=failures,
+                     fitted=fitted, exit_code=exit_code, out=out, computed=computed_names,
+                     cached=[t.sample for t in tasks if t.sample not in set(computed_names)], elapsed=elapsed,
+                     n_events=n_events)
+
+
+def _baseline(treg: pd.DataFrame, *, clinical: str | os.PathLike | None, cva: float, cvi: float, z: float
+              ) -> pd.DataFrame:
+    """``baseline.csv`` from the Treg table (Treg:Tcon ratio from the CD4 events outside the Treg gate)."""
+    from .stats import baseline_table, read_clinical
+
+    table = treg.assign(tcon_events=treg["cd4_events"] - treg["treg_events"])
+    return baseline_table(table, cva=cva, cvi=cvi, z=z, clinical=read_clinical(clinical) if clinical else None)

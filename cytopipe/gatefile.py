@@ -1,0 +1,1126 @@
+"""YAML gate files: load, validate, write back and convert to and from Gating-ML 2.0.
+
+A gate file is what a scientist writes by hand (schema in ``docs/gatefile.md`` and ``docs/ARCHITECTURE.md``)::
+
+    name: Treg (CD25high FoxP3+)
+    compensation: file
+    transforms:
+      asinh: {type: arcsinh, cofactor: 150}
+    populations:
+      - name: CD3+
+        gate: {type: range, channels: [CD3], min: 1.9}
+      - name: Treg
+        parent: CD3+
+        gate: {type: rectangle, channels: [CD25, {channel: FoxP3, transform: asinh}], min: [2.6, 2.3]}
+
+Coordinates are written in *friendly* units of each dimension's transform (raw values for linear, logicle decades
+``0..M``, ``asinh(x / cofactor)``, ``log10(x)``) and converted to Gating-ML 2.0 units on load; :func:`dump_yaml`
+converts back. Every mistake is reported as one line ``<file>: population '<name>': <field>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import CytopipeError, GateError, MarkerError
+from .gates import (
+    FCS,
+    UNCOMPENSATED,
+    BooleanGate,
+    Dimension,
+    EllipsoidGate,
+    Gate,
+    GatingStrategy,
+    PolygonGate,
+    Population,
+    QuadrantGate,
+    RectangleGate,
+)
+from .transforms import LN10, Arcsinh, Hyperlog, Linear, Log, Logicle, Transform
+
+__all__ = [
+    "load_gates",
+    "parse_gates",
+    "load_strategy",
+    "check_gates",
+    "dump_yaml",
+    "convert",
+    "resolve_channels",
+    "friendly_units",
+]
+
+TOP_KEYS = ("name", "treg", "parent", "compensation", "transforms", "populations")
+POPULATION_KEYS = ("name", "parent", "gate")
+CHANNEL_KEYS = ("channel", "transform", "compensation")
+#: Keys each fixed gate type accepts (``type`` included).
+GATE_KEYS: dict[str, tuple[str, ...]] = {
+    "range": ("type", "channels", "min", "max"),
+    "rectangle": ("type", "channels", "min", "max"),
+    "polygon": ("type", "channels", "vertices"),
+    "ellipse": ("type", "channels", "center", "covariance", "distance"),
+    "quadrant": ("type", "channels", "at", "quadrant"),
+    "and": ("type", "of"),
+    "or": ("type", "of"),
+    "not": ("type", "of"),
+}
+#: Transform types, their parameters and defaults (``None`` = no default).
+TRANSFORM_PARAMS: dict[str, dict[str, float | None]] = {
+    "logicle": {"T": 262144.0, "W": 0.5, "M": 4.5, "A": 0.0},
+    "hyperlog": {"T": 262144.0, "W": 0.5, "M": 4.5, "A": 0.0},
+    "arcsinh": {"cofactor": None, "T": None, "M": 4.5, "A": 0.0},
+    "linear": {"T": 262144.0, "A": 0.0},
+    "log": {"T": 262144.0, "M": 4.5},
+}
+#: Scatter and time channels default to linear (raw units); everything else to ``logicle``.
+LINEAR_BY_DEFAULT = re.compile(r"^(FSC|SSC)|^time$", re.IGNORECASE)
+#: YAML ``compensation`` values with a fixed meaning, and their Gating-ML ``compensation-ref``.
+COMPENSATION_REFS = {"file": FCS, "none": UNCOMPENSATED}
+_DEFAULT_ARCSINH_M = 4.5
+
+
+class _Problem(Exception):
+    """One validation problem (already formatted, one line); collected, never shown as a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# friendly units
+
+
+def friendly_units(transform: Transform | None) -> tuple[float, float]:
+    """The affine map from Gating-ML units to the friendly units a gate file uses.
+
+    Parameters
+    ----------
+    transform : Transform or None
+        A dimension's transform (``None`` = raw scale values).
+
+    Returns
+    -------
+    tuple of float
+        ``(scale, offset)`` with ``friendly = scale * gatingml + offset``.
+
+    Raises
+    ------
+    GateError
+        For a transform gate files cannot express (e.g. ``fratio``).
+
+    Notes
+    -----
+    logicle and hyperlog: decades ``y * M``; arcsinh: ``y (M + A) ln10 - A ln10 = asinh(x / cofactor)`` with
+    ``cofactor = T / sinh(M ln10)``; log: ``log10(x) = M (y - 1) + log10(T)``; a named linear transform: raw
+    ``x = y (T + A) - A``.
+    """
+    if transform is None:
+        return 1.0, 0.0
+    if isinstance(transform, (Logicle, Hyperlog)):
+        return float(transform.M), 0.0
+    if isinstance(transform, Arcsinh):
+        return (transform.M + transform.A) * LN10, -transform.A * LN10
+    if isinstance(transform, Log):
+        return float(transform.M), math.log10(transform.T) - transform.M
+    if isinstance(transform, Linear):
+        return transform.T + transform.A, -float(transform.A)
+    raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
+
+
+def _to_gatingml(value: float, transform: Transform | None) -> float:
+    scale, offset = friendly_units(transform)
+    return (value - offset) / scale
+
+
+def _tidy(value: float) -> float | int:
+    """Round away the last-bit noise of a units round trip (12 significant digits) for a readable file."""
+    value = float(f"{float(value):.12g}")
+    return int(value) if value.is_integer() and abs(value) < 1e15 else value
+
+
+def _to_friendly(value: float | None, transform: Transform | None) -> float | int | None:
+    if value is None:
+        return None
+    scale, offset = friendly_units(transform)
+    return _tidy(value * scale + offset)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate (case-insensitive), or ``""``."""
+    options = {str(c).casefold(): str(c) for c in candidates if c}
+    match = difflib.get_close_matches(str(word).casefold(), list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{options[match[0]]}'?)" if match else ""
+
+
+def _show(value: Any) -> str:
+    """A short readable rendering of a YAML value for a message."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return "null" if value is None else str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that refuses repeated keys (a silent overwrite hides a typo in a gate)."""
+
+
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _read_text(path: str | os.PathLike[str]) -> str:
+    where = os.fspath(path)
+    try:
+        return Path(where).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GateError(f"{where}: gate file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GateError(f"{where}: cannot read gate file: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parsing and validation
+
+
+class _Parser:
+    """Reads one YAML gate file, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, where: str, base_dir: Path | None) -> None:
+        self.where = where
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+        self.transforms: dict[str, Transform | None] = {"linear": None, "logicle": Logicle(name="logicle")}
+        self.matrices: dict[str, Any] = {}
+        self.default_compensation = FCS
+        self.compensation = "file"
+        #: (population label, channel name) of every dimension, for marker checks against a sample.
+        self.channel_uses: list[tuple[str, str]] = []
+
+    # -- reporting
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(" ".join(f"{self.where}: {where}{message}".split()))
+
+    def fail(self, where: str, message: str) -> _Problem:
+        return _Problem(" ".join(f"{self.where}: {where}{message}".split()))
+
+    # -- top level
+
+    def parse(self, text: str) -> GatingStrategy | None:
+        try:
+            document = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        except yaml.YAMLError as exc:
+            self.problems.append(_yaml_message(self.where, exc))
+            return None
+        if document is None:
+            self.problem("", "populations: missing (the file is empty)")
+            return None
+        if not isinstance(document, dict):
+            self.problem("", f"expected a mapping of top-level keys ({', '.join(TOP_KEYS)}), got {_show(document)}")
+            return None
+        for key in document:
+            if key not in TOP_KEYS:
+                self.problem("", f"unknown top-level key '{key}'{_suggest(str(key), TOP_KEYS)}")
+        name = document.get("name", "")
+        if name is None:
+            name = ""
+        if not isinstance(name, (str, int, float)) or isinstance(name, bool):
+            self.problem("", f"name: expected text, got {_show(name)}")
+            name = ""
+        self.parse_compensation(document.get("compensation", "file"))
+        self.parse_transforms(document.get("transforms"))
+        if "populations" not in document:
+            self.problem("", "populations: missing")
+            return None
+        populations = document["populations"]
+        if not isinstance(populations, list) or not populations:
+            self.problem("", f"populations: expected a non-empty list of populations, got {_show(populations)}")
+            return None
+        parsed = self.parse_populations(populations)
+        names = [p.name for p in parsed]
+        treg = self.reference(document, "treg", names)
+        parent = self.reference(document, "parent", names)
+        if self.problems:
+            return None
+        if treg is None and "treg" not in document:
+            treg = next((n for n in names if n.casefold() == "treg"), None)
+        if parent is None and treg is not None and "parent" not in document:
+            parent = next(p.parent for p in parsed if p.name == treg)
+        try:
+            return GatingStrategy(
+                populations=tuple(parsed),
+                matrices=dict(self.matrices),
+                transforms={k: t for k, t in self.transforms.items() if t is not None},
+                name=str(name),
+                treg=treg,
+                parent=parent,
+                compensation=self.compensation,
+                source=text,
+            )
+        except GateError as exc:
+            self.problem("", str(exc))
+            return None
+
+    def reference(self, document: dict, key: str, names: list[str]) -> str | None:
+        value = document.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.problem("", f"{key}: expected a population name, got {_show(value)}")
+            return None
+        if value not in names:
+            self.problem("", f"{key}: unknown population '{value}'{_suggest(value, names)}")
+            return None
+        return value
+
+    def parse_compensation(self, value: Any) -> None:
+        if not isinstance(value, str) or not value.strip():
+            self.problem("", f"compensation: expected 'file', 'none' or a matrix file path, got {_show(value)}")
+            return
+        self.compensation = value
+        if value in COMPENSATION_REFS:
+            self.default_compensation = COMPENSATION_REFS[value]
+            return
+        from .compensate import read_spillover_file
+
+        path = Path(value)
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        if not path.is_file():
+            self.problem("", f"compensation: matrix file '{value}' not found (use 'file', 'none' or a path)")
+            return
+        try:
+            spillover = read_spillover_file(path)
+        except CytopipeError as exc:
+            self.problem("", f"compensation: {exc}")
+            return
+        matrix_id = _matrix_id(value)
+        self.matrices[matrix_id] = spillover
+        self.default_compensation = matrix_id
+
+    def parse_transforms(self, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, dict):
+            self.problem("", f"transforms: expected a mapping of name: {{type: ...}}, got {_show(value)}")
+            return
+        for name, spec in value.items():
+            try:
+                self.transforms[str(name)] = self.transform(str(name), spec)
+            except _Problem as exc:
+                self.problems.append(str(exc))
+
+    def transform(self, name: str, spec: Any) -> Transform:
+        here = f"transforms.{name}"
+        if not isinstance(spec, dict):
+            raise self.fail("", f"{here}: expected a mapping such as {{type: logicle, M: 4.5}}, got {_show(spec)}")
+        kind = spec.get("type")
+        if kind is None:
+            raise self.fail("", f"{here}.type: missing (one of {', '.join(TRANSFORM_PARAMS)})")
+        if kind not in TRANSFORM_PARAMS:
+            hint = _suggest(str(kind), TRANSFORM_PARAMS)
+            raise self.fail("", f"{here}.type: unknown transform type {_show(kind)}{hint}")
+        allowed = TRANSFORM_PARAMS[kind]
+        params: dict[str, float] = {}
+        for key, raw in spec.items():
+            if key == "type":
+                continue
+            if key not in allowed:
+                raise self.fail("", f"{here}: unknown parameter '{key}' for {kind}{_suggest(str(key), allowed)}; "
+                                f"allowed: {', '.join(allowed)}")
+            if not _is_number(raw):
+                raise self.fail("", f"{here}.{key}: expected a number, got {_show(raw)}")
+            params[str(key)] = float(raw)
+        for key in ("T", "M", "cofactor"):
+            if key in params and params[key] <= 0:
+                raise self.fail("", f"{here}.{key}: must be > 0, got {_tidy(params[key])}")
+        if "W" in params and params["W"] < 0:
+            raise self.fail("", f"{here}.W: must be >= 0, got {_tidy(params['W'])}")
+        try:
+            if kind == "arcsinh":
+                return self.arcsinh(name, here, params)
+            values = {k: params.get(k, default) for k, default in allowed.items()}
+            cls = {"logicle": Logicle, "hyperlog": Hyperlog, "linear": Linear, "log": Log}[kind]
+            return cls(name=name, **values)
+        except GateError as exc:
+            # The transform's own constraint message, e.g. "W must be in (0, M/2], got 3.0".
+            raise self.fail("", f"{here}: {str(exc).split(': ', 1)[-1]}") from None
+
+    def arcsinh(self, name: str, here: str, params: dict[str, float]) -> Arcsinh:
+        if "cofactor" in params:
+            extra = sorted(set(params) & {"T", "A"})
+            if extra:
+                raise self.fail("", f"{here}: give either cofactor or T/M/A, not both ({', '.join(extra)})")
+            return Arcsinh.from_cofactor(params["cofactor"], M=params.get("M", _DEFAULT_ARCSINH_M), name=name)
+        if "T" not in params:
+            raise self.fail("", f"{here}: needs cofactor (asinh(x / cofactor)) or Gating-ML T, M, A")
+        return Arcsinh(T=params["T"], M=params.get("M", _DEFAULT_ARCSINH_M), A=params.get("A", 0.0), name=name)
+
+    # -- populations
+
+    def parse_populations(self, entries: list) -> list[Population]:
+        parsed: list[Population] = []
+        first_seen: dict[str, int] = {}
+        specs: list[tuple[int, str, Any]] = []
+        for index, entry in enumerate(entries, start=1):
+            if not isinstance(entry, dict):
+                self.problem("", f"population #{index}: expected a mapping with name, parent and gate, "
+                             f"got {_show(entry)}")
+                continue
+            name = entry.get("name")
+            if name is None or (isinstance(name, str) and not name.strip()):
+                self.problem("", f"population #{index}: name: missing")
+                continue
+            if not isinstance(name, (str, int, float)) or isinstance(name, bool):
+                self.problem("", f"population #{index}: name: expected text, got {_show(name)}")
+                continue
+            name = str(name)
+            if name in first_seen:
+                self.problem("", f"population '{name}': name: duplicate (population #{first_seen[name]} "
+                             f"has the same name)")
+                continue
+            first_seen[name] = index
+            specs.append((index, name, entry))
+        names = [name for _, name, _ in specs]
+        for _index, name, entry in specs:
+            try:
+                parsed.append(self.population(name, entry, names))
+            except _Problem as exc:
+                self.problems.append(str(exc))
+        if len(parsed) == len(specs):
+            self.check_cycles(parsed)
+        return parsed
+
+    def population(self, name: str, entry: dict, names: list[str]) -> Population:
+        label = f"population '{name}': "
+        for key in entry:
+            if key not in POPULATION_KEYS:
+                raise self.fail(label, f"unknown key '{key}'{_suggest(str(key), POPULATION_KEYS)}")
+        parent = entry.get("parent")
+        if parent is not None:
+            if not isinstance(parent, str):
+                raise self.fail(label, f"parent: expected a population name, got {_show(parent)}")
+            if parent == name:
+                raise self.fail(label, "parent: a population cannot be its own parent")
+            if parent not in names:
+                others = [n for n in names if n != name]
+                raise self.fail(label, f"parent: unknown population '{parent}'{_suggest(parent, others)}")
+        if "gate" not in entry:
+            raise self.fail(label, "gate: missing")
+        return Population(name=name, gate=self.gate(name, label, entry["gate"], names), parent=parent)
+
+    def check_cycles(self, populations: list[Population]) -> None:
+        """Report the first cycle through parents and boolean operands, as ``A -> B -> A``."""
+        deps = {p.name: _dependencies(p) for p in populations}
+        parents = {p.name: p.parent for p in populations}
+        done: set[str] = set()
+        for start in deps:
+            # Iterative depth-first walk; ``path`` is the current chain of dependencies.
+            path: list[str] = []
+            stack: list[tuple[str, int]] = [(start, 0)]
+            while stack:
+                name, k = stack.pop()
+                if k == 0:
+                    if name in done:
+                        continue
+                    if name in path:
+                        cycle = path[path.index(name):] + [name]
+                        field = "parent" if parents[cycle[0]] == cycle[1] else "gate.of"
+                        self.problem(f"population '{cycle[0]}': ", f"{field}: cycle {' -> '.join(cycle)}")
+                        return
+                    path.append(name)
+                if k < len(deps[name]):
+                    stack.append((name, k + 1))
+                    stack.append((deps[name][k], 0))
+                else:
+                    path.pop()
+                    done.add(name)
+
+    # -- gates
+
+    def gate(self, name: str, label: str, spec: Any, names: list[str]) -> Gate:
+        if not isinstance(spec, dict):
+            raise self.fail(label, f"gate: expected a mapping such as {{type: range, ...}}, got {_show(spec)}")
+        kind = spec.get("type")
+        if kind is None:
+            raise self.fail(label, "gate.type: missing")
+        registry = _autogate_types()
+        if kind not in GATE_KEYS and kind not in registry:
+            known = [*GATE_KEYS, *registry]
+            raise self.fail(label, f"gate.type: unknown gate type {_show(kind)}{_suggest(str(kind), known)}")
+        if kind in registry:
+            dims = self.dimensions(label, spec.get("channels"), None)
+            try:
+                return registry[kind](spec, dims, f"{self.where}: {label}".rstrip(": "))
+            except CytopipeError as exc:
+                raise _Problem(str(exc)) from None
+        for key in spec:
+            if key not in GATE_KEYS[kind]:
+                raise self.fail(label, f"gate: unknown key '{key}' for a {kind} gate"
+                                f"{_suggest(str(key), GATE_KEYS[kind])}")
+        if kind in ("and", "or", "not"):
+            return self.boolean(name, label, kind, spec, names)
+        n_channels = {"range": 1, "polygon": 2, "quadrant": None, "rectangle": None, "ellipse": None}[kind]
+        dims = self.dimensions(label, spec.get("channels"), n_channels, kind)
+        build = {"range": self.range, "rectangle": self.rectangle, "polygon": self.polygon,
+                 "ellipse": self.ellipse, "quadrant": self.quadrant}[kind]
+        try:
+            return build(name, label, spec, dims)
+        except GateError as exc:
+            raise self.fail(label, f"gate: {str(exc).split(': ', 1)[-1]}") from None
+
+    def dimensions(self, label: str, channels: Any, count: int | None, kind: str = "") -> tuple[Dimension, ...]:
+        if channels is None:
+            raise self.fail(label, "gate.channels: missing")
+        if not isinstance(channels, list) or not channels:
+            raise self.fail(label, f"gate.channels: expected a list of markers or channels, got {_show(channels)}")
+        if count is not None and len(channels) != count:
+            raise self.fail(label, f"gate.channels: a {kind} gate needs exactly {count} channel"
+                            f"{'s' if count > 1 else ''}, got {len(channels)}")
+        return tuple(self.dimension(label, k, item) for k, item in enumerate(channels))
+
+    def dimension(self, label: str, k: int, item: Any) -> Dimension:
+        here = f"gate.channels[{k}]"
+        transform_name: Any = None
+        compensation: Any = None
+        if isinstance(item, dict):
+            for key in item:
+                if key not in CHANNEL_KEYS:
+                    raise self.fail(label, f"{here}: unknown key '{key}'{_suggest(str(key), CHANNEL_KEYS)}")
+            channel = item.get("channel")
+            transform_name = item.get("transform")
+            compensation = item.get("compensation")
+        else:
+            channel = item
+        if isinstance(channel, (int, float)) and not isinstance(channel, bool):
+            channel = str(channel)
+        if not isinstance(channel, str) or not channel.strip():
+            raise self.fail(label, f"{here}: expected a marker or channel name, got {_show(channel)}")
+        if transform_name is None:
+            transform_name = "linear" if LINEAR_BY_DEFAULT.search(channel) else "logicle"
+        if not isinstance(transform_name, str) or transform_name not in self.transforms:
+            raise self.fail(label, f"{here}.transform: unknown transform {_show(transform_name)}"
+                            f"{_suggest(str(transform_name), self.transforms)}")
+        if compensation is None:
+            comp = self.default_compensation
+        elif compensation in COMPENSATION_REFS:
+            comp = COMPENSATION_REFS[compensation]
+        else:
+            raise self.fail(label, f"{here}.compensation: expected 'file' or 'none', got {_show(compensation)}")
+        self.channel_uses.append((label, channel))
+        return Dimension(channel=channel, transform=self.transforms[transform_name], compensation=comp)
+
+    def number(self, label: str, here: str, value: Any, allow_null: bool = False) -> float | None:
+        if value is None and allow_null:
+            return None
+        if not _is_number(value):
+            wanted = "a number or null" if allow_null else "a number"
+            raise self.fail(label, f"{here}: expected {wanted}, got {_show(value)}")
+        return float(value)
+
+    def numbers(self, label: str, here: str, value: Any, count: int, what: str, allow_null: bool = False) -> list:
+        if not isinstance(value, list):
+            raise self.fail(label, f"{here}: expected a list of {count} {what}, got {_show(value)}")
+        if len(value) != count:
+            raise self.fail(label, f"{here}: expected {count} {what}, got {len(value)}")
+        return [self.number(label, f"{here}[{k}]", v, allow_null) for k, v in enumerate(value)]
+
+    def bounds(self, label: str, lo: list, hi: list, dims: tuple[Dimension, ...]) -> None:
+        for k, (a, b, dim) in enumerate(zip(lo, hi, dims, strict=True)):
+            if a is None and b is None:
+                raise self.fail(label, f"gate.min: channel '{dim.channel}' needs a min or a max (both null)")
+            if a is not None and b is not None and a > b:
+                at = "" if len(dims) == 1 else f"[{k}]"
+                raise self.fail(label, f"gate.min{at}: min {_tidy(a)} is greater than max {_tidy(b)} "
+                                f"for channel '{dim.channel}'")
+
+    def range(self, name: str, label: str, spec: dict, dims: tuple[Dimension, ...]) -> Gate:
+        if "min" not in spec and "max" not in spec:
+            raise self.fail(label, "gate: a range needs min, max or both")
+        lo = self.number(label, "gate.min", spec.get("min"), allow_null=True)
+        hi = self.number(label, "gate.max", spec.get("max"), allow_null=True)
+        self.bounds(label, [lo], [hi], dims)
+        return _rectangle(name, dims, [lo], [hi])
+
+    def rectangle(self, name: str, label: str, spec: dict, dims: tuple[Dimension, ...]) -> Gate:
+        n = len(dims)
+        if "min" not in spec and "max" not in spec:
+            raise self.fail(label, "gate: a rectangle needs min, max or both")
+        values = "values (one per channel, null = open)"
+        lo = self.numbers(label, "gate.min", spec["min"], n, values, True) if "min" in spec else [None] * n
+        hi = self.numbers(label, "gate.max", spec["max"], n, values, True) if "max" in spec else [None] * n
+        self.bounds(label, lo, hi, dims)
+        return _rectangle(name, dims, lo, hi)
+
+    def polygon(self, name: str, label: str, spec: dict, dims: tuple[Dimension, ...]) -> Gate:
+        vertices = spec.get("vertices")
+        if vertices is None:
+            raise self.fail(label, "gate.vertices: missing")
+        if not isinstance(vertices, list):
+            raise self.fail(label, f"gate.vertices: expected a list of [x, y] pairs, got {_show(vertices)}")
+        if len(vertices) < 3:
+            raise self.fail(label, f"gate.vertices: a polygon needs at least 3 vertices, got {len(vertices)}")
+        points = [self.numbers(label, f"gate.vertices[{k}]", v, 2, "coordinates [x, y]")
+                  for k, v in enumerate(vertices)]
+        converted = [tuple(_to_gatingml(c, d.transform) for c, d in zip(p, dims, strict=True)) for p in points]
+        return PolygonGate(name=name, dimensions=dims, vertices=tuple(converted))
+
+    def ellipse(self, name: str, label: str, spec: dict, dims: tuple[Dimension, ...]) -> Gate:
+        n = len(dims)
+        for key in ("center", "covariance"):
+            if key not in spec:
+                raise self.fail(label, f"gate.{key}: missing")
+        center = self.numbers(label, "gate.center", spec["center"], n, "coordinates (one per channel)")
+        rows = spec["covariance"]
+        if not isinstance(rows, list) or len(rows) != n:
+            raise self.fail(label, f"gate.covariance: expected a {n}x{n} matrix (a list of {n} rows), "
+                            f"got {_show(rows)}")
+        cov = [self.numbers(label, f"gate.covariance[{i}]", row, n, "values") for i, row in enumerate(rows)]
+        if not np.allclose(cov, np.transpose(cov)):
+            raise self.fail(label, "gate.covariance: matrix must be symmetric")
+        if np.any(np.linalg.eigvalsh(np.array(cov)) <= 0):
+            raise self.fail(label, "gate.covariance: matrix must be positive definite")
+        distance = self.number(label, "gate.distance", spec.get("distance", 1.0))
+        if distance is None or distance <= 0:
+            raise self.fail(label, f"gate.distance: must be > 0, got {_tidy(distance or 0.0)}")
+        scales = [friendly_units(d.transform)[0] for d in dims]
+        mean = tuple(_to_gatingml(c, d.transform) for c, d in zip(center, dims, strict=True))
+        covariance = tuple(tuple(cov[i][j] / (scales[i] * scales[j]) for j in range(n)) for i in range(n))
+        return EllipsoidGate(name=name, dimensions=dims, mean=mean, covariance=covariance, distance_square=distance)
+
+    def quadrant(self, name: str, label: str, spec: dict, dims: tuple[Dimension, ...]) -> Gate:
+        n = len(dims)
+        for key in ("at", "quadrant"):
+            if key not in spec:
+                raise self.fail(label, f"gate.{key}: missing")
+        at = self.numbers(label, "gate.at", spec["at"], n, "values (one per channel)")
+        signs = spec["quadrant"]
+        if not isinstance(signs, str) or len(signs) != n or set(signs) - {"+", "-"}:
+            raise self.fail(label, f"gate.quadrant: expected {n} signs, '+' (at or above) or '-' (below), one per "
+                            f"channel, e.g. '{'+-'[:n] if n <= 2 else '+' * n}', got {_show(signs)}")
+        dividers = tuple((_to_gatingml(v, d.transform),) for v, d in zip(at, dims, strict=True))
+        # A location equal to the divider belongs to the interval above it; any value below marks '-'.
+        location = tuple(d[0] if s == "+" else d[0] - max(1.0, abs(d[0])) for d, s in zip(dividers, signs,
+                                                                                           strict=True))
+        return QuadrantGate(name=name, dimensions=dims, dividers=dividers, location=location, group=name)
+
+    def boolean(self, name: str, label: str, op: str, spec: dict, names: list[str]) -> Gate:
+        operands = spec.get("of")
+        if operands is None:
+            raise self.fail(label, "gate.of: missing (a list of population names)")
+        if not isinstance(operands, list):
+            raise self.fail(label, f"gate.of: expected a list of population names, got {_show(operands)}")
+        if op == "not" and len(operands) != 1:
+            raise self.fail(label, f"gate.of: 'not' takes exactly 1 population, got {len(operands)}")
+        if op != "not" and len(operands) < 2:
+            raise self.fail(label, f"gate.of: '{op}' needs at least 2 populations, got {len(operands)}")
+        refs: list[str] = []
+        complement: list[bool] = []
+        for k, item in enumerate(operands):
+            negate = isinstance(item, dict) and set(item) == {"not"}
+            ref = item["not"] if negate else item
+            if not isinstance(ref, str):
+                raise self.fail(label, f"gate.of[{k}]: expected a population name or {{not: name}}, got {_show(ref)}")
+            if ref == name:
+                raise self.fail(label, f"gate.of: cycle {name} -> {name}")
+            if ref not in names:
+                others = [n for n in names if n != name]
+                raise self.fail(label, f"gate.of: unknown population '{ref}'{_suggest(ref, others)}")
+            refs.append(ref)
+            complement.append(negate)
+        return BooleanGate(name=name, dimensions=(), op=op, operands=tuple(refs), complement=tuple(complement))
+
+
+def _rectangle(name: str, dims: tuple[Dimension, ...], lo: Sequence[float | None],
+               hi: Sequence[float | None]) -> RectangleGate:
+    return RectangleGate(
+        name=name,
+        dimensions=dims,
+        min=tuple(None if v is None else _to_gatingml(v, d.transform) for v, d in zip(lo, dims, strict=True)),
+        max=tuple(None if v is None else _to_gatingml(v, d.transform) for v, d in zip(hi, dims, strict=True)),
+    )
+
+
+def _dependencies(pop: Population) -> list[str]:
+    deps = [pop.parent] if pop.parent is not None else []
+    if isinstance(pop.gate, BooleanGate):
+        deps.extend(pop.gate.operands)
+    return deps
+
+
+def _matrix_id(path: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem) or "matrix"
+    return f"matrix_{stem}" if stem in (FCS, UNCOMPENSATED) else stem
+
+
+def _yaml_message(where: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    line = f"line {mark.line + 1}: " if mark is not None else ""
+    return " ".join(f"{where}: {line}malformed YAML: {problem}".split())
+
+
+def _autogate_types() -> dict[str, Callable[..., Gate]]:
+    """The data-driven gate types registered by :mod:`cytopipe.autogate` (empty if it registers none)."""
+    from . import autogate
+
+    return dict(getattr(autogate, "GATE_TYPES", {}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public API: loading and checking
+
+
+def parse_gates(text: str, where: str = "<gates>", base_dir: str | os.PathLike[str] | None = None) -> GatingStrategy:
+    """Build a gating strategy from YAML text.
+
+    Parameters
+    ----------
+    text : str
+        The YAML gate definition.
+    where : str
+        Name used in messages (normally the file path).
+    base_dir : path-like, optional
+        Folder that a relative ``compensation`` matrix path is resolved against.
+
+    Returns
+    -------
+    GatingStrategy
+
+    Raises
+    ------
+    GateError
+        The first problem found, with a count of the others (run :func:`check_gates` to list them all).
+    """
+    parser = _Parser(where, Path(base_dir) if base_dir is not None else None)
+    strategy = parser.parse(text)
+    if parser.problems:
+        more = len(parser.problems) - 1
+        raise GateError(parser.problems[0] + (f" (and {more} more problem{'s' if more > 1 else ''})"
+                                              if more else ""))
+    assert strategy is not None
+    return strategy
+
+
+def load_gates(path: str | os.PathLike[str]) -> GatingStrategy:
+    """Load a YAML gate file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.yaml`` file (schema in ``docs/gatefile.md``).
+
+    Returns
+    -------
+    GatingStrategy
+        Coordinates converted to Gating-ML 2.0 units; ``source`` holds the YAML text.
+
+    Raises
+    ------
+    GateError
+        An unreadable file or any schema mistake; one line ``<file>: population '<name>': <field>: <problem>``.
+    """
+    where = os.fspath(path)
+    return parse_gates(_read_text(where), where, Path(where).parent)
+
+
+def _is_gatingml(path: str, text: str) -> bool:
+    return path.lower().endswith(".xml") or text.lstrip("\ufeff \t\r\n").startswith("<")
+
+
+def load_strategy(path: str | os.PathLike[str]) -> GatingStrategy:
+    """Load a gate file of either kind: Gating-ML 2.0 XML or YAML (by extension, else by content).
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.xml`` (or any file starting with ``<``) is read with :func:`cytopipe.gatingml.read_gatingml`; anything
+        else with :func:`load_gates`.
+
+    Returns
+    -------
+    GatingStrategy
+
+    Raises
+    ------
+    GateError
+        An unreadable or invalid file.
+    """
+    where = os.fspath(path)
+    text = _read_text(where)
+    if _is_gatingml(where, text):
+        from .gatingml import read_gatingml
+
+        return read_gatingml(where)
+    return parse_gates(text, where, Path(where).parent)
+
+
+def check_gates(path: str | os.PathLike[str], sample: Any = None) -> list[str]:
+    """Validate a gate file and list every problem (empty when the file is fine).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A YAML gate file or a Gating-ML 2.0 file.
+    sample : cytopipe.fcs.Sample or path-like, optional
+        When given, every channel the gates name must resolve through ``sample.find_channel``.
+
+    Returns
+    -------
+    list of str
+        One line per problem, e.g.
+        ``gates/treg.yaml: population 'Treg': gate.channels: unknown marker 'CD52' (did you mean 'CD25'?)``.
+
+    Raises
+    ------
+    CytopipeError
+        Only when ``sample`` is a path that cannot be read as FCS.
+    """
+    where = os.fspath(path)
+    try:
+        text = _read_text(where)
+    except GateError as exc:
+        return [str(exc)]
+    if isinstance(sample, (str, os.PathLike)):
+        from .fcs import read_fcs
+
+        sample = read_fcs(sample)
+    if _is_gatingml(where, text):
+        from .gatingml import read_gatingml
+
+        try:
+            strategy = read_gatingml(where)
+        except CytopipeError as exc:
+            return [str(exc)]
+        uses = [(f"population '{p.name}': ", c) for p in strategy.populations for d in p.gate.dimensions
+                for c in d.channels]
+        problems: list[str] = []
+    else:
+        parser = _Parser(where, Path(where).parent)
+        parser.parse(text)
+        uses, problems = parser.channel_uses, parser.problems
+    if sample is not None:
+        problems.extend(_marker_problems(where, uses, sample))
+    return problems
+
+
+def _marker_problems(where: str, uses: list[tuple[str, str]], sample: Any) -> list[str]:
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    candidates = _channel_candidates(sample)
+    for label, channel in uses:
+        if (label, channel) in seen:
+            continue
+        seen.add((label, channel))
+        try:
+            sample.find_channel(channel)
+        except MarkerError as exc:
+            text = str(exc)
+            if "ambiguous" in text:
+                detail = text.split("ambiguous", 1)[1].lstrip(": ")
+                problems.append(f"{where}: {label}gate.channels: marker '{channel}' is ambiguous: {detail}")
+            else:
+                problems.append(f"{where}: {label}gate.channels: unknown marker '{channel}'"
+                                f"{_suggest(channel, candidates)}")
+    return problems
+
+
+def _channel_candidates(sample: Any) -> list[str]:
+    """Names a user could have meant: each marker's first token, full markers, then ``$PnN``."""
+    names: list[str] = []
+    for marker in sample.markers:
+        if marker:
+            token = re.split(r"[\s/,;:()]+", marker.strip())[0]
+            names.extend([token, marker])
+    names.extend(sample.channels)
+    return list(dict.fromkeys(names))
+
+
+def resolve_channels(strategy: GatingStrategy, sample: Any) -> GatingStrategy:
+    """Rewrite every dimension's marker name as the sample's ``$PnN`` (for tools that match ``$PnN`` only).
+
+    Parameters
+    ----------
+    strategy : GatingStrategy
+    sample : cytopipe.fcs.Sample
+
+    Returns
+    -------
+    GatingStrategy
+        The same gates; channels renamed (e.g. ``CD4`` -> ``APC-Cy7-A``).
+
+    Raises
+    ------
+    MarkerError
+        A channel the sample does not have (or matches ambiguously).
+    """
+
+    def rename(dim: Dimension) -> Dimension:
+        names = tuple(sample.channels[sample.find_channel(c)] for c in dim.channels)
+        return dataclasses.replace(dim, channel=names if isinstance(dim.channel, tuple) else names[0])
+
+    populations = tuple(
+        dataclasses.replace(p, gate=dataclasses.replace(p.gate, dimensions=tuple(rename(d) for d in p.gate.dimensions)))
+        for p in strategy.populations
+    )
+    return dataclasses.replace(strategy, populations=populations)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing YAML
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for the file, flow style for each gate and transform (one line each)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        # Indent list items under their key, as people write them by hand.
+        return super().increase_indent(flow, False)
+
+
+class _Flow(dict):
+    pass
+
+
+_Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
+                                                                            flow_style=True))
+
+
+def _transform_spec(transform: Transform) -> _Flow:
+    if transform.bounded:
+        raise GateError(f"transform '{transform.name}' has boundMin/boundMax, which YAML gate files cannot express")
+    if isinstance(transform, Arcsinh):
+        if transform.A == 0:
+            spec = _Flow(type="arcsinh", cofactor=_tidy(transform.T / math.sinh(transform.M * LN10)))
+            if transform.M != _DEFAULT_ARCSINH_M:
+                spec["M"] = _tidy(transform.M)
+            return spec
+        return _Flow(type="arcsinh", T=_tidy(transform.T), M=_tidy(transform.M), A=_tidy(transform.A))
+    kinds = {Logicle: "logicle", Hyperlog: "hyperlog", Linear: "linear", Log: "log"}
+    kind = next((k for cls, k in kinds.items() if isinstance(transform, cls)), None)
+    if kind is None:
+        raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
+    return _Flow(type=kind, **{k: _tidy(getattr(transform, k)) for k in TRANSFORM_PARAMS[kind]})
+
+
+class _Writer:
+    """Turns a strategy back into gate-file structures, in friendly units."""
+
+    def __init__(self, strategy: GatingStrategy) -> None:
+        self.strategy = strategy
+        self.names: dict[Transform, str] = {}
+        self.default_comp, self.top_comp = self.compensation_default()
+
+    def compensation_default(self) -> tuple[str, str]:
+        comp = self.strategy.compensation
+        if comp not in COMPENSATION_REFS:
+            matrix_id = _matrix_id(comp)
+            if matrix_id in self.strategy.matrices:
+                return matrix_id, comp
+        # Otherwise the reference most dimensions use becomes the file's default.
+        refs = [d.compensation for p in self.strategy.populations for d in p.gate.dimensions]
+        default = UNCOMPENSATED if refs.count(UNCOMPENSATED) > refs.count(FCS) else FCS
+        return default, {FCS: "file", UNCOMPENSATED: "none"}[default]
+
+    def transform_names(self) -> dict[str, Transform]:
+        used: list[Transform] = [t for t in self.strategy.transforms.values() if isinstance(t, tuple(_KINDS))]
+        used += [d.transform for p in self.strategy.populations for d in p.gate.dimensions if d.transform is not None]
+        taken = {"linear"} if any(d.transform is None for p in self.strategy.populations
+                                  for d in p.gate.dimensions) else set()
+        out: dict[str, Transform] = {}
+        for transform in dict.fromkeys(used):
+            base = transform.name or transform.kind
+            name, k = base, 2
+            while name in taken or name in out:
+                name, k = f"{base}_{k}", k + 1
+            out[name] = transform
+            self.names[transform] = name
+        return out
+
+    def channel(self, dim: Dimension) -> Any:
+        if dim.ratio is not None:
+            raise GateError(f"dimension {dim.label}: ratio dimensions have no YAML gate-file form")
+        channel = str(dim.channel)
+        name = "linear" if dim.transform is None else self.names[dim.transform]
+        default = "linear" if LINEAR_BY_DEFAULT.search(channel) else "logicle"
+        spec: dict[str, Any] = {"channel": channel}
+        if name != default:
+            spec["transform"] = name
+        if dim.compensation != self.default_comp:
+            if dim.compensation not in (FCS, UNCOMPENSATED):
+                raise GateError(f"dimension {dim.label}: spectrum matrix '{dim.compensation}' has no YAML gate-file "
+                                "form (keep the Gating-ML file)")
+            spec["compensation"] = {FCS: "file", UNCOMPENSATED: "none"}[dim.compensation]
+        return channel if len(spec) == 1 else spec
+
+    def gate(self, gate: Gate) -> _Flow:
+        dims = gate.dimensions
+        channels = [self.channel(d) for d in dims]
+
+        def friendly(values: Sequence[float | None]) -> list:
+            return [_to_friendly(v, d.transform) for v, d in zip(values, dims, strict=True)]
+
+        if isinstance(gate, BooleanGate):
+            refs = [{"not": r} if c and gate.op != "not" else r
+                    for r, c in zip(gate.operands, gate.complement, strict=True)]
+            op = gate.op
+            if op == "not" and gate.complement[0]:
+                # not(complement(X)) is X itself: an 'and' of one operand is not allowed, so spell it as or(X, X).
+                op, refs = "or", [gate.operands[0], gate.operands[0]]
+            return _Flow(type=op, of=refs)
+        if isinstance(gate, QuadrantGate):
+            if all(len(v) == 1 for v in gate.dividers) and None not in gate.location:
+                at = friendly([v[0] for v in gate.dividers])
+                signs = "".join("+" if loc >= v[0] else "-" for loc, v in zip(gate.location, gate.dividers,
+                                                                               strict=True))
+                return _Flow(type="quadrant", channels=channels, at=at, quadrant=signs)
+            lo, hi = zip(*gate.intervals(), strict=True)
+            if any(a is None and b is None for a, b in zip(lo, hi, strict=True)):
+                raise GateError(f"gate '{gate.name}': a quadrant spanning a whole axis has no YAML gate-file form")
+            return _Flow(type="rectangle", channels=channels, min=friendly(lo), max=friendly(hi))
+        if isinstance(gate, RectangleGate):
+            if len(dims) == 1:
+                spec = _Flow(type="range", channels=channels)
+                for key, values in (("min", gate.min), ("max", gate.max)):
+                    if values[0] is not None:
+                        spec[key] = friendly(values)[0]
+                return spec
+            spec = _Flow(type="rectangle", channels=channels)
+            for key, values in (("min", gate.min), ("max", gate.max)):
+                if any(v is not None for v in values):
+                    spec[key] = friendly(values)
+            return spec
+        if isinstance(gate, PolygonGate):
+            return _Flow(type="polygon", channels=channels, vertices=[friendly(v) for v in gate.vertices])
+        if isinstance(gate, EllipsoidGate):
+            scales = [friendly_units(d.transform)[0] for d in dims]
+            cov = [[_tidy(c * scales[i] * scales[j]) for j, c in enumerate(row)]
+                   for i, row in enumerate(gate.covariance)]
+            spec = _Flow(type="ellipse", channels=channels, center=friendly(gate.mean), covariance=cov)
+            if gate.distance_square != 1.0:
+                spec["distance"] = _tidy(gate.distance_square)
+            return spec
+        to_spec = getattr(gate, "to_spec", None)
+        if callable(to_spec):
+            return _Flow(to_spec())
+        raise GateError(f"gate '{gate.name}': {type(gate).__name__} has no YAML gate-file form")
+
+    def document(self) -> dict[str, Any]:
+        strategy = self.strategy
+        doc: dict[str, Any] = {}
+        if strategy.name:
+            doc["name"] = strategy.name
+        if strategy.treg is not None:
+            doc["treg"] = strategy.treg
+        if strategy.parent is not None:
+            doc["parent"] = strategy.parent
+        doc["compensation"] = self.top_comp
+        transforms = self.transform_names()
+        if transforms:
+            doc["transforms"] = {name: _transform_spec(t) for name, t in transforms.items()}
+        populations = []
+        for pop in strategy.populations:
+            entry: dict[str, Any] = {"name": pop.name}
+            if pop.parent is not None:
+                entry["parent"] = pop.parent
+            entry["gate"] = self.gate(pop.gate)
+            populations.append(entry)
+        doc["populations"] = populations
+        return doc
+
+
+_KINDS = (Logicle, Hyperlog, Arcsinh, Linear, Log)
+
+
+def dump_yaml(strategy: GatingStrategy) -> str:
+    """Write a strategy as a YAML gate file (coordinates in friendly units).
+
+    Parameters
+    ----------
+    strategy : GatingStrategy
+        Any strategy of fixed gates whose dimensions use logicle, hyperlog, arcsinh, linear, log or no transform
+        and the file's own spillover or none (a ``compensation`` matrix loaded from YAML is kept as its path).
+
+    Returns
+    -------
+    str
+        YAML text that :func:`parse_gates` turns back into the same gates.
+
+    Raises
+    ------
+    GateError
+        For what a gate file cannot express: ratio dimensions, bounded transforms, named spectrum matrices.
+    """
+    body = yaml.dump(_Writer(strategy).document(), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=100_000)
+    return "# cytopipe gate file; coordinates in each channel's transformed units (see docs/gatefile.md)\n" + body
+
+
+def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] | None = None) -> str | Path:
+    """Convert a gate file between YAML and Gating-ML 2.0.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A YAML gate file or a Gating-ML 2.0 file.
+    to : {"gatingml", "yaml"}
+        Target format.
+    out : str or path-like, optional
+        File to write; when omitted the converted text is returned.
+
+    Returns
+    -------
+    str or pathlib.Path
+        The text (``out`` omitted) or the path written.
+
+    Raises
+    ------
+    GateError
+        An invalid input file, an unknown target, or a strategy the target format cannot express.
+    """
+    if to not in ("gatingml", "yaml"):
+        raise GateError(f"{os.fspath(path)}: unknown target format {to!r}{_suggest(str(to), ('gatingml', 'yaml'))}; "
+                        "use 'gatingml' or 'yaml'")
+    strategy = load_strategy(path)
+    if to == "yaml":
+        text = dump_yaml(strategy)
+        if out is None:
+            return text
+        Path(out).write_text(text, encoding="utf-8")
+        return Path(out)
+    from .gatingml import write_gatingml
+
+    if out is not None:
+        write_gatingml(strategy, out)
+        return Path(out)
+    with tempfile.TemporaryDirectory(prefix="cytopipe-") as folder:
+        target = Path(folder) / "gates.xml"
+        write_gatingml(strategy, target)
+        return target.read_text(encoding="utf-8")

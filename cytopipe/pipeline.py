@@ -1,0 +1,455 @@
+"""One sample, start to finish: read -> compensate -> transform -> gate -> count -> gating plot.
+
+:func:`process_sample` is the unit of work that :mod:`cytopipe.batch` ships to worker processes or to a Dask
+cluster. It is a pure function of its :class:`SampleTask` (plus the file on disk), picklable, and it never raises
+for a problem with the sample itself: a missing, truncated or corrupt file, a marker the gates need but the file
+lacks, or gates that find no events come back as a :class:`SampleResult` whose ``failure`` names the stage
+(``read``, ``compensate``, ``gate``, ``count`` or ``plot``) and gives a one-line reason.
+
+The single-file helpers :func:`event_membership` (``cytopipe gate``) and :func:`export_population`
+(``cytopipe export``) share the same loading and gating code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, CytopipeError, GateError
+
+STAGES = ("read", "compensate", "gate", "count", "plot")
+POPULATION_COLUMNS = ("sample", "subject", "timepoint", "day", "population", "parent", "count", "pct_parent",
+                      "pct_total")
+TREG_COLUMNS = ("sample", "subject", "timepoint", "day", "cd4_events", "treg_events", "treg_pct", "ci_low",
+                "ci_high")
+FAILURE_COLUMNS = ("sample", "file", "stage", "reason")
+
+
+
+@dataclass(frozen=True)
+class SampleTask:
+    """Everything one worker needs to process one sample.
+
+    Parameters
+    ----------
+    sample, file, subject, timepoint, day
+        Identity from the sample sheet; ``file`` is an absolute path.
+    strategy
+        The gating strategy (a :class:`cytopipe.gates.GatingStrategy`); gates fitted on the client for the
+        ``subject`` / ``baseline`` scopes are already fitted here, ``sample``-scope gates are fitted in the worker.
+    treg, parent
+        Resolved names of the Treg population and of its denominator (``None`` = all events).
+    spillover
+        Path of a spillover matrix file that replaces the file's own keyword (sheet row or ``--spillover``), or
+        ``None``.
+    plots_dir
+        Folder for ``gating_<sample>.png``; ``None`` skips the plot.
+    """
+
+    sample: str
+    file: str
+    strategy: Any
+    subject: str = ""
+    timepoint: str = ""
+    day: float = 0.0
+    treg: str | None = None
+    parent: str | None = None
+    spillover: str | None = None
+    plots_dir: str | None = None
+
+
+@dataclass
+class SampleResult:
+    """The outcome of :func:`process_sample` for one sample.
+
+    Attributes
+    ----------
+    populations
+        One dict per population with the ``populations.csv`` columns, in the strategy's order.
+    treg
+        The ``treg.csv`` row, or ``None`` when the sample failed before counting.
+    failure
+        ``{"sample", "file", "stage", "reason"}`` or ``None``. A ``plot`` failure keeps the counts.
+    sha256
+        SHA-256 of the input file ('' when it could not be read).
+    fitted
+        One dict per data-driven gate fitted for this sample (``gates_fitted.csv`` rows).
+    timings
+        Seconds per stage (``read``, ``gate``, ``count``, ``plot``) and ``total``.
+    """
+
+    sample: str
+    file: str
+    subject: str = ""
+    timepoint: str = ""
+    day: float = 0.0
+    sha256: str = ""
+    n_events: int = 0
+    spillover_source: str = ""
+    populations: list[dict] = field(default_factory=list)
+    treg: dict | None = None
+    fitted: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    plot: str | None = None
+    failure: dict | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the sample produced counts and no stage failed."""
+        return self.failure is None
+
+    @property
+    def events_per_s(self) -> float:
+        """Events processed per second of worker time (0 when nothing was processed)."""
+        total = self.timings.get("total", 0.0)
+        return self.n_events / total if total > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (for the cache); :meth:`from_dict` inverts it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SampleResult:
+        """Rebuild a result written by :meth:`to_dict`."""
+        return cls(**data)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_treg(strategy: Any, treg: str | None = None, parent: str | None = None) -> tuple[str, str | None]:
+    """Name the Treg population and its denominator.
+
+    Parameters
+    ----------
+    strategy
+        The gating strategy.
+    treg, parent
+        Explicit choices (``--treg`` / ``--parent``); ``None`` falls back to the strategy's ``treg`` / ``parent``,
+        then to the population named ``Treg`` (any case) and its parent.
+
+    Returns
+    -------
+    tuple
+        ``(treg, parent)``; ``parent`` is ``None`` when the denominator is all events.
+
+    Raises
+    ------
+    GateError
+        The named population does not exist, or no population is called Treg and none was named.
+    """
+    names = [p.name for p in strategy.populations]
+    where = _strategy_label(strategy)
+    chosen = treg or getattr(strategy, "treg", None)
+    if chosen is None:
+        matches = [n for n in names if n.lower() == "treg"]
+        if not matches:
+            raise GateError(f"{where}: no population named 'Treg'; name the Treg population with --treg "
+                            f"(populations: {', '.join(names)})")
+        chosen = matches[0]
+    chosen = _find_population(names, chosen, where, "--treg")
+    denominator = parent
+    if denominator is None and chosen == getattr(strategy, "treg", None):
+        denominator = getattr(strategy, "parent", None)  # the gate file's parent belongs to its own Treg
+    if denominator is None:
+        return chosen, strategy.population(chosen).parent
+    return chosen, _find_population(names, denominator, where, "--parent")
+
+
+def _find_population(names: list[str], name: str, where: str, option: str) -> str:
+    if name in names:
+        return name
+    folded = [n for n in names if n.lower() == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    raise GateError(f"{where}: {option} population {name!r} not found (populations: {', '.join(names)})")
+
+
+def _strategy_label(strategy: Any) -> str:
+    return getattr(strategy, "name", "") or "gate file"
+
+
+def choose_spillover(sample: Any, strategy: Any, spillover_file: str | None = None) -> Any:
+    """Pick the spillover matrix for a sample.
+
+    Precedence: an explicit matrix file (sheet row ``spillover`` or ``--spillover``), then the gate file's
+    ``compensation`` (``none`` or a matrix path), then the file's own ``$SPILLOVER`` / ``SPILL`` / ``$COMP``.
+
+    Returns
+    -------
+    cytopipe.compensate.Spillover or None
+        ``None`` when the sample is to be left uncompensated.
+
+    Raises
+    ------
+    CytopipeError
+        The matrix file is unreadable or names detectors absent from the sample.
+    """
+    from .compensate import read_spillover_file, spillover_from_metadata
+
+    mode = getattr(strategy, "compensation", "file") or "file"
+    if spillover_file:
+        return read_spillover_file(spillover_file, sample.channels)
+    if mode == "none":
+        return None
+    if mode != "file":
+        return read_spillover_file(mode, sample.channels)
+    return spillover_from_metadata(sample.metadata, sample.channels)
+
+
+def _needs_fitting(strategy: Any) -> bool:
+    """True when the strategy still holds unfitted data-driven gates."""
+    # A strategy holding data-driven gates imported cytopipe.autogate when it was built or unpickled; checking
+    # sys.modules first keeps worker processes with fixed gates from importing autogate (and scipy.signal).
+    autogate = sys.modules.get("cytopipe.autogate")
+    return autogate is not None and autogate.needs_fitting(strategy)
+
+
+def _fit_sample_gates(strategy: Any, sample: Any, spillover: Any) -> tuple[Any, list[dict]]:
+    """Fit the ``sample``-scope data-driven gates of ``strategy`` on this sample (no-op for fixed strategies)."""
+    if not _needs_fitting(strategy):
+        return strategy, []
+    from .autogate import fit_strategy
+
+    return fit_strategy(strategy, [sample], spillover=spillover)
+
+
+def count_rows(result: Any, strategy: Any, ident: dict) -> list[dict]:
+    """``populations.csv`` rows for one gated sample, in the strategy's population order."""
+    n_total = int(result.n_events)
+    rows = []
+    for pop in strategy.populations:
+        count = int(result.counts[pop.name])
+        parent_count = n_total if pop.parent is None else int(result.counts[pop.parent])
+        rows.append({**ident, "population": pop.name, "parent": pop.parent or "",
+                     "count": count, "pct_parent": _pct(count, parent_count), "pct_total": _pct(count, n_total)})
+    return rows
+
+
+def treg_row(result: Any, treg: str, parent: str | None, ident: dict) -> dict:
+    """The ``treg.csv`` row: Treg events over the denominator's events with a Wilson 95% interval (percent)."""
+    from .stats import wilson_interval
+
+    k = int(result.counts[treg])
+    n = int(result.n_events if parent is None else result.counts[parent])
+    low, high = wilson_interval(k, n)
+    return {**ident, "cd4_events": n, "treg_events": k, "treg_pct": _pct(k, n),
+            "ci_low": 100.0 * float(low), "ci_high": 100.0 * float(high)}
+
+
+def _pct(k: int, n: int) -> float:
+    return 100.0 * k / n if n else math.nan
+
+
+def _one_line(err: BaseException) -> str:
+    """A one-line reason; exceptions that are not CytopipeError (bugs, OS errors) keep their type name."""
+    text = " ".join(str(err).split())
+    if isinstance(err, CytopipeError):
+        return text
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename or ''}: {err.strerror}".lstrip(": ")
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def process_sample(task: SampleTask) -> SampleResult:
+    """Read, compensate, transform, gate and count one sample, and draw its gating plot.
+
+    Parameters
+    ----------
+    task
+        The sample and the (client-fitted) strategy; see :class:`SampleTask`.
+
+    Returns
+    -------
+    SampleResult
+        Population rows, the Treg row, the file's SHA-256, fitted gate parameters and timings; or a failure record
+        tagged with the stage that failed. Never raises for a problem with the sample.
+
+    Notes
+    -----
+    1. read: SHA-256 of the bytes, then :func:`cytopipe.fcs.read_fcs` (float32 events).
+    2. compensate: choose the spillover (:func:`choose_spillover`); the strategy compensates only the channels
+       its gates use, so the full events matrix is never copied.
+    3. gate: fit ``sample``-scope data-driven gates, then :meth:`GatingStrategy.apply` (each used column is
+       compensated and transformed once). A denominator without events fails the sample here.
+    4. count: population rows and the Treg row with its Wilson interval.
+    5. plot: ``gating_<sample>.png`` into ``task.plots_dir``; a plot failure keeps the counts.
+    """
+    from .fcs import read_fcs
+
+    ident = {"sample": task.sample, "subject": task.subject, "timepoint": task.timepoint, "day": task.day}
+    out = SampleResult(sample=task.sample, file=task.file, subject=task.subject, timepoint=task.timepoint,
+                       day=task.day)
+    clock = time.perf_counter()
+    start = clock
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        out.timings[name] = out.timings.get(name, 0.0) + now - clock
+        clock = now
+
+    def fail(stage: str, err: BaseException | str) -> SampleResult:
+        reason = err if isinstance(err, str) else _one_line(err)
+        out.failure = {"sample": task.sample, "file": task.file, "stage": stage, "reason": reason}
+        out.timings["total"] = time.perf_counter() - start
+        return out
+
+    try:
+        out.sha256 = file_sha256(task.file)
+        sample = read_fcs(task.file)
+    except Exception as err:  # noqa: BLE001 - any problem with one file must not stop the batch
+        return fail("read", err)
+    out.n_events = int(sample.n_events)
+    lap("read")
+
+    try:
+        spillover = choose_spillover(sample, task.strategy, task.spillover)
+    except Exception as err:  # noqa: BLE001
+        return fail("compensate", err)
+    out.spillover_source = "" if spillover is None else str(spillover.source)
+    lap("compensate")
+
+    try:
+        strategy, out.fitted = _fit_sample_gates(task.strategy, sample, spillover)
+        out.fitted = [{**ident, **row} for row in out.fitted]
+        result = strategy.apply(sample, spillover)
+    except Exception as err:  # noqa: BLE001
+        return fail("gate", err)
+    if out.n_events == 0:
+        return fail("gate", f"{task.file}: the file has no events")
+    denominator = task.parent if task.parent is not None else None
+    if denominator is not None and int(result.counts[denominator]) == 0:
+        return fail("gate", f"{task.file}: population {denominator!r} has no events (the gates found nothing "
+                            f"to count the Treg % against)")
+    lap("gate")
+
+    try:
+        out.populations = count_rows(result, strategy, ident)
+        out.treg = treg_row(result, task.treg, task.parent, ident)
+    except Exception as err:  # noqa: BLE001
+        return fail("count", err)
+    lap("count")
+
+    if task.plots_dir is not None:
+        try:
+            out.plot = _draw_plot(result, strategy, task.sample, task.treg, task.plots_dir)
+        except Exception as err:  # noqa: BLE001
+            return fail("plot", err)
+        lap("plot")
+    out.timings["total"] = time.perf_counter() - start
+    return out
+
+
+def plot_path(plots_dir: str | os.PathLike, sample: str) -> Path:
+    """``<plots_dir>/gating_<sample>.png`` with path separators and other unsafe characters replaced."""
+    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in sample) or "sample"
+    return Path(plots_dir) / f"gating_{safe}.png"
+
+
+def _draw_plot(result: Any, strategy: Any, sample: str, treg: str | None, plots_dir: str) -> str:
+    from .plots import gating_hierarchy, save_figure
+
+    path = plot_path(plots_dir, sample)
+    # A bare Figure (no pyplot): nothing global to close, safe in worker processes and threads.
+    save_figure(gating_hierarchy(result, strategy, sample, treg=treg), path)  # atomic write
+    return str(path)
+
+
+def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike) -> tuple[Any, Any, Any]:
+    """Read one file and gate it with a gate file (sample-scope fitting for data-driven gates)."""
+    from .fcs import read_fcs
+    from .gatefile import load_strategy
+
+    strategy = load_strategy(gates_path)
+    sample = read_fcs(fcs_path)
+    spillover = choose_spillover(sample, strategy)
+    strategy, _ = _fit_sample_gates(strategy, sample, spillover)
+    return sample, strategy, strategy.apply(sample, spillover)
+
+
+def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike) -> pd.DataFrame:
+    """Per-event population membership (``cytopipe gate``).
+
+    Parameters
+    ----------
+    fcs_path
+        The FCS file.
+    gates_path
+        A YAML or Gating-ML gate file; data-driven gates are fitted on this file alone.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per event in file order, one ``uint8`` 0/1 column per population in the strategy's order.
+    """
+    _, strategy, result = _load_and_gate(fcs_path, gates_path)
+    return pd.DataFrame({p.name: result.masks[p.name].view(np.uint8) for p in strategy.populations})
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a CSV table atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        table.to_csv(tmp, index=False, lineterminator="\n", float_format="%.10g")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, population: str,
+                      out_path: str | os.PathLike) -> int:
+    """Write the events of one population as an FCS 3.1 file (``cytopipe export``).
+
+    The events are written as read (uncompensated, untransformed), so the exported file can be gated again with
+    the same spillover: every TEXT keyword is kept (``$SPILLOVER``, ``$PnS``, ``$PnR``, user keywords; the data
+    layout keywords are recomputed by :func:`cytopipe.fcs.write_fcs`), and ``CYTOPIPE_POPULATION`` /
+    ``CYTOPIPE_SOURCE`` record the origin.
+
+    Parameters
+    ----------
+    fcs_path, gates_path
+        Input FCS file and gate file (YAML or Gating-ML).
+    population
+        Name of the population to export (case-insensitive when unambiguous).
+    out_path
+        FCS file to write.
+
+    Returns
+    -------
+    int
+        The number of events written.
+
+    Raises
+    ------
+    GateError
+        The population does not exist.
+    """
+    from .fcs import write_fcs
+
+    if Path(out_path).resolve() == Path(fcs_path).resolve():
+        raise ConfigError(f"{out_path}: refusing to overwrite the input file")
+    sample, strategy, result = _load_and_gate(fcs_path, gates_path)
+    name = _find_population([p.name for p in strategy.populations], population, str(gates_path), "--population")
+    events = sample.events[result.masks[name]]
+    # write_fcs recomputes the layout keywords and writes atomically; everything else is carried over.
+    metadata = {**sample.metadata, "CYTOPIPE_POPULATION": name, "CYTOPIPE_SOURCE": Path(fcs_path).name}
+    write_fcs(out_path, events, sample.channels, sample.markers, metadata)
+    return int(events.shape[0])

@@ -1,0 +1,442 @@
+"""Figures: per-subject time course, all-subject fold-change overview, per-sample gating hierarchy.
+
+Every figure is a :class:`matplotlib.figure.Figure` built without :mod:`matplotlib.pyplot` (no global figure
+registry, safe in worker processes, nothing to close) in one style (:data:`STYLE`: a small sans-serif font, no top
+and right spines, the colour-blind-safe Okabe-Ito palette). :func:`save_figure` writes PNG and SVG atomically.
+
+Text that comes from users (subject, timepoint, sample and population names) is drawn literally: a ``$`` never
+switches matplotlib into mathtext.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from cytopipe.stats import platelet_column
+
+__all__ = ["STYLE", "fold_change_overview", "gating_hierarchy", "save_figure", "time_course"]
+
+#: Okabe & Ito (2008) colour-blind-safe palette.
+PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+_TREG, _PLATELET, _SIGNIFICANT, _GATE = PALETTE[0], PALETTE[1], PALETTE[3], "#C8102E"
+
+#: Matplotlib settings shared by every cytopipe figure.
+STYLE: dict[str, Any] = {
+    "font.family": "DejaVu Sans",
+    "font.size": 8.5,
+    "axes.titlesize": 9.5,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 8.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.linewidth": 0.8,
+    "axes.grid": True,
+    "grid.color": "#DDDDDD",
+    "grid.linewidth": 0.5,
+    "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5,
+    "legend.fontsize": 7.5,
+    "legend.frameon": False,
+    "lines.linewidth": 1.5,
+    "lines.markersize": 5,
+    "image.cmap": "viridis",
+    "svg.fonttype": "none",
+    "svg.hashsalt": "cytopipe",
+}
+_DPI = 150
+
+
+def _plain(text: object) -> str:
+    """User text drawn literally: escape the ``$`` that would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(STYLE):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Write a figure atomically (temporary file in the same folder, then :func:`os.replace`).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : str or os.PathLike
+        Path without suffix (``plots/timecourse_ITP-01`` writes ``.png`` and ``.svg``), or with a ``.png``,
+        ``.svg`` or ``.pdf`` suffix to write exactly that one file.
+    formats : sequence of str
+        Formats written when ``path`` has no recognised suffix.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".svg", ".pdf"):
+        targets = [path]
+    else:
+        targets = [path.with_name(f"{path.name}.{fmt}") for fmt in formats]
+    written = []
+    with matplotlib.rc_context(STYLE):
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fmt = target.suffix.lstrip(".").lower()
+            # Beside the target (same file system for os.replace); open() keeps the umask's permissions.
+            tmp = target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.{fmt}")
+            try:
+                with open(tmp, "xb") as handle:
+                    # No timestamps in the files: the same results give byte-identical figures.
+                    metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
+                    fig.savefig(handle, format=fmt, dpi=_DPI, metadata=metadata)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            written.append(target)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- time course
+
+
+def _subject_rows(table: pd.DataFrame, subject: str) -> pd.DataFrame:
+    rows = table[table["subject"].astype(str) == str(subject)].sort_values("day", kind="stable")
+    if rows.empty:
+        raise ValueError(f"subject {subject!r} is not in the baseline table")
+    return rows
+
+
+def _platelets(table_rows: pd.DataFrame, clinical: pd.DataFrame | None, subject: str) -> pd.DataFrame | None:
+    """Platelet series (day, value) of a subject: all clinical rows when given, else the joined column."""
+    if clinical is not None and "day" in clinical:
+        col = platelet_column(list(clinical.columns))
+        if col is not None:
+            rows = clinical[clinical["subject"].astype(str) == str(subject)]
+            series = pd.DataFrame({"day": rows["day"].astype(float), "value": pd.to_numeric(rows[col], "coerce")})
+            series = series.dropna().sort_values("day")
+            return series if len(series) else None
+    col = platelet_column(list(table_rows.columns))
+    if col is None:
+        return None
+    series = pd.DataFrame({"day": table_rows["day"].astype(float), "value": pd.to_numeric(table_rows[col], "coerce")})
+    series = series.dropna()
+    return series if len(series) else None
+
+
+def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame | None = None) -> Figure:
+    """Treg % of CD4 over days for one subject, with platelets on a second axis.
+
+    Parameters
+    ----------
+    baseline_df : pandas.DataFrame
+        A :func:`cytopipe.stats.baseline_table` result.
+    subject : str
+        The subject to draw.
+    clinical : pandas.DataFrame, optional
+        A :func:`cytopipe.stats.read_clinical` table; its platelet counts (all days, also those without a blood
+        draw for cytometry) are drawn on the right axis. Without it, a platelet column joined into
+        ``baseline_df`` is used.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Treg % (line and points) with the Wilson interval as a band, the baseline as a dashed line with the
+        band of changes smaller than the RCV around it, significant changes marked with a star, low-event samples
+        as open circles; platelets as squares on the right axis with the IWG complete-response line at 100.
+
+    Raises
+    ------
+    ValueError
+        When the subject is not in the table.
+    """
+    rows = _subject_rows(baseline_df, subject)
+    day = rows["day"].to_numpy(dtype=float)
+    pct = rows["treg_pct"].to_numpy(dtype=float)
+    fig = _new_figure(6.4, 3.6)
+    with matplotlib.rc_context(STYLE):
+        ax = fig.add_subplot()
+        handles: list[Any] = []
+        ax.fill_between(day, rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float), color=_TREG,
+                        alpha=0.2, linewidth=0)
+        handles.append(Patch(color=_TREG, alpha=0.2, label="Wilson interval"))
+        base = float(rows["baseline_pct"].iloc[0])
+        rcv = float(rows["rcv_pct"].iloc[0])
+        if np.isfinite(base):
+            ax.axhspan(base * (1 - rcv / 100), base * (1 + rcv / 100), color="#888888", alpha=0.12, linewidth=0)
+            ax.axhline(base, color="#555555", linestyle="--", linewidth=1)
+            handles.append(Line2D([], [], color="#555555", linestyle="--", label=f"baseline {base:.2f}%"))
+            handles.append(Patch(color="#888888", alpha=0.12, label=f"within RCV (\u00b1{rcv:.0f}%)"))
+        low = rows["low_events"].to_numpy(dtype=bool)
+        ax.plot(day, pct, color=_TREG, marker="", zorder=3)
+        ax.plot(day[~low], pct[~low], linestyle="", marker="o", color=_TREG, zorder=4)
+        handles.insert(0, Line2D([], [], color=_TREG, marker="o", label="Treg % of CD4"))
+        if low.any():
+            ax.plot(day[low], pct[low], linestyle="", marker="o", markerfacecolor="white", color=_TREG, zorder=4)
+            handles.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="white", color=_TREG,
+                                  label="low events"))
+        sig = rows["significant"].to_numpy(dtype=bool)
+        if sig.any():
+            top = np.nanmax(rows["ci_high"].to_numpy(float))
+            offset = 0.06 * (top if np.isfinite(top) and top > 0 else 1.0)
+            ax.plot(day[sig], rows["ci_high"].to_numpy(float)[sig] + offset, linestyle="", marker="*",
+                    markersize=9, color=_SIGNIFICANT, zorder=5)
+            handles.append(Line2D([], [], linestyle="", marker="*", markersize=9, color=_SIGNIFICANT,
+                                  label="significant change"))
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("Treg % of CD4+ T cells")
+        ax.set_xlabel("day")
+        ax.set_xticks(day, [f"{_plain(tp)}\nd{d:g}" for tp, d in zip(rows["timepoint"], day, strict=True)])
+        ax.set_title(f"{_plain(subject)}: Treg % of CD4 against baseline", loc="left")
+
+        platelets = _platelets(rows, clinical, subject)
+        if platelets is not None:
+            ax2 = ax.twinx()
+            ax2.grid(False)
+            ax2.spines["right"].set_visible(True)
+            ax2.plot(platelets["day"], platelets["value"], color=_PLATELET, marker="s", markersize=4,
+                     linestyle=":", linewidth=1.2)
+            ax2.axhline(100, color=_PLATELET, linewidth=0.8, alpha=0.6, linestyle=(0, (1, 3)))
+            ax2.set_ylim(0, max(110.0, float(platelets["value"].max()) * 1.15))
+            ax2.set_ylabel("platelets (x10\u2079/L)", color=_PLATELET)
+            ax2.tick_params(axis="y", colors=_PLATELET)
+            handles.append(Line2D([], [], color=_PLATELET, marker="s", markersize=4, linestyle=":",
+                                  label="platelets (IWG CR line at 100)"))
+            lo, hi = min(day.min(), platelets["day"].min()), max(day.max(), platelets["day"].max())
+            pad = 0.03 * (hi - lo if hi > lo else 1.0)
+            ax.set_xlim(lo - pad, hi + pad)
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- overview
+
+
+def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
+    """Forest plot of every subject's fold changes against baseline with their intervals.
+
+    Parameters
+    ----------
+    baseline_df : pandas.DataFrame
+        A :func:`cytopipe.stats.baseline_table` result.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One row per non-baseline sample, grouped by subject (one colour each), fold change on a log axis with the
+        Katz interval as a bar; filled markers are significant changes, open ones are not. The grey band marks
+        changes smaller than the RCV.
+    """
+    later = baseline_df[~baseline_df["is_baseline"].astype(bool)].copy()
+    later = later.sort_values(["subject", "day"], kind="stable")
+    n_rows = max(len(later), 1)
+    fig = _new_figure(6.4, 1.2 + 0.24 * n_rows)
+    with matplotlib.rc_context(STYLE):
+        ax = fig.add_subplot()
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="#555555", linestyle="--", linewidth=1)
+        rcv = float(baseline_df["rcv_pct"].iloc[0]) if len(baseline_df) else np.nan
+        if np.isfinite(rcv):
+            ax.axvspan(max(1 - rcv / 100, 1e-3), 1 + rcv / 100, color="#888888", alpha=0.12, linewidth=0)
+        labels = []
+        handles: list[Any] = []
+        for i, (subject, grp) in enumerate(later.groupby("subject", sort=False)):
+            colour = PALETTE[i % len(PALETTE)]
+            y = np.arange(len(labels), len(labels) + len(grp))
+            labels.extend(_plain(f"{subject}  {tp}") for tp in grp["timepoint"])
+            fc = grp["fold_change"].to_numpy(float)
+            lo = fc - grp["fc_ci_low"].to_numpy(float)
+            hi = grp["fc_ci_high"].to_numpy(float) - fc
+            ax.errorbar(fc, y, xerr=np.vstack([lo, hi]), linestyle="", color=colour, capsize=2, elinewidth=1)
+            sig = grp["significant"].to_numpy(bool)
+            ax.plot(fc[sig], y[sig], linestyle="", marker="o", color=colour)
+            ax.plot(fc[~sig], y[~sig], linestyle="", marker="o", color=colour, markerfacecolor="white")
+            handles.append(Line2D([], [], color=colour, marker="o", linestyle="", label=_plain(subject)))
+        if not labels:
+            ax.text(0.5, 0.5, "no timepoint after baseline", transform=ax.transAxes, ha="center", va="center")
+        ax.set_yticks(np.arange(len(labels)), labels)
+        ax.set_ylim(len(labels) - 0.5 if labels else 0.5, -0.5)
+        ax.grid(axis="y", visible=False)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("fold change against baseline (log scale; bars: Katz interval)")
+        ax.set_title("Fold change of Treg % of CD4, all subjects", loc="left")
+        handles += [
+            Line2D([], [], color="#333333", marker="o", linestyle="", label="significant"),
+            Line2D([], [], color="#333333", marker="o", markerfacecolor="white", linestyle="", label="not significant"),
+            Patch(color="#888888", alpha=0.12, label=f"within RCV (\u00b1{rcv:.0f}%)"),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- gating
+
+
+def _dimension_label(dimension: Any) -> str:
+    label = getattr(dimension, "label", None)
+    if isinstance(label, str):
+        return _plain(label)
+    channel = dimension.channel
+    name = " / ".join(channel) if isinstance(channel, tuple) else str(channel)
+    transform = getattr(dimension, "transform", None)
+    kind = type(transform).__name__.lower() if transform is not None else "linear"
+    return _plain(name if kind == "linear" else f"{name} ({kind})")
+
+
+def _thousands(axis: Any, dimension: Any) -> None:
+    """Raw scatter values run to 262,144 and beyond: label them 50k, 100k... instead of 100000."""
+    if getattr(dimension, "transform", None) is None:
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"))
+
+
+def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, [0.2, 99.8])
+    if outline is not None:
+        inside = outline[np.isfinite(outline)]
+        # Open gates carry huge coordinates: stretch the axes only a little towards them.
+        span = hi - lo if hi > lo else 1.0
+        inside = inside[(inside > lo - 0.5 * span) & (inside < hi + 0.5 * span)]
+        if inside.size:
+            lo, hi = min(lo, inside.min()), max(hi, inside.max())
+    pad = 0.04 * (hi - lo if hi > lo else 1.0)
+    return float(lo - pad), float(hi + pad)
+
+
+def _density(ax: Any, x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
+             cmap: str = "viridis") -> None:
+    finite = np.isfinite(x) & np.isfinite(y)
+    counts, xe, ye = np.histogram2d(x[finite], y[finite], bins=128, range=[xlim, ylim])
+    masked = np.ma.masked_less(counts.T, 1)
+    if masked.count():
+        ax.pcolormesh(xe, ye, masked, cmap=cmap, norm=LogNorm(vmin=1, vmax=max(float(counts.max()), 2.0)),
+                      rasterized=True)
+
+
+def _treg_name(strategy: Any, treg: str | None) -> str | None:
+    names = [p.name for p in strategy.populations]
+    for candidate in (treg, getattr(strategy, "treg", None)):
+        if candidate in names:
+            return candidate
+    return next((n for n in names if n.lower() == "treg"), None)
+
+
+def _is_scatter(channel: Any) -> bool:
+    return isinstance(channel, str) and channel.upper().startswith(("FSC", "SSC"))
+
+
+def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | None = None) -> Figure:
+    """The gating of one sample as a row of density plots, with back-gating of the Treg population.
+
+    Parameters
+    ----------
+    result : cytopipe.gates.GatingResult
+        The gated sample (``masks``, ``counts``, ``values(gate)``).
+    strategy : cytopipe.gates.GatingStrategy
+        The strategy that produced ``result``.
+    sample_name : str
+        Shown in the title.
+    treg : str, optional
+        The Treg population for back-gating; default ``strategy.treg``, else the population named Treg.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per gated population: a 2-D histogram (log colour) of the parent's events in the gate's first
+        two dimensions with ``gate.outline()`` drawn, or for 1-D gates a histogram with the gated events shaded;
+        boolean gates (no dimensions of their own) are skipped. A last panel shows every event on FSC-A/SSC-A in
+        grey with the Treg events on top (back-gating), so a scientist can see where the Tregs sit in scatter.
+
+    Notes
+    -----
+    Only the gating contract is used: ``strategy.populations``, ``pop.gate.dimensions``, ``pop.gate.outline()``,
+    ``result.values(gate)`` and ``result.masks``.
+    """
+    pops = [p for p in strategy.populations if len(getattr(p.gate, "dimensions", ()) or ()) >= 1]
+    treg_name = _treg_name(strategy, treg)
+    scatter = next((p for p in pops if len(p.gate.dimensions) >= 2
+                    and all(_is_scatter(d.channel) for d in p.gate.dimensions[:2])), None)
+    n_panels = len(pops) + (1 if treg_name and scatter is not None else 0)
+    fig = _new_figure(2.45 * max(n_panels, 1), 2.75)
+    n_events = int(getattr(result, "n_events", 0)) or len(next(iter(result.masks.values())))
+    with matplotlib.rc_context(STYLE):
+        axes = fig.subplots(1, max(n_panels, 1), squeeze=False)[0]
+        for ax, pop in zip(axes, pops, strict=False):
+            ax.grid(False)
+            parent = result.masks[pop.parent] if pop.parent else np.ones(n_events, dtype=bool)
+            inside = result.masks[pop.name][parent]
+            values = np.asarray(result.values(pop.gate))[parent]
+            n_parent = int(parent.sum())
+            n_in = int(inside.sum())
+            dims = pop.gate.dimensions
+            if len(dims) >= 2:
+                outline = pop.gate.outline() if len(dims) == 2 else None
+                outline = None if outline is None else np.asarray(outline, dtype=float)
+                xlim = _limits(values[:, 0], None if outline is None else outline[:, 0])
+                ylim = _limits(values[:, 1], None if outline is None else outline[:, 1])
+                _density(ax, values[:, 0], values[:, 1], xlim, ylim)
+                if outline is not None:
+                    # Open sides are +-inf: draw them just beyond the axes so only the closed sides show.
+                    xs = np.clip(outline[:, 0], 2 * xlim[0] - xlim[1], 2 * xlim[1] - xlim[0])
+                    ys = np.clip(outline[:, 1], 2 * ylim[0] - ylim[1], 2 * ylim[1] - ylim[0])
+                    ax.plot(xs, ys, color=_GATE, linewidth=1.3)
+                else:
+                    # No drawable outline (n-D or data-driven without one): show the gated events instead.
+                    ax.plot(values[inside, 0], values[inside, 1], linestyle="", marker=",", color=_GATE, alpha=0.3)
+                ax.set_xlim(xlim)
+                ax.set_ylim(ylim)
+                ax.set_ylabel(_dimension_label(dims[1]))
+                _thousands(ax.yaxis, dims[1])
+            else:
+                x = values[:, 0]
+                xlim = _limits(x, None)
+                bins = np.linspace(*xlim, 129)
+                ax.hist(x, bins=bins, color="#999999", histtype="stepfilled")
+                ax.hist(x[inside], bins=bins, color=_GATE, alpha=0.6, histtype="stepfilled")
+                ax.set_xlim(xlim)
+                ax.set_yscale("log")
+                ax.set_ylabel("events")
+            ax.set_xlabel(_dimension_label(dims[0]))
+            _thousands(ax.xaxis, dims[0])
+            pct = 100.0 * n_in / n_parent if n_parent else float("nan")
+            parent_name = _plain(pop.parent) if pop.parent else "all events"
+            ax.set_title(f"{_plain(pop.name)}\n{n_in:,} = {pct:.1f}% of {parent_name}", fontsize=8)
+        if treg_name and scatter is not None:
+            ax = axes[len(pops)]
+            ax.grid(False)
+            xy = np.asarray(result.values(scatter.gate))[:, :2]
+            xlim, ylim = _limits(xy[:, 0], None), _limits(xy[:, 1], None)
+            _density(ax, xy[:, 0], xy[:, 1], xlim, ylim, cmap="Greys")
+            tregs = result.masks[treg_name]
+            ax.plot(xy[tregs, 0], xy[tregs, 1], linestyle="", marker=".", markersize=1.5, color=_GATE, alpha=0.7)
+            ax.set_xlim(xlim)
+            ax.set_ylim(ylim)
+            ax.set_xlabel(_dimension_label(scatter.gate.dimensions[0]))
+            ax.set_ylabel(_dimension_label(scatter.gate.dimensions[1]))
+            _thousands(ax.xaxis, scatter.gate.dimensions[0])
+            _thousands(ax.yaxis, scatter.gate.dimensions[1])
+            ax.set_title(f"Back-gating: {_plain(treg_name)}\n{int(tregs.sum()):,} events on scatter", fontsize=8)
+        if not pops:
+            axes[0].text(0.5, 0.5, "no gate with dimensions to draw", ha="center", va="center",
+                         transform=axes[0].transAxes)
+        fig.suptitle(f"Gating of {_plain(sample_name)}", x=0.01, ha="left", fontweight="bold", fontsize=9.5)
+    return fig

@@ -1,0 +1,281 @@
+"""The batch runner: outputs, determinism across worker counts, cache and resume, fault isolation, logs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_pipeline import GATES_YAML, expected_counts, write_sample
+
+from cytopipe.batch import run
+from cytopipe.errors import ConfigError, GateError
+
+REPO = Path(__file__).resolve().parents[1]
+CSVS = ("populations.csv", "treg.csv", "baseline.csv", "failures.csv")
+
+
+def make_study(folder: Path, n_files: int = 6, n_events: int = 8_000, subjects: int = 2) -> tuple[Path, Path, dict]:
+    """Constructed files + sample sheet + gate file; returns (sheet, gates, {sample: labels})."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, labels = [], {}
+    for i in range(n_files):
+        subject = f"P{i % subjects + 1}"
+        day = 7 * (i // subjects)
+        name = f"{subject}_D{day}"
+        labels[name] = write_sample(folder / f"{name}.fcs", n=n_events, seed=100 + i,
+                                    treg_fraction=0.02 + 0.01 * (i // subjects) * (subject == "P1"))
+        rows.append({"file": f"{name}.fcs", "subject": subject, "timepoint": f"W{day // 7}", "day": day,
+                     "batch": "B1"})
+    sheet = folder / "study.csv"
+    pd.DataFrame(rows).to_csv(sheet, index=False)
+    gates = folder / "treg.yaml"
+    gates.write_text(GATES_YAML)
+    return sheet, gates, labels
+
+
+def quiet_run(**kwargs):
+    kwargs.setdefault("quiet", True)
+    kwargs.setdefault("stream", io.StringIO())
+    return run(**kwargs)
+
+
+def read_bytes(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in CSVS}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory):
+    return make_study(tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture(scope="module")
+def serial(study, tmp_path_factory: pytest.TempPathFactory):
+    sheet, gates, _ = study
+    out = tmp_path_factory.mktemp("serial")
+    return quiet_run(sheet=sheet, gates=gates, out=out, workers=1)
+
+
+def test_outputs_of_a_clean_run(study, serial):
+    sheet, gates, labels = study
+    out = serial.out
+    assert serial.exit_code == 0
+    for name in (*CSVS, "manifest.json", "report.html"):
+        assert (out / name).is_file(), name
+    assert not (out / "gates_fitted.csv").exists()
+    assert (out / "failures.csv").read_text() == "sample,file,stage,reason\n"
+    pops = pd.read_csv(out / "populations.csv")
+    assert list(pops.columns) == ["sample", "subject", "timepoint", "day", "population", "parent", "count",
+                                  "pct_parent", "pct_total"]
+    for sample, lab in labels.items():
+        got = pops[pops["sample"] == sample].set_index("population")["count"].to_dict()
+        assert got == expected_counts(lab)
+    treg = pd.read_csv(out / "treg.csv")
+    assert list(treg.columns[:9]) == ["sample", "subject", "timepoint", "day", "cd4_events", "treg_events",
+                                      "treg_pct", "ci_low", "ci_high"]
+    assert "batch" in treg.columns  # extra sheet columns are carried through
+    # Sorted by subject, then day.
+    assert list(treg["sample"]) == sorted(labels, key=lambda s: (s.split("_")[0], int(s.split("_D")[1])))
+    baseline = pd.read_csv(out / "baseline.csv")
+    assert {"subject", "timepoint", "day", "treg_pct", "baseline_pct", "delta_pp", "fold_change"} <= set(baseline)
+    p1 = baseline[baseline["subject"] == "P1"].sort_values("day")
+    assert p1["baseline_pct"].nunique() == 1 and p1["fold_change"].iloc[0] == pytest.approx(1.0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    hashes = {Path(item["file"]).name: item["sha256"] for item in manifest["inputs"]}
+    for fcs in sheet.parent.glob("*.fcs"):
+        assert hashes[fcs.name] == hashlib.sha256(fcs.read_bytes()).hexdigest()
+    assert manifest["gates"]["text"] == gates.read_text()
+    assert manifest["sample_sheet"]["sha256"] == hashlib.sha256(sheet.read_bytes()).hexdigest()
+    assert {"cytopipe", "numpy", "pandas", "scikit-learn", "matplotlib", "python"} <= set(manifest["versions"])
+    assert len(list((out / "plots").glob("gating_*.png"))) == len(labels)
+    assert sorted(serial.computed) == sorted(labels) and serial.cached == []
+
+
+@pytest.mark.slow
+def test_two_workers_give_byte_identical_csvs(study, serial, tmp_path):
+    sheet, gates, _ = study
+    parallel = quiet_run(sheet=sheet, gates=gates, out=tmp_path, workers=2)
+    assert parallel.exit_code == 0
+    assert read_bytes(tmp_path) == read_bytes(serial.out)
+
+
+def test_rerun_uses_the_cache_and_adding_a_file_computes_only_it(study, tmp_path):
+    sheet, gates, _ = study
+    folder = tmp_path / "grow"
+    first = quiet_run(sheet=sheet, gates=gates, out=folder, workers=1)
+    again = quiet_run(sheet=sheet, gates=gates, out=folder, workers=1)
+    assert again.computed == [] and sorted(again.cached) == sorted(first.computed)
+    assert read_bytes(folder) == read_bytes(first.out)
+
+    write_sample(sheet.parent / "P3_D0.fcs", n=6_000, seed=999)
+    grown = sheet.parent / "grown.csv"
+    table = pd.read_csv(sheet)
+    table.loc[len(table)] = {"file": "P3_D0.fcs", "subject": "P3", "timepoint": "W0", "day": 0, "batch": "B2"}
+    table.to_csv(grown, index=False)
+    added = quiet_run(sheet=grown, gates=gates, out=folder, workers=1)
+    assert added.computed == ["P3_D0"]
+    fresh = quiet_run(sheet=grown, gates=gates, out=tmp_path / "fresh", workers=1)
+    assert read_bytes(folder) == read_bytes(fresh.out)
+
+    # Other gates: nothing in the cache applies.
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(GATES_YAML.replace("min: [2.0, 2.0]", "min: [2.2, 2.0]"))
+    regated = quiet_run(sheet=grown, gates=changed, out=folder, workers=1)
+    assert sorted(regated.computed) == sorted(fresh.computed)
+
+
+def test_a_corrupt_file_fails_alone(study, serial, tmp_path):
+    sheet, gates, labels = study
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for fcs in sheet.parent.glob("*.fcs"):
+        data = fcs.read_bytes()
+        (folder / fcs.name).write_bytes(data[: len(data) // 2] if fcs.stem == "P2_D7" else data)
+    bad_sheet = folder / "study.csv"
+    bad_sheet.write_text(sheet.read_text())
+    log = io.StringIO()
+    result = run(sheet=bad_sheet, gates=gates, out=tmp_path / "out", workers=2, quiet=True, stream=log)
+    assert result.exit_code == 1
+    failures = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert failures[["sample", "stage"]].values.tolist() == [["P2_D7", "read"]]
+    assert failures["file"].iloc[0] == str(folder / "P2_D7.fcs")
+    assert "P2_D7" in log.getvalue() and log.getvalue().count("\n") == 1  # quiet: the error only
+    good = pd.read_csv(serial.out / "treg.csv")
+    got = pd.read_csv(tmp_path / "out" / "treg.csv")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True),
+                                  good[good["sample"] != "P2_D7"].reset_index(drop=True))
+    assert "P2_D7" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_gatingml_gate_file_gives_the_same_counts(study, serial, tmp_path):
+    from cytopipe.gatefile import load_strategy
+    from cytopipe.gatingml import write_gatingml
+
+    sheet, gates, _ = study
+    xml = tmp_path / "treg.xml"
+    write_gatingml(load_strategy(gates), xml)
+    result = quiet_run(sheet=sheet, gates=xml, out=tmp_path / "out", workers=1, plots=False, treg="treg")
+    want = serial.treg[["sample", "cd4_events", "treg_events"]]
+    pd.testing.assert_frame_equal(result.treg[["sample", "cd4_events", "treg_events"]], want)
+
+
+def test_treg_and_parent_options(study, tmp_path):
+    sheet, gates, labels = study
+    result = quiet_run(sheet=sheet, gates=gates, out=tmp_path, workers=1, plots=False, report=False,
+                       treg="CD4+", parent="Singlets")
+    for row in result.treg.itertuples():
+        want = expected_counts(labels[row.sample])
+        assert (row.treg_events, row.cd4_events) == (want["CD4+"], want["Singlets"])
+
+
+@pytest.mark.parametrize(("kwargs", "error", "text"), [
+    ({"workers": 0}, ConfigError, "--workers"),
+    ({"scheduler": "localhost:8786"}, ConfigError, "tcp://"),
+    ({"treg": "NK"}, GateError, "'NK'"),
+    ({"spillover": "no/such/matrix.csv"}, ConfigError, "matrix.csv"),
+])
+def test_configuration_errors(study, tmp_path, kwargs, error, text):
+    sheet, gates, _ = study
+    with pytest.raises(error, match=text) as info:
+        quiet_run(sheet=sheet, gates=gates, out=tmp_path, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_dask_is_a_config_error(study, tmp_path, monkeypatch):
+    sheet, gates, _ = study
+    monkeypatch.setitem(sys.modules, "distributed", None)  # what an install without the extra looks like
+    with pytest.raises(ConfigError, match=r"pip install cytopipe\[dask\]"):
+        quiet_run(sheet=sheet, gates=gates, out=tmp_path, scheduler="tcp://127.0.0.1:1")
+
+
+def test_log_modes(study, tmp_path):
+    sheet, gates, labels = study
+    common = {"sheet": sheet, "gates": gates, "workers": 1, "plots": False, "report": False}
+    stream = io.StringIO()
+    run(out=tmp_path / "json", log_json=True, stream=stream, **common)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    samples = [r for r in records if r["event"] == "sample"]
+    assert sorted(r["sample"] for r in samples) == sorted(labels)
+    assert samples[-1]["done"] == samples[-1]["total"] == len(labels)
+    assert all(r["events"] > 0 and "events_per_s" in r for r in samples)
+
+    stream = io.StringIO()
+    run(out=tmp_path / "tty", progress=True, stream=stream, **common)
+    bar = stream.getvalue()
+    assert "\r" in bar and f"{len(labels)}/{len(labels)} samples" in bar and "events/s" in bar and "ETA" in bar
+
+    stream = io.StringIO()
+    run(out=tmp_path / "plain", progress=False, stream=stream, **common)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and sum("] " in line for line in lines) == len(labels)
+
+    stream = io.StringIO()
+    run(out=tmp_path / "quiet", quiet=True, stream=stream, **common)
+    assert stream.getvalue() == ""
+
+
+def _cached_samples(out: Path) -> set[str]:
+    return {json.loads(p.read_text())["sample"] for p in (out / ".cache" / "results").glob("*.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGKILL, 1), (signal.SIGINT, 2)])
+def test_killed_run_resumes(tmp_path, sig, workers):
+    sheet, gates, _ = make_study(tmp_path / "study", n_files=14, n_events=60_000, subjects=2)
+    out = tmp_path / "killed"
+    code = ("import sys; from cytopipe.batch import run; "
+            f"sys.exit(run(sheet={str(sheet)!r}, gates={str(gates)!r}, out={str(out)!r}, workers={workers}, "
+            "quiet=True).exit_code)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / ".cache" / "results").is_dir() and len(_cached_samples(out)) >= 3:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    done_before = _cached_samples(out)
+    assert 3 <= len(done_before) < 14
+    assert not (out / "treg.csv").exists()  # the killed run never reached the outputs
+
+    resumed = quiet_run(sheet=sheet, gates=gates, out=out, workers=2)
+    assert set(resumed.cached) == done_before
+    assert set(resumed.computed) == set(resumed.treg["sample"]) - done_before
+    clean = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "clean", workers=2)
+    assert read_bytes(out) == read_bytes(clean.out)
+
+
+@pytest.mark.slow
+def test_bundled_study_matches_truth(tmp_path):
+    sheet, gates = REPO / "sample_fcs" / "study.csv", REPO / "gates" / "treg.yaml"
+    truth_file = REPO / "sample_fcs" / "truth.csv"
+    for path in (sheet, gates, truth_file):
+        assert path.is_file(), f"{path} is part of the repository"
+    result = quiet_run(sheet=sheet, gates=gates, out=tmp_path, workers=2)
+    assert result.exit_code == 0
+    truth = pd.read_csv(truth_file)
+    key = "sample" if "sample" in truth.columns else "file"
+    truth_col = next(c for c in truth.columns if "pct" in c.lower())
+    got = result.treg.copy()
+    if key == "file":
+        got["file"] = got["sample"] + ".fcs"
+        truth["file"] = truth["file"].map(lambda f: Path(f).name)
+    merged = got.merge(truth, on=key)
+    assert len(merged) == len(result.treg) > 0
+    assert (merged["treg_pct"] - merged[truth_col]).abs().max() < 0.5

@@ -1,0 +1,422 @@
+"""FCS writer and reader core: layout, keywords, escaping, round trips through FlowIO/FlowKit, channel lookup."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from pathlib import Path
+
+import flowio
+import flowkit
+import numpy as np
+import pytest
+
+from cytopipe.errors import FCSError, MarkerError
+from cytopipe.fcs import Sample, count_datasets, describe, format_description, read_fcs, write_fcs
+
+CHANNELS = ["FSC-A", "SSC-A", "FITC-A", "PE-A", "APC-A", "Time"]
+MARKERS = ["", "", "CD4 FITC", "CD25-PE", "Foxp3 (APC)", ""]
+
+
+def _events(n: int = 2000, p: int = 6, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.lognormal(6, 1.5, size=(n, p)) - 50).astype(np.float32)
+
+
+def _header_offsets(path: Path) -> list[int]:
+    head = path.read_bytes()[:58]
+    return [int(head[10 + 8 * k : 18 + 8 * k].strip() or 0) for k in range(6)]
+
+
+@pytest.fixture()
+def written(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    events = _events()
+    path = tmp_path / "sample.fcs"
+    metadata = {"$CYT": "FACSCanto II", "$SPILLOVER": "2,FITC-A,PE-A,1,0.165,0.0125,1", "PATIENT ID": "S01"}
+    metadata |= {"$P3N": "FITC-A", "$P3R": "262144"}  # a per-parameter keyword carried over by channel name
+    write_fcs(path, events, CHANNELS, MARKERS, metadata)
+    return path, events
+
+
+def test_round_trip_values_names_and_keywords(written: tuple[Path, np.ndarray]) -> None:
+    path, events = written
+    sample = read_fcs(path)
+    assert sample.version == "FCS3.1"
+    assert sample.channels == tuple(CHANNELS)
+    assert sample.markers == tuple(MARKERS)
+    np.testing.assert_array_equal(sample.events, events)
+    assert sample.events.dtype == np.float32 and sample.events.flags.c_contiguous and sample.events.flags.writeable
+    assert sample.metadata["$SPILLOVER"] == "2,FITC-A,PE-A,1,0.165,0.0125,1"
+    assert sample.metadata["PATIENT ID"] == "S01"
+    assert sample.metadata["$CYT"] == "FACSCanto II"
+    for key, value in {"$TOT": "2000", "$PAR": "6", "$DATATYPE": "F", "$MODE": "L", "$BYTEORD": "1,2,3,4"}.items():
+        assert sample.metadata[key] == value
+    for n in range(1, 7):
+        assert sample.metadata[f"$P{n}B"] == "32" and sample.metadata[f"$P{n}E"] == "0,0"
+        assert int(sample.metadata[f"$P{n}R"]) >= events[:, n - 1].max()
+    assert sample.n_events == 2000
+
+
+def test_header_offsets_point_at_text_and_data(written: tuple[Path, np.ndarray]) -> None:
+    path, events = written
+    raw = path.read_bytes()
+    assert raw[:10] == b"FCS3.1    "
+    text_start, text_end, data_start, data_end, ana_start, ana_end = _header_offsets(path)
+    assert text_start == 58 and (ana_start, ana_end) == (0, 0)
+    assert raw[text_start : text_start + 1] == raw[text_end : text_end + 1]  # TEXT opens and closes on the delimiter
+    assert data_start == text_end + 1 and data_end - data_start + 1 == events.nbytes
+    sample = read_fcs(path)
+    assert (int(sample.metadata["$BEGINDATA"]), int(sample.metadata["$ENDDATA"])) == (data_start, data_end)
+    np.testing.assert_array_equal(np.frombuffer(raw[data_start : data_end + 1], "<f4").reshape(events.shape), events)
+    assert raw[data_end + 1 :] == b"00000000"  # CRC field
+
+
+def test_flowio_and_flowkit_read_back_identical_values(written: tuple[Path, np.ndarray]) -> None:
+    path, events = written
+    flow = flowio.FlowData(str(path))
+    assert flow.event_count == 2000 and flow.channel_count == 6
+    np.testing.assert_array_equal(np.asarray(flow.as_array(preprocess=False), dtype=np.float32), events)
+    assert [flow.channels[i]["pnn"] for i in range(1, 7)] == CHANNELS
+    assert flow.text["spillover"] == "2,FITC-A,PE-A,1,0.165,0.0125,1"
+    kit = flowkit.Sample(str(path), preprocess=False)
+    np.testing.assert_array_equal(kit.get_events(source="raw").astype(np.float32), events)
+    assert list(kit.pns_labels) == MARKERS
+    assert kit.metadata["spillover"] == "2,FITC-A,PE-A,1,0.165,0.0125,1"
+
+
+def test_delimiter_inside_values_is_escaped(tmp_path: Path) -> None:
+    # Every candidate delimiter occurs in some value, so the writer must double the one it picks.
+    hostile = "a/b|c\\d!e*f~g\x0ch"
+    metadata = {"COMMENT": hostile, "$SRC": "x//y", "$FIL": "plate/well A1.fcs"}
+    path = tmp_path / "escaped.fcs"
+    write_fcs(path, _events(10, 2), ["FL1", "FL2"], ["CD3/CD4", ""], metadata)
+    raw = path.read_bytes()
+    delimiter = raw[58:59]
+    assert delimiter * 2 in raw[58 : _header_offsets(path)[1]]
+    sample = read_fcs(path)
+    assert sample.metadata["COMMENT"] == hostile and sample.metadata["$SRC"] == "x//y"
+    assert sample.markers == ("CD3/CD4", "")
+    flow = flowio.FlowData(str(path))
+    assert flow.text["comment"] == hostile
+
+
+def test_offsets_beyond_eight_digits_are_zero_in_header(tmp_path: Path) -> None:
+    # 1,562,500 x 16 float32 = 100,000,000 bytes: DATA ends past 99,999,999, so HEADER holds 0 and TEXT rules.
+    events = np.zeros((1_562_500, 16), dtype=np.float32)
+    events[::1000, 3] = np.arange(1563, dtype=np.float32)
+    path = tmp_path / "big.fcs"
+    write_fcs(path, events, [f"C{i}" for i in range(16)])
+    offsets = _header_offsets(path)
+    assert offsets[0] == 58 and offsets[2] > 0 and offsets[3] == 0  # start fits in 8 digits, end does not
+    sample = read_fcs(path)
+    assert int(sample.metadata["$ENDDATA"]) == int(sample.metadata["$BEGINDATA"]) + events.nbytes - 1
+    np.testing.assert_array_equal(sample.events[::1000, 3], events[::1000, 3])
+    assert sample.n_events == 1_562_500
+
+
+def test_write_is_atomic_and_validates(tmp_path: Path) -> None:
+    path = tmp_path / "keep.fcs"
+    write_fcs(path, _events(5, 2), ["A", "B"])
+    before = path.read_bytes()
+    with pytest.raises(FCSError, match=r"keep\.fcs: 3 channel names for 2 event columns"):
+        write_fcs(path, _events(5, 2), ["A", "B", "C"])
+    with pytest.raises(FCSError, match="must be unique"):
+        write_fcs(path, _events(5, 2), ["A", "a"])
+    with pytest.raises(FCSError, match="2-D"):
+        write_fcs(path, np.zeros(5), ["A"])
+    with pytest.raises(FCSError, match="version"):
+        write_fcs(path, _events(5, 2), ["A", "B"], version="2.0")
+    assert path.read_bytes() == before
+    with pytest.raises(FCSError, match="cannot write"):
+        write_fcs(tmp_path / "missing" / "x.fcs", _events(5, 2), ["A", "B"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.fcs"]  # no temporary file left behind
+
+
+def test_per_parameter_keywords_follow_channels_when_subsetting(tmp_path: Path) -> None:
+    source = {"$P1N": "FSC-A", "$P1R": "262144", "$P2N": "PE-A", "$P2R": "1024", "$P2G": "2.5", "$P2V": "450"}
+    path = tmp_path / "subset.fcs"
+    write_fcs(path, _events(20, 1), ["PE-A"], ["CD25"], source)
+    meta = read_fcs(path).metadata
+    kept = (meta["$P1N"], meta["$P1R"], meta["$P1G"], meta["$P1V"], meta["$P1S"])
+    assert kept == ("PE-A", "1024", "2.5", "450", "CD25")
+    assert "$P2N" not in meta
+
+
+def test_events_are_zero_copy_writable_and_picklable(written: tuple[Path, np.ndarray]) -> None:
+    path, events = written
+    sample = read_fcs(path)
+    assert not sample.events.flags.owndata  # a view of the file map, not a copy
+    sample.events[0, 0] = -1.0  # copy-on-write: allowed, and the file is untouched
+    assert read_fcs(path).events[0, 0] == events[0, 0]
+    clone = pickle.loads(pickle.dumps(sample))
+    np.testing.assert_array_equal(clone.events, sample.events)
+    assert clone.channels == sample.channels and clone.metadata == sample.metadata
+
+
+def test_fcs_3_2_per_channel_datatypes_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    events = np.column_stack(
+        [rng.normal(5e4, 1e4, 500), rng.integers(0, 1024, 500), rng.normal(0, 1, 500), rng.integers(0, 70000, 500)]
+    )
+    path = tmp_path / "v32.fcs"
+    write_fcs(path, events, ["FSC-A", "Index", "Comp-PE-A", "Time"], version="3.2", datatypes=["F", "I", "D", "I"])
+    sample = read_fcs(path)
+    assert sample.version == "FCS3.2"
+    meta = sample.metadata
+    assert meta["$CYT"] == "cytopipe" and meta["$MODE"] == "L" and meta["$DATATYPE"] == "F"
+    assert [meta.get(f"$P{n}DATATYPE") for n in range(1, 5)] == [None, "I", "D", "I"]
+    assert [meta[f"$P{n}B"] for n in range(1, 5)] == ["32", "16", "64", "32"]
+    np.testing.assert_array_equal(sample.events[:, 0], events[:, 0].astype(np.float32))
+    np.testing.assert_array_equal(sample.events[:, 1], events[:, 1])
+    np.testing.assert_array_equal(sample.events[:, 2], events[:, 2].astype(np.float32))
+    np.testing.assert_array_equal(sample.events[:, 3], events[:, 3])
+    with pytest.raises(FCSError, match="need version='3.2'"):
+        write_fcs(path, events, ["a", "b", "c", "d"], datatypes=["F", "I", "D", "I"])
+
+
+def test_fcs_3_2_keeps_instrument_and_new_keywords(tmp_path: Path) -> None:
+    path = tmp_path / "v32b.fcs"
+    metadata = {"$CYT": "Aurora", "$P1TYPE": "Forward_Scatter", "$UNSTAINEDCENTERS": "2,FITC-A,PE-A,10.5,-3"}
+    write_fcs(path, _events(50, 2), ["FSC-A", "FITC-A"], metadata=metadata | {"$P1N": "FSC-A"}, version="3.2")
+    meta = read_fcs(path).metadata
+    assert meta["$CYT"] == "Aurora" and meta["$P1TYPE"] == "Forward_Scatter"
+    assert meta["$UNSTAINEDCENTERS"] == "2,FITC-A,PE-A,10.5,-3"
+    flow = flowio.FlowData(str(path))
+    np.testing.assert_array_equal(np.asarray(flow.as_array(preprocess=False), np.float32), read_fcs(path).events)
+
+
+# ---- channel lookup -----------------------------------------------------------------------------------------
+
+
+def _sample(markers: list[str], channels: list[str] | None = None) -> Sample:
+    channels = channels or [f"CH{i}-A" for i in range(len(markers))]
+    events = np.arange(len(markers) * 3, dtype=np.float32).reshape(3, len(markers))
+    return Sample("", events, tuple(channels), tuple(markers), {}, "FCS3.1")
+
+
+@pytest.mark.parametrize("marker", ["CD4 FITC", "CD4-FITC", "cd4_fitc", "CD4", "FITC/CD4", "CD4(FITC)"])
+def test_marker_token_matches(marker: str) -> None:
+    sample = _sample(["CD3 APC", "CD45 PerCP", marker, "CD8 PE"])
+    assert sample.find_channel("CD4") == 2
+    np.testing.assert_array_equal(sample.column("CD4"), sample.events[:, 2])
+
+
+def test_marker_never_matches_a_longer_name() -> None:
+    sample = _sample(["CD45 PerCP", "CD45RA FITC"])
+    with pytest.raises(MarkerError, match="no channel or marker 'CD4'; available: CH0-A \\(CD45 PerCP\\)"):
+        sample.find_channel("CD4")
+
+
+def test_marker_case_insensitive_and_pnn_first() -> None:
+    sample = _sample(["FOXP3 PE", "CD25 APC", ""], ["PE-A", "APC-A", "FOXP3"])
+    assert sample.find_channel("Foxp3") == 2  # exact $PnN beats the marker token
+    assert sample.find_channel("pe-a") == 0
+    sample = _sample(["Foxp3 PE", "CD25 APC"])
+    assert sample.find_channel("FOXP3") == 0 and sample.find_channel("foxp3 pe") == 0
+
+
+def test_ambiguous_marker_lists_candidates() -> None:
+    sample = _sample(["CD4 FITC", "CD4 PE", "CD8"], ["FITC-A", "PE-A", "APC-A"])
+    with pytest.raises(MarkerError) as err:
+        sample.find_channel("CD4")
+    assert str(err.value) == "<in-memory sample>: marker 'CD4' is ambiguous: FITC-A (CD4 FITC), PE-A (CD4 PE)"
+    assert sample.find_channel("CD4 PE") == 1  # the full $PnS resolves it
+
+
+# ---- reader errors and describe ------------------------------------------------------------------------------
+
+
+def test_missing_and_non_fcs_files(tmp_path: Path) -> None:
+    with pytest.raises(FCSError, match=r"nope\.fcs: no such file"):
+        read_fcs(tmp_path / "nope.fcs")
+    (tmp_path / "text.fcs").write_bytes(b"hello world, I am not an FCS file but I am longer than the header...")
+    with pytest.raises(FCSError, match=r"text\.fcs: not an FCS file: HEADER starts with b'hello '"):
+        read_fcs(tmp_path / "text.fcs")
+    with pytest.raises(FCSError, match="dataset must be a non-negative integer"):
+        read_fcs(tmp_path / "text.fcs", dataset=-1)
+
+
+def test_truncated_data_is_reported(written: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, _ = written
+    cut = tmp_path / "cut.fcs"
+    cut.write_bytes(path.read_bytes()[:-5000])
+    with pytest.raises(FCSError) as err:
+        read_fcs(cut)
+    message = str(err.value)
+    assert message.startswith(f"{cut}: DATA segment is truncated: $TOT=2000 events") and "\n" not in message
+
+
+def test_dataset_out_of_range(written: tuple[Path, np.ndarray]) -> None:
+    path, _ = written
+    assert count_datasets(path) == 1
+    with pytest.raises(FCSError, match="has 1 data set\\(s\\); data set 1 was requested"):
+        read_fcs(path, dataset=1)
+
+
+def test_describe_is_json_and_complete(written: tuple[Path, np.ndarray]) -> None:
+    path, _ = written
+    info = describe(read_fcs(path))
+    assert json.loads(json.dumps(info)) == info
+    assert info["version"] == "FCS3.1" and info["instrument"] == "FACSCanto II" and info["events"] == 2000
+    assert info["spillover"] == {"present": True, "keyword": "$SPILLOVER"} and info["datasets"] == 1
+    assert info["channels"][2] == {"index": 3, "name": "FITC-A", "marker": "CD4 FITC", "range": "262144"}
+    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    text = format_description(info)
+    assert "FACSCanto II" in text and "CD4 FITC" in text and "$SPILLOVER" in text
+    assert re.search(r"events:\s+2,000", text)
+
+
+# ---- hand-assembled files for layouts the writer does not produce -------------------------------------------
+
+
+def _assemble(
+    keywords: dict[str, str], data: bytes, version: str = "FCS2.0", header_data: bool = True, trailer: bytes = b""
+) -> bytes:
+    """Bytes of a one-data-set FCS file: HEADER, '/'-delimited TEXT at 58, DATA right after, then ``trailer``."""
+    text = ("/" + "/".join(f"{k}/{v}" for k, v in keywords.items()) + "/").encode("latin-1")
+    begin = 58 + len(text)
+    end = begin + len(data) - 1
+    offsets = (58, begin - 1, begin if header_data else 0, end if header_data else 0, 0, 0)
+    return f"{version}    ".encode() + b"".join(f"{o:>8}".encode() for o in offsets) + text + data + trailer
+
+
+def _params(bits: list[int], names: list[str] | None = None, ranges: list[int] | None = None) -> dict[str, str]:
+    keywords = {"$PAR": str(len(bits))}
+    for n, b in enumerate(bits, start=1):
+        keywords[f"$P{n}N"] = names[n - 1] if names else f"FL{n}"
+        keywords[f"$P{n}B"] = str(b)
+        keywords[f"$P{n}R"] = str(ranges[n - 1] if ranges else 2**b)
+    return keywords
+
+
+def test_big_endian_float_and_double(tmp_path: Path) -> None:
+    values = _events(100, 3)
+    path = tmp_path / "be.fcs"
+    keywords = {"$TOT": "100", "$DATATYPE": "F", "$BYTEORD": "4,3,2,1", "$MODE": "L"} | _params([32, 32, 32])
+    path.write_bytes(_assemble(keywords, values.astype(">f4").tobytes()))
+    sample = read_fcs(path)
+    np.testing.assert_array_equal(sample.events, values)
+    assert sample.events.dtype == np.float32 and sample.events.dtype.isnative and sample.events.flags.writeable
+    keywords = {"$TOT": "100", "$DATATYPE": "D", "$BYTEORD": "1,2,3,4", "$MODE": "L"} | _params([64, 64, 64])
+    path.write_bytes(_assemble(keywords, values.astype("<f8").tobytes()))
+    assert read_fcs(path).events.dtype == np.float64
+    np.testing.assert_array_equal(read_fcs(path).events, values)
+
+
+def test_unaligned_float_data_is_copied_aligned(tmp_path: Path) -> None:
+    values = _events(50, 2)
+    keywords = {"$TOT": "50", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4", "$COM": "x"} | _params([32, 32])
+    for pad in range(4):  # TEXT length moves DATA to every alignment
+        keywords["$COM"] = "x" * (pad + 1)
+        path = tmp_path / f"a{pad}.fcs"
+        path.write_bytes(_assemble(keywords, values.tobytes()))
+        sample = read_fcs(path)
+        np.testing.assert_array_equal(sample.events, values)
+        assert sample.events.flags.aligned
+
+
+def test_packed_nine_bit_and_word_ten_bit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    values = rng.integers(0, 512, size=(37, 3))
+    # A true bit stream, most significant bit first: 37 x 27 bits = 125 bytes (not 37 x 3 x 2 = 222).
+    bits = ((values[..., None] >> np.arange(8, -1, -1)) & 1).astype(np.uint8).ravel()
+    packed = np.packbits(bits).tobytes()
+    assert len(packed) == 125
+    keywords = {"$TOT": "37", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9, 9, 9], ranges=[512] * 3)
+    path = tmp_path / "packed.fcs"
+    path.write_bytes(_assemble(keywords, packed))
+    np.testing.assert_array_equal(read_fcs(path).events, values)
+    # The same values in 16-bit words with junk in the high bits: masked to $PnB = 10 bits.
+    keywords = {"$TOT": "37", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([10, 10, 10], ranges=[1024] * 3)
+    path.write_bytes(_assemble(keywords, (values | 0xF000).astype("<u2").tobytes()))
+    np.testing.assert_array_equal(read_fcs(path).events, values)
+
+
+def test_range_bit_mask_and_mixed_widths(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    low = rng.integers(0, 1024, 64)
+    wide = rng.integers(0, 2**31, 64)
+    record = np.dtype([("a", ">u2"), ("b", ">u4"), ("c", ">u2")])
+    data = np.zeros(64, dtype=record)
+    data["a"], data["b"], data["c"] = low | 0x4000, wide, low  # bit 14 set above $P1R=1000 -> masked (1023)
+    keywords = {"$TOT": "64", "$DATATYPE": "I", "$BYTEORD": "4,3,2,1"} | _params(
+        [16, 32, 16], ranges=[1000, 2**32, 65536]
+    )
+    path = tmp_path / "mixed.fcs"
+    path.write_bytes(_assemble(keywords, data.tobytes(), version="FCS3.0"))
+    events = read_fcs(path).events
+    np.testing.assert_array_equal(events[:, 0], low)
+    np.testing.assert_array_equal(events[:, 1], wide.astype(np.float32))
+    np.testing.assert_array_equal(events[:, 2], low)
+
+
+def test_duplicate_names_get_suffixes_and_keep_markers(tmp_path: Path) -> None:
+    keywords = {"$TOT": "2", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4"} | _params([32, 32, 32], ["FL1", "FL1", "fl1"])
+    keywords |= {"$P1S": "CD3", "$P2S": "CD4", "$P3S": "CD8"}
+    path = tmp_path / "dup.fcs"
+    path.write_bytes(_assemble(keywords, _events(2, 3).tobytes()))
+    sample = read_fcs(path)
+    assert sample.channels == ("FL1", "FL1_2", "fl1_3") and sample.markers == ("CD3", "CD4", "CD8")
+    assert sample.find_channel("CD4") == 1 and sample.find_channel("FL1_2") == 1
+
+
+def test_missing_datatype_and_histogram_mode(tmp_path: Path) -> None:
+    path = tmp_path / "nodt.fcs"
+    path.write_bytes(_assemble({"$TOT": "2", "$BYTEORD": "1,2"} | _params([16]), b"\0" * 4))
+    with pytest.raises(FCSError, match=r"nodt\.fcs: required keyword \$DATATYPE is missing"):
+        read_fcs(path)
+    path.write_bytes(
+        _assemble({"$TOT": "2", "$DATATYPE": "I", "$MODE": "C", "$BYTEORD": "1,2"} | _params([16]), b"\0" * 4)
+    )
+    with pytest.raises(FCSError, match=r"\$MODE=C \(histogram data\) is not supported"):
+        read_fcs(path)
+
+
+def test_fcs2_without_tot_and_text_only_offsets(tmp_path: Path) -> None:
+    values = np.arange(30, dtype=np.uint16).reshape(10, 3)
+    path = tmp_path / "notot.fcs"
+    path.write_bytes(_assemble({"$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([16] * 3), values.tobytes()))
+    np.testing.assert_array_equal(read_fcs(path).events, values)  # $TOT is optional in FCS 2.0
+    # HEADER offsets 0 with $BEGINDATA/$ENDDATA as the only location (how files > 99,999,999 bytes do it);
+    # fixed-width values so that filling them in does not move DATA.
+    body = {"$TOT": "10", "$DATATYPE": "I", "$BYTEORD": "1,2", "$BEGINDATA": "000000", "$ENDDATA": "000000"}
+    body |= _params([16] * 3)
+    begin = len(_assemble(body, b"", version="FCS3.0", header_data=False))
+    body |= {"$BEGINDATA": f"{begin:06d}", "$ENDDATA": f"{begin + values.nbytes - 1:06d}"}
+    path.write_bytes(_assemble(body, values.tobytes(), version="FCS3.0", header_data=False))
+    assert read_fcs(path).metadata["$BEGINDATA"] == f"{begin:06d}"
+    np.testing.assert_array_equal(read_fcs(path).events, values)
+
+
+def test_nextdata_chain(tmp_path: Path) -> None:
+    first = _assemble({"$TOT": "3", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4", "$NEXTDATA": "0"} | _params([32]), b"")
+    one = np.array([[1.0], [2.0], [3.0]], dtype=np.float32)
+    two = np.array([[7.0], [8.0]], dtype=np.float32)
+    second = _assemble({"$TOT": "2", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4"} | _params([32]), two.tobytes())
+    for _ in range(3):  # $NEXTDATA's own digits change the first data set's length: iterate to a fixed point
+        head = _assemble(
+            {"$TOT": "3", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4", "$NEXTDATA": str(len(first))} | _params([32]),
+            one.tobytes(),
+        )
+        first = head
+    path = tmp_path / "two.fcs"
+    path.write_bytes(first + second)
+    assert count_datasets(path) == 2
+    np.testing.assert_array_equal(read_fcs(path).events, one)
+    np.testing.assert_array_equal(read_fcs(path, dataset=1).events, two)
+
+
+def test_supplemental_text_is_merged(tmp_path: Path) -> None:
+    values = _events(4, 1)
+    stext = b"|$CYT|Supplemental|EXTRA|yes|"
+    keywords = {"$TOT": "4", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4", "$BEGINSTEXT": "0000", "$ENDSTEXT": "0000"}
+    keywords |= _params([32])
+    start = len(_assemble(keywords, values.tobytes(), version="FCS3.0"))
+    keywords |= {"$BEGINSTEXT": f"{start:04d}", "$ENDSTEXT": f"{start + len(stext) - 1:04d}"}
+    path = tmp_path / "stext.fcs"
+    path.write_bytes(_assemble(keywords, values.tobytes(), version="FCS3.0", trailer=stext))
+    sample = read_fcs(path)
+    assert sample.metadata["EXTRA"] == "yes" and sample.metadata["$CYT"] == "Supplemental"
+    np.testing.assert_array_equal(sample.events, values)

@@ -1,0 +1,207 @@
+"""Every real instrument file in ``shared/data/instruments`` against the FlowIO/fcsparser readouts.
+
+Where both reference parsers read a file and agree, cytopipe must agree with them (event and channel counts,
+names, first rows, FlowIO's column sums). Where they disagree or fail, the test states cytopipe's policy and the
+evidence for it (the FCS standard, or a second copy of the same events in the same file).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+
+from cytopipe.errors import FCSError
+from cytopipe.fcs import _File, _read_header_and_text, count_datasets, read_fcs
+
+INSTRUMENTS = SHARED_DATA / "instruments"
+_READOUTS = INSTRUMENTS / "reference_readouts.json"
+ALL_FILES = [e["file"] for e in json.loads(_READOUTS.read_text())["files"]] if _READOUTS.is_file() else []
+# Files where the two reference parsers disagree or fail; each has its own test below.
+POLICY = {
+    "flowio/fcs_files/data_start_offset_discrepancy_example.fcs",
+    "cytoflow_instruments/Beckman Coulter - Cyan.fcs",
+    "cytoflow_instruments/Beckman Coulter - Cytomics FC500.LMD",
+    "cytoflow_instruments/Partec - CyFlow v2.9.fcs",
+    "fcsparser/corrupted/corrupted.fcs",
+    "fcsparser/cytek-nl-2000/sample_header.fcs",
+}
+
+
+@cache
+def _readouts(root: Path) -> dict[str, dict]:
+    return {e["file"]: e for e in json.loads((root / "instruments/reference_readouts.json").read_text())["files"]}
+
+
+def _utf8(text: str) -> str:
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
+def test_all_42_files_are_listed(shared_data: Path) -> None:
+    assert len(_readouts(shared_data)) == 42
+    assert POLICY <= set(_readouts(shared_data))
+
+
+@pytest.mark.parametrize("name", [f for f in ALL_FILES if f not in POLICY])
+def test_matches_reference_parsers(shared_data: Path, name: str) -> None:
+    ref = _readouts(shared_data)[name]
+    sample = read_fcs(shared_data / "instruments" / name)
+    flowio_ref, fcsparser_ref = ref.get("flowio") or {}, ref.get("fcsparser") or {}
+    oracles = [r for r in (flowio_ref, fcsparser_ref) if r.get("first_rows") is not None]
+    assert oracles, "every file outside POLICY is read by at least one reference parser"
+    if len(oracles) == 2:
+        assert ref["parsers_agree_on_first_rows"], "files where the parsers disagree belong in POLICY"
+    for oracle in oracles:
+        assert sample.n_events == oracle["events"] and len(sample.channels) == oracle["channels"]
+        # Events are float32 by contract: integers above 2**24 (32-bit MoFlo data) equal the reference rounded.
+        np.testing.assert_array_equal(sample.events[:2], np.array(oracle["first_rows"]).astype(np.float32))
+    if flowio_ref.get("column_sums") is not None:
+        sums = np.asarray(flowio_ref["column_sums"])
+        exact = sample.events.max(axis=0) < 2**24
+        got = sample.events.sum(axis=0, dtype=np.float64)
+        np.testing.assert_array_equal(got[exact], sums[exact])
+        np.testing.assert_allclose(got[~exact], sums[~exact], rtol=1e-7)
+    # TEXT values are UTF-8 (FCS 3.1 section 3.2.4); the readouts decoded some as Latin-1 ("Fluor\u00e2\u0084\u00a2").
+    # A missing optional $PnN (FCS 2.0) is named P<n>.
+    names = [_utf8(n) if n else f"P{i}" for i, n in enumerate(ref["PnN"], start=1)]
+    assert sample.channels == tuple(names)
+    assert sample.markers == tuple(_utf8(m or "").strip() for m in ref["PnS"])
+    assert sample.version == ref["header_version"]
+    assert sample.metadata.get("$CYT", "") == (ref["CYT"] or "")
+    assert sample.events.flags.c_contiguous and sample.events.flags.writeable
+    assert sample.events.dtype == np.float32
+    if flowio_ref.get("n_data_sets"):
+        assert count_datasets(sample.path) == flowio_ref["n_data_sets"]
+        for k, n in enumerate(flowio_ref.get("events_per_data_set") or []):
+            assert read_fcs(sample.path, dataset=k).n_events == n
+
+
+def test_start_offset_discrepancy_uses_text_offsets(shared_data: Path) -> None:
+    # HEADER says DATA starts at byte 5555, inside TEXT (bytes 74-6080): segments never overlap (FCS 3.1
+    # section 3.1), so the HEADER value is impossible and $BEGINDATA=6081 is used. FlowIO agrees; fcsparser
+    # trusts the HEADER and returns TEXT bytes as events (12332 = 0x302C = the characters ",0" of a $SPILL value).
+    name = "flowio/fcs_files/data_start_offset_discrepancy_example.fcs"
+    ref = _readouts(shared_data)[name]
+    path = shared_data / "instruments" / name
+    segments, _ = _read_header_and_text(_File(path), 0)
+    assert segments.header_data[0] == 5555 and segments.text == (74, 6080) and segments.data[0] == 6081
+    sample = read_fcs(path)
+    np.testing.assert_array_equal(sample.events[:2], ref["flowio"]["first_rows"])
+    assert ref["fcsparser"]["first_rows"][0][0] == int.from_bytes(b",0", "little")
+    assert path.read_bytes()[5555:5557] == b",0"
+    np.testing.assert_allclose(sample.events.sum(axis=0, dtype=np.float64), ref["flowio"]["column_sums"])
+
+
+def test_cyan_uses_header_offsets(shared_data: Path) -> None:
+    # HEADER (2284-141219) and $BEGINDATA/$ENDDATA (2330-141265) both give a segment of exactly $TOT x 24 bytes.
+    # The HEADER is the primary record of segment offsets (FCS 3.1 section 3.2), so it wins; the data confirm
+    # it: with HEADER offsets every FL3 value stays below $P3R=512, while the TEXT offsets (FlowIO's choice)
+    # start 46 bytes = 23 values later and shift every column by one.
+    name = "cytoflow_instruments/Beckman Coulter - Cyan.fcs"
+    ref = _readouts(shared_data)[name]
+    sample = read_fcs(shared_data / "instruments" / name)
+    assert sample.metadata["$P3R"] == "512" and sample.events[:, 2].max() < 512
+    np.testing.assert_array_equal(sample.events[:2], ref["fcsparser"]["first_rows"])
+    shifted = np.array(ref["flowio"]["first_rows"])
+    np.testing.assert_array_equal(shifted[0, 1:4], [751, 0, 14])  # FlowIO's row 1 = FSC/SSC/FL1 one column late
+    assert sample.n_events == ref["fcsparser"]["events"] == 5789
+
+
+def test_ten_bit_lmd_is_stored_in_16_bit_words(shared_data: Path) -> None:
+    # $PnB=10 for all 4 parameters of the FCS 2.0 data set. The DATA segment holds 216,577 bytes = $TOT x 4 x 2
+    # (+1 off-by-one), not the 135,360 bytes of a packed bit stream, so each value sits in a 16-bit word and is
+    # masked to 10 bits. The FCS 3.0 data set in the same file holds the same events at 20-bit resolution:
+    # floor(FS / 1024) reproduces the 10-bit values for every event. fcsparser reads a bit stream and is wrong.
+    path = shared_data / "instruments/cytoflow_instruments/Beckman Coulter - Cytomics FC500.LMD"
+    assert count_datasets(path) == 2
+    ten_bit = read_fcs(path)
+    full = read_fcs(path, dataset=1)
+    assert ten_bit.version == "FCS2.0" and full.version == "FCS3.0"
+    assert ten_bit.n_events == full.n_events == 27072
+    assert ten_bit.events.max() <= 1023
+    np.testing.assert_array_equal(np.floor(full.events[:, :2].astype(np.float64) / 1024), ten_bit.events[:, :2])
+    ref = _readouts(shared_data)["cytoflow_instruments/Beckman Coulter - Cytomics FC500.LMD"]
+    assert ref["fcsparser"]["events"] == ten_bit.n_events
+    assert not np.array_equal(ref["fcsparser"]["first_rows"], ten_bit.events[:2])
+
+
+def test_partec_keywords_padded_with_spaces(shared_data: Path) -> None:
+    # Both parsers fail with "no $DATATYPE": the keyword is present but preceded by 214 spaces of padding.
+    # Keyword names are ASCII without spaces (FCS 3.1 section 3.2.7), so surrounding blanks are stripped.
+    # $ENDDATA=586934 equals the file size (one past the last byte): the usual off-by-one, tolerated.
+    path = shared_data / "instruments/cytoflow_instruments/Partec - CyFlow v2.9.fcs"
+    sample = read_fcs(path)
+    assert sample.metadata["$DATATYPE"] == "I"
+    assert sample.events.shape == (72989, 4) and sample.channels == ("FSC", "SSC", "FL_Green", "Time")
+    assert sample.events.max(axis=0).tolist() <= [32767.0] * 4 and sample.events.min() >= 0
+    # The layout is right: $TOT x 4 x 2 bytes run exactly from $BEGINDATA to the end of the file.
+    assert int(sample.metadata["$ENDDATA"]) == path.stat().st_size
+    assert path.stat().st_size - int(sample.metadata["$BEGINDATA"]) == 72989 * 4 * 2
+
+
+def test_corrupt_and_header_only_files_are_rejected(shared_data: Path) -> None:
+    corrupt = shared_data / "instruments/fcsparser/corrupted/corrupted.fcs"
+    with pytest.raises(FCSError) as err:
+        read_fcs(corrupt)
+    assert str(err.value) == f"{corrupt}: not an FCS file: 10 bytes is shorter than the 58-byte HEADER"
+    header_only = shared_data / "instruments/fcsparser/cytek-nl-2000/sample_header.fcs"
+    with pytest.raises(FCSError) as err:
+        read_fcs(header_only)
+    assert str(err.value) == (
+        f"{header_only}: DATA segment is missing: it should start at byte 5912 but the file ends at byte 3931 "
+        "(a header-only or truncated file)"
+    )
+
+
+def test_multiple_data_sets_and_bit_masks(shared_data: Path) -> None:
+    coulter = shared_data / "instruments/flowio/fcs_files/coulter.lmd"  # FlowIO fails on this file
+    assert count_datasets(coulter) == 2
+    first, second = read_fcs(coulter), read_fcs(coulter, dataset=1)
+    assert (first.version, second.version) == ("FCS2.0", "FCS3.0") and first.n_events == second.n_events == 18110
+    with pytest.raises(FCSError, match="has 2 data set"):
+        read_fcs(coulter, dataset=2)
+    # System II: bits D10-D15 carry other information; $PnR=1024 masks them off (FCS 3.1 section 3.3.4).
+    path = shared_data / "instruments/cytoflow_instruments/System II listmode with extra info in bits D10-D15.LMD"
+    system2 = read_fcs(path)
+    assert system2.events.max() <= 1023
+    segments, meta = _read_header_and_text(_File(path), 0)
+    words = np.frombuffer(path.read_bytes(), "<u2", count=system2.events.size, offset=segments.data[0])
+    assert meta["$BYTEORD"] == "1,2" and words.max() > 1023  # the high bits really are set in the file
+    np.testing.assert_array_equal(system2.events.ravel(), words & 1023)
+
+
+def test_twenty_four_bit_integers(shared_data: Path) -> None:
+    # FlowIO cannot read 24-bit data; fcsparser can, and cytopipe must match it on the whole first rows.
+    name = "fcsparser/Cytek_xP5/Cytek_xP5.fcs"
+    sample = read_fcs(shared_data / "instruments" / name)
+    assert sample.metadata["$P1B"] == "24" and sample.events.max() < 2**24
+    np.testing.assert_array_equal(sample.events[:2], _readouts(shared_data)[name]["fcsparser"]["first_rows"])
+
+
+def test_scaled_values_match_flowio_truth(shared_data: Path) -> None:
+    # data1.fcs (FCS 2.0, 10-bit log channels, $P1G=3.67, $P2G=8) preprocessed as flowCore/FlowIO do;
+    # float64 because float32 cannot hold 10**(4*x/1024) exactly and FlowIO's truth is exact.
+    data1 = read_fcs(shared_data / "gatingml2/isac_gatingMLData/FCSFiles/data1.fcs", scale=True)
+    truth = np.load(shared_data / "instruments/flowio/truth/data1_preprocessed.npy")
+    assert data1.events.dtype == np.float64
+    np.testing.assert_array_equal(data1.events, truth)
+    raw = read_fcs(shared_data / "gatingml2/isac_gatingMLData/FCSFiles/data1.fcs")
+    np.testing.assert_array_equal(
+        raw.events, np.load(shared_data / "instruments/flowio/truth/data1_original_events.npy")
+    )
+    # Accuri C6 Plus: linear channels without $PnG; FlowIO also multiplies Time by $TIMESTEP, which the
+    # flowCore "linearize-with-PnG-scaling" convention (and cytopipe) does not.
+    accuri = read_fcs(shared_data / "instruments/flowio/fcs_files/B01 KC-A-W---91-US.fcs", scale=True)
+    truth = np.load(shared_data / "instruments/flowio/truth/B01 KC-A-W---91-US_preprocessed_events.npy")
+    time = accuri.find_channel("Time")
+    others = [i for i in range(len(accuri.channels)) if i != time]
+    np.testing.assert_array_equal(accuri.events[:, others], truth[:, others])
+    step = float(accuri.metadata["$TIMESTEP"])
+    np.testing.assert_allclose(accuri.events[:, time] * step, truth[:, time], rtol=1e-12)

@@ -1,0 +1,207 @@
+"""report.html from a results folder written by hand: content, escaping, self-containment, atomic outputs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from cytopipe.errors import ConfigError, SampleSheetError
+from cytopipe.report import render_report
+
+XSS = "<script>alert(1)</script>"
+GATE_TEXT = "name: Treg <b>bold</b>\npopulations:\n  - name: Lymphocytes\n"
+
+# subject -> [(timepoint, day, cd4_events, treg_events, platelets)]
+STUDY = {
+    "ITP-01": [("D0", 0, 20000, 600, 36), ("W1", 7, 21000, 1100, 41), ("W3", 21, 19500, 1700, 85),
+               ("W6", 42, 20500, 1000, 60)],
+    "ITP-02": [("D0", 0, 22000, 880, 40), ("W1", 7, 21000, 860, 38), ("W3", 21, 20000, 830, 42)],
+    XSS: [("D0", 0, 1500, 60, 50), ("W1", 7, 1600, 70, 55)],
+}
+
+
+def _png(path: Path) -> None:
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().plot([0, 1], [0, 1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+
+
+def build_results_folder(root: Path, *, clinical: bool = True) -> Path:
+    """A results folder as ``cytopipe run`` writes it (tables, manifest, one gating plot, a failure)."""
+    out = root / "results"
+    out.mkdir()
+    treg_rows, pop_rows = [], []
+    for subject, visits in STUDY.items():
+        for tp, day, cd4, treg, _ in visits:
+            sample = f"{subject}_{tp}"
+            pct = 100 * treg / cd4
+            treg_rows.append({"sample": sample, "subject": subject, "timepoint": tp, "day": day, "cd4_events": cd4,
+                              "treg_events": treg, "treg_pct": pct, "ci_low": np.nan, "ci_high": np.nan,
+                              "baseline": "true" if day == 0 else "false"})
+            pop_rows.append({"sample": sample, "subject": subject, "timepoint": tp, "day": day,
+                             "population": "Lymphocytes", "parent": "", "count": cd4 * 3, "pct_parent": 60.0,
+                             "pct_total": 60.0})
+    pd.DataFrame(treg_rows).to_csv(out / "treg.csv", index=False)
+    pd.DataFrame(pop_rows).to_csv(out / "populations.csv", index=False)
+    pd.DataFrame([{"sample": "ITP-02_W6", "file": "ITP-02_W6.fcs", "stage": "read",
+                   "reason": "truncated file <DATA> segment"}]).to_csv(out / "failures.csv", index=False)
+    pd.DataFrame([{"sample": "ITP-01_D0", "population": "CD25high", "threshold": 2.61}]).to_csv(
+        out / "gates_fitted.csv", index=False)
+    _png(out / "plots" / "gating_ITP-01_D0.png")
+    manifest = {
+        "cytopipe": "0.1.0",
+        "versions": {"cytopipe": "0.1.0", "numpy": "2.4.0"},
+        "gates": {"path": "gates/treg.yaml", "sha256": "ab" * 32, "text": GATE_TEXT},
+        "inputs": [{"sample": "ITP-01_D0", "file": "sample_fcs/ITP-01_D0.fcs", "sha256": "cd" * 32}],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    if clinical:
+        rows = [{"subject": s, "day": d, "platelets": p, "lymphocytes_per_ul": 1500}
+                for s, visits in STUDY.items() for _, d, _, _, p in visits]
+        # A platelet count on a day without a blood draw for cytometry.
+        rows.append({"subject": "ITP-01", "day": 28, "platelets": 80, "lymphocytes_per_ul": 1400})
+        pd.DataFrame(rows).to_csv(root / "clinical.csv", index=False)
+    return out
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.urls: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.urls += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "data", "action")]
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp_path = tmp_path_factory.mktemp("report")
+    out = build_results_folder(tmp_path)
+    html_path = render_report(out, clinical=tmp_path / "clinical.csv", pdf=False)
+    return out, html_path.read_text(encoding="utf-8")
+
+
+def test_report_escapes_user_strings(rendered: tuple[Path, str]) -> None:
+    _, html = rendered
+    parser = _Collector()
+    parser.feed(html)
+    assert "script" not in parser.tags
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert XSS in "".join(parser.text)  # shown as text
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html  # gate file text escaped
+    assert "&lt;DATA&gt;" in html  # failure reason escaped
+
+
+def test_report_is_self_contained(rendered: tuple[Path, str]) -> None:
+    _, html = rendered
+    parser = _Collector()
+    parser.feed(html)
+    assert parser.urls, "expected embedded images and in-page links"
+    for url in parser.urls:
+        assert url.startswith(("data:image/png;base64,", "#")), url
+    assert "link" not in parser.tags and "iframe" not in parser.tags
+    assert not re.search(r"url\(", html)
+    for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', html):
+        assert base64.b64decode(uri)[:8] == b"\x89PNG\r\n\x1a\n"
+    # overview + 3 time courses + 1 gating plot
+    assert html.count('src="data:image/png') == 5
+
+
+def test_report_content_order_and_verdicts(rendered: tuple[Path, str]) -> None:
+    _, html = rendered
+    positions = [html.index(f'id="{a}"') for a in ("summary", "subjects", "samples", "methods", "provenance")]
+    assert positions == sorted(positions)
+    summary = html[positions[0]:positions[1]]
+    assert "Tregs rose significantly (x2.9 at W3)" in summary
+    assert "No significant change" in summary
+    assert "Platelets: response (85 = 2.4x baseline 36, at W3)" in summary
+    assert "Platelets: complete response" not in summary
+    for subject in ("ITP-01", "ITP-02", "&lt;script&gt;alert(1)&lt;/script&gt;"):
+        assert subject in summary
+    assert "truncated file" in html and "ab" * 32 in html and "cd" * 32 in html
+    assert "Fitted data-driven gates" in html
+    assert "Treg gate 60 events &lt; 100" in html and "CD4 gate 1,500 events &lt; 2000" in html
+
+
+def test_report_rewrites_tables_and_figures(rendered: tuple[Path, str]) -> None:
+    out, _ = rendered
+    baseline = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
+    assert list(baseline.columns[:14]) == ["subject", "timepoint", "day", "treg_pct", "baseline_pct", "delta_pp",
+                                           "fold_change", "delta_ci_low", "delta_ci_high", "fc_ci_low",
+                                           "fc_ci_high", "rcv_pct", "significant", "low_events"]
+    row = baseline[(baseline["subject"] == "ITP-01") & (baseline["timepoint"] == "W3")].iloc[0]
+    assert row["iwg_response"] == "response" and bool(row["significant"])
+    # Absolute count: lymphocytes/uL x Treg events / lymphocyte-gate events (populations.csv).
+    assert row["tregs_per_ul"] == pytest.approx(1500 * 1700 / (19500 * 3))
+    assert row["treg_tcon_ratio"] == pytest.approx(1700 / (19500 - 1700))
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["subject"]) == set(STUDY)
+    assert (out / "correlation.csv").is_file()
+    for stem in ("fold_change_overview", "timecourse_ITP-01", "timecourse__script_alert_1___script_"):
+        assert (out / "plots" / f"{stem}.png").stat().st_size > 1000
+        assert (out / "plots" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    assert not list(out.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_rcv_settings_change_the_call(tmp_path: Path) -> None:
+    out = build_results_folder(tmp_path)
+    render_report(out, clinical=tmp_path / "clinical.csv", pdf=False, cva=60.0, cvi=60.0)
+    baseline = pd.read_csv(out / "baseline.csv")
+    # RCV = sqrt(2) * 1.96 * sqrt(2) * 60 = 235%: a 2.9-fold rise (+193%) is no longer significant.
+    assert baseline["rcv_pct"].iloc[0] == pytest.approx(235.2)
+    assert not baseline["significant"].any()
+    assert "No significant change" in (out / "report.html").read_text()
+
+
+def test_clinical_from_manifest_and_without(tmp_path: Path) -> None:
+    out = build_results_folder(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["settings"] = {"clinical": str(tmp_path / "clinical.csv")}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    html = render_report(out, pdf=False).read_text()
+    assert "Platelets: response" in html
+    (tmp_path / "clinical.csv").unlink()
+    html = render_report(out, pdf=False).read_text()
+    assert "Platelets: no clinical data" in html and "Tregs rose significantly" in html
+
+
+def test_report_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="results folder not found"):
+        render_report(tmp_path / "nope", pdf=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"treg\.csv: not found"):
+        render_report(tmp_path / "empty", pdf=False)
+    out = build_results_folder(tmp_path)
+    bad = tmp_path / "bad_clinical.csv"
+    bad.write_text("patient,day,platelets\nITP-01,0,36\n")
+    with pytest.raises(SampleSheetError, match="bad_clinical.csv: clinical table needs a 'subject' column"):
+        render_report(out, clinical=bad, pdf=False)
+    with pytest.raises(ConfigError, match="--cva"):
+        render_report(out, cva=-1, pdf=False)
+
+
+def test_pdf_warns_without_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    out = build_results_folder(tmp_path, clinical=False)
+    monkeypatch.setenv("CYTOPIPE_CHROMIUM", "no-such-browser-cytopipe")
+    with caplog.at_level(logging.WARNING, logger="cytopipe.report"):
+        html = render_report(out, pdf=True)
+    assert html.is_file() and not (out / "report.pdf").exists()
+    assert "chromium not found" in caplog.text

@@ -1,0 +1,270 @@
+"""Statistics against independent values (published worked examples, scipy's own implementation, arithmetic)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+from scipy.stats.contingency import relative_risk
+
+from cytopipe.errors import ConfigError, SampleSheetError
+from cytopipe.stats import (
+    BASELINE_COLUMNS,
+    baseline_table,
+    clinical_correlation,
+    fold_change_interval,
+    iwg_response,
+    newcombe_difference,
+    read_clinical,
+    reference_change_value,
+    subject_summary,
+    wilson_interval,
+)
+
+# ------------------------------------------------------------------------------------------------ Wilson
+
+
+def test_wilson_domain_example() -> None:
+    low, high = wilson_interval(250, 5000)
+    assert (round(100 * low, 2), round(100 * high, 2)) == (4.43, 5.64)
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "expected"),
+    # Newcombe (1998) Stat Med 17:857, Table I, method 3 (Wilson score without continuity correction).
+    [(81, 263, (0.2553, 0.3662)), (15, 148, (0.0624, 0.1605)), (0, 20, (0.0, 0.1611)), (1, 29, (0.0061, 0.1718))],
+)
+def test_wilson_newcombe_table(k: int, n: int, expected: tuple[float, float]) -> None:
+    low, high = wilson_interval(k, n)
+    assert (round(low, 4), round(high, 4)) == expected
+
+
+def test_wilson_vectorised_and_empty() -> None:
+    low, high = wilson_interval(np.array([0, 5, 10]), np.array([10, 10, 10]))
+    assert low[0] == 0 and high[2] == 1 and low[1] < 0.5 < high[1]
+    # Symmetry: the interval of k/n mirrors that of (n-k)/n.
+    assert low[1] == pytest.approx(1 - high[1])
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+# ------------------------------------------------------------------------------------------------ Newcombe
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    # Newcombe (1998) Stat Med 17:873, Table II, method 10 (hybrid score), examples (a)-(f).
+    [((56, 70, 48, 80), (0.0524, 0.3339)), ((9, 10, 3, 10), (0.1705, 0.8090)), ((6, 7, 2, 7), (0.0582, 0.8062)),
+     ((5, 56, 0, 29), (-0.0381, 0.1926)), ((0, 10, 0, 20), (-0.1611, 0.2775)), ((10, 10, 0, 20), (0.6791, 1.0))],
+)
+def test_newcombe_published_examples(counts: tuple[int, int, int, int], expected: tuple[float, float]) -> None:
+    # The published values use the exact quantile (1.95996...); with 1.96, (c) rounds to 0.8063.
+    low, high = newcombe_difference(*counts, z=norm.ppf(0.975))
+    assert (round(low, 4), round(high, 4)) == expected
+
+
+def test_newcombe_swap_negates() -> None:
+    low, high = newcombe_difference(1800, 20000, 600, 20000)
+    low2, high2 = newcombe_difference(600, 20000, 1800, 20000)
+    assert (low, high) == pytest.approx((-high2, -low2))
+    assert low < 0.06 < high
+
+
+# ------------------------------------------------------------------------------------------------ fold change
+
+
+@pytest.mark.parametrize("counts", [(30, 1000, 12, 1100), (1800, 20000, 600, 20000), (5, 40, 9, 35)])
+def test_fold_change_matches_scipy_katz(counts: tuple[int, int, int, int]) -> None:
+    expected = relative_risk(*counts).confidence_interval(0.95)
+    low, high = fold_change_interval(*counts, z=norm.ppf(0.975))
+    assert (low, high) == pytest.approx((expected.low, expected.high), rel=1e-12)
+
+
+def test_fold_change_zero_counts() -> None:
+    low, high = fold_change_interval(0, 1000, 30, 1000)
+    assert 0 < low < high < 1  # Haldane-corrected: finite, below 1
+    assert all(math.isnan(v) for v in fold_change_interval(0, 1000, 0, 1000))
+    assert all(math.isnan(v) for v in fold_change_interval(3, 0, 30, 1000))
+
+
+# ------------------------------------------------------------------------------------------------ RCV, IWG
+
+
+def test_reference_change_value() -> None:
+    assert round(reference_change_value(10, 10, 1.96), 1) == 39.2
+    assert round(reference_change_value(10, 10, 1.65), 1) == 33.0
+    assert reference_change_value(5, 0, 1.0) == pytest.approx(5 * math.sqrt(2))
+    with pytest.raises(ConfigError, match="--cvi"):
+        reference_change_value(10, -1)
+    with pytest.raises(ConfigError, match="--z"):
+        reference_change_value(10, 10, 0)
+
+
+@pytest.mark.parametrize(
+    ("platelets", "baseline", "category"),
+    [(85, 36, "response"), (100, 36, "complete response"), (120, 110, "complete response"), (71, 36, "no response"),
+     (72, 36, "response"), (29, 10, "no response"), (30, 15, "response"), (float("nan"), 36, ""),
+     (50, float("nan"), "")],
+)
+def test_iwg_response(platelets: float, baseline: float, category: str) -> None:
+    assert iwg_response(platelets, baseline) == category
+
+
+# ------------------------------------------------------------------------------------------------ baseline table
+
+
+def _treg(rows: list[tuple[str, str, float, int, int]], **extra: list) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=["subject", "timepoint", "day", "cd4_events", "treg_events"])
+    table.insert(0, "sample", [f"{s}_{t}" for s, t, *_ in rows])
+    table["treg_pct"] = 100 * table["treg_events"] / table["cd4_events"]
+    table["ci_low"] = table["ci_high"] = np.nan
+    for key, values in extra.items():
+        table[key] = values
+    return table
+
+
+def test_baseline_columns_and_values() -> None:
+    table = baseline_table(_treg([("A", "W3", 21, 20000, 1800), ("A", "D0", 0, 20000, 600)]))
+    assert tuple(table.columns[: len(BASELINE_COLUMNS)]) == BASELINE_COLUMNS
+    assert list(table["timepoint"]) == ["D0", "W3"]  # sorted by day
+    later = table.iloc[1]
+    assert later["baseline_pct"] == pytest.approx(3.0) and later["delta_pp"] == pytest.approx(6.0)
+    assert later["fold_change"] == pytest.approx(3.0) and later["pct_change"] == pytest.approx(200.0)
+    low, high = newcombe_difference(1800, 20000, 600, 20000)
+    assert (later["delta_ci_low"], later["delta_ci_high"]) == pytest.approx((100 * low, 100 * high))
+    assert (later["ci_low"], later["ci_high"]) == pytest.approx(tuple(100 * v for v in wilson_interval(1800, 20000)))
+    assert later["rcv_pct"] == pytest.approx(39.2, abs=0.01)
+    assert bool(later["significant"]) and later["direction"] == "rise"
+    base = table.iloc[0]
+    assert base["is_baseline"] and base["fold_change"] == 1 and math.isnan(base["delta_ci_low"])
+    assert not base["significant"] and base["baseline_sample"] == "A_D0"
+
+
+def test_significance_needs_both_rcv_and_counting_interval() -> None:
+    table = baseline_table(_treg([
+        ("big", "D0", 0, 20000, 600), ("big", "W1", 7, 20000, 1200),          # +100%, narrow interval
+        ("few", "D0", 0, 100, 2), ("few", "W1", 7, 100, 5),                   # +150%, interval includes 0
+        ("many", "D0", 0, 1_000_000, 30000), ("many", "W1", 7, 1_000_000, 36000),  # +20% < RCV, excludes 0
+    ]))
+    later = table[~table["is_baseline"]].set_index("subject")
+    assert later.at["big", "significant"]
+    assert later.at["few", "pct_change"] > 39.2 and later.at["few", "delta_ci_low"] < 0
+    assert not later.at["few", "significant"]
+    assert later.at["many", "delta_ci_low"] > 0 and not later.at["many", "significant"]
+    # A wider RCV (larger CVs) overrules even the clear rise.
+    wide = baseline_table(_treg([("big", "D0", 0, 20000, 600), ("big", "W1", 7, 20000, 1200)]), cva=40, cvi=40)
+    assert not wide["significant"].any()
+    # A fall is a fall.
+    fall = baseline_table(_treg([("s", "D0", 0, 20000, 1200), ("s", "W1", 7, 20000, 400)]))
+    assert fall.iloc[1]["direction"] == "fall" and fall.iloc[1]["significant"]
+
+
+def test_baseline_flag_is_respected() -> None:
+    rows = [("A", "screen", -7, 20000, 800), ("A", "D0", 0, 20000, 600), ("A", "W1", 7, 20000, 1200)]
+    table = baseline_table(_treg(rows, baseline=["false", "true", "false"]))
+    assert list(table["baseline_pct"].round(6)) == [3.0, 3.0, 3.0]
+    assert list(table["is_baseline"]) == [False, True, False]
+    # Without the column, the earliest day is the baseline.
+    assert baseline_table(_treg(rows))["baseline_pct"].iloc[0] == pytest.approx(4.0)
+
+
+def test_missing_baseline_is_not_replaced() -> None:
+    table = baseline_table(_treg([("A", "W1", 7, 20000, 1200), ("A", "W2", 14, 20000, 900)],
+                                 baseline=[False, False]))
+    assert table["baseline_pct"].isna().all() and not table["significant"].any()
+    assert (table["qc_flags"] == "no baseline sample").all()
+    assert "No baseline sample" in subject_summary(table)["treg_verdict"].iloc[0]
+
+
+def test_two_baselines_is_a_sheet_error() -> None:
+    rows = [("A", "D0", 0, 20000, 600), ("A", "D1", 1, 20000, 650)]
+    with pytest.raises(SampleSheetError, match=r"^treg\.csv: subject 'A' has 2 baseline samples \(A_D0, A_D1\)$"):
+        baseline_table(_treg(rows, baseline=["yes", "TRUE"]))
+    with pytest.raises(SampleSheetError, match="missing column"):
+        baseline_table(_treg(rows).drop(columns=["treg_events"]))
+
+
+def test_low_event_flags_are_configurable() -> None:
+    rows = [("A", "D0", 0, 1500, 60), ("A", "W1", 7, 20000, 1200)]
+    table = baseline_table(_treg(rows))
+    assert list(table["low_events"]) == [True, False]
+    assert table.iloc[0]["qc_flags"] == "Treg gate 60 events < 100; CD4 gate 1,500 events < 2000"
+    assert table.iloc[1]["qc_flags"] == "baseline has low events"
+    relaxed = baseline_table(_treg(rows), min_treg_events=50, min_cd4_events=1000)
+    assert not relaxed["low_events"].any()
+
+
+def test_ratio_and_absolute_counts() -> None:
+    rows = [("A", "D0", 0, 20000, 600), ("A", "W1", 7, 20000, 1200)]
+    table = baseline_table(_treg(rows, tcon_events=[19400, 18800], lymphocyte_events=[60000, 50000],
+                                 lymphocytes_per_ul=[1500.0, 1000.0]))
+    assert list(table["treg_tcon_ratio"]) == pytest.approx([600 / 19400, 1200 / 18800])
+    assert list(table["tregs_per_ul"]) == pytest.approx([1500 * 600 / 60000, 1000 * 1200 / 50000])
+    by_cd4 = baseline_table(_treg(rows, cd4_per_ul=[800.0, 900.0]))
+    assert list(by_cd4["tregs_per_ul"]) == pytest.approx([800 * 0.03, 900 * 0.06])
+
+
+# ------------------------------------------------------------------------------------------------ clinical
+
+
+def _clinical(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "clinical.csv"
+    path.write_text(text)
+    return path
+
+
+def test_read_clinical(tmp_path: Path) -> None:
+    path = _clinical(tmp_path, "Subject, Day ,Platelets,note\nITP-01,0,36,start\nITP-01,7,NA,\nITP-02,0,40,x\n")
+    table = read_clinical(path)
+    assert list(table.columns) == ["subject", "day", "Platelets", "note"]
+    assert table["day"].dtype == float and table["Platelets"].dtype == float
+    assert math.isnan(table["Platelets"].iloc[1]) and table["note"].iloc[0] == "start"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("patient,day,platelets\nA,0,36\n", "needs a 'subject' column"),
+     ("subject,platelets\nA,36\n", "needs a 'day' or 'timepoint' column"),
+     ("subject,day,platelets\nA,zero,36\n", "row 2: day 'zero' is not a number"),
+     ("subject,day,platelets\nA,0,36\nA,0,40\n", "subject 'A' has two rows for day"),
+     ("subject,day,platelets\nA,0,36\nA,7,8O\n", "row 3: platelets '8O' is not a number"),
+     ("", "cannot read clinical table")],
+)
+def test_read_clinical_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = _clinical(tmp_path, text)
+    with pytest.raises(SampleSheetError, match=message) as err:
+        read_clinical(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+    with pytest.raises(SampleSheetError, match="not found"):
+        read_clinical(tmp_path / "absent.csv")
+
+
+def test_clinical_join_iwg_and_summary(tmp_path: Path) -> None:
+    rows = [("ITP-01", "D0", 0, 20000, 600), ("ITP-01", "W1", 7, 20000, 1100), ("ITP-01", "W3", 21, 20000, 1740),
+            ("ITP-02", "D0", 0, 20000, 800), ("ITP-02", "W3", 21, 20000, 820)]
+    clinical = read_clinical(_clinical(tmp_path, "subject,day,platelets\nITP-01,-3,36\nITP-01,7,41\nITP-01,21,85\n"
+                                                 "ITP-02,0,40\nITP-02,21,45\n"))
+    table = baseline_table(_treg(rows), clinical=clinical)
+    one = table[table["subject"] == "ITP-01"].set_index("timepoint")
+    # No count on the baseline day: the latest one before it (day -3) is the baseline.
+    assert one.at["W3", "baseline_platelets"] == 36 and one.at["W3", "iwg_response"] == "response"
+    assert one.at["W1", "iwg_response"] == "no response" and one.at["D0", "iwg_response"] == ""
+    assert one.at["W3", "platelet_fold"] == pytest.approx(85 / 36)
+    summary = subject_summary(table).set_index("subject")
+    assert summary.at["ITP-01", "treg_verdict"] == "Tregs rose significantly (x2.9 at W3)"
+    assert summary.at["ITP-01", "clinical_verdict"] == "Platelets: response (85 = 2.4x baseline 36, at W3)"
+    assert summary.at["ITP-02", "treg_verdict"] == "No significant change (largest x1.0 at W3)"
+    assert summary.at["ITP-02", "clinical_response"] == "no response"
+
+
+def test_clinical_correlation() -> None:
+    table = pd.DataFrame({"subject": ["A"] * 5 + ["B"] * 2, "treg_pct": [1, 2, 3, 4, 5, 1, 2],
+                          "platelets": [1, 8, 27, 64, 125, 3, 4]})
+    corr = clinical_correlation(table).set_index("subject")
+    assert corr.at["A", "spearman_r"] == pytest.approx(1.0)  # monotone
+    assert 0.9 < corr.at["A", "pearson_r"] < 1.0  # but not linear
+    assert corr.at["A", "n"] == 5 and corr.at["B", "n"] == 2 and math.isnan(corr.at["B", "pearson_r"])
+    assert clinical_correlation(table.drop(columns=["platelets"])).empty
