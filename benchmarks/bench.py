@@ -71,16 +71,17 @@ def fixed_gates(gates: Path, first_file: Path, folder: Path) -> Path:
     """Gating-ML export of the gates, data-driven ones fitted on the first file."""
     from cytopipe import autogate
     from cytopipe.fcs import read_fcs
-    from cytopipe.gatefile import load_strategy
+    from cytopipe.gatefile import load_strategy, resolve_channels
     from cytopipe.gatingml import write_gatingml
     from cytopipe.pipeline import choose_spillover
 
     strategy = load_strategy(gates)
+    sample = read_fcs(first_file)
     if autogate.needs_fitting(strategy):
-        sample = read_fcs(first_file)
         strategy, _ = autogate.fit_strategy(strategy, [sample], spillover=choose_spillover(sample, strategy))
+    # FlowKit finds dimensions (and the spillover's detectors) by $PnN only: name channels as the files do.
     out = folder / "gates.xml"
-    write_gatingml(strategy, out)
+    write_gatingml(resolve_channels(strategy, sample), out)
     return out
 
 

@@ -25,7 +25,7 @@ from typing import IO, Any
 import pandas as pd
 
 from . import __version__
-from .errors import ConfigError, CytopipeError
+from .errors import ConfigError
 from .pipeline import (
     FAILURE_COLUMNS,
     POPULATION_COLUMNS,
@@ -33,6 +33,8 @@ from .pipeline import (
     SampleResult,
     SampleTask,
     file_sha256,
+    needs_fitting,
+    one_line,
     process_sample,
     resolve_treg,
 )
@@ -51,9 +53,9 @@ class RunResult:
 
     Attributes
     ----------
-    populations, treg, baseline, failures, fitted
-        The tables written to ``populations.csv``, ``treg.csv``, ``baseline.csv``, ``failures.csv`` and
-        ``gates_fitted.csv`` (``fitted`` is empty when the strategy has no data-driven gates).
+    populations, treg, baseline, failures, fitted, sensitivity
+        The tables written to ``populations.csv``, ``treg.csv``, ``baseline.csv``, ``failures.csv``,
+        ``gates_fitted.csv`` and ``sensitivity.csv`` (the last two are empty for fixed gates).
     exit_code
         0 when every sample succeeded, 1 when some failed.
     out
@@ -69,6 +71,7 @@ class RunResult:
     baseline: pd.DataFrame
     failures: pd.DataFrame
     fitted: pd.DataFrame
+    sensitivity: pd.DataFrame
     exit_code: int
     out: Path
     computed: list[str] = field(default_factory=list)
@@ -349,40 +352,59 @@ def _run_dask(tasks: list[SampleTask], scheduler: str) -> Iterator[SampleResult]
 # gate fitting on the client
 
 
-def _fit_shared_scopes(strategy: Any, sheet: pd.DataFrame, spillover_for: Callable[[Any, str], Any],
-                       report: Progress) -> tuple[dict[str, Any], list[dict]]:
+def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str, tuple[tuple[str, str], ...]],
+                       spillover_for: Callable[[Any, str], Any], report: Progress
+                       ) -> tuple[dict[str, Any], list[dict], dict[str, str]]:
     """Fit ``subject`` / ``baseline`` scope gates per subject on this machine.
+
+    Parameters
+    ----------
+    strategy
+        The gate file's strategy.
+    samples
+        The sheet's ``role == "sample"`` rows.
+    controls
+        Per subject, ``(role, file)`` of its control tubes.
+    spillover_for
+        ``(sample, row spillover path) -> Spillover | None``.
+    report
+        Where to log.
 
     Returns
     -------
     tuple
-        ``({subject: fitted strategy}, fitted parameter rows)``; ``({}, [])`` for strategies without such gates.
+        ``({subject: strategy with those gates fitted}, fitted parameter rows, {subject: failure reason})``; a
+        subject whose fit fails (an unreadable file, too few events) fails its samples, not the run.
     """
-    from . import autogate
+    if not needs_fitting(strategy):
+        return {}, [], {}
+    from .autogate import client_scopes, fit_strategy
 
-    scopes = autogate.client_scopes(strategy)
+    scopes = client_scopes(strategy)
     if not scopes:
-        return {}, []
+        return {}, [], {}
     from .fcs import read_fcs
 
     fitted: dict[str, Any] = {}
     rows: list[dict] = []
-    samples = sheet[sheet["role"] == "sample"]
+    failed: dict[str, str] = {}
     for subject, group in samples.groupby("subject", sort=True):
-        chosen = group[group["baseline"]] if "baseline" in scopes and "subject" not in scopes else group
-        report.log(f"fitting {', '.join(sorted(scopes))}-scope gates for subject {subject} on "
-                   f"{len(chosen)} sample(s)")
-        loaded = []
-        spills = []
-        for rec in chosen.itertuples(index=False):
-            sample = read_fcs(rec.file)
-            loaded.append(sample)
-            spills.append(spillover_for(sample, rec.spillover))
-        subject_strategy, params = autogate.fit_strategy(strategy, loaded, spillover=spills[0],
-                                                         scopes=scopes)
-        fitted[subject] = subject_strategy
+        # Pooled over the subject's samples, or the baseline alone when every shared gate is baseline-locked.
+        chosen = group[group["baseline"]] if scopes == {"baseline"} else group
+        report.log(f"fitting {'/'.join(sorted(scopes))}-scope gates of subject {subject} on {len(chosen)} sample(s)")
+        try:
+            loaded = [read_fcs(rec.file) for rec in chosen.itertuples(index=False)]
+            spills = [spillover_for(sample, rec.spillover)
+                      for sample, rec in zip(loaded, chosen.itertuples(index=False), strict=True)]
+            tubes = {role: read_fcs(path) for role, path in controls.get(subject, ())} or None
+            fitted[subject], params = fit_strategy(strategy, loaded, spillover=spills, controls=tubes, scopes=scopes)
+        except Exception as err:  # noqa: BLE001 - one subject's bad data must not stop the other subjects
+            failed[subject] = f"{'/'.join(sorted(scopes))}-scope gate fit for subject {subject} failed: " + \
+                one_line(err)
+            report.error(failed[subject])
+            continue
         rows.extend({"sample": "", "subject": subject, "timepoint": "", "day": "", **row} for row in params)
-    return fitted, rows
+    return fitted, rows, failed
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,26 +421,29 @@ def _sort_rows(table: pd.DataFrame, columns: Iterable[str], population_order: li
     return table[list(columns)]
 
 
-def _tables(results: list[SampleResult], strategy: Any, sheet: pd.DataFrame
-            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _per_sample(results: list[SampleResult], attribute: str) -> pd.DataFrame:
+    """Concatenate a per-sample list of rows (fitted gates, sensitivity) in subject, day, sample order."""
+    ordered = sorted(results, key=lambda r: (r.subject, r.day, r.sample))
+    return pd.DataFrame([row for r in ordered for row in getattr(r, attribute)])
+
+
+def _tables(results: list[SampleResult], strategy: Any, sheet: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The result tables, sorted by subject, day, sample (and population order)."""
     order = [p.name for p in strategy.populations]
     extra = [c for c in sheet.columns if c not in ("sample", "file", "subject", "timepoint", "day", "baseline",
                                                    "role", "spillover")]
-    pop_rows = [row for r in results if r.treg is not None for row in r.populations]
-    treg_rows = [r.treg for r in results if r.treg is not None]
-    fail_rows = [r.failure for r in results if r.failure is not None]
-    fitted_rows = [row for r in results for row in r.fitted]
+    counted = [r for r in results if r.treg is not None]
+    pop_rows = [row for r in counted for row in r.populations]
     populations = _sort_rows(pd.DataFrame(pop_rows, columns=list(POPULATION_COLUMNS)), POPULATION_COLUMNS, order)
-    treg = pd.DataFrame(treg_rows, columns=list(TREG_COLUMNS))
-    # The baseline flag and the sheet's extra columns travel with each sample (report re-rendering needs them).
-    info = sheet.set_index("sample")[["baseline", *extra]]
-    treg = treg.join(info, on="sample")
+    treg = pd.DataFrame([r.treg for r in counted], columns=list(TREG_COLUMNS))
+    # The baseline flag and the sheet's extra columns travel with each sample (the report re-renders from them).
+    treg = treg.join(sheet.set_index("sample")[["baseline", *extra]], on="sample")
     treg = _sort_rows(treg, [*TREG_COLUMNS, "baseline", *extra])
-    failures = pd.DataFrame(fail_rows, columns=list(FAILURE_COLUMNS))
+    failures = pd.DataFrame([r.failure for r in results if r.failure is not None], columns=list(FAILURE_COLUMNS))
     failures = failures.join(sheet.set_index("sample")[["subject", "day"]], on="sample")
     failures = failures.sort_values(["subject", "day", "sample"], kind="mergesort")[list(FAILURE_COLUMNS)]
-    fitted = pd.DataFrame(fitted_rows)
-    return populations, treg.reset_index(drop=True), failures.reset_index(drop=True), fitted
+    return {"populations": populations, "treg": treg, "failures": failures.reset_index(drop=True),
+            "fitted": _per_sample(results, "fitted"), "sensitivity": _per_sample(results, "sensitivity")}
 
 
 def _versions() -> dict[str, str]:
@@ -440,7 +465,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         treg: str | None = None, parent: str | None = None, clinical: str | os.PathLike | None = None,
         spillover: str | os.PathLike | None = None, cva: float = 10.0, cvi: float = 10.0, z: float = 1.96,
         progress: bool | None = None, log_json: bool = False, quiet: bool = False, plots: bool = True,
-        report: bool = True, stream: IO[str] | None = None) -> RunResult:
+        report: bool = True, pdf: bool = True, stream: IO[str] | None = None) -> RunResult:
     """Gate every sample of a sample sheet and write the study's result folder.
 
     Parameters
@@ -471,7 +496,10 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     plots
         Draw ``plots/gating_<sample>.png`` per sample.
     report
-        Render ``report.html`` at the end.
+        Render ``report.html`` at the end (it also rewrites ``baseline.csv`` with the same settings, adding the
+        columns that need ``populations.csv``).
+    pdf
+        Also print ``report.pdf`` (needs Chromium; a warning when it is absent).
     stream
         Where progress and logs go (default ``sys.stderr``).
 
@@ -499,6 +527,11 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
             raise ConfigError(f"{option} {value}: file not found")
     table = read_sample_sheet(sheet)
     strategy = load_strategy(gates)
+    clinical_table = None
+    if clinical is not None:
+        from .stats import read_clinical
+
+        clinical_table = read_clinical(clinical)  # a malformed table is a usage error before any work
     treg_name, parent_name = resolve_treg(strategy, treg, parent)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -515,7 +548,12 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
 
         return choose_spillover(sample, strategy, row_spillover or spill_path)
 
-    subject_strategies, client_fitted = _fit_shared_scopes(strategy, table, spillover_for, report_progress)
+    controls: dict[str, tuple[tuple[str, str], ...]] = {}
+    for rec in table[table["role"] != "sample"].itertuples(index=False):
+        controls[rec.subject] = (*controls.get(rec.subject, ()), (rec.role, rec.file))
+    subject_strategies, client_fitted, subject_failed = _fit_shared_scopes(
+        strategy, samples, controls, spillover_for, report_progress)
+    data_driven = strategy if needs_fitting(strategy) else None
     definition = getattr(strategy, "source", "") or repr(strategy)
     plots_dir = str((out / "plots").resolve()) if plots else None
 
@@ -523,14 +561,17 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     settings: list[str] = []
     for rec in samples.itertuples(index=False):
         row_spill = rec.spillover or None
+        subject_controls = controls.get(rec.subject, ()) if data_driven is not None else ()
         tasks.append(SampleTask(
             sample=rec.sample, file=rec.file, subject=rec.subject, timepoint=rec.timepoint, day=float(rec.day),
             strategy=subject_strategies.get(rec.subject, strategy), treg=treg_name, parent=parent_name,
-            spillover=row_spill or spill_path, plots_dir=plots_dir))
+            spillover=row_spill or spill_path, plots_dir=plots_dir, controls=subject_controls,
+            data_driven=data_driven, failure=subject_failed.get(rec.subject)))
         fitted_here = [r for r in client_fitted if r["subject"] == rec.subject]
         matrix_sha = file_sha256(row_spill) if row_spill and Path(row_spill).is_file() else spill_sha
-        settings.append(json.dumps({"gates": definition, "fitted": fitted_here, "spillover": matrix_sha},
-                                   sort_keys=True, default=str))
+        control_shas = [(role, file_sha256(path)) for role, path in subject_controls if Path(path).is_file()]
+        settings.append(json.dumps({"gates": definition, "fitted": fitted_here, "spillover": matrix_sha,
+                                    "controls": control_shas}, sort_keys=True, default=str))
 
     results: list[SampleResult] = []
     todo: list[tuple[SampleTask, str]] = []
@@ -564,18 +605,22 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         report_progress.sample(result)
     report_progress.finish()
 
-    populations, treg_table, failures, fitted = _tables(results, strategy, table)
+    tables = _tables(results, strategy, table)
+    populations, treg_table, failures = tables["populations"], tables["treg"], tables["failures"]
+    fitted = tables["fitted"]
     if client_fitted:
         fitted = pd.concat([pd.DataFrame(client_fitted), fitted], ignore_index=True)
-    baseline = _baseline(treg_table, clinical=clinical, cva=cva, cvi=cvi, z=z)
+    baseline = _baseline(treg_table, clinical=clinical_table, cva=cva, cvi=cvi, z=z)
     _write_csv(populations, out / "populations.csv")
     _write_csv(treg_table, out / "treg.csv")
     _write_csv(baseline, out / "baseline.csv")
     _write_csv(failures, out / "failures.csv")
-    if not fitted.empty:
-        _write_csv(fitted, out / "gates_fitted.csv")
-    else:
-        (out / "gates_fitted.csv").unlink(missing_ok=True)
+    # Tables that exist only for data-driven gates: a stale one from an earlier run with other gates would mislead.
+    for name, frame in (("gates_fitted.csv", fitted), ("sensitivity.csv", tables["sensitivity"])):
+        if frame.empty:
+            (out / name).unlink(missing_ok=True)
+        else:
+            _write_csv(frame, out / name)
 
     manifest = {
         "cytopipe": __version__,
@@ -596,27 +641,25 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if report:
         from .report import render_report
 
-        try:
-            render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z)
-        except CytopipeError as err:
-            report_progress.error(f"report not written: {err}")
-            raise
+        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf)
+        baseline = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
     elapsed = time.perf_counter() - started
     n_events = sum(r.n_events for r in results if not r.cached)
     exit_code = 1 if len(failures) else 0
     report_progress.log(f"{len(samples) - len(failures)}/{len(samples)} samples ok, {len(failures)} failed; "
                         f"{len(computed_names)} processed, {len(samples) - len(computed_names)} cached; "
                         f"{elapsed:.1f} s; results in {out}")
+    computed = set(computed_names)
     return RunResult(populations=populations, treg=treg_table, baseline=baseline, failures=failures,
-                     fitted=fitted, exit_code=exit_code, out=out, computed=computed_names,
-                     cached=[t.sample for t in tasks if t.sample not in set(computed_names)], elapsed=elapsed,
-                     n_events=n_events)
+                     fitted=fitted, sensitivity=tables["sensitivity"], exit_code=exit_code, out=out,
+                     computed=computed_names, cached=[t.sample for t in tasks if t.sample not in computed],
+                     elapsed=elapsed, n_events=n_events)
 
 
-def _baseline(treg: pd.DataFrame, *, clinical: str | os.PathLike | None, cva: float, cvi: float, z: float
+def _baseline(treg: pd.DataFrame, *, clinical: pd.DataFrame | None, cva: float, cvi: float, z: float
               ) -> pd.DataFrame:
     """``baseline.csv`` from the Treg table (Treg:Tcon ratio from the CD4 events outside the Treg gate)."""
-    from .stats import baseline_table, read_clinical
+    from .stats import baseline_table
 
     table = treg.assign(tcon_events=treg["cd4_events"] - treg["treg_events"])
-    return baseline_table(table, cva=cva, cvi=cvi, z=z, clinical=read_clinical(clinical) if clinical else None)
+    return baseline_table(table, cva=cva, cvi=cvi, z=z, clinical=clinical)

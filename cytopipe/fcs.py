@@ -6,8 +6,10 @@ big- and little-endian, several data sets chained by ``$NEXTDATA``, and HEADER/T
 Every size is checked against the file length before anything is allocated, so a hostile or truncated file
 raises :class:`~cytopipe.errors.FCSError` with a one-line reason instead of exhausting memory.
 
-Little-endian float32 data (the common case) are not copied: ``Sample.events`` is a copy-on-write view of a
-memory map of the file, so pages are read on first touch and writing to the array never changes the file.
+Large little-endian float32 DATA segments (>= ``MAP_THRESHOLD`` bytes, the common case for big files) are not
+copied: ``Sample.events`` is a copy-on-write view of a memory map of the file, so pages are read on first touch
+and writing to the array never changes the file. Smaller segments are read into memory with one ``readinto``.
+Big-endian data are byte-swapped in place in that private buffer.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = ["Sample", "read_fcs", "write_fcs", "describe", "format_description", 
 
 HEADER_SIZE = 58
 _MAX_HEADER_OFFSET = 99_999_999  # HEADER offset fields are 8 ASCII digits
+MAP_THRESHOLD = 8 << 20  # DATA segments of this many bytes or more are memory-mapped instead of read
 _VERSION_RE = re.compile(rb"FCS\d\.\d")
 _PARAM_KEY_RE = re.compile(r"^\$P(\d+)([A-Z]+)$")
 _TOKEN_SPLIT_RE = re.compile(r"[\s/,;:()]+")
@@ -60,7 +63,8 @@ class Sample:
     path : str
         File path as given ('' for an in-memory sample).
     events : numpy.ndarray
-        ``(n_events, n_channels)`` C-ordered, writable; float32 (float64 only for ``$DATATYPE=D`` data).
+        ``(n_events, n_channels)`` C-ordered, writable; float32 (float64 when any channel is stored as double,
+        ``$DATATYPE=D`` or ``$PnDATATYPE=D``, and for ``read_fcs(scale=True)``).
     channels : tuple of str
         ``$PnN`` in file order; duplicates are made unique with a suffix ``_2``, ``_3``, ...
     markers : tuple of str
@@ -571,8 +575,7 @@ def _read_data(fcs: _File, segments: _Segments, metadata: dict[str, str], n_par:
             f"from byte {start}, but the file has {fcs.size - start}"
         )
     if n_events == 0:
-        dtype = np.float64 if set(layout.kinds) == {"D"} else np.float32
-        return np.empty((0, n_par), dtype=dtype)
+        return np.empty((0, n_par), dtype=np.float64 if "D" in layout.kinds else np.float32)
     if all(b % 8 == 0 for b in layout.bits):
         return _decode_bytes(fcs, start, n_events, layout, metadata)
     return _decode_packed(fcs, start, n_events, layout, metadata)
@@ -619,8 +622,20 @@ def _masks(layout: _Layout, metadata: Mapping[str, str]) -> list[int | None]:
     return masks
 
 
-def _map(fcs: _File) -> mmap.mmap:
-    return mmap.mmap(fcs.handle.fileno(), 0, access=mmap.ACCESS_COPY)
+def _data_buffer(fcs: _File, start: int, nbytes: int) -> tuple[mmap.mmap | bytearray, int]:
+    """A writable buffer holding DATA and the offset of DATA in it.
+
+    Large segments are memory-mapped copy-on-write (pages are read on first touch; writes stay private). The map
+    keeps a duplicate file descriptor open for as long as the events array lives, so small segments are read
+    into memory instead: batches that hold many small samples then hold no open files.
+    """
+    if nbytes >= MAP_THRESHOLD:
+        return mmap.mmap(fcs.handle.fileno(), 0, access=mmap.ACCESS_COPY), start
+    buffer = bytearray(nbytes)
+    fcs.handle.seek(start)
+    if fcs.handle.readinto(buffer) != nbytes:
+        raise fcs.error(f"DATA segment could not be read in full ({nbytes} bytes from byte {start})")
+    return buffer, 0
 
 
 def _decode_bytes(fcs: _File, start: int, n_events: int, layout: _Layout, metadata: Mapping[str, str]) -> np.ndarray:
@@ -628,22 +643,21 @@ def _decode_bytes(fcs: _File, start: int, n_events: int, layout: _Layout, metada
     kinds = set(layout.kinds)
     widths = {b // 8 for b in layout.bits}
     order = layout.order
-    buffer = _map(fcs)
-    # Zero copy: a copy-on-write view of the map (aligned, native little-endian float).
+    buffer, offset = _data_buffer(fcs, start, n_events * layout.event_bits // 8)
     if kinds <= {"F"} or kinds <= {"D"}:
         code = "f4" if kinds == {"F"} else "f8"
-        view = np.frombuffer(buffer, dtype=order + code, count=n_events * n_par, offset=start)
+        view = np.frombuffer(buffer, dtype=order + code, count=n_events * n_par, offset=offset)
         view = view.reshape(n_events, n_par)
-        if order == "<" and start % view.itemsize == 0:
-            return view
-        # Big-endian or unaligned: one copy, swapped in place.
-        out = np.empty(view.shape, dtype=np.dtype(code).newbyteorder("="))
-        out[...] = view
-        return out
+        if offset % view.itemsize:  # unaligned (odd $BEGINDATA in a mapped file): one aligned copy
+            return view.astype(np.dtype(code).newbyteorder("="))
+        if np.dtype(order + code) != np.dtype(code):
+            view.byteswap(inplace=True)  # the buffer is private (copy-on-write map or our own read)
+            view = view.view(np.dtype(code))
+        return view
     masks = _masks(layout, metadata)
     if kinds == {"I"} and len(widths) == 1 and widths <= {1, 2, 4, 8}:
         width = widths.pop()
-        view = np.frombuffer(buffer, dtype=f"{order}u{width}", count=n_events * n_par, offset=start)
+        view = np.frombuffer(buffer, dtype=f"{order}u{width}", count=n_events * n_par, offset=offset)
         view = view.reshape(n_events, n_par)
         if any(m is not None for m in masks):
             full = np.iinfo(view.dtype).max
@@ -663,8 +677,8 @@ def _decode_bytes(fcs: _File, start: int, n_events: int, layout: _Layout, metada
         else:
             fields.append(("u1", (nbytes,)))
     record = np.dtype([(f"c{i}", f) for i, f in enumerate(fields)])
-    table = np.frombuffer(buffer, dtype=record, count=n_events, offset=start)
-    out_dtype = np.float64 if kinds == {"D"} else np.float32
+    table = np.frombuffer(buffer, dtype=record, count=n_events, offset=offset)
+    out_dtype = np.float64 if "D" in kinds else np.float32  # a double channel keeps its precision
     out = np.empty((n_events, n_par), dtype=out_dtype)
     for i in range(n_par):
         column = table[f"c{i}"]

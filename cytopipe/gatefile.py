@@ -82,6 +82,8 @@ TRANSFORM_PARAMS: dict[str, dict[str, float | None]] = {
     "linear": {"T": 262144.0, "A": 0.0},
     "log": {"T": 262144.0, "M": 4.5},
 }
+#: Optional clamps of any transform's output (Gating-ML ``boundMin``/``boundMax``), in friendly units.
+BOUND_PARAMS = ("boundMin", "boundMax")
 #: Scatter and time channels default to linear (raw units); everything else to ``logicle``.
 LINEAR_BY_DEFAULT = re.compile(r"^(FSC|SSC)|^time$", re.IGNORECASE)
 #: YAML ``compensation`` values with a fixed meaning, and their Gating-ML ``compensation-ref``.
@@ -352,9 +354,10 @@ class _Parser:
         for key, raw in spec.items():
             if key == "type":
                 continue
-            if key not in allowed:
-                raise self.fail("", f"{here}: unknown parameter '{key}' for {kind}{_suggest(str(key), allowed)}; "
-                                f"allowed: {', '.join(allowed)}")
+            if key not in allowed and key not in BOUND_PARAMS:
+                known = [*allowed, *BOUND_PARAMS]
+                raise self.fail("", f"{here}: unknown parameter '{key}' for {kind}{_suggest(str(key), known)}; "
+                                f"allowed: {', '.join(known)}")
             if not _is_number(raw):
                 raise self.fail("", f"{here}.{key}: expected a number, got {_show(raw)}")
             params[str(key)] = float(raw)
@@ -363,15 +366,30 @@ class _Parser:
                 raise self.fail("", f"{here}.{key}: must be > 0, got {_tidy(params[key])}")
         if "W" in params and params["W"] < 0:
             raise self.fail("", f"{here}.W: must be >= 0, got {_tidy(params['W'])}")
+        bounds = {key: params.pop(key) for key in BOUND_PARAMS if key in params}
         try:
             if kind == "arcsinh":
-                return self.arcsinh(name, here, params)
-            values = {k: params.get(k, default) for k, default in allowed.items()}
-            cls = {"logicle": Logicle, "hyperlog": Hyperlog, "linear": Linear, "log": Log}[kind]
-            return cls(name=name, **values)
+                transform = self.arcsinh(name, here, params)
+            else:
+                values = {k: params.get(k, default) for k, default in allowed.items()}
+                cls = {"logicle": Logicle, "hyperlog": Hyperlog, "linear": Linear, "log": Log}[kind]
+                transform = cls(name=name, **values)
+            if not bounds:
+                return transform
+            lo, hi = (bounds.get(key) for key in BOUND_PARAMS)
+            if lo is not None and hi is not None and lo > hi:
+                raise self.fail("", f"{here}.boundMin: {_tidy(lo)} is greater than boundMax {_tidy(hi)}")
+            # Bounds clamp the transform's output, so they convert like any coordinate on that axis.
+            return dataclasses.replace(
+                transform,
+                bound_min=None if lo is None else _to_gatingml(lo, transform),
+                bound_max=None if hi is None else _to_gatingml(hi, transform),
+            )
         except GateError as exc:
             # The transform's own constraint message, e.g. "W must be in (0, M/2], got 3.0".
-            raise self.fail("", f"{here}: {str(exc).split(': ', 1)[-1]}") from None
+            detail = str(exc).split(": ", 1)[-1]
+            param = detail.split()[0]
+            raise self.fail("", f"{here}.{param}: {detail}" if param in allowed else f"{here}: {detail}") from None
 
     def arcsinh(self, name: str, here: str, params: dict[str, float]) -> Arcsinh:
         if "cofactor" in params:
@@ -684,6 +702,10 @@ def _yaml_message(where: str, exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     line = f"line {mark.line + 1}: " if mark is not None else ""
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None and mark is not None and start.line != mark.line:
+        # The parser notices an unclosed bracket where the file ends; point at where it was opened too.
+        problem += f" ({context} that starts on line {start.line + 1})"
     return " ".join(f"{where}: {line}malformed YAML: {problem}".split())
 
 
@@ -914,8 +936,14 @@ _Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("ta
 
 
 def _transform_spec(transform: Transform) -> _Flow:
-    if transform.bounded:
-        raise GateError(f"transform '{transform.name}' has boundMin/boundMax, which YAML gate files cannot express")
+    spec = _unbounded_spec(transform)
+    for key, value in zip(BOUND_PARAMS, (transform.bound_min, transform.bound_max), strict=True):
+        if value is not None:
+            spec[key] = _to_friendly(value, transform)
+    return spec
+
+
+def _unbounded_spec(transform: Transform) -> _Flow:
     if isinstance(transform, Arcsinh):
         if transform.A == 0:
             spec = _Flow(type="arcsinh", cofactor=_tidy(transform.T / math.sinh(transform.M * LN10)))
@@ -950,7 +978,8 @@ class _Writer:
         return default, {FCS: "file", UNCOMPENSATED: "none"}[default]
 
     def transform_names(self) -> dict[str, Transform]:
-        used: list[Transform] = [t for t in self.strategy.transforms.values() if isinstance(t, tuple(_KINDS))]
+        # Named transforms no dimension uses are kept when YAML can express them, dropped otherwise.
+        used: list[Transform] = [t for t in self.strategy.transforms.values() if isinstance(t, _KINDS)]
         used += [d.transform for p in self.strategy.populations for d in p.gate.dimensions if d.transform is not None]
         taken = {"linear"} if any(d.transform is None for p in self.strategy.populations
                                   for d in p.gate.dimensions) else set()
@@ -1001,10 +1030,20 @@ class _Writer:
                 signs = "".join("+" if loc >= v[0] else "-" for loc, v in zip(gate.location, gate.dividers,
                                                                                strict=True))
                 return _Flow(type="quadrant", channels=channels, at=at, quadrant=signs)
-            lo, hi = zip(*gate.intervals(), strict=True)
-            if any(a is None and b is None for a, b in zip(lo, hi, strict=True)):
-                raise GateError(f"gate '{gate.name}': a quadrant spanning a whole axis has no YAML gate-file form")
-            return _Flow(type="rectangle", channels=channels, min=friendly(lo), max=friendly(hi))
+            # Several divider values, or an axis left open: the same region as a rectangle over the constrained
+            # axes (an unconstrained axis does not change membership).
+            keep = [k for k, (a, b) in enumerate(gate.intervals()) if a is not None or b is not None]
+            if not keep:
+                raise GateError(f"gate '{gate.name}': a quadrant constrained on no axis has no YAML gate-file form")
+            sub = [dims[k] for k in keep]
+            lo = [_to_friendly(gate.intervals()[k][0], dims[k].transform) for k in keep]
+            hi = [_to_friendly(gate.intervals()[k][1], dims[k].transform) for k in keep]
+            kind = "range" if len(keep) == 1 else "rectangle"
+            spec = _Flow(type=kind, channels=[self.channel(d) for d in sub])
+            for key, values in (("min", lo), ("max", hi)):
+                if any(v is not None for v in values):
+                    spec[key] = values[0] if kind == "range" else values
+            return spec
         if isinstance(gate, RectangleGate):
             if len(dims) == 1:
                 spec = _Flow(type="range", channels=channels)
@@ -1110,7 +1149,10 @@ def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] |
                         "use 'gatingml' or 'yaml'")
     strategy = load_strategy(path)
     if to == "yaml":
-        text = dump_yaml(strategy)
+        try:
+            text = dump_yaml(strategy)
+        except GateError as exc:
+            raise GateError(f"{os.fspath(path)}: cannot convert to YAML: {exc}") from None
         if out is None:
             return text
         Path(out).write_text(text, encoding="utf-8")

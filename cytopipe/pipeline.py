@@ -53,6 +53,15 @@ class SampleTask:
         ``None``.
     plots_dir
         Folder for ``gating_<sample>.png``; ``None`` skips the plot.
+    controls
+        ``(role, file)`` pairs of the subject's control tubes (``fmo:CD25``, ``unstained``...) for data-driven
+        cuts that use a control.
+    data_driven
+        The gate file's strategy before any fitting when it has data-driven gates: the threshold sensitivity is
+        computed against it. ``None`` for fixed gates.
+    failure
+        A reason decided before the sample reached a worker (its subject's pooled gate fit failed); the sample
+        fails at the ``gate`` stage with it.
     """
 
     sample: str
@@ -65,6 +74,9 @@ class SampleTask:
     parent: str | None = None
     spillover: str | None = None
     plots_dir: str | None = None
+    controls: tuple[tuple[str, str], ...] = ()
+    data_driven: Any = None
+    failure: str | None = None
 
 
 @dataclass
@@ -83,6 +95,8 @@ class SampleResult:
         SHA-256 of the input file ('' when it could not be read).
     fitted
         One dict per data-driven gate fitted for this sample (``gates_fitted.csv`` rows).
+    sensitivity
+        One dict per data-driven threshold: how much the Treg % moves when it shifts (``sensitivity.csv`` rows).
     timings
         Seconds per stage (``read``, ``gate``, ``count``, ``plot``) and ``total``.
     """
@@ -98,6 +112,7 @@ class SampleResult:
     populations: list[dict] = field(default_factory=list)
     treg: dict | None = None
     fitted: list[dict] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     plot: str | None = None
     failure: dict | None = None
@@ -213,7 +228,7 @@ def choose_spillover(sample: Any, strategy: Any, spillover_file: str | None = No
     return spillover_from_metadata(sample.metadata, sample.channels)
 
 
-def _needs_fitting(strategy: Any) -> bool:
+def needs_fitting(strategy: Any) -> bool:
     """True when the strategy still holds unfitted data-driven gates."""
     # A strategy holding data-driven gates imported cytopipe.autogate when it was built or unpickled; checking
     # sys.modules first keeps worker processes with fixed gates from importing autogate (and scipy.signal).
@@ -221,13 +236,16 @@ def _needs_fitting(strategy: Any) -> bool:
     return autogate is not None and autogate.needs_fitting(strategy)
 
 
-def _fit_sample_gates(strategy: Any, sample: Any, spillover: Any) -> tuple[Any, list[dict]]:
+def _fit_sample_gates(strategy: Any, sample: Any, spillover: Any, controls: tuple[tuple[str, str], ...] = ()
+                      ) -> tuple[Any, list[dict]]:
     """Fit the ``sample``-scope data-driven gates of ``strategy`` on this sample (no-op for fixed strategies)."""
-    if not _needs_fitting(strategy):
+    if not needs_fitting(strategy):
         return strategy, []
     from .autogate import fit_strategy
+    from .fcs import read_fcs
 
-    return fit_strategy(strategy, [sample], spillover=spillover)
+    tubes = {role: read_fcs(path) for role, path in controls} or None
+    return fit_strategy(strategy, [sample], spillover=spillover, controls=tubes)
 
 
 def count_rows(result: Any, strategy: Any, ident: dict) -> list[dict]:
@@ -257,7 +275,7 @@ def _pct(k: int, n: int) -> float:
     return 100.0 * k / n if n else math.nan
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     """A one-line reason; exceptions that are not CytopipeError (bugs, OS errors) keep their type name."""
     text = " ".join(str(err).split())
     if isinstance(err, CytopipeError):
@@ -306,7 +324,7 @@ def process_sample(task: SampleTask) -> SampleResult:
         clock = now
 
     def fail(stage: str, err: BaseException | str) -> SampleResult:
-        reason = err if isinstance(err, str) else _one_line(err)
+        reason = err if isinstance(err, str) else one_line(err)
         out.failure = {"sample": task.sample, "file": task.file, "stage": stage, "reason": reason}
         out.timings["total"] = time.perf_counter() - start
         return out
@@ -326,10 +344,18 @@ def process_sample(task: SampleTask) -> SampleResult:
     out.spillover_source = "" if spillover is None else str(spillover.source)
     lap("compensate")
 
+    if task.failure is not None:
+        return fail("gate", task.failure)
     try:
-        strategy, out.fitted = _fit_sample_gates(task.strategy, sample, spillover)
-        out.fitted = [{**ident, **row} for row in out.fitted]
+        strategy, fitted = _fit_sample_gates(task.strategy, sample, spillover, task.controls)
+        out.fitted = [{**ident, **row} for row in fitted]
         result = strategy.apply(sample, spillover)
+        if task.data_driven is not None:
+            from .autogate import sensitivity
+
+            rows = sensitivity(task.data_driven, sample, task.treg, task.parent, spillover=spillover,
+                               fitted=strategy)
+            out.sensitivity = [{**ident, **row} for row in rows]
     except Exception as err:  # noqa: BLE001
         return fail("gate", err)
     if out.n_events == 0:

@@ -64,9 +64,9 @@ def _plain(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def _new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
     with matplotlib.rc_context(STYLE):
-        return Figure(figsize=(width, height), layout="constrained")
+        return Figure(figsize=(width, height), layout=layout)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
@@ -183,7 +183,7 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
             handles.append(Line2D([], [], color="#555555", linestyle="--", label=f"baseline {base:.2f}%"))
             handles.append(Patch(color="#888888", alpha=0.12, label=f"within RCV (\u00b1{rcv:.0f}%)"))
         low = rows["low_events"].to_numpy(dtype=bool)
-        ax.plot(day, pct, color=_TREG, marker="", zorder=3)
+        ax.plot(day, pct, color=_TREG, marker="", zorder=3, gid="treg_pct")
         ax.plot(day[~low], pct[~low], linestyle="", marker="o", color=_TREG, zorder=4)
         handles.insert(0, Line2D([], [], color=_TREG, marker="o", label="Treg % of CD4"))
         if low.any():
@@ -376,7 +376,13 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
     scatter = next((p for p in pops if len(p.gate.dimensions) >= 2
                     and all(_is_scatter(d.channel) for d in p.gate.dimensions[:2])), None)
     n_panels = len(pops) + (1 if treg_name and scatter is not None else 0)
-    fig = _new_figure(2.45 * max(n_panels, 1), 2.75)
+    # A fixed layout in inches: constrained layout costs seconds per sample on a six-panel row.
+    panel, gap, left, bottom, top = 1.85, 0.7, 0.65, 0.5, 0.8
+    width = left + max(n_panels, 1) * panel + (max(n_panels, 1) - 1) * gap + 0.15
+    height = bottom + panel + top
+    fig = _new_figure(width, height, layout=None)
+    fig.subplots_adjust(left=left / width, right=1 - 0.15 / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=gap / panel)
     n_events = int(getattr(result, "n_events", 0)) or len(next(iter(result.masks.values())))
     with matplotlib.rc_context(STYLE):
         axes = fig.subplots(1, max(n_panels, 1), squeeze=False)[0]
@@ -438,5 +444,6 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
         if not pops:
             axes[0].text(0.5, 0.5, "no gate with dimensions to draw", ha="center", va="center",
                          transform=axes[0].transAxes)
-        fig.suptitle(f"Gating of {_plain(sample_name)}", x=0.01, ha="left", fontweight="bold", fontsize=9.5)
+        fig.suptitle(f"Gating of {_plain(sample_name)}", x=0.1 / width, y=1 - 0.08 / height, ha="left", va="top",
+                     fontweight="bold", fontsize=9.5)
     return fig

@@ -53,6 +53,8 @@ __all__ = [
     "TIMEPOINTS",
     "study_specs",
     "simulate_sample",
+    "truth_counts",
+    "file_digests",
     "write_sample",
     "write_study",
     "main",
@@ -415,6 +417,10 @@ class SampleSpec:
         Instrument style id (key of :data:`STYLES`).
     file, subject, timepoint, day, date
         Identity, written to ``$FIL``, ``$SRC``/``PATIENT ID``, ``TUBE NAME`` and ``$DATE``.
+    unstained
+        Markers left out of the tube: one marker makes a fluorescence-minus-one (FMO) control, all of
+        :data:`PANEL` an unstained control. The cells and the other stains are unchanged, so an FMO shows exactly
+        the spread the other fluorochromes put into the missing marker's detector.
     """
 
     biology: Biology = Biology()
@@ -425,12 +431,25 @@ class SampleSpec:
     timepoint: str = ""
     day: int = 0
     date: str = "2026-01-12"
+    unstained: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_events < 1:
             raise ValueError(f"SampleSpec.n_events must be >= 1, got {self.n_events}")
         if self.style not in STYLES:
             raise ValueError(f"SampleSpec.style must be one of {sorted(STYLES)}, got {self.style!r}")
+        unknown = sorted(set(self.unstained) - set(PANEL))
+        if unknown:
+            raise ValueError(f"SampleSpec.unstained: unknown marker(s) {unknown}; the panel has {sorted(PANEL)}")
+
+    @property
+    def role(self) -> str:
+        """Sample-sheet role: ``sample``, ``fmo:<marker>`` or ``unstained``."""
+        if not self.unstained:
+            return "sample"
+        if set(self.unstained) == set(PANEL):
+            return "unstained"
+        return "fmo:" + "+".join(self.unstained)
 
 
 class SimulatedSample(NamedTuple):
@@ -543,7 +562,7 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
     5. Fix/perm: FSC x ``fixperm_shift``, SSC x (1 + 0.6 (1 - shift)).
     6. Detector = stains @ spillover + autofluorescence spectrum; noise: Normal(0, sqrt(1.5 * signal)) photon
        statistics plus Normal(0, electronic_noise); then the style's gains, clipping at $PnR - 1 and, for
-       integer styles, rounding at 0.
+       integer styles, rounding to integers >= 0. Markers in ``spec.unstained`` (FMO / unstained controls) get no stain.
     """
     bio = spec.biology
     style = STYLES[spec.style]
@@ -614,8 +633,13 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
     for values in scatter.values():
         values += rng.normal(0.0, 200.0, n)  # scatter electronic noise (linear channels, baseline-restored)
 
-    spill = np.asarray(style.spillover)
-    signal = stains @ spill + af[:, None] * _AF_SPECTRUM
+    for marker in spec.unstained:
+        stains[:, _COL[marker]] = 0.0
+    # stains @ spillover, summed in a fixed order without BLAS: the same bits on every machine (and faster
+    # than a threaded matmul for a 6-column product).
+    signal = af[:, None] * _AF_SPECTRUM
+    for k, row in enumerate(style.spillover):
+        signal += stains[:, k, None] * np.asarray(row)
     photon = np.sqrt(1.5 * np.clip(signal, 0.0, None)) * rng.standard_normal(signal.shape)
     electronic = rng.normal(0.0, style.electronic_noise / style.fluorescence_gain, signal.shape)
     fluorescence = (signal + photon + electronic) * style.fluorescence_gain
@@ -660,7 +684,7 @@ def _metadata(spec: SampleSpec, style: InstrumentStyle, duration: float) -> dict
         "$SMNO": f"{spec.subject} {spec.timepoint}".strip(),
         "$TIMESTEP": f"{style.timestep:g}",
         "$COM": "simulated by cytopipe.simulate",
-        "TUBE NAME": f"Treg {spec.timepoint}".strip(),
+        "TUBE NAME": f"{'Treg' if spec.role == 'sample' else spec.role.upper()} {spec.timepoint}".strip(),
         "PATIENT ID": spec.subject,
         style.spill_keyword: style.spillover_text(),
         **style.keywords,
@@ -735,8 +759,8 @@ def _varied_biology(base: Biology, rng: np.random.Generator) -> Biology:
     )
 
 
-def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50_000,
-                vary: bool = False) -> list[tuple[SampleSpec, np.random.Generator]]:
+def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50_000, vary: bool = False,
+                controls: Sequence[str] = ()) -> list[tuple[SampleSpec, np.random.Generator]]:
     """Every tube of the study in :data:`STUDY`, each with its own seeded generator.
 
     Parameters
@@ -750,15 +774,22 @@ def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50
     vary
         Draw each subject's lymphocyte fraction, CD3 fraction, CD4/CD8 ratio, CD25 brightness, fix/perm shift and
         granulocyte contamination from realistic ranges instead of the designed values.
+    controls
+        Control tubes to add at every timepoint (same blood, other cells): a marker of :data:`PANEL` for its FMO
+        control (file ``<subject>_<timepoint>_FMO-<marker>.fcs``) or ``"unstained"``.
 
     Returns
     -------
     list of (SampleSpec, numpy.random.Generator)
-        In subject, then timepoint order. Timepoints of one subject wobble around the subject's biology (CV about
-        4 % on the fractions), as repeated draws from one person do.
+        In subject, then timepoint order, each sample followed by its controls. Timepoints of one subject wobble
+        around the subject's biology (CV about 4 % on the fractions), as repeated draws from one person do.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {sorted(STYLES)}, got {style!r}")
+    kinds = (*PANEL, "unstained")
+    wrong = [c for c in controls if c not in kinds]
+    if wrong:
+        raise ValueError(f"controls must be markers of the panel or 'unstained', got {wrong}")
     specs = []
     for s, (subject, design) in enumerate(STUDY.items()):
         base = design.biology
@@ -781,35 +812,49 @@ def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50
                               subject=subject, timepoint=timepoint, day=day,
                               date=(first + pd.Timedelta(days=day)).strftime("%Y-%m-%d"))
             specs.append((spec, rng))
+            for control in dict.fromkeys(controls):
+                k = kinds.index(control)
+                omit = tuple(PANEL) if control == "unstained" else (control,)
+                name = "unstained" if control == "unstained" else f"FMO-{control}"
+                tube = dataclasses.replace(spec, file=f"{subject}_{timepoint}_{name}.fcs", unstained=omit)
+                specs.append((tube, np.random.default_rng(np.random.SeedSequence([seed, s, t, 1 + k]))))
     return specs
 
 
 def write_study(out_dir: str | Path = "sample_fcs", *, style: str = "bd", seed: int = STUDY_SEED,
-                n_events: int = 50_000, vary: bool = False) -> pd.DataFrame:
+                n_events: int = 50_000, vary: bool = False, controls: Sequence[str] = ()) -> pd.DataFrame:
     """Simulate the whole study and write FCS files, ``study.csv``, ``clinical.csv`` and ``truth.csv``.
 
     Parameters
     ----------
     out_dir
         Destination folder (created if needed); existing files of the same names are replaced.
-    style, seed, n_events, vary
+    style, seed, n_events, vary, controls
         See :func:`study_specs`.
 
     Returns
     -------
     pandas.DataFrame
-        The truth table as written to ``truth.csv``: ``file, subject, timepoint, day, cd4_true, treg_true,
-        treg_pct_true, n_events``.
+        The truth table as written to ``truth.csv`` (stained samples only): ``file, subject, timepoint, day,
+        cd4_true, treg_true, treg_pct_true, n_events``.
+
+    Notes
+    -----
+    ``study.csv`` has ``file, subject, timepoint, day, baseline, role, batch`` (``role`` = ``sample``,
+    ``fmo:<marker>`` or ``unstained``; ``batch`` = acquisition date); ``clinical.csv`` has ``subject, timepoint,
+    day, platelets`` (x10^9/L) and ``lymphocytes`` (x10^9/L).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sheet, truth = [], []
-    for spec, rng in study_specs(style=style, seed=seed, n_events=n_events, vary=vary):
+    for spec, rng in study_specs(style=style, seed=seed, n_events=n_events, vary=vary, controls=controls):
         sample = simulate_sample(spec, rng)
         write_sample(out / spec.file, sample, style)
         row = {"file": spec.file, "subject": spec.subject, "timepoint": spec.timepoint, "day": spec.day}
-        sheet.append({**row, "baseline": "true" if spec.day == 0 else "false", "role": "sample",
-                      "batch": spec.date})
+        baseline = spec.day == 0 and spec.role == "sample"
+        sheet.append({**row, "baseline": str(baseline).lower(), "role": spec.role, "batch": spec.date})
+        if spec.role != "sample":
+            continue
         counts = truth_counts(sample.labels)
         truth.append({**row, **counts, "treg_pct_true": round(counts["treg_pct_true"], 4),
                       "n_events": sample.labels.size})
@@ -833,18 +878,23 @@ def file_digests(folder: str | Path) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m cytopipe.simulate [--out DIR] [--seed N] [--events N] [--style NAME] [--vary]``."""
+    """``python -m cytopipe.simulate [--out DIR] [--seed N] [--events N] [--style NAME] [--vary] [--controls ...]``."""
     parser = argparse.ArgumentParser(prog="python -m cytopipe.simulate", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="sample_fcs", help="output folder (default: sample_fcs)")
     parser.add_argument("--seed", type=int, default=STUDY_SEED, help=f"study seed (default: {STUDY_SEED})")
     parser.add_argument("--events", type=int, default=50_000, help="events per file (default: 50000)")
     parser.add_argument("--style", choices=sorted(STYLES), default="bd", help="instrument style (default: bd)")
     parser.add_argument("--vary", action="store_true", help="draw subjects' biology from realistic ranges")
+    parser.add_argument("--controls", nargs="+", default=[], metavar="MARKER",
+                        choices=[*PANEL, "unstained"],
+                        help="add control tubes at every timepoint: FMO for each MARKER given, or 'unstained'")
     args = parser.parse_args(argv)
     if args.events < 1:
         parser.error("--events must be at least 1")
-    truth = write_study(args.out, style=args.style, seed=args.seed, n_events=args.events, vary=args.vary)
-    print(f"wrote {len(truth)} files, study.csv, clinical.csv and truth.csv to {args.out}")
+    truth = write_study(args.out, style=args.style, seed=args.seed, n_events=args.events, vary=args.vary,
+                        controls=args.controls)
+    n_controls = len(truth) * len(set(args.controls))
+    print(f"wrote {len(truth)} samples (+ {n_controls} controls), study.csv, clinical.csv and truth.csv to {args.out}")
     print(truth[["file", "cd4_true", "treg_true", "treg_pct_true"]].to_string(index=False))
     return 0
 

@@ -379,7 +379,8 @@ def baseline_table(
     treg : pandas.DataFrame
         One row per sample with ``sample, subject, timepoint, day, cd4_events, treg_events, treg_pct`` (the
         ``treg.csv`` contract); optional ``baseline`` (bool or true/false text), ``tcon_events``,
-        ``lymphocyte_events`` (events in the lymphocyte gate), ``lymphocytes_per_ul``, ``cd4_per_ul``.
+        ``lymphocyte_events`` (events in the lymphocyte gate), ``lymphocytes_per_ul`` (cells/uL) or
+        ``lymphocytes`` (x10^9/L), ``cd4_per_ul``; the counts may also come from ``clinical``.
     cva, cvi : float
         Analytical and within-subject biological CV (percent) for the reference change value.
     z : float
@@ -507,9 +508,13 @@ def _add_absolute(out: pd.DataFrame, t: pd.DataFrame) -> None:
             tcon = pd.to_numeric(t["tcon_events"], errors="coerce").to_numpy(dtype=float)
             out["treg_tcon_ratio"] = out["treg_events"].to_numpy() / tcon
         source = {c: (out[c] if c in out else t[c] if c in t else None) for c in
-                  ("lymphocytes_per_ul", "lymphocyte_events", "cd4_per_ul")}
-        if source["lymphocytes_per_ul"] is not None and source["lymphocyte_events"] is not None:
-            lym = pd.to_numeric(source["lymphocytes_per_ul"], errors="coerce").to_numpy(dtype=float)
+                  ("lymphocytes_per_ul", "lymphocytes", "lymphocyte_events", "cd4_per_ul")}
+        lym_count = source["lymphocytes_per_ul"]
+        if lym_count is None and source["lymphocytes"] is not None:
+            # A blood count's unit, like platelets: x10^9/L = 1,000 cells/uL.
+            lym_count = pd.to_numeric(source["lymphocytes"], errors="coerce") * 1000.0
+        if lym_count is not None and source["lymphocyte_events"] is not None:
+            lym = pd.to_numeric(lym_count, errors="coerce").to_numpy(dtype=float)
             lym_events = pd.to_numeric(source["lymphocyte_events"], errors="coerce").to_numpy(dtype=float)
             out["tregs_per_ul"] = lym * out["treg_events"].to_numpy() / lym_events
         elif source["cd4_per_ul"] is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import mmap
+import os
 import pickle
 import re
 from pathlib import Path
@@ -13,6 +16,7 @@ import flowkit
 import numpy as np
 import pytest
 
+import cytopipe.fcs as fcs_module
 from cytopipe.errors import FCSError, MarkerError
 from cytopipe.fcs import Sample, count_datasets, describe, format_description, read_fcs, write_fcs
 
@@ -144,15 +148,46 @@ def test_per_parameter_keywords_follow_channels_when_subsetting(tmp_path: Path) 
     assert "$P2N" not in meta
 
 
-def test_events_are_zero_copy_writable_and_picklable(written: tuple[Path, np.ndarray]) -> None:
+@pytest.mark.parametrize("mapped", [True, False])
+def test_events_are_writable_picklable_and_the_file_untouched(
+    written: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch, mapped: bool
+) -> None:
     path, events = written
+    monkeypatch.setattr(fcs_module, "MAP_THRESHOLD", 0 if mapped else 1 << 40)
+    before = path.read_bytes()
     sample = read_fcs(path)
-    assert not sample.events.flags.owndata  # a view of the file map, not a copy
+    assert not sample.events.flags.owndata  # a view of the map or of the one read buffer, not a second copy
+    root = sample.events
+    while isinstance(root, np.ndarray):
+        root = root.base
+    root = root.obj if isinstance(root, memoryview) else root
+    assert isinstance(root, mmap.mmap if mapped else bytearray)
     sample.events[0, 0] = -1.0  # copy-on-write: allowed, and the file is untouched
-    assert read_fcs(path).events[0, 0] == events[0, 0]
+    assert path.read_bytes() == before
     clone = pickle.loads(pickle.dumps(sample))
     np.testing.assert_array_equal(clone.events, sample.events)
     assert clone.channels == sample.channels and clone.metadata == sample.metadata
+    np.testing.assert_array_equal(sample.events[1:], events[1:])
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count open files")
+def test_only_mapped_samples_hold_a_file_open(
+    written: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = written
+    start = _open_files()
+    small = [read_fcs(path) for _ in range(5)]
+    assert _open_files() == start
+    monkeypatch.setattr(fcs_module, "MAP_THRESHOLD", 0)
+    mapped = [read_fcs(path) for _ in range(5)]
+    assert _open_files() == start + 5  # the map's duplicate descriptor lives as long as the events
+    del mapped
+    gc.collect()
+    assert _open_files() == start and len(small) == 5
 
 
 def test_fcs_3_2_per_channel_datatypes_round_trip(tmp_path: Path) -> None:
@@ -168,9 +203,10 @@ def test_fcs_3_2_per_channel_datatypes_round_trip(tmp_path: Path) -> None:
     assert meta["$CYT"] == "cytopipe" and meta["$MODE"] == "L" and meta["$DATATYPE"] == "F"
     assert [meta.get(f"$P{n}DATATYPE") for n in range(1, 5)] == [None, "I", "D", "I"]
     assert [meta[f"$P{n}B"] for n in range(1, 5)] == ["32", "16", "64", "32"]
+    assert sample.events.dtype == np.float64  # a double channel keeps its precision
     np.testing.assert_array_equal(sample.events[:, 0], events[:, 0].astype(np.float32))
     np.testing.assert_array_equal(sample.events[:, 1], events[:, 1])
-    np.testing.assert_array_equal(sample.events[:, 2], events[:, 2].astype(np.float32))
+    np.testing.assert_array_equal(sample.events[:, 2], events[:, 2])
     np.testing.assert_array_equal(sample.events[:, 3], events[:, 3])
     with pytest.raises(FCSError, match="need version='3.2'"):
         write_fcs(path, events, ["a", "b", "c", "d"], datatypes=["F", "I", "D", "I"])

@@ -42,7 +42,7 @@ def test_time_course_draws_the_table() -> None:
     fig = time_course(table, "ITP-01", CLINICAL)
     assert len(fig.axes) == 2  # Treg % and platelets
     treg_ax, platelet_ax = fig.axes
-    line = treg_ax.get_lines()[0]
+    line = next(ln for ln in treg_ax.get_lines() if ln.get_gid() == "treg_pct")
     assert list(line.get_ydata()) == pytest.approx(list(table[table["subject"] == "ITP-01"]["treg_pct"]))
     # Significant timepoints (W1, W3) get a star; the low-event W6 is an open circle.
     stars = _lines_with(fig, "*")
@@ -109,10 +109,10 @@ def _sample_and_strategy() -> tuple[Sample, GatingStrategy]:
     pops = (
         Population("Lymphocytes", PolygonGate("Lymphocytes", scatter,
                                               vertices=((30000, 2000), (75000, 2000), (75000, 30000), (30000, 30000)))),
-        Population("CD4+", RectangleGate("CD4+", (Dimension("CD4", logicle),), min=(0.55,), max=(None,)),
+        Population("CD4+", RectangleGate("CD4+", (Dimension("CD4", logicle),), min=(0.5,), max=(None,)),
                    "Lymphocytes"),
         Population("Treg", RectangleGate("Treg", (Dimension("CD4", logicle), Dimension("CD25", logicle)),
-                                         min=(0.55, 0.72), max=(None, None)), "CD4+"),
+                                         min=(0.5, 0.55), max=(None, None)), "CD4+"),
     )
     return sample, GatingStrategy(pops, treg="Treg", parent="CD4+", compensation="none")
 
@@ -134,7 +134,7 @@ def test_gating_hierarchy_panels_follow_the_strategy() -> None:
     assert list(outline.get_xdata()) == pytest.approx([30000, 75000, 75000, 30000, 30000])
     # The Treg rectangle is open upwards/rightwards: its open sides are pushed beyond the axes.
     treg_line = axes[2].get_lines()[0]
-    assert np.isfinite(treg_line.get_xdata()).all() and min(treg_line.get_xdata()) == pytest.approx(0.55)
+    assert np.isfinite(treg_line.get_xdata()).all() and min(treg_line.get_xdata()) == pytest.approx(0.5)
     assert axes[1].get_yscale() == "log"  # 1-D gate: histogram with the gated events shaded
     # Back-gating draws exactly the Treg events on scatter.
     dots = axes[3].get_lines()[0]

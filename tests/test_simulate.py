@@ -286,7 +286,7 @@ def test_write_study_for_a_style_writes_sheets_and_truth(tmp_path):
 
 def test_command_line_writes_a_study(tmp_path, capsys):
     assert simulate.main(["--out", str(tmp_path), "--events", "1000", "--style", "attune", "--seed", "1"]) == 0
-    assert "wrote 12 files" in capsys.readouterr().out
+    assert "wrote 12 samples" in capsys.readouterr().out
     assert read_fcs(tmp_path / "ITP-02_W6.fcs").n_events == 1000
     with pytest.raises(SystemExit):
         simulate.main(["--style", "aurora"])
@@ -333,3 +333,26 @@ def test_fixed_gates_match_truth_on_the_bundled_study(repo, bundled, bundled_sam
         # the CD4+ gate holds true CD4 T cells, not monocytes or CD8 T cells
         labels = sample.labels[masks["CD4+"]]
         assert _count(labels, CD4) / labels.size > 0.97
+
+
+def test_fmo_and_unstained_controls_leave_out_their_stain(tmp_path):
+    truth = write_study(tmp_path, n_events=4000, controls=["CD25", "unstained"])
+    sheet = read_sample_sheet(tmp_path / "study.csv")
+    assert len(truth) == 12 and len(sheet) == 36
+    assert sheet["role"].value_counts().to_dict() == {"sample": 12, "fmo:CD25": 12, "unstained": 12}
+    assert sheet.loc[sheet["baseline"], "role"].eq("sample").all()
+    specs = dict((spec.file, (spec, rng)) for spec, rng in study_specs(n_events=4000, controls=["CD25", "unstained"]))
+    stained, fmo = (simulate_sample(*specs[f]) for f in ("ITP-01_W4.fcs", "ITP-01_W4_FMO-CD25.fcs"))
+    unstained = simulate_sample(*specs["ITP-01_W4_unstained.fcs"])
+    pe = FLUOROCHROMES.index("PE")
+    comp = {name: _compensate(s.events, s.channels, "bd") for name, s in
+            (("stained", stained), ("fmo", fmo), ("unstained", unstained))}
+    treg = POPULATIONS.index("Treg")
+    medians = {name: np.median(c[s.labels == treg, cols[pe]]) for (name, (c, cols)), s in
+               zip(comp.items(), (stained, fmo, unstained), strict=True)}
+    assert medians["stained"] > 2000 and abs(medians["fmo"]) < 150 and abs(medians["unstained"]) < 150
+    # the FMO keeps the other stains: FoxP3 on Tregs is still bright
+    apc = FLUOROCHROMES.index("APC")
+    c, cols = comp["fmo"]
+    assert np.median(c[fmo.labels == treg, cols[apc]]) > 1000
+    assert read_fcs(tmp_path / "ITP-02_W1_unstained.fcs").metadata["TUBE NAME"] == "UNSTAINED W1"

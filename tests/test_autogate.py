@@ -1,0 +1,353 @@
+"""Data-driven gates: the algorithms on arrays with known answers, the YAML types, and whole-strategy fitting on
+simulated files whose every event's population is known."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cytopipe import autogate
+from cytopipe import simulate as sim
+from cytopipe.errors import GateError, MarkerError
+from cytopipe.fcs import Sample
+from cytopipe.gatefile import dump_yaml, load_strategy, parse_gates
+from cytopipe.gates import Dimension, EllipsoidGate, PolygonGate, RectangleGate
+from cytopipe.transforms import Logicle
+
+REPO = Path(__file__).resolve().parents[1]
+AUTO_YAML = REPO / "gates" / "treg_auto.yaml"
+LOGICLE = Logicle(T=262144, W=0.5, M=4.5, A=0)
+
+
+def _sample(style: str = "bd", n_events: int = 30_000, seed: int = 7, **biology: float) -> tuple[Sample, np.ndarray]:
+    """A simulated tube as an in-memory Sample, with its per-event labels."""
+    spec = sim.SampleSpec(biology=sim.Biology(**biology), n_events=n_events, style=style, file=f"{style}.fcs")
+    out = sim.simulate_sample(spec, np.random.default_rng(seed))
+    sample = Sample(f"{style}_{seed}.fcs", out.events, out.channels, out.markers, out.metadata, "FCS3.1")
+    return sample, out.labels
+
+
+@pytest.fixture(scope="module")
+def strategy():
+    return load_strategy(AUTO_YAML)
+
+
+@pytest.fixture(scope="module")
+def bd():
+    return _sample("bd", seed=7, treg_pct=6.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# algorithms
+
+
+def test_density_valley_finds_the_minimum_between_two_modes():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.25, 0.04, 19_000), rng.normal(0.60, 0.05, 1_000)])
+    cut, method = autogate.density_valley(x)
+    assert method == "valley"
+    # The true density minimum of this mixture lies near 0.45; misclassified events are a tiny minority.
+    grid = np.linspace(0.3, 0.55, 2001)
+    true = 0.95 * np.exp(-0.5 * ((grid - 0.25) / 0.04) ** 2) / 0.04 + 0.05 * np.exp(-0.5 * ((grid - 0.6) / 0.05) ** 2) / 0.05
+    assert abs(cut - grid[np.argmin(true)]) < 0.03
+    wrong = np.sum(x[:19_000] >= cut) + np.sum(x[19_000:] < cut)
+    assert wrong < 0.005 * x.size
+
+
+def test_density_valley_one_mode_falls_back_to_negative_plus_k_sd():
+    x = np.random.default_rng(1).normal(0.3, 0.05, 20_000)
+    cut, method = autogate.density_valley(x, k=3.0)
+    assert method == "negative+k*sd"
+    assert cut == pytest.approx(0.3 + 3 * 0.05, abs=0.015)
+
+
+def test_density_valley_positive_mode_above_bounds_cuts_below_it():
+    x = np.random.default_rng(2).normal(0.7, 0.05, 20_000)
+    cut, method = autogate.density_valley(x, bounds=(0.2, 0.5), k=3.0)
+    assert method == "positive-k*sd+bound" or method == "positive-k*sd"
+    assert 0.5 <= cut + 1e-12 and cut <= 0.7 - 2 * 0.05
+
+
+def test_density_valley_clamps_into_bounds_and_needs_events():
+    x = np.random.default_rng(3).normal(0.3, 0.05, 5_000)
+    cut, method = autogate.density_valley(x, bounds=(0.2, 0.35))
+    assert cut == 0.35 and method.endswith("+bound")
+    with pytest.raises(GateError, match="at least 50 events"):
+        autogate.density_valley(x[:10])
+
+
+def _scatter_mixture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def blob(n: int, mean: list[float], cov: list[list[float]]) -> np.ndarray:
+        return rng.multivariate_normal(mean, cov, n)
+
+    parts = [blob(2_000, [12_000, 8_000], [[3e7, 0], [0, 2e7]]),            # debris
+             blob(12_000, [60_000, 15_000], [[4e7, 8e6], [8e6, 1e7]]),        # lymphocytes
+             blob(3_000, [90_000, 45_000], [[8e7, 1e7], [1e7, 1e8]]),         # monocytes
+             blob(600, [118_000, 30_000], [[1e8, 1e7], [1e7, 4e7]])]          # doublets
+    labels = np.repeat([0, 1, 2, 3], [len(p) for p in parts])
+    return np.vstack(parts), labels
+
+
+def test_scatter_ellipse_finds_lymphocytes_whatever_the_gains():
+    xy, labels = _scatter_mixture(np.random.default_rng(4))
+    mean, cov, d2, _ = autogate.fit_scatter_ellipse(xy)
+    assert mean == pytest.approx([60_000, 15_000], rel=0.03)
+    gains = np.array([4.0, 2.5])  # a 1,048,576-range instrument with other scatter gains
+    mean2, cov2, _, _ = autogate.fit_scatter_ellipse(xy * gains)
+    assert mean2 == pytest.approx(mean * gains, rel=0.02)
+    dims = (Dimension("FSC-A"), Dimension("SSC-A"))
+    gate = EllipsoidGate("L", dims, mean=tuple(mean), covariance=tuple(map(tuple, cov)), distance_square=d2)
+    inside = gate.mask(xy)
+    assert inside[labels == 1].mean() > 0.9
+    assert inside[labels != 1].mean() < 0.03
+
+
+def test_singlet_band_recovers_the_line_and_drops_doublets():
+    rng = np.random.default_rng(5)
+    height = rng.normal(50_000, 10_000, 20_000)
+    area = 1.2 * height * (1 + rng.normal(0, 0.03, height.size))
+    doublet = np.arange(height.size) < 1_500
+    area[doublet] *= 1.6
+    band = autogate.fit_singlet_band(area, height, k=4.0)
+    assert band["slope"] == pytest.approx(1.2, rel=0.02)
+    assert band["sd"] == pytest.approx(0.03, rel=0.15)
+    rel = (area - (band["intercept"] + band["slope"] * height)) / (band["intercept"] + band["slope"] * height)
+    kept = (rel >= band["low"]) & (rel <= band["high"])
+    assert kept[~doublet].mean() > 0.99 and kept[doublet].mean() < 0.01
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gate classes
+
+
+def test_threshold_gate_fits_an_open_rectangle_from_reference_and_valley():
+    rng = np.random.default_rng(6)
+    dims = (Dimension("CD25", LOGICLE), Dimension("FoxP3", LOGICLE))
+    values = np.column_stack([rng.normal(0.3, 0.05, 10_000), np.concatenate([rng.normal(0.25, 0.04, 9_500),
+                                                                             rng.normal(0.6, 0.05, 500)])])
+    reference = rng.normal(0.25, 0.05, (5_000, 2))
+    gate = autogate.ThresholdGate("Treg", dims, thresholds=(
+        autogate.Threshold(method="reference", population="CD4- T", percentile=99),
+        autogate.Threshold(method="valley")))
+    fitted, info = gate.fit_with_info(values, reference={"CD4- T": reference})
+    assert isinstance(fitted, RectangleGate) and fitted.max == (None, None)
+    assert fitted.min[0] == pytest.approx(np.percentile(reference[:, 0], 99))
+    assert 0.35 < fitted.min[1] < 0.5
+    assert info["CD25 method"] == "reference p99" and info["FoxP3 method"] == "valley"
+    assert info["CD25 min"] == pytest.approx(fitted.min[0] * 4.5)  # friendly units: logicle decades
+    assert fitted.outline().shape == (5, 2)
+    with pytest.raises(GateError, match="reference population 'CD4- T' is not available"):
+        gate.fit(values)
+
+
+def test_threshold_within_gated_fits_on_events_passing_earlier_cuts():
+    rng = np.random.default_rng(7)
+    dims = (Dimension("FoxP3", LOGICLE), Dimension("CD25", LOGICLE))
+    neg = np.column_stack([rng.normal(0.25, 0.04, 9_000), rng.normal(0.6, 0.04, 9_000)])  # FoxP3- CD25 bright
+    pos = np.column_stack([rng.normal(0.6, 0.04, 1_000), rng.normal(0.3, 0.04, 1_000)])   # FoxP3+ CD25 dim
+    values = np.vstack([neg, pos])
+    gate = autogate.ThresholdGate("x", dims, thresholds=(
+        autogate.Threshold(method="valley"),
+        autogate.Threshold(method="valley", side="below", within="gated")))
+    fitted = gate.fit(values)
+    # Among FoxP3+ events CD25 is unimodal near 0.3: the cut is that mode + 3 SD, not the 0.45 valley of all events.
+    assert fitted.max[1] == pytest.approx(0.3 + 3 * 0.04, abs=0.03)
+
+
+def test_unfitted_gate_cannot_mask_and_settings_are_checked():
+    dims = (Dimension("FSC-A"), Dimension("SSC-A"))
+    with pytest.raises(GateError, match="not been fitted"):
+        autogate.ScatterGate("L", dims).mask(np.zeros((3, 2)))
+    with pytest.raises(GateError, match="probability must be between 0 and 1"):
+        autogate.ScatterGate("L", dims, probability=1.5)
+    with pytest.raises(GateError, match="scope must be one of sample, subject, baseline"):
+        autogate.SingletGate("S", dims, scope="weekly")
+    with pytest.raises(GateError, match="percentile must be between 0 and 100"):
+        autogate.ThresholdGate("T", dims[:1], thresholds=(autogate.Threshold(percentile=150),))
+    with pytest.raises(GateError, match="one threshold per channel"):
+        autogate.ThresholdGate("T", dims, thresholds=(autogate.Threshold(),))
+
+
+@pytest.mark.parametrize(("gate", "message"), [
+    ("{type: auto_scatter, channels: [FSC-A, SSC-A], probabilty: 0.9}",
+     "gate.probabilty: unknown setting for auto_scatter"),
+    ("{type: auto_scatter, channels: [FSC-A, SSC-A], scope: weekly}", "gate.scope: expected one of sample"),
+    ("{type: auto_singlets, channels: [FSC-A, FSC-H], k: many}", "gate.k: expected a number, got 'many'"),
+    ("{type: auto_threshold, channels: [CD3], thresholds: [{side: up}]}",
+     "gate.thresholds[0]: side must be 'above' or 'below'"),
+    ("{type: auto_threshold, channels: [CD3, CD4], thresholds: [{side: above}]}",
+     "gate.thresholds: expected a list with one entry per channel (2)"),
+    ("{type: auto_threshold, channels: [CD3], thresholds: [{method: reference}]}",
+     "method 'reference' needs population"),
+    ("{type: auto_threshold, channels: [CD3], thresholds: [{bounds: [3, 1]}]}", "bounds must be [low, high]"),
+    ("{type: auto_threshold, channels: [CD3], T: 1000}", "gate.T: expected 'auto'"),
+])
+def test_yaml_mistakes_give_one_line_messages_naming_the_population_and_field(gate, message):
+    text = f"populations:\n  - name: P1\n    gate: {gate}\n"
+    with pytest.raises(GateError) as err:
+        parse_gates(text, "mine.yaml")
+    assert message in str(err.value)
+    assert "mine.yaml" in str(err.value) and "population 'P1'" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_bounds_are_converted_from_decades(strategy):
+    cd3 = strategy.population("CD3+").gate
+    assert isinstance(cd3, autogate.ThresholdGate)
+    assert cd3.thresholds[0].bounds == pytest.approx((1.0 / 4.5, 3.5 / 4.5))
+    assert cd3.name == "CD3+"
+    assert autogate.needs_fitting(strategy) and autogate.client_scopes(strategy) == set()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# whole strategies on simulated files
+
+
+def _treg_pct(strategy, sample):
+    result = strategy.apply(sample)
+    return 100.0 * result.counts["Treg"] / result.counts["CD4+"]
+
+
+def test_fit_strategy_gives_fixed_gates_close_to_truth(strategy, bd):
+    sample, labels = bd
+    fitted, rows = autogate.fit_strategy(strategy, [sample])
+    assert not autogate.needs_fitting(fitted)
+    kinds = [type(p.gate) for p in fitted.populations]
+    assert kinds == [EllipsoidGate, PolygonGate, RectangleGate, RectangleGate, RectangleGate, RectangleGate]
+    for pop in fitted.populations:
+        assert pop.gate.name == pop.name
+        if len(pop.gate.dimensions) == 2:
+            assert np.isfinite(pop.gate.outline()[:, :]).any()
+    assert [r["population"] for r in rows] == [p.name for p in strategy.populations]
+    assert all(r["fitted_on"] == "bd_7" and r["scope"] == "sample" for r in rows)
+    truth = sim.truth_counts(labels)["treg_pct_true"]
+    assert abs(_treg_pct(fitted, sample) - truth) < 0.6
+    # Fitting is deterministic and the fitted strategy is an ordinary one: it round-trips through YAML.
+    again, _ = autogate.fit_strategy(strategy, [sample])
+    assert again.population("Treg").gate == fitted.population("Treg").gate
+    reloaded = parse_gates(dump_yaml(fitted), "fitted.yaml")
+    assert reloaded.apply(sample).counts == fitted.apply(sample).counts
+
+
+def test_fitting_on_a_subsample_of_a_big_file_stays_accurate(strategy):
+    sample, labels = _sample("bd", n_events=150_000, seed=11, treg_pct=8.0)
+    fitted, rows = autogate.fit_strategy(strategy, [sample], max_events=40_000)
+    assert rows[0]["n_events"] <= 40_000 < sample.n_events
+    truth = sim.truth_counts(labels)["treg_pct_true"]
+    assert abs(_treg_pct(fitted, sample) - truth) < 0.6
+
+
+def test_logicle_top_follows_the_files_range(strategy):
+    sample, _ = _sample("attune", seed=3)
+    fitted, _ = autogate.fit_strategy(strategy, [sample])
+    dims = fitted.population("Treg").gate.dimensions
+    assert {d.transform.T for d in dims} == {1_048_576}
+    kept = load_strategy(AUTO_YAML)
+    treg = kept.population("Treg")
+    keep_gate = dataclasses.replace(treg.gate, auto_top=False)
+    kept = dataclasses.replace(kept, populations=tuple(dataclasses.replace(p, gate=keep_gate) if p.name == "Treg"
+                                                       else p for p in kept.populations))
+    fitted_keep, _ = autogate.fit_strategy(kept, [sample])
+    assert {d.transform.T for d in fitted_keep.population("Treg").gate.dimensions} == {262_144}
+
+
+def test_scopes_replace_only_the_chosen_gates_and_pool_samples(strategy):
+    first, _ = _sample("bd", seed=21, treg_pct=3.0)
+    second, _ = _sample("bd", seed=22, treg_pct=9.0)
+    treg = strategy.population("Treg")
+    locked = dataclasses.replace(strategy, populations=tuple(
+        dataclasses.replace(p, gate=dataclasses.replace(p.gate, scope="baseline")) if p.name == "Treg" else p
+        for p in strategy.populations))
+    assert autogate.client_scopes(locked) == {"baseline"}
+    at_baseline, rows = autogate.fit_strategy(locked, [first], scopes={"baseline"})
+    assert [r["population"] for r in rows] == ["Treg"]
+    assert isinstance(at_baseline.population("Treg").gate, RectangleGate)
+    assert isinstance(at_baseline.population("CD3+").gate, autogate.ThresholdGate)
+    # A worker then fits the sample-scope gates; the baseline Treg gate is used unchanged.
+    later, rows = autogate.fit_strategy(at_baseline, [second])
+    assert "Treg" not in [r["population"] for r in rows]
+    assert later.population("Treg").gate == at_baseline.population("Treg").gate
+    pooled, rows = autogate.fit_strategy(strategy, [first, second])
+    single = [autogate.fit_strategy(strategy, [s])[1][0]["n_events"] for s in (first, second)]
+    assert rows[0]["n_events"] == sum(single) and rows[0]["fitted_on"] == "bd_21;bd_22"
+    assert treg.gate.scope == "sample"
+    with pytest.raises(ValueError, match="unknown scope"):
+        autogate.fit_strategy(strategy, [first], scopes={"weekly"})
+
+
+def test_fmo_control_sets_the_cd25_cut(strategy, bd):
+    sample, labels = bd
+    # An FMO-CD25 tube: the same cells without the CD25 antibody.
+    fmo, _ = _sample("bd", seed=8, treg_pct=6.0, cd25_brightness=1e-6)
+    text = AUTO_YAML.read_text().replace("{side: above, method: reference, population: CD4- T, percentile: 99}",
+                                         "{side: above, method: control, control: fmo:CD25, percentile: 99.5}")
+    with_fmo = parse_gates(text, "fmo.yaml")
+    fitted, rows = autogate.fit_strategy(with_fmo, [sample], controls={"FMO:CD25": fmo})
+    assert rows[-1]["CD25 method"] == "control p99.5"
+    # The cut is the 99.5th percentile of CD25 on the control's CD4+ cells, gated by the sample's fitted gates.
+    treg = fitted.population("Treg").gate
+    gated = fitted.apply(fmo)
+    cd25 = gated.values(treg)[gated.masks["CD4+"], 0]
+    assert treg.min[0] == pytest.approx(np.percentile(cd25.astype(float), 99.5), rel=1e-6)
+    assert rows[-1]["CD25 min"] == pytest.approx(treg.min[0] * 4.5)
+    with pytest.raises(GateError, match="population 'Treg': needs the control 'fmo:cd25'"):
+        autogate.fit_strategy(with_fmo, [sample])
+
+
+def test_missing_marker_names_the_marker_and_the_population(strategy, bd):
+    sample, _ = bd
+    markers = tuple("" if m == "CD4" else m for m in sample.markers)
+    channels = tuple("FL-X" if m == "CD4" else c for c, m in zip(sample.channels, sample.markers, strict=True))
+    without = dataclasses.replace(sample, markers=markers, channels=channels)
+    with pytest.raises(MarkerError) as err:
+        autogate.fit_strategy(strategy, [without])
+    text = str(err.value)
+    assert "population 'CD4+' needs marker 'CD4'" in text and text.startswith("bd_7.fcs: ") and "\n" not in text
+
+
+def test_reference_population_must_come_first(strategy, bd):
+    pops = list(strategy.populations)
+    moved = [p for p in pops if p.name != "CD4- T"] + [p for p in pops if p.name == "CD4- T"]
+    reordered = dataclasses.replace(strategy, populations=tuple(moved))
+    with pytest.raises(GateError, match="reference population 'CD4- T' must be defined before 'Treg'"):
+        autogate.fit_strategy(reordered, [bd[0]])
+
+
+def test_gate_drift_against_the_baseline_fit(strategy):
+    rows = []
+    for day, (seed, brightness) in enumerate([(31, 1.0), (32, 1.0), (33, 1.6)]):
+        sample, _ = _sample("bd", seed=seed, cd25_brightness=brightness)
+        for row in autogate.fit_strategy(strategy, [sample])[1]:
+            rows.append({"sample": f"s{day}", "subject": "A", "timepoint": f"T{day}", "day": 7 * day, **row})
+    drift = autogate.gate_drift(rows)
+    assert set(drift.columns) >= {"subject", "timepoint", "population", "parameter", "value", "baseline_value",
+                                  "drift"}
+    base = drift[drift["day"] == 0]
+    assert (base["drift"] == 0).all() and len(base) > 10
+    cd25 = drift[(drift["parameter"] == "CD25 min")].set_index("timepoint")["drift"]
+    # Brighter CD25 staining moves the reference cut up; a repeat tube barely moves it.
+    assert cd25["T2"] > 0.1 and abs(cd25["T1"]) < cd25["T2"] / 2
+    expected = [r["CD25 min"] for r in rows if r["population"] == "Treg"]
+    assert list(cd25) == pytest.approx([e - expected[0] for e in expected])
+    with pytest.raises(ValueError, match="lack column"):
+        autogate.gate_drift([{"population": "x", "a": 1.0}])
+
+
+def test_sensitivity_moves_the_treg_pct_the_right_way(strategy, bd):
+    sample, _ = bd
+    fitted, _ = autogate.fit_strategy(strategy, [sample])
+    rows = autogate.sensitivity(strategy, sample, fitted=fitted, delta=0.1)
+    keys = {(r["population"], r["channel"], r["bound"]) for r in rows}
+    assert {("Treg", "CD25", "min"), ("Treg", "FoxP3", "min"), ("CD4+", "CD8", "max")} <= keys
+    base = _treg_pct(fitted, sample)
+    for r in rows:
+        assert r["treg_pct"] == pytest.approx(base)
+        if r["population"] == "Treg":
+            # Raising a lower cut can only lose Tregs; lowering it can only add.
+            assert r["treg_pct_plus"] <= base <= r["treg_pct_minus"]
+            assert r["max_change_pp"] > 0
+    with pytest.raises(ValueError, match="delta must be positive"):
+        autogate.sensitivity(strategy, sample, delta=0)
