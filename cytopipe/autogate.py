@@ -47,6 +47,7 @@ __all__ = [
     "ThresholdGate",
     "density_valley",
     "fit_scatter_ellipse",
+    "gaussian_mixture",
     "fit_singlet_band",
     "needs_fitting",
     "client_scopes",
@@ -168,6 +169,67 @@ def density_valley(
     return float(threshold), method
 
 
+def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0, max_iter: int = 200,
+                     tol: float = 1e-5, reg_covar: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-covariance Gaussian mixture by expectation-maximisation (k-means++ seeding).
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        ``(n, d)`` data, roughly standardised (``reg_covar`` is added to every covariance diagonal).
+    n_components : int
+        Number of components.
+    random_state : int
+        Seed of the k-means++ seeding (fits are reproducible).
+    max_iter, tol
+        EM stops after ``max_iter`` rounds or when the mean log-likelihood gains less than ``tol``.
+
+    Returns
+    -------
+    (weights, means, covariances)
+        ``(k,)``, ``(k, d)`` and ``(k, d, d)``.
+
+    Notes
+    -----
+    Equivalent to ``sklearn.mixture.GaussianMixture(covariance_type="full", init_params="k-means++")``, written
+    out in numpy because on a few thousand 2-D events scikit-learn's per-iteration validation dominates its run
+    time (tens of ms against well under one here), and the scatter gate is fitted for every sample.
+    """
+    n, d = z.shape
+    rng = np.random.default_rng(random_state)
+    centers = [z[rng.integers(n)]]
+    nearest = np.full(n, np.inf)
+    for _ in range(1, n_components):
+        nearest = np.minimum(nearest, ((z - centers[-1]) ** 2).sum(axis=1))
+        centers.append(z[rng.choice(n, p=nearest / nearest.sum())])
+    means = np.array(centers)
+    resp = np.zeros((n, n_components))
+    resp[np.arange(n), np.argmin(((z[:, None, :] - means[None]) ** 2).sum(axis=2), axis=1)] = 1.0
+    previous = -np.inf
+    eye = reg_covar * np.eye(d)
+    for _ in range(max_iter):
+        counts = resp.sum(axis=0) + 10 * np.finfo(float).eps
+        weights = counts / n
+        means = (resp.T @ z) / counts[:, None]
+        covs = np.empty((n_components, d, d))
+        log_prob = np.empty((n, n_components))
+        for j in range(n_components):
+            diff = z - means[j]
+            covs[j] = (resp[:, j, None] * diff).T @ diff / counts[j] + eye
+            chol = np.linalg.cholesky(covs[j])
+            solved = np.linalg.solve(chol, diff.T)
+            log_prob[:, j] = (np.log(weights[j]) - 0.5 * (solved ** 2).sum(axis=0)
+                              - np.log(np.diag(chol)).sum() - 0.5 * d * np.log(2 * np.pi))
+        top = log_prob.max(axis=1, keepdims=True)
+        total = top[:, 0] + np.log(np.exp(log_prob - top).sum(axis=1))
+        resp = np.exp(log_prob - total[:, None])
+        likelihood = float(total.mean())
+        if likelihood - previous < tol:
+            break
+        previous = likelihood
+    return weights, means, covs
+
+
 def fit_scatter_ellipse(
     xy: np.ndarray,
     *,
@@ -205,7 +267,7 @@ def fit_scatter_ellipse(
     -----
     1. Standardise each axis on robust quantiles (median, 10-90 % range), so detector ranges (262,144 or
        1,048,576) and scatter gains do not matter.
-    2. Fit a full-covariance Gaussian mixture.
+    2. Fit a full-covariance Gaussian mixture (:func:`gaussian_mixture`).
     3. Lymphocytes are the component with the lowest side-to-forward scatter ratio of the means (each measured from
        the low end of its axis) among those with enough weight. Debris sits at the low end of forward scatter, so
        its ratio is large; monocytes and granulocytes have more side scatter. The ranking does not depend on
@@ -214,23 +276,15 @@ def fit_scatter_ellipse(
     4. Components whose mean lies inside the chosen ellipse are the same cloud split in two: they are merged
        (moment matching) before the ellipse is drawn.
     """
-    from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
-
     xy = np.asarray(xy, dtype=float)
     xy = xy[np.isfinite(xy).all(axis=1)]
     if xy.shape[0] < max(MIN_EVENTS, 10 * n_components):
         raise GateError(f"scatter gate needs at least {max(MIN_EVENTS, 10 * n_components)} events, got {xy.shape[0]}")
     q10, center, q90 = np.quantile(xy, [0.1, 0.5, 0.9], axis=0)
     scale = np.where(q90 > q10, q90 - q10, 1.0)
-    z = (xy - center) / scale
-    # Tiny (n, 2) problems: BLAS threads only add start-up and contention costs.
-    with threadpool_limits(limits=1):
-        gmm = GaussianMixture(n_components=n_components, covariance_type="full", random_state=random_state,
-                              init_params="k-means++", tol=1e-2, reg_covar=1e-4, max_iter=100).fit(z)
-    means = gmm.means_ * scale + center
-    covs = gmm.covariances_ * np.outer(scale, scale)
-    weights = gmm.weights_
+    weights, means, covs = gaussian_mixture((xy - center) / scale, n_components, random_state=random_state)
+    means = means * scale + center
+    covs = covs * np.outer(scale, scale)
     fsc_floor = np.quantile(xy[:, 0], 0.02)
     ratio = (means[:, 1] - np.quantile(xy[:, 1], 0.001)) / np.maximum(means[:, 0] - fsc_floor, 1e-12)
     candidates = [i for i in range(n_components) if weights[i] >= min_weight and means[i, 0] > fsc_floor]
@@ -515,7 +569,7 @@ class SingletGate(AutoGate):
     """
 
     k: float = 4.0
-    max_events: int = 20_000
+    max_events: int = 10_000
     kind = "auto_singlets"
 
     def __post_init__(self) -> None:
@@ -976,7 +1030,7 @@ def build_scatter(spec: Mapping[str, Any], dims: tuple[Dimension, ...], where: s
 def build_singlets(spec: Mapping[str, Any], dims: tuple[Dimension, ...], where: str) -> SingletGate:
     """``type: auto_singlets`` -> :class:`SingletGate` (``k``)."""
     w = f"{where}: gate"
-    settings = _common(spec, w, {"k"}, {"max_events": 20_000})
+    settings = _common(spec, w, {"k"}, {"max_events": 10_000})
     settings["k"] = _number(spec, "k", w, 4.0)
     return _build(SingletGate, settings, dims, where)  # type: ignore[return-value]
 
@@ -1137,38 +1191,48 @@ def sensitivity(
     parent = parent or strategy.parent or strategy.population(treg).parent
     if fitted is None:
         fitted, _ = fit_strategy(strategy, [sample], spillover=spillover)
-    # Only the populations the Treg % depends on are re-gated.
+    # Only the populations the Treg % depends on are gated; the columns are computed once and each shifted
+    # threshold re-evaluates just its population and the ones below it.
     needed = {treg, *([parent] if parent else [])}
     for pop in reversed(fitted.populations):
         if pop.name in needed:
             needed.update([pop.parent] if pop.parent else [])
             needed.update(pop.gate.operands if isinstance(pop.gate, BooleanGate) else ())
-    fitted = replace(fitted, populations=tuple(p for p in fitted.populations if p.name in needed), treg=None,
-                     parent=None)
+    pops = [p for p in fitted.populations if p.name in needed]
+    result = replace(fitted, populations=tuple(pops), treg=None, parent=None).apply(sample, spillover)
+    columns = {p.name: result.values(p.gate) for p in pops if not isinstance(p.gate, BooleanGate)}
 
-    def treg_pct(candidate: GatingStrategy) -> float:
-        result = candidate.apply(sample, spillover)
-        n = result.n_events if parent is None else result.counts[parent]
-        return 100.0 * result.counts[treg] / n if n else math.nan
+    def treg_pct(masks: Mapping[str, np.ndarray]) -> float:
+        n = result.n_events if parent is None else int(np.count_nonzero(masks[parent]))
+        return 100.0 * int(np.count_nonzero(masks[treg])) / n if n else math.nan
 
-    base = treg_pct(fitted)
+    def below(name: str) -> set[str]:
+        out = {name}
+        for p in pops:
+            if p.parent in out or (isinstance(p.gate, BooleanGate) and out & set(p.gate.operands)):
+                out.add(p.name)
+        return out
+
+    base = treg_pct(result.masks)
     rows = []
     for pop in strategy.populations:
         if not isinstance(pop.gate, ThresholdGate) or pop.name not in needed:
             continue
         gate = fitted.population(pop.name).gate
         assert isinstance(gate, RectangleGate)
+        stale = below(pop.name)
         for i, (dim, t) in enumerate(zip(gate.dimensions, pop.gate.thresholds, strict=True)):
             bound = "min" if t.side == "above" else "max"
-            cut = (gate.min if bound == "min" else gate.max)[i]
-            friendly = from_units(cut, dim.transform)
+            friendly = from_units((gate.min if bound == "min" else gate.max)[i], dim.transform)
             moved = []
             for sign in (-1.0, 1.0):
                 shifted = list(gate.min if bound == "min" else gate.max)
                 shifted[i] = to_units(friendly + sign * delta, dim.transform)
                 new = replace(gate, **{bound: tuple(shifted)})
-                pops = tuple(replace(p, gate=new) if p.name == pop.name else p for p in fitted.populations)
-                moved.append(treg_pct(replace(fitted, populations=pops)))
+                masks = {k: v for k, v in result.masks.items() if k not in stale}
+                _evaluate([replace(p, gate=new) if p.name == pop.name else p for p in pops], columns,
+                          result.n_events, masks)
+                moved.append(treg_pct(masks))
             rows.append({"population": pop.name, "channel": str(dim.channel), "bound": bound, "threshold": friendly,
                          "delta": delta, "treg_pct": base, "treg_pct_minus": moved[0], "treg_pct_plus": moved[1],
                          "max_change_pp": max(abs(moved[0] - base), abs(moved[1] - base))})

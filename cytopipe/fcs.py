@@ -830,9 +830,12 @@ def write_fcs(
     source = {str(k).strip().upper(): str(v) for k, v in (metadata or {}).items()}
     columns, record = _record_layout(where, values, kinds)
     keywords = _writer_keywords(source, names, labels, kinds, columns, version, n_events)
-    data = np.empty(n_events, dtype=record)
-    for i, column in enumerate(columns):
-        data[f"c{i}"] = column
+    if set(kinds) == {"F"}:
+        data = np.ascontiguousarray(values, dtype="<f4")  # no copy when the events already are float32
+    else:
+        data = np.empty(n_events, dtype=record)
+        for i, column in enumerate(columns):
+            data[f"c{i}"] = column
     _write_atomically(where, version, keywords, data)
 
 
@@ -870,7 +873,7 @@ def _writer_keywords(
             old_index.setdefault(value.strip().casefold(), match.group(1))
     keywords: dict[str, str] = {
         "$BYTEORD": "1,2,3,4",
-        "$DATATYPE": "F" if set(kinds) <= {"F"} or "F" in kinds else kinds[0],
+        "$DATATYPE": "F" if "F" in kinds else kinds[0],
         "$MODE": "L",
         "$NEXTDATA": "0",
         "$PAR": str(len(names)),
@@ -901,15 +904,27 @@ def _writer_keywords(
         keywords[f"$P{n}E"] = "0,0"
         if version == "3.2" and kind != keywords["$DATATYPE"]:
             keywords[f"$P{n}DATATYPE"] = kind
-        if f"$P{n}R" not in keywords or kind == "I":
-            top = float(np.nanmax(column)) if column.size and np.isfinite(column).any() else 0.0
-            if kind == "I":
-                keywords[f"$P{n}R"] = str(2**bits if f"$P{n}R" not in keywords else keywords[f"$P{n}R"])
-                if int(float(keywords[f"$P{n}R"])) < top + 1:
-                    keywords[f"$P{n}R"] = str(2**bits)
-            else:
-                keywords[f"$P{n}R"] = str(max(1, math.ceil(top)) if math.isfinite(top) else 1)
+        top = _finite_max(column)
+        carried = keywords.get(f"$P{n}R", "")
+        if kind == "I":
+            # Readers mask integers with $PnR: a carried range must cover the values, else use the full width.
+            fits = _is_number(carried) and float(carried) >= top + 1
+            keywords[f"$P{n}R"] = carried if fits else str(2**bits)
+        elif not _is_number(carried):
+            keywords[f"$P{n}R"] = str(max(1, math.ceil(top)))
     return keywords
+
+
+def _finite_max(column: np.ndarray) -> float:
+    finite = column[np.isfinite(column)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _encode_text(keywords: Mapping[str, str]) -> bytes:
@@ -942,18 +957,18 @@ def _write_atomically(where: str, version: str, keywords: dict[str, str], data: 
     data_bytes = data.nbytes
     text_start = HEADER_SIZE
     # $BEGINDATA/$ENDDATA sit in TEXT, whose length moves DATA: iterate until the digits stop changing.
+    # An empty data set has no DATA segment: offsets 0 in both places.
     begin = text_start
     for _ in range(10):
-        keywords["$BEGINDATA"] = str(begin)
-        keywords["$ENDDATA"] = str(begin + data_bytes - 1 if data_bytes else begin)
+        keywords["$BEGINDATA"] = str(begin) if data_bytes else "0"
+        keywords["$ENDDATA"] = str(begin + data_bytes - 1) if data_bytes else "0"
         text = _encode_text(keywords)
         new_begin = text_start + len(text)
         if new_begin == begin:
             break
         begin = new_begin
     text_end = text_start + len(text) - 1
-    data_end = begin + data_bytes - 1 if data_bytes else begin
-    header = _header(version, (text_start, text_end), (begin, data_end) if data_bytes else (0, 0))
+    header = _header(version, (text_start, text_end), (begin, begin + data_bytes - 1) if data_bytes else (0, 0))
     target = Path(where)
     try:
         handle = tempfile.NamedTemporaryFile(

@@ -995,7 +995,7 @@ class _Writer:
 
     def channel(self, dim: Dimension) -> Any:
         if dim.ratio is not None:
-            raise GateError(f"dimension {dim.label}: ratio dimensions have no YAML gate-file form")
+            raise GateError(f"dimension {dim.label}: a ratio dimension has no YAML gate-file form")
         channel = str(dim.channel)
         name = "linear" if dim.transform is None else self.names[dim.transform]
         default = "linear" if LINEAR_BY_DEFAULT.search(channel) else "logicle"

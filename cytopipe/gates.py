@@ -862,7 +862,8 @@ class _Evaluator:
             full_mask(pop.name)
         gating += clock() - tick
         counts = {pop.name: int(members[pop.name].size) for pop in self.strategy.populations}
-        channels = {name: self.sample.channels[k] for name, k in self.channel_index.items()}
+        named = {c for pop in self.strategy.populations for dim in pop.gate.dimensions for c in dim.channels}
+        channels = {name: self.sample.channels[k] for name, k in self.channel_index.items() if name in named}
         timings = {"compensation": compensated - start, "transform": stacking, "gating": gating}
         ordered = {pop.name: masks[pop.name] for pop in self.strategy.populations}
         return GatingResult(ordered, counts, n, channels, timings, self.columns, self.strategy)

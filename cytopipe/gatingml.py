@@ -75,10 +75,12 @@ class _Reader:
         self.names: dict[str, str] = {}
 
     def remember_name(self, element: ET.Element, xid: str) -> None:
+        """Original population names that :func:`write_gatingml` could not use as ids (custom_info)."""
         info = element.find(_D + "custom_info")
-        tag = info.find("cytopipe") if info is not None else None
-        if tag is not None and tag.get("population"):
-            self.names[xid] = tag.get("population", xid)
+        for tag in info.findall("cytopipe") if info is not None else ():
+            name = tag.get("population")
+            if name:
+                self.names[tag.get("quadrant", xid)] = name
 
     def error(self, what: str, message: str) -> GateError:
         return GateError(f"{self.path}: {what}: {message}")
@@ -290,7 +292,6 @@ class _Reader:
             qid = _attr(quadrant, _G, "id")
             if not qid:
                 raise self.error(what, "Quadrant without gating:id")
-            self.remember_name(quadrant, qid)
             location: list[float | None] = [None] * len(ids)
             for position in quadrant.findall(_G + "position"):
                 ref = _attr(position, _G, "divider_ref")
@@ -393,17 +394,21 @@ class _Writer:
         for transform in self.strategy.transforms.values():
             if not isinstance(transform, Ratio):  # a ratio is written where a dimension names its channels
                 self.transform_id(transform)
-        gates = [self.gate_element(pop) for pop in self.ungrouped()]
-        gates.extend(self.quadrant_elements())
+        quadrants = self.quadrant_elements()
+        gates = []
+        for pop in self.strategy.populations:  # document order = population order; a quadrant gate at its first
+            if not isinstance(pop.gate, QuadrantGate):
+                gates.append(self.gate_element(pop))
+            else:
+                element = quadrants.pop(pop.gate.group or pop.name, None)
+                if element is not None:
+                    gates.append(element)
         for transform, tid in self.transform_ids.items():
             root.append(self.transform_element(transform, tid))
         for name, matrix in self.matrices.items():
             root.append(self.matrix_element(self.matrix_ids[name], matrix))
         root.extend(gates)
         return root
-
-    def ungrouped(self) -> list[Population]:
-        return [p for p in self.strategy.populations if not isinstance(p.gate, QuadrantGate)]
 
     def transform_element(self, transform: Transform, tid: str) -> ET.Element:
         element = ET.Element(_T + "transformation", {_T + "id": tid})
@@ -510,12 +515,12 @@ class _Writer:
             info = ET.SubElement(element, _D + "custom_info")
             ET.SubElement(info, "cytopipe", {"population": name})
 
-    def quadrant_elements(self) -> list[ET.Element]:
+    def quadrant_elements(self) -> dict[str, ET.Element]:
         groups: dict[str, list[Population]] = {}
         for pop in self.strategy.populations:
             if isinstance(pop.gate, QuadrantGate):
                 groups.setdefault(pop.gate.group or pop.name, []).append(pop)
-        elements = []
+        elements = {}
         for group, pops in groups.items():
             first: QuadrantGate = pops[0].gate  # type: ignore[assignment]
             for pop in pops[1:]:
@@ -532,15 +537,20 @@ class _Writer:
                 self.dimension_body(divider, dim)
                 for value in values:
                     ET.SubElement(divider, _G + "value").text = _fmt(value)
+            renamed = [pop.name for pop in pops if self.gate_ids[pop.name] != pop.name]
+            if renamed:  # Quadrant elements take no custom_info: the names go on the QuadrantGate
+                info = ET.Element(_D + "custom_info")
+                for name in renamed:
+                    ET.SubElement(info, "cytopipe", {"quadrant": self.gate_ids[name], "population": name})
+                element.insert(0, info)
             for pop in pops:
                 quadrant = ET.SubElement(element, _G + "Quadrant", {_G + "id": self.gate_ids[pop.name]})
-                self.name_info(quadrant, pop.name)
                 gate = pop.gate  # type: ignore[assignment]
                 for did, where in zip(divider_ids, gate.location, strict=True):
                     if where is not None:
                         attrs = {_G + "divider_ref": did, _G + "location": _fmt(where)}
                         ET.SubElement(quadrant, _G + "position", attrs)
-            elements.append(element)
+            elements[group] = element
         return elements
 
 

@@ -320,7 +320,8 @@ def render_report(
     summary = subject_summary(table)
     correlation = clinical_correlation(table)
 
-    _atomic_write_bytes(results / "baseline.csv", table.to_csv(index=False).encode())
+    # 10 significant digits: exact for counts, without float noise such as 2.7669452130000001.
+    _atomic_write_bytes(results / "baseline.csv", table.to_csv(index=False, float_format="%.10g").encode())
     _atomic_write_bytes(results / "summary.csv", summary.to_csv(index=False).encode())
     if len(correlation):
         _atomic_write_bytes(results / "correlation.csv", correlation.to_csv(index=False).encode())
@@ -392,6 +393,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
             "correlation": corr_text, "image": _png_data_uri(png),
             "clinical_columns": clinical_cols,
             "rows": [_timepoint_row(r, clinical_cols) for r in rows.to_dict("records")],
+            "any_flags": bool((rows["qc_flags"].astype(str) != "").any()),
         })
 
     samples = []
@@ -493,7 +495,9 @@ _TEMPLATE = r"""<!DOCTYPE html>
   th, td { border-bottom: 1px solid var(--line); padding: 4px 7px; text-align: left; vertical-align: top; }
   th { background: var(--bg-soft); font-weight: 600; }
   .wide { overflow-x: auto; }
-  table.timepoints { font-size: 12px; }
+  table.timepoints { font-size: 11.5px; }
+  table.timepoints th, table.timepoints td { padding: 4px 5px; }
+  .nowrap { white-space: nowrap; }
   th.qc, td.qc { min-width: 150px; }
   td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
   td.num { white-space: nowrap; }
@@ -571,24 +575,25 @@ within the RCV.</figcaption></figure>
 RCV; stars = significant changes; open circles = low event counts{% if has_clinical %}; squares = platelets (right
 axis){% endif %}.</figcaption></figure>
 <div class="wide"><table class="timepoints">
-<thead><tr><th>Timepoint</th><th class="num">Day</th><th class="num">Treg % [interval]</th>
+<thead><tr><th>Timepoint</th><th class="num">Treg % [interval]</th>
 <th class="num">&Delta; pp [interval]</th><th class="num">Fold [interval]</th><th class="num">Change</th>
 <th>Significant</th><th class="num">Treg / CD4 events</th>
 {% if sec.rows and sec.rows[0].ratio is not none %}<th class="num">Treg:Tcon</th>{% endif %}
 {% if sec.rows and sec.rows[0].per_ul is not none %}<th class="num">Tregs/&micro;L</th>{% endif %}
 {% for c in sec.clinical_columns %}<th class="num">{{ c }}</th>{% endfor %}
-{% if has_clinical %}<th>IWG</th>{% endif %}<th class="qc">QC</th></tr></thead>
+{% if has_clinical %}<th>IWG</th>{% endif %}{% if sec.any_flags %}<th class="qc">QC</th>{% endif %}</tr></thead>
 <tbody>
 {% for r in sec.rows %}
-<tr{% if r.baseline %} class="base"{% endif %}><td title="sample {{ r.sample }}">{{ r.timepoint }}</td>
-<td class="num">{{ r.day }}</td><td class="num">{{ r.treg }}</td><td class="num">{{ r.delta }}</td>
+<tr{% if r.baseline %} class="base"{% endif %}><td title="sample {{ r.sample }}" class="nowrap">{{ r.timepoint }}
+<span class="meta">d{{ r.day }}</span></td><td class="num">{{ r.treg }}</td><td class="num">{{ r.delta }}</td>
 <td class="num">{{ r.fold }}</td><td class="num">{{ r.change }}</td>
 <td class="{{ 'yes' if r.significant.startswith('yes') else 'no' }}">{{ r.significant }}</td>
 <td class="num">{{ r.treg_events }} / {{ r.cd4 }}</td>
 {% if r.ratio is not none %}<td class="num">{{ r.ratio }}</td>{% endif %}
 {% if r.per_ul is not none %}<td class="num">{{ r.per_ul }}</td>{% endif %}
 {% for v in r.clinical %}<td class="num">{{ v }}</td>{% endfor %}
-{% if has_clinical %}<td>{{ r.iwg }}</td>{% endif %}<td class="flag qc">{{ r.flags }}</td></tr>
+{% if has_clinical %}<td class="nowrap">{{ r.iwg }}</td>{% endif %}
+{% if sec.any_flags %}<td class="flag qc">{{ r.flags }}</td>{% endif %}</tr>
 {% endfor %}
 </tbody>
 </table></div>

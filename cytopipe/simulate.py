@@ -209,7 +209,7 @@ class Biology:
                 raise ValueError(f"Biology.{name} must be positive, got {getattr(self, name)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class InstrumentStyle:
     """How a cytometer and its software write the same tube.
 
@@ -361,9 +361,22 @@ STYLES: dict[str, InstrumentStyle] = {
 
 
 class SubjectDesign(NamedTuple):
-    """A subject's trajectory over the study's timepoints (one value per :data:`TIMEPOINTS` entry)."""
+    """A subject's trajectory over the study's timepoints.
 
-    response: str
+    Attributes
+    ----------
+    treg_pct, activated_pct
+        Tregs and activated CD25-intermediate cells as % of CD4 T cells, one value per :data:`TIMEPOINTS` entry.
+    treg_cd25_boost
+        CD25 on Tregs relative to baseline (IL-2 up-regulates its receptor), per timepoint.
+    platelets, lymphocytes
+        Blood counts (x10^9/L) written to ``clinical.csv``, per timepoint.
+    biology
+        The subject's composition; timepoints wobble around it.
+    first_day
+        Date of the baseline visit (ISO); later visits add their ``day``.
+    """
+
     treg_pct: tuple[float, ...]
     activated_pct: tuple[float, ...]
     treg_cd25_boost: tuple[float, ...]
@@ -380,7 +393,6 @@ TIMEPOINTS = (("baseline", 0), ("W1", 7), ("W2", 14), ("W3", 21), ("W4", 28), ("
 #: Tregs rise over W1-W2, plateau W3-W4 and ease two weeks after the last dose; platelets (x10^9/L) lag them.
 STUDY: dict[str, SubjectDesign] = {
     "ITP-01": SubjectDesign(
-        response="responder",
         treg_pct=(3.1, 5.8, 8.4, 9.9, 10.4, 7.0),
         activated_pct=(11.0, 13.0, 13.5, 13.0, 12.5, 11.5),
         treg_cd25_boost=(1.0, 1.35, 1.5, 1.55, 1.55, 1.15),
@@ -390,7 +402,6 @@ STUDY: dict[str, SubjectDesign] = {
         first_day="2026-01-12",
     ),
     "ITP-02": SubjectDesign(
-        response="non-responder",
         treg_pct=(4.1, 4.3, 3.8, 4.2, 3.9, 4.0),
         activated_pct=(12.0, 12.5, 12.0, 13.0, 12.5, 12.0),
         treg_cd25_boost=(1.0, 1.1, 1.1, 1.1, 1.1, 1.0),

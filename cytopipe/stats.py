@@ -427,7 +427,7 @@ def baseline_table(
     base_of = _baseline_rows(t, source)
 
     k, n = t["treg_events"].to_numpy(), t["cd4_events"].to_numpy()
-    base_idx = np.array([-1 if base_of[s] is None else base_of[s] for s in t["subject"]])
+    base_idx = np.array([-1 if base_of[s] is None else base_of[s] for s in t["subject"]], dtype=int)
     has_base = base_idx >= 0
     kb = np.where(has_base, t["treg_events"].to_numpy()[np.maximum(base_idx, 0)], np.nan)
     nb = np.where(has_base, t["cd4_events"].to_numpy()[np.maximum(base_idx, 0)], np.nan)
@@ -595,6 +595,10 @@ def clinical_correlation(table: pd.DataFrame, column: str | None = None) -> pd.D
     return pd.DataFrame(rows, columns=cols)
 
 
+def _fmt_pct(x: float) -> str:
+    return f"{x:.2f}%" if np.isfinite(x) else "missing"
+
+
 def _fmt_fold(x: float) -> str:
     return f"x{x:.1f}" if x >= 0.995 else f"x{x:.2f}"
 
@@ -618,7 +622,8 @@ def subject_summary(table: pd.DataFrame) -> pd.DataFrame:
     plt_col = platelet_column(list(table.columns))
     rows = []
     for subject, grp in table.groupby("subject", sort=True):
-        later = grp[~grp["is_baseline"] & grp["fold_change"].notna() & (grp["fold_change"] > 0)]
+        fold = grp["fold_change"].to_numpy(dtype=float)
+        later = grp[~grp["is_baseline"] & np.isfinite(fold) & (fold > 0)]
         sig = later[later["significant"]]
         pool = sig if len(sig) else later
         row: dict[str, object] = {"subject": subject, "n_samples": len(grp)}
@@ -636,8 +641,10 @@ def subject_summary(table: pd.DataFrame) -> pd.DataFrame:
         row["direction"] = direction
         if not grp["is_baseline"].any():
             verdict = "No baseline sample: change not assessed"
-        elif not len(later):
+        elif grp["is_baseline"].all():
             verdict = "Baseline only: no later timepoint"
+        elif not len(later):
+            verdict = f"Change not assessable (baseline Treg % is {_fmt_pct(row['baseline_pct'])})"
         elif direction == "rise":
             verdict = f"Tregs rose significantly ({_fmt_fold(row['peak_fold_change'])} at {row['peak_timepoint']})"
         elif direction == "fall":

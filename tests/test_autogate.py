@@ -51,7 +51,8 @@ def test_density_valley_finds_the_minimum_between_two_modes():
     assert method == "valley"
     # The true density minimum of this mixture lies near 0.45; misclassified events are a tiny minority.
     grid = np.linspace(0.3, 0.55, 2001)
-    true = 0.95 * np.exp(-0.5 * ((grid - 0.25) / 0.04) ** 2) / 0.04 + 0.05 * np.exp(-0.5 * ((grid - 0.6) / 0.05) ** 2) / 0.05
+    true = (0.95 * np.exp(-0.5 * ((grid - 0.25) / 0.04) ** 2) / 0.04
+            + 0.05 * np.exp(-0.5 * ((grid - 0.6) / 0.05) ** 2) / 0.05)
     assert abs(cut - grid[np.argmin(true)]) < 0.03
     wrong = np.sum(x[:19_000] >= cut) + np.sum(x[19_000:] < cut)
     assert wrong < 0.005 * x.size
@@ -349,5 +350,12 @@ def test_sensitivity_moves_the_treg_pct_the_right_way(strategy, bd):
             # Raising a lower cut can only lose Tregs; lowering it can only add.
             assert r["treg_pct_plus"] <= base <= r["treg_pct_minus"]
             assert r["max_change_pp"] > 0
+    # Against a plain re-gating of the whole strategy with the FoxP3 cut raised by 0.1 decade.
+    foxp3 = next(r for r in rows if r["channel"] == "FoxP3")
+    treg = fitted.population("Treg").gate
+    raised = dataclasses.replace(treg, min=(treg.min[0], treg.min[1] + 0.1 / 4.5))
+    moved = dataclasses.replace(fitted, populations=tuple(
+        dataclasses.replace(p, gate=raised) if p.name == "Treg" else p for p in fitted.populations))
+    assert foxp3["treg_pct_plus"] == pytest.approx(_treg_pct(moved, sample), abs=1e-9)
     with pytest.raises(ValueError, match="delta must be positive"):
         autogate.sensitivity(strategy, sample, delta=0)

@@ -45,6 +45,7 @@ def make_study(folder: Path, n_files: int = 6, n_events: int = 8_000, subjects: 
 def quiet_run(**kwargs):
     kwargs.setdefault("quiet", True)
     kwargs.setdefault("stream", io.StringIO())
+    kwargs.setdefault("pdf", False)  # Chromium's PDF printing is the report's business, tested there
     return run(**kwargs)
 
 
@@ -142,7 +143,7 @@ def test_a_corrupt_file_fails_alone(study, serial, tmp_path):
     bad_sheet = folder / "study.csv"
     bad_sheet.write_text(sheet.read_text())
     log = io.StringIO()
-    result = run(sheet=bad_sheet, gates=gates, out=tmp_path / "out", workers=2, quiet=True, stream=log)
+    result = run(sheet=bad_sheet, gates=gates, out=tmp_path / "out", workers=2, quiet=True, stream=log, pdf=False)
     assert result.exit_code == 1
     failures = pd.read_csv(tmp_path / "out" / "failures.csv")
     assert failures[["sample", "stage"]].values.tolist() == [["P2_D7", "read"]]
@@ -233,7 +234,7 @@ def test_killed_run_resumes(tmp_path, sig, workers):
     out = tmp_path / "killed"
     code = ("import sys; from cytopipe.batch import run; "
             f"sys.exit(run(sheet={str(sheet)!r}, gates={str(gates)!r}, out={str(out)!r}, workers={workers}, "
-            "quiet=True).exit_code)")
+            "quiet=True, pdf=False).exit_code)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:

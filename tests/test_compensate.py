@@ -163,6 +163,7 @@ def test_csv_with_row_names_in_another_order(tmp_path: Path) -> None:
         read_spillover_file(tmp_path / "absent.csv")
 
 
+@pytest.mark.filterwarnings("ignore:FCS file test_comp_example.fcs reported incorrect data offset")
 def test_against_flowkit_on_a_real_file(shared_data: Path) -> None:
     fcs = shared_data / "instruments/flowkit/test_comp_example.fcs"
     csv = shared_data / "instruments/flowkit/comp_complete_example.csv"

@@ -67,9 +67,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_dask_cluster_matches_local_run(cluster, tmp_path):
     sheet, gates, labels = make_study(tmp_path / "study", n_files=6, n_events=8_000)
-    local = run(sheet=sheet, gates=gates, out=tmp_path / "local", workers=1, quiet=True, stream=io.StringIO())
+    local = run(sheet=sheet, gates=gates, out=tmp_path / "local", workers=1, quiet=True, stream=io.StringIO(),
+                pdf=False)
     log = io.StringIO()
-    remote = run(sheet=sheet, gates=gates, out=tmp_path / "dask", scheduler=cluster, log_json=True, stream=log)
+    remote = run(sheet=sheet, gates=gates, out=tmp_path / "dask", scheduler=cluster, log_json=True, stream=log,
+                 pdf=False)
     assert remote.exit_code == local.exit_code == 0
     assert read_bytes(tmp_path / "dask") == read_bytes(tmp_path / "local")
     assert sorted(remote.computed) == sorted(labels)
@@ -83,7 +85,7 @@ def test_dask_isolates_a_corrupt_file(cluster, tmp_path):
     sheet, gates, _ = make_study(tmp_path / "study", n_files=4, n_events=5_000)
     (sheet.parent / "P1_D0.fcs").write_bytes(b"FCS3.1    garbage")
     result = run(sheet=sheet, gates=gates, out=tmp_path / "out", scheduler=cluster, quiet=True,
-                 stream=io.StringIO(), plots=False)
+                 stream=io.StringIO(), plots=False, pdf=False)
     assert result.exit_code == 1
     assert result.failures[["sample", "stage"]].values.tolist() == [["P1_D0", "read"]]
     assert len(result.treg) == 3

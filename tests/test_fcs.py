@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import flowio
-import flowkit
 import numpy as np
 import pytest
 
@@ -84,6 +83,8 @@ def test_flowio_and_flowkit_read_back_identical_values(written: tuple[Path, np.n
     np.testing.assert_array_equal(np.asarray(flow.as_array(preprocess=False), dtype=np.float32), events)
     assert [flow.channels[i]["pnn"] for i in range(1, 7)] == CHANNELS
     assert flow.text["spillover"] == "2,FITC-A,PE-A,1,0.165,0.0125,1"
+    import flowkit  # slow to import; only this test needs it
+
     kit = flowkit.Sample(str(path), preprocess=False)
     np.testing.assert_array_equal(kit.get_events(source="raw").astype(np.float32), events)
     assert list(kit.pns_labels) == MARKERS
@@ -106,6 +107,7 @@ def test_delimiter_inside_values_is_escaped(tmp_path: Path) -> None:
     assert flow.text["comment"] == hostile
 
 
+@pytest.mark.slow
 def test_offsets_beyond_eight_digits_are_zero_in_header(tmp_path: Path) -> None:
     # 1,562,500 x 16 float32 = 100,000,000 bytes: DATA ends past 99,999,999, so HEADER holds 0 and TEXT rules.
     events = np.zeros((1_562_500, 16), dtype=np.float32)
@@ -432,13 +434,11 @@ def test_nextdata_chain(tmp_path: Path) -> None:
     two = np.array([[7.0], [8.0]], dtype=np.float32)
     second = _assemble({"$TOT": "2", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4"} | _params([32]), two.tobytes())
     for _ in range(3):  # $NEXTDATA's own digits change the first data set's length: iterate to a fixed point
-        head = _assemble(
-            {"$TOT": "3", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4", "$NEXTDATA": str(len(first))} | _params([32]),
-            one.tobytes(),
-        )
-        first = head
+        keywords = {"$TOT": "3", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4", "$NEXTDATA": str(len(first))}
+        first = _assemble(keywords | _params([32]), one.tobytes())
     path = tmp_path / "two.fcs"
     path.write_bytes(first + second)
+    assert read_fcs(path).metadata["$NEXTDATA"] == str(len(first))  # points exactly at the second HEADER
     assert count_datasets(path) == 2
     np.testing.assert_array_equal(read_fcs(path).events, one)
     np.testing.assert_array_equal(read_fcs(path, dataset=1).events, two)
@@ -456,3 +456,13 @@ def test_supplemental_text_is_merged(tmp_path: Path) -> None:
     sample = read_fcs(path)
     assert sample.metadata["EXTRA"] == "yes" and sample.metadata["$CYT"] == "Supplemental"
     np.testing.assert_array_equal(sample.events, values)
+
+
+def test_empty_population_round_trip(tmp_path: Path) -> None:
+    # An export of an empty population: no DATA segment, offsets 0 in HEADER and TEXT.
+    path = tmp_path / "empty.fcs"
+    write_fcs(path, np.zeros((0, 3), np.float32), ["FSC-A", "FITC-A", "PE-A"], ["", "CD4", "CD25"])
+    sample = read_fcs(path)
+    assert sample.events.shape == (0, 3) and sample.markers == ("", "CD4", "CD25")
+    assert (sample.metadata["$BEGINDATA"], sample.metadata["$ENDDATA"], sample.metadata["$TOT"]) == ("0", "0", "0")
+    assert _header_offsets(path)[2:4] == [0, 0]

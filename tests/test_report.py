@@ -205,3 +205,22 @@ def test_pdf_warns_without_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         html = render_report(out, pdf=True)
     assert html.is_file() and not (out / "report.pdf").exists()
     assert "chromium not found" in caplog.text
+
+
+def test_report_edge_cases(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    header = "sample,subject,timepoint,day,cd4_events,treg_events,treg_pct,ci_low,ci_high,baseline\n"
+    (out / "treg.csv").write_text(header)
+    (out / "failures.csv").write_text("sample,file,stage,reason\nS1,S1.fcs,read,not an FCS file\n")
+    html = render_report(out, pdf=False).read_text()
+    assert "No sample produced a Treg percentage." in html and "not an FCS file" in html
+    # Subject ids that pandas would turn into NaN or numbers stay text; a baseline without CD4 events is reported.
+    (out / "treg.csv").write_text(header + "A0,007,D0,0,20000,600,3.0,,,True\n"
+                                           "B0,NA,D0,0,0,0,,,,True\nB1,NA,W1,7,20000,500,2.5,,,False\n")
+    html = render_report(out, pdf=False).read_text()
+    summary = pd.read_csv(out / "summary.csv", dtype={"subject": str}, keep_default_na=False)
+    assert list(summary["subject"]) == ["007", "NA"]
+    assert list(summary["treg_verdict"]) == ["Baseline only: no later timepoint",
+                                             "Change not assessable (baseline Treg % is missing)"]
+    assert "<h3>007</h3>" in html and "<h3>NA</h3>" in html
