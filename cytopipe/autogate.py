@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -60,7 +60,7 @@ SCOPES = ("sample", "subject", "baseline")
 METHODS = ("valley", "reference", "control")
 SIDES = ("above", "below")
 #: Events drawn per sample (without replacement, fixed seed) for fitting: fitting cost stays flat above this size.
-DEFAULT_MAX_EVENTS = 100_000
+DEFAULT_MAX_EVENTS = 50_000
 #: A threshold fitted on fewer events than this raises GateError rather than guessing.
 MIN_EVENTS = 50
 
@@ -129,7 +129,8 @@ def density_valley(
     1. Estimate the density on a ``bins``-point grid (histogram + Gaussian smoothing, O(n)).
     2. Find the modes (peaks with enough prominence) and, between each pair of neighbouring modes, the lowest
        density. A valley's depth is the lower of its two modes' heights minus the valley's height.
-    3. Choose the deepest valley inside ``bounds``.
+    3. Choose the deepest valley inside ``bounds``; the cut is the middle of its floor (the longest run of grid
+       points within 1 % of the depth above the minimum), so an empty gap is cut in its middle.
     4. With one mode only (e.g. no positive events): if the mode lies above ``bounds`` it is the positive mode and
        the threshold is ``mode - k * sd`` of its lower half; otherwise it is the negative mode and the threshold is
        ``mode + k * sd`` of its lower half (the lower half of a negative mode is free of positive events).
@@ -150,10 +151,15 @@ def density_valley(
         inside = inside[(inside > left) & (inside < right)]
         if inside.size == 0:
             continue
-        low = inside[np.argmin(density[inside])]
-        depth = min(density[left], density[right]) - density[low]
+        floor = float(density[inside].min())
+        depth = min(density[left], density[right]) - floor
+        # An empty gap between well-separated modes is flat: cut in the middle of the longest run of grid points
+        # within 1 % of the depth above the floor, not at its arbitrary first point.
+        low = density[inside] <= floor + 0.01 * depth
+        runs = np.split(inside[low], np.flatnonzero(np.diff(inside[low]) > 1) + 1)
+        run = max(runs, key=len)
         if best is None or depth > best[0]:
-            best = (depth, float(grid[low]))
+            best = (depth, float((grid[run[0]] + grid[run[-1]]) / 2))
     if best is not None:
         threshold, method = best[1], "valley"
     else:
@@ -170,7 +176,7 @@ def density_valley(
 
 
 def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0, max_iter: int = 200,
-                     tol: float = 1e-5, reg_covar: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     tol: float = 1e-4, reg_covar: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full-covariance Gaussian mixture by expectation-maximisation (k-means++ seeding).
 
     Parameters
@@ -208,18 +214,15 @@ def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0,
     previous = -np.inf
     eye = reg_covar * np.eye(d)
     for _ in range(max_iter):
+        # M-step, then E-step, vectorised over components.
         counts = resp.sum(axis=0) + 10 * np.finfo(float).eps
         weights = counts / n
         means = (resp.T @ z) / counts[:, None]
-        covs = np.empty((n_components, d, d))
-        log_prob = np.empty((n, n_components))
-        for j in range(n_components):
-            diff = z - means[j]
-            covs[j] = (resp[:, j, None] * diff).T @ diff / counts[j] + eye
-            chol = np.linalg.cholesky(covs[j])
-            solved = np.linalg.solve(chol, diff.T)
-            log_prob[:, j] = (np.log(weights[j]) - 0.5 * (solved ** 2).sum(axis=0)
-                              - np.log(np.diag(chol)).sum() - 0.5 * d * np.log(2 * np.pi))
+        diff = z[:, None, :] - means[None]
+        covs = np.einsum("nk,nkd,nke->kde", resp, diff, diff, optimize=True) / counts[:, None, None] + eye
+        _, logdet = np.linalg.slogdet(covs)
+        quad = (np.einsum("nkd,kde->nke", diff, np.linalg.inv(covs)) * diff).sum(axis=2)
+        log_prob = np.log(weights) - 0.5 * (quad + logdet + d * np.log(2 * np.pi))
         top = log_prob.max(axis=1, keepdims=True)
         total = top[:, 0] + np.log(np.exp(log_prob - top).sum(axis=1))
         resp = np.exp(log_prob - total[:, None])
@@ -498,6 +501,24 @@ class AutoGate(Gate):
         """:meth:`fit`, plus the fitted parameters in friendly units (one ``gates_fitted.csv`` row)."""
         raise NotImplementedError(f"{type(self).__name__} does not define fit_with_info()")
 
+    def to_spec(self) -> dict[str, Any]:
+        """The YAML gate spec of this gate (used by :func:`cytopipe.gatefile.dump_yaml`); settings left at their
+        defaults are omitted."""
+        spec: dict[str, Any] = {"type": self.kind, "channels": [str(d.channel) for d in self.dimensions]}
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in self._settings:
+            value = getattr(self, name)
+            if value != defaults[name]:
+                spec[name] = value
+        if not self.auto_top:
+            spec["T"] = "keep"
+        for name in ("scope", "max_events", "random_state"):
+            if getattr(self, name) != defaults[name]:
+                spec[name] = getattr(self, name)
+        return spec
+
+    _settings: tuple[str, ...] = ()
+
     def _subsample(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=float)
         values = values[np.isfinite(values).all(axis=1)]
@@ -527,8 +548,9 @@ class ScatterGate(AutoGate):
     probability: float = 0.95
     components: int = 5
     min_weight: float = 0.05
-    max_events: int = 5_000
+    max_events: int = 4_000
     kind = "auto_scatter"
+    _settings = ("probability", "components", "min_weight")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -571,6 +593,7 @@ class SingletGate(AutoGate):
     k: float = 4.0
     max_events: int = 10_000
     kind = "auto_singlets"
+    _settings = ("k",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -675,6 +698,25 @@ class ThresholdGate(AutoGate):
         for i, threshold in enumerate(self.thresholds):
             threshold.check(f"{where}: thresholds[{i}]")
 
+    def to_spec(self) -> dict[str, Any]:
+        spec = super().to_spec()
+        items = []
+        for dim, t in zip(self.dimensions, self.thresholds, strict=True):
+            item: dict[str, Any] = {"side": t.side, "method": t.method}
+            if t.bounds is not None:
+                item["bounds"] = [None if b is None else round(from_units(b, dim.transform), 10) for b in t.bounds]
+            for name in ("population", "control"):
+                if getattr(t, name):
+                    item[name] = getattr(t, name)
+            if t.method != "valley":
+                item["percentile"] = t.percentile
+            for name, default in (("k", 3.0), ("adjust", 1.5), ("within", "parent")):
+                if getattr(t, name) != default:
+                    item[name] = getattr(t, name)
+            items.append(item)
+        spec["thresholds"] = items
+        return spec
+
     @property
     def references(self) -> tuple[str, ...]:
         """Populations whose events this gate's ``reference`` cuts need."""
@@ -763,6 +805,12 @@ def _subsample_sample(sample: Any, n: int) -> Any:
     return replace(sample, events=np.ascontiguousarray(sample.events[::step]))
 
 
+def _by_detector(dim: Dimension, sample: Any) -> Dimension:
+    """``dim`` with its channel(s) renamed to the ``$PnN`` they resolve to in ``sample``."""
+    names = tuple(sample.channels[sample.find_channel(c)] for c in dim.channels)
+    return replace(dim, channel=names if isinstance(dim.channel, tuple) else names[0])
+
+
 def _check_markers(pop: Population, sample: Any) -> None:
     """Raise MarkerError naming the marker *and* the population that needs it."""
     where = getattr(sample, "path", "") or "<in-memory sample>"
@@ -818,10 +866,11 @@ class _Context:
         self.columns = {p.name: result.values(p.gate) for p in probes}
         self.n = sample.n_events
         self.masks: dict[str, np.ndarray] = {}
+        self.pops: list[Population] = []  # the populations so far, with the gates fitted for this sample
 
-    def update(self, pops: Sequence[Population]) -> None:
+    def update(self) -> None:
         """Evaluate the populations fitted so far."""
-        _evaluate(pops, self.columns, self.n, self.masks)
+        _evaluate(self.pops, self.columns, self.n, self.masks)
 
     def parent(self, pop: Population) -> np.ndarray:
         """Boolean mask of ``pop``'s parent (all events for a root population)."""
@@ -835,8 +884,8 @@ def fit_strategy(
     spillover: Any = None,
     controls: Mapping[str, Any] | None = None,
     scopes: Sequence[str] | set[str] | None = None,
+    baseline: int | None = None,
     max_events: int = DEFAULT_MAX_EVENTS,
-    random_state: int = 0,
 ) -> tuple[GatingStrategy, list[dict[str, Any]]]:
     """Fit the data-driven gates of a strategy, top-down, pooled over ``samples``.
 
@@ -853,11 +902,13 @@ def fit_strategy(
         gated through the same fitted hierarchy as the samples, with the first sample's spillover.
     scopes : collection of str, optional
         Replace only the gates of these scopes (others stay unfitted in the returned strategy, e.g. ``sample``-scope
-        gates left to each worker); ancestors are still fitted internally. Default: every data-driven gate.
+        gates left to each worker). Ancestors of other scopes are still fitted internally, ``sample``-scope ones on
+        each sample alone. Default: every data-driven gate, each pooled over all ``samples``.
+    baseline : int, optional
+        Index into ``samples`` of the subject's baseline: ``baseline``-scope gates are fitted on it alone while
+        ``subject``-scope gates pool all samples (default: every gate pools all ``samples``).
     max_events : int
-        Events drawn per sample for fitting (fixed seed); fitting time stays flat for large files.
-    random_state : int
-        Seed of the subsampling.
+        Events kept per sample for fitting (every k-th event); fitting time stays flat for large files.
 
     Returns
     -------
@@ -895,10 +946,12 @@ def fit_strategy(
     unknown = wanted - set(SCOPES)
     if unknown:
         raise ValueError(f"scopes: unknown scope(s) {sorted(unknown)}; use {', '.join(SCOPES)}")
+    if baseline is not None and not 0 <= baseline < len(samples):
+        raise ValueError(f"baseline: index {baseline} is not one of the {len(samples)} samples")
     if not needs_fitting(strategy):
         return strategy, []
     for pop in strategy.populations:
-        for sample in [*samples, *(controls or {}).values()]:
+        for sample in samples:
             _check_markers(pop, sample)
 
     where = f"{label}: population"
@@ -910,27 +963,55 @@ def fit_strategy(
         dims[pop.name] = gate.dimensions
     contexts = [_Context(strategy, dims, _subsample_sample(s, max_events), spill)
                 for s, spill in zip(samples, spills, strict=True)]
-    control_contexts = {str(role).casefold(): _Context(strategy, dims, _subsample_sample(c, max_events), spills[0])
-                        for role, c in (controls or {}).items()}
+    control_contexts = {}
+    wanted_roles = {r.casefold() for p in strategy.populations for r in getattr(p.gate, "controls", ())}
+    for role, control in (controls or {}).items():
+        if str(role).casefold() not in wanted_roles:
+            continue
+        # Controls are read by detector ($PnN of the first sample): an FMO tube often lacks the omitted marker's
+        # label, and its detectors are those of the samples.
+        by_detector = {name: tuple(_by_detector(d, samples[0]) for d in ds) for name, ds in dims.items()}
+        try:
+            control_contexts[str(role).casefold()] = _Context(strategy, by_detector,
+                                                              _subsample_sample(control, max_events), spills[0])
+        except MarkerError as err:
+            raise MarkerError(f"control '{role}': {err}") from None
     names = [_sample_name(s, i) for i, s in enumerate(samples)]
     last = max(i for i, p in enumerate(strategy.populations) if isinstance(p.gate, AutoGate))
-    working: list[Population] = []  # every population so far, with fitted gates
     output: dict[str, Gate] = {}
     rows: list[dict[str, Any]] = []
+    everything = [*contexts, *control_contexts.values()]
     for pop in strategy.populations[: last + 1]:
         gate = pop.gate
-        if isinstance(gate, AutoGate):
-            for ctx in (*contexts, *control_contexts.values()):
-                ctx.update(working)
-            gate = replace(gate, dimensions=dims[pop.name], name=gate.name or pop.name)
-            fitted, info, n_used = _fit_population(gate, pop, f"{where} '{pop.name}'", contexts, control_contexts,
-                                                   {p.name for p in working})
-            if gate.scope in wanted:
-                output[pop.name] = fitted
-                rows.append({"population": pop.name, "type": gate.kind, "scope": gate.scope,
-                             "fitted_on": ";".join(names), "n_samples": len(samples), "n_events": n_used, **info})
-            gate = fitted
-        working.append(replace(pop, gate=gate))
+        if not isinstance(gate, AutoGate):
+            for ctx in everything:
+                ctx.pops.append(pop)
+            continue
+        for ctx in everything:
+            ctx.update()
+        gate = replace(gate, dimensions=dims[pop.name], name=gate.name or pop.name)
+        # Which samples each fit pools: a sample-scope ancestor fitted only to reach the chosen gates is fitted on
+        # each sample alone; a baseline-scope gate on the baseline sample when it is named.
+        if gate.scope == "sample" and gate.scope not in wanted:
+            groups = [[i] for i in range(len(contexts))]
+        elif gate.scope == "baseline" and baseline is not None:
+            groups = [[baseline]]
+        else:
+            groups = [list(range(len(contexts)))]
+        known = {p.name for p in contexts[0].pops}
+        fits = [_fit_population(gate, pop, f"{where} '{pop.name}'", [contexts[i] for i in group], control_contexts,
+                                known) for group in groups]
+        for k, group in enumerate(groups):
+            for i in (range(len(contexts)) if len(groups) == 1 else group):
+                contexts[i].pops.append(replace(pop, gate=fits[k][0]))
+        for ctx in control_contexts.values():
+            ctx.pops.append(replace(pop, gate=fits[0][0]))
+        if gate.scope in wanted:
+            fitted, info, n_used = fits[0]
+            output[pop.name] = fitted
+            rows.append({"population": pop.name, "type": gate.kind, "scope": gate.scope,
+                         "fitted_on": ";".join(names[i] for i in groups[0]), "n_samples": len(groups[0]),
+                         "n_events": n_used, **info})
     populations = tuple(replace(p, gate=output[p.name]) if p.name in output else p for p in strategy.populations)
     return replace(strategy, populations=populations), rows
 
@@ -1020,7 +1101,7 @@ def _build(cls: type[AutoGate], settings: dict[str, Any], dims: tuple[Dimension,
 def build_scatter(spec: Mapping[str, Any], dims: tuple[Dimension, ...], where: str) -> ScatterGate:
     """``type: auto_scatter`` -> :class:`ScatterGate` (``probability``, ``components``, ``min_weight``)."""
     w = f"{where}: gate"
-    settings = _common(spec, w, {"probability", "components", "min_weight"}, {"max_events": 5_000})
+    settings = _common(spec, w, {"probability", "components", "min_weight"}, {"max_events": 4_000})
     settings.update(probability=_number(spec, "probability", w, 0.95),
                     components=_number(spec, "components", w, 5, integer=True),
                     min_weight=_number(spec, "min_weight", w, 0.05))
@@ -1152,6 +1233,7 @@ def sensitivity(
     delta: float = 0.1,
     spillover: Any = None,
     fitted: GatingStrategy | None = None,
+    max_events: int | None = DEFAULT_MAX_EVENTS,
 ) -> list[dict[str, Any]]:
     """How much the Treg % moves when each data-driven threshold shifts by +/- ``delta``.
 
@@ -1170,13 +1252,16 @@ def sensitivity(
         As for :meth:`GatingStrategy.apply`.
     fitted : GatingStrategy, optional
         The strategy already fitted for this sample (default: fitted here with :func:`fit_strategy`).
+    max_events : int or None
+        Larger samples are evaluated on every k-th event down to about this many (``None``: all events); the
+        changes are then estimates, and ``treg_pct`` is that of the subsample.
 
     Returns
     -------
     list of dict
         One row per threshold: ``population, channel, bound`` (``min``/``max``), ``threshold`` (friendly units),
-        ``delta``, ``treg_pct``, ``treg_pct_minus``, ``treg_pct_plus`` (threshold shifted down / up) and
-        ``max_change_pp`` (largest absolute change, percentage points).
+        ``delta``, ``treg_pct``, ``treg_pct_minus``, ``treg_pct_plus`` (threshold shifted down / up),
+        ``max_change_pp`` (largest absolute change, percentage points) and ``n_events`` (events evaluated).
 
     Raises
     ------
@@ -1191,6 +1276,8 @@ def sensitivity(
     parent = parent or strategy.parent or strategy.population(treg).parent
     if fitted is None:
         fitted, _ = fit_strategy(strategy, [sample], spillover=spillover)
+    if max_events is not None:
+        sample = _subsample_sample(sample, max_events)
     # Only the populations the Treg % depends on are gated; the columns are computed once and each shifted
     # threshold re-evaluates just its population and the ones below it.
     needed = {treg, *([parent] if parent else [])}
@@ -1235,5 +1322,6 @@ def sensitivity(
                 moved.append(treg_pct(masks))
             rows.append({"population": pop.name, "channel": str(dim.channel), "bound": bound, "threshold": friendly,
                          "delta": delta, "treg_pct": base, "treg_pct_minus": moved[0], "treg_pct_plus": moved[1],
-                         "max_change_pp": max(abs(moved[0] - base), abs(moved[1] - base))})
+                         "max_change_pp": max(abs(moved[0] - base), abs(moved[1] - base)),
+                         "n_events": result.n_events})
     return rows

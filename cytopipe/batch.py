@@ -102,6 +102,7 @@ class Progress:
         self.mode = mode
         self.stream = stream if stream is not None else sys.stderr
         self.done = 0
+        self.processed = 0  # samples computed in this run (cached ones take no time and would skew the ETA)
         self.events = 0
         self.start = time.perf_counter()
 
@@ -123,6 +124,7 @@ class Progress:
         """Record one finished sample."""
         self.done += 1
         if not result.cached:
+            self.processed += 1
             self.events += result.n_events
         elapsed = time.perf_counter() - self.start
         rate = self.events / elapsed if elapsed > 0 else 0.0
@@ -139,7 +141,7 @@ class Progress:
             status = "ok" if result.ok else "FAILED"
             self._line(f"cytopipe: [{self.done}/{self.total}] {result.sample} {status} ({how})")
         elif self.mode == "tty":
-            eta = (elapsed / self.done) * (self.total - self.done) if self.done else 0.0
+            eta = elapsed / self.processed * (self.total - self.done) if self.processed else 0.0
             self.stream.write(f"\r\x1b[K{self.done}/{self.total} samples  {rate / 1e6:6.2f} M events/s  "
                               f"ETA {int(eta) // 60:d}:{int(eta) % 60:02d}")
             self.stream.flush()
@@ -338,7 +340,7 @@ def _run_dask(tasks: list[SampleTask], scheduler: str) -> Iterator[SampleResult]
     try:
         futures = client.map(process_sample, tasks, pure=False)
         owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             try:
                 yield future.result()
             except Exception as err:  # noqa: BLE001 - a lost worker fails its sample, not the batch
@@ -536,42 +538,11 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = ResultCache(out / CACHE_DIR)
-    mode = _progress_mode(progress, log_json, quiet, stream)
     samples = table[table["role"] == "sample"].reset_index(drop=True)
-    report_progress = Progress(len(samples), mode, stream)
-
+    log = Progress(len(samples), _progress_mode(progress, log_json, quiet, stream), stream)
     spill_path = str(Path(spillover).resolve()) if spillover is not None else None
-    spill_sha = file_sha256(spill_path) if spill_path else ""
-
-    def spillover_for(sample: Any, row_spillover: str) -> Any:
-        from .pipeline import choose_spillover
-
-        return choose_spillover(sample, strategy, row_spillover or spill_path)
-
-    controls: dict[str, tuple[tuple[str, str], ...]] = {}
-    for rec in table[table["role"] != "sample"].itertuples(index=False):
-        controls[rec.subject] = (*controls.get(rec.subject, ()), (rec.role, rec.file))
-    subject_strategies, client_fitted, subject_failed = _fit_shared_scopes(
-        strategy, samples, controls, spillover_for, report_progress)
-    data_driven = strategy if needs_fitting(strategy) else None
-    definition = getattr(strategy, "source", "") or repr(strategy)
     plots_dir = str((out / "plots").resolve()) if plots else None
-
-    tasks: list[SampleTask] = []
-    settings: list[str] = []
-    for rec in samples.itertuples(index=False):
-        row_spill = rec.spillover or None
-        subject_controls = controls.get(rec.subject, ()) if data_driven is not None else ()
-        tasks.append(SampleTask(
-            sample=rec.sample, file=rec.file, subject=rec.subject, timepoint=rec.timepoint, day=float(rec.day),
-            strategy=subject_strategies.get(rec.subject, strategy), treg=treg_name, parent=parent_name,
-            spillover=row_spill or spill_path, plots_dir=plots_dir, controls=subject_controls,
-            data_driven=data_driven, failure=subject_failed.get(rec.subject)))
-        fitted_here = [r for r in client_fitted if r["subject"] == rec.subject]
-        matrix_sha = file_sha256(row_spill) if row_spill and Path(row_spill).is_file() else spill_sha
-        control_shas = [(role, file_sha256(path)) for role, path in subject_controls if Path(path).is_file()]
-        settings.append(json.dumps({"gates": definition, "fitted": fitted_here, "spillover": matrix_sha,
-                                    "controls": control_shas}, sort_keys=True, default=str))
+    tasks, settings, client_fitted = _plan(strategy, table, treg_name, parent_name, spill_path, plots_dir, log)
 
     results: list[SampleResult] = []
     todo: list[tuple[SampleTask, str]] = []
@@ -580,80 +551,142 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         hit = cache.get(task_key(task, sha, setting)) if sha else None
         if hit is not None and (hit.plot is None or Path(hit.plot).is_file()):
             results.append(hit)
-            report_progress.sample(hit)
+            log.sample(hit)
         else:
             todo.append((task, setting))
-    computed_names = [t.sample for t, _ in todo]
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if todo:
-        report_progress.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache"
-                            + (f", on {scheduler}" if scheduler else f", {min(n_workers, len(todo))} worker(s)"))
-    pending = [t for t, _ in todo]
-    setting_of = {t.sample: s for t, s in todo}
+        where = f"on {scheduler}" if scheduler else f"{min(n_workers, len(todo))} worker(s)"
+        log.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache; {where}")
+    for result in _execute(todo, cache, n_workers, scheduler):
+        results.append(result)
+        log.sample(result)
+    log.finish()
+
+    tables = _tables(results, strategy, table)
+    if client_fitted:
+        tables["fitted"] = pd.concat([pd.DataFrame(client_fitted), tables["fitted"]], ignore_index=True)
+    tables["baseline"] = _baseline(tables["treg"], clinical=clinical_table, cva=cva, cvi=cvi, z=z)
+    _write_tables(tables, out)
+    settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
+                       "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
+                       "z": z, "plots": plots, "treg": treg_name, "parent": parent_name}
+    _write_manifest(out, sheet, gates, strategy, table, results, settings_record)
+    if report:
+        from .report import render_report
+
+        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf)
+        # The report rewrites baseline.csv (same settings, plus columns from populations.csv): return that one.
+        tables["baseline"] = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
+
+    computed = [task.sample for task, _ in todo]
+    done_here = set(computed)
+    cached = [task.sample for task in tasks if task.sample not in done_here]
+    failed = set(tables["failures"]["sample"])
+    elapsed = time.perf_counter() - started
+    log.log(f"{len(samples) - len(failed)}/{len(samples)} samples ok, {len(failed)} failed; {len(computed)} "
+            f"processed, {len(samples) - len(computed)} cached; {elapsed:.1f} s; results in {out}")
+    return RunResult(populations=tables["populations"], treg=tables["treg"], baseline=tables["baseline"],
+                     failures=tables["failures"], fitted=tables["fitted"], sensitivity=tables["sensitivity"],
+                     exit_code=1 if failed else 0, out=out, computed=computed, cached=cached, elapsed=elapsed,
+                     n_events=sum(r.n_events for r in results if not r.cached))
+
+
+def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spill_path: str | None,
+          plots_dir: str | None, log: Progress) -> tuple[list[SampleTask], list[str], list[dict]]:
+    """One task per sample (after fitting shared-scope gates), its cache settings and the client-fitted rows."""
+    from .pipeline import choose_spillover
+
+    def spillover_for(sample: Any, row_spillover: str) -> Any:
+        return choose_spillover(sample, strategy, row_spillover or spill_path)
+
+    samples = table[table["role"] == "sample"]
+    controls: dict[str, tuple[tuple[str, str], ...]] = {}
+    for rec in table[table["role"] != "sample"].itertuples(index=False):
+        controls[rec.subject] = (*controls.get(rec.subject, ()), (rec.role, rec.file))
+    subject_strategies, client_fitted, subject_failed = _fit_shared_scopes(
+        strategy, samples, controls, spillover_for, log)
+    data_driven = strategy if needs_fitting(strategy) else None
+    definition = getattr(strategy, "source", "") or repr(strategy)
+    shas: dict[str, str] = {}
+
+    def sha_of(path: str | None) -> str:
+        if not path or not Path(path).is_file():
+            return ""
+        if path not in shas:
+            shas[path] = file_sha256(path)
+        return shas[path]
+
+    tasks: list[SampleTask] = []
+    settings: list[str] = []
+    for rec in samples.itertuples(index=False):
+        matrix = rec.spillover or spill_path
+        subject_controls = controls.get(rec.subject, ()) if data_driven is not None else ()
+        tasks.append(SampleTask(
+            sample=rec.sample, file=rec.file, subject=rec.subject, timepoint=rec.timepoint, day=float(rec.day),
+            strategy=subject_strategies.get(rec.subject, strategy), treg=treg, parent=parent, spillover=matrix,
+            plots_dir=plots_dir, controls=subject_controls, data_driven=data_driven,
+            failure=subject_failed.get(rec.subject)))
+        settings.append(json.dumps({
+            "gates": definition, "fitted": [r for r in client_fitted if r["subject"] == rec.subject],
+            "spillover": sha_of(matrix), "controls": [(role, sha_of(path)) for role, path in subject_controls],
+        }, sort_keys=True, default=str))
+    return tasks, settings, client_fitted
+
+
+def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: int, scheduler: str | None
+             ) -> Iterator[SampleResult]:
+    """Run the tasks in process, in a pool or on Dask; cache each successful result as soon as it arrives."""
+    tasks = [task for task, _ in todo]
+    setting_of = {task.sample: setting for task, setting in todo}
+    task_of = {task.sample: task for task in tasks}
+    if not tasks:
+        return
     if scheduler is not None:
-        stream_results = _run_dask(pending, scheduler)
-    elif n_workers == 1 or len(pending) <= 1:
-        stream_results = _run_in_process(pending)
+        results = _run_dask(tasks, scheduler)
+    elif workers == 1 or len(tasks) == 1:
+        results = _run_in_process(tasks)
     else:
-        stream_results = _run_pool(pending, n_workers)
-    task_of = {t.sample: t for t in pending}
-    for result in stream_results:
+        results = _run_pool(tasks, workers)
+    for result in results:
         if result.ok and result.sha256:
             cache.remember_sha(result.file, result.sha256)
             cache.put(task_key(task_of[result.sample], result.sha256, setting_of[result.sample]), result)
-        results.append(result)
-        report_progress.sample(result)
-    report_progress.finish()
+        yield result
 
-    tables = _tables(results, strategy, table)
-    populations, treg_table, failures = tables["populations"], tables["treg"], tables["failures"]
-    fitted = tables["fitted"]
-    if client_fitted:
-        fitted = pd.concat([pd.DataFrame(client_fitted), fitted], ignore_index=True)
-    baseline = _baseline(treg_table, clinical=clinical_table, cva=cva, cvi=cvi, z=z)
-    _write_csv(populations, out / "populations.csv")
-    _write_csv(treg_table, out / "treg.csv")
-    _write_csv(baseline, out / "baseline.csv")
-    _write_csv(failures, out / "failures.csv")
+
+def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
+    for name in ("populations", "treg", "baseline", "failures"):
+        _write_csv(tables[name], out / f"{name}.csv")
     # Tables that exist only for data-driven gates: a stale one from an earlier run with other gates would mislead.
-    for name, frame in (("gates_fitted.csv", fitted), ("sensitivity.csv", tables["sensitivity"])):
-        if frame.empty:
+    for name, key in (("gates_fitted.csv", "fitted"), ("sensitivity.csv", "sensitivity")):
+        if tables[key].empty:
             (out / name).unlink(missing_ok=True)
         else:
-            _write_csv(frame, out / name)
+            _write_csv(tables[key], out / name)
 
+
+def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLike, strategy: Any,
+                    table: pd.DataFrame, results: list[SampleResult], settings: dict) -> None:
+    """``manifest.json``: versions, inputs with their SHA-256, the sheet and gate texts, settings, command line."""
+    controls = table[table["role"] != "sample"]
     manifest = {
         "cytopipe": __version__,
         "versions": _versions(),
         "command": sys.argv,
         "sample_sheet": {"path": str(Path(sheet).resolve()), "sha256": file_sha256(sheet),
                          "text": Path(sheet).read_text(encoding="utf-8-sig")},
-        "gates": {"path": str(Path(gates).resolve()), "sha256": file_sha256(gates), "text": definition,
-                  "treg": treg_name, "parent": parent_name},
-        "settings": {"workers": None if scheduler else n_workers, "scheduler": scheduler,
-                     "spillover": spill_path, "clinical": str(Path(clinical).resolve()) if clinical else None,
-                     "cva": cva, "cvi": cvi, "z": z, "plots": plots},
+        "gates": {"path": str(Path(gates).resolve()), "sha256": file_sha256(gates),
+                  "text": getattr(strategy, "source", "") or repr(strategy)},
+        "settings": settings,
         "inputs": [{"sample": r.sample, "file": r.file, "sha256": r.sha256, "events": r.n_events,
                     "spillover": r.spillover_source} for r in sorted(results, key=lambda r: r.sample)],
-        "failed": len(failures),
+        "controls": [{"sample": rec.sample, "role": rec.role, "file": rec.file,
+                      "sha256": file_sha256(rec.file) if Path(rec.file).is_file() else ""}
+                     for rec in controls.itertuples(index=False)],
+        "failed": sorted({r.sample for r in results if r.failure is not None}),
     }
     _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
-    if report:
-        from .report import render_report
-
-        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf)
-        baseline = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
-    elapsed = time.perf_counter() - started
-    n_events = sum(r.n_events for r in results if not r.cached)
-    exit_code = 1 if len(failures) else 0
-    report_progress.log(f"{len(samples) - len(failures)}/{len(samples)} samples ok, {len(failures)} failed; "
-                        f"{len(computed_names)} processed, {len(samples) - len(computed_names)} cached; "
-                        f"{elapsed:.1f} s; results in {out}")
-    computed = set(computed_names)
-    return RunResult(populations=populations, treg=treg_table, baseline=baseline, failures=failures,
-                     fitted=fitted, sensitivity=tables["sensitivity"], exit_code=exit_code, out=out,
-                     computed=computed_names, cached=[t.sample for t in tasks if t.sample not in computed],
-                     elapsed=elapsed, n_events=n_events)
 
 
 def _baseline(treg: pd.DataFrame, *, clinical: pd.DataFrame | None, cva: float, cvi: float, z: float

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cytopipe.compensate import spillover_from_metadata
 from cytopipe.errors import FCSError, MarkerError
 
 __all__ = ["Sample", "read_fcs", "write_fcs", "describe", "format_description", "count_datasets"]
@@ -622,7 +623,7 @@ def _masks(layout: _Layout, metadata: Mapping[str, str]) -> list[int | None]:
     return masks
 
 
-def _data_buffer(fcs: _File, start: int, nbytes: int) -> tuple[mmap.mmap | bytearray, int]:
+def _data_buffer(fcs: _File, start: int, nbytes: int) -> tuple[mmap.mmap | np.ndarray, int]:
     """A writable buffer holding DATA and the offset of DATA in it.
 
     Large segments are memory-mapped copy-on-write (pages are read on first touch; writes stay private). The map
@@ -631,7 +632,7 @@ def _data_buffer(fcs: _File, start: int, nbytes: int) -> tuple[mmap.mmap | bytea
     """
     if nbytes >= MAP_THRESHOLD:
         return mmap.mmap(fcs.handle.fileno(), 0, access=mmap.ACCESS_COPY), start
-    buffer = bytearray(nbytes)
+    buffer = np.empty(nbytes, dtype=np.uint8)  # uninitialised: a bytearray would be zero-filled first
     fcs.handle.seek(start)
     if fcs.handle.readinto(buffer) != nbytes:
         raise fcs.error(f"DATA segment could not be read in full ({nbytes} bytes from byte {start})")
@@ -691,41 +692,46 @@ def _decode_bytes(fcs: _File, start: int, n_events: int, layout: _Layout, metada
             column = value
         if masks[i] is not None:
             column = np.bitwise_and(column, np.array(masks[i], dtype=column.dtype.newbyteorder("=")))
-        out[:, i] = column
+        with np.errstate(invalid="ignore"):  # widening a signalling NaN raises the invalid flag; the NaN stays
+            out[:, i] = column
     return out
 
 
 def _decode_packed(fcs: _File, start: int, n_events: int, layout: _Layout, metadata: Mapping[str, str]) -> np.ndarray:
-    """Integers packed as a continuous bit stream (FCS 2.0 allows any ``$PnB``), most significant bit first."""
+    """Integers packed as a continuous bit stream (FCS 2.0 allows any ``$PnB``), most significant bit first.
+
+    Every ``g = 8 / gcd(event_bits, 8)`` events end on a byte boundary, so within such a group each value starts
+    at a fixed bit: each (event-in-group, channel) pair is then a few column operations over all groups.
+    """
     if set(layout.kinds) != {"I"}:
         raise fcs.error("float data must be 32/64-bit; $PnB values that are not byte multiples need $DATATYPE=I")
-    n_par = len(layout.bits)
-    nbytes = (n_events * layout.event_bits + 7) // 8
-    raw = np.frombuffer(fcs.read(start, start + nbytes, "DATA segment"), dtype=np.uint8)
-    # Pad so an 8-byte window starting at any value's first byte stays inside the buffer.
-    padded = np.concatenate([raw, np.zeros(8, dtype=np.uint8)])
-    offsets = np.cumsum((0,) + layout.bits[:-1], dtype=np.int64)
+    if not 8 <= min(layout.bits) <= max(layout.bits) <= 56:
+        # Narrower values would cost 4 bytes of float32 per bit or two of file; wider ones are not seen in practice.
+        raise fcs.error(f"bit-packed values of {min(layout.bits)}-{max(layout.bits)} bits are not supported (8-56 are)")
+    event_bits = layout.event_bits
+    per_group = 8 // math.gcd(event_bits, 8)
+    group_bytes = event_bits * per_group // 8
+    n_groups = -(-n_events // per_group)
+    stream = fcs.read(start, start + (n_events * event_bits + 7) // 8, "DATA segment")
+    # Zero-fill the last, partial group plus 8 bytes, so a word read at any value's first byte stays inside.
+    stream += bytes(n_groups * group_bytes - len(stream) + 8)
     masks = _masks(layout, metadata)
-    out = np.empty((n_events, n_par), dtype=np.float32)
-    chunk = 1 << 16
-    for first in range(0, n_events, chunk):
-        rows = np.arange(first, min(first + chunk, n_events), dtype=np.int64)
+    offsets = np.cumsum((0,) + layout.bits[:-1])
+    out = np.empty((n_groups * per_group, len(layout.bits)), dtype=np.float32)
+    for event in range(per_group):
         for i, width in enumerate(layout.bits):
-            bit = rows * layout.event_bits + offsets[i]
-            byte = bit // 8
-            window = np.zeros(rows.size, dtype=np.uint64)
-            for k in range(8):
-                window = (window << np.uint64(8)) | padded[byte + k].astype(np.uint64)
-            shift = (64 - (bit % 8) - width).astype(np.uint64)
-            value = (window >> shift) & np.uint64((1 << width) - 1)
-            if masks[i] is not None:
-                value &= np.uint64(masks[i])
-            out[rows, i] = value
-    return out
+            bit = event * event_bits + int(offsets[i])
+            size = 4 if bit % 8 + width <= 32 else 8
+            # One big-endian word per group starting at this value's first byte (a strided view, no gather).
+            word = np.ndarray((n_groups,), dtype=f">u{size}", buffer=stream, offset=bit // 8, strides=(group_bytes,))
+            mask = masks[i] or (1 << width) - 1
+            out[event::per_group, i] = (word >> (size * 8 - bit % 8 - width)) & mask
+    return out[:n_events]
 
 
 def _scale(fcs: _File, events: np.ndarray, metadata: Mapping[str, str]) -> np.ndarray:
-    out = np.array(events, dtype=np.float64, order="C")
+    with np.errstate(invalid="ignore"):  # signalling NaNs, see _decode_bytes
+        out = np.array(events, dtype=np.float64, order="C")
     for i in range(out.shape[1]):
         n = i + 1
         decades, offset = _amplification(metadata.get(f"$P{n}E", "0,0"))
@@ -980,7 +986,7 @@ def _write_atomically(where: str, version: str, keywords: dict[str, str], data: 
         with handle:
             handle.write(header)
             handle.write(text)
-            handle.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+            handle.write(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
             handle.write(b"00000000")  # CRC field; zeros = not computed (FCS 3.1 section 3.4)
         os.chmod(handle.name, 0o644)
         os.replace(handle.name, where)
@@ -1003,19 +1009,23 @@ def describe(sample: Sample) -> dict[str, Any]:
     -------
     dict
         ``path``, ``version``, ``instrument`` (``$CYT``), ``events``, ``channels`` (list of dicts with ``index``,
-        ``name`` ``$PnN``, ``marker`` ``$PnS``, ``range`` ``$PnR``), ``spillover`` (``present``, ``keyword``),
+        ``name`` ``$PnN``, ``marker`` ``$PnS``, ``range`` ``$PnR``), ``spillover`` (``present``, ``keyword``,
+        ``detectors``, and ``error`` when the keyword is malformed),
         ``datasets`` (count, None for an in-memory sample) and ``sha256`` of the file (None in memory).
     """
-    from cytopipe.compensate import SPILLOVER_KEYWORDS
-
     channels = []
     for i, (name, marker) in enumerate(zip(sample.channels, sample.markers, strict=True), start=1):
         channels.append(
             {"index": i, "name": name, "marker": marker, "range": sample.metadata.get(f"$P{i}R", "").strip()}
         )
-    keyword = next((k for k in SPILLOVER_KEYWORDS if sample.metadata.get(k, "").strip()), None)
-    if keyword is None:
-        keyword = next((k for k in sample.metadata if re.fullmatch(r"\$DFC\d+TO\d+", k)), None)
+    spillover: dict[str, Any] = {"present": False, "keyword": None, "detectors": []}
+    try:
+        spill = spillover_from_metadata(sample.metadata, sample.channels, path=sample.path)
+    except FCSError as err:  # present but unusable: say so rather than fail the whole description
+        spillover.update(present=True, error=str(err))
+    else:
+        if spill is not None:
+            spillover.update(present=True, keyword=spill.source.split(" ")[0], detectors=list(spill.channels))
     datasets = None
     digest = None
     if sample.path and os.path.isfile(sample.path):
@@ -1031,10 +1041,18 @@ def describe(sample: Sample) -> dict[str, Any]:
         "instrument": sample.metadata.get("$CYT", "").strip(),
         "events": sample.n_events,
         "channels": channels,
-        "spillover": {"present": keyword is not None, "keyword": keyword},
+        "spillover": spillover,
         "datasets": datasets,
         "sha256": digest,
     }
+
+
+def _spill_text(spill: Mapping[str, Any]) -> str:
+    if not spill.get("present"):
+        return "none"
+    if spill.get("error"):
+        return f"present but unusable: {spill['error']}"
+    return f"{spill.get('keyword')} over {len(spill.get('detectors') or [])} detectors"
 
 
 def format_description(info: Mapping[str, Any]) -> str:
@@ -1046,7 +1064,7 @@ def format_description(info: Mapping[str, Any]) -> str:
         f"instrument:  {info.get('instrument') or '(no $CYT)'}",
         f"events:      {info.get('events', 0):,}",
         f"data sets:   {info.get('datasets') if info.get('datasets') is not None else 'n/a'}",
-        f"spillover:   {'yes (' + str(spill.get('keyword')) + ')' if spill.get('present') else 'none'}",
+        f"spillover:   {_spill_text(spill)}",
     ]
     if info.get("sha256"):
         lines.append(f"sha256:      {info['sha256']}")

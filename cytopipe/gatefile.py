@@ -142,16 +142,36 @@ def _to_gatingml(value: float, transform: Transform | None) -> float:
 
 
 def _tidy(value: float) -> float | int:
-    """Round away the last-bit noise of a units round trip (12 significant digits) for a readable file."""
-    value = float(f"{float(value):.12g}")
-    return int(value) if value.is_integer() and abs(value) < 1e15 else value
+    """A number for a message: 12 significant digits, integral values without ``.0``."""
+    return _plain(float(f"{float(value):.12g}"))
+
+
+def _plain(value: float) -> float | int:
+    """A number as written to YAML (exactly): integral values without ``.0``."""
+    value = float(value)
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _shortest(exact: float, back: Callable[[float], float], target: float) -> float | int:
+    """The shortest decimal near ``exact`` that ``back`` maps onto exactly ``target``.
+
+    Numbers typed in a gate file (2.6 decades) come back as typed after a trip through Gating-ML units; when no
+    decimal maps back exactly (the unit conversion is not always invertible in floating point), the nearest
+    value is written in full.
+    """
+    candidates = [float(f"{exact:.{digits}g}") for digits in (12, 15, 16, 17)]
+    up = down = exact
+    for _ in range(4):
+        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
+        candidates += [up, down]
+    return _plain(next((c for c in candidates if back(c) == target), exact))
 
 
 def _to_friendly(value: float | None, transform: Transform | None) -> float | int | None:
     if value is None:
         return None
     scale, offset = friendly_units(transform)
-    return _tidy(value * scale + offset)
+    return _shortest(value * scale + offset, lambda f: (f - offset) / scale, value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,6 +244,10 @@ class _Parser:
         self.compensation = "file"
         #: (population label, channel name) of every dimension, for marker checks against a sample.
         self.channel_uses: list[tuple[str, str]] = []
+        #: Transform names the file defines itself.
+        self.defined: set[str] = set()
+        #: Every population name the file declares (valid or not).
+        self.declared: list[str] = []
 
     # -- reporting
 
@@ -266,9 +290,10 @@ class _Parser:
             self.problem("", f"populations: expected a non-empty list of populations, got {_show(populations)}")
             return None
         parsed = self.parse_populations(populations)
+        # Check references against every declared name, so one broken population does not cascade.
+        treg = self.reference(document, "treg", self.declared)
+        parent = self.reference(document, "parent", self.declared)
         names = [p.name for p in parsed]
-        treg = self.reference(document, "treg", names)
-        parent = self.reference(document, "parent", names)
         if self.problems:
             return None
         if treg is None and "treg" not in document:
@@ -279,7 +304,7 @@ class _Parser:
             return GatingStrategy(
                 populations=tuple(parsed),
                 matrices=dict(self.matrices),
-                transforms={k: t for k, t in self.transforms.items() if t is not None},
+                transforms=self.named_transforms(parsed),
                 name=str(name),
                 treg=treg,
                 parent=parent,
@@ -289,6 +314,11 @@ class _Parser:
         except GateError as exc:
             self.problem("", str(exc))
             return None
+
+    def named_transforms(self, populations: list[Population]) -> dict[str, Transform]:
+        """Transforms the file defines, plus the predefined ones its dimensions use."""
+        used = {d.transform for p in populations for d in p.gate.dimensions}
+        return {k: t for k, t in self.transforms.items() if t is not None and (k in self.defined or t in used)}
 
     def reference(self, document: dict, key: str, names: list[str]) -> str | None:
         value = document.get(key)
@@ -334,6 +364,7 @@ class _Parser:
             self.problem("", f"transforms: expected a mapping of name: {{type: ...}}, got {_show(value)}")
             return
         for name, spec in value.items():
+            self.defined.add(str(name))
             try:
                 self.transforms[str(name)] = self.transform(str(name), spec)
             except _Problem as exc:
@@ -426,7 +457,7 @@ class _Parser:
                 continue
             first_seen[name] = index
             specs.append((index, name, entry))
-        names = [name for _, name, _ in specs]
+        names = self.declared = [name for _, name, _ in specs]
         for _index, name, entry in specs:
             try:
                 parsed.append(self.population(name, entry, names))
@@ -946,16 +977,17 @@ def _transform_spec(transform: Transform) -> _Flow:
 def _unbounded_spec(transform: Transform) -> _Flow:
     if isinstance(transform, Arcsinh):
         if transform.A == 0:
-            spec = _Flow(type="arcsinh", cofactor=_tidy(transform.T / math.sinh(transform.M * LN10)))
+            growth = math.sinh(transform.M * LN10)  # Arcsinh.from_cofactor: T = cofactor * growth
+            spec = _Flow(type="arcsinh", cofactor=_shortest(transform.T / growth, lambda c: c * growth, transform.T))
             if transform.M != _DEFAULT_ARCSINH_M:
-                spec["M"] = _tidy(transform.M)
+                spec["M"] = _plain(transform.M)
             return spec
-        return _Flow(type="arcsinh", T=_tidy(transform.T), M=_tidy(transform.M), A=_tidy(transform.A))
+        return _Flow(type="arcsinh", T=_plain(transform.T), M=_plain(transform.M), A=_plain(transform.A))
     kinds = {Logicle: "logicle", Hyperlog: "hyperlog", Linear: "linear", Log: "log"}
     kind = next((k for cls, k in kinds.items() if isinstance(transform, cls)), None)
     if kind is None:
         raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
-    return _Flow(type=kind, **{k: _tidy(getattr(transform, k)) for k in TRANSFORM_PARAMS[kind]})
+    return _Flow(type=kind, **{k: _plain(getattr(transform, k)) for k in TRANSFORM_PARAMS[kind]})
 
 
 class _Writer:
@@ -1060,15 +1092,18 @@ class _Writer:
             return _Flow(type="polygon", channels=channels, vertices=[friendly(v) for v in gate.vertices])
         if isinstance(gate, EllipsoidGate):
             scales = [friendly_units(d.transform)[0] for d in dims]
-            cov = [[_tidy(c * scales[i] * scales[j]) for j, c in enumerate(row)]
-                   for i, row in enumerate(gate.covariance)]
+            cov = [[_shortest(c * scales[i] * scales[j], lambda f, k=scales[i] * scales[j]: f / k, c)
+                    for j, c in enumerate(row)] for i, row in enumerate(gate.covariance)]
             spec = _Flow(type="ellipse", channels=channels, center=friendly(gate.mean), covariance=cov)
             if gate.distance_square != 1.0:
-                spec["distance"] = _tidy(gate.distance_square)
+                spec["distance"] = _plain(gate.distance_square)
             return spec
+        # A data-driven gate (cytopipe.autogate) may describe its own settings, in friendly units.
         to_spec = getattr(gate, "to_spec", None)
         if callable(to_spec):
-            return _Flow(to_spec())
+            spec = _Flow(type=getattr(gate, "kind", type(gate).__name__), channels=channels)
+            spec.update({k: v for k, v in to_spec().items() if k not in ("type", "channels")})
+            return spec
         raise GateError(f"gate '{gate.name}': {type(gate).__name__} has no YAML gate-file form")
 
     def document(self) -> dict[str, Any]:

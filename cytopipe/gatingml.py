@@ -83,7 +83,8 @@ class _Reader:
                 self.names[tag.get("quadrant", xid)] = name
 
     def error(self, what: str, message: str) -> GateError:
-        return GateError(f"{self.path}: {what}: {message}")
+        # Model errors already name the gate ("gate 'P1': ..."): add only the file then.
+        return GateError(f"{self.path}: {message}" if message.startswith(what) else f"{self.path}: {what}: {message}")
 
     def number(self, value: str | None, what: str, name: str, required: bool = True) -> float | None:
         if value is None:
@@ -107,9 +108,13 @@ class _Reader:
             raise GateError(f"{self.path}: not a Gating-ML 2.0 file (root element {root.tag!r})")
         for element in root.iter(_T + "transformation"):
             transform = self.transform(element)
+            if transform.name in self.transforms:
+                raise self.error(f"transformation '{transform.name}'", "duplicate transforms:id")
             self.transforms[transform.name] = transform
         for element in root.iter(_T + "spectrumMatrix"):
             matrix = self.spectrum_matrix(element)
+            if matrix.source in self.matrices:
+                raise self.error(f"spectrumMatrix '{matrix.source}'", "duplicate transforms:id")
             self.matrices[matrix.source] = matrix
         populations: list[Population] = []
         for element in root.iter():

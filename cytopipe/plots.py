@@ -168,7 +168,10 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
     rows = _subject_rows(baseline_df, subject)
     day = rows["day"].to_numpy(dtype=float)
     pct = rows["treg_pct"].to_numpy(dtype=float)
-    fig = _new_figure(6.4, 3.6)
+    # Fixed margins (inches) rather than constrained layout: a third of the report's rendering time otherwise.
+    width, height = 6.4, 3.8
+    fig = _new_figure(width, height, layout=None)
+    fig.subplots_adjust(left=0.65 / width, right=1 - 0.75 / width, top=1 - 0.35 / height, bottom=1.15 / height)
     with matplotlib.rc_context(STYLE):
         ax = fig.add_subplot()
         handles: list[Any] = []
@@ -220,7 +223,7 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
             lo, hi = min(day.min(), platelets["day"].min()), max(day.max(), platelets["day"].max())
             pad = 0.03 * (hi - lo if hi > lo else 1.0)
             ax.set_xlim(lo - pad, hi + pad)
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4))
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 4))
     return fig
 
 
@@ -272,7 +275,7 @@ def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
         ax.set_yticks(np.arange(len(labels)), labels)
         ax.set_ylim(len(labels) - 0.5 if labels else 0.5, -0.5)
         ax.grid(axis="y", visible=False)
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("fold change against baseline (log scale; bars: Katz interval)")

@@ -27,9 +27,11 @@ import pandas as pd
 
 from cytopipe import __version__
 from cytopipe.errors import ConfigError
+from cytopipe.pipeline import plot_path
 from cytopipe.plots import fold_change_overview, save_figure, time_course
 from cytopipe.stats import (
     BASELINE_COLUMNS,
+    baseline_table,
     clinical_correlation,
     platelet_column,
     read_clinical,
@@ -81,7 +83,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _safe_stem(name: str) -> str:
-    """A file-name-safe stem (the same rule as the gating plots of :mod:`cytopipe.pipeline`)."""
+    """A file-name-safe stem (the rule of :func:`cytopipe.pipeline.plot_path` for gating plots)."""
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(name)) or "sample"
 
 
@@ -288,10 +290,9 @@ def render_report(
     -----
     Also rewrites, atomically, ``baseline.csv`` (with the given settings), ``summary.csv`` (one row per subject),
     ``correlation.csv`` (with clinical data) and the figures ``plots/timecourse_<subject>.png/.svg`` and
-    ``plots/fold_change_overview.png/.svg``.
+    ``plots/fold_change_overview.png/.svg``. A ``report.pdf`` or ``correlation.csv`` left by an earlier rendering
+    that this one does not replace is removed, so the folder never mixes two renderings.
     """
-    from cytopipe.stats import baseline_table
-
     results = Path(results_dir)
     if not results.is_dir():
         raise ConfigError(f"{results}: results folder not found")
@@ -325,6 +326,8 @@ def render_report(
     _atomic_write_bytes(results / "summary.csv", summary.to_csv(index=False).encode())
     if len(correlation):
         _atomic_write_bytes(results / "correlation.csv", correlation.to_csv(index=False).encode())
+    else:
+        (results / "correlation.csv").unlink(missing_ok=True)  # from an earlier rendering with clinical data
 
     plots = results / "plots"
     plots.mkdir(exist_ok=True)
@@ -334,8 +337,10 @@ def render_report(
     html = _environment().from_string(_TEMPLATE).render(**context)
     out = results / "report.html"
     _atomic_write_bytes(out, html.encode("utf-8"))
-    if pdf:
-        write_pdf(out, results / "report.pdf")
+    # A PDF from an earlier rendering would disagree with this HTML: replace it or remove it.
+    if not (pdf and write_pdf(out, results / "report.pdf")) and (results / "report.pdf").exists():
+        (results / "report.pdf").unlink()
+        log.warning("removed %s from an earlier rendering (it no longer matches report.html)", results / "report.pdf")
     return out
 
 
@@ -432,7 +437,13 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         "failures": _table(failures[["sample", "file", "stage", "reason"]]) if failures is not None
         and len(failures) and {"sample", "file", "stage", "reason"} <= set(failures.columns) else None,
         "extra_tables": extra_tables,
-        "provenance": _provenance_blocks(manifest) if manifest else [],
+        "has_manifest": bool(manifest),
+        "provenance": [{"kind": "pairs", "title": "this rendering", "pairs": [
+            ("cytopipe", __version__), ("CVa %", _cell(settings["cva"])), ("CVi %", _cell(settings["cvi"])),
+            ("Z", _cell(settings["z"])), ("RCV %", f"{settings['rcv']:.2f}"),
+            ("low events", f"Treg < {settings['min_treg']}, CD4 < {settings['min_cd4']}"),
+            ("clinical table", clinical_source or "none")]}]
+        + (_provenance_blocks(manifest) if manifest else []),
     }
 
 
@@ -461,7 +472,7 @@ def _timepoint_row(r: dict[str, Any], clinical_cols: list[str]) -> dict[str, Any
 
 def _sample_entry(results: Path, sample: Any, subject: Any, timepoint: Any, flags: Any, cd4: Any,
                   treg: Any) -> dict[str, Any]:
-    plot = results / "plots" / f"gating_{_safe_stem(str(sample))}.png"
+    plot = plot_path(results / "plots", str(sample))
     return {"sample": str(sample), "subject": str(subject), "timepoint": str(timepoint), "flags": str(flags or ""),
             "cd4": _int(cd4), "treg": _int(treg), "failed": False,
             "image": _png_data_uri(plot) if plot.is_file() else None}
@@ -498,6 +509,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
   table.timepoints { font-size: 11.5px; }
   table.timepoints th, table.timepoints td { padding: 4px 5px; }
   .nowrap { white-space: nowrap; }
+  table.timepoints .meta { font-size: inherit; }
   th.qc, td.qc { min-width: 150px; }
   td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
   td.num { white-space: nowrap; }
@@ -518,6 +530,8 @@ _TEMPLATE = r"""<!DOCTYPE html>
   dt { color: var(--muted); } dd { margin: 0; word-break: break-all; }
   section.subject, .sample { break-inside: avoid-page; }
   @media print { body { max-width: none; padding: 0; font-size: 11px; } nav { display: none; }
+                 .wide { overflow: visible; } table.timepoints { font-size: 8px; }
+                 table.timepoints td.num { white-space: normal; }
                  h2 { break-before: page; } h2.first { break-before: auto; } }
   @page { size: A4; margin: 14mm 12mm; }
 </style>
@@ -648,7 +662,7 @@ count thresholds only (Rodeghiero 2009), on single measurements; correlations of
 </ul>
 
 <h2 id="provenance">Provenance</h2>
-{% if not provenance %}<p class="flag">No manifest.json in the results folder.</p>{% endif %}
+{% if not has_manifest %}<p class="flag">No manifest.json in the results folder.</p>{% endif %}
 {% for b in provenance %}
 <h3>{{ b.title }}</h3>
 {% if b.kind == "pairs" %}

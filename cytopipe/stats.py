@@ -27,7 +27,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats as sstats
 
-from cytopipe.errors import SampleSheetError
+from cytopipe.errors import ConfigError, SampleSheetError
 
 __all__ = [
     "BASELINE_COLUMNS",
@@ -92,8 +92,11 @@ def wilson_interval(k: ArrayLike, n: ArrayLike, z: float = 1.96) -> tuple[float 
         denom = 1.0 + z2 / n_arr
         centre = (p + z2 / (2.0 * n_arr)) / denom
         half = z * np.sqrt(p * (1.0 - p) / n_arr + z2 / (4.0 * n_arr * n_arr)) / denom
-        low = np.where(n_arr > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-        high = np.where(n_arr > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
+        # At k = 0 and k = n the bounds are exactly 0 and 1; rounding would leave them a hair inside.
+        low = np.where(k_arr <= 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+        high = np.where(k_arr >= n_arr, 1.0, np.clip(centre + half, 0.0, 1.0))
+        low = np.where(n_arr > 0, low, np.nan)
+        high = np.where(n_arr > 0, high, np.nan)
     return _scalar_or_array(low), _scalar_or_array(high)
 
 
@@ -201,8 +204,6 @@ def reference_change_value(cva: float = 10.0, cvi: float = 10.0, z: float = 1.96
     ConfigError
         When a CV is negative or z is not positive.
     """
-    from cytopipe.errors import ConfigError
-
     for name, value in (("cva", cva), ("cvi", cvi)):
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise ConfigError(f"--{name} must be a non-negative percentage, got {value!r}")
@@ -491,7 +492,7 @@ def baseline_table(
         }
     )
     if clinical is not None and not clinical.empty:
-        out = _join_clinical(out, clinical, t)
+        out = _join_clinical(out, clinical)
     _add_absolute(out, t)
     out = out.sort_values(["subject", "day"], kind="stable").reset_index(drop=True)
     return out
@@ -506,7 +507,7 @@ def _add_absolute(out: pd.DataFrame, t: pd.DataFrame) -> None:
     with np.errstate(divide="ignore", invalid="ignore"):
         if "tcon_events" in t:
             tcon = pd.to_numeric(t["tcon_events"], errors="coerce").to_numpy(dtype=float)
-            out["treg_tcon_ratio"] = out["treg_events"].to_numpy() / tcon
+            out["treg_tcon_ratio"] = out["treg_events"].to_numpy(dtype=float) / tcon
         source = {c: (out[c] if c in out else t[c] if c in t else None) for c in
                   ("lymphocytes_per_ul", "lymphocytes", "lymphocyte_events", "cd4_per_ul")}
         lym_count = source["lymphocytes_per_ul"]
@@ -516,13 +517,13 @@ def _add_absolute(out: pd.DataFrame, t: pd.DataFrame) -> None:
         if lym_count is not None and source["lymphocyte_events"] is not None:
             lym = pd.to_numeric(lym_count, errors="coerce").to_numpy(dtype=float)
             lym_events = pd.to_numeric(source["lymphocyte_events"], errors="coerce").to_numpy(dtype=float)
-            out["tregs_per_ul"] = lym * out["treg_events"].to_numpy() / lym_events
+            out["tregs_per_ul"] = lym * out["treg_events"].to_numpy(dtype=float) / lym_events
         elif source["cd4_per_ul"] is not None:
             cd4 = pd.to_numeric(source["cd4_per_ul"], errors="coerce").to_numpy(dtype=float)
-            out["tregs_per_ul"] = cd4 * out["treg_pct"].to_numpy() / 100.0
+            out["tregs_per_ul"] = cd4 * out["treg_pct"].to_numpy(dtype=float) / 100.0
 
 
-def _join_clinical(out: pd.DataFrame, clinical: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
+def _join_clinical(out: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
     clin = clinical.copy()
     clin["subject"] = clin["subject"].astype(str)
     key = _join_key(clin)
@@ -537,6 +538,7 @@ def _join_clinical(out: pd.DataFrame, clinical: pd.DataFrame, t: pd.DataFrame) -
     plt_col = platelet_column(list(renamed.values()))
     if plt_col is None:
         return merged
+    merged[plt_col] = pd.to_numeric(merged[plt_col], errors="coerce")
     # Baseline platelets: the count at the baseline sample, else the latest one on or before the baseline day.
     base_plt: dict[str, float] = {}
     for subject, rows in merged.groupby("subject", sort=False):
@@ -545,7 +547,7 @@ def _join_clinical(out: pd.DataFrame, clinical: pd.DataFrame, t: pd.DataFrame) -
         if not np.isfinite(value) and key == "day" and rows["is_baseline"].any():
             day0 = float(rows.loc[rows["is_baseline"], "day"].iloc[0])
             earlier = clin[(clin["subject"] == subject) & (clin["day"] <= day0)].sort_values("day")
-            earlier = earlier[plt_col].dropna()
+            earlier = pd.to_numeric(earlier[plt_col], errors="coerce").dropna()
             value = float(earlier.iloc[-1]) if len(earlier) else np.nan
         base_plt[str(subject)] = value
     merged["baseline_platelets"] = merged["subject"].map(base_plt).astype(float)

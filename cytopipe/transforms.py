@@ -47,6 +47,7 @@ LN10 = math.log(10.0)
 # Bits of a float32 below the table index: 32 - 1 sign - 8 exponent - 9 mantissa bits kept.
 _LUT_SHIFT = 14
 _LUT_OFFSET = 1 << (31 - _LUT_SHIFT)
+_LUT_CELLS = 1 << (32 - _LUT_SHIFT)
 
 
 def _require(condition: bool, transform: str, message: str) -> None:
@@ -78,8 +79,6 @@ class Transform:
     bound_max: float | None
     #: Gating-ML element name (``flin``, ``logicle``, ...).
     kind: ClassVar[str] = ""
-    #: Number of input channels (2 only for ``fratio``).
-    n_inputs: ClassVar[int] = 1
 
     def _check_bounds(self) -> None:
         lo, hi = self.bound_min, self.bound_max
@@ -332,9 +331,9 @@ class _Biexponential(Transform):
 
     def _table(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact values at every float32 cell edge and the per-cell slope (built once per parameter set)."""
-        tables = _TABLES.get(self._key())
+        tables = _TABLES.pop(self._key(), None)
         if tables is None:
-            edges = (np.arange((1 << (32 - _LUT_SHIFT)) + 1, dtype=np.int64) - _LUT_OFFSET) << _LUT_SHIFT
+            edges = (np.arange(_LUT_CELLS + 1, dtype=np.int64) - _LUT_OFFSET) << _LUT_SHIFT
             edges[-1] = edges[-2]  # one past the last cell: a NaN pattern either way
             with np.errstate(invalid="ignore"):  # NaN bit patterns
                 xs = edges.astype(np.int32).view(np.float32).astype(np.float64)
@@ -343,16 +342,22 @@ class _Biexponential(Transform):
             # Slope per unit of the low mantissa bits, so interpolation needs no extra scaling.
             slope = ((exact[1:] - exact[:-1]) / (1 << _LUT_SHIFT)).astype(np.float32)
             tables = (start, slope)
-            _TABLES[self._key()] = tables
+            while len(_TABLES) >= _MAX_TABLES:  # least recently used first: per-sample W estimates vary
+                _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[self._key()] = tables  # (re)inserted last = most recently used
         return tables
 
     def _key(self) -> tuple:
         return (self.kind, float(self.T), float(self.W), float(self.M), float(self.A))
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        if x.dtype == np.float32:
+        if x.dtype != np.float32:
+            return self.solve(x)
+        # Building a table costs about as much as solving as many values as it has cells: small arrays with
+        # parameters not seen before are solved directly.
+        if self._key() in _TABLES or x.size >= _LUT_CELLS:
             return self._fast(x)
-        return self.solve(x)
+        return self.solve(x).astype(np.float32)
 
     def _fast(self, x: np.ndarray) -> np.ndarray:
         """float32 fast path: table lookup on the float's bit pattern plus linear interpolation."""
@@ -371,7 +376,9 @@ class _Biexponential(Transform):
         return self._B(np.asarray(y, dtype=np.float64)).astype(y.dtype)
 
 
+#: Lookup tables by parameter set (insertion order = recency), 2 MB each, at most ``_MAX_TABLES``.
 _TABLES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_MAX_TABLES = 32
 
 
 @dataclass(frozen=True)
@@ -490,7 +497,6 @@ class Ratio(Transform):
     bound_min: float | None = None
     bound_max: float | None = None
     kind: ClassVar[str] = "fratio"
-    n_inputs: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
         for key in ("A", "B", "C"):

@@ -58,6 +58,13 @@ def test_density_valley_finds_the_minimum_between_two_modes():
     assert wrong < 0.005 * x.size
 
 
+def test_density_valley_cuts_an_empty_gap_in_its_middle():
+    rng = np.random.default_rng(8)
+    x = np.concatenate([rng.uniform(0.0, 0.2, 8_000), rng.uniform(0.6, 0.8, 8_000)])
+    cut, method = autogate.density_valley(x, adjust=0.5)
+    assert method == "valley" and cut == pytest.approx(0.4, abs=0.03)
+
+
 def test_density_valley_one_mode_falls_back_to_negative_plus_k_sd():
     x = np.random.default_rng(1).normal(0.3, 0.05, 20_000)
     cut, method = autogate.density_valley(x, k=3.0)
@@ -195,6 +202,13 @@ def test_yaml_mistakes_give_one_line_messages_naming_the_population_and_field(ga
     assert "\n" not in str(err.value)
 
 
+def test_data_driven_gate_files_round_trip(strategy):
+    text = dump_yaml(strategy)
+    assert "auto_scatter" in text and "bounds: [1.0, 3.5]" in text
+    again = parse_gates(text, "again.yaml")
+    assert [p.gate for p in again.populations] == [p.gate for p in strategy.populations]
+
+
 def test_yaml_bounds_are_converted_from_decades(strategy):
     cd3 = strategy.population("CD3+").gate
     assert isinstance(cd3, autogate.ThresholdGate)
@@ -275,6 +289,15 @@ def test_scopes_replace_only_the_chosen_gates_and_pool_samples(strategy):
     single = [autogate.fit_strategy(strategy, [s])[1][0]["n_events"] for s in (first, second)]
     assert rows[0]["n_events"] == sum(single) and rows[0]["fitted_on"] == "bd_21;bd_22"
     assert treg.gate.scope == "sample"
+    # Mixed scopes for one subject: CD3+ pooled over both samples, the Treg gate on the baseline alone.
+    mixed = dataclasses.replace(locked, populations=tuple(
+        dataclasses.replace(p, gate=dataclasses.replace(p.gate, scope="subject")) if p.name == "CD3+" else p
+        for p in locked.populations))
+    _, rows = autogate.fit_strategy(mixed, [first, second], scopes={"subject", "baseline"}, baseline=0)
+    fitted_on = {r["population"]: r["fitted_on"] for r in rows}
+    assert fitted_on == {"CD3+": "bd_21;bd_22", "Treg": "bd_21"}
+    with pytest.raises(ValueError, match="baseline: index 2"):
+        autogate.fit_strategy(mixed, [first, second], baseline=2)
     with pytest.raises(ValueError, match="unknown scope"):
         autogate.fit_strategy(strategy, [first], scopes={"weekly"})
 
@@ -296,6 +319,10 @@ def test_fmo_control_sets_the_cd25_cut(strategy, bd):
     assert rows[-1]["CD25 min"] == pytest.approx(treg.min[0] * 4.5)
     with pytest.raises(GateError, match="population 'Treg': needs the control 'fmo:cd25'"):
         autogate.fit_strategy(with_fmo, [sample])
+    # FMO tubes often lack the omitted marker's label: controls are read by detector name.
+    unlabelled = dataclasses.replace(fmo, markers=tuple("" if m == "CD25" else m for m in fmo.markers))
+    again, _ = autogate.fit_strategy(with_fmo, [sample], controls={"fmo:CD25": unlabelled, "unstained": fmo})
+    assert again.population("Treg").gate == treg
 
 
 def test_missing_marker_names_the_marker_and_the_population(strategy, bd):

@@ -115,6 +115,7 @@ def test_no_spillover_and_non_matrix_keywords() -> None:
         ("2,FITC-A,APC-A,1,0,0,1", "detector 'APC-A' is not a channel of the sample"),
         ("2,FITC-A,PE-A,1,x,0,1", "matrix value 'x' is not a number"),
         ("2,FITC-A,FITC-A,1,0,0,1", "appears twice"),
+        ("2,FITC-A,PE-A,1,nan,0,1", "non-finite values"),
     ],
 )
 def test_malformed_keyword_names_the_file(value: str, message: str) -> None:
@@ -199,3 +200,16 @@ def test_beckman_dfc_pairs(shared_data: Path) -> None:
     assert spill.matrix[3, 4] == pytest.approx(0.099) and np.all(np.diag(spill.matrix) == 1)
     gallios = read_fcs(shared_data / "instruments/cytoflow_instruments/Beckman Coulter - Gallios.LMD")
     assert spillover_from_metadata(gallios.metadata, gallios.channels) is None  # all $DFC are 0.0
+
+
+def test_columns_between_detectors_are_untouched_even_next_to_inf() -> None:
+    _, raw = _mixed(3)
+    raw[0, 1] = np.inf  # a saturated/garbage FITC value must not leak NaN (0 * inf) into PE, which is not in S
+    spill = Spillover(("PerCP-A", "FITC-A"), np.array([[1.0, 0.01], [0.02, 1.0]]), "test")
+    comp = compensate(raw, CHANNELS, spill)
+    np.testing.assert_array_equal(comp[:, [0, 2, 4]], raw[:, [0, 2, 4]])
+    expected = raw[1:, [3, 1]].astype(np.float64) @ np.linalg.inv(spill.matrix)
+    np.testing.assert_allclose(comp[1:, [3, 1]], expected, rtol=1e-5, atol=1e-2)
+    work = raw.copy()
+    compensate(work, CHANNELS, spill, out=work)
+    np.testing.assert_array_equal(work[:, 2], raw[:, 2])

@@ -160,10 +160,13 @@ def test_events_are_writable_picklable_and_the_file_untouched(
     sample = read_fcs(path)
     assert not sample.events.flags.owndata  # a view of the map or of the one read buffer, not a second copy
     root = sample.events
-    while isinstance(root, np.ndarray):
+    while isinstance(root.base, np.ndarray):
         root = root.base
-    root = root.obj if isinstance(root, memoryview) else root
-    assert isinstance(root, mmap.mmap if mapped else bytearray)
+    if mapped:
+        owner = root.base.obj if isinstance(root.base, memoryview) else root.base
+        assert isinstance(owner, mmap.mmap)
+    else:
+        assert root.flags.owndata and root.dtype == np.uint8 and root.nbytes == sample.events.nbytes
     sample.events[0, 0] = -1.0  # copy-on-write: allowed, and the file is untouched
     assert path.read_bytes() == before
     clone = pickle.loads(pickle.dumps(sample))
@@ -298,12 +301,23 @@ def test_describe_is_json_and_complete(written: tuple[Path, np.ndarray]) -> None
     info = describe(read_fcs(path))
     assert json.loads(json.dumps(info)) == info
     assert info["version"] == "FCS3.1" and info["instrument"] == "FACSCanto II" and info["events"] == 2000
-    assert info["spillover"] == {"present": True, "keyword": "$SPILLOVER"} and info["datasets"] == 1
+    assert info["spillover"] == {"present": True, "keyword": "$SPILLOVER", "detectors": ["FITC-A", "PE-A"]}
+    assert info["datasets"] == 1
     assert info["channels"][2] == {"index": 3, "name": "FITC-A", "marker": "CD4 FITC", "range": "262144"}
     assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     text = format_description(info)
-    assert "FACSCanto II" in text and "CD4 FITC" in text and "$SPILLOVER" in text
+    assert "FACSCanto II" in text and "CD4 FITC" in text and "$SPILLOVER over 2 detectors" in text
     assert re.search(r"events:\s+2,000", text)
+
+
+def test_describe_in_memory_and_broken_spillover() -> None:
+    sample = Sample(
+        "", np.zeros((4, 2), np.float32), ("FL1", "FL2"), ("CD4", ""), {"SPILL": "2,FL1,FL9,1,0,0,1"}, "FCS3.0"
+    )
+    info = describe(sample)
+    assert info["datasets"] is None and info["sha256"] is None and info["events"] == 4
+    assert info["spillover"]["present"] and "detector 'FL9' is not a channel" in info["spillover"]["error"]
+    assert "present but unusable" in format_description(info)
 
 
 # ---- hand-assembled files for layouts the writer does not produce -------------------------------------------
@@ -366,6 +380,16 @@ def test_packed_nine_bit_and_word_ten_bit(tmp_path: Path) -> None:
     path = tmp_path / "packed.fcs"
     path.write_bytes(_assemble(keywords, packed))
     np.testing.assert_array_equal(read_fcs(path).events, values)
+    # Mixed widths: 9 + 12 + 10 = 31 bits per event, so only every 8th event ends on a byte boundary.
+    wide = np.column_stack([values[:, 0], values[:, 1] * 7, values[:, 2] * 2])
+    stream = np.concatenate([((wide[:, [c]] >> np.arange(w - 1, -1, -1)) & 1) for c, w in enumerate((9, 12, 10))], 1)
+    keywords = {"$TOT": "37", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9, 12, 10])
+    path.write_bytes(_assemble(keywords, np.packbits(stream.astype(np.uint8).ravel()).tobytes()))
+    np.testing.assert_array_equal(read_fcs(path).events, wide)
+    keywords = {"$TOT": "37", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([4, 4, 4])
+    path.write_bytes(_assemble(keywords, bytes(56)))
+    with pytest.raises(FCSError, match="bit-packed values of 4-4 bits are not supported"):
+        read_fcs(path)
     # The same values in 16-bit words with junk in the high bits: masked to $PnB = 10 bits.
     keywords = {"$TOT": "37", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([10, 10, 10], ranges=[1024] * 3)
     path.write_bytes(_assemble(keywords, (values | 0xF000).astype("<u2").tobytes()))

@@ -294,3 +294,60 @@ def test_fuzz_arbitrary_bytes_after_header(runner: _Runner) -> None:
 
     run()
     _report(runner, before, "synthesised files")
+
+
+def _ten_megabyte_files(folder: Path) -> dict[str, Path]:
+    """Just-under-10 MB files of every decoding path (the size limit the issue sets for one-second reads)."""
+    rng = np.random.default_rng(10)
+    files: dict[str, Path] = {}
+
+    def put(name: str, keywords: dict[str, str], data: bytes, version: str = "FCS3.0") -> None:
+        files[name] = folder / f"{name}.fcs"
+        files[name].write_bytes(_assemble(keywords, data, version=version))
+
+    n = 2_900_000  # 9-bit packed, 3 channels: 9.8 MB
+    values = rng.integers(0, 512, size=(n, 3))
+    bits = ((values[..., None] >> np.arange(8, -1, -1)) & 1).astype(np.uint8).ravel()
+    put(
+        "packed9", {"$TOT": str(n), "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9] * 3), np.packbits(bits).tobytes()
+    )
+    n = 400_000  # 24-bit big-endian, 8 channels: 9.6 MB
+    wide = rng.integers(0, 2**24, size=(n, 8))
+    triples = np.stack([wide >> 16, (wide >> 8) & 255, wide & 255], axis=-1).astype(np.uint8)
+    put("int24", {"$TOT": str(n), "$DATATYPE": "I", "$BYTEORD": "4,3,2,1"} | _params([24] * 8), triples.tobytes())
+    n = 600_000  # 16-bit with a $PnR bit mask, 8 channels: 9.6 MB
+    short = rng.integers(0, 2**16, size=(n, 8)).astype("<u2")
+    put(
+        "int16",
+        {"$TOT": str(n), "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([16] * 8, ranges=[1024] * 8),
+        short.tobytes(),
+    )
+    n = 150_000  # big-endian float32, 16 channels: 9.6 MB
+    put("float_be", {"$TOT": str(n), "$DATATYPE": "F", "$BYTEORD": "4,3,2,1"} | _params([32] * 16),
+        rng.normal(size=(n, 16)).astype(">f4").tobytes())  # fmt: skip
+    n = 800_000  # mixed 16/32-bit, 4 channels: 9.6 MB
+    record = np.zeros(n, dtype=[("a", "<u2"), ("b", "<u4"), ("c", "<u2"), ("d", "<u4")])
+    put(
+        "mixed", {"$TOT": str(n), "$DATATYPE": "I", "$BYTEORD": "1,2,3,4"} | _params([16, 32, 16, 32]), record.tobytes()
+    )
+    return files
+
+
+@pytest.mark.slow
+def test_ten_megabyte_files_read_within_a_second(tmp_path: Path) -> None:
+    for name, path in _ten_megabyte_files(tmp_path).items():
+        size = path.stat().st_size
+        assert 9_000_000 < size < 10_000_000
+        seconds = []
+        for _ in range(3):  # best of three: the limit is about the algorithm, not a busy CI neighbour
+            started = time.perf_counter()
+            sample = read_fcs(path)
+            seconds.append(time.perf_counter() - started)
+            del sample
+        tracemalloc.start()
+        read_fcs(path)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"\n{name}: {size / 1e6:.1f} MB in {min(seconds):.3f} s, peak {peak / size:.1f}x the file size")
+        assert min(seconds) < MAX_SECONDS, name
+        assert peak <= 8 * size + (4 << 20), name

@@ -102,15 +102,17 @@ def test_start_offset_discrepancy_uses_text_offsets(shared_data: Path) -> None:
 def test_cyan_uses_header_offsets(shared_data: Path) -> None:
     # HEADER (2284-141219) and $BEGINDATA/$ENDDATA (2330-141265) both give a segment of exactly $TOT x 24 bytes.
     # The HEADER is the primary record of segment offsets (FCS 3.1 section 3.2), so it wins; the data confirm
-    # it: with HEADER offsets every FL3 value stays below $P3R=512, while the TEXT offsets (FlowIO's choice)
-    # start 46 bytes = 23 values later and shift every column by one.
+    # it: with HEADER offsets every Pulse Width ($P3) value stays below $P3R=512, while the TEXT offsets
+    # (FlowIO's choice) start 46 bytes = 23 values later and shift every column by one.
     name = "cytoflow_instruments/Beckman Coulter - Cyan.fcs"
     ref = _readouts(shared_data)[name]
     sample = read_fcs(shared_data / "instruments" / name)
     assert sample.metadata["$P3R"] == "512" and sample.events[:, 2].max() < 512
     np.testing.assert_array_equal(sample.events[:2], ref["fcsparser"]["first_rows"])
+    # FlowIO's rows are ours read from one value before event 3: its column j holds our column j - 1.
     shifted = np.array(ref["flowio"]["first_rows"])
-    np.testing.assert_array_equal(shifted[0, 1:4], [751, 0, 14])  # FlowIO's row 1 = FSC/SSC/FL1 one column late
+    np.testing.assert_array_equal(shifted[:, 1:], sample.events[2:4, :-1])
+    assert shifted[0, 0] == sample.events[1, -1]
     assert sample.n_events == ref["fcsparser"]["events"] == 5789
 
 

@@ -7,14 +7,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flowutils import transforms as fu
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cytopipe import gatefile, simulate
 from cytopipe.compensate import spillover_from_metadata
 from cytopipe.errors import GateError, MarkerError
 from cytopipe.fcs import Sample, read_fcs
-from cytopipe.gates import UNCOMPENSATED, BooleanGate, EllipsoidGate, PolygonGate, QuadrantGate, RectangleGate
+from cytopipe.gates import (
+    UNCOMPENSATED,
+    BooleanGate,
+    Dimension,
+    EllipsoidGate,
+    Gate,
+    GatingStrategy,
+    PolygonGate,
+    Population,
+    QuadrantGate,
+    RectangleGate,
+)
 from cytopipe.gatingml import write_gatingml
-from cytopipe.transforms import Arcsinh, Hyperlog, Linear, Log, Logicle
+from cytopipe.transforms import Arcsinh, Hyperlog, Linear, Log, Logicle, Transform
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -382,6 +395,15 @@ def test_all_problems_are_listed_and_counted(tmp_path: Path) -> None:
     assert str(excinfo.value) == problems[0] + " (and 1 more problem)"
 
 
+def test_one_broken_population_does_not_cascade(tmp_path: Path) -> None:
+    """Populations that refer to a broken one (parent, operand, treg, parent of Treg) are not reported again."""
+    path = _write(tmp_path, "treg: Treg\nparent: CD4+\n" + _POP.replace("min: 1.9", "min: [1.9]")
+                  + "  - name: CD4+\n    parent: CD3+\n    gate: {type: range, channels: [CD4], min: 2}\n"
+                  + "  - name: Treg\n    parent: CD4+\n    gate: {type: not, of: [CD3+]}\n")
+    assert gatefile.check_gates(path) == [
+        f"{path}: population 'CD3+': gate.min: expected a number or null, got a list of 1"]
+
+
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     assert gatefile.check_gates(path) == [f"{path}: gate file not found"]
@@ -518,3 +540,50 @@ def test_compliance_files_survive_a_yaml_round_trip(shared_data: Path, number: i
     assert isinstance(text, str)
     via_yaml = gatefile.parse_gates(text).apply(sample, exact=True)
     assert _same_masks(direct.masks, via_yaml.masks)
+
+
+_GML_TRANSFORMS = [None, Logicle(name="logicle"), Logicle(T=10_000, W=0.75, M=4.2, A=0.3, name="lg"),
+                   Arcsinh.from_cofactor(150, name="asinh"), Arcsinh(T=1000, M=4, A=1, name="fasinh"),
+                   Log(T=1e5, M=5, name="log"), Hyperlog(T=5000, W=1, M=4.5, A=0.5, name="hyper"),
+                   Linear(T=1024, A=12.5, name="lin")]
+_coordinate = st.floats(-1.5, 1.5, allow_nan=False, width=64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(t1=st.sampled_from(_GML_TRANSFORMS), t2=st.sampled_from(_GML_TRANSFORMS),
+       lo=st.lists(_coordinate, min_size=2, max_size=2), width=st.lists(st.floats(1e-6, 2), min_size=2, max_size=2),
+       vertices=st.lists(st.tuples(_coordinate, _coordinate), min_size=3, max_size=6),
+       variance=st.floats(1e-4, 2), distance=st.floats(0.1, 10))
+def test_any_gatingml_coordinates_survive_yaml_exactly(
+        t1: Transform | None, t2: Transform | None, lo: list[float], width: list[float],
+        vertices: list[tuple[float, float]], variance: float, distance: float) -> None:
+    """Gating-ML -> YAML (friendly units) -> Gating-ML gives back the same coordinates to the last bit or two.
+
+    (Exactly, for numbers that were typed in friendly units: see the round-trip tests above. An arbitrary float in
+    Gating-ML units may have no friendly-unit double that converts back onto it bit for bit.)
+    """
+    dims = (Dimension("CD25", t1), Dimension("FoxP3", t2, compensation=UNCOMPENSATED))
+    hi = [a + w for a, w in zip(lo, width, strict=True)]
+    populations = (
+        Population("rect", RectangleGate("rect", dims, min=tuple(lo), max=(None, hi[1]))),
+        Population("poly", PolygonGate("poly", dims, vertices=tuple(vertices)), parent="rect"),
+        Population("ell", EllipsoidGate("ell", dims, mean=tuple(lo), covariance=((variance, variance / 3),
+                                                                                 (variance / 3, variance)),
+                                        distance_square=distance)),
+    )
+    transforms = {t.name: t for t in (t1, t2) if t is not None}
+    strategy = GatingStrategy(populations, transforms=transforms, name="random")
+    again = gatefile.parse_gates(gatefile.dump_yaml(strategy))
+    assert again.transforms == strategy.transforms
+    for before, after in zip(strategy.populations, again.populations, strict=True):
+        assert (type(after.gate), after.name, after.parent, after.gate.dimensions) == (
+            type(before.gate), before.name, before.parent, before.gate.dimensions)
+        np.testing.assert_allclose(_coordinates(after.gate), _coordinates(before.gate), rtol=1e-14, atol=1e-14)
+
+
+def _coordinates(gate: Gate) -> np.ndarray:
+    """Every number of a fixed gate, flattened (open sides as NaN)."""
+    fields = ("min", "max", "vertices", "mean", "covariance", "distance_square")
+    values = [getattr(gate, f) for f in fields if hasattr(gate, f)]
+    flat = np.hstack([np.ravel(np.array(v, dtype=float)) for v in values])
+    return flat

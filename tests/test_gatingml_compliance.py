@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from cytopipe.fcs import read_fcs
 from cytopipe.gates import GatingResult
 from cytopipe.gatingml import read_gatingml
-from conftest import SHARED_DATA
 
 ISAC = SHARED_DATA / "gatingml2" / "isac_gatingMLData"
 FLOWKIT = SHARED_DATA / "gatingml2" / "flowkit_gate_ref"

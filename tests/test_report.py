@@ -178,8 +178,12 @@ def test_clinical_from_manifest_and_without(tmp_path: Path) -> None:
     html = render_report(out, pdf=False).read_text()
     assert "Platelets: response" in html
     (tmp_path / "clinical.csv").unlink()
+    (out / "report.pdf").write_bytes(b"%PDF-1.4 from an earlier rendering")
     html = render_report(out, pdf=False).read_text()
     assert "Platelets: no clinical data" in html and "Tregs rose significantly" in html
+    # Nothing from the earlier rendering with clinical data survives.
+    assert not (out / "correlation.csv").exists() and not (out / "report.pdf").exists()
+    assert "iwg_response" not in pd.read_csv(out / "baseline.csv").columns
 
 
 def test_report_errors(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import norm
 from scipy.stats.contingency import relative_risk
 
@@ -268,3 +270,24 @@ def test_clinical_correlation() -> None:
     assert 0.9 < corr.at["A", "pearson_r"] < 1.0  # but not linear
     assert corr.at["A", "n"] == 5 and corr.at["B", "n"] == 2 and math.isnan(corr.at["B", "pearson_r"])
     assert clinical_correlation(table.drop(columns=["platelets"])).empty
+
+
+def test_clinical_join_by_timepoint(tmp_path: Path) -> None:
+    rows = [("A", "D0", 0, 20000, 600), ("A", "W4", 28, 20000, 1500)]
+    clinical = read_clinical(_clinical(tmp_path, "subject,timepoint,plt_count\nA,D0,20\nA,W4,110\n"))
+    table = baseline_table(_treg(rows), clinical=clinical).set_index("timepoint")
+    assert table.at["W4", "plt_count"] == 110 and table.at["W4", "iwg_response"] == "complete response"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 5000), st.integers(1, 5000), st.integers(0, 5000), st.integers(1, 5000))
+def test_intervals_contain_their_estimates(k1: int, n1: int, k2: int, n2: int) -> None:
+    k1, k2 = min(k1, n1), min(k2, n2)
+    p1, p2 = k1 / n1, k2 / n2
+    low, high = wilson_interval(k1, n1)
+    assert 0 <= low <= p1 <= high <= 1
+    d_low, d_high = newcombe_difference(k1, n1, k2, n2)
+    assert -1 <= d_low <= p1 - p2 <= d_high <= 1
+    if k1 and k2:
+        f_low, f_high = fold_change_interval(k1, n1, k2, n2)
+        assert f_low <= p1 / p2 * (1 + 1e-12) and p1 / p2 <= f_high * (1 + 1e-12)
