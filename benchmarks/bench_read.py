@@ -2,10 +2,10 @@
 
 Usage::
 
-    python benchmarks/bench_read.py [--events 1000000] [--repeat 5]
+    python benchmarks/bench_read.py [--events 1000000] [--repeat 9]
 
 Writes ``benchmarks/_data/bench_1000000x16.fcs`` with :func:`cytopipe.fcs.write_fcs` if absent, then in one run
-reports, best of ``--repeat`` runs each (warm page cache):
+reports, best of ``--repeat`` runs each, the readers taking turns (warm page cache):
 
 * ``cytopipe.read_fcs`` (the default: this file is above ``MAP_THRESHOLD``, so it is memory-mapped) and
   ``cytopipe (no map)``, the path taken by files below the threshold (one ``readinto``);
@@ -69,16 +69,25 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
-def _time(fn: Callable[[], np.ndarray], touch: bool, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        events = fn()
-        if touch:
-            float(events.sum(dtype=np.float64))
-        best = min(best, time.perf_counter() - start)
-        del events
+def _once(fn: Callable[[], np.ndarray], touch: bool) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    events = fn()
+    if touch:
+        float(events.sum(dtype=np.float64))
+    seconds = time.perf_counter() - start
+    del events
+    return seconds
+
+
+def _best_times(readers: dict[str, Callable[[], np.ndarray]], touch: bool, repeat: int) -> dict[str, float]:
+    """Best time per reader, the readers taking turns so that a busy machine slows them alike."""
+    best = dict.fromkeys(readers, float("inf"))
+    for round_ in range(repeat):
+        for name, fn in readers.items():
+            if name.startswith("flowio") and round_ >= 2:
+                continue  # slow and only there for comparison
+            best[name] = min(best[name], _once(fn, touch))
     return best
 
 
@@ -100,7 +109,7 @@ def _memory(fn: Callable[[], np.ndarray], touch: bool) -> tuple[int, int | None]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
     path = _ensure_file(args.events)
     sample = read_fcs(path)
@@ -126,11 +135,11 @@ def main() -> None:
     print("-" * len(header))
     for touch in (False, True):
         mode = "open+pass" if touch else "open"
-        baseline = None
+        best = _best_times(readers, touch, args.repeat)
+        baseline = best["numpy.fromfile"]
         for name, fn in readers.items():
-            seconds = _time(fn, touch, 2 if name.startswith("flowio") else args.repeat)
+            seconds = best[name]
             heap, rss = _memory(fn, touch)
-            baseline = baseline or seconds
             rss_text = f"{rss / data_bytes:.2f}x" if rss is not None else "n/a"
             print(
                 f"{name:<20} {mode:<10} {seconds:>9.4f} {args.events / seconds:>14,.0f} "

@@ -43,6 +43,9 @@ FLOAT_FORMAT = "%.10g"
 CACHE_DIR = ".cache"
 # Bump when the cached SampleResult layout or the meaning of its numbers changes.
 CACHE_FORMAT = 1
+# What process_sample imports (plots only when drawing; autogate only for data-driven gates).
+_WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "cytopipe.gates", "cytopipe.stats",
+                   "cytopipe.plots")
 _DEPENDENCIES = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "PyYAML", "Jinja2", "flowio",
                  "dask", "distributed")
 
@@ -294,10 +297,17 @@ def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is not None and not os.path.isfile(main_file):
+        # Python read the program from stdin: spawned workers could not re-import it and would die at start.
+        yield from _run_in_process(tasks)
+        return
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":
-        context.set_forkserver_preload(["cytopipe.pipeline"])
+        # Imported once in the fork server and inherited by every worker, instead of once per worker.
+        drawing = any(task.plots_dir is not None for task in tasks)
+        context.set_forkserver_preload([m for m in _WORKER_MODULES if drawing or m != "cytopipe.plots"])
     pending = list(tasks)
     for attempt in range(2):
         lost: list[SampleTask] = []
@@ -317,7 +327,8 @@ def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
         pending = lost
         if attempt == 1:
             for task in lost:
-                yield _lost(task, "the worker process died while processing this sample (out of memory?)")
+                yield _lost(task, "the worker process died while processing this sample (killed, out of memory "
+                                  "or crashed)")
 
 
 def _lost(task: SampleTask, reason: str) -> SampleResult:

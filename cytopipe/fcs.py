@@ -1,15 +1,16 @@
 """Read and write FCS files (FCS 2.0, 3.0, 3.1 and 3.2).
 
 The reader is a small numpy parser written for the files a lab core actually receives: integer data of any width
-(8/16/32/64-bit, 24-bit, bit-packed 9/10-bit), ``$PnR`` bit masks, mixed widths and per-channel ``$PnDATATYPE``,
-big- and little-endian, several data sets chained by ``$NEXTDATA``, and HEADER/TEXT offset disagreements.
+(8/16/32/64-bit, 24-bit, 10-bit values in 16-bit words, bit-packed 9-bit streams), ``$PnR`` bit masks, mixed widths
+and per-channel ``$PnDATATYPE``, big- and little-endian, several data sets chained by ``$NEXTDATA``, and
+HEADER/TEXT offset disagreements (policies in :func:`read_fcs` and ``docs/fcs.md``).
 Every size is checked against the file length before anything is allocated, so a hostile or truncated file
 raises :class:`~cytopipe.errors.FCSError` with a one-line reason instead of exhausting memory.
 
 Large little-endian float32 DATA segments (>= ``MAP_THRESHOLD`` bytes, the common case for big files) are not
 copied: ``Sample.events`` is a copy-on-write view of a memory map of the file, so pages are read on first touch
 and writing to the array never changes the file. Smaller segments are read into memory with one ``readinto``.
-Big-endian data are byte-swapped in place in that private buffer.
+Big-endian data are byte-swapped in place in that private buffer (or in the copy-on-write pages).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ _BYTEORDERS = {"1,2,3,4": "<", "1,2": "<", "1": "<", "4,3,2,1": ">", "2,1": ">"}
 # Sample
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Sample:
     """One FCS data set: events, channel names, markers and keywords.
 
@@ -87,6 +88,10 @@ class Sample:
     def n_events(self) -> int:
         """Number of events (rows of ``events``)."""
         return int(self.events.shape[0])
+
+    def __repr__(self) -> str:  # the default would print every event and keyword
+        where = self.path or "<in memory>"
+        return f"Sample({where!r}, {self.version}, {self.n_events} events x {len(self.channels)} channels)"
 
     def find_channel(self, name: str) -> int:
         """Return the column index of a channel named by ``$PnN`` or by marker.
@@ -586,9 +591,11 @@ def _odd_width_storage(layout: _Layout, segment: int, total: int | None) -> _Lay
     """Decide how ``$PnB`` values that are not byte multiples are stored, from the DATA segment's length.
 
     FCS 2.0 permits any ``$PnB`` without saying how such values are laid out. Beckman Coulter writes 10-bit values
-    in 16-bit words (the FCS 3.0 copy of the same events in the same LMD file confirms it); a true bit stream is
-    also possible. The layout whose byte count matches the segment (within the usual off-by-one) wins; without
-    ``$TOT`` or a usable length, whole words are assumed because that is what instruments write.
+    in 16-bit words (the FCS 3.0 copy of the same events in the same LMD file confirms it); FlowJo 2.0 wrote 9-bit
+    values as a bit stream, least significant bit first (the LabKey tutorial files: only that bit order gives
+    correlated forward/side scatter and a lymphocyte peak; most-significant-first gives noise). The layout whose
+    byte count matches the segment (within the usual off-by-one) wins; without ``$TOT`` or a usable length, whole
+    words are assumed because that is what instruments write.
     """
     words = layout.in_words()
     if total is None or segment <= 0:
@@ -698,10 +705,10 @@ def _decode_bytes(fcs: _File, start: int, n_events: int, layout: _Layout, metada
 
 
 def _decode_packed(fcs: _File, start: int, n_events: int, layout: _Layout, metadata: Mapping[str, str]) -> np.ndarray:
-    """Integers packed as a continuous bit stream (FCS 2.0 allows any ``$PnB``), most significant bit first.
+    """Integers packed as a continuous bit stream, least significant bit first (see :func:`_odd_width_storage`).
 
     Every ``g = 8 / gcd(event_bits, 8)`` events end on a byte boundary, so within such a group each value starts
-    at a fixed bit: each (event-in-group, channel) pair is then a few column operations over all groups.
+    at a fixed bit: each (event-in-group, channel) pair is one strided little-endian word view over all groups.
     """
     if set(layout.kinds) != {"I"}:
         raise fcs.error("float data must be 32/64-bit; $PnB values that are not byte multiples need $DATATYPE=I")
@@ -722,10 +729,8 @@ def _decode_packed(fcs: _File, start: int, n_events: int, layout: _Layout, metad
         for i, width in enumerate(layout.bits):
             bit = event * event_bits + int(offsets[i])
             size = 4 if bit % 8 + width <= 32 else 8
-            # One big-endian word per group starting at this value's first byte (a strided view, no gather).
-            word = np.ndarray((n_groups,), dtype=f">u{size}", buffer=stream, offset=bit // 8, strides=(group_bytes,))
-            mask = masks[i] or (1 << width) - 1
-            out[event::per_group, i] = (word >> (size * 8 - bit % 8 - width)) & mask
+            word = np.ndarray((n_groups,), dtype=f"<u{size}", buffer=stream, offset=bit // 8, strides=(group_bytes,))
+            out[event::per_group, i] = (word >> (bit % 8)) & (masks[i] or (1 << width) - 1)
     return out[:n_events]
 
 

@@ -251,17 +251,19 @@ class _Parser:
 
     # -- reporting
 
-    def problem(self, where: str, message: str) -> None:
-        self.problems.append(" ".join(f"{self.where}: {where}{message}".split()))
+    def problem(self, label: str, message: str) -> None:
+        """Record ``<file>: <label><message>`` (``label`` is ``"population 'X': "`` or empty)."""
+        self.problems.append(" ".join(f"{self.where}: {label}{message}".split()))
 
-    def fail(self, where: str, message: str) -> _Problem:
-        return _Problem(" ".join(f"{self.where}: {where}{message}".split()))
+    def fail(self, label: str, message: str) -> _Problem:
+        """The same line as :meth:`problem`, as an exception that abandons the current population."""
+        return _Problem(" ".join(f"{self.where}: {label}{message}".split()))
 
     # -- top level
 
     def parse(self, text: str) -> GatingStrategy | None:
         try:
-            document = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+            document = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
         except yaml.YAMLError as exc:
             self.problems.append(_yaml_message(self.where, exc))
             return None
@@ -377,7 +379,7 @@ class _Parser:
         kind = spec.get("type")
         if kind is None:
             raise self.fail("", f"{here}.type: missing (one of {', '.join(TRANSFORM_PARAMS)})")
-        if kind not in TRANSFORM_PARAMS:
+        if not isinstance(kind, str) or kind not in TRANSFORM_PARAMS:
             hint = _suggest(str(kind), TRANSFORM_PARAMS)
             raise self.fail("", f"{here}.type: unknown transform type {_show(kind)}{hint}")
         allowed = TRANSFORM_PARAMS[kind]
@@ -416,6 +418,10 @@ class _Parser:
                 bound_min=None if lo is None else _to_gatingml(lo, transform),
                 bound_max=None if hi is None else _to_gatingml(hi, transform),
             )
+        except (OverflowError, ZeroDivisionError, ValueError) as exc:
+            # Parameters that pass every documented bound can still overflow the coefficients (M = 309).
+            shown = ", ".join(f"{k}={_tidy(v)}" for k, v in params.items())
+            raise self.fail("", f"{here}: parameters out of range ({shown}): {exc}") from None
         except GateError as exc:
             # The transform's own constraint message, e.g. "W must be in (0, M/2], got 3.0".
             detail = str(exc).split(": ", 1)[-1]
@@ -521,7 +527,7 @@ class _Parser:
         if kind is None:
             raise self.fail(label, "gate.type: missing")
         registry = _autogate_types()
-        if kind not in GATE_KEYS and kind not in registry:
+        if not isinstance(kind, str) or (kind not in GATE_KEYS and kind not in registry):
             known = [*GATE_KEYS, *registry]
             raise self.fail(label, f"gate.type: unknown gate type {_show(kind)}{_suggest(str(kind), known)}")
         if kind in registry:
@@ -579,7 +585,7 @@ class _Parser:
                             f"{_suggest(str(transform_name), self.transforms)}")
         if compensation is None:
             comp = self.default_compensation
-        elif compensation in COMPENSATION_REFS:
+        elif isinstance(compensation, str) and compensation in COMPENSATION_REFS:
             comp = COMPENSATION_REFS[compensation]
         else:
             raise self.fail(label, f"{here}.compensation: expected 'file' or 'none', got {_show(compensation)}")
@@ -1194,10 +1200,18 @@ def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] |
         return Path(out)
     from .gatingml import write_gatingml
 
+    def write(target: Path) -> None:
+        try:
+            write_gatingml(strategy, target)
+        except GateError as exc:
+            # Name the input file, not the (possibly temporary) output the writer was given.
+            detail = str(exc).removeprefix(f"{os.fspath(target)}: ")
+            raise GateError(f"{os.fspath(path)}: cannot convert to Gating-ML: {detail}") from None
+
     if out is not None:
-        write_gatingml(strategy, out)
+        write(Path(out))
         return Path(out)
     with tempfile.TemporaryDirectory(prefix="cytopipe-") as folder:
         target = Path(folder) / "gates.xml"
-        write_gatingml(strategy, target)
+        write(target)
         return target.read_text(encoding="utf-8")

@@ -207,6 +207,19 @@ def test_data_driven_gate_files_round_trip(strategy):
     assert "auto_scatter" in text and "bounds: [1.0, 3.5]" in text
     again = parse_gates(text, "again.yaml")
     assert [p.gate for p in again.populations] == [p.gate for p in strategy.populations]
+    custom = parse_gates("""populations:
+  - name: L
+    gate: {type: auto_scatter, channels: [FSC-A, SSC-A], probability: 0.9, scope: baseline, T: keep}
+  - name: S
+    parent: L
+    gate: {type: auto_singlets, channels: [FSC-A, FSC-H], k: 3, max_events: 5000}
+  - name: C
+    parent: S
+    gate: {type: auto_threshold, channels: [CD3], thresholds: [{side: below, k: 2, within: gated}]}
+""", "custom.yaml")
+    text = dump_yaml(custom)
+    assert "probability: 0.9" in text and "T: keep" in text and "scope: baseline" in text and "k: 2.0" in text
+    assert [p.gate for p in parse_gates(text, "again.yaml").populations] == [p.gate for p in custom.populations]
 
 
 def test_yaml_bounds_are_converted_from_decades(strategy):

@@ -89,6 +89,19 @@ def test_responder_rises_and_non_responder_does_not(studies):
         assert (responder["direction"] == "rise").all(), (style, responder)
 
 
+@pytest.mark.parametrize(("style", "seed"), [("bd", 1), ("navios", 2)])
+def test_varied_biology_stays_accurate(tmp_path, style, seed):
+    """Subjects drawn from realistic ranges of lymphocyte fraction, CD4/CD8 ratio, CD25 brightness (0.7-1.4x)
+    and fix/perm scatter shift."""
+    truth = sim.write_study(tmp_path, style=style, seed=seed, vary=True)
+    table = _gate_study(tmp_path, load_strategy(AUTO_YAML)).merge(truth[["file", "treg_pct_true"]], on="file")
+    base = table[table["day"] == 0].set_index("subject")
+    fc = table["treg_pct"] / base.loc[table["subject"], "treg_pct"].to_numpy()
+    fc_true = table["treg_pct_true"] / base.loc[table["subject"], "treg_pct_true"].to_numpy()
+    assert (table["treg_pct"] - table["treg_pct_true"]).abs().max() <= 1.0
+    assert (fc / fc_true - 1).abs().max() <= 0.10
+
+
 def test_fitted_gates_follow_the_instrument(tmp_path):
     """The same biology on three instruments: thresholds land at the same logicle decades (T follows $PnR)."""
     strategy = load_strategy(AUTO_YAML)

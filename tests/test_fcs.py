@@ -372,9 +372,9 @@ def test_unaligned_float_data_is_copied_aligned(tmp_path: Path) -> None:
 def test_packed_nine_bit_and_word_ten_bit(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     values = rng.integers(0, 512, size=(37, 3))
-    # A true bit stream, most significant bit first: 37 x 27 bits = 125 bytes (not 37 x 3 x 2 = 222).
-    bits = ((values[..., None] >> np.arange(8, -1, -1)) & 1).astype(np.uint8).ravel()
-    packed = np.packbits(bits).tobytes()
+    # A true bit stream, least significant bit first: 37 x 27 bits = 125 bytes (not 37 x 3 x 2 = 222).
+    bits = ((values[..., None] >> np.arange(9)) & 1).astype(np.uint8).ravel()
+    packed = np.packbits(bits, bitorder="little").tobytes()
     assert len(packed) == 125
     keywords = {"$TOT": "37", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9, 9, 9], ranges=[512] * 3)
     path = tmp_path / "packed.fcs"
@@ -382,9 +382,9 @@ def test_packed_nine_bit_and_word_ten_bit(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_fcs(path).events, values)
     # Mixed widths: 9 + 12 + 10 = 31 bits per event, so only every 8th event ends on a byte boundary.
     wide = np.column_stack([values[:, 0], values[:, 1] * 7, values[:, 2] * 2])
-    stream = np.concatenate([((wide[:, [c]] >> np.arange(w - 1, -1, -1)) & 1) for c, w in enumerate((9, 12, 10))], 1)
+    stream = np.concatenate([((wide[:, [c]] >> np.arange(w)) & 1) for c, w in enumerate((9, 12, 10))], 1)
     keywords = {"$TOT": "37", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9, 12, 10])
-    path.write_bytes(_assemble(keywords, np.packbits(stream.astype(np.uint8).ravel()).tobytes()))
+    path.write_bytes(_assemble(keywords, np.packbits(stream.astype(np.uint8).ravel(), bitorder="little").tobytes()))
     np.testing.assert_array_equal(read_fcs(path).events, wide)
     keywords = {"$TOT": "37", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([4, 4, 4])
     path.write_bytes(_assemble(keywords, bytes(56)))
@@ -490,3 +490,8 @@ def test_empty_population_round_trip(tmp_path: Path) -> None:
     assert sample.events.shape == (0, 3) and sample.markers == ("", "CD4", "CD25")
     assert (sample.metadata["$BEGINDATA"], sample.metadata["$ENDDATA"], sample.metadata["$TOT"]) == ("0", "0", "0")
     assert _header_offsets(path)[2:4] == [0, 0]
+
+
+def test_repr_is_short(written: tuple[Path, np.ndarray]) -> None:
+    path, _ = written
+    assert repr(read_fcs(path)) == f"Sample('{path}', FCS3.1, 2000 events x 6 channels)"

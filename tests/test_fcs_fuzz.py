@@ -67,9 +67,10 @@ def seeds(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[b
     write_fcs(folder / "v31.fcs", events, ["FSC-A", "FL1-A", "FL2-A"], ["", "CD4", "FOXP3"], {"SPILL": "1,FL1-A,1"})
     write_fcs(folder / "v32.fcs", events, ["FSC-A", "FL1-A", "FL2-A"], version="3.2", datatypes=["F", "I", "D"])
     values = rng.integers(0, 512, size=(300, 3))
-    bits = ((values[..., None] >> np.arange(8, -1, -1)) & 1).astype(np.uint8).ravel()
+    bits = ((values[..., None] >> np.arange(9)) & 1).astype(np.uint8).ravel()
     packed = _assemble(
-        {"$TOT": "300", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9, 9, 9]), np.packbits(bits).tobytes()
+        {"$TOT": "300", "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9, 9, 9]),
+        np.packbits(bits, bitorder="little").tobytes(),
     )
     return [*raw, (folder / "v31.fcs").read_bytes(), (folder / "v32.fcs").read_bytes(), packed]
 
@@ -307,10 +308,8 @@ def _ten_megabyte_files(folder: Path) -> dict[str, Path]:
 
     n = 2_900_000  # 9-bit packed, 3 channels: 9.8 MB
     values = rng.integers(0, 512, size=(n, 3))
-    bits = ((values[..., None] >> np.arange(8, -1, -1)) & 1).astype(np.uint8).ravel()
-    put(
-        "packed9", {"$TOT": str(n), "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9] * 3), np.packbits(bits).tobytes()
-    )
+    stream = np.packbits(((values[..., None] >> np.arange(9)) & 1).astype(np.uint8).ravel(), bitorder="little")
+    put("packed9", {"$TOT": str(n), "$DATATYPE": "I", "$BYTEORD": "1,2"} | _params([9] * 3), stream.tobytes())
     n = 400_000  # 24-bit big-endian, 8 channels: 9.6 MB
     wide = rng.integers(0, 2**24, size=(n, 8))
     triples = np.stack([wide >> 16, (wide >> 8) & 255, wide & 255], axis=-1).astype(np.uint8)

@@ -524,6 +524,10 @@ def test_data_driven_gate_types_come_from_autogate(tmp_path: Path) -> None:
     if treg_auto.is_file():
         strategy = gatefile.load_gates(treg_auto)
         assert any(type(p.gate).__module__ == "cytopipe.autogate" for p in strategy.populations)
+        # Unfitted gates have no Gating-ML form; the message names the gate file, not a temporary output.
+        with pytest.raises(GateError) as excinfo:
+            gatefile.convert(treg_auto, "gatingml")
+        assert str(excinfo.value).startswith(f"{treg_auto}: cannot convert to Gating-ML: population 'Lymphocytes': ")
 
 
 @pytest.mark.parametrize(("number", "fcs"), [
@@ -587,3 +591,52 @@ def _coordinates(gate: Gate) -> np.ndarray:
     values = [getattr(gate, f) for f in fields if hasattr(gate, f)]
     flat = np.hstack([np.ravel(np.array(v, dtype=float)) for v in values])
     return flat
+
+
+_WORDS = st.sampled_from(["name", "parent", "gate", "type", "channels", "min", "max", "vertices", "center",
+                          "covariance", "distance", "at", "quadrant", "of", "not", "channel", "transform",
+                          "compensation", "range", "rectangle", "polygon", "ellipse", "and", "or", "logicle",
+                          "linear", "arcsinh", "cofactor", "T", "W", "M", "A", "CD3", "FSC-A", "A1", "+-", "file"])
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), _WORDS)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(_WORDS, inner, max_size=4)), max_leaves=12)
+# Gates and transforms of the right type with arbitrary settings reach the per-type checks, not only the first one.
+_NUMBERISH = st.one_of(_SCALARS, st.lists(st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3)), max_size=3))
+_GATES = st.fixed_dictionaries(
+    {"type": st.sampled_from(["range", "rectangle", "polygon", "ellipse", "quadrant", "and", "or", "not"])},
+    optional={"channels": st.one_of(_VALUES, st.lists(st.sampled_from(["CD3", "FSC-A", {"channel": "CD4"},
+                                                                      {"channel": "CD8", "transform": "x"}]),
+                                                      max_size=3)),
+              "min": _NUMBERISH, "max": _NUMBERISH, "vertices": _NUMBERISH, "center": _NUMBERISH,
+              "covariance": _NUMBERISH, "distance": _SCALARS, "at": _NUMBERISH, "quadrant": _SCALARS,
+              "of": _NUMBERISH})
+_POPULATIONS = st.fixed_dictionaries({}, optional={"name": st.sampled_from(["A", "B", "C", 1, None]),
+                                                   "parent": st.sampled_from(["A", "B", "D", None]),
+                                                   "gate": st.one_of(_GATES, _VALUES)})
+_TRANSFORMS = st.fixed_dictionaries(
+    {"type": st.sampled_from(["logicle", "hyperlog", "arcsinh", "linear", "log", "ratio"])},
+    optional={k: _SCALARS for k in ("T", "W", "M", "A", "cofactor", "boundMin", "boundMax")})
+_DOCUMENTS = st.fixed_dictionaries({}, optional={
+    "name": _SCALARS, "treg": _SCALARS, "parent": _SCALARS, "compensation": st.sampled_from(["file", "none", 3]),
+    "transforms": st.dictionaries(st.sampled_from(["x", "logicle", "linear"]), st.one_of(_TRANSFORMS, _VALUES),
+                                  max_size=3),
+    "populations": st.one_of(st.lists(_POPULATIONS, max_size=4), _VALUES),
+})
+
+
+@settings(max_examples=100, deadline=None)
+@given(document=_DOCUMENTS)
+def test_any_malformed_document_gives_one_line_problems_not_a_crash(tmp_path_factory: pytest.TempPathFactory,
+                                                                    document: dict) -> None:
+    import yaml
+
+    path = tmp_path_factory.getbasetemp() / "fuzz.yaml"  # rewritten by every example
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    problems = gatefile.check_gates(path)
+    assert all(isinstance(p, str) and "\n" not in p and p.startswith(f"{path}: ") for p in problems)
+    try:
+        gatefile.load_gates(path)
+    except GateError as err:
+        assert problems and str(err).startswith(problems[0])
+    else:
+        assert problems == []

@@ -84,11 +84,33 @@ def test_polygon_boundary_is_inclusive_and_non_simple_uses_even_odd() -> None:
     assert bowtie.mask(np.array([[1, 2], [3, 2], [2, 3.5], [2, 0.5]])).tolist() == [True, True, False, False]
 
 
+@pytest.mark.parametrize(
+    "vertices",
+    [((35e3, 5e3), (85e3, 2e3), (95e3, 30e3), (80e3, 42e3), (45e3, 40e3), (32e3, 20e3)),  # convex: inner square
+     ((0, 0), (10, 0), (10, 10), (6, 10), (6, 2), (4, 2), (4, 10), (0, 10)),  # U shape: centroid outside
+     ((0, 0), (4, 4), (4, 0), (0, 4))],  # bowtie
+)
+def test_polygon_inner_square_shortcut_never_changes_the_result(vertices) -> None:
+    gate = PolygonGate("p", (X, Y), vertices)
+    v = np.asarray(vertices, dtype=float)
+    rng = np.random.default_rng(7)
+    points = rng.uniform(v.min(0) - 1, v.max(0) + 1, size=(100_000, 2))
+    if gate._core is not None:  # also events exactly on and next to the square's sides
+        x0, y0, x1, y1 = gate._core
+        points[:4] = [[x0, (y0 + y1) / 2], [np.nextafter(x0, x1), (y0 + y1) / 2], [x1, y1], [x0, y0]]
+    for dtype in (np.float64, np.float32):
+        p = points.astype(dtype)
+        assert np.array_equal(gate.mask(p), gate._edge_test(p[:, 0], p[:, 1], dtype))
+    assert (gate._core is not None) == (len(vertices) == 6)
+
+
 def test_polygon_validation() -> None:
     with pytest.raises(GateError, match="at least 3 vertices"):
         PolygonGate("p", (X, Y), ((0, 0), (1, 1)))
     with pytest.raises(GateError, match="exactly 2 dimensions"):
         PolygonGate("p", (X,), ((0, 0), (1, 1), (2, 0)))
+    with pytest.raises(GateError, match="finite"):
+        PolygonGate("p", (X, Y), ((0, 0), (1, np.inf), (2, 0)))
 
 
 def test_ellipsoid_uses_the_quadratic_form_in_any_dimension() -> None:

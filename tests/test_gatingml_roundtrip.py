@@ -231,3 +231,35 @@ def test_data_driven_or_unsupported_gates_cannot_be_exported(tmp_path: Path) -> 
     with pytest.raises(GateError, match="cannot be written to Gating-ML"):
         write_gatingml(strategy, tmp_path / "x.xml")
     assert not (tmp_path / "x.xml").exists()
+
+
+def test_quadrant_groups_must_share_dividers_and_parent(tmp_path: Path) -> None:
+    cd4, cd8 = Dimension("CD4", Logicle()), Dimension("CD8", Logicle())
+    root = Population("T", RectangleGate("T", (cd4,), (0.0,), (None,)))
+    a = QuadrantGate.from_signs("Q++", (cd4, cd8), (0.5, 0.5), "++")
+    b = QuadrantGate("Q--", (cd4, cd8), ((0.5,), (0.4,)), (0.0, 0.0), a.group, a.divider_ids)
+    strategy = GatingStrategy((root, Population("Q++", a, "T"), Population("Q--", b, "T")))
+    with pytest.raises(GateError, match="quadrants of 'Q\\+\\+' differ"):
+        write_gatingml(strategy, tmp_path / "q.xml")
+
+
+def test_a_ratio_is_written_once_with_its_channels(tmp_path: Path) -> None:
+    from cytopipe.transforms import Log, Ratio
+
+    ratio = Ratio(1, 0, 0, name="CD4/CD8")
+    plain = Dimension(("FITC-A", "PE-A"), None, "uncompensated", ratio)
+    logged = Dimension(("FITC-A", "PE-A"), Log(100, 2, name="log"), "uncompensated", ratio)
+    strategy = GatingStrategy((Population("r1", RectangleGate("r1", (plain,), (1.0,), (None,))),
+                               Population("r2", RectangleGate("r2", (logged,), (0.5,), (None,)), "r1")))
+    write_gatingml(strategy, tmp_path / "r.xml")
+    assert _schema_valid(tmp_path / "r.xml")
+    text = (tmp_path / "r.xml").read_text()
+    assert text.count("<transforms:fratio") == 1 and 'transforms:id="CD4_CD8"' in text
+    again = read_gatingml(tmp_path / "r.xml")
+    assert again.population("r2").gate.dimensions[0].channel == ("FITC-A", "PE-A")
+    assert again.population("r2").gate.dimensions[0].ratio.params() == ratio.params()
+    other = Dimension(("APC-A", "PE-A"), None, "uncompensated", ratio)
+    clash = GatingStrategy(strategy.populations + (Population("r3", RectangleGate("r3", (other,), (1.0,),
+                                                                                  (None,))),))
+    with pytest.raises(GateError, match="two channel pairs"):
+        write_gatingml(clash, tmp_path / "clash.xml")

@@ -11,7 +11,7 @@ from matplotlib.collections import QuadMesh
 from matplotlib.figure import Figure
 
 from cytopipe.fcs import Sample
-from cytopipe.gates import Dimension, GatingStrategy, PolygonGate, Population, RectangleGate
+from cytopipe.gates import BooleanGate, Dimension, GatingStrategy, PolygonGate, Population, RectangleGate
 from cytopipe.plots import fold_change_overview, gating_hierarchy, save_figure, time_course
 from cytopipe.stats import baseline_table
 from cytopipe.transforms import Logicle
@@ -113,6 +113,7 @@ def _sample_and_strategy() -> tuple[Sample, GatingStrategy]:
                    "Lymphocytes"),
         Population("Treg", RectangleGate("Treg", (Dimension("CD4", logicle), Dimension("CD25", logicle)),
                                          min=(0.5, 0.55), max=(None, None)), "CD4+"),
+        Population("Tcon", BooleanGate("Tcon", op="not", operands=("Treg",)), "CD4+"),
     )
     return sample, GatingStrategy(pops, treg="Treg", parent="CD4+", compensation="none")
 
@@ -123,7 +124,8 @@ def test_gating_hierarchy_panels_follow_the_strategy() -> None:
     assert 100 < result.counts["Treg"] < result.counts["CD4+"] < result.counts["Lymphocytes"]
     fig = gating_hierarchy(result, strategy, "S1 <x>")
     axes = fig.axes
-    assert len(axes) == 4  # three gates + back-gating
+    assert len(axes) == 4  # three gates + back-gating; the boolean Tcon has no axes of its own to draw
+    assert result.counts["Tcon"] == result.counts["CD4+"] - result.counts["Treg"]
     titles = [ax.get_title() for ax in axes]
     for ax_title, pop in zip(titles, ("Lymphocytes", "CD4+", "Treg"), strict=False):
         assert ax_title.startswith(f"{pop}\n{result.counts[pop]:,} = ")
