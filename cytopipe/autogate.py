@@ -97,7 +97,7 @@ def density_valley(
     bounds: tuple[float | None, float | None] | None = None,
     adjust: float = 1.5,
     k: float = 3.0,
-    min_prominence: float = 0.01,
+    min_prominence: float = 0.005,
     bins: int = 512,
 ) -> tuple[float, str]:
     """Threshold at the density minimum between a negative and a positive mode (like openCyto's ``mindensity``).
@@ -136,8 +136,8 @@ def density_valley(
     3. Choose the deepest valley inside ``bounds``; the cut is the middle of its floor (the longest run of grid
        points within 1 % of the depth above the minimum), so an empty gap is cut in its middle.
     4. With one mode only (e.g. no positive events): if the mode lies above ``bounds`` it is the positive mode and
-       the threshold is ``mode - k * sd`` of its lower half; otherwise it is the negative mode and the threshold is
-       ``mode + k * sd`` of its lower half (the lower half of a negative mode is free of positive events).
+       the threshold is ``mode - k * sd``; otherwise it is the negative mode and the threshold is ``mode + k * sd``.
+       ``sd`` is the robust SD (1.4826 x median distance to the mode) of the wider of the mode's two halves.
     """
     x = np.asarray(x, dtype=float)
     x = x[np.isfinite(x)]
@@ -168,8 +168,10 @@ def density_valley(
         threshold, method = best[1], "valley"
     else:
         mode = float(grid[peaks[np.argmax(density[peaks])]]) if peaks.size else float(np.median(x))
-        below = x[x <= mode]
-        sd = float(1.4826 * np.median(mode - below)) if below.size >= MIN_EVENTS else _robust_sd(x)
+        # The wider half of the mode: a negative population piled against zero (integer data clipped at 0,
+        # logicle compression) is narrow below its mode and wide above it; a few positives barely move either.
+        halves = [mode - x[x <= mode], x[x >= mode] - mode]
+        sd = max((float(1.4826 * np.median(h)) for h in halves if h.size >= MIN_EVENTS), default=_robust_sd(x))
         if mode > hi:
             threshold, method = mode - k * sd, "positive-k*sd"
         else:

@@ -25,7 +25,7 @@ from typing import IO, Any
 import pandas as pd
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, GateError
 from .pipeline import (
     FAILURE_COLUMNS,
     POPULATION_COLUMNS,
@@ -402,15 +402,19 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
     rows: list[dict] = []
     failed: dict[str, str] = {}
     for subject, group in samples.groupby("subject", sort=True):
-        # Pooled over the subject's samples, or the baseline alone when every shared gate is baseline-locked.
-        chosen = group[group["baseline"]] if scopes == {"baseline"} else group
+        # subject scope pools the subject's samples; baseline scope fits on its baseline sample alone.
+        chosen = group if "subject" in scopes else group[group["baseline"]]
+        flags = list(chosen["baseline"])
         report.log(f"fitting {'/'.join(sorted(scopes))}-scope gates of subject {subject} on {len(chosen)} sample(s)")
         try:
+            if "baseline" in scopes and True not in flags:
+                raise GateError(f"subject {subject} has no baseline sample to fit baseline-scope gates on")
             loaded = [read_fcs(rec.file) for rec in chosen.itertuples(index=False)]
             spills = [spillover_for(sample, rec.spillover)
                       for sample, rec in zip(loaded, chosen.itertuples(index=False), strict=True)]
             tubes = {role: read_fcs(path) for role, path in controls.get(subject, ())} or None
-            fitted[subject], params = fit_strategy(strategy, loaded, spillover=spills, controls=tubes, scopes=scopes)
+            fitted[subject], params = fit_strategy(strategy, loaded, spillover=spills, controls=tubes, scopes=scopes,
+                                                   baseline=flags.index(True) if True in flags else None)
         except Exception as err:  # noqa: BLE001 - one subject's bad data must not stop the other subjects
             failed[subject] = f"{'/'.join(sorted(scopes))}-scope gate fit for subject {subject} failed: " + \
                 one_line(err)

@@ -47,7 +47,7 @@ from .gates import (
     QuadrantGate,
     RectangleGate,
 )
-from .transforms import LN10, Arcsinh, Hyperlog, Linear, Log, Logicle, Transform
+from .transforms import LN10, Arcsinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform
 
 __all__ = [
     "load_gates",
@@ -62,7 +62,7 @@ __all__ = [
 
 TOP_KEYS = ("name", "treg", "parent", "compensation", "transforms", "populations")
 POPULATION_KEYS = ("name", "parent", "gate")
-CHANNEL_KEYS = ("channel", "transform", "compensation")
+CHANNEL_KEYS = ("channel", "transform", "compensation", "ratio")
 #: Keys each fixed gate type accepts (``type`` included).
 GATE_KEYS: dict[str, tuple[str, ...]] = {
     "range": ("type", "channels", "min", "max"),
@@ -81,6 +81,7 @@ TRANSFORM_PARAMS: dict[str, dict[str, float | None]] = {
     "arcsinh": {"cofactor": None, "T": None, "M": 4.5, "A": 0.0},
     "linear": {"T": 262144.0, "A": 0.0},
     "log": {"T": 262144.0, "M": 4.5},
+    "ratio": {"A": 1.0, "B": 0.0, "C": 0.0},
 }
 #: Optional clamps of any transform's output (Gating-ML ``boundMin``/``boundMax``), in friendly units.
 BOUND_PARAMS = ("boundMin", "boundMax")
@@ -123,7 +124,7 @@ def friendly_units(transform: Transform | None) -> tuple[float, float]:
     ``cofactor = T / sinh(M ln10)``; log: ``log10(x) = M (y - 1) + log10(T)``; a named linear transform: raw
     ``x = y (T + A) - A``.
     """
-    if transform is None:
+    if transform is None or isinstance(transform, Ratio):
         return 1.0, 0.0
     if isinstance(transform, (Logicle, Hyperlog)):
         return float(transform.M), 0.0
@@ -244,6 +245,8 @@ class _Parser:
         self.compensation = "file"
         #: (population label, channel name) of every dimension, for marker checks against a sample.
         self.channel_uses: list[tuple[str, str]] = []
+        #: Ratio transform name -> the channel pair it divides.
+        self.ratio_pairs: dict[str, tuple[str, ...]] = {}
         #: Transform names the file defines itself.
         self.defined: set[str] = set()
         #: Every population name the file declares (valid or not).
@@ -405,7 +408,7 @@ class _Parser:
                 transform = self.arcsinh(name, here, params)
             else:
                 values = {k: params.get(k, default) for k, default in allowed.items()}
-                cls = {"logicle": Logicle, "hyperlog": Hyperlog, "linear": Linear, "log": Log}[kind]
+                cls = {"logicle": Logicle, "hyperlog": Hyperlog, "linear": Linear, "log": Log, "ratio": Ratio}[kind]
                 transform = cls(name=name, **values)
             if not bounds:
                 return transform
@@ -565,6 +568,7 @@ class _Parser:
         here = f"gate.channels[{k}]"
         transform_name: Any = None
         compensation: Any = None
+        ratio_name: Any = None
         if isinstance(item, dict):
             for key in item:
                 if key not in CHANNEL_KEYS:
@@ -572,25 +576,53 @@ class _Parser:
             channel = item.get("channel")
             transform_name = item.get("transform")
             compensation = item.get("compensation")
+            ratio_name = item.get("ratio")
         else:
             channel = item
-        if isinstance(channel, (int, float)) and not isinstance(channel, bool):
-            channel = str(channel)
-        if not isinstance(channel, str) or not channel.strip():
-            raise self.fail(label, f"{here}: expected a marker or channel name, got {_show(channel)}")
+        ratio = self.ratio(label, here, ratio_name, channel) if ratio_name is not None else None
+        if ratio is None:
+            if isinstance(channel, (int, float)) and not isinstance(channel, bool):
+                channel = str(channel)
+            if not isinstance(channel, str) or not channel.strip():
+                raise self.fail(label, f"{here}: expected a marker or channel name, got {_show(channel)}")
+            channel_names = [channel]
+        else:
+            channel_names = list(channel)
+            channel = tuple(channel)
         if transform_name is None:
-            transform_name = "linear" if LINEAR_BY_DEFAULT.search(channel) else "logicle"
+            # A ratio is a plain number: no transform unless asked for.
+            linear = ratio is not None or LINEAR_BY_DEFAULT.search(channel_names[0])
+            transform_name = "linear" if linear else "logicle"
         if not isinstance(transform_name, str) or transform_name not in self.transforms:
             raise self.fail(label, f"{here}.transform: unknown transform {_show(transform_name)}"
                             f"{_suggest(str(transform_name), self.transforms)}")
+        if isinstance(self.transforms[transform_name], Ratio):
+            raise self.fail(label, f"{here}.transform: '{transform_name}' is a ratio; write "
+                            f"{{channel: [numerator, denominator], ratio: {transform_name}}}")
         if compensation is None:
             comp = self.default_compensation
         elif isinstance(compensation, str) and compensation in COMPENSATION_REFS:
             comp = COMPENSATION_REFS[compensation]
         else:
             raise self.fail(label, f"{here}.compensation: expected 'file' or 'none', got {_show(compensation)}")
-        self.channel_uses.append((label, channel))
-        return Dimension(channel=channel, transform=self.transforms[transform_name], compensation=comp)
+        self.channel_uses.extend((label, name) for name in channel_names)
+        return Dimension(channel=channel, transform=self.transforms[transform_name], compensation=comp, ratio=ratio)
+
+    def ratio(self, label: str, here: str, name: Any, channel: Any) -> Ratio:
+        """The named ``type: ratio`` transform of a ``{channel: [numerator, denominator], ratio: name}`` entry."""
+        if not isinstance(name, str) or not isinstance(self.transforms.get(name), Ratio):
+            ratios = [k for k, t in self.transforms.items() if isinstance(t, Ratio)]
+            raise self.fail(label, f"{here}.ratio: unknown ratio transform {_show(name)}{_suggest(str(name), ratios)}")
+        if not (isinstance(channel, list) and len(channel) == 2 and all(isinstance(c, str) and c for c in channel)):
+            raise self.fail(label, f"{here}.channel: a ratio needs [numerator, denominator], got {_show(channel)}")
+        # Gating-ML defines each fratio over one channel pair.
+        pair = self.ratio_pairs.setdefault(name, tuple(channel))
+        if pair != tuple(channel):
+            raise self.fail(label, f"{here}.ratio: '{name}' is already used with {list(pair)}; define another "
+                            "ratio transform for this channel pair")
+        ratio = self.transforms[name]
+        assert isinstance(ratio, Ratio)
+        return ratio
 
     def number(self, label: str, here: str, value: Any, allow_null: bool = False) -> float | None:
         if value is None and allow_null:
@@ -610,11 +642,11 @@ class _Parser:
     def bounds(self, label: str, lo: list, hi: list, dims: tuple[Dimension, ...]) -> None:
         for k, (a, b, dim) in enumerate(zip(lo, hi, dims, strict=True)):
             if a is None and b is None:
-                raise self.fail(label, f"gate.min: channel '{dim.channel}' needs a min or a max (both null)")
+                raise self.fail(label, f"gate.min: channel '{_name(dim)}' needs a min or a max (both null)")
             if a is not None and b is not None and a > b:
                 at = "" if len(dims) == 1 else f"[{k}]"
                 raise self.fail(label, f"gate.min{at}: min {_tidy(a)} is greater than max {_tidy(b)} "
-                                f"for channel '{dim.channel}'")
+                                f"for channel '{_name(dim)}'")
 
     def range(self, name: str, label: str, spec: dict, dims: tuple[Dimension, ...]) -> Gate:
         if "min" not in spec and "max" not in spec:
@@ -658,10 +690,9 @@ class _Parser:
             raise self.fail(label, f"gate.covariance: expected a {n}x{n} matrix (a list of {n} rows), "
                             f"got {_show(rows)}")
         cov = [self.numbers(label, f"gate.covariance[{i}]", row, n, "values") for i, row in enumerate(rows)]
-        if not np.allclose(cov, np.transpose(cov)):
-            raise self.fail(label, "gate.covariance: matrix must be symmetric")
-        if np.any(np.linalg.eigvalsh(np.array(cov)) <= 0):
-            raise self.fail(label, "gate.covariance: matrix must be positive definite")
+        # Gating-ML only needs the inverse (its compliance suite has an asymmetric, indefinite one).
+        if np.linalg.matrix_rank(np.array(cov)) < n:
+            raise self.fail(label, "gate.covariance: matrix is singular (it must be invertible)")
         distance = self.number(label, "gate.distance", spec.get("distance", 1.0))
         if distance is None or distance <= 0:
             raise self.fail(label, f"gate.distance: must be > 0, got {_tidy(distance or 0.0)}")
@@ -721,6 +752,11 @@ def _rectangle(name: str, dims: tuple[Dimension, ...], lo: Sequence[float | None
         min=tuple(None if v is None else _to_gatingml(v, d.transform) for v, d in zip(lo, dims, strict=True)),
         max=tuple(None if v is None else _to_gatingml(v, d.transform) for v, d in zip(hi, dims, strict=True)),
     )
+
+
+def _name(dim: Dimension) -> str:
+    """A dimension's channel as written in a gate file (``CD4/CD8`` for a ratio)."""
+    return "/".join(dim.channels)
 
 
 def _dependencies(pop: Population) -> list[str]:
@@ -989,7 +1025,7 @@ def _unbounded_spec(transform: Transform) -> _Flow:
                 spec["M"] = _plain(transform.M)
             return spec
         return _Flow(type="arcsinh", T=_plain(transform.T), M=_plain(transform.M), A=_plain(transform.A))
-    kinds = {Logicle: "logicle", Hyperlog: "hyperlog", Linear: "linear", Log: "log"}
+    kinds = {Logicle: "logicle", Hyperlog: "hyperlog", Linear: "linear", Log: "log", Ratio: "ratio"}
     kind = next((k for cls, k in kinds.items() if isinstance(transform, cls)), None)
     if kind is None:
         raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
@@ -1018,7 +1054,8 @@ class _Writer:
     def transform_names(self) -> dict[str, Transform]:
         # Named transforms no dimension uses are kept when YAML can express them, dropped otherwise.
         used: list[Transform] = [t for t in self.strategy.transforms.values() if isinstance(t, _KINDS)]
-        used += [d.transform for p in self.strategy.populations for d in p.gate.dimensions if d.transform is not None]
+        used += [t for p in self.strategy.populations for d in p.gate.dimensions for t in (d.ratio, d.transform)
+                 if t is not None]
         taken = {"linear"} if any(d.transform is None for p in self.strategy.populations
                                   for d in p.gate.dimensions) else set()
         out: dict[str, Transform] = {}
@@ -1032,20 +1069,22 @@ class _Writer:
         return out
 
     def channel(self, dim: Dimension) -> Any:
-        if dim.ratio is not None:
-            raise GateError(f"dimension {dim.label}: a ratio dimension has no YAML gate-file form")
-        channel = str(dim.channel)
         name = "linear" if dim.transform is None else self.names[dim.transform]
-        default = "linear" if LINEAR_BY_DEFAULT.search(channel) else "logicle"
-        spec: dict[str, Any] = {"channel": channel}
+        spec: dict[str, Any]
+        if dim.ratio is not None:
+            spec = {"channel": list(dim.channels), "ratio": self.names[dim.ratio]}
+            default = "linear"
+        else:
+            spec = {"channel": str(dim.channel)}
+            default = "linear" if LINEAR_BY_DEFAULT.search(str(dim.channel)) else "logicle"
         if name != default:
             spec["transform"] = name
         if dim.compensation != self.default_comp:
             if dim.compensation not in (FCS, UNCOMPENSATED):
                 raise GateError(f"dimension {dim.label}: spectrum matrix '{dim.compensation}' has no YAML gate-file "
-                                "form (keep the Gating-ML file)")
+                                "form")
             spec["compensation"] = {FCS: "file", UNCOMPENSATED: "none"}[dim.compensation]
-        return channel if len(spec) == 1 else spec
+        return spec["channel"] if len(spec) == 1 else spec
 
     def gate(self, gate: Gate) -> _Flow:
         dims = gate.dimensions
@@ -1136,7 +1175,7 @@ class _Writer:
         return doc
 
 
-_KINDS = (Logicle, Hyperlog, Arcsinh, Linear, Log)
+_KINDS = (Logicle, Hyperlog, Arcsinh, Linear, Log, Ratio)
 
 
 def dump_yaml(strategy: GatingStrategy) -> str:

@@ -201,15 +201,17 @@ def _strategy_label(strategy: Any) -> str:
 
 
 def choose_spillover(sample: Any, strategy: Any, spillover_file: str | None = None) -> Any:
-    """Pick the spillover matrix for a sample.
+    """Pick the spillover matrix for the dimensions that use the file's compensation (``compensation: file``).
 
-    Precedence: an explicit matrix file (sheet row ``spillover`` or ``--spillover``), then the gate file's
-    ``compensation`` (``none`` or a matrix path), then the file's own ``$SPILLOVER`` / ``SPILL`` / ``$COMP``.
+    Precedence: an explicit matrix file (sheet row ``spillover`` or ``--spillover``), then the file's own
+    ``$SPILLOVER`` / ``SPILL`` / ``$COMP``. Dimensions that the gate file leaves uncompensated (``compensation:
+    none``) or compensates with its own matrix (a path, loaded with the gate file) are not affected.
 
     Returns
     -------
     cytopipe.compensate.Spillover or None
-        ``None`` when the sample is to be left uncompensated.
+        ``None`` when there is nothing to compensate with (the file has no spillover keyword) or the gate file
+        does not use the file's compensation.
 
     Raises
     ------
@@ -218,13 +220,10 @@ def choose_spillover(sample: Any, strategy: Any, spillover_file: str | None = No
     """
     from .compensate import read_spillover_file, spillover_from_metadata
 
-    mode = getattr(strategy, "compensation", "file") or "file"
+    if (getattr(strategy, "compensation", "file") or "file") != "file":
+        return None
     if spillover_file:
         return read_spillover_file(spillover_file, sample.channels)
-    if mode == "none":
-        return None
-    if mode != "file":
-        return read_spillover_file(mode, sample.channels)
     return spillover_from_metadata(sample.metadata, sample.channels)
 
 
@@ -341,7 +340,8 @@ def process_sample(task: SampleTask) -> SampleResult:
         spillover = choose_spillover(sample, task.strategy, task.spillover)
     except Exception as err:  # noqa: BLE001
         return fail("compensate", err)
-    out.spillover_source = "" if spillover is None else str(spillover.source)
+    mode = getattr(task.strategy, "compensation", "file") or "file"
+    out.spillover_source = str(spillover.source) if spillover is not None else ("" if mode == "file" else mode)
     lap("compensate")
 
     if task.failure is not None:

@@ -260,6 +260,24 @@ def test_fit_strategy_gives_fixed_gates_close_to_truth(strategy, bd):
     assert reloaded.apply(sample).counts == fitted.apply(sample).counts
 
 
+def test_fitted_gates_draw_in_the_gating_plot(strategy, bd, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cytopipe.plots import gating_hierarchy
+
+    sample, _ = bd
+    fitted, _ = autogate.fit_strategy(strategy, [sample])
+    figure = gating_hierarchy(fitted.apply(sample), fitted, "bd_7")
+    drawn = [line for ax in figure.axes for line in ax.get_lines()]
+    assert len(drawn) >= 2  # at least the scatter ellipse and the singlet band are outlined
+    figure.savefig(tmp_path / "gating.png")
+    plt.close(figure)
+    assert (tmp_path / "gating.png").stat().st_size > 10_000
+
+
 def test_fitting_on_a_subsample_of_a_big_file_stays_accurate(strategy):
     sample, labels = _sample("bd", n_events=150_000, seed=11, treg_pct=8.0)
     fitted, rows = autogate.fit_strategy(strategy, [sample], max_events=40_000)

@@ -282,3 +282,47 @@ def test_bundled_study_matches_truth(tmp_path):
     merged = got.merge(truth, on=key)
     assert len(merged) == len(result.treg) > 0
     assert (merged["treg_pct"] - merged[truth_col]).abs().max() < 0.5
+
+
+AUTO_YAML = GATES_YAML.split("  - name: CD3+")[0] + """\
+  - name: CD3+
+    parent: Singlets
+    gate: {type: auto_threshold, channels: [CD3], scope: subject,
+           thresholds: [{side: above, method: valley, bounds: [1.0, 3.5]}]}
+  - name: CD4+
+    parent: CD3+
+    gate: {type: auto_threshold, channels: [CD4], scope: baseline,
+           thresholds: [{side: above, method: valley, bounds: [1.0, 3.5]}]}
+  - name: treg
+    parent: CD4+
+    gate: {type: auto_threshold, channels: [CD25, FoxP3],
+           thresholds: [{side: above, method: valley, bounds: [1.0, 3.5]}, {side: above, method: valley,
+                        bounds: [1.0, 3.5]}]}
+"""
+
+
+@pytest.mark.slow
+def test_data_driven_scopes(study, tmp_path):
+    """subject/baseline gates are fitted once per subject on the client, sample gates in each worker."""
+    sheet, _, labels = study
+    gates = tmp_path / "auto.yaml"
+    gates.write_text(AUTO_YAML)
+    common = {"sheet": sheet, "gates": gates, "plots": False, "report": False}
+    one = quiet_run(out=tmp_path / "w1", workers=1, **common)
+    assert one.exit_code == 0
+    # Every valley falls in the empty gap between the constructed dim and bright clusters: truth is recovered.
+    for sample, lab in labels.items():
+        got = one.populations[one.populations["sample"] == sample].set_index("population")["count"].to_dict()
+        assert got == expected_counts(lab)
+    fitted = pd.read_csv(tmp_path / "w1" / "gates_fitted.csv", keep_default_na=False)
+    shared = fitted[fitted["sample"] == ""]
+    assert sorted(zip(shared["subject"], shared["population"], shared["scope"], strict=True)) == [
+        ("P1", "CD3+", "subject"), ("P1", "CD4+", "baseline"), ("P2", "CD3+", "subject"), ("P2", "CD4+", "baseline")]
+    assert set(shared[shared["scope"] == "subject"]["n_samples"].astype(int)) == {3}
+    assert set(shared[shared["scope"] == "baseline"]["n_samples"].astype(int)) == {1}
+    per_sample = fitted[fitted["sample"] != ""]
+    assert sorted(per_sample["sample"]) == sorted(labels) and set(per_sample["population"]) == {"treg"}
+    assert (tmp_path / "w1" / "sensitivity.csv").is_file() and len(one.sensitivity) >= len(labels)
+    assert quiet_run(out=tmp_path / "w2", workers=2, **common).exit_code == 0
+    for name in (*CSVS, "gates_fitted.csv", "sensitivity.csv"):
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name

@@ -10,7 +10,8 @@ random byte flips. For every mutated input the read must
 * finish within one second (all seeds are under 1.2 MB);
 * never read outside the file (a numpy/mmap bounds error would surface as a non-FCSError exception).
 
-Six tests x 1,000 examples = 6,000 mutated inputs; each test asserts its own count and prints it.
+Six tests x 1,000 examples = 6,000 mutated inputs; each test asserts its own count and prints it (run with ``-s``).
+A last test reads just-under-10 MB files of every decoding path within the same time and memory limits.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ FlowKit quirks handled here:
   (:func:`cytopipe.gatefile.resolve_channels`);
 * it uses the file's ``$SPILLOVER`` for ``compensation-ref="FCS"`` (the simulated files carry one);
 * it multiplies the Time channel by ``$TIMESTEP``, so no oracle gate uses Time;
+* it computes a ratio (``fratio``) from uncompensated values whatever the dimension's ``compensation-ref``, so the
+  oracle's ratio gate is uncompensated;
 * it reports by Gating-ML id, which differs from the population name when that is no XML id (``CD4+``):
   :func:`cytopipe.gatingml.gate_ids` gives the mapping.
 """
@@ -41,6 +43,7 @@ transforms:
   log: {type: log, T: 262144, M: 4.5}
   hlog: {type: hyperlog, T: 262144, W: 0.5, M: 4.5, A: 0}
   lin: {type: linear, T: 262144, A: 0}
+  cd4cd8: {type: ratio, A: 2, B: 100, C: -50}
 populations:
   - name: Lymphocytes
     gate:
@@ -73,6 +76,9 @@ populations:
     gate: {type: quadrant, channels: [CD25, CD127], at: [2.0, 1.75], quadrant: "+-"}
   - name: SSChlow
     gate: {type: range, channels: [{channel: SSC-H, transform: lin}], min: 2000, max: 12000}
+  - name: CD4overCD8
+    parent: CD3pos
+    gate: {type: range, channels: [{channel: [CD4, CD8], ratio: cd4cd8, compensation: none}], min: 40, max: 500}
   - name: NotTreg
     parent: CD4pos
     gate: {type: not, of: [Treg]}

@@ -84,8 +84,10 @@ def make_events(n: int, seed: int, treg_fraction: float = 0.03) -> tuple[np.ndar
     ev[:, 2] = np.where(lymph, rng.uniform(10_000, 40_000, n), rng.uniform(500, 3_000, n))
     for j, bright in enumerate(spec[:, 2:].T):
         # CD3 (FITC) bright enough that 20% of it in PE always clears the CD4 cut when left uncompensated.
+        # Triangular, not uniform: bounded (labels stay exact) yet single-peaked like real stains.
         low = 8_000 if j == 0 else 3_000
-        ev[:, 3 + j] = np.where(bright, rng.uniform(low, 20_000, n), rng.uniform(-100, 300, n))
+        ev[:, 3 + j] = np.where(bright, rng.triangular(low, (low + 20_000) / 2, 20_000, n),
+                                rng.triangular(-100, 50, 300, n))
     ev[:, 7] = np.arange(n) * 0.01
     idx = [CHANNELS.index(c) for c in FLUOR]
     ev[:, idx] = ev[:, idx] @ SPILL
@@ -108,8 +110,11 @@ def write_sample(path: Path, n: int = 20_000, seed: int = 0, treg_fraction: floa
     from cytopipe.fcs import write_fcs
 
     events, labels = make_events(n, seed, treg_fraction)
+    # One instrument: the same $PnR in every file (write_fcs maps per-parameter keywords by $PnN).
+    ranges = {key: value for i, name in enumerate(CHANNELS)
+              for key, value in ((f"$P{i + 1}N", name), (f"$P{i + 1}R", "262144"))}
     write_fcs(path, events, CHANNELS, MARKERS, {spill_key: spillover_keyword(), "$CYT": "test cytometer",
-                                               "PATIENT ID": "P-1"})
+                                               "PATIENT ID": "P-1", **ranges})
     return labels
 
 
