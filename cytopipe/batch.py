@@ -287,27 +287,40 @@ def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
         yield process_sample(task)
 
 
+def _pool_context(drawing: bool) -> Any:
+    """The multiprocessing context for worker pools, its fork server started (``None``: use no pool).
+
+    The fork server imports the pipeline modules once and every worker inherits them. Starting it early lets
+    those imports (about a second) run on another core while this process reads the sheet and the gate file.
+    """
+    import multiprocessing
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is not None and not os.path.isfile(main_file):
+        return None  # the program came from stdin: spawned workers could not re-import it and would die at start
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([m for m in _WORKER_MODULES if drawing or m != "cytopipe.plots"])
+    forkserver.ensure_running()
+    return context
+
+
 def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
     """Process tasks in a pool of ``workers`` processes; yields results as they finish.
 
     A worker that dies (e.g. killed for memory) breaks the pool; the unfinished tasks are retried once in a fresh
     pool and those lost again become failures, so one pathological file cannot sink the batch.
     """
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main_file is not None and not os.path.isfile(main_file):
-        # Python read the program from stdin: spawned workers could not re-import it and would die at start.
+    context = _pool_context(any(task.plots_dir is not None for task in tasks))
+    if context is None:
         yield from _run_in_process(tasks)
         return
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        # Imported once in the fork server and inherited by every worker, instead of once per worker.
-        drawing = any(task.plots_dir is not None for task in tasks)
-        context.set_forkserver_preload([m for m in _WORKER_MODULES if drawing or m != "cytopipe.plots"])
     pending = list(tasks)
     for attempt in range(2):
         lost: list[SampleTask] = []
@@ -324,6 +337,11 @@ def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
             pool.shutdown(wait=True, cancel_futures=True)
         if not lost:
             return
+        if len(lost) == len(tasks):
+            # Nothing ever finished: the workers cannot start, which is almost always a script re-run by them.
+            raise ConfigError("worker processes died before finishing any sample; a Python script that calls "
+                              "cytopipe.run with workers > 1 must do so under `if __name__ == '__main__':` "
+                              "(or use workers=1)")
         pending = lost
         if attempt == 1:
             for task in lost:
@@ -542,6 +560,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     for option, value in (("--spillover", spillover), ("--clinical", clinical)):
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"{option} {value}: file not found")
+    if scheduler is None and (workers or os.cpu_count() or 1) > 1:
+        _pool_context(plots)  # warm the worker processes' imports while this process does the set-up
     table = read_sample_sheet(sheet)
     strategy = load_strategy(gates)
     clinical_table = None

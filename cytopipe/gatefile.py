@@ -85,6 +85,8 @@ TRANSFORM_PARAMS: dict[str, dict[str, float | None]] = {
 }
 #: Optional clamps of any transform's output (Gating-ML ``boundMin``/``boundMax``), in friendly units.
 BOUND_PARAMS = ("boundMin", "boundMax")
+#: A coordinate whose raw equivalent exceeds this (or is infinite) is a unit mistake: detectors top out near 1e7.
+MAX_RAW = 1e9
 #: Scatter and time channels default to linear (raw units); everything else to ``logicle``.
 LINEAR_BY_DEFAULT = re.compile(r"^(FSC|SSC)|^time$", re.IGNORECASE)
 #: YAML ``compensation`` values with a fixed meaning, and their Gating-ML ``compensation-ref``.
@@ -536,9 +538,16 @@ class _Parser:
         if kind in registry:
             dims = self.dimensions(label, spec.get("channels"), None)
             try:
-                return registry[kind](spec, dims, f"{self.where}: {label}".rstrip(": "))
+                gate = registry[kind](spec, dims, f"{self.where}: {label}".rstrip(": "))
             except CytopipeError as exc:
                 raise _Problem(str(exc)) from None
+            # A data-driven cut may be set on another population (method: reference): it must exist.
+            for k, threshold in enumerate(getattr(gate, "thresholds", ())):
+                ref = getattr(threshold, "population", None)
+                if ref is not None and ref not in names:
+                    raise self.fail(label, f"gate.thresholds[{k}].population: unknown population '{ref}'"
+                                    f"{_suggest(ref, [n for n in names if n != name])}")
+            return gate
         for key in spec:
             if key not in GATE_KEYS[kind]:
                 raise self.fail(label, f"gate: unknown key '{key}' for a {kind} gate"
@@ -639,7 +648,22 @@ class _Parser:
             raise self.fail(label, f"{here}: expected {count} {what}, got {len(value)}")
         return [self.number(label, f"{here}[{k}]", v, allow_null) for k, v in enumerate(value)]
 
+    def plausible(self, label: str, here: str, values: Sequence[float | None], dims: tuple[Dimension, ...]) -> None:
+        """Refuse a coordinate that no instrument can measure: usually a raw value typed on a transformed axis."""
+        for k, (value, dim) in enumerate(zip(values, dims, strict=True)):
+            transform = dim.transform
+            if value is None or dim.ratio is not None or transform is None or isinstance(transform, Linear):
+                continue
+            with np.errstate(all="ignore"):
+                raw = float(transform.inverse(np.array([_to_gatingml(value, transform)]))[0])
+            if not math.isfinite(raw) or abs(raw) > MAX_RAW:
+                at = f"[{k}]" if len(dims) > 1 else ""
+                raise self.fail(label, f"{here}{at}: {_tidy(value)} is beyond any measurable value for "
+                                f"'{_name(dim)}': coordinates are in {_units_text(transform)}, not raw values")
+
     def bounds(self, label: str, lo: list, hi: list, dims: tuple[Dimension, ...]) -> None:
+        self.plausible(label, "gate.min", lo, dims)
+        self.plausible(label, "gate.max", hi, dims)
         for k, (a, b, dim) in enumerate(zip(lo, hi, dims, strict=True)):
             if a is None and b is None:
                 raise self.fail(label, f"gate.min: channel '{_name(dim)}' needs a min or a max (both null)")
@@ -676,6 +700,8 @@ class _Parser:
             raise self.fail(label, f"gate.vertices: a polygon needs at least 3 vertices, got {len(vertices)}")
         points = [self.numbers(label, f"gate.vertices[{k}]", v, 2, "coordinates [x, y]")
                   for k, v in enumerate(vertices)]
+        for k, point in enumerate(points):
+            self.plausible(label, f"gate.vertices[{k}]", point, dims)
         converted = [tuple(_to_gatingml(c, d.transform) for c, d in zip(p, dims, strict=True)) for p in points]
         return PolygonGate(name=name, dimensions=dims, vertices=tuple(converted))
 
@@ -685,6 +711,7 @@ class _Parser:
             if key not in spec:
                 raise self.fail(label, f"gate.{key}: missing")
         center = self.numbers(label, "gate.center", spec["center"], n, "coordinates (one per channel)")
+        self.plausible(label, "gate.center", center, dims)
         rows = spec["covariance"]
         if not isinstance(rows, list) or len(rows) != n:
             raise self.fail(label, f"gate.covariance: expected a {n}x{n} matrix (a list of {n} rows), "
@@ -707,6 +734,7 @@ class _Parser:
             if key not in spec:
                 raise self.fail(label, f"gate.{key}: missing")
         at = self.numbers(label, "gate.at", spec["at"], n, "values (one per channel)")
+        self.plausible(label, "gate.at", at, dims)
         signs = spec["quadrant"]
         if not isinstance(signs, str) or len(signs) != n or set(signs) - {"+", "-"}:
             raise self.fail(label, f"gate.quadrant: expected {n} signs, '+' (at or above) or '-' (below), one per "
@@ -757,6 +785,17 @@ def _rectangle(name: str, dims: tuple[Dimension, ...], lo: Sequence[float | None
 def _name(dim: Dimension) -> str:
     """A dimension's channel as written in a gate file (``CD4/CD8`` for a ratio)."""
     return "/".join(dim.channels)
+
+
+def _units_text(transform: Transform) -> str:
+    """How a gate file writes coordinates on this transform's axis, for messages."""
+    if isinstance(transform, (Logicle, Hyperlog)):
+        return f"{transform.kind} decades (0 to M = {_tidy(transform.M)})"
+    if isinstance(transform, Arcsinh):
+        return "asinh(x / cofactor)"
+    if isinstance(transform, Log):
+        return "log10(x)"
+    return f"{transform.kind} units"
 
 
 def _dependencies(pop: Population) -> list[str]:
@@ -969,7 +1008,7 @@ def resolve_channels(strategy: GatingStrategy, sample: Any) -> GatingStrategy:
     Returns
     -------
     GatingStrategy
-        The same gates; channels renamed (e.g. ``CD4`` -> ``APC-Cy7-A``).
+        The same gates; channels renamed (e.g. ``CD4`` -> ``FITC-A``).
 
     Raises
     ------
@@ -1001,7 +1040,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 class _Flow(dict):
-    pass
+    """A mapping written on one line (``{type: range, channels: [CD3], min: 1.9}``)."""
 
 
 _Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,

@@ -252,6 +252,8 @@ class _Biexponential(Transform):
         else:
             _require(0 <= self.W <= self.M / 2, who, f"W must be in [0, M/2], got {self.W}")
         _require(-self.W <= self.A <= self.M - 2 * self.W, who, f"A must be in [-W, M - 2W], got {self.A}")
+        # 10 ** (M + A) must stay a finite double for the coefficients.
+        _require(self.M + self.A <= 300, who, f"M + A must be at most 300 decades, got {self.M + self.A}")
         self._check_bounds()
 
     @property

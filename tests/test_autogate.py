@@ -72,6 +72,17 @@ def test_density_valley_one_mode_falls_back_to_negative_plus_k_sd():
     assert cut == pytest.approx(0.3 + 3 * 0.05, abs=0.015)
 
 
+def test_density_valley_one_mode_uses_the_wider_half():
+    # A negative population piled against zero (integer data clipped at 0): narrow below its mode, wide above.
+    rng = np.random.default_rng(9)
+    x = np.concatenate([0.3 - np.abs(rng.normal(0, 0.01, 10_000)), 0.3 + np.abs(rng.normal(0, 0.05, 10_000))])
+    cut, method = autogate.density_valley(x, k=3.0)
+    assert method == "negative+k*sd"
+    # The narrow lower half alone would put the cut near 0.3 + 3 * 0.01, inside the negatives' upper tail.
+    assert 0.38 < cut < 0.47
+    assert np.mean(x >= cut) < 0.03
+
+
 def test_density_valley_positive_mode_above_bounds_cuts_below_it():
     x = np.random.default_rng(2).normal(0.7, 0.05, 20_000)
     cut, method = autogate.density_valley(x, bounds=(0.2, 0.5), k=3.0)
@@ -111,6 +122,22 @@ def test_scatter_ellipse_finds_lymphocytes_whatever_the_gains():
     inside = gate.mask(xy)
     assert inside[labels == 1].mean() > 0.9
     assert inside[labels != 1].mean() < 0.03
+
+
+def test_gaussian_mixture_agrees_with_scikit_learn():
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(10)
+    z = np.vstack([rng.multivariate_normal([0, 0], [[1, 0.5], [0.5, 1]], 3000),
+                   rng.multivariate_normal([6, 1], [[0.5, 0], [0, 2]], 2000),
+                   rng.multivariate_normal([2, 7], [[2, -0.6], [-0.6, 0.7]], 1000)])
+    weights, means, covs = autogate.gaussian_mixture(z, 3, random_state=0)
+    reference = GaussianMixture(3, covariance_type="full", random_state=0, reg_covar=1e-4, tol=1e-5).fit(z)
+    for w, m, c in zip(reference.weights_, reference.means_, reference.covariances_, strict=True):
+        j = np.argmin(((means - m) ** 2).sum(axis=1))
+        assert weights[j] == pytest.approx(w, abs=0.005)
+        assert means[j] == pytest.approx(m, abs=0.01)
+        assert covs[j] == pytest.approx(c, abs=0.02)
 
 
 def test_singlet_band_recovers_the_line_and_drops_doublets():
@@ -278,6 +305,15 @@ def test_fitted_gates_draw_in_the_gating_plot(strategy, bd, tmp_path):
     assert (tmp_path / "gating.png").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("style", ["bd", "navios"])
+def test_rare_tregs_are_still_found(strategy, style):
+    # 0.5 % Tregs (a few dozen events): their FoxP3 mode is tiny but still gives the valley.
+    sample, labels = _sample(style, n_events=50_000, seed=3, treg_pct=0.5)
+    fitted, rows = autogate.fit_strategy(strategy, [sample])
+    assert rows[-1]["FoxP3 method"] == "valley"
+    assert abs(_treg_pct(fitted, sample) - sim.truth_counts(labels)["treg_pct_true"]) < 0.3
+
+
 def test_fitting_on_a_subsample_of_a_big_file_stays_accurate(strategy):
     sample, labels = _sample("bd", n_events=150_000, seed=11, treg_pct=8.0)
     fitted, rows = autogate.fit_strategy(strategy, [sample], max_events=40_000)
@@ -365,6 +401,13 @@ def test_missing_marker_names_the_marker_and_the_population(strategy, bd):
         autogate.fit_strategy(strategy, [without])
     text = str(err.value)
     assert "population 'CD4+' needs marker 'CD4'" in text and text.startswith("bd_7.fcs: ") and "\n" not in text
+
+
+def test_a_fit_without_enough_events_names_the_file_and_population(strategy):
+    tiny, _ = _sample("bd", n_events=40, seed=5)
+    with pytest.raises(GateError) as err:
+        autogate.fit_strategy(strategy, [tiny])
+    assert str(err.value) == "bd_5.fcs: population 'Lymphocytes': scatter gate needs at least 50 events, got 40"
 
 
 def test_reference_population_must_come_first(strategy, bd):

@@ -65,6 +65,7 @@ def serial(study, tmp_path_factory: pytest.TempPathFactory):
     return quiet_run(sheet=sheet, gates=gates, out=out, workers=1)
 
 
+@pytest.mark.slow
 def test_outputs_of_a_clean_run(study, serial):
     sheet, gates, labels = study
     out = serial.out

@@ -386,6 +386,15 @@ MISTAKES = [
      "  - name: S\n    gate: {type: range, channels: [{channel: [CD8, CD4], ratio: r}], min: 2}\n",
      "population 'S': gate.channels[0].ratio: 'r' is already used with ['CD4', 'CD8']; define another ratio "
      "transform for this channel pair"),
+    ("raw value on a logicle axis",
+     "populations:\n  - name: CD3+\n    gate: {type: range, channels: [CD3], min: 2000}\n",
+     "population 'CD3+': gate.min: 2000 is beyond any measurable value for 'CD3': coordinates are in logicle decades "
+     "(0 to M = 4.5), not raw values"),
+    ("raw vertex on a logicle axis",
+     "populations:\n  - name: A\n    gate: {type: polygon, channels: [CD4, CD8], vertices: [[1, 1], [2, 2], "
+     "[100000, 3]]}\n",
+     "population 'A': gate.vertices[2][0]: 100000 is beyond any measurable value for 'CD4': coordinates are in "
+     "logicle decades (0 to M = 4.5), not raw values"),
     ("missing matrix file", "compensation: spill.csv\n" + _POP,
      "compensation: matrix file 'spill.csv' not found (use 'file', 'none' or a path)"),
     ("bad quadrant",
@@ -563,10 +572,17 @@ def test_data_driven_gate_types_come_from_autogate(tmp_path: Path) -> None:
     path = _write(tmp_path, f"populations:\n  - name: X\n    gate: {{type: {kind[:-1]}, channels: [CD3]}}\n")
     assert gatefile.check_gates(path) == [
         f"{path}: population 'X': gate.type: unknown gate type '{kind[:-1]}' (did you mean '{kind}'?)"]
+    typo = _write(tmp_path, "populations:\n  - name: CD4- T\n    gate: {type: range, channels: [CD4], max: 1.5}\n"
+                  "  - name: Treg\n    gate: {type: auto_threshold, channels: [CD25], thresholds: "
+                  "[{side: above, method: reference, population: CD4 T, percentile: 99}]}\n", "typo.yaml")
+    assert gatefile.check_gates(typo) == [
+        f"{typo}: population 'Treg': gate.thresholds[0].population: unknown population 'CD4 T' "
+        "(did you mean 'CD4- T'?)"]
     treg_auto = REPO / "gates" / "treg_auto.yaml"
     if treg_auto.is_file():
         strategy = gatefile.load_gates(treg_auto)
         assert any(type(p.gate).__module__ == "cytopipe.autogate" for p in strategy.populations)
+        assert gatefile.parse_gates(gatefile.dump_yaml(strategy)).populations == strategy.populations
         # Unfitted gates have no Gating-ML form; the message names the gate file, not a temporary output.
         with pytest.raises(GateError) as excinfo:
             gatefile.convert(treg_auto, "gatingml")
@@ -593,12 +609,14 @@ _GML_TRANSFORMS = [None, Logicle(name="logicle"), Logicle(T=10_000, W=0.75, M=4.
                    Arcsinh.from_cofactor(150, name="asinh"), Arcsinh(T=1000, M=4, A=1, name="fasinh"),
                    Log(T=1e5, M=5, name="log"), Hyperlog(T=5000, W=1, M=4.5, A=0.5, name="hyper"),
                    Linear(T=1024, A=12.5, name="lin")]
-_coordinate = st.floats(-1.5, 1.5, allow_nan=False, width=64)
+# Gating-ML values on every axis that stay within what a detector can measure (see MAX_RAW).
+_coordinate = st.floats(-0.3, 1.3, allow_nan=False, width=64)
 
 
 @settings(max_examples=60, deadline=None)
 @given(t1=st.sampled_from(_GML_TRANSFORMS), t2=st.sampled_from(_GML_TRANSFORMS),
-       lo=st.lists(_coordinate, min_size=2, max_size=2), width=st.lists(st.floats(1e-6, 2), min_size=2, max_size=2),
+       lo=st.lists(st.floats(-0.3, 0.6), min_size=2, max_size=2),
+       width=st.lists(st.floats(1e-6, 0.7), min_size=2, max_size=2),
        vertices=st.lists(st.tuples(_coordinate, _coordinate), min_size=3, max_size=6),
        variance=st.floats(1e-4, 2), distance=st.floats(0.1, 10))
 def test_any_gatingml_coordinates_survive_yaml_exactly(

@@ -170,14 +170,12 @@ def test_counts_match_construction(fcs, strategy, tmp_path):
     assert png == plot_path(tmp_path / "plots", "S1") and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_wilson_interval_of_the_treg_row(tmp_path, strategy):
+def test_wilson_interval_of_the_treg_row():
+    from cytopipe.gates import GatingResult
     from cytopipe.pipeline import treg_row
 
-    class Counted:  # the two attributes treg_row reads from a GatingResult
-        n_events = 10_000
-        counts = {"CD4+": 5000, "treg": 250}
-
-    row = treg_row(Counted(), "treg", "CD4+", {"sample": "x"})
+    counted = GatingResult(masks={}, counts={"CD4+": 5000, "treg": 250}, n_events=10_000)
+    row = treg_row(counted, "treg", "CD4+", {"sample": "x"})
     assert row["treg_pct"] == 5.0
     assert (round(row["ci_low"], 2), round(row["ci_high"], 2)) == (4.43, 5.64)
 

@@ -208,3 +208,9 @@ def test_logicle_is_monotone_and_inverts(W: float, M: float, A: float, x: list[f
     y = transform.apply(values)
     assert np.all(np.diff(y) >= 0)
     np.testing.assert_allclose(transform.inverse(y), values, rtol=1e-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [Logicle, Hyperlog])
+def test_absurd_decades_are_a_gate_error_not_an_overflow(cls):
+    with pytest.raises(GateError, match=r"M \+ A must be at most 300 decades, got 309"):
+        cls(T=262144, W=0.5, M=309, A=0)
