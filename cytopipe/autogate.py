@@ -25,6 +25,7 @@ over the given samples). :func:`gate_drift` compares fitted parameters with the 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
@@ -78,10 +79,25 @@ def _robust_sd(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
+def _median_sd(x: np.ndarray) -> tuple[float, float]:
+    """The median and the robust SD (:func:`_robust_sd`, at least 1e-6) of ``x``."""
+    center = float(np.median(x))
+    return center, float(1.4826 * np.median(np.abs(x - center))) or 1e-6
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``y = intercept + slope * x`` in closed form: ``(slope, intercept)``."""
+    mx, my = float(x.mean()), float(y.mean())
+    dx = x - mx
+    slope = float(dx @ (y - my)) / max(float(dx @ dx), 1e-300)
+    return slope, my - slope * mx
+
+
 def _smoothed_density(x: np.ndarray, bins: int, adjust: float) -> tuple[np.ndarray, np.ndarray]:
     """A fast KDE: a histogram on a fine grid smoothed with a Gaussian kernel (Silverman bandwidth x adjust)."""
-    lo, hi = np.quantile(x, [0.0005, 0.9995])
-    spread = min(float(np.std(x)), float(np.subtract(*np.quantile(x, [0.75, 0.25]))) / 1.349) or float(np.std(x))
+    lo, q25, q75, hi = np.quantile(x, [0.0005, 0.25, 0.75, 0.9995])
+    std = float(np.std(x))
+    spread = min(std, float(q75 - q25) / 1.349) or std
     bandwidth = adjust * 0.9 * max(spread, 1e-9) * x.size ** -0.2
     lo, hi = lo - 3 * bandwidth, hi + 3 * bandwidth
     counts, edges = np.histogram(x, bins=bins, range=(lo, hi))
@@ -204,8 +220,9 @@ def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0,
     Notes
     -----
     The model of ``sklearn.mixture.GaussianMixture(covariance_type="full", init_params="k-means++")``, written out
-    in numpy and vectorised over components: on the few thousand 2-D events of a scatter gate, fitted for every
-    sample, scikit-learn's per-iteration input validation made it 3-5 times slower.
+    in numpy with every EM step batched over components (about ten numpy calls per round): on the few thousand
+    2-D events of a scatter gate, fitted for every sample, scikit-learn's per-iteration input validation made it
+    3-5 times slower.
     """
     n, d = z.shape
     rng = np.random.default_rng(random_state)
@@ -215,33 +232,31 @@ def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0,
         nearest = np.minimum(nearest, ((z - centers[-1]) ** 2).sum(axis=1))
         centers.append(z[rng.choice(n, p=nearest / nearest.sum())])
     means = np.array(centers)
-    resp = np.zeros((n, n_components))
-    resp[np.arange(n), np.argmin(((z[:, None, :] - means[None]) ** 2).sum(axis=2), axis=1)] = 1.0
-    previous = -np.inf
+    # Components x events layout throughout: every step is one batched numpy call over all components.
+    resp = np.zeros((n_components, n))
+    resp[np.argmin(((z[None] - means[:, None]) ** 2).sum(axis=2), axis=0), np.arange(n)] = 1.0
+    zt = np.ascontiguousarray(z.T)  # (d, n)
     eye = reg_covar * np.eye(d)
+    constant = d * np.log(2 * np.pi)
+    previous = -np.inf
     for _ in range(max_iter):
-        # M-step, then E-step, vectorised over components.
-        counts = resp.sum(axis=0) + 10 * np.finfo(float).eps
+        # M-step
+        counts = resp.sum(axis=1) + 10 * np.finfo(float).eps
         weights = counts / n
-        means = (resp.T @ z) / counts[:, None]
-        diff = z[:, None, :] - means[None]
-        # Element-wise over the (few) dimension pairs: much faster than einsum on (n, k, d) arrays this small.
-        covs = np.empty((n_components, d, d))
-        for a in range(d):
-            for b in range(a, d):
-                covs[:, a, b] = covs[:, b, a] = (resp * diff[..., a] * diff[..., b]).sum(axis=0) / counts
-        covs += eye
-        _, logdet = np.linalg.slogdet(covs)
-        precision = np.linalg.inv(covs)
-        quad = np.zeros((n, n_components))
-        for a in range(d):
-            for b in range(d):
-                quad += diff[..., a] * precision[:, a, b] * diff[..., b]
-        log_prob = np.log(weights) - 0.5 * (quad + logdet + d * np.log(2 * np.pi))
-        top = log_prob.max(axis=1, keepdims=True)
-        total = top[:, 0] + np.log(np.exp(log_prob - top).sum(axis=1))
-        resp = np.exp(log_prob - total[:, None])
-        likelihood = float(total.mean())
+        means = (resp @ z) / counts[:, None]
+        diff = zt[None] - means[:, :, None]  # (k, d, n)
+        covs = (diff * resp[:, None]) @ diff.transpose(0, 2, 1) / counts[:, None, None] + eye
+        # E-step: Mahalanobis distances through the Cholesky factors (a batched matmul, no per-component solve).
+        chol = np.linalg.cholesky(covs)
+        scaled = np.linalg.inv(chol) @ diff
+        logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+        log_prob = (np.log(weights) - 0.5 * (logdet + constant))[:, None] - 0.5 * (scaled * scaled).sum(axis=1)
+        top = log_prob.max(axis=0)
+        log_prob -= top
+        np.exp(log_prob, out=log_prob)
+        norm = log_prob.sum(axis=0)
+        resp = log_prob / norm
+        likelihood = float((top + np.log(norm)).mean())
         if likelihood - previous < tol:
             break
         previous = likelihood
@@ -362,19 +377,15 @@ def fit_singlet_band(area: np.ndarray, height: np.ndarray, *, k: float = 4.0) ->
                         f"got {area.size}")
     slope, intercept = float(np.median(area / height)), 0.0
     keep = np.ones(area.size, dtype=bool)
-    for _ in range(5):
+    for round_ in range(6):
         fitted = intercept + slope * height
         rel = (area - fitted) / np.maximum(fitted, 1e-12)
-        sd = _robust_sd(rel[keep]) or 1e-6
-        keep = np.abs(rel - np.median(rel[keep])) < 2.5 * sd
-        if keep.sum() < MIN_EVENTS:
+        center, sd = _median_sd(rel[keep])
+        keep = np.abs(rel - center) < 2.5 * sd
+        if round_ == 5 or keep.sum() < MIN_EVENTS:
             break
-        slope, intercept = (float(v) for v in np.polyfit(height[keep], area[keep], 1))
-    fitted = intercept + slope * height
-    rel = (area - fitted) / np.maximum(fitted, 1e-12)
-    keep = np.abs(rel - np.median(rel[keep])) < 2.5 * (_robust_sd(rel[keep]) or 1e-6)
-    center = float(np.median(rel[keep]))
-    sd = _robust_sd(rel[keep]) or 1e-6
+        slope, intercept = _line(height[keep], area[keep])
+    center, sd = _median_sd(rel[keep])
     return {"slope": slope, "intercept": intercept, "center": center, "sd": sd,
             "low": center - k * sd, "high": center + k * sd}
 
@@ -868,23 +879,65 @@ def _evaluate(pops: Sequence[Population], columns: Mapping[str, np.ndarray], n: 
         masks[pop.name] = mask
 
 
-class _Context:
-    """One (subsampled) sample during top-down fitting.
+@dataclass(eq=False)
+class _Subsample:
+    """Every k-th event of one sample and the transformed columns computed on them so far."""
 
-    Every column any gate reads is compensated and transformed once, by :meth:`GatingStrategy.apply` on a strategy of
-    open "probe" gates (so compensation, channel lookup and transforms are exactly those of the final gating);
-    populations are then evaluated on those columns as they are fitted.
+    sample: Any
+    spillover: Any
+    matrices: dict[str, Any]
+    max_events: int | None
+    columns: dict[tuple[Dimension, ...], np.ndarray]
+
+
+#: Sample -> its fitting subsamples (one per spillover, named matrices and size). The entry lives as long as the
+#: sample: fitting a sample's gates and then its sensitivity rows compensate and transform the subsample once.
+_SUBSAMPLES: weakref.WeakKeyDictionary[Any, list[_Subsample]] = weakref.WeakKeyDictionary()
+
+
+def _subsample_columns(strategy: GatingStrategy, dims: Mapping[str, tuple[Dimension, ...]], sample: Any,
+                       spillover: Any, max_events: int | None) -> tuple[dict[str, np.ndarray], int]:
+    """Each population's values (its dimensions, transformed) on every k-th event of ``sample``.
+
+    Columns are computed by :meth:`GatingStrategy.apply` on open "probe" gates, so compensation, channel lookup
+    and transforms are exactly those of the final gating, and cached for the lifetime of ``sample`` (keyed by the
+    spillover and named-matrix objects, the subsample size and the dimensions).
+
+    Returns
+    -------
+    (dict of str to numpy.ndarray, int)
+        Population name -> ``(n, ndim)`` values (populations without dimensions are left out), and ``n``.
     """
+    try:
+        entries = _SUBSAMPLES.setdefault(sample, [])
+    except TypeError:  # a sample type that cannot be weakly referenced: no caching
+        entries = []
+    matrices = strategy.matrices
+    entry = next((e for e in entries if e.spillover is spillover and e.max_events == max_events
+                  and e.matrices.keys() == matrices.keys() and all(e.matrices[k] is v for k, v in matrices.items())),
+                 None)
+    if entry is None:
+        small = sample if max_events is None else _subsample_sample(sample, max_events)
+        entry = _Subsample(small, spillover, dict(matrices), max_events, {})
+        entries.append(entry)
+    missing = list(dict.fromkeys(d for d in dims.values() if d and d not in entry.columns))
+    if missing:
+        probes = tuple(Population(f"probe {i}", RectangleGate(f"probe {i}", d, min=(-np.inf,) * len(d),
+                                                               max=(None,) * len(d)))
+                       for i, d in enumerate(missing))
+        result = replace(strategy, populations=probes, treg=None, parent=None).apply(entry.sample, spillover)
+        for probe in probes:
+            entry.columns[probe.gate.dimensions] = result.values(probe.gate)
+    return {name: entry.columns[d] for name, d in dims.items() if d}, entry.sample.n_events
+
+
+class _Context:
+    """One (subsampled) sample during top-down fitting: its columns (:func:`_subsample_columns`) and the masks of
+    the populations fitted so far, evaluated on those columns."""
 
     def __init__(self, strategy: GatingStrategy, dims: Mapping[str, tuple[Dimension, ...]], sample: Any,
-                 spillover: Any) -> None:
-        probes = tuple(
-            Population(name, RectangleGate(name, d, min=(-np.inf,) * len(d), max=(None,) * len(d)))
-            for name, d in dims.items() if d
-        )
-        result = replace(strategy, populations=probes, treg=None, parent=None).apply(sample, spillover)
-        self.columns = {p.name: result.values(p.gate) for p in probes}
-        self.n = sample.n_events
+                 spillover: Any, max_events: int | None) -> None:
+        self.columns, self.n = _subsample_columns(strategy, dims, sample, spillover, max_events)
         self.masks: dict[str, np.ndarray] = {}
         self.pops: list[Population] = []  # the populations so far, with the gates fitted for this sample
 
@@ -986,8 +1039,7 @@ def fit_strategy(
         if isinstance(gate, AutoGate) and gate.auto_top:
             gate = _resolve_top(gate, samples, f"{where} '{pop.name}'")
         dims[pop.name] = gate.dimensions
-    contexts = [_Context(strategy, dims, _subsample_sample(s, max_events), spill)
-                for s, spill in zip(samples, spills, strict=True)]
+    contexts = [_Context(strategy, dims, s, spill, max_events) for s, spill in zip(samples, spills, strict=True)]
     control_contexts = {}
     wanted_roles = {r.casefold() for p in strategy.populations for r in getattr(p.gate, "controls", ())}
     for role, control in (controls or {}).items():
@@ -997,8 +1049,7 @@ def fit_strategy(
         # label, and its detectors are those of the samples.
         by_detector = {name: tuple(_by_detector(d, samples[0]) for d in ds) for name, ds in dims.items()}
         try:
-            control_contexts[str(role).casefold()] = _Context(strategy, by_detector,
-                                                              _subsample_sample(control, max_events), spills[0])
+            control_contexts[str(role).casefold()] = _Context(strategy, by_detector, control, spills[0], max_events)
         except MarkerError as err:
             raise MarkerError(f"control '{role}': {err}") from None
     names = [_sample_name(s, i) for i, s in enumerate(samples)]
@@ -1300,22 +1351,23 @@ def sensitivity(
         raise GateError(f"{strategy.name or 'gating strategy'}: no Treg population (name one with treg=)")
     parent = parent or strategy.parent or strategy.population(treg).parent
     if fitted is None:
-        fitted, _ = fit_strategy(strategy, [sample], spillover=spillover)
-    if max_events is not None:
-        sample = _subsample_sample(sample, max_events)
-    # Only the populations the Treg % depends on are gated; the columns are computed once and each shifted
-    # threshold re-evaluates just its population and the ones below it.
+        fitted, _ = fit_strategy(strategy, [sample], spillover=spillover, max_events=max_events or DEFAULT_MAX_EVENTS)
+    # Only the populations the Treg % depends on are gated, on the columns the fit computed for this sample (the
+    # same subsample, compensated and transformed once); each shifted threshold re-evaluates just its population
+    # and the ones below it.
     needed = {treg, *([parent] if parent else [])}
     for pop in reversed(fitted.populations):
         if pop.name in needed:
             needed.update([pop.parent] if pop.parent else [])
             needed.update(pop.gate.operands if isinstance(pop.gate, BooleanGate) else ())
     pops = [p for p in fitted.populations if p.name in needed]
-    result = replace(fitted, populations=tuple(pops), treg=None, parent=None).apply(sample, spillover)
-    columns = {p.name: result.values(p.gate) for p in pops if not isinstance(p.gate, BooleanGate)}
+    columns, n_events = _subsample_columns(fitted, {p.name: p.gate.dimensions for p in pops}, sample, spillover,
+                                           max_events)
+    base_masks: dict[str, np.ndarray] = {}
+    _evaluate(pops, columns, n_events, base_masks)
 
     def treg_pct(masks: Mapping[str, np.ndarray]) -> float:
-        n = result.n_events if parent is None else int(np.count_nonzero(masks[parent]))
+        n = n_events if parent is None else int(np.count_nonzero(masks[parent]))
         return 100.0 * int(np.count_nonzero(masks[treg])) / n if n else math.nan
 
     def below(name: str) -> set[str]:
@@ -1325,7 +1377,7 @@ def sensitivity(
                 out.add(p.name)
         return out
 
-    base = treg_pct(result.masks)
+    base = treg_pct(base_masks)
     rows = []
     for pop in strategy.populations:
         if not isinstance(pop.gate, ThresholdGate) or pop.name not in needed:
@@ -1341,12 +1393,12 @@ def sensitivity(
                 shifted = list(gate.min if bound == "min" else gate.max)
                 shifted[i] = to_units(friendly + sign * delta, dim.transform)
                 new = replace(gate, **{bound: tuple(shifted)})
-                masks = {k: v for k, v in result.masks.items() if k not in stale}
-                _evaluate([replace(p, gate=new) if p.name == pop.name else p for p in pops], columns,
-                          result.n_events, masks)
+                masks = {k: v for k, v in base_masks.items() if k not in stale}
+                _evaluate([replace(p, gate=new) if p.name == pop.name else p for p in pops], columns, n_events,
+                          masks)
                 moved.append(treg_pct(masks))
             rows.append({"population": pop.name, "channel": str(dim.channel), "bound": bound, "threshold": friendly,
                          "delta": delta, "treg_pct": base, "treg_pct_minus": moved[0], "treg_pct_plus": moved[1],
                          "max_change_pp": max(abs(moved[0] - base), abs(moved[1] - base)),
-                         "n_events": result.n_events})
+                         "n_events": n_events})
     return rows

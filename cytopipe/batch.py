@@ -11,10 +11,12 @@ format, so ``--workers 1``, ``--workers N`` and a Dask cluster give byte-identic
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -593,10 +595,14 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if todo:
         where = f"on {scheduler}" if scheduler else f"{min(n_workers, len(todo))} worker(s)"
         log.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache; {where}")
+    # The tables need cytopipe.stats (scipy.stats: about a second to import); import it while the workers work.
+    warm = threading.Thread(target=importlib.import_module, args=("cytopipe.stats",), daemon=True)
+    warm.start()
     for result in _execute(todo, cache, n_workers, scheduler):
         results.append(result)
         log.sample(result)
     log.finish()
+    warm.join()
 
     tables = _tables(results, strategy, table)
     if client_fitted:

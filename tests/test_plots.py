@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.collections import QuadMesh
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from cytopipe.fcs import Sample
 from cytopipe.gates import BooleanGate, Dimension, GatingStrategy, PolygonGate, Population, RectangleGate
@@ -92,9 +92,8 @@ def test_save_figure_atomic_and_deterministic(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ gating
 
 
-def _sample_and_strategy() -> tuple[Sample, GatingStrategy]:
+def _sample_and_strategy(n: int = 6000) -> tuple[Sample, GatingStrategy]:
     rng = np.random.default_rng(7)
-    n = 6000
     lymph = rng.random(n) < 0.7
     fsc = np.where(lymph, rng.normal(50000, 5000, n), rng.normal(110000, 8000, n))
     ssc = np.where(lymph, rng.normal(15000, 3000, n), rng.normal(60000, 8000, n))
@@ -130,8 +129,11 @@ def test_gating_hierarchy_panels_follow_the_strategy() -> None:
     for ax_title, pop in zip(titles, ("Lymphocytes", "CD4+", "Treg"), strict=False):
         assert ax_title.startswith(f"{pop}\n{result.counts[pop]:,} = ")
     assert "Back-gating: Treg" in titles[3] and f"{result.counts['Treg']:,} events" in titles[3]
-    # 2-D panels are log-coloured densities with the gate outline; the polygon is drawn where it is.
-    assert any(isinstance(c, QuadMesh) and c.norm.__class__.__name__ == "LogNorm" for c in axes[0].collections)
+    # 2-D panels are log-coloured densities (one image) of the parent's events with the gate outline; the polygon
+    # is drawn where it is.
+    image = axes[0].get_images()[0]
+    assert isinstance(image, AxesImage) and image.norm.__class__.__name__ == "LogNorm"
+    assert int(image.get_array().sum()) == pytest.approx(result.n_events, rel=0.01)  # all but the 0.2 % tails
     outline = axes[0].get_lines()[0]
     assert list(outline.get_xdata()) == pytest.approx([30000, 75000, 75000, 30000, 30000])
     # The Treg rectangle is open upwards/rightwards: its open sides are pushed beyond the axes.
@@ -142,6 +144,31 @@ def test_gating_hierarchy_panels_follow_the_strategy() -> None:
     dots = axes[3].get_lines()[0]
     assert len(dots.get_xdata()) == result.counts["Treg"]
     assert fig.get_suptitle() == "Gating of S1 <x>"
+
+
+def test_gating_hierarchy_of_a_large_sample_draws_a_sample_of_events_and_exact_counts() -> None:
+    """Above 200,000 events a panel bins every k-th parent event; titles still give the exact counts, 1-D counts
+    are scaled back to events, and back-gating dots are Treg events (every k-th above 20,000)."""
+    from cytopipe import plots
+
+    sample, strategy = _sample_and_strategy(900_000)
+    result = strategy.apply(sample)
+    assert result.counts["Treg"] > plots._MAX_BACKGATE_DOTS
+    axes = gating_hierarchy(result, strategy, "big").axes
+    root = axes[0].get_images()[0].get_array()
+    binned = len(range(0, result.n_events, -(-result.n_events // plots._MAX_PLOT_EVENTS)))
+    assert 0.99 * binned < root.sum() <= binned <= plots._MAX_PLOT_EVENTS  # all but the 0.2 % tails
+    assert axes[1].get_title().startswith(f"CD4+\n{result.counts['CD4+']:,} = ")
+    grey = axes[1].patches[0]  # the parent's histogram, counts scaled back to events
+    heights = np.asarray(grey.get_path().vertices[:, 1])
+    assert heights.max() > 0.01 * result.counts["Lymphocytes"]
+    dots = axes[3].get_lines()[0]
+    step = -(-result.counts["Treg"] // plots._MAX_BACKGATE_DOTS)
+    assert len(dots.get_xdata()) == len(range(0, result.counts["Treg"], step)) <= plots._MAX_BACKGATE_DOTS
+    scatter = result.values(strategy.populations[0].gate)
+    tregs = scatter[result.masks["Treg"]]
+    assert set(zip(dots.get_xdata(), dots.get_ydata(), strict=True)) <= set(map(tuple, tregs.tolist()))
+    assert f"{result.counts['Treg']:,} events on scatter" in axes[3].get_title()
 
 
 @pytest.mark.slow

@@ -1,0 +1,176 @@
+"""Benchmark: what data-driven gates add to the end-to-end time of one 1,000,000-event file (issue 5).
+
+A simulated file (:mod:`cytopipe.simulate`, FACSCanto II style, cached under ``benchmarks/_data/``) goes through
+:func:`cytopipe.pipeline.process_sample`, the unit of work of ``cytopipe run`` (read, compensate, transform, gate,
+count, gating plot), once with fixed gates and once with the data-driven gate file (which also fits the gates and,
+as ``batch.run`` does, writes the sensitivity rows). The four runs (fixed / data-driven, with / without the gating
+plot) are interleaved, so all see the same machine load, and repeated; the best time of each is reported, with the
+overheads as ratios of times measured in the same run. The fit, the sensitivity rows and the gating plot are also
+timed on their own (on a sample already read, gated with the fitted gates).
+
+BLAS runs on one thread (``--threads``), as in ``cytopipe run``'s worker processes: on a small shared machine a
+multi-threaded BLAS call waits for a busy core and turns a 0.1 ms product into 5-15 ms of noise.
+
+Run ``python benchmarks/bench_autogate.py [--events N] [--repeats N] [--threads N] [--fixed FILE] [--auto FILE]``.
+Defaults:
+the fixed gates are the first of ``gates/treg_fixed.yaml`` and ``gates/treg.yaml`` without data-driven gates, the
+data-driven ones the first of ``gates/treg.yaml`` and ``gates/treg_auto.yaml`` with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from cytopipe import autogate
+from cytopipe import simulate as sim
+from cytopipe.fcs import read_fcs
+from cytopipe.gatefile import load_strategy
+from cytopipe.pipeline import SampleTask, choose_spillover, process_sample, resolve_treg
+from cytopipe.plots import gating_hierarchy, save_figure
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "_data"
+
+
+def default_gates(data_driven: bool) -> Path:
+    """The first existing gate file of the wanted kind (the fixed/data-driven file names are being swapped)."""
+    names = ("treg.yaml", "treg_auto.yaml") if data_driven else ("treg_fixed.yaml", "treg.yaml")
+    for name in names:
+        path = REPO / "gates" / name
+        if path.is_file() and autogate.needs_fitting(load_strategy(path)) == data_driven:
+            return path
+    kind = "data-driven" if data_driven else "fixed"
+    raise SystemExit(f"bench_autogate: no {kind} gate file among gates/{', gates/'.join(names)}; pass one")
+
+
+def simulated_file(n_events: int, style: str = "bd", seed: int = 2) -> Path:
+    """A simulated FCS file with ``n_events`` events, written once and reused."""
+    path = DATA / f"autogate_{style}_{n_events}_s{seed}.fcs"
+    if not path.is_file():
+        DATA.mkdir(parents=True, exist_ok=True)
+        spec = sim.SampleSpec(n_events=n_events, style=style, file=path.name)
+        tmp = path.with_suffix(".tmp")
+        sim.write_sample(tmp, sim.simulate_sample(spec, np.random.default_rng(seed)), style)
+        tmp.replace(path)
+    return path
+
+
+def best(fn: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run(n_events: int = 1_000_000, repeats: int = 7, fixed_path: Path | None = None,
+        auto_path: Path | None = None) -> dict[str, float]:
+    """Time the fixed and the data-driven pipeline on one file; returns the best seconds per measurement."""
+    fixed_path = fixed_path or default_gates(data_driven=False)
+    auto_path = auto_path or default_gates(data_driven=True)
+    path = simulated_file(n_events)
+    fixed, auto = load_strategy(fixed_path), load_strategy(auto_path)
+    runs = {"fixed": (fixed, *resolve_treg(fixed)), "auto": (auto, *resolve_treg(auto))}
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as plots:
+        for _ in range(repeats + 1):  # the first round warms up (imports, logicle tables) and is not counted
+            for with_plot in (False, True):
+                for name, (strategy, treg, parent) in runs.items():
+                    task = SampleTask("bench", str(path), strategy, treg=treg, parent=parent,
+                                      plots_dir=plots if with_plot else None,
+                                      data_driven=strategy if name == "auto" else None)
+                    start = time.perf_counter()
+                    result = process_sample(task)
+                    elapsed = time.perf_counter() - start
+                    if not result.ok:
+                        raise SystemExit(f"bench_autogate: {name}: {result.failure}")
+                    times.setdefault(f"{name} plot" if with_plot else name, []).append(elapsed)
+                    if with_plot:
+                        times.setdefault(f"{name} plot alone", []).append(result.timings["plot"])
+        out = {key: min(values[1:]) for key, values in times.items()}
+
+        # The data-driven parts on their own, each on a freshly read sample (nothing cached from an earlier fit).
+        def fit() -> None:
+            sample = read_fcs(path)
+            autogate.fit_strategy(auto, [sample], spillover=choose_spillover(sample, auto))
+
+        def fit_and_sensitivity() -> None:
+            sample = read_fcs(path)
+            spillover = choose_spillover(sample, auto)
+            fitted, _ = autogate.fit_strategy(auto, [sample], spillover=spillover)
+            autogate.sensitivity(auto, sample, runs["auto"][1], runs["auto"][2], spillover=spillover, fitted=fitted)
+
+        sample = read_fcs(path)
+        spillover = choose_spillover(sample, auto)
+        fitted, _ = autogate.fit_strategy(auto, [sample], spillover=spillover)
+        result = fitted.apply(sample, spillover)
+        plot_file = Path(plots) / "gating_bench.png"
+        out["read"] = best(lambda: read_fcs(path), repeats)
+        out["fit"] = best(fit, repeats) - out["read"]
+        out["fit + sensitivity"] = best(fit_and_sensitivity, repeats) - out["read"]
+        out["plot build"] = best(lambda: gating_hierarchy(result, fitted, "bench", treg=runs["auto"][1]), repeats)
+        out["plot build + png"] = best(
+            lambda: save_figure(gating_hierarchy(result, fitted, "bench", treg=runs["auto"][1]), plot_file), repeats)
+    return out
+
+
+def report(out: dict[str, float], n_events: int, repeats: int, fixed_path: Path, auto_path: Path) -> str:
+    """The benchmark table as text."""
+    def pct(a: float, b: float) -> str:
+        return f"{100 * (a / b - 1):+.1f} %"
+
+    base = out["fixed"]
+    lines = [
+        f"{n_events:,} events (simulated FACSCanto II file), process_sample per file, best of {repeats} "
+        f"interleaved repeats",
+        f"fixed gates: {fixed_path.relative_to(REPO) if fixed_path.is_relative_to(REPO) else fixed_path}; "
+        f"data-driven: {auto_path.relative_to(REPO) if auto_path.is_relative_to(REPO) else auto_path}",
+        "",
+        f"{'':28}{'fixed':>10}{'data-driven':>14}{'overhead':>11}",
+        f"{'end-to-end, no gating plot':28}{out['fixed']:>9.3f}s{out['auto']:>13.3f}s"
+        f"{pct(out['auto'], out['fixed']):>11}",
+        f"{'end-to-end, with the plot':28}{out['fixed plot']:>9.3f}s{out['auto plot']:>13.3f}s"
+        f"{pct(out['auto plot'], out['fixed plot']):>11}",
+        f"{'gating plot stage alone':28}{out['fixed plot alone']:>9.3f}s{out['auto plot alone']:>13.3f}s",
+        "",
+        "parts, as a share of the fixed end-to-end time without the plot "
+        f"({base:.3f} s):",
+        f"  fit_strategy (fresh sample)       {out['fit']:.3f} s  {100 * out['fit'] / base:5.1f} %",
+        f"  fit + sensitivity rows            {out['fit + sensitivity']:.3f} s  "
+        f"{100 * out['fit + sensitivity'] / base:5.1f} %",
+        f"  gating plot: build                {out['plot build']:.3f} s  {100 * out['plot build'] / base:5.1f} %",
+        f"  gating plot: build + PNG          {out['plot build + png']:.3f} s  "
+        f"{100 * out['plot build + png'] / base:5.1f} %",
+        f"  (reading the file                 {out['read']:.3f} s  {100 * out['read'] / base:5.1f} %)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1, as a worker process)")
+    parser.add_argument("--fixed", type=Path, help="fixed gate file (default: gates/treg_fixed.yaml or treg.yaml)")
+    parser.add_argument("--auto", type=Path, help="data-driven gate file (default: gates/treg.yaml or "
+                                                  "treg_auto.yaml)")
+    args = parser.parse_args()
+    fixed_path = (args.fixed or default_gates(data_driven=False)).resolve()
+    auto_path = (args.auto or default_gates(data_driven=True)).resolve()
+    with threadpool_limits(args.threads):
+        out = run(args.events, args.repeats, fixed_path, auto_path)
+    print(report(out, args.events, args.repeats, fixed_path, auto_path))
+
+
+if __name__ == "__main__":
+    main()
