@@ -333,7 +333,10 @@ def _stride(rows: np.ndarray, limit: int) -> np.ndarray:
 
 
 def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
+    """Axis limits: the 0.2-99.8 % range of the values (every k-th of at most 50,000), stretched a little
+    towards the gate outline."""
+    finite = values[:: -(-values.size // 50_000)]
+    finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return 0.0, 1.0
     lo, hi = np.percentile(finite, [0.2, 99.8])
@@ -382,8 +385,9 @@ def _histogram1d(ax: Any, x: np.ndarray, inside: np.ndarray, xlim: tuple[float, 
     edges = np.linspace(*xlim, _BINS + 1)
     every = np.bincount(index[keep], minlength=_BINS) * scale
     gated = np.bincount(index[keep & inside], minlength=_BINS) * scale
-    ax.stairs(every, edges, fill=True, color="#999999")
-    ax.stairs(gated, edges, fill=True, color=_GATE, alpha=0.6)
+    # Filled steps as one polygon each (fill_between): a step patch costs ~10 ms per panel to fit the axes to it.
+    ax.fill_between(edges, np.append(every, every[-1]), step="post", color="#999999", linewidth=0)
+    ax.fill_between(edges, np.append(gated, gated[-1]), step="post", color=_GATE, alpha=0.6, linewidth=0)
 
 
 def _treg_name(strategy: Any, treg: str | None) -> str | None:
