@@ -2,7 +2,7 @@
 
 One command::
 
-    python benchmarks/bench.py [--files 20] [--events 1000000] [--gates gates/treg.yaml] [--repeat 2]
+    python benchmarks/bench.py [--files 20] [--events 1000000] [--gates gates/treg_fixed.yaml] [--repeat 2]
 
 1. Simulates ``--files`` FCS files of ``--events`` events with :mod:`cytopipe.simulate` (cached under
    ``benchmarks/_data/``).
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--gates", type=Path, default=REPO / "gates" / "treg.yaml")
+    parser.add_argument("--gates", type=Path, default=REPO / "gates" / "treg_fixed.yaml")
     parser.add_argument("--repeat", type=int, default=2, help="end-to-end runs per configuration; the best counts")
     parser.add_argument("--skip-flowkit-serial", action="store_true", help="skip FlowKit's slow serial batch")
     parser.add_argument("--child", choices=("cytopipe", "flowkit"), help=argparse.SUPPRESS)

@@ -711,13 +711,29 @@ class _Column:
     subset; the remaining rows are filled if someone asks for the whole column (e.g. for a plot).
     """
 
-    def __init__(self, n: int, compute: Any) -> None:
+    def __init__(self, n: int, dim: Dimension, raws: list[np.ndarray], dtype: type) -> None:
         self.n = n
-        self.compute = compute  # rows (index array or None = all) -> transformed values
+        # The inputs, not a closure over the evaluator: a closure would form a reference cycle that keeps every
+        # compensated column (and the events) alive until the cyclic garbage collector happens to run.
+        self.dim = dim
+        self.raws = raws
+        self.dtype = dtype
         self.values: np.ndarray | None = None  # full length once more than one row set was asked for
         self.done: np.ndarray | None = None
         self.first: tuple[np.ndarray, np.ndarray] | None = None  # (rows, values) of the only request so far
         self.complete = False
+
+    def compute(self, rows: np.ndarray | None) -> np.ndarray:
+        """Transformed values of ``rows`` (an index array, or ``None`` for all rows)."""
+        dim = self.dim
+        parts = [r if rows is None else r[rows] for r in self.raws]
+        if dim.ratio is None and dim.transform is None:
+            return parts[0]
+        if dim.ratio is not None:
+            values = dim.ratio.apply(np.column_stack(parts).astype(self.dtype, copy=False))
+        else:
+            values = parts[0].astype(self.dtype, copy=False)
+        return dim.transform.apply(values) if dim.transform is not None else values
 
     def get(self, rows: np.ndarray | None) -> np.ndarray:
         if self.complete:
@@ -851,18 +867,7 @@ class _Evaluator:
         column = self.columns.get(key)
         if column is None:
             raws = [self.raw[(c, dim.compensation)] for c in dim.channels]
-
-            def compute(rows: np.ndarray | None) -> np.ndarray:
-                parts = [r if rows is None else r[rows] for r in raws]
-                if dim.ratio is None and dim.transform is None:
-                    return parts[0]
-                if dim.ratio is not None:
-                    values = dim.ratio.apply(np.column_stack(parts).astype(self.dtype, copy=False))
-                else:
-                    values = parts[0].astype(self.dtype, copy=False)
-                return dim.transform.apply(values) if dim.transform is not None else values
-
-            column = self.columns[key] = _Column(self.sample.events.shape[0], compute)
+            column = self.columns[key] = _Column(self.sample.events.shape[0], dim, raws, self.dtype)
         return column
 
     def stack(self, dims: tuple[Dimension, ...], rows: np.ndarray | None) -> np.ndarray:

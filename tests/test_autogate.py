@@ -18,7 +18,7 @@ from cytopipe.gates import Dimension, EllipsoidGate, PolygonGate, RectangleGate
 from cytopipe.transforms import Logicle
 
 REPO = Path(__file__).resolve().parents[1]
-AUTO_YAML = REPO / "gates" / "treg_auto.yaml"
+AUTO_YAML = REPO / "gates" / "treg.yaml"
 LOGICLE = Logicle(T=262144, W=0.5, M=4.5, A=0)
 
 

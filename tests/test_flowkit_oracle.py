@@ -89,8 +89,8 @@ populations:
     gate: {type: and, of: [SSChlow, {not: Treg}, CD4pos]}
 """
 
-# treg_auto.yaml holds data-driven gates: they are fitted on the sample first, then exported like any other.
-CASES = ["gates/treg.yaml", "gates/treg_cd127.yaml", "gates/treg_auto.yaml", "every-gate-type"]
+# treg.yaml holds data-driven gates: they are fitted on the sample first, then exported like any other.
+CASES = ["gates/treg_fixed.yaml", "gates/treg_cd127.yaml", "gates/treg.yaml", "every-gate-type"]
 
 
 @pytest.fixture(scope="module")

@@ -277,7 +277,7 @@ def test_compensation_matrix_file_is_loaded_and_written_back(tmp_path: Path, sam
 
 def test_marker_names_gate_like_pnn_names(sample: Sample) -> None:
     """A marker (``CD4``) must be compensated and gated exactly like its ``$PnN`` (``FITC-A``)."""
-    strategy = gatefile.load_gates(REPO / "gates" / "treg.yaml")
+    strategy = gatefile.load_gates(REPO / "gates" / "treg_fixed.yaml")
     resolved = gatefile.resolve_channels(strategy, sample)
     assert resolved.population("CD4+").gate.dimensions[0].channel == "FITC-A"
     assert _same_masks(strategy.apply(sample).masks, resolved.apply(sample).masks)
@@ -494,7 +494,7 @@ def test_dump_yaml_writes_friendly_units(tmp_path: Path) -> None:
     assert treg in text
 
 
-@pytest.mark.parametrize("case", ["gates/treg.yaml", "gates/treg_cd127.yaml", "example", "every-type"])
+@pytest.mark.parametrize("case", ["gates/treg_fixed.yaml", "gates/treg_cd127.yaml", "example", "every-type"])
 def test_yaml_gatingml_yaml_gives_identical_masks(case: str, tmp_path: Path, sample: Sample) -> None:
     if case.startswith("gates/"):
         source = REPO / case
@@ -578,7 +578,7 @@ def test_data_driven_gate_types_come_from_autogate(tmp_path: Path) -> None:
     assert gatefile.check_gates(typo) == [
         f"{typo}: population 'Treg': gate.thresholds[0].population: unknown population 'CD4 T' "
         "(did you mean 'CD4- T'?)"]
-    treg_auto = REPO / "gates" / "treg_auto.yaml"
+    treg_auto = REPO / "gates" / "treg.yaml"
     if treg_auto.is_file():
         strategy = gatefile.load_gates(treg_auto)
         assert any(type(p.gate).__module__ == "cytopipe.autogate" for p in strategy.populations)

@@ -159,9 +159,10 @@ def test_gating_hierarchy_of_a_large_sample_draws_a_sample_of_events_and_exact_c
     binned = len(range(0, result.n_events, -(-result.n_events // plots._MAX_PLOT_EVENTS)))
     assert 0.99 * binned < root.sum() <= binned <= plots._MAX_PLOT_EVENTS  # all but the 0.2 % tails
     assert axes[1].get_title().startswith(f"CD4+\n{result.counts['CD4+']:,} = ")
-    grey = axes[1].patches[0]  # the parent's histogram, counts scaled back to events
-    heights = np.asarray(grey.get_path().vertices[:, 1])
-    assert heights.max() > 0.01 * result.counts["Lymphocytes"]
+    grey, gated = axes[1].collections[:2]  # the parent's histogram, counts scaled back to events, and the gated
+    heights = [np.asarray(c.get_paths()[0].vertices[:, 1]) for c in (grey, gated)]
+    assert heights[0].max() > 0.01 * result.counts["Lymphocytes"]
+    assert heights[1].max() <= heights[0].max()
     dots = axes[3].get_lines()[0]
     step = -(-result.counts["Treg"] // plots._MAX_BACKGATE_DOTS)
     assert len(dots.get_xdata()) == len(range(0, result.counts["Treg"], step)) <= plots._MAX_BACKGATE_DOTS
@@ -176,13 +177,17 @@ def test_gating_hierarchy_on_the_bundled_study(tmp_path: Path) -> None:
     fcs_path, gates_path = REPO / "sample_fcs" / "ITP-01_W3.fcs", REPO / "gates" / "treg.yaml"
     if not (fcs_path.is_file() and gates_path.is_file()):
         pytest.skip("bundled study or gates/treg.yaml not present")
+    from cytopipe import autogate
     from cytopipe.fcs import read_fcs
     from cytopipe.gatefile import load_gates
     from cytopipe.pipeline import choose_spillover
 
     strategy = load_gates(gates_path)
     sample = read_fcs(fcs_path)
-    result = strategy.apply(sample, choose_spillover(sample, strategy))
+    spillover = choose_spillover(sample, strategy)
+    if autogate.needs_fitting(strategy):  # the default gate file is data-driven
+        strategy, _ = autogate.fit_strategy(strategy, [sample], spillover=spillover)
+    result = strategy.apply(sample, spillover)
     fig = gating_hierarchy(result, strategy, "ITP-01_W3")
     assert len(fig.axes) == len(strategy.populations) + 1
     png, svg = save_figure(fig, tmp_path / "gating_ITP-01_W3")
