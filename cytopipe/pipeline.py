@@ -12,7 +12,6 @@ The single-file helpers :func:`event_membership` (``cytopipe gate``) and :func:`
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import math
 import mmap
@@ -21,12 +20,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, CytopipeError, GateError
+from .outputs import write_csv as write_table  # `cytopipe gate --out` writes its table with it
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STAGES = ("read", "compensate", "gate", "count", "plot")
 POPULATION_COLUMNS = ("sample", "subject", "timepoint", "day", "population", "parent", "count", "pct_parent",
@@ -34,7 +34,6 @@ POPULATION_COLUMNS = ("sample", "subject", "timepoint", "day", "population", "pa
 TREG_COLUMNS = ("sample", "subject", "timepoint", "day", "cd4_events", "treg_events", "treg_pct", "ci_low",
                 "ci_high")
 FAILURE_COLUMNS = ("sample", "file", "stage", "reason")
-
 
 
 @dataclass(frozen=True)
@@ -311,17 +310,9 @@ def process_sample(task: SampleTask) -> SampleResult:
     4. count: population rows and the Treg row with its Wilson interval.
     5. plot: ``gating_<sample>.png`` into ``task.plots_dir``; a plot failure keeps the counts.
 
-    The gating engine's per-sample caches form reference cycles that keep the events alive until the cyclic
-    garbage collector runs; collecting here bounds a worker's memory to one sample at a time (a young-generation
-    pass costs about a millisecond; after plotting, which promotes the cycles, a full pass).
+    The events and every per-sample cache are freed by reference counting when this returns (the gating engine
+    holds no reference cycles), so a worker holds one sample at a time without calling the garbage collector.
     """
-    result = _process(task)
-    gc.collect(2 if task.plots_dir is not None else 1)
-    return result
-
-
-def _process(task: SampleTask) -> SampleResult:
-    """The stages of :func:`process_sample` (its locals, the events among them, are gone when it returns)."""
     from .fcs import read_fcs
 
     ident = {"sample": task.sample, "subject": task.subject, "timepoint": task.timepoint, "day": task.day}
@@ -439,19 +430,11 @@ def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike)
     pandas.DataFrame
         One row per event in file order, one ``uint8`` 0/1 column per population in the strategy's order.
     """
+    import numpy as np
+    import pandas as pd
+
     _, strategy, result = _load_and_gate(fcs_path, gates_path)
     return pd.DataFrame({p.name: result.masks[p.name].view(np.uint8) for p in strategy.populations})
-
-
-def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a CSV table atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        table.to_csv(tmp, index=False, lineterminator="\n", float_format="%.10g")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, population: str,

@@ -1,0 +1,74 @@
+"""Acquisition QC: corrupt data are caught, real instrument files are not, margins and missing spillover flagged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cytopipe.errors import FCSError
+from cytopipe.fcs import Sample, read_fcs, write_fcs
+from cytopipe.qc import check_acquisition, require_plausible
+
+REPO = Path(__file__).resolve().parents[1]
+FCS_SUFFIXES = (".fcs", ".lmd", ".001", ".002", ".003", ".004", ".005", ".b08")
+
+
+def test_bundled_study_is_clean():
+    for path in sorted((REPO / "sample_fcs").glob("*.fcs")):
+        qc = check_acquisition(read_fcs(path))
+        assert qc.corrupt_events == 0 and qc.spillover and qc.flags() == [], path.name
+        require_plausible(read_fcs(path), qc)
+
+
+def test_text_mangled_treg_file_is_rejected_with_a_reason(shared_data):
+    # SOURCES.md: the DATA segment went through a UTF-8 conversion (846,882 EF BF BD sequences); values are garbage.
+    path = shared_data / "treg_real" / "labkey_version3_1_spillover" / "version3_1_spillover.fcs"
+    sample = read_fcs(path)
+    qc = check_acquisition(sample)
+    assert qc.corrupt
+    with pytest.raises(FCSError) as err:
+        require_plausible(sample, qc)
+    message = str(err.value)
+    assert message.startswith(f"{path}: event data look corrupt: ")
+    assert "of 43,750 events" in message and "\n" not in message
+
+
+def test_no_real_instrument_file_is_called_corrupt(shared_data):
+    checked = 0
+    for path in sorted(p for p in (shared_data / "instruments").rglob("*") if p.suffix.lower() in FCS_SUFFIXES):
+        try:
+            sample = read_fcs(path)
+        except FCSError:
+            continue  # the two genuinely broken files; tested in test_fcs_instruments.py
+        assert check_acquisition(sample).corrupt_events == 0, path.name
+        checked += 1
+    assert checked >= 38
+
+
+def test_margin_events_and_missing_spillover_are_flagged(tmp_path):
+    rng = np.random.default_rng(0)
+    events = rng.uniform(0, 1000, size=(1000, 4)).astype(np.float32)
+    events[:80, 1] = 262143  # 8% of FITC-A at the top of scale
+    events[:30, 3] = 262143  # 3% of PE-A: below the 5% flag
+    path = tmp_path / "sat.fcs"
+    write_fcs(path, events, ["FSC-A", "FITC-A", "SSC-A", "PE-A"], ["", "CD4", "", "CD25"],
+              {f"$P{i}R": "262144" for i in range(1, 5)})
+    qc = check_acquisition(read_fcs(path))
+    assert qc.margin_pct["FITC-A"] == pytest.approx(8.0)
+    assert qc.margin_pct["PE-A"] == pytest.approx(3.0)
+    assert qc.flags() == ["FITC-A: 8.0% of events at the top of scale", "no spillover matrix in the file"]
+    assert not qc.corrupt
+
+
+def test_a_few_impossible_events_flag_many_fail():
+    events = np.full((10_000, 2), 100.0, dtype=np.float32)
+    events[:5, 0] = np.nan
+    metadata = {"$P1R": "1024", "$P2R": "1024"}
+    qc = check_acquisition(Sample("mem.fcs", events, ("FSC-A", "SSC-A"), ("", ""), metadata, "FCS3.1"))
+    assert qc.corrupt_events == 5 and not qc.corrupt
+    assert "5 events with impossible values" in qc.flags()
+    events[:50, 1] = 1e12  # 0.5% of events a million times beyond the range
+    qc = check_acquisition(Sample("mem.fcs", events, ("FSC-A", "SSC-A"), ("", ""), metadata, "FCS3.1"))
+    assert qc.corrupt and qc.corrupt_events == 50
