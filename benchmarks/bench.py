@@ -2,7 +2,7 @@
 
 One command::
 
-    python benchmarks/bench.py [--files 20] [--events 1000000] [--gates gates/treg_fixed.yaml] [--repeat 2]
+    python benchmarks/bench.py [--files 20] [--events 1000000] [--gates gates/treg_fixed.yaml] [--repeat 3]
 
 1. Simulates ``--files`` FCS files of ``--events`` events with :mod:`cytopipe.simulate` (cached under
    ``benchmarks/_data/``).
@@ -10,10 +10,11 @@ One command::
    fixed gates, exported to Gating-ML 2.0 (``_data/.../gates.xml``) and read back by both cytopipe and FlowKit.
 3. Per stage, on the first file, in this process: events/s of read, compensate, transform (the gated fluorescence
    channels) and gate, for cytopipe and FlowKit.
-4. End to end on the whole batch, each configuration in a fresh process (so its peak memory is its own), best of
-   ``--repeat``: cytopipe ``run`` with 1 and 2 workers (no plots, no report; with an empty cache) and FlowKit
-   serially (once) and with a 2-process pool over files. Prints files/s, events/s, peak RSS (main process and
-   largest worker) and the ratios.
+4. End to end on the whole batch, each run in a fresh process (so its peak memory is its own), the configurations
+   interleaved round by round, best of ``--repeat``: cytopipe ``run`` with 1 and 2 workers (no plots, no report;
+   with an empty cache) and FlowKit with a 2-process pool over files (its best configuration) and serially
+   (once). Each run is timed from before the tool is imported; both tools' pools fork from the timed process.
+   Prints files/s, events/s, peak RSS (main process and largest worker, sampled from outside) and the ratios.
 5. Asserts that cytopipe and FlowKit count the same Treg (and parent) events in every file.
 
 Not a timed test: the figures depend on the machine.
@@ -195,15 +196,18 @@ def flowkit_counts(args: tuple[str, str, str, str]) -> tuple[str, int, int]:
 
 
 class PeakMemory:
-    """Peak RSS (VmHWM) of every process descending from this one, sampled from ``/proc`` every 50 ms.
+    """Peak RSS (VmHWM) of a process and of every process descending from it, sampled from ``/proc`` every 20 ms.
 
-    Pool workers of a fork server are not our children, so ``RUSAGE_CHILDREN`` misses them; VmHWM is a high-water
-    mark, so sampling while they live is enough.
+    Runs in the benchmark's own process, not in the measured one (a sampling thread there would take CPU from the
+    run, and would stop cytopipe from forking its workers). Pool workers of a fork server are not children of the
+    measured process, so ``RUSAGE_CHILDREN`` would miss them; VmHWM is a high-water mark, so sampling while they
+    live is enough. A forked worker's RSS includes the pages it shares with its parent.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: int) -> None:
         import threading
 
+        self.root = root
         self.peaks: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -216,46 +220,48 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
 
+    def sample(self) -> None:
+        """Record the current VmHWM of the root and its descendants."""
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        for pid in parents:
+            ancestor, hops = pid, 0
+            while ancestor not in (None, 0, 1, self.root) and hops < 6:
+                ancestor, hops = parents.get(ancestor), hops + 1
+            if ancestor != self.root:
+                continue
+            try:
+                status = (Path("/proc") / str(pid) / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peaks[pid] = max(self.peaks.get(pid, 0.0), int(line.split()[1]) / 1024)
+
     def _loop(self) -> None:
-        me = os.getpid()
-        while not self._stop.wait(0.05):
-            parents: dict[int, int] = {}
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    try:
-                        parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    except (OSError, IndexError, ValueError):
-                        continue
-            for pid in parents:
-                ancestor, hops = parents.get(pid), 0
-                while ancestor not in (None, 0, 1, me) and hops < 6:
-                    ancestor, hops = parents.get(ancestor), hops + 1
-                if ancestor == me and pid != me:
-                    try:
-                        status = (Path("/proc") / str(pid) / "status").read_text()
-                    except OSError:
-                        continue
-                    for line in status.splitlines():
-                        if line.startswith("VmHWM:"):
-                            self.peaks[pid] = max(self.peaks.get(pid, 0.0), int(line.split()[1]) / 1024)
+        while not self._stop.wait(0.02):
+            self.sample()
 
     @property
-    def largest(self) -> float:
-        return max(self.peaks.values(), default=0.0)
+    def main(self) -> float:
+        return self.peaks.get(self.root, 0.0)
+
+    @property
+    def largest_worker(self) -> float:
+        return max((v for pid, v in self.peaks.items() if pid != self.root), default=0.0)
 
 
 def child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: str) -> dict:
-    """One end-to-end configuration; runs in its own process."""
-    with PeakMemory() as memory:
-        out = _child(kind, workers, folder, xml, treg, parent)
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the parent's peak.
-    status = Path("/proc/self/status").read_text().splitlines()
-    out["peak_mib_self"] = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    out["peak_mib_worker"] = memory.largest
-    return out
+    """One end-to-end configuration; runs in its own process. Timed from before importing the tool.
 
-
-def _child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: str) -> dict:
+    Both tools run their pools with the same start method: forked from this process (cytopipe's own choice on
+    Linux; FlowKit is imported first, inside the timed region, so its workers inherit it as cytopipe's do).
+    """
     sheet = pd.read_csv(folder / "study.csv")
     files = [str(folder / f) for f in sheet["file"]]
     start = time.perf_counter()
@@ -267,18 +273,19 @@ def _child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: 
         result = run(sheet=folder / "study.csv", gates=xml, out=out, workers=workers, treg=treg, parent=parent,
                      plots=False, report=False, quiet=True)
         elapsed = time.perf_counter() - start
-        counts = {f"{s}": [int(t), int(c)] for s, t, c in
+        stems = {Path(f).stem: Path(f).name for f in sheet["file"]}
+        counts = {stems[s]: [int(t), int(c)] for s, t, c in
                   result.treg[["sample", "treg_events", "cd4_events"]].itertuples(index=False)}
-        counts = {Path(files[list(sheet["file"].map(lambda f: Path(f).stem)).index(k)]).name: v
-                  for k, v in counts.items()}
         failures = len(result.failures)
     else:
+        import flowkit  # noqa: F401 - imported before the pool forks, like cytopipe's modules
+
         ids = gatingml_ids(xml)
         tasks = [(f, str(xml), ids[treg], ids[parent]) for f in files]
         if workers == 1:
             rows = [flowkit_counts(t) for t in tasks]
         else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
                 rows = pool.map(flowkit_counts, tasks, chunksize=1)
         elapsed = time.perf_counter() - start
         counts = {name: [t, c] for name, t, c in rows}
@@ -287,12 +294,18 @@ def _child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: 
 
 
 def run_child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: str) -> dict:
+    """Run one configuration in a fresh process; its result with the peak RSS of its main process and workers."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--workers", str(workers),
            "--folder", str(folder), "--xml", str(xml), "--treg", treg, "--parent", parent]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} with {workers} worker(s) failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PeakMemory(proc.pid) as memory:
+        stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} with {workers} worker(s) failed:\n{stderr}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_mib_self"] = memory.main
+    result["peak_mib_worker"] = memory.largest_worker
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -303,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--gates", type=Path, default=REPO / "gates" / "treg_fixed.yaml")
-    parser.add_argument("--repeat", type=int, default=2, help="end-to-end runs per configuration; the best counts")
+    parser.add_argument("--repeat", type=int, default=3, help="end-to-end runs per configuration; the best counts")
     parser.add_argument("--skip-flowkit-serial", action="store_true", help="skip FlowKit's slow serial batch")
     parser.add_argument("--child", choices=("cytopipe", "flowkit"), help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
@@ -343,25 +356,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  (transform: {ours['transform_channels']} gated channel(s) for cytopipe, "
           f"{theirs['transform_channels']} for FlowKit; FlowKit has no separate gate stage)")
 
-    print(f"\nend to end, {args.files} files x {args.events:,} events (fresh process each, best of {args.repeat}; "
-          "no plots/report)")
+    print(f"\nend to end, {args.files} files x {args.events:,} events: fresh process per run, configurations "
+          f"interleaved, best of {args.repeat} (every run listed); plots and report OFF for cytopipe (FlowKit draws "
+          "none), empty result cache; peak RSS sampled from /proc every 20 ms")
     configs = [("cytopipe", 1), ("cytopipe", 2), ("flowkit", 2)]
-    if not args.skip_flowkit_serial:
-        configs.insert(2, ("flowkit", 1))
+    trials: dict[tuple[str, int], list[dict]] = {config: [] for config in configs}
+    # Interleaved rounds: load from other users of a shared machine, which only ever slows a run down, then hits
+    # every configuration alike instead of whichever happened to run during it.
+    for _ in range(args.repeat):
+        for config in configs:
+            trials[config].append(run_child(*config, folder, xml, treg, parent))
+    if not args.skip_flowkit_serial:  # the slowest, only for a side ratio: once
+        trials[("flowkit", 1)] = [run_child("flowkit", 1, folder, xml, treg, parent)]
     runs = {}
-    for kind, workers in configs:
-        # Best of --repeat fresh processes (other load on a shared machine only ever slows a run down); FlowKit's
-        # serial batch, the slowest and only used for a side ratio, runs once.
-        repeat = 1 if (kind, workers) == ("flowkit", 1) else args.repeat
-        trials = [run_child(kind, workers, folder, xml, treg, parent) for _ in range(repeat)]
-        res = min(trials, key=lambda r: r["seconds"])
-        res["peak_mib_self"] = max(r["peak_mib_self"] for r in trials)
-        res["peak_mib_worker"] = max(r["peak_mib_worker"] for r in trials)
+    for (kind, workers), done in trials.items():
+        res = dict(min(done, key=lambda r: r["seconds"]))
+        res["peak_mib_self"] = max(r["peak_mib_self"] for r in done)
+        res["peak_mib_worker"] = max(r["peak_mib_worker"] for r in done)
         runs[(kind, workers)] = res
         label = f"{'cytopipe' if kind == 'cytopipe' else 'FlowKit'} {workers} worker(s)"
+        listed = ", ".join(f"{r['seconds']:.2f}" for r in done)
         print(f"  {label:22s} {res['seconds']:7.2f} s  {args.files / res['seconds']:6.2f} files/s  "
               f"{total_events / res['seconds'] / 1e6:7.2f} M events/s  peak RSS main {res['peak_mib_self']:6.0f} "
-              f"MiB, largest worker {res['peak_mib_worker']:6.0f} MiB")
+              f"MiB, largest worker {res['peak_mib_worker']:6.0f} MiB  (runs: {listed} s)")
     best_fk = runs[("flowkit", 2)]["seconds"]
     for workers in (1, 2):
         print(f"  ratio cytopipe {workers} worker(s) / FlowKit 2-process pool: "

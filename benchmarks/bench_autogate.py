@@ -3,18 +3,18 @@
 A simulated file (:mod:`cytopipe.simulate`, FACSCanto II style, cached under ``benchmarks/_data/``) goes through
 :func:`cytopipe.pipeline.process_sample`, the unit of work of ``cytopipe run`` (read, compensate, transform, gate,
 count, gating plot), once with fixed gates and once with the data-driven gate file (which also fits the gates and,
-as ``batch.run`` does, writes the sensitivity rows). The four runs (fixed / data-driven, with / without the gating
-plot) are interleaved, so all see the same machine load, and repeated; the best time of each is reported, with the
-overheads as ratios of times measured in the same run. The fit, the sensitivity rows and the gating plot are also
-timed on their own (on a sample already read, gated with the fitted gates).
+as ``batch.run`` does, writes the sensitivity rows). The fit alone, the fit plus the sensitivity rows (each on a
+freshly read sample, as in a worker) and the gating plot alone (build, and build + PNG, on a fresh gating result)
+are timed too. Every round runs every measurement once, so all see the same machine load; the best of the rounds
+is reported (the first, warming imports and logicle tables, is not counted), with the overheads as ratios of
+times measured in the same run.
 
 BLAS runs on one thread (``--threads``), as in ``cytopipe run``'s worker processes: on a small shared machine a
 multi-threaded BLAS call waits for a busy core and turns a 0.1 ms product into 5-15 ms of noise.
 
 Run ``python benchmarks/bench_autogate.py [--events N] [--repeats N] [--threads N] [--fixed FILE] [--auto FILE]``.
-Defaults:
-the fixed gates are the first of ``gates/treg_fixed.yaml`` and ``gates/treg.yaml`` without data-driven gates, the
-data-driven ones the first of ``gates/treg.yaml`` and ``gates/treg_auto.yaml`` with them.
+Defaults: the fixed gates are the first of ``gates/treg_fixed.yaml`` and ``gates/treg.yaml`` without data-driven
+gates, the data-driven ones the first of ``gates/treg.yaml`` and ``gates/treg_auto.yaml`` with them.
 """
 
 from __future__ import annotations
@@ -74,53 +74,65 @@ def best(fn: Callable[[], object], repeats: int) -> float:
 
 def run(n_events: int = 1_000_000, repeats: int = 7, fixed_path: Path | None = None,
         auto_path: Path | None = None) -> dict[str, float]:
-    """Time the fixed and the data-driven pipeline on one file; returns the best seconds per measurement."""
+    """Time the fixed and the data-driven pipeline on one file; returns the best seconds per measurement.
+
+    Every round runs every measurement once, so all see the same machine load; the first round (imports, logicle
+    tables) is not counted.
+    """
     fixed_path = fixed_path or default_gates(data_driven=False)
     auto_path = auto_path or default_gates(data_driven=True)
     path = simulated_file(n_events)
     fixed, auto = load_strategy(fixed_path), load_strategy(auto_path)
     runs = {"fixed": (fixed, *resolve_treg(fixed)), "auto": (auto, *resolve_treg(auto))}
+    treg, parent = runs["auto"][1:]
     times: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as plots:
-        for _ in range(repeats + 1):  # the first round warms up (imports, logicle tables) and is not counted
-            for with_plot in (False, True):
-                for name, (strategy, treg, parent) in runs.items():
-                    task = SampleTask("bench", str(path), strategy, treg=treg, parent=parent,
-                                      plots_dir=plots if with_plot else None,
-                                      data_driven=strategy if name == "auto" else None)
-                    start = time.perf_counter()
-                    result = process_sample(task)
-                    elapsed = time.perf_counter() - start
-                    if not result.ok:
-                        raise SystemExit(f"bench_autogate: {name}: {result.failure}")
-                    times.setdefault(f"{name} plot" if with_plot else name, []).append(elapsed)
-                    if with_plot:
-                        times.setdefault(f"{name} plot alone", []).append(result.timings["plot"])
-        out = {key: min(values[1:]) for key, values in times.items()}
 
-        # The data-driven parts on their own, each on a freshly read sample (nothing cached from an earlier fit).
-        def fit() -> None:
-            sample = read_fcs(path)
-            autogate.fit_strategy(auto, [sample], spillover=choose_spillover(sample, auto))
+    def timed(key: str, fn: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        value = fn()
+        times.setdefault(key, []).append(time.perf_counter() - start)
+        return value
 
-        def fit_and_sensitivity() -> None:
-            sample = read_fcs(path)
-            spillover = choose_spillover(sample, auto)
-            fitted, _ = autogate.fit_strategy(auto, [sample], spillover=spillover)
-            autogate.sensitivity(auto, sample, runs["auto"][1], runs["auto"][2], spillover=spillover, fitted=fitted)
-
+    def fit(sensitivity: bool) -> None:
+        # A freshly read sample, as in a worker: nothing is cached from an earlier fit.
         sample = read_fcs(path)
         spillover = choose_spillover(sample, auto)
+        start = time.perf_counter()
         fitted, _ = autogate.fit_strategy(auto, [sample], spillover=spillover)
-        result = fitted.apply(sample, spillover)
+        if sensitivity:
+            autogate.sensitivity(auto, sample, treg, parent, spillover=spillover, fitted=fitted)
+        times.setdefault("fit + sensitivity" if sensitivity else "fit", []).append(time.perf_counter() - start)
+
+    sample = read_fcs(path)
+    spillover = choose_spillover(sample, auto)
+    fitted, _ = autogate.fit_strategy(auto, [sample], spillover=spillover)
+
+    def plot(png: bool) -> None:
+        gated = fitted.apply(sample, spillover)  # a fresh result: the plot fills the columns it draws
+        start = time.perf_counter()
+        figure = gating_hierarchy(gated, fitted, "bench", treg=treg)
+        if png:
+            save_figure(figure, plot_file)
+        times.setdefault("plot build + png" if png else "plot build", []).append(time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as plots:
         plot_file = Path(plots) / "gating_bench.png"
-        out["read"] = best(lambda: read_fcs(path), repeats)
-        out["fit"] = best(fit, repeats) - out["read"]
-        out["fit + sensitivity"] = best(fit_and_sensitivity, repeats) - out["read"]
-        out["plot build"] = best(lambda: gating_hierarchy(result, fitted, "bench", treg=runs["auto"][1]), repeats)
-        out["plot build + png"] = best(
-            lambda: save_figure(gating_hierarchy(result, fitted, "bench", treg=runs["auto"][1]), plot_file), repeats)
-    return out
+        for _ in range(repeats + 1):
+            for with_plot in (False, True):
+                for name, (strategy, treg_name, parent_name) in runs.items():
+                    task = SampleTask("bench", str(path), strategy, treg=treg_name, parent=parent_name,
+                                      plots_dir=plots if with_plot else None,
+                                      data_driven=strategy if name == "auto" else None)
+                    result = timed(f"{name} plot" if with_plot else name, lambda task=task: process_sample(task))
+                    if not result.ok:
+                        raise SystemExit(f"bench_autogate: {name}: {result.failure}")
+                    if with_plot:
+                        times.setdefault(f"{name} plot alone", []).append(result.timings["plot"])
+            fit(sensitivity=False)
+            fit(sensitivity=True)
+            plot(png=False)
+            plot(png=True)
+    return {key: min(values[1:]) for key, values in times.items()}
 
 
 def report(out: dict[str, float], n_events: int, repeats: int, fixed_path: Path, auto_path: Path) -> str:
@@ -150,7 +162,6 @@ def report(out: dict[str, float], n_events: int, repeats: int, fixed_path: Path,
         f"  gating plot: build                {out['plot build']:.3f} s  {100 * out['plot build'] / base:5.1f} %",
         f"  gating plot: build + PNG          {out['plot build + png']:.3f} s  "
         f"{100 * out['plot build + png'] / base:5.1f} %",
-        f"  (reading the file                 {out['read']:.3f} s  {100 * out['read'] / base:5.1f} %)",
     ]
     return "\n".join(lines)
 

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import ConfigError, GateError
+from .outputs import atomic_write, write_csv
 from .pipeline import (
     FAILURE_COLUMNS,
     POPULATION_COLUMNS,
@@ -41,11 +41,13 @@ from .pipeline import (
     resolve_treg,
 )
 
-FLOAT_FORMAT = "%.10g"
 CACHE_DIR = ".cache"
+# Clinical table used when --clinical is not given and this file sits beside the sample sheet.
+CLINICAL_NAME = "clinical.csv"
 # Bump when the cached SampleResult layout or the meaning of its numbers changes.
 CACHE_FORMAT = 1
-# What process_sample imports (plots only when drawing; autogate only for data-driven gates).
+# What process_sample imports (plots only when drawing; autogate only for data-driven gates): numpy and cytopipe's
+# own modules, no pandas or scipy.
 _WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "cytopipe.gates", "cytopipe.stats",
                    "cytopipe.plots")
 _DEPENDENCIES = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "PyYAML", "Jinja2", "flowio",
@@ -58,9 +60,10 @@ class RunResult:
 
     Attributes
     ----------
-    populations, treg, baseline, failures, fitted, sensitivity
+    populations, treg, baseline, failures, fitted, sensitivity, drift
         The tables written to ``populations.csv``, ``treg.csv``, ``baseline.csv``, ``failures.csv``,
-        ``gates_fitted.csv`` and ``sensitivity.csv`` (the last two are empty for fixed gates).
+        ``gates_fitted.csv``, ``sensitivity.csv`` and ``gate_drift.csv`` (the last three are empty for fixed
+        gates).
     exit_code
         0 when every sample succeeded, 1 when some failed.
     out
@@ -77,6 +80,7 @@ class RunResult:
     failures: pd.DataFrame
     fitted: pd.DataFrame
     sensitivity: pd.DataFrame
+    drift: pd.DataFrame
     exit_code: int
     out: Path
     computed: list[str] = field(default_factory=list)
@@ -222,7 +226,7 @@ class ResultCache:
         """Record a file's SHA-256 under its path, size and mtime."""
         key = self._stat_key(path)
         if key is not None and sha:
-            _atomic_write(self.files / key, sha)
+            atomic_write(self.files / key, sha)
 
     def get(self, key: str) -> SampleResult | None:
         """The cached result or ``None`` (an unreadable entry counts as absent)."""
@@ -236,7 +240,7 @@ class ResultCache:
 
     def put(self, key: str, result: SampleResult) -> None:
         """Store a successful result."""
-        _atomic_write(self.results / f"{key}.json", json.dumps(result.to_dict(), sort_keys=True))
+        atomic_write(self.results / f"{key}.json", json.dumps(result.to_dict(), sort_keys=True))
 
     def __len__(self) -> int:
         return sum(1 for _ in self.results.glob("*.json"))
@@ -246,21 +250,6 @@ def _sha_text(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    _atomic_write(path, table.to_csv(index=False, lineterminator="\n", float_format=FLOAT_FORMAT))
 
 
 def task_key(task: SampleTask, sha: str, settings: str) -> str:
@@ -290,22 +279,33 @@ def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
 
 
 def _pool_context(drawing: bool) -> Any:
-    """The multiprocessing context for worker pools, its fork server started (``None``: use no pool).
+    """The multiprocessing context for worker pools (``None``: use no pool, run in this process).
 
-    The fork server imports the pipeline modules once and every worker inherits them. Starting it early lets
-    those imports (about a second) run on another core while this process reads the sheet and the gate file.
+    On Linux, when this process runs no other Python thread, the workers are forked from it: they start in
+    milliseconds with the pipeline modules already imported (here, once) and re-import nothing, and a script
+    without the ``__main__`` guard works. Forking while another thread runs could copy a lock that thread holds
+    into the children, so otherwise (and on other systems) a fork server with the pipeline modules preloaded is
+    started, early, so that its imports overlap this process's set-up; a program read from stdin cannot be
+    re-imported by such workers, so it runs in process.
     """
     import multiprocessing
+    import threading
 
+    modules = [m for m in _WORKER_MODULES if drawing or m != "cytopipe.plots"]
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform == "linux" and "fork" in methods and threading.active_count() == 1:
+        for name in modules:
+            importlib.import_module(name)
+        return multiprocessing.get_context("fork")
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     if main_file is not None and not os.path.isfile(main_file):
         return None  # the program came from stdin: spawned workers could not re-import it and would die at start
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([m for m in _WORKER_MODULES if drawing or m != "cytopipe.plots"])
+    context.set_forkserver_preload(modules)
     forkserver.ensure_running()
     return context
 
@@ -483,6 +483,20 @@ def _tables(results: list[SampleResult], strategy: Any, sheet: pd.DataFrame) -> 
             "fitted": _per_sample(results, "fitted"), "sensitivity": _per_sample(results, "sensitivity")}
 
 
+def _drift(fitted: pd.DataFrame, sheet: pd.DataFrame) -> pd.DataFrame:
+    """``gate_drift.csv``: each per-sample fitted parameter against the subject's baseline sample's fit.
+
+    The sheet's baseline flag names the baseline sample; gates fitted once per subject have no drift. Empty when
+    nothing was fitted (fixed gates).
+    """
+    if fitted.empty:
+        return pd.DataFrame()
+    from .autogate import gate_drift
+
+    flags = sheet.set_index("sample")["baseline"]
+    return gate_drift(fitted.assign(baseline=fitted["sample"].map(flags).eq(True)))
+
+
 def _versions() -> dict[str, str]:
     versions = {"cytopipe": __version__, "python": platform.python_version()}
     for name in _DEPENDENCIES:
@@ -521,7 +535,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         Treg population and its denominator (default: the strategy's, else the population named Treg and its
         parent).
     clinical
-        Clinical table passed to the report.
+        Clinical table (platelets, lymphocytes...) joined into ``baseline.csv`` and the report; default: a
+        ``clinical.csv`` beside the sample sheet when there is one (logged, and recorded in ``manifest.json``).
     spillover
         Spillover matrix file for every sample (a sheet row's ``spillover`` column still wins for that row).
     cva, cvi, z
@@ -566,6 +581,11 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         _pool_context(plots)  # warm the worker processes' imports while this process does the set-up
     table = read_sample_sheet(sheet)
     strategy = load_strategy(gates)
+    samples = table[table["role"] == "sample"].reset_index(drop=True)
+    log = Progress(len(samples), _progress_mode(progress, log_json, quiet, stream), stream)
+    if clinical is None and (Path(sheet).parent / CLINICAL_NAME).is_file():
+        clinical = Path(sheet).parent / CLINICAL_NAME
+        log.log(f"clinical data: {clinical} (beside the sample sheet; --clinical FILE to choose another)")
     clinical_table = None
     if clinical is not None:
         from .stats import read_clinical
@@ -575,8 +595,6 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = ResultCache(out / CACHE_DIR)
-    samples = table[table["role"] == "sample"].reset_index(drop=True)
-    log = Progress(len(samples), _progress_mode(progress, log_json, quiet, stream), stream)
     spill_path = str(Path(spillover).resolve()) if spillover is not None else None
     plots_dir = str((out / "plots").resolve()) if plots else None
     tasks, settings, client_fitted = _plan(strategy, table, treg_name, parent_name, spill_path, plots_dir, log)
@@ -595,18 +613,15 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if todo:
         where = f"on {scheduler}" if scheduler else f"{min(n_workers, len(todo))} worker(s)"
         log.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache; {where}")
-    # The tables need cytopipe.stats (scipy.stats: about a second to import); import it while the workers work.
-    warm = threading.Thread(target=importlib.import_module, args=("cytopipe.stats",), daemon=True)
-    warm.start()
     for result in _execute(todo, cache, n_workers, scheduler):
         results.append(result)
         log.sample(result)
     log.finish()
-    warm.join()
 
     tables = _tables(results, strategy, table)
     if client_fitted:
         tables["fitted"] = pd.concat([pd.DataFrame(client_fitted), tables["fitted"]], ignore_index=True)
+    tables["drift"] = _drift(tables["fitted"], table)
     tables["baseline"] = _baseline(tables["treg"], clinical=clinical_table, cva=cva, cvi=cvi, z=z)
     _write_tables(tables, out)
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
@@ -629,8 +644,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
             f"processed, {len(samples) - len(computed)} cached; {elapsed:.1f} s; results in {out}")
     return RunResult(populations=tables["populations"], treg=tables["treg"], baseline=tables["baseline"],
                      failures=tables["failures"], fitted=tables["fitted"], sensitivity=tables["sensitivity"],
-                     exit_code=1 if failed else 0, out=out, computed=computed, cached=cached, elapsed=elapsed,
-                     n_events=sum(r.n_events for r in results if not r.cached))
+                     drift=tables["drift"], exit_code=1 if failed else 0, out=out, computed=computed,
+                     cached=cached, elapsed=elapsed, n_events=sum(r.n_events for r in results if not r.cached))
 
 
 def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spill_path: str | None,
@@ -698,13 +713,17 @@ def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: in
 
 def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
     for name in ("populations", "treg", "baseline", "failures"):
-        _write_csv(tables[name], out / f"{name}.csv")
+        write_csv(tables[name], out / f"{name}.csv")
     # Tables that exist only for data-driven gates: a stale one from an earlier run with other gates would mislead.
-    for name, key in (("gates_fitted.csv", "fitted"), ("sensitivity.csv", "sensitivity")):
-        if tables[key].empty:
-            (out / name).unlink(missing_ok=True)
+    # gate_drift.csv is written whenever gates were fitted (only its header when none was fitted per sample).
+    fitted = not tables["fitted"].empty
+    for name, key, wanted in (("gates_fitted.csv", "fitted", fitted),
+                              ("sensitivity.csv", "sensitivity", not tables["sensitivity"].empty),
+                              ("gate_drift.csv", "drift", fitted)):
+        if wanted:
+            write_csv(tables[key], out / name)
         else:
-            _write_csv(tables[key], out / name)
+            (out / name).unlink(missing_ok=True)
 
 
 def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLike, strategy: Any,
@@ -727,7 +746,7 @@ def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLik
                      for rec in controls.itertuples(index=False)],
         "failed": sorted({r.sample for r in results if r.failure is not None}),
     }
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def _baseline(treg: pd.DataFrame, *, clinical: pd.DataFrame | None, cva: float, cvi: float, z: float

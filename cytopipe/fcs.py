@@ -20,16 +20,15 @@ import math
 import mmap
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cytopipe.compensate import spillover_from_metadata
 from cytopipe.errors import FCSError, MarkerError
+from cytopipe.outputs import atomic_open
 
 __all__ = ["Sample", "read_fcs", "write_fcs", "describe", "format_description", "count_datasets"]
 
@@ -980,27 +979,14 @@ def _write_atomically(where: str, version: str, keywords: dict[str, str], data: 
         begin = new_begin
     text_end = text_start + len(text) - 1
     header = _header(version, (text_start, text_end), (begin, begin + data_bytes - 1) if data_bytes else (0, 0))
-    target = Path(where)
     try:
-        handle = tempfile.NamedTemporaryFile(
-            dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp", delete=False
-        )
-    except OSError as err:
-        raise FCSError(f"{where}: cannot write: {err.strerror}") from None
-    try:
-        with handle:
+        with atomic_open(where, "wb") as handle:
             handle.write(header)
             handle.write(text)
             handle.write(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
             handle.write(b"00000000")  # CRC field; zeros = not computed (FCS 3.1 section 3.4)
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, where)
     except OSError as err:
-        Path(handle.name).unlink(missing_ok=True)
         raise FCSError(f"{where}: cannot write: {err.strerror}") from None
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from .gates import (
     QuadrantGate,
     RectangleGate,
 )
+from .outputs import atomic_write
 from .transforms import LN10, Arcsinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform
 
 __all__ = [
@@ -531,7 +532,9 @@ class _Parser:
         kind = spec.get("type")
         if kind is None:
             raise self.fail(label, "gate.type: missing")
-        registry = _autogate_types()
+        # The registry only for types that are not built in: importing cytopipe.autogate (scipy) takes a second
+        # that a run with fixed gates should not pay.
+        registry = {} if isinstance(kind, str) and kind in GATE_KEYS else _autogate_types()
         if not isinstance(kind, str) or (kind not in GATE_KEYS and kind not in registry):
             known = [*GATE_KEYS, *registry]
             raise self.fail(label, f"gate.type: unknown gate type {_show(kind)}{_suggest(str(kind), known)}")
@@ -1274,7 +1277,7 @@ def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] |
             raise GateError(f"{os.fspath(path)}: cannot convert to YAML: {exc}") from None
         if out is None:
             return text
-        Path(out).write_text(text, encoding="utf-8")
+        atomic_write(out, text)
         return Path(out)
     from .gatingml import write_gatingml
 

@@ -856,9 +856,11 @@ class _Evaluator:
                     unmix = permuted
                 else:
                     raw = events[:, detectors]
-                # Channels-by-events layout: a contiguous GEMM (fast in BLAS even for 5 x 5 matrices, unlike a
-                # strided tall-skinny product) whose output rows are contiguous columns for later gathers.
-                block = unmix.T @ np.ascontiguousarray(raw.T, dtype=self.dtype)
+                # Channels-by-events layout: a GEMM (fast in BLAS even for 5 x 5 matrices, unlike a tall-skinny
+                # product) whose output rows are contiguous columns for later gathers. The transposed view of the
+                # events is already a column-major BLAS operand: copying it to C order would cost twice the GEMM.
+                operand = raw.T if raw.dtype == self.dtype else np.ascontiguousarray(raw.T, dtype=self.dtype)
+                block = unmix.T @ operand
                 for j, (channel, _) in enumerate(outputs):
                     self.raw[(channel, compensation)] = block[j]
 

@@ -343,7 +343,7 @@ def _count_label(value: float, _: Any = None) -> str:
 def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
     """Axis limits: the 0.2-99.8 % range of the values (every k-th of at most 50,000), stretched a little
     towards the gate outline."""
-    finite = values[:: -(-values.size // 50_000)]
+    finite = values[:: max(1, -(-values.size // 50_000))]
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return 0.0, 1.0
@@ -500,11 +500,12 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
                 xlim = _limits(values[:, 0], None)
                 _histogram1d(ax, values[:, 0], inside, xlim, n_parent / max(rows.size, 1))
                 ax.set_xlim(xlim)
-                ax.set_yscale("log")
-                # Decades only, labelled 10, 1k, 100k: no dozens of minor ticks, no mathtext 10^3 to typeset.
-                ax.yaxis.set_major_locator(LogLocator(numticks=4))
-                ax.yaxis.set_minor_locator(NullLocator())
-                ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
+                if rows.size:  # a log axis needs some positive count
+                    ax.set_yscale("log")
+                    # Decades only, labelled 10, 1k, 100k: no dozens of minor ticks, no mathtext 10^3 to typeset.
+                    ax.yaxis.set_major_locator(LogLocator(numticks=4))
+                    ax.yaxis.set_minor_locator(NullLocator())
+                    ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
                 ax.set_ylabel("events")
             ax.set_xlabel(_dimension_label(dims[0]))
             _thousands(ax.xaxis, dims[0])

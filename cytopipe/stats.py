@@ -534,6 +534,8 @@ def _add_absolute(out: pd.DataFrame, t: pd.DataFrame) -> None:
 
 
 def _join_clinical(out: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     clin = clinical.copy()
     clin["subject"] = clin["subject"].astype(str)
     key = _join_key(clin)

@@ -460,3 +460,22 @@ def test_sensitivity_moves_the_treg_pct_the_right_way(strategy, bd):
     assert foxp3["treg_pct_plus"] == pytest.approx(_treg_pct(moved, sample), abs=1e-9)
     with pytest.raises(ValueError, match="delta must be positive"):
         autogate.sensitivity(strategy, sample, delta=0)
+
+
+def test_sensitivity_reuses_the_fit_columns_and_agrees_without_them(strategy, bd):
+    """The fit's subsample columns serve the sensitivity rows of the same sample; a copy of the sample (nothing
+    cached) gives the same rows, and the cache lets the sample go."""
+    import gc
+
+    sample = dataclasses.replace(bd[0])
+    fitted, _ = autogate.fit_strategy(strategy, [sample])
+    (entry,) = autogate._SUBSAMPLES[sample]
+    computed = dict(entry.columns)
+    cached = autogate.sensitivity(strategy, sample, fitted=fitted)
+    assert len(autogate._SUBSAMPLES[sample]) == 1
+    assert all(entry.columns[key] is values for key, values in computed.items())  # nothing computed again
+    assert cached == autogate.sensitivity(strategy, dataclasses.replace(sample), fitted=fitted)
+    n_cached = len(autogate._SUBSAMPLES)
+    del sample, entry, computed
+    gc.collect()
+    assert len(autogate._SUBSAMPLES) < n_cached

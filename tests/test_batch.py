@@ -72,7 +72,7 @@ def test_outputs_of_a_clean_run(study, serial):
     assert serial.exit_code == 0
     for name in (*CSVS, "manifest.json", "report.html"):
         assert (out / name).is_file(), name
-    assert not (out / "gates_fitted.csv").exists()
+    assert not (out / "gates_fitted.csv").exists() and not (out / "gate_drift.csv").exists()
     assert (out / "failures.csv").read_text() == "sample,file,stage,reason\n"
     pops = pd.read_csv(out / "populations.csv")
     assert list(pops.columns) == ["sample", "subject", "timepoint", "day", "population", "parent", "count",
@@ -324,6 +324,71 @@ def test_data_driven_scopes(study, tmp_path):
     per_sample = fitted[fitted["sample"] != ""]
     assert sorted(per_sample["sample"]) == sorted(labels) and set(per_sample["population"]) == {"treg"}
     assert (tmp_path / "w1" / "sensitivity.csv").is_file() and len(one.sensitivity) >= len(labels)
+    # Drift of the per-sample gate against each subject's baseline sample (day 0); subject/baseline-scope gates are
+    # fitted once per subject and have none.
+    drift = pd.read_csv(tmp_path / "w1" / "gate_drift.csv", keep_default_na=False)
+    assert list(drift.columns) == ["subject", "sample", "timepoint", "day", "population", "parameter", "value",
+                                   "baseline_value", "drift", "drift_pct"]
+    assert set(drift["population"]) == {"treg"} and set(drift["sample"]) == set(labels)
+    assert list(drift["drift"]) == pytest.approx(list(drift["value"] - drift["baseline_value"]), abs=1e-8)
+    for subject, rows in drift.groupby("subject"):
+        base = rows[rows["sample"] == f"{subject}_D0"]
+        assert len(base) > 0 and (base["drift"] == 0).all()
+        assert list(rows["baseline_value"]) == list(base.set_index("parameter")["value"].reindex(rows["parameter"]))
+    pd.testing.assert_frame_equal(one.drift.reset_index(drop=True)[["subject", "sample", "parameter"]],
+                                  drift[["subject", "sample", "parameter"]])
     assert quiet_run(out=tmp_path / "w2", workers=2, **common).exit_code == 0
-    for name in (*CSVS, "gates_fitted.csv", "sensitivity.csv"):
+    for name in (*CSVS, "gates_fitted.csv", "sensitivity.csv", "gate_drift.csv"):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+
+
+def test_clinical_csv_beside_the_sheet_is_used_by_default(tmp_path):
+    sheet, gates, labels = make_study(tmp_path / "study", n_files=4, n_events=4_000)
+    table = pd.read_csv(sheet)
+    clinical = sheet.parent / "clinical.csv"
+    # P1 rises from 20 to 120 (complete response); P2 stays at 25 (no response).
+    table.assign(platelets=[20, 25, 120, 25])[["subject", "day", "platelets"]].to_csv(clinical, index=False)
+    stream = io.StringIO()
+    result = run(sheet=sheet, gates=gates, out=tmp_path / "out", workers=1, plots=False, pdf=False,
+                 progress=False, stream=stream)
+    assert result.exit_code == 0
+    info = [line for line in stream.getvalue().splitlines() if "clinical data:" in line]
+    assert len(info) == 1 and str(clinical) in info[0]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["settings"]["clinical"] == str(clinical.resolve())
+    baseline = pd.read_csv(tmp_path / "out" / "baseline.csv", keep_default_na=False)
+    later = baseline[baseline["day"] == 7].set_index("subject")
+    assert later.loc["P1", "iwg_response"] == "complete response"
+    assert later.loc["P2", "iwg_response"] == "no response"
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<th>IWG</th>" in html and "complete response" in html
+
+    # Without a clinical.csv beside the sheet there is none, and the manifest says so.
+    clinical.unlink()
+    plain = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "none", workers=1, plots=False, report=False)
+    assert "iwg_response" not in plain.baseline.columns
+    assert json.loads((tmp_path / "none" / "manifest.json").read_text())["settings"]["clinical"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked only on Linux")
+def test_workers_are_forked_only_without_other_threads(study, serial, tmp_path):
+    """A process with other threads gets its workers from a fork server instead; the results are the same."""
+    import threading
+
+    from cytopipe.batch import _pool_context
+
+    sheet, gates, _ = study
+    if threading.active_count() == 1:  # (another test may have left a thread behind)
+        assert _pool_context(False).get_start_method() == "fork"
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert _pool_context(False).get_start_method() == "forkserver"
+        threaded = quiet_run(sheet=sheet, gates=gates, out=tmp_path, workers=2)
+    finally:
+        stop.set()
+        other.join()
+    assert threaded.exit_code == 0
+    assert read_bytes(tmp_path) == read_bytes(serial.out)

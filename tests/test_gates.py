@@ -333,3 +333,35 @@ def test_outlines_for_plotting() -> None:
     assert PolygonGate("p", (X, Y), ((0, 0), (1, 0), (0, 1))).outline().shape == (4, 2)
     assert BooleanGate("b", op="not", operands=("p",)).outline() is None
     assert RectangleGate("range", (X,), (0.0,), (None,)).outline() is None
+
+
+def test_a_gated_sample_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycles: the events and every cached column go as soon as the result is dropped (batch workers
+    hold one sample at a time without calling gc)."""
+    import gc
+    import weakref
+
+    logicle = Logicle()
+    dims = (Dimension("CD4", logicle), Dimension("CD25", logicle))
+    strategy = GatingStrategy((
+        Population("scatter", RectangleGate("scatter", (Dimension("FSC-A", None, "uncompensated"),
+                                                        Dimension("SSC-A", None, "uncompensated")),
+                                            (1e4, 1e4), (None, None))),
+        Population("poly", PolygonGate("poly", dims, ((0.3, 0.2), (0.9, 0.25), (0.8, 0.9), (0.35, 0.7))), "scatter"),
+        Population("ratio", RectangleGate("ratio", (Dimension(("CD4", "CD25"), None, ratio=Ratio(1, 0, 1)),),
+                                          (0.5,), (None,)), "poly"),
+    ))
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        sample = _sample(20_000, 6)
+        result = strategy.apply(sample)
+        values = result.values(strategy.population("poly").gate)  # fills the cached columns in full
+        watched = [weakref.ref(sample.events), weakref.ref(result.masks["ratio"])]
+        watched += [weakref.ref(column) for column in result._columns.values()]
+        del sample, result, values
+        assert [ref() for ref in watched] == [None] * len(watched)
+    finally:
+        if enabled:
+            gc.enable()

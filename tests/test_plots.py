@@ -172,6 +172,21 @@ def test_gating_hierarchy_of_a_large_sample_draws_a_sample_of_events_and_exact_c
     assert f"{result.counts['Treg']:,} events on scatter" in axes[3].get_title()
 
 
+def test_gating_hierarchy_draws_empty_populations(recwarn: pytest.WarningsRecorder) -> None:
+    sample, strategy = _sample_and_strategy()
+    logicle = Logicle(T=262144, W=0.5, M=4.5, A=0)
+    nothing = Population("Treg", RectangleGate("Treg", (Dimension("CD4", logicle), Dimension("CD25", logicle)),
+                                               min=(5.0, 5.0), max=(None, None)), "CD4+")
+    below = Population("CD25 dim", RectangleGate("CD25 dim", (Dimension("CD25", logicle),), min=(0.1,),
+                                                 max=(None,)), "Treg")
+    strategy = GatingStrategy((*strategy.populations[:2], nothing, below), treg="Treg", compensation="none")
+    result = strategy.apply(sample)
+    assert result.counts["Treg"] == result.counts["CD25 dim"] == 0
+    axes = gating_hierarchy(result, strategy, "empty").axes
+    assert axes[2].get_title() == "Treg\n0 = 0.0% of CD4+" and axes[3].get_title().startswith("CD25 dim\n0 = nan%")
+    assert axes[3].get_yscale() == "linear" and not recwarn.list  # no log axis without counts
+
+
 @pytest.mark.slow
 def test_gating_hierarchy_on_the_bundled_study(tmp_path: Path) -> None:
     fcs_path, gates_path = REPO / "sample_fcs" / "ITP-01_W3.fcs", REPO / "gates" / "treg.yaml"
