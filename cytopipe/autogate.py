@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -74,15 +74,54 @@ MIN_EVENTS = 50
 # algorithms on plain arrays
 
 
+def _quantile(x: np.ndarray, q: float) -> float:
+    """``np.quantile(x, q)`` (linear interpolation, same result) from single-index partitions.
+
+    numpy partitions at several indices at once for a median or an interpolated quantile, which on a few thousand
+    transformed values (many ties) costs about ten times a partition at one index.
+    """
+    n = x.size
+    virtual = (n - 1) * q  # numpy's virtual index for the linear method
+    below = min(max(int(math.floor(virtual)), 0), n - 1)
+    part = np.partition(x, below)
+    a = float(part[below])
+    if below + 1 >= n:
+        return a
+    b = float(part[below + 1:].min())
+    t = virtual - below
+    # numpy's _lerp, for identical rounding
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def _sorted_quantile(xs: np.ndarray, q: float) -> float:
+    """:func:`_quantile` of an already sorted array."""
+    n = xs.size
+    virtual = (n - 1) * q
+    below = min(max(int(math.floor(virtual)), 0), n - 1)
+    a = float(xs[below])
+    if below + 1 >= n:
+        return a
+    b, t = float(xs[below + 1]), virtual - below
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def _median(x: np.ndarray) -> float:
+    """``np.median(x)`` (same result) from one partition at a single index."""
+    n = x.size
+    part = np.partition(x, n // 2)
+    upper = float(part[n // 2])
+    return upper if n % 2 else (float(part[: n // 2].max()) + upper) / 2
+
+
 def _robust_sd(x: np.ndarray) -> float:
     """1.4826 x the median absolute deviation (the SD for normal data, insensitive to a minority of outliers)."""
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+    return float(1.4826 * _median(np.abs(x - _median(x))))
 
 
 def _median_sd(x: np.ndarray) -> tuple[float, float]:
     """The median and the robust SD (:func:`_robust_sd`, at least 1e-6) of ``x``."""
-    center = float(np.median(x))
-    return center, float(1.4826 * np.median(np.abs(x - center))) or 1e-6
+    center = _median(x)
+    return center, float(1.4826 * _median(np.abs(x - center))) or 1e-6
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -93,14 +132,21 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
-def _smoothed_density(x: np.ndarray, bins: int, adjust: float) -> tuple[np.ndarray, np.ndarray]:
-    """A fast KDE: a histogram on a fine grid smoothed with a Gaussian kernel (Silverman bandwidth x adjust)."""
-    lo, q25, q75, hi = np.quantile(x, [0.0005, 0.25, 0.75, 0.9995])
+def _smoothed_density(x: np.ndarray, xs: np.ndarray, bins: int, adjust: float) -> tuple[np.ndarray, np.ndarray]:
+    """A fast KDE: a histogram on a fine grid smoothed with a Gaussian kernel (Silverman bandwidth x adjust).
+
+    ``xs`` is ``x`` sorted: its quantiles are read off directly and the histogram is ``np.histogram``'s (bins
+    ``[e_i, e_i+1)``, the last one closed) counted by binary search of the bin edges.
+    """
+    lo, q25, q75, hi = (_sorted_quantile(xs, q) for q in (0.0005, 0.25, 0.75, 0.9995))
     std = float(np.std(x))
     spread = min(std, float(q75 - q25) / 1.349) or std
     bandwidth = adjust * 0.9 * max(spread, 1e-9) * x.size ** -0.2
     lo, hi = lo - 3 * bandwidth, hi + 3 * bandwidth
-    counts, edges = np.histogram(x, bins=bins, range=(lo, hi))
+    edges = np.linspace(lo, hi, bins + 1)
+    index = np.searchsorted(xs, edges)
+    index[-1] = np.searchsorted(xs, edges[-1], side="right")
+    counts = np.diff(index)
     width = edges[1] - edges[0]
     density = ndimage.gaussian_filter1d(counts.astype(float), bandwidth / width, mode="constant")
     density /= density.sum() * width
@@ -162,7 +208,8 @@ def density_valley(
     lo, hi = bounds if bounds is not None else (None, None)
     lo = -np.inf if lo is None else float(lo)
     hi = np.inf if hi is None else float(hi)
-    grid, density = _smoothed_density(x, bins, adjust)
+    xs = np.sort(x)
+    grid, density = _smoothed_density(x, xs, bins, adjust)
     peaks, _ = signal.find_peaks(np.concatenate(([0.0], density, [0.0])), prominence=min_prominence * density.max())
     peaks = peaks - 1
     best: tuple[float, float] | None = None  # (depth, position)
@@ -183,11 +230,11 @@ def density_valley(
     if best is not None:
         threshold, method = best[1], "valley"
     else:
-        mode = float(grid[peaks[np.argmax(density[peaks])]]) if peaks.size else float(np.median(x))
+        mode = float(grid[peaks[np.argmax(density[peaks])]]) if peaks.size else _sorted_quantile(xs, 0.5)
         # The wider half of the mode: a negative population piled against zero (integer data clipped at 0,
         # logicle compression) is narrow below its mode and wide above it; a few positives barely move either.
-        halves = [mode - x[x <= mode], x[x >= mode] - mode]
-        sd = max((float(1.4826 * np.median(h)) for h in halves if h.size >= MIN_EVENTS), default=_robust_sd(x))
+        halves = [mode - xs[: np.searchsorted(xs, mode, side="right")], xs[np.searchsorted(xs, mode):] - mode]
+        sd = max((float(1.4826 * _median(h)) for h in halves if h.size >= MIN_EVENTS), default=_robust_sd(x))
         if mode > hi:
             threshold, method = mode - k * sd, "positive-k*sd"
         else:
@@ -226,43 +273,62 @@ def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0,
     which halves the EM rounds on scatter data.
     """
     n, d = z.shape
+    zt = np.ascontiguousarray(z.T)  # (d, n): distances over a few axes as whole-row operations
+
+    def distances(centers: np.ndarray) -> np.ndarray:
+        """``(len(centers), n)`` squared distances of the events to each centre."""
+        out = (zt[0] - centers[:, 0, None]) ** 2
+        for j in range(1, d):
+            out += (zt[j] - centers[:, j, None]) ** 2
+        return out
+
     rng = np.random.default_rng(random_state)
     centers = [z[rng.integers(n)]]
     nearest = np.full(n, np.inf)
     for _ in range(1, n_components):
-        nearest = np.minimum(nearest, ((z - centers[-1]) ** 2).sum(axis=1))
+        nearest = np.minimum(nearest, distances(centers[-1][None])[0])
         centers.append(z[rng.choice(n, p=nearest / nearest.sum())])
     means = np.array(centers)
     # A few k-means (Lloyd) rounds from the seeds: EM then needs about half the rounds.
     for _ in range(3):
-        nearest_center = np.argmin(((z[None] - means[:, None]) ** 2).sum(axis=2), axis=0)
+        nearest_center = np.argmin(distances(means), axis=0)
         sizes = np.bincount(nearest_center, minlength=n_components)
-        sums = np.stack([np.bincount(nearest_center, z[:, j], minlength=n_components) for j in range(d)], axis=1)
+        sums = np.stack([np.bincount(nearest_center, zt[j], minlength=n_components) for j in range(d)], axis=1)
         means = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], means)
-    # Components x events layout throughout: every step is one batched numpy call over all components.
     resp = np.zeros((n_components, n))
-    resp[np.argmin(((z[None] - means[:, None]) ** 2).sum(axis=2), axis=0), np.arange(n)] = 1.0
-    zt = np.ascontiguousarray(z.T)  # (d, n)
+    resp[np.argmin(distances(means), axis=0), np.arange(n)] = 1.0
+    # Every event as its monomials [z_i z_j (i <= j), z_i, 1]: the M-step's weighted moments and the E-step's
+    # quadratic forms are then one (k, m) x (m, n) product each.
+    iu, ju = np.triu_indices(d)
+    features = np.column_stack([z[:, iu] * z[:, ju], z, np.ones(n)])  # (n, m)
+    pairs = len(iu)
+    twice = np.where(iu == ju, 1.0, 2.0)  # off-diagonal products appear twice in z^T P z
     eye = reg_covar * np.eye(d)
     constant = d * np.log(2 * np.pi)
     previous = -np.inf
     for _ in range(max_iter):
-        # M-step
-        counts = resp.sum(axis=1) + 10 * np.finfo(float).eps
+        # M-step from the weighted moments (float64: the data are standardised, so E[zz^T] - mm^T loses nothing)
+        moments = resp @ features  # (k, m)
+        counts = moments[:, -1] + 10 * np.finfo(float).eps
         weights = counts / n
-        means = (resp @ z) / counts[:, None]
-        diff = zt[None] - means[:, :, None]  # (k, d, n)
-        covs = (diff * resp[:, None]) @ diff.transpose(0, 2, 1) / counts[:, None, None] + eye
-        # E-step: Mahalanobis distances through the Cholesky factors (a batched matmul, no per-component solve).
-        chol = np.linalg.cholesky(covs)
-        scaled = np.linalg.inv(chol) @ diff
-        logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-        log_prob = (np.log(weights) - 0.5 * (logdet + constant))[:, None] - 0.5 * (scaled * scaled).sum(axis=1)
+        means = moments[:, pairs:pairs + d] / counts[:, None]
+        second = np.empty((n_components, d, d))
+        second[:, iu, ju] = moments[:, :pairs] / counts[:, None]
+        second[:, ju, iu] = second[:, iu, ju]
+        covs = second - means[:, :, None] * means[:, None, :] + eye
+        # E-step: -2 log N(z) = z^T P z - 2 (P m)^T z + m^T P m + log det C + d log 2 pi, as coefficients of the
+        # monomials; the exponentials in float32 (four times faster, and the responsibilities need no more).
+        precision = np.linalg.inv(covs)
+        pm = (precision @ means[:, :, None])[:, :, 0]
+        logdet = np.linalg.slogdet(covs)[1]
+        coef = np.column_stack([precision[:, iu, ju] * twice, -2 * pm,
+                                (pm * means).sum(axis=1) + logdet + constant - 2 * np.log(weights)])
+        log_prob = -0.5 * (coef @ features.T)  # (k, n)
         top = log_prob.max(axis=0)
         log_prob -= top
-        np.exp(log_prob, out=log_prob)
-        norm = log_prob.sum(axis=0)
-        resp = log_prob / norm
+        resp = np.exp(log_prob.astype(np.float32))
+        norm = resp.sum(axis=0)
+        resp /= norm
         likelihood = float((top + np.log(norm)).mean())
         if likelihood - previous < tol:
             break
@@ -326,8 +392,8 @@ def fit_scatter_ellipse(
                                            tol=1e-3)
     means = means * scale + center
     covs = covs * np.outer(scale, scale)
-    fsc_floor = np.quantile(xy[:, 0], 0.02)
-    ratio = (means[:, 1] - np.quantile(xy[:, 1], 0.001)) / np.maximum(means[:, 0] - fsc_floor, 1e-12)
+    fsc_floor = _quantile(xy[:, 0], 0.02)
+    ratio = (means[:, 1] - _quantile(xy[:, 1], 0.001)) / np.maximum(means[:, 0] - fsc_floor, 1e-12)
     candidates = [i for i in range(n_components) if weights[i] >= min_weight and means[i, 0] > fsc_floor]
     if not candidates:
         raise GateError("scatter gate: no mixture component looks like lymphocytes")
@@ -382,7 +448,7 @@ def fit_singlet_band(area: np.ndarray, height: np.ndarray, *, k: float = 4.0) ->
     if area.size < MIN_EVENTS:
         raise GateError(f"singlet gate needs at least {MIN_EVENTS} events with positive area and height, "
                         f"got {area.size}")
-    slope, intercept = float(np.median(area / height)), 0.0
+    slope, intercept = _median(area / height), 0.0
     keep = np.ones(area.size, dtype=bool)
     for round_ in range(6):
         fitted = intercept + slope * height
@@ -557,7 +623,11 @@ class AutoGate(Gate):
 
     def _subsample(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values).all(axis=1)]
+        finite = np.isfinite(values[:, 0])
+        for j in range(1, values.shape[1]):
+            finite &= np.isfinite(values[:, j])
+        if not finite.all():
+            values = values[finite]
         if values.shape[0] > self.max_events:
             values = values[:: -(-values.shape[0] // self.max_events)]
         return values
@@ -790,7 +860,7 @@ class ThresholdGate(AutoGate):
                 if data.size < MIN_EVENTS:
                     raise GateError(f"{label}: the {t.method} events are too few for a percentile "
                                     f"({data.size} < {MIN_EVENTS})")
-                cut, how = float(np.percentile(data, t.percentile)), f"{t.method} p{t.percentile:g}"
+                cut, how = _quantile(data, t.percentile / 100), f"{t.method} p{t.percentile:g}"
             if t.side == "above":
                 lows[i] = cut
             else:
@@ -862,37 +932,105 @@ def _check_markers(pop: Population, sample: Any) -> None:
                 raise MarkerError(f"{where}: population '{pop.name}' needs marker '{channel}': {detail}") from None
 
 
-def _evaluate(pops: Sequence[Population], columns: Mapping[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:
-    """Add the masks of fixed populations not yet in ``masks``, from precomputed values, with the semantics of
+def _fast_mask(gate: Gate, columns: Sequence[np.ndarray], inf_top: bool) -> np.ndarray:
+    """``gate.mask`` on one contiguous 1-D column per dimension, with the engine's semantics.
+
+    A rectangle is one comparison per bounded side (``lo <= x < hi``; an open top still drops ``+inf`` when the
+    column holds any, and NaN fails every comparison), a 2-D ellipse its quadratic form written out in the
+    columns' precision; other gates are masked by the gate itself.
+    """
+    if isinstance(gate, RectangleGate):
+        out: np.ndarray | None = None
+        for column, lo, hi in zip(columns, gate.min, gate.max, strict=True):
+            tests = [] if lo is None else [column >= lo]
+            if hi is not None:
+                tests.append(column < hi)
+            elif inf_top:
+                tests.append(column < np.inf)
+            for test in tests:
+                out = test if out is None else np.logical_and(out, test, out=out)
+        assert out is not None  # every dimension of a rectangle has a bound
+        return out
+    if isinstance(gate, EllipsoidGate) and len(columns) == 2:
+        x, y = columns
+        dtype = np.float64 if x.dtype == np.float64 else np.float32
+        (a, b), (c, d) = gate.precision.astype(dtype)
+        dx = x.astype(dtype, copy=True)
+        dx -= dtype(gate.mean[0])
+        dy = y.astype(dtype, copy=True)
+        dy -= dtype(gate.mean[1])
+        quad = dx * dx
+        quad *= a
+        dx *= dy
+        dx *= b + c
+        quad += dx
+        dy *= dy
+        dy *= d
+        quad += dy
+        return quad <= dtype(gate.distance_square)
+    return gate.mask(np.column_stack(columns))
+
+
+#: Masks kept per subsample (fit and sensitivity of one sample share them); the oldest go first.
+_MAX_MASKS = 32
+
+
+def _evaluate(pops: Sequence[Population], columns: Mapping[str, tuple[np.ndarray, ...]], masks: dict[str, np.ndarray],
+              entry: _Subsample | None = None, *, keep: bool = True) -> None:
+    """Add the masks of fixed populations not yet in ``masks``, from precomputed columns, with the semantics of
     :meth:`GatingStrategy.apply`: each gate sees only its parent's events; boolean gates combine their operands'
-    masks."""
+    masks.
+
+    With ``entry``, a mask already computed on the same columns for the same gates (the population's gate, its
+    parent's, and so on up; compared by identity) is reused, and new ones are kept there: :func:`sensitivity`
+    finds the masks :func:`fit_strategy` computed for the same sample. ``keep=False`` only reuses (masks of
+    passing gates, such as shifted thresholds, would push the lasting ones out).
+    """
+    keys: dict[str, tuple] = {}
+    chains: dict[str, tuple[Gate, ...]] = {}  # the gates a mask depends on
     for pop in pops:
+        gate = pop.gate
+        operands = gate.operands if isinstance(gate, BooleanGate) else ()
+        key = keys[pop.name] = (id(gate), tuple(map(id, columns.get(pop.name, ()))),
+                                keys.get(pop.parent) if pop.parent is not None else None,
+                                tuple(keys.get(name) for name in operands))
+        chains[pop.name] = (gate, *chains.get(pop.parent, ()), *(g for name in operands for g in chains.get(name, ())))
         if pop.name in masks:
             continue
+        if entry is not None and key in entry.masks:
+            masks[pop.name] = entry.masks[key][1]
+            continue
         parent = masks[pop.parent] if pop.parent is not None else None
-        gate = pop.gate
         if isinstance(gate, BooleanGate):
-            mask = gate.mask(np.column_stack([masks[name] for name in gate.operands]))
-            if parent is not None:
-                mask &= parent
+            mask = gate.mask(np.column_stack([masks[name] for name in operands]))
         else:
             # A fixed gate decides each event on its own values, so masking every row and keeping the parent's
             # equals masking the parent's rows only, without gathering them first.
-            mask = gate.mask(columns[pop.name])
-            if parent is not None:
-                mask = mask & parent
+            cols = columns[pop.name]
+            mask = _fast_mask(gate, cols, entry is None or any(id(c) in entry.inf_top for c in cols))
+        if parent is not None:
+            mask &= parent
         masks[pop.name] = mask
+        if entry is not None and keep:
+            # Every gate the mask depends on is kept with it, so no id in the key can be reused while it is cached.
+            entry.masks[key] = (chains[pop.name], mask)
+            while len(entry.masks) > _MAX_MASKS:
+                entry.masks.pop(next(iter(entry.masks)))
 
 
 @dataclass(eq=False)
 class _Subsample:
-    """Every k-th event of one sample and the transformed columns computed on them so far."""
+    """Every k-th event of one sample, the transformed columns computed on them so far (contiguous, one per
+    dimension) and the masks evaluated on them (:func:`_evaluate`)."""
 
     sample: Any
     spillover: Any
     matrices: dict[str, Any]
     max_events: int | None
     columns: dict[Dimension, np.ndarray]
+    #: ids of the columns holding +inf (an open rectangle top must then test ``x < inf``)
+    inf_top: set[int] = field(default_factory=set)
+    masks: dict[tuple, tuple[tuple[Gate, ...], np.ndarray]] = field(default_factory=dict)
 
 
 #: Sample -> its fitting subsamples (one per spillover, named matrices and size). The entry lives as long as the
@@ -901,7 +1039,8 @@ _SUBSAMPLES: weakref.WeakKeyDictionary[Any, list[_Subsample]] = weakref.WeakKeyD
 
 
 def _subsample_columns(strategy: GatingStrategy, dims: Mapping[str, tuple[Dimension, ...]], sample: Any,
-                       spillover: Any, max_events: int | None) -> tuple[dict[str, np.ndarray], int]:
+                       spillover: Any, max_events: int | None) -> tuple[dict[str, tuple[np.ndarray, ...]],
+                                                                         _Subsample]:
     """Each population's values (its dimensions, transformed) on every k-th event of ``sample``.
 
     Columns are computed by :meth:`GatingStrategy.apply` on an open "probe" gate, so compensation, channel lookup
@@ -910,8 +1049,9 @@ def _subsample_columns(strategy: GatingStrategy, dims: Mapping[str, tuple[Dimens
 
     Returns
     -------
-    (dict of str to numpy.ndarray, int)
-        Population name -> ``(n, ndim)`` values (populations without dimensions are left out), and ``n``.
+    (dict of str to tuple of numpy.ndarray, _Subsample)
+        Population name -> one contiguous ``(n,)`` column per dimension (populations without dimensions are left
+        out), and the cache entry (``entry.sample.n_events`` is ``n``).
     """
     try:
         entries = _SUBSAMPLES.setdefault(sample, [])
@@ -933,10 +1073,14 @@ def _subsample_columns(strategy: GatingStrategy, dims: Mapping[str, tuple[Dimens
         probe = RectangleGate("probe", tuple(missing), min=(-np.inf,) * len(missing), max=(None,) * len(missing))
         result = replace(strategy, populations=(Population("probe", probe),), treg=None, parent=None).apply(
             entry.sample, spillover)
-        for dim, column in zip(missing, result.values(probe).T, strict=True):
-            entry.columns[dim] = column
-    columns = {name: np.column_stack([entry.columns[d] for d in ds]) for name, ds in dims.items() if ds}
-    return columns, entry.sample.n_events
+        for dim in missing:
+            # One dimension at a time: each column is copied once, contiguous.
+            column = entry.columns[dim] = result.values(replace(probe, dimensions=(dim,), min=(-np.inf,),
+                                                                max=(None,)))[:, 0]
+            if (column == np.inf).any():
+                entry.inf_top.add(id(column))
+    columns = {name: tuple(entry.columns[d] for d in ds) for name, ds in dims.items() if ds}
+    return columns, entry
 
 
 class _Context:
@@ -945,17 +1089,28 @@ class _Context:
 
     def __init__(self, strategy: GatingStrategy, dims: Mapping[str, tuple[Dimension, ...]], sample: Any,
                  spillover: Any, max_events: int | None) -> None:
-        self.columns, self.n = _subsample_columns(strategy, dims, sample, spillover, max_events)
+        self.columns, self.entry = _subsample_columns(strategy, dims, sample, spillover, max_events)
+        self.n = self.entry.sample.n_events
         self.masks: dict[str, np.ndarray] = {}
         self.pops: list[Population] = []  # the populations so far, with the gates fitted for this sample
 
     def update(self) -> None:
         """Evaluate the populations fitted so far."""
-        _evaluate(self.pops, self.columns, self.masks)
+        _evaluate(self.pops, self.columns, self.masks, self.entry)
 
     def parent(self, pop: Population) -> np.ndarray:
         """Boolean mask of ``pop``'s parent (all events for a root population)."""
         return self.masks[pop.parent] if pop.parent is not None else np.ones(self.n, dtype=bool)
+
+    def values(self, pop: Population, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), ndim)`` values of ``pop``'s dimensions at ``rows`` (indices or a boolean mask)."""
+        columns = self.columns[pop.name]
+        first = columns[0][rows]
+        out = np.empty((first.size, len(columns)))  # float64, as the fits use them
+        out[:, 0] = first
+        for j, column in enumerate(columns[1:], 1):
+            out[:, j] = column[rows]
+        return out
 
 
 def fit_strategy(
@@ -1125,16 +1280,16 @@ def _fit_population(gate: AutoGate, pop: Population, where: str, contexts: list[
     step = max(1, -(-n_parent // gate.max_events))
     picked, offset = [], 0
     for ctx, r in zip(contexts, rows, strict=True):
-        picked.append(ctx.columns[pop.name][r[-offset % step::step]])
+        picked.append(ctx.values(pop, r[-offset % step::step]))
         offset += r.size
     values = np.concatenate(picked) if len(picked) > 1 else picked[0]
-    reference = {ref: np.concatenate([ctx.columns[pop.name][ctx.masks[ref]] for ctx in contexts]) for ref in needed}
+    reference = {ref: np.concatenate([ctx.values(pop, ctx.masks[ref]) for ctx in contexts]) for ref in needed}
     control_values = {}
     for role in (r.casefold() for r in getattr(gate, "controls", ())):
         if role not in control_contexts:
             raise GateError(f"{where}: needs the control '{role}' (a sample-sheet row with role {role}); none given")
         ctx = control_contexts[role]
-        control_values[role] = ctx.columns[pop.name][ctx.parent(pop)]
+        control_values[role] = ctx.values(pop, ctx.parent(pop))
     try:
         fitted, info = gate.fit_with_info(values, reference=reference, controls=control_values)
     except GateError as err:
@@ -1380,10 +1535,11 @@ def sensitivity(
             needed.update([pop.parent] if pop.parent else [])
             needed.update(pop.gate.operands if isinstance(pop.gate, BooleanGate) else ())
     pops = [p for p in fitted.populations if p.name in needed]
-    columns, n_events = _subsample_columns(fitted, {p.name: p.gate.dimensions for p in pops}, sample, spillover,
-                                           max_events)
+    columns, entry = _subsample_columns(fitted, {p.name: p.gate.dimensions for p in pops}, sample, spillover,
+                                        max_events)
+    n_events = entry.sample.n_events
     base_masks: dict[str, np.ndarray] = {}
-    _evaluate(pops, columns, base_masks)
+    _evaluate(pops, columns, base_masks, entry)
 
     def treg_pct(masks: Mapping[str, np.ndarray]) -> float:
         n = n_events if parent is None else int(np.count_nonzero(masks[parent]))
@@ -1413,7 +1569,8 @@ def sensitivity(
                 shifted[i] = to_units(friendly + sign * delta, dim.transform)
                 new = replace(gate, **{bound: tuple(shifted)})
                 masks = {k: v for k, v in base_masks.items() if k not in stale}
-                _evaluate([replace(p, gate=new) if p.name == pop.name else p for p in pops], columns, masks)
+                _evaluate([replace(p, gate=new) if p.name == pop.name else p for p in pops], columns, masks, entry,
+                          keep=False)
                 moved.append(treg_pct(masks))
             rows.append({"population": pop.name, "channel": str(dim.channel), "bound": bound, "threshold": friendly,
                          "delta": delta, "treg_pct": base, "treg_pct_minus": moved[0], "treg_pct_plus": moved[1],

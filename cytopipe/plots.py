@@ -311,14 +311,33 @@ def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
 
 
 def _dimension_label(dimension: Any) -> str:
-    label = getattr(dimension, "label", None)
-    if isinstance(label, str):
-        return _plain(label)
+    """``"CD4 (logicle, decades)"``: the channel, the transform's name and, for biexponential scales, the unit."""
     channel = dimension.channel
-    name = " / ".join(channel) if isinstance(channel, tuple) else str(channel)
+    ratio = getattr(dimension, "ratio", None)
+    name = ratio.name if ratio is not None else " / ".join(channel) if isinstance(channel, tuple) else str(channel)
     transform = getattr(dimension, "transform", None)
-    kind = type(transform).__name__.lower() if transform is not None else "linear"
-    return _plain(name if kind == "linear" else f"{name} ({kind})")
+    if transform is None:
+        return _plain(name)
+    unit = ", decades" if getattr(transform, "kind", "") in ("logicle", "hyperlog") else ""
+    return _plain(f"{name} ({transform.name}{unit})")
+
+
+def _friendly(dimensions: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension ``(scale, offset)`` from Gating-ML units to the units gate files are written in.
+
+    Axes then read like the gate file: logicle in decades 0..M, arcsinh as asinh(x / cofactor), raw scatter.
+    """
+    from cytopipe.errors import GateError
+    from cytopipe.gatefile import friendly_units
+
+    pairs = []
+    for dim in dimensions:
+        try:
+            pairs.append(friendly_units(getattr(dim, "transform", None)))
+        except GateError:
+            pairs.append((1.0, 0.0))
+    scale, offset = np.array(pairs, dtype=float).reshape(-1, 2).T
+    return scale, offset
 
 
 def _thousands(axis: Any, dimension: Any) -> None:
@@ -475,12 +494,13 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
             n_parent = int(parent.size)
             n_in = int(np.count_nonzero(result.masks[pop.name]))  # masks carry the parent chain
             rows = _stride(parent, _MAX_PLOT_EVENTS)
-            values = values_of(pop.gate)[rows]
-            inside = result.masks[pop.name][rows]
             dims = pop.gate.dimensions
+            scale, offset = _friendly(dims)
+            values = values_of(pop.gate)[rows] * scale.astype(np.float32) + offset.astype(np.float32)
+            inside = result.masks[pop.name][rows]
             if len(dims) >= 2:
                 outline = pop.gate.outline() if len(dims) == 2 else None
-                outline = None if outline is None else np.asarray(outline, dtype=float)
+                outline = None if outline is None else np.asarray(outline, dtype=float) * scale[:2] + offset[:2]
                 xlim = _limits(values[:, 0], None if outline is None else outline[:, 0])
                 ylim = _limits(values[:, 1], None if outline is None else outline[:, 1])
                 _density(ax, values[:, 0], values[:, 1], xlim, ylim)

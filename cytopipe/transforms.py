@@ -338,10 +338,11 @@ class _Biexponential(Transform):
             edges[-1] = edges[-2]  # one past the last cell: a NaN pattern either way
             with np.errstate(invalid="ignore"):  # NaN bit patterns
                 xs = edges.astype(np.int32).view(np.float32).astype(np.float64)
-            # Negative cells mirror positive ones (solve() works on |x| and mirrors): solve each magnitude once,
-            # which halves the build and gives the same bits, since solve's iterations are per value.
-            magnitudes, which = np.unique(np.abs(xs), return_inverse=True)
-            roots = self.solve(magnitudes)[which]
+            # solve() works on |x| and mirrors negatives; cell i < _LUT_OFFSET holds -xs[i + _LUT_OFFSET]. Solving
+            # the non-negative half and mirroring as solve() does halves the build with the same bits (its
+            # iterations run per value, until every distinct value has converged).
+            roots = self.solve(xs[_LUT_OFFSET:])
+            roots = np.concatenate([roots[:_LUT_OFFSET], roots])
             exact = np.where(xs < 0, 2 * self.x1 - roots, roots)
             start = exact[:-1].astype(np.float32)
             # Slope per unit of the low mantissa bits, so interpolation needs no extra scaling.

@@ -138,7 +138,9 @@ def test_gating_hierarchy_panels_follow_the_strategy() -> None:
     assert list(outline.get_xdata()) == pytest.approx([30000, 75000, 75000, 30000, 30000])
     # The Treg rectangle is open upwards/rightwards: its open sides are pushed beyond the axes.
     treg_line = axes[2].get_lines()[0]
-    assert np.isfinite(treg_line.get_xdata()).all() and min(treg_line.get_xdata()) == pytest.approx(0.5)
+    # Logicle axes read in decades, like gate files: the Gating-ML cut 0.5 is drawn at 0.5 x M = 2.25.
+    assert np.isfinite(treg_line.get_xdata()).all() and min(treg_line.get_xdata()) == pytest.approx(0.5 * 4.5)
+    assert axes[2].get_xlabel() == "CD4 (logicle, decades)"
     assert axes[1].get_yscale() == "log"  # 1-D gate: histogram with the gated events shaded
     # Back-gating draws exactly the Treg events on scatter.
     dots = axes[3].get_lines()[0]
