@@ -58,6 +58,17 @@ def test_density_valley_finds_the_minimum_between_two_modes():
     assert wrong < 0.005 * x.size
 
 
+def test_partition_quantiles_equal_numpys():
+    """The single-index partition median/quantiles the fits use give numpy's results to the bit."""
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 3, 50, 1001, 20_000):
+        for x in (rng.normal(size=n), np.round(rng.normal(size=n), 1)):
+            assert autogate._median(x) == np.median(x)
+            for q in (0.0005, 0.02, 0.25, 0.5, 0.99, 0.9995):
+                assert autogate._quantile(x, q) == np.quantile(x, q)
+                assert autogate._sorted_quantile(np.sort(x), q) == np.quantile(x, q)
+
+
 def test_density_valley_cuts_an_empty_gap_in_its_middle():
     rng = np.random.default_rng(8)
     x = np.concatenate([rng.uniform(0.0, 0.2, 8_000), rng.uniform(0.6, 0.8, 8_000)])
@@ -460,6 +471,19 @@ def test_sensitivity_moves_the_treg_pct_the_right_way(strategy, bd):
     assert foxp3["treg_pct_plus"] == pytest.approx(_treg_pct(moved, sample), abs=1e-9)
     with pytest.raises(ValueError, match="delta must be positive"):
         autogate.sensitivity(strategy, sample, delta=0)
+
+
+def test_fit_masks_equal_the_engines(strategy, bd):
+    """The masks fitting evaluates on the subsample columns (and sensitivity reuses) are the engine's masks."""
+    sample = dataclasses.replace(bd[0])
+    fitted, _ = autogate.fit_strategy(strategy, [sample], max_events=10_000)
+    (entry,) = autogate._SUBSAMPLES[sample]
+    masks = {}
+    autogate._evaluate(fitted.populations, {p.name: tuple(entry.columns[d] for d in p.gate.dimensions)
+                                            for p in fitted.populations}, masks, entry)
+    gated = fitted.apply(entry.sample)
+    for pop in fitted.populations:
+        assert np.array_equal(masks[pop.name], gated.masks[pop.name]), pop.name
 
 
 def test_sensitivity_reuses_the_fit_columns_and_agrees_without_them(strategy, bd):
