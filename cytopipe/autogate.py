@@ -28,15 +28,16 @@ import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
-from scipy import ndimage, signal, stats
 
 from .errors import GateError, MarkerError
 from .gates import BooleanGate, Dimension, EllipsoidGate, Gate, GatingStrategy, PolygonGate, Population, RectangleGate
 from .transforms import Transform
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "SCOPES",
@@ -151,6 +152,8 @@ def _smoothed_density(x: np.ndarray, xs: np.ndarray, bins: int, adjust: float) -
     index[-1] = np.searchsorted(xs, edges[-1], side="right")
     counts = np.diff(index)
     width = edges[1] - edges[0]
+    from scipy import ndimage
+
     density = ndimage.gaussian_filter1d(counts.astype(float), bandwidth / width, mode="constant")
     density /= density.sum() * width
     return (edges[:-1] + edges[1:]) / 2, density
@@ -213,6 +216,8 @@ def density_valley(
     lo, hi = bounds if bounds is not None else (None, None)
     lo = -np.inf if lo is None else float(lo)
     hi = np.inf if hi is None else float(hi)
+    from scipy import signal
+
     xs = np.sort(x)
     grid, density = _smoothed_density(x, xs, bins, adjust)
     peaks, _ = signal.find_peaks(np.concatenate(([0.0], density, [0.0])), prominence=min_prominence * density.max())
@@ -411,6 +416,8 @@ def fit_scatter_ellipse(
     lowest = min(ratio[i] for i in candidates)
     near = [i for i in candidates if ratio[i] <= 1.25 * lowest]
     chosen = max(near, key=lambda i: weights[i])
+    from scipy import stats
+
     d2 = float(stats.chi2.ppf(probability, 2))
     members = [chosen]
     inverse = np.linalg.inv(covs[chosen])
@@ -1436,7 +1443,7 @@ def gate_drift(fitted_rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.Da
     ----------
     fitted_rows : list of dict or pandas.DataFrame
         ``gates_fitted.csv`` rows: :func:`fit_strategy` rows with ``sample, subject, timepoint, day`` added (and
-        optionally a bool ``baseline``; default: each subject's earliest day is its baseline).
+        optionally a bool ``baseline``; a subject with no row flagged falls back to its earliest day).
 
     Returns
     -------
@@ -1451,6 +1458,8 @@ def gate_drift(fitted_rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.Da
     ValueError
         The rows lack ``subject``, ``day`` or ``population``.
     """
+    import pandas as pd
+
     table = pd.DataFrame(list(fitted_rows) if not isinstance(fitted_rows, pd.DataFrame) else fitted_rows)
     columns = ["subject", "sample", "timepoint", "day", "population", "parameter", "value", "baseline_value",
                "drift", "drift_pct"]
@@ -1470,10 +1479,13 @@ def gate_drift(fitted_rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.Da
         ids.append("baseline")
     long = table.melt(id_vars=ids, value_vars=params, var_name="parameter", value_name="value")
     long = long.dropna(subset=["value"])
-    if "baseline" in long.columns and long["baseline"].astype(bool).any():
-        base = long[long["baseline"].astype(bool)]
+    # A subject without a flagged baseline row falls back to its earliest day.
+    earliest = long["day"] == long.groupby("subject")["day"].transform("min")
+    if "baseline" in long.columns:
+        flagged = long["baseline"].astype(bool)
+        base = long[flagged | (earliest & ~flagged.groupby(long["subject"]).transform("any"))]
     else:
-        base = long[long["day"] == long.groupby("subject")["day"].transform("min")]
+        base = long[earliest]
     base = base.groupby(["subject", "population", "parameter"], as_index=False)["value"].first()
     out = long.merge(base.rename(columns={"value": "baseline_value"}), on=["subject", "population", "parameter"])
     out["drift"] = out["value"] - out["baseline_value"]

@@ -472,10 +472,10 @@ def _tables(results: list[SampleResult], strategy: Any, sheet: pd.DataFrame) -> 
     counted = [r for r in results if r.treg is not None]
     pop_rows = [row for r in counted for row in r.populations]
     populations = _sort_rows(pd.DataFrame(pop_rows, columns=list(POPULATION_COLUMNS)), POPULATION_COLUMNS, order)
-    treg = pd.DataFrame([r.treg for r in counted], columns=list(TREG_COLUMNS))
+    treg = pd.DataFrame([r.treg for r in counted], columns=[*TREG_COLUMNS, "acquisition_qc"])
     # The baseline flag and the sheet's extra columns travel with each sample (the report re-renders from them).
     treg = treg.join(sheet.set_index("sample")[["baseline", *extra]], on="sample")
-    treg = _sort_rows(treg, [*TREG_COLUMNS, "baseline", *extra])
+    treg = _sort_rows(treg, [*TREG_COLUMNS, "acquisition_qc", "baseline", *extra])
     failures = pd.DataFrame([r.failure for r in results if r.failure is not None], columns=list(FAILURE_COLUMNS))
     failures = failures.join(sheet.set_index("sample")[["subject", "day"]], on="sample")
     failures = failures.sort_values(["subject", "day", "sample"], kind="mergesort")[list(FAILURE_COLUMNS)]

@@ -121,11 +121,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from .pipeline import event_membership, write_table
+    from .outputs import write_csv
+    from .pipeline import event_membership
 
     table = event_membership(args.fcs, args.gates)
     if args.out:
-        write_table(table, args.out)
+        write_csv(table, args.out)
     else:
         table.to_csv(sys.stdout, index=False)
     return 0

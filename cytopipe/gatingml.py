@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from cytopipe.gates import (
     RectangleGate,
     SpectrumMatrix,
 )
+from cytopipe.outputs import atomic_write
 from cytopipe.transforms import Arcsinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform
 
 __all__ = ["read_gatingml", "write_gatingml", "gate_ids", "GATING_NS", "TRANSFORMS_NS", "DATATYPES_NS"]
@@ -609,13 +609,4 @@ def write_gatingml(strategy: GatingStrategy, path: str | os.PathLike[str]) -> No
     root = _Writer(strategy, where).build()
     ET.indent(root, space="    ")
     data = ET.tostring(root, encoding="UTF-8", xml_declaration=True)
-    directory = os.path.dirname(os.path.abspath(where))
-    fd, tmp = tempfile.mkstemp(prefix=".gatingml-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data + b"\n")
-        os.replace(tmp, where)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(where, data + b"\n")

@@ -302,7 +302,8 @@ def process_sample(task: SampleTask) -> SampleResult:
 
     Notes
     -----
-    1. read: SHA-256 of the bytes, then :func:`cytopipe.fcs.read_fcs` (float32 events).
+    1. read: SHA-256 of the bytes, then :func:`cytopipe.fcs.read_fcs` (float32 events), then acquisition QC
+       (:mod:`cytopipe.qc`): corrupt data fail here; margin events and a missing spillover become flags.
     2. compensate: choose the spillover (:func:`choose_spillover`); the strategy compensates only the channels
        its gates use, so the full events matrix is never copied.
     3. gate: fit ``sample``-scope data-driven gates, then :meth:`GatingStrategy.apply` (each used column is
@@ -314,6 +315,7 @@ def process_sample(task: SampleTask) -> SampleResult:
     holds no reference cycles), so a worker holds one sample at a time without calling the garbage collector.
     """
     from .fcs import read_fcs
+    from .qc import check_acquisition, require_plausible
 
     ident = {"sample": task.sample, "subject": task.subject, "timepoint": task.timepoint, "day": task.day}
     out = SampleResult(sample=task.sample, file=task.file, subject=task.subject, timepoint=task.timepoint,
@@ -336,6 +338,8 @@ def process_sample(task: SampleTask) -> SampleResult:
     try:
         out.sha256 = file_sha256(task.file)
         sample = read_fcs(task.file)
+        qc = check_acquisition(sample)
+        require_plausible(sample, qc)  # gating garbage would give numbers that mean nothing
     except Exception as err:  # noqa: BLE001 - any problem with one file must not stop the batch
         return fail("read", err)
     out.n_events = int(sample.n_events)
@@ -373,7 +377,7 @@ def process_sample(task: SampleTask) -> SampleResult:
 
     try:
         out.populations = count_rows(result, strategy, ident)
-        out.treg = treg_row(result, task.treg, task.parent, ident)
+        out.treg = {**treg_row(result, task.treg, task.parent, ident), "acquisition_qc": "; ".join(qc.flags())}
     except Exception as err:  # noqa: BLE001
         return fail("count", err)
     lap("count")

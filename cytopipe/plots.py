@@ -11,7 +11,6 @@ switches matplotlib into mathtext.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
+from cytopipe.outputs import atomic_open
 from cytopipe.stats import platelet_column
 
 __all__ = ["STYLE", "fold_change_overview", "gating_hierarchy", "save_figure", "time_course"]
@@ -82,7 +82,7 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained",
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Write a figure atomically (temporary file in the same folder, then :func:`os.replace`).
+    """Write a figure atomically (see :func:`cytopipe.outputs.atomic_open`).
 
     Parameters
     ----------
@@ -114,18 +114,11 @@ def save_figure(fig: Figure, path: str | os.PathLike, formats: Sequence[str] = (
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             fmt = target.suffix.lstrip(".").lower()
-            # Beside the target (same file system for os.replace); open() keeps the umask's permissions.
-            tmp = target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.{fmt}")
-            try:
-                with open(tmp, "xb") as handle:
-                    # No timestamps in the files: the same results give byte-identical figures.
-                    metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
-                    extra = {"pil_kwargs": {"compress_level": _PNG_COMPRESSION}} if fmt == "png" else {}
-                    fig.savefig(handle, format=fmt, dpi="figure", metadata=metadata, **extra)
-                os.replace(tmp, target)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            # No timestamps in the files: the same results give byte-identical figures.
+            metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
+            extra = {"pil_kwargs": {"compress_level": _PNG_COMPRESSION}} if fmt == "png" else {}
+            with atomic_open(target, "wb") as handle:
+                fig.savefig(handle, format=fmt, dpi="figure", metadata=metadata, **extra)
             written.append(target)
     return written
 

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import pandas as pd
 
 from cytopipe import __version__
 from cytopipe.errors import ConfigError
+from cytopipe.outputs import atomic_write, write_csv
 from cytopipe.pipeline import plot_path
 from cytopipe.plots import fold_change_overview, save_figure, time_course
 from cytopipe.stats import (
@@ -53,18 +53,6 @@ _COMPUTED = set(BASELINE_COLUMNS) | {
 
 
 # ---------------------------------------------------------------------------------------------- file helpers
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write beside the target, then rename: a reader never sees half a file (permissions follow the umask)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -214,7 +202,7 @@ def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, time
         if not tmp.is_file() or not tmp.read_bytes()[:5] == b"%PDF-":
             log.warning("chromium wrote no PDF: %s not written", pdf_path)
             return None
-        _atomic_write_bytes(pdf_path, tmp.read_bytes())
+        atomic_write(pdf_path, tmp.read_bytes())
     return pdf_path
 
 
@@ -321,11 +309,10 @@ def render_report(
     summary = subject_summary(table)
     correlation = clinical_correlation(table)
 
-    # 10 significant digits: exact for counts, without float noise such as 2.7669452130000001.
-    _atomic_write_bytes(results / "baseline.csv", table.to_csv(index=False, float_format="%.10g").encode())
-    _atomic_write_bytes(results / "summary.csv", summary.to_csv(index=False).encode())
+    write_csv(table, results / "baseline.csv")
+    write_csv(summary, results / "summary.csv")
     if len(correlation):
-        _atomic_write_bytes(results / "correlation.csv", correlation.to_csv(index=False).encode())
+        write_csv(correlation, results / "correlation.csv")
     else:
         (results / "correlation.csv").unlink(missing_ok=True)  # from an earlier rendering with clinical data
 
@@ -336,7 +323,7 @@ def render_report(
                                  "min_cd4": min_cd4_events})
     html = _environment().from_string(_TEMPLATE).render(**context)
     out = results / "report.html"
-    _atomic_write_bytes(out, html.encode("utf-8"))
+    atomic_write(out, html)
     # A PDF from an earlier rendering would disagree with this HTML: replace it or remove it.
     if not (pdf and write_pdf(out, results / "report.pdf")) and (results / "report.pdf").exists():
         (results / "report.pdf").unlink()

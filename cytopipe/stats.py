@@ -458,9 +458,11 @@ def baseline_table(
 
     low_treg = ~(k >= min_treg_events)
     low_cd4 = ~(n >= min_cd4_events)
+    acquisition = (t["acquisition_qc"].fillna("").astype(str).to_numpy() if "acquisition_qc" in t.columns
+                   else np.full(len(t), "", dtype=object))
     flags: list[str] = []
     for i in range(len(t)):
-        notes = []
+        notes = [acquisition[i]] if acquisition[i] else []
         if low_treg[i]:
             notes.append(f"Treg gate {_count(k[i])} events < {min_treg_events}")
         if low_cd4[i]:

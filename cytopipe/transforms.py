@@ -15,7 +15,9 @@ Precision policy
 * float32 input -> float32 output. Logicle and hyperlog then use a lookup table indexed by the bit pattern of the
   float32 input (sign, exponent and the top 9 mantissa bits), with linear interpolation inside each cell. Within one
   cell ``x`` spans a relative width of 1/512, so the interpolation error is below 1e-7 in Gating-ML units, under the
-  float32 resolution of the output near 1. This is 10-20x faster than flowutils' C solver.
+  float32 resolution of the output near 1. This is 10-20x faster than flowutils' C solver. The table of a parameter
+  set is built once that set has been applied to as many values (2**18) in total as the table has cells; until then
+  its values are solved exactly and rounded to float32.
 
 ``boundMin`` / ``boundMax`` (Gating-ML 2.0 section 6) clamp the result: ``max(min(f(x), bound_max), bound_min)``.
 """
@@ -359,11 +361,18 @@ class _Biexponential(Transform):
     def _f(self, x: np.ndarray) -> np.ndarray:
         if x.dtype != np.float32:
             return self.solve(x)
-        # Building a table costs about as much as solving as many values as it has cells: small arrays with
-        # parameters not seen before are solved directly.
-        if self._key() in _TABLES or x.size >= _LUT_CELLS:
-            return self._fast(x)
-        return self.solve(x).astype(np.float32)
+        # Building a table costs about as much as solving as many values as it has cells: a parameter set is
+        # solved directly until it has been applied to that many values in total (e.g. over several 50,000-event
+        # files), then the table is built and used from then on.
+        key = self._key()
+        if key not in _TABLES:
+            seen = _APPLIED.pop(key, 0) + x.size
+            if seen < _LUT_CELLS:
+                while len(_APPLIED) >= _MAX_APPLIED:  # least recently used first
+                    _APPLIED.pop(next(iter(_APPLIED)))
+                _APPLIED[key] = seen
+                return self.solve(x).astype(np.float32)
+        return self._fast(x)
 
     def _fast(self, x: np.ndarray) -> np.ndarray:
         """float32 fast path: table lookup on the float's bit pattern plus linear interpolation."""
@@ -410,6 +419,9 @@ def _logicle_d(w: float, b: float) -> float:
 #: Lookup tables by parameter set (insertion order = recency), 2 MB each, at most ``_MAX_TABLES``.
 _TABLES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 _MAX_TABLES = 32
+#: Values solved directly so far per parameter set without a table (insertion order = recency).
+_APPLIED: dict[tuple, int] = {}
+_MAX_APPLIED = 1024
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,16 @@
-"""Shared fixtures: the reference data in ``../shared/data`` (never copied into the repo)."""
+"""Shared fixtures: the reference data in ``../shared/data`` (never copied into the repo), a report results folder."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CYTOPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -29,3 +34,74 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+# Subject -> [(timepoint, day, cd4_events, treg_events, platelets)]; one subject name is an XSS probe.
+REPORT_STUDY = {
+    "ITP-01": [("D0", 0, 20000, 600, 36), ("W1", 7, 21000, 1100, 41), ("W3", 21, 19500, 1700, 85),
+               ("W6", 42, 20500, 1000, 60)],
+    "ITP-02": [("D0", 0, 22000, 880, 40), ("W1", 7, 21000, 860, 38), ("W3", 21, 20000, 830, 42)],
+    "<script>alert(1)</script>": [("D0", 0, 1500, 60, 50), ("W1", 7, 1600, 70, 55)],
+}
+_GATE_TEXT = "name: Treg <b>bold</b>\npopulations:\n  - name: Lymphocytes\n"
+
+
+def _png(path: Path) -> None:
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().plot([0, 1], [0, 1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+
+
+def build_results_folder(root: Path, *, clinical: bool = True) -> Path:
+    """A results folder as ``cytopipe run`` writes it (tables, manifest, one gating plot, a failure).
+
+    The study is :data:`REPORT_STUDY`; with ``clinical``, ``root / "clinical.csv"`` holds platelet and lymphocyte
+    counts for it.
+    """
+    out = root / "results"
+    out.mkdir()
+    treg_rows, pop_rows = [], []
+    for subject, visits in REPORT_STUDY.items():
+        for tp, day, cd4, treg, _ in visits:
+            sample = f"{subject}_{tp}"
+            pct = 100 * treg / cd4
+            treg_rows.append({"sample": sample, "subject": subject, "timepoint": tp, "day": day, "cd4_events": cd4,
+                              "treg_events": treg, "treg_pct": pct, "ci_low": np.nan, "ci_high": np.nan,
+                              "baseline": "true" if day == 0 else "false"})
+            pop_rows.append({"sample": sample, "subject": subject, "timepoint": tp, "day": day,
+                             "population": "Lymphocytes", "parent": "", "count": cd4 * 3, "pct_parent": 60.0,
+                             "pct_total": 60.0})
+    pd.DataFrame(treg_rows).to_csv(out / "treg.csv", index=False)
+    pd.DataFrame(pop_rows).to_csv(out / "populations.csv", index=False)
+    pd.DataFrame([{"sample": "ITP-02_W6", "file": "ITP-02_W6.fcs", "stage": "read",
+                   "reason": "truncated file <DATA> segment"}]).to_csv(out / "failures.csv", index=False)
+    pd.DataFrame([{"sample": "ITP-01_D0", "population": "CD25high", "threshold": 2.61}]).to_csv(
+        out / "gates_fitted.csv", index=False)
+    _png(out / "plots" / "gating_ITP-01_D0.png")
+    manifest = {
+        "cytopipe": "0.1.0",
+        "versions": {"cytopipe": "0.1.0", "numpy": "2.4.0"},
+        "gates": {"path": "gates/treg.yaml", "sha256": "ab" * 32, "text": _GATE_TEXT},
+        "inputs": [{"sample": "ITP-01_D0", "file": "sample_fcs/ITP-01_D0.fcs", "sha256": "cd" * 32}],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    if clinical:
+        rows = [{"subject": s, "day": d, "platelets": p, "lymphocytes_per_ul": 1500}
+                for s, visits in REPORT_STUDY.items() for _, d, _, _, p in visits]
+        # A platelet count on a day without a blood draw for cytometry.
+        rows.append({"subject": "ITP-01", "day": 28, "platelets": 80, "lymphocytes_per_ul": 1400})
+        pd.DataFrame(rows).to_csv(root / "clinical.csv", index=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def results_folder() -> Callable[..., Path]:
+    """:func:`build_results_folder`: ``results_folder(root, clinical=True) -> root / "results"``."""
+    return build_results_folder
+
+
+@pytest.fixture(scope="session")
+def report_study() -> dict[str, list[tuple[str, int, int, int, int]]]:
+    """The subjects and visits of :func:`build_results_folder`'s results folder."""
+    return REPORT_STUDY

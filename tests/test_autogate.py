@@ -449,6 +449,22 @@ def test_gate_drift_against_the_baseline_fit(strategy):
         autogate.gate_drift([{"population": "x", "a": 1.0}])
 
 
+def test_gate_drift_falls_back_to_the_earliest_day_per_subject():
+    # A has a flagged baseline (its second visit); B has none and falls back to its earliest day.
+    rows = [
+        {"subject": "A", "sample": "a0", "day": 0, "baseline": False, "population": "Treg", "cut": 1.0},
+        {"subject": "A", "sample": "a1", "day": 7, "baseline": True, "population": "Treg", "cut": 2.0},
+        {"subject": "A", "sample": "a2", "day": 14, "baseline": False, "population": "Treg", "cut": 2.5},
+        {"subject": "B", "sample": "b0", "day": 3, "baseline": False, "population": "Treg", "cut": 4.0},
+        {"subject": "B", "sample": "b1", "day": 10, "baseline": False, "population": "Treg", "cut": 5.0},
+    ]
+    drift = autogate.gate_drift(rows).set_index("sample")
+    assert list(drift.index) == ["a0", "a1", "a2", "b0", "b1"]
+    assert drift["baseline_value"].to_dict() == {"a0": 2.0, "a1": 2.0, "a2": 2.0, "b0": 4.0, "b1": 4.0}
+    assert drift["drift"].to_dict() == pytest.approx({"a0": -1.0, "a1": 0.0, "a2": 0.5, "b0": 0.0, "b1": 1.0})
+    assert drift.loc["b1", "drift_pct"] == pytest.approx(25.0)
+
+
 def test_sensitivity_moves_the_treg_pct_the_right_way(strategy, bd):
     sample, _ = bd
     fitted, _ = autogate.fit_strategy(strategy, [sample])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cytopipe.errors import FCSError
@@ -72,3 +73,29 @@ def test_a_few_impossible_events_flag_many_fail():
     events[:50, 1] = 1e12  # 0.5% of events a million times beyond the range
     qc = check_acquisition(Sample("mem.fcs", events, ("FSC-A", "SSC-A"), ("", ""), metadata, "FCS3.1"))
     assert qc.corrupt and qc.corrupt_events == 50
+
+
+def test_pipeline_fails_corrupt_file_at_read_and_flags_saturation(shared_data, tmp_path):
+    from cytopipe.gatefile import load_strategy
+    from cytopipe.pipeline import SampleTask, process_sample
+    from cytopipe.stats import baseline_table
+
+    strategy = load_strategy(REPO / "gates" / "treg_fixed.yaml")
+    damaged = shared_data / "treg_real" / "labkey_version3_1_spillover" / "version3_1_spillover.fcs"
+    result = process_sample(SampleTask(sample="damaged", file=str(damaged), strategy=strategy, treg="Treg",
+                                       parent="CD4+"))
+    assert result.failure["stage"] == "read"
+    assert "event data look corrupt" in result.failure["reason"]
+
+    source = read_fcs(REPO / "sample_fcs" / "ITP-01_W1.fcs")
+    events = np.array(source.events)
+    fitc = source.channels.index("FITC-A")
+    events[: len(events) // 10, fitc] = 262143  # 10% of CD4 FITC at the top of scale
+    saturated = tmp_path / "saturated.fcs"
+    write_fcs(saturated, events, source.channels, source.markers, source.metadata)
+    result = process_sample(SampleTask(sample="sat", file=str(saturated), strategy=strategy, treg="Treg",
+                                       parent="CD4+", subject="S", timepoint="D0"))
+    assert result.failure is None
+    assert result.treg["acquisition_qc"] == "FITC-A: 10.0% of events at the top of scale"
+    table = baseline_table(pd.DataFrame([result.treg]))
+    assert "FITC-A: 10.0% of events at the top of scale" in table.loc[0, "qc_flags"]

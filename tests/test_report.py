@@ -6,72 +6,17 @@ import base64
 import json
 import logging
 import re
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
 
 from cytopipe.errors import ConfigError, SampleSheetError
 from cytopipe.report import render_report
 
-XSS = "<script>alert(1)</script>"
-GATE_TEXT = "name: Treg <b>bold</b>\npopulations:\n  - name: Lymphocytes\n"
-
-# subject -> [(timepoint, day, cd4_events, treg_events, platelets)]
-STUDY = {
-    "ITP-01": [("D0", 0, 20000, 600, 36), ("W1", 7, 21000, 1100, 41), ("W3", 21, 19500, 1700, 85),
-               ("W6", 42, 20500, 1000, 60)],
-    "ITP-02": [("D0", 0, 22000, 880, 40), ("W1", 7, 21000, 860, 38), ("W3", 21, 20000, 830, 42)],
-    XSS: [("D0", 0, 1500, 60, 50), ("W1", 7, 1600, 70, 55)],
-}
-
-
-def _png(path: Path) -> None:
-    fig = Figure(figsize=(2, 1))
-    fig.add_subplot().plot([0, 1], [0, 1])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-
-
-def build_results_folder(root: Path, *, clinical: bool = True) -> Path:
-    """A results folder as ``cytopipe run`` writes it (tables, manifest, one gating plot, a failure)."""
-    out = root / "results"
-    out.mkdir()
-    treg_rows, pop_rows = [], []
-    for subject, visits in STUDY.items():
-        for tp, day, cd4, treg, _ in visits:
-            sample = f"{subject}_{tp}"
-            pct = 100 * treg / cd4
-            treg_rows.append({"sample": sample, "subject": subject, "timepoint": tp, "day": day, "cd4_events": cd4,
-                              "treg_events": treg, "treg_pct": pct, "ci_low": np.nan, "ci_high": np.nan,
-                              "baseline": "true" if day == 0 else "false"})
-            pop_rows.append({"sample": sample, "subject": subject, "timepoint": tp, "day": day,
-                             "population": "Lymphocytes", "parent": "", "count": cd4 * 3, "pct_parent": 60.0,
-                             "pct_total": 60.0})
-    pd.DataFrame(treg_rows).to_csv(out / "treg.csv", index=False)
-    pd.DataFrame(pop_rows).to_csv(out / "populations.csv", index=False)
-    pd.DataFrame([{"sample": "ITP-02_W6", "file": "ITP-02_W6.fcs", "stage": "read",
-                   "reason": "truncated file <DATA> segment"}]).to_csv(out / "failures.csv", index=False)
-    pd.DataFrame([{"sample": "ITP-01_D0", "population": "CD25high", "threshold": 2.61}]).to_csv(
-        out / "gates_fitted.csv", index=False)
-    _png(out / "plots" / "gating_ITP-01_D0.png")
-    manifest = {
-        "cytopipe": "0.1.0",
-        "versions": {"cytopipe": "0.1.0", "numpy": "2.4.0"},
-        "gates": {"path": "gates/treg.yaml", "sha256": "ab" * 32, "text": GATE_TEXT},
-        "inputs": [{"sample": "ITP-01_D0", "file": "sample_fcs/ITP-01_D0.fcs", "sha256": "cd" * 32}],
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    if clinical:
-        rows = [{"subject": s, "day": d, "platelets": p, "lymphocytes_per_ul": 1500}
-                for s, visits in STUDY.items() for _, d, _, _, p in visits]
-        # A platelet count on a day without a blood draw for cytometry.
-        rows.append({"subject": "ITP-01", "day": 28, "platelets": 80, "lymphocytes_per_ul": 1400})
-        pd.DataFrame(rows).to_csv(root / "clinical.csv", index=False)
-    return out
+XSS = "<script>alert(1)</script>"  # a subject name of the results folder (conftest.REPORT_STUDY)
 
 
 class _Collector(HTMLParser):
@@ -90,14 +35,15 @@ class _Collector(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def rendered(tmp_path_factory: pytest.TempPathFactory, results_folder: Callable[..., Path]) -> tuple[Path, str]:
     tmp_path = tmp_path_factory.mktemp("report")
-    out = build_results_folder(tmp_path)
+    out = results_folder(tmp_path)
     html_path = render_report(out, clinical=tmp_path / "clinical.csv", pdf=False)
     return out, html_path.read_text(encoding="utf-8")
 
 
-def test_report_escapes_user_strings(rendered: tuple[Path, str]) -> None:
+def test_report_escapes_user_strings(rendered: tuple[Path, str], report_study: dict) -> None:
+    assert XSS in report_study
     _, html = rendered
     parser = _Collector()
     parser.feed(html)
@@ -140,7 +86,7 @@ def test_report_content_order_and_verdicts(rendered: tuple[Path, str]) -> None:
     assert "Treg gate 60 events &lt; 100" in html and "CD4 gate 1,500 events &lt; 2000" in html
 
 
-def test_report_rewrites_tables_and_figures(rendered: tuple[Path, str]) -> None:
+def test_report_rewrites_tables_and_figures(rendered: tuple[Path, str], report_study: dict) -> None:
     out, _ = rendered
     baseline = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
     assert list(baseline.columns[:14]) == ["subject", "timepoint", "day", "treg_pct", "baseline_pct", "delta_pp",
@@ -152,7 +98,7 @@ def test_report_rewrites_tables_and_figures(rendered: tuple[Path, str]) -> None:
     assert row["tregs_per_ul"] == pytest.approx(1500 * 1700 / (19500 * 3))
     assert row["treg_tcon_ratio"] == pytest.approx(1700 / (19500 - 1700))
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["subject"]) == set(STUDY)
+    assert set(summary["subject"]) == set(report_study)
     assert (out / "correlation.csv").is_file()
     for stem in ("fold_change_overview", "timecourse_ITP-01", "timecourse__script_alert_1___script_"):
         assert (out / "plots" / f"{stem}.png").stat().st_size > 1000
@@ -160,8 +106,8 @@ def test_report_rewrites_tables_and_figures(rendered: tuple[Path, str]) -> None:
     assert not list(out.rglob("*.tmp*")), "temporary files left behind"
 
 
-def test_rcv_settings_change_the_call(tmp_path: Path) -> None:
-    out = build_results_folder(tmp_path)
+def test_rcv_settings_change_the_call(tmp_path: Path, results_folder: Callable[..., Path]) -> None:
+    out = results_folder(tmp_path)
     render_report(out, clinical=tmp_path / "clinical.csv", pdf=False, cva=60.0, cvi=60.0)
     baseline = pd.read_csv(out / "baseline.csv")
     # RCV = sqrt(2) * 1.96 * sqrt(2) * 60 = 235%: a 2.9-fold rise (+193%) is no longer significant.
@@ -170,8 +116,8 @@ def test_rcv_settings_change_the_call(tmp_path: Path) -> None:
     assert "No significant change" in (out / "report.html").read_text()
 
 
-def test_clinical_from_manifest_and_without(tmp_path: Path) -> None:
-    out = build_results_folder(tmp_path)
+def test_clinical_from_manifest_and_without(tmp_path: Path, results_folder: Callable[..., Path]) -> None:
+    out = results_folder(tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["settings"] = {"clinical": str(tmp_path / "clinical.csv")}
     (out / "manifest.json").write_text(json.dumps(manifest))
@@ -186,13 +132,13 @@ def test_clinical_from_manifest_and_without(tmp_path: Path) -> None:
     assert "iwg_response" not in pd.read_csv(out / "baseline.csv").columns
 
 
-def test_report_errors(tmp_path: Path) -> None:
+def test_report_errors(tmp_path: Path, results_folder: Callable[..., Path]) -> None:
     with pytest.raises(ConfigError, match="results folder not found"):
         render_report(tmp_path / "nope", pdf=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"treg\.csv: not found"):
         render_report(tmp_path / "empty", pdf=False)
-    out = build_results_folder(tmp_path)
+    out = results_folder(tmp_path)
     bad = tmp_path / "bad_clinical.csv"
     bad.write_text("patient,day,platelets\nITP-01,0,36\n")
     with pytest.raises(SampleSheetError, match="bad_clinical.csv: clinical table needs a 'subject' column"):
@@ -202,8 +148,8 @@ def test_report_errors(tmp_path: Path) -> None:
 
 
 def test_pdf_warns_without_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    caplog: pytest.LogCaptureFixture) -> None:
-    out = build_results_folder(tmp_path, clinical=False)
+                                    caplog: pytest.LogCaptureFixture, results_folder: Callable[..., Path]) -> None:
+    out = results_folder(tmp_path, clinical=False)
     monkeypatch.setenv("CYTOPIPE_CHROMIUM", "no-such-browser-cytopipe")
     with caplog.at_level(logging.WARNING, logger="cytopipe.report"):
         html = render_report(out, pdf=True)

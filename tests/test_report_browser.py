@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,9 +20,6 @@ import numpy as np
 import pytest
 
 from cytopipe.report import find_chromium, render_report
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_report import STUDY, build_results_folder  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +80,9 @@ def test_detector_sees_console_errors(chromium: str, tmp_path: Path) -> None:
     assert any("undefinedFunction" in line for line in console), console
 
 
-def test_report_loads_cleanly_and_shows_every_subject(chromium: str, tmp_path: Path) -> None:
-    out = build_results_folder(tmp_path)
+def test_report_loads_cleanly_and_shows_every_subject(chromium: str, tmp_path: Path,
+                                                      results_folder: Callable[..., Path], report_study: dict) -> None:
+    out = results_folder(tmp_path)
     html = render_report(out, clinical=tmp_path / "clinical.csv", pdf=False)
     dom, console = _load(chromium, html.resolve().as_uri(), tmp_path / "profile")
     assert console == []
@@ -93,14 +91,14 @@ def test_report_loads_cleanly_and_shows_every_subject(chromium: str, tmp_path: P
     assert "script" not in parsed.tags
     assert parsed.tags.count("img") == 5
     text = "".join(parsed.text)
-    for subject in STUDY:
+    for subject in report_study:
         assert subject in parsed.h3, f"no section heading for {subject!r}"
         assert subject in text
     assert "Tregs rose significantly" in text
 
 
-def test_embedded_figures_are_drawn(chromium: str, tmp_path: Path) -> None:
-    out = build_results_folder(tmp_path)
+def test_embedded_figures_are_drawn(chromium: str, tmp_path: Path, results_folder: Callable[..., Path]) -> None:
+    out = results_folder(tmp_path)
     html = render_report(out, clinical=tmp_path / "clinical.csv", pdf=False)
     shot = tmp_path / "shot.png"
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -113,8 +111,8 @@ def test_embedded_figures_are_drawn(chromium: str, tmp_path: Path) -> None:
     assert orange > 200, "embedded figures were not drawn"
 
 
-def test_pdf_is_printed(chromium: str, tmp_path: Path) -> None:
-    out = build_results_folder(tmp_path)
+def test_pdf_is_printed(chromium: str, tmp_path: Path, results_folder: Callable[..., Path]) -> None:
+    out = results_folder(tmp_path)
     render_report(out, clinical=tmp_path / "clinical.csv", pdf=True)
     pdf = out / "report.pdf"
     assert pdf.read_bytes()[:5] == b"%PDF-"

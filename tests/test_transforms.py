@@ -80,6 +80,22 @@ def test_fast_path_covers_extreme_float32_values() -> None:
     assert np.all(np.isnan(fast[~finite]))
 
 
+def test_table_is_built_once_a_parameter_set_has_seen_a_table_of_values_in_total() -> None:
+    from cytopipe import transforms
+
+    transform = Logicle(123456.0, 0.7, 4.3, 0.1)  # parameters no other test uses
+    x = _data(5, 50_000).astype(np.float32)
+    exact = transform.solve(x).astype(np.float32)
+    for _ in range(transforms._LUT_CELLS // x.size):  # 5 x 50,003 < 2**18: solved exactly
+        np.testing.assert_array_equal(transform.apply(x), exact)
+        assert transform._key() not in transforms._TABLES
+    fast = transform.apply(x)  # 300,018 values in total: the table is built and used from now on
+    assert transform._key() in transforms._TABLES
+    np.testing.assert_array_equal(fast, transform._fast(x))
+    np.testing.assert_array_equal(transform.apply(x[:10]), fast[:10])
+    assert np.max(np.abs(fast.astype(np.float64) - _flowutils(fu.logicle, x, *transform.params().values()))) < 1e-6
+
+
 @pytest.mark.parametrize(
     "transform",
     [Linear(1000, 50), Log(10000, 5), Arcsinh(10000, 4, 1), Logicle(), Logicle(10000, 1, 4, 0.5),
