@@ -4,6 +4,8 @@ simulated files whose every event's population is known."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -447,6 +449,14 @@ def test_gate_drift_against_the_baseline_fit(strategy):
     assert list(cd25) == pytest.approx([e - expected[0] for e in expected])
     with pytest.raises(ValueError, match="lack column"):
         autogate.gate_drift([{"population": "x", "a": 1.0}])
+
+
+def test_importing_autogate_loads_neither_pandas_nor_scipy():
+    # Workers that only fit per-sample gates pay for pandas and scipy when a function needs them.
+    code = ("import sys, cytopipe.autogate; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'scipy')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_gate_drift_falls_back_to_the_earliest_day_per_subject():
