@@ -13,8 +13,8 @@ BLAS runs on one thread (``--threads``), as in ``cytopipe run``'s worker process
 multi-threaded BLAS call waits for a busy core and turns a 0.1 ms product into 5-15 ms of noise.
 
 Run ``python benchmarks/bench_autogate.py [--events N] [--repeats N] [--threads N] [--fixed FILE] [--auto FILE]``.
-Defaults: the fixed gates are the first of ``gates/treg_fixed.yaml`` and ``gates/treg.yaml`` without data-driven
-gates, the data-driven ones the first of ``gates/treg.yaml`` and ``gates/treg_auto.yaml`` with them.
+Defaults: the fixed gates are ``gates/treg_fixed.yaml``, the data-driven ones ``gates/treg.yaml`` (the default gate
+file).
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ DATA = Path(__file__).resolve().parent / "_data"
 
 
 def default_gates(data_driven: bool) -> Path:
-    """The first existing gate file of the wanted kind (the fixed/data-driven file names are being swapped)."""
-    names = ("treg.yaml", "treg_auto.yaml") if data_driven else ("treg_fixed.yaml", "treg.yaml")
-    for name in names:
-        path = REPO / "gates" / name
-        if path.is_file() and autogate.needs_fitting(load_strategy(path)) == data_driven:
-            return path
-    kind = "data-driven" if data_driven else "fixed"
-    raise SystemExit(f"bench_autogate: no {kind} gate file among gates/{', gates/'.join(names)}; pass one")
+    """The bundled gate file of the wanted kind: ``gates/treg.yaml`` (data-driven) or ``gates/treg_fixed.yaml``."""
+    path = REPO / "gates" / ("treg.yaml" if data_driven else "treg_fixed.yaml")
+    if not path.is_file() or autogate.needs_fitting(load_strategy(path)) != data_driven:
+        kind = "data-driven" if data_driven else "fixed"
+        raise SystemExit(f"bench_autogate: {path} is not a {kind} gate file; pass one")
+    return path
 
 
 def simulated_file(n_events: int, style: str = "bd", seed: int = 2) -> Path:
@@ -172,9 +170,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1, as a worker process)")
-    parser.add_argument("--fixed", type=Path, help="fixed gate file (default: gates/treg_fixed.yaml or treg.yaml)")
-    parser.add_argument("--auto", type=Path, help="data-driven gate file (default: gates/treg.yaml or "
-                                                  "treg_auto.yaml)")
+    parser.add_argument("--fixed", type=Path, help="fixed gate file (default: gates/treg_fixed.yaml)")
+    parser.add_argument("--auto", type=Path, help="data-driven gate file (default: gates/treg.yaml)")
     args = parser.parse_args()
     fixed_path = (args.fixed or default_gates(data_driven=False)).resolve()
     auto_path = (args.auto or default_gates(data_driven=True)).resolve()

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, CytopipeError, GateError
-from .outputs import write_csv as write_table  # noqa: F401 - re-exported for cli.py (`cytopipe gate --out`)
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -578,15 +578,14 @@ def test_data_driven_gate_types_come_from_autogate(tmp_path: Path) -> None:
     assert gatefile.check_gates(typo) == [
         f"{typo}: population 'Treg': gate.thresholds[0].population: unknown population 'CD4 T' "
         "(did you mean 'CD4- T'?)"]
-    treg_auto = REPO / "gates" / "treg.yaml"
-    if treg_auto.is_file():
-        strategy = gatefile.load_gates(treg_auto)
-        assert any(type(p.gate).__module__ == "cytopipe.autogate" for p in strategy.populations)
-        assert gatefile.parse_gates(gatefile.dump_yaml(strategy)).populations == strategy.populations
-        # Unfitted gates have no Gating-ML form; the message names the gate file, not a temporary output.
-        with pytest.raises(GateError) as excinfo:
-            gatefile.convert(treg_auto, "gatingml")
-        assert str(excinfo.value).startswith(f"{treg_auto}: cannot convert to Gating-ML: population 'Lymphocytes': ")
+    default = REPO / "gates" / "treg.yaml"  # the default gate file is data-driven
+    strategy = gatefile.load_gates(default)
+    assert any(type(p.gate).__module__ == "cytopipe.autogate" for p in strategy.populations)
+    assert gatefile.parse_gates(gatefile.dump_yaml(strategy)).populations == strategy.populations
+    # Unfitted gates have no Gating-ML form; the message names the gate file, not a temporary output.
+    with pytest.raises(GateError) as excinfo:
+        gatefile.convert(default, "gatingml")
+    assert str(excinfo.value).startswith(f"{default}: cannot convert to Gating-ML: population 'Lymphocytes': ")
 
 
 @pytest.mark.parametrize(("number", "fcs"), [
