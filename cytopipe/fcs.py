@@ -30,7 +30,7 @@ from cytopipe.compensate import spillover_from_metadata
 from cytopipe.errors import FCSError, MarkerError
 from cytopipe.outputs import atomic_open
 
-__all__ = ["Sample", "read_fcs", "write_fcs", "describe", "format_description", "count_datasets"]
+__all__ = ["Sample", "read_fcs", "write_fcs", "describe", "format_description", "count_datasets", "file_sha256"]
 
 HEADER_SIZE = 58
 _MAX_HEADER_OFFSET = 99_999_999  # HEADER offset fields are 8 ASCII digits
@@ -993,6 +993,19 @@ def _write_atomically(where: str, version: str, keywords: dict[str, str], data: 
 # Description (cytopipe info)
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (FCS files, sample sheets, gate files: what ``manifest.json`` records).
+
+    Hashing the memory-mapped file skips the copies of buffered reads (and the pages are the ones
+    :func:`read_fcs` maps).
+    """
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return hashlib.sha256(mapped).hexdigest()
+
+
 def describe(sample: Sample) -> dict[str, Any]:
     """Summarise a sample for ``cytopipe info`` as a JSON-serialisable dict.
 
@@ -1021,11 +1034,7 @@ def describe(sample: Sample) -> dict[str, Any]:
     digest = None
     if sample.path and os.path.isfile(sample.path):
         datasets = count_datasets(sample.path)
-        sha = hashlib.sha256()
-        with open(sample.path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(block)
-        digest = sha.hexdigest()
+        digest = file_sha256(sample.path)
     return {
         "path": sample.path,
         "version": sample.version,

@@ -12,9 +12,7 @@ The single-file helpers :func:`event_membership` (``cytopipe gate``) and :func:`
 
 from __future__ import annotations
 
-import hashlib
 import math
-import mmap
 import os
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, CytopipeError, GateError
+from .fcs import file_sha256, read_fcs, write_fcs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,16 +138,6 @@ class SampleResult:
         return cls(**data)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes."""
-    with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return hashlib.sha256(b"").hexdigest()
-        # Hashing the mapped file skips the copies of buffered reads (and the pages are the ones read_fcs maps).
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return hashlib.sha256(mapped).hexdigest()
-
-
 def resolve_treg(strategy: Any, treg: str | None = None, parent: str | None = None) -> tuple[str, str | None]:
     """Name the Treg population and its denominator.
 
@@ -242,7 +231,6 @@ def _fit_sample_gates(strategy: Any, sample: Any, spillover: Any, controls: tupl
     if not needs_fitting(strategy):
         return strategy, []
     from .autogate import fit_strategy
-    from .fcs import read_fcs
 
     tubes = {role: read_fcs(path) for role, path in controls} or None
     return fit_strategy(strategy, [sample], spillover=spillover, controls=tubes)
@@ -313,7 +301,6 @@ def process_sample(task: SampleTask) -> SampleResult:
     The events and every per-sample cache are freed by reference counting when this returns (the gating engine
     holds no reference cycles), so a worker holds one sample at a time without calling the garbage collector.
     """
-    from .fcs import read_fcs
     from .qc import check_acquisition, require_plausible
 
     ident = {"sample": task.sample, "subject": task.subject, "timepoint": task.timepoint, "day": task.day}
@@ -408,7 +395,6 @@ def _draw_plot(result: Any, strategy: Any, sample: str, treg: str | None, plots_
 
 def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike) -> tuple[Any, Any, Any]:
     """Read one file and gate it with a gate file (sample-scope fitting for data-driven gates)."""
-    from .fcs import read_fcs
     from .gatefile import load_strategy
 
     strategy = load_strategy(gates_path)
@@ -468,7 +454,6 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
     GateError
         The population does not exist.
     """
-    from .fcs import write_fcs
 
     if Path(out_path).resolve() == Path(fcs_path).resolve():
         raise ConfigError(f"{out_path}: refusing to overwrite the input file")

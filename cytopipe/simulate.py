@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from cytopipe.fcs import file_sha256, write_fcs
 
 __all__ = [
     "STUDY_SEED",
@@ -744,7 +745,6 @@ def write_sample(path: str | Path, sample: SimulatedSample, style: str = "bd") -
     style
         The instrument style it was simulated with (decides float vs integer storage and the FCS version).
     """
-    from cytopipe.fcs import write_fcs
 
     spec = STYLES[style]
     datatypes = ["I"] * len(sample.channels) if spec.integer else None
@@ -884,8 +884,7 @@ def write_study(out_dir: str | Path = "sample_fcs", *, style: str = "bd", seed: 
 
 def file_digests(folder: str | Path) -> dict[str, str]:
     """SHA-256 of every file a study folder holds (``*.fcs`` and ``*.csv``), by file name."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).iterdir()) if p.suffix in (".fcs", ".csv")}
+    return {p.name: file_sha256(p) for p in sorted(Path(folder).iterdir()) if p.suffix in (".fcs", ".csv")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
