@@ -532,8 +532,7 @@ class _Parser:
         kind = spec.get("type")
         if kind is None:
             raise self.fail(label, "gate.type: missing")
-        # The registry only for types that are not built in: importing cytopipe.autogate (scipy) takes a second
-        # that a run with fixed gates should not pay.
+        # The registry only for types that are not built in, so a fixed-gate file never imports cytopipe.autogate.
         registry = {} if isinstance(kind, str) and kind in GATE_KEYS else _autogate_types()
         if not isinstance(kind, str) or (kind not in GATE_KEYS and kind not in registry):
             known = [*GATE_KEYS, *registry]
