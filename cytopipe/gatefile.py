@@ -48,7 +48,7 @@ from .gates import (
     RectangleGate,
 )
 from .outputs import atomic_write
-from .transforms import LN10, Arcsinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform
+from .transforms import LN10, Arcsinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform, friendly_units
 
 __all__ = [
     "load_gates",
@@ -101,43 +101,6 @@ class _Problem(Exception):
 
 # ---------------------------------------------------------------------------------------------------------------
 # friendly units
-
-
-def friendly_units(transform: Transform | None) -> tuple[float, float]:
-    """The affine map from Gating-ML units to the friendly units a gate file uses.
-
-    Parameters
-    ----------
-    transform : Transform or None
-        A dimension's transform (``None`` = raw scale values).
-
-    Returns
-    -------
-    tuple of float
-        ``(scale, offset)`` with ``friendly = scale * gatingml + offset``.
-
-    Raises
-    ------
-    GateError
-        For a transform gate files cannot express (e.g. ``fratio``).
-
-    Notes
-    -----
-    logicle and hyperlog: decades ``y * M``; arcsinh: ``y (M + A) ln10 - A ln10 = asinh(x / cofactor)`` with
-    ``cofactor = T / sinh(M ln10)``; log: ``log10(x) = M (y - 1) + log10(T)``; a named linear transform: raw
-    ``x = y (T + A) - A``.
-    """
-    if transform is None or isinstance(transform, Ratio):
-        return 1.0, 0.0
-    if isinstance(transform, (Logicle, Hyperlog)):
-        return float(transform.M), 0.0
-    if isinstance(transform, Arcsinh):
-        return (transform.M + transform.A) * LN10, -transform.A * LN10
-    if isinstance(transform, Log):
-        return float(transform.M), math.log10(transform.T) - transform.M
-    if isinstance(transform, Linear):
-        return transform.T + transform.A, -float(transform.A)
-    raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
 
 
 def _to_gatingml(value: float, transform: Transform | None) -> float:

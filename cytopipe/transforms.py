@@ -41,6 +41,7 @@ __all__ = [
     "Hyperlog",
     "Ratio",
     "LN10",
+    "friendly_units",
 ]
 
 LN10 = math.log(10.0)
@@ -552,3 +553,40 @@ class Ratio(Transform):
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """A ratio cannot be mapped back to two channels."""
         raise GateError(f"fratio '{self.name}': a ratio of two channels has no inverse")
+
+
+def friendly_units(transform: Transform | None) -> tuple[float, float]:
+    """The affine map from Gating-ML units to the friendly units a gate file uses.
+
+    Parameters
+    ----------
+    transform : Transform or None
+        A dimension's transform (``None`` = raw scale values).
+
+    Returns
+    -------
+    tuple of float
+        ``(scale, offset)`` with ``friendly = scale * gatingml + offset``.
+
+    Raises
+    ------
+    GateError
+        For a transform gate files cannot express (e.g. ``fratio``).
+
+    Notes
+    -----
+    logicle and hyperlog: decades ``y * M``; arcsinh: ``y (M + A) ln10 - A ln10 = asinh(x / cofactor)`` with
+    ``cofactor = T / sinh(M ln10)``; log: ``log10(x) = M (y - 1) + log10(T)``; a named linear transform: raw
+    ``x = y (T + A) - A``.
+    """
+    if transform is None or isinstance(transform, Ratio):
+        return 1.0, 0.0
+    if isinstance(transform, (Logicle, Hyperlog)):
+        return float(transform.M), 0.0
+    if isinstance(transform, Arcsinh):
+        return (transform.M + transform.A) * LN10, -transform.A * LN10
+    if isinstance(transform, Log):
+        return float(transform.M), math.log10(transform.T) - transform.M
+    if isinstance(transform, Linear):
+        return transform.T + transform.A, -float(transform.A)
+    raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
