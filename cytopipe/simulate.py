@@ -52,6 +52,8 @@ __all__ = [
     "SubjectDesign",
     "STUDY",
     "TIMEPOINTS",
+    "REALISTIC_STUDY",
+    "REALISTIC_TIMEPOINTS",
     "study_specs",
     "simulate_sample",
     "truth_counts",
@@ -101,13 +103,15 @@ class _Phenotype:
     """Scatter (fresh cells) and staining of one cell type, in BD FACSCanto units after compensation.
 
     ``stains`` maps a marker to ``(median, sdlog)`` or ``(median, sdlog, fraction expressing)``; absent markers
-    carry no stain (autofluorescence and noise only).
+    carry no stain (autofluorescence and noise only). ``shoulder`` maps a marker to ``(fraction, median, sdlog)``:
+    that fraction of the cells takes its stain from this second, dimmer log-normal instead.
     """
 
     fsc: tuple[float, float]
     ssc: tuple[float, float]
     autofluorescence: float
     stains: Mapping[str, tuple[float, ...]]
+    shoulder: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 # Medians are on the compensated scale of a FACSCanto II with T = 262144; logicle decades (W=0.5, M=4.5) for
@@ -141,6 +145,36 @@ _PHENOTYPES: dict[str, _Phenotype] = {
                        {"CD3": (7000, 0.30), "CD4": (9800, 0.25), "CD25": (3200, 0.38), "CD127": (180, 0.40),
                         "FoxP3": (2000, 0.42)}),
 }
+
+
+def _realistic_phenotypes() -> dict[str, _Phenotype]:
+    """Phenotypes of ``--realistic``: the biology of real blood after fix/perm, where gates are hard to place.
+
+    * CD25 is a continuum: conventional CD4 cells form a broad cloud whose upper tail runs into the activated
+      CD25-intermediate cells, which overlap the Tregs' CD25high cloud (no empty gap anywhere);
+    * FoxP3+ sits about one decade above the fix/perm background, and a fifth of the Tregs form a dim shoulder
+      (600, a third of a decade above the background's upper tail);
+    * scatter clouds are broad (fix/perm): FSC sdlog 0.15-0.16, SSC 0.28.
+    """
+    broad = {name: dataclasses.replace(p, fsc=(p.fsc[0], max(p.fsc[1], 0.15)), ssc=(p.ssc[0], max(p.ssc[1], 0.28)))
+             for name, p in _PHENOTYPES.items()}
+    restain = {
+        "B": {"FoxP3": (150, 0.4)},
+        "NK": {"FoxP3": (150, 0.4)},
+        "CD8 T": {"CD25": (60, 0.9), "FoxP3": (150, 0.4)},
+        "CD8 T CD25+": {"CD25": (650, 0.5), "FoxP3": (170, 0.45)},
+        "DN T": {"FoxP3": (150, 0.4)},
+        "CD4 Tconv": {"CD25": (150, 0.85), "FoxP3": (150, 0.4)},
+        "CD4 activated": {"CD25": (650, 0.5), "CD127": (1300, 0.45), "FoxP3": (180, 0.45)},
+        "Treg": {"CD25": (2200, 0.45), "CD127": (220, 0.5), "FoxP3": (1500, 0.35)},
+    }
+    for name, stains in restain.items():
+        broad[name] = dataclasses.replace(broad[name], stains={**broad[name].stains, **stains})
+    broad["Treg"] = dataclasses.replace(broad["Treg"], shoulder={"FoxP3": (0.2, 600, 0.3)})
+    return broad
+
+
+_REALISTIC_PHENOTYPES = _realistic_phenotypes()
 
 
 @dataclass(frozen=True)
@@ -415,6 +449,50 @@ STUDY: dict[str, SubjectDesign] = {
 }
 
 
+#: Visits of the ``--realistic`` study: baseline, three visits during IL-2 and a follow-up two weeks after it.
+REALISTIC_TIMEPOINTS = (("baseline", 0), ("W1", 7), ("W2", 14), ("W4", 28), ("W6", 42))
+
+_REALISTIC_BIOLOGY = Biology(lymphocyte_fraction=0.72, cd3_fraction=0.72, cd4_cd8_ratio=1.8, fixperm_shift=0.8,
+                             dead_fraction=0.08)
+
+#: The ``--realistic`` study: a responder (3.6x at W4), a non-responder whose Tregs stay flat within 5 % while
+#: his activated CD25-intermediate cells come and go, and a slow responder (2x only at W4).
+REALISTIC_STUDY: dict[str, SubjectDesign] = {
+    "RESP-01": SubjectDesign(
+        treg_pct=(2.9, 5.6, 8.4, 10.5, 7.2),
+        activated_pct=(11.0, 13.0, 14.0, 13.0, 11.5),
+        treg_cd25_boost=(1.0, 1.3, 1.45, 1.5, 1.15),
+        platelets=(34, 37, 52, 81, 88),
+        lymphocytes=(1.40, 1.48, 1.55, 1.60, 1.47),
+        biology=_REALISTIC_BIOLOGY,
+        first_day="2026-03-02",
+    ),
+    "NONR-02": SubjectDesign(
+        treg_pct=(6.0, 6.2, 5.9, 6.1, 6.1),
+        activated_pct=(10.0, 14.0, 11.0, 15.0, 12.0),
+        treg_cd25_boost=(1.0, 1.1, 1.1, 1.1, 1.0),
+        platelets=(22, 24, 21, 25, 23),
+        lymphocytes=(1.18, 1.22, 1.15, 1.20, 1.17),
+        biology=dataclasses.replace(_REALISTIC_BIOLOGY, cd4_cd8_ratio=1.5, granulocyte_fraction=0.02),
+        first_day="2026-03-09",
+    ),
+    "SLOW-03": SubjectDesign(
+        treg_pct=(3.4, 4.1, 5.3, 7.4, 7.8),
+        activated_pct=(12.0, 12.5, 13.0, 13.5, 12.0),
+        treg_cd25_boost=(1.0, 1.1, 1.2, 1.35, 1.3),
+        platelets=(28, 27, 33, 45, 64),
+        lymphocytes=(1.30, 1.32, 1.28, 1.35, 1.33),
+        biology=dataclasses.replace(_REALISTIC_BIOLOGY, cd4_cd8_ratio=2.2, nk_share=0.5),
+        first_day="2026-03-16",
+    ),
+}
+
+#: ``--drift``: each later visit's detector gains move up to this much from the baseline visit's (uniform), and
+#: every file's spillover matrix understates the true spillover by this fraction.
+DRIFT_GAIN = 0.25
+DRIFT_SPILLOVER_ERROR = 0.15
+
+
 @dataclass(frozen=True)
 class SampleSpec:
     """One tube to simulate.
@@ -433,6 +511,15 @@ class SampleSpec:
         Markers left out of the tube: one marker makes a fluorescence-minus-one (FMO) control, all of
         :data:`PANEL` an unstained control. The cells and the other stains are unchanged, so an FMO shows exactly
         the spread the other fluorochromes put into the missing marker's detector.
+    realistic
+        Draw cells with the phenotypes of real blood after fix/perm (continuum CD25, dim FoxP3 with a shoulder,
+        broad scatter) instead of the well-separated default ones.
+    gains
+        ``(role, gain)`` pairs: detector gain relative to the style's, for ``FSC``, ``SSC`` (area and height) or a
+        fluorochrome of :data:`FLUOROCHROMES` (an instrument whose PMT voltages drifted since the last visit).
+    spillover_error
+        Fraction by which the spillover stored in the file understates the true one (off-diagonal values
+        x ``1 - spillover_error``), e.g. 0.15 for a matrix measured before the gains drifted.
     """
 
     biology: Biology = Biology()
@@ -444,10 +531,19 @@ class SampleSpec:
     day: int = 0
     date: str = "2026-01-12"
     unstained: tuple[str, ...] = ()
+    realistic: bool = False
+    gains: tuple[tuple[str, float], ...] = ()
+    spillover_error: float = 0.0
 
     def __post_init__(self) -> None:
         if self.n_events < 1:
             raise ValueError(f"SampleSpec.n_events must be >= 1, got {self.n_events}")
+        for role, gain in self.gains:
+            if role not in ("FSC", "SSC", *FLUOROCHROMES) or not gain > 0:
+                raise ValueError(f"SampleSpec.gains: ({role!r}, {gain!r}) needs FSC, SSC or a fluorochrome of "
+                                 f"{FLUOROCHROMES} and a positive gain")
+        if not 0.0 <= self.spillover_error < 1.0:
+            raise ValueError(f"SampleSpec.spillover_error must be in [0, 1), got {self.spillover_error}")
         if self.style not in STYLES:
             raise ValueError(f"SampleSpec.style must be one of {sorted(STYLES)}, got {self.style!r}")
         unknown = sorted(set(self.unstained) - set(PANEL))
@@ -507,14 +603,15 @@ class _Cells(NamedTuple):
     autofluorescence: np.ndarray
 
 
-def _draw_cells(kinds: np.ndarray, rng: np.random.Generator, bio: Biology) -> _Cells:
+def _draw_cells(kinds: np.ndarray, rng: np.random.Generator, bio: Biology,
+                phenotypes: Mapping[str, _Phenotype] = _PHENOTYPES) -> _Cells:
     """Scatter, stains and autofluorescence of single cells of the given types (codes into POPULATIONS)."""
     n = kinds.size
     fsc = np.empty(n)
     ssc = np.empty(n)
     af = np.empty(n)
     stains = np.zeros((n, len(FLUOROCHROMES)))
-    for name, pheno in _PHENOTYPES.items():
+    for name, pheno in phenotypes.items():
         idx = np.flatnonzero(kinds == _CODE[name])
         if idx.size == 0:
             continue
@@ -528,6 +625,10 @@ def _draw_cells(kinds: np.ndarray, rng: np.random.Generator, bio: Biology) -> _C
             level = median * np.exp(sdlog * rng.standard_normal(idx.size))
             if fraction:
                 level *= rng.random(idx.size) < fraction[0]
+            if marker in pheno.shoulder:
+                share, dim_median, dim_sdlog = pheno.shoulder[marker]
+                dim = rng.random(idx.size) < share
+                level[dim] = dim_median * np.exp(dim_sdlog * rng.standard_normal(int(dim.sum())))
             if marker == "CD25":
                 level *= bio.cd25_brightness * (bio.treg_cd25_boost if name == "Treg" else 1.0)
             stains[idx, _COL[marker]] = level
@@ -578,6 +679,8 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
     """
     bio = spec.biology
     style = STYLES[spec.style]
+    phenotypes = _REALISTIC_PHENOTYPES if spec.realistic else _PHENOTYPES
+    gains = dict(spec.gains)
     probabilities = _population_probabilities(bio)
     codes = _draw_codes(probabilities, spec.n_events, rng)
     n = codes.size
@@ -591,14 +694,14 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
     af = np.empty(n)
 
     single = np.flatnonzero(codes >= _CODE["granulocyte"])
-    cells = _draw_cells(codes[single], rng, bio)
+    cells = _draw_cells(codes[single], rng, bio, phenotypes)
     fsc_a[single], ssc_a[single], stains[single], af[single] = cells
     fsc_h[single] = _pulse_heights(cells.fsc, 0.82, 0.03, rng)
     ssc_h[single] = _pulse_heights(cells.ssc, 0.88, 0.05, rng)
 
     doublet = np.flatnonzero(codes == _CODE["doublet"])
-    first = _draw_cells(_draw_codes(cell_p, doublet.size, rng), rng, bio)
-    second = _draw_cells(rng.permutation(_draw_codes(cell_p, doublet.size, rng)), rng, bio)
+    first = _draw_cells(_draw_codes(cell_p, doublet.size, rng), rng, bio, phenotypes)
+    second = _draw_cells(rng.permutation(_draw_codes(cell_p, doublet.size, rng)), rng, bio, phenotypes)
     # Many "doublets" are a cell carrying a platelet or a fragment: small partners barely lift the pulse height.
     small = rng.random(doublet.size) < 0.4
     second.fsc[small] = 7000.0 * np.exp(0.5 * rng.standard_normal(small.sum()))
@@ -617,7 +720,7 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
 
     dead = np.flatnonzero(codes == _CODE["dead"])
     dying_p = {k: cell_p[k] for k in (*_LYMPHOCYTES, "monocyte")}
-    dying = _draw_cells(_draw_codes(dying_p, dead.size, rng), rng, bio)
+    dying = _draw_cells(_draw_codes(dying_p, dead.size, rng), rng, bio, phenotypes)
     fsc_a[dead] = dying.fsc * 0.55 * np.exp(0.18 * rng.standard_normal(dead.size))
     ssc_a[dead] = dying.ssc * 1.3 * np.exp(0.25 * rng.standard_normal(dead.size))
     fsc_h[dead] = _pulse_heights(fsc_a[dead], 0.82, 0.05, rng)
@@ -627,7 +730,7 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
     af[dead] = dying.autofluorescence * 1.8
 
     debris = np.flatnonzero(codes == _CODE["debris"])
-    fragments = _draw_cells(_draw_codes(cell_p, debris.size, rng), rng, bio)
+    fragments = _draw_cells(_draw_codes(cell_p, debris.size, rng), rng, bio, phenotypes)
     fsc_a[debris] = 9000.0 * np.exp(0.6 * rng.standard_normal(debris.size))
     ssc_a[debris] = 4500.0 * np.exp(0.7 * rng.standard_normal(debris.size))
     fsc_h[debris] = _pulse_heights(fsc_a[debris], 0.82, 0.10, rng)
@@ -636,8 +739,8 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
     af[debris] = fragments.autofluorescence * 0.3
 
     # Fix/perm shrinks forward scatter and raises side scatter.
-    fsc_scale = bio.fixperm_shift * style.fsc_gain
-    ssc_scale = (1.0 + 0.6 * (1.0 - bio.fixperm_shift)) * style.ssc_gain
+    fsc_scale = bio.fixperm_shift * style.fsc_gain * gains.get("FSC", 1.0)
+    ssc_scale = (1.0 + 0.6 * (1.0 - bio.fixperm_shift)) * style.ssc_gain * gains.get("SSC", 1.0)
     scatter = {
         "FSC-A": fsc_a * fsc_scale, "FSC-H": fsc_h * fsc_scale,
         "SSC-A": ssc_a * ssc_scale, "SSC-H": ssc_h * ssc_scale,
@@ -654,7 +757,13 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
         signal += stains[:, k, None] * np.asarray(row)
     photon = np.sqrt(1.5 * np.clip(signal, 0.0, None)) * rng.standard_normal(signal.shape)
     electronic = rng.normal(0.0, style.electronic_noise / style.fluorescence_gain, signal.shape)
-    fluorescence = (signal + photon + electronic) * style.fluorescence_gain
+    if gains:
+        # A detector's gain amplifies the light (and its photon noise), not the electronics after it.
+        signal += photon
+        signal *= np.array([gains.get(f, 1.0) for f in FLUOROCHROMES])
+        fluorescence = (signal + electronic) * style.fluorescence_gain
+    else:
+        fluorescence = (signal + photon + electronic) * style.fluorescence_gain
 
     # Events reach the laser in random order, as a Poisson process (~1,500 events/s).
     order = rng.permutation(n)
@@ -682,6 +791,22 @@ def simulate_sample(spec: SampleSpec, rng: np.random.Generator) -> SimulatedSamp
     return SimulatedSample(np.ascontiguousarray(events, dtype=np.float32), codes[order], channels, markers, metadata)
 
 
+def _file_spillover(spec: SampleSpec, style: InstrumentStyle) -> str:
+    """The spillover keyword a file carries: the style's, or with drifted gains / understated spillover.
+
+    The true spillover in detector units after gain changes is ``S[i, j] * g_j / g_i`` (each fluorochrome's own
+    detector defines its unit); the file states its off-diagonal values ``1 - spillover_error`` times too small.
+    """
+    if not spec.gains and not spec.spillover_error:
+        return style.spillover_text()
+    g = np.array([dict(spec.gains).get(f, 1.0) for f in FLUOROCHROMES])
+    true = np.asarray(style.spillover) * g[None, :] / g[:, None]
+    stated = true * (1.0 - spec.spillover_error)
+    np.fill_diagonal(stated, 1.0)
+    values = [f"{v:.6g}" for v in stated.ravel()]
+    return ",".join([str(len(FLUOROCHROMES)), *style.detectors, *values])
+
+
 def _metadata(spec: SampleSpec, style: InstrumentStyle, duration: float) -> dict[str, str]:
     """Keywords of one file: instrument, identity, acquisition time, ranges and spillover."""
     start = 9 * 3600 + 30 * 60  # 09:30:00
@@ -698,7 +823,7 @@ def _metadata(spec: SampleSpec, style: InstrumentStyle, duration: float) -> dict
         "$COM": "simulated by cytopipe.simulate",
         "TUBE NAME": f"{'Treg' if spec.role == 'sample' else spec.role.upper()} {spec.timepoint}".strip(),
         "PATIENT ID": spec.subject,
-        style.spill_keyword: style.spillover_text(),
+        style.spill_keyword: _file_spillover(spec, style),
         **style.keywords,
     }
     for n, (name, role) in enumerate(style.channels, start=1):
@@ -770,9 +895,24 @@ def _varied_biology(base: Biology, rng: np.random.Generator) -> Biology:
     )
 
 
+def _study(realistic: bool) -> tuple[dict[str, SubjectDesign], tuple[tuple[str, int], ...]]:
+    return (REALISTIC_STUDY, REALISTIC_TIMEPOINTS) if realistic else (STUDY, TIMEPOINTS)
+
+
+def _drift_gains(seed: int, subject_index: int, timepoint_index: int) -> tuple[tuple[str, float], ...]:
+    """A visit's detector gains against the baseline visit (``--drift``); the baseline visit keeps 1."""
+    if timepoint_index == 0:
+        return ()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, subject_index, timepoint_index, 4242]))
+    roles = ("FSC", "SSC", *FLUOROCHROMES)
+    return tuple((role, float(g)) for role, g in zip(roles, rng.uniform(1 - DRIFT_GAIN, 1 + DRIFT_GAIN, len(roles)),
+                                                      strict=True))
+
+
 def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50_000, vary: bool = False,
-                controls: Sequence[str] = ()) -> list[tuple[SampleSpec, np.random.Generator]]:
-    """Every tube of the study in :data:`STUDY`, each with its own seeded generator.
+                controls: Sequence[str] = (), realistic: bool = False, drift: bool = False
+                ) -> list[tuple[SampleSpec, np.random.Generator]]:
+    """Every tube of the study in :data:`STUDY` (or :data:`REALISTIC_STUDY`), each with its own seeded generator.
 
     Parameters
     ----------
@@ -788,6 +928,13 @@ def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50
     controls
         Control tubes to add at every timepoint (same blood, other cells): a marker of :data:`PANEL` for its FMO
         control (file ``<subject>_<timepoint>_FMO-<marker>.fcs``) or ``"unstained"``.
+    realistic
+        The study of :data:`REALISTIC_STUDY` over :data:`REALISTIC_TIMEPOINTS`, drawn with the phenotypes of real
+        blood (see :class:`SampleSpec`).
+    drift
+        Every visit after baseline gets detector gains drawn within +/- :data:`DRIFT_GAIN` of the baseline's
+        (FSC, SSC and each fluorescence detector; its own generator, so the cells are those of the run without
+        drift), and every file's spillover understates the true one by :data:`DRIFT_SPILLOVER_ERROR`.
 
     Returns
     -------
@@ -802,12 +949,13 @@ def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50
     if wrong:
         raise ValueError(f"controls must be markers of the panel or 'unstained', got {wrong}")
     specs = []
-    for s, (subject, design) in enumerate(STUDY.items()):
+    designs, timepoints = _study(realistic)
+    for s, (subject, design) in enumerate(designs.items()):
         base = design.biology
         if vary:
             base = _varied_biology(base, np.random.default_rng(np.random.SeedSequence([seed, s, 999])))
         first = pd.Timestamp(design.first_day)
-        for t, (timepoint, day) in enumerate(TIMEPOINTS):
+        for t, (timepoint, day) in enumerate(timepoints):
             rng = _subject_rng(seed, s, t)
             wobble = np.exp(0.04 * rng.standard_normal(3))
             bio = dataclasses.replace(
@@ -821,7 +969,9 @@ def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50
             )
             spec = SampleSpec(biology=bio, n_events=n_events, style=style, file=f"{subject}_{timepoint}.fcs",
                               subject=subject, timepoint=timepoint, day=day,
-                              date=(first + pd.Timedelta(days=day)).strftime("%Y-%m-%d"))
+                              date=(first + pd.Timedelta(days=day)).strftime("%Y-%m-%d"), realistic=realistic,
+                              gains=_drift_gains(seed, s, t) if drift else (),
+                              spillover_error=DRIFT_SPILLOVER_ERROR if drift else 0.0)
             specs.append((spec, rng))
             for control in dict.fromkeys(controls):
                 k = kinds.index(control)
@@ -833,14 +983,15 @@ def study_specs(*, style: str = "bd", seed: int = STUDY_SEED, n_events: int = 50
 
 
 def write_study(out_dir: str | Path = "sample_fcs", *, style: str = "bd", seed: int = STUDY_SEED,
-                n_events: int = 50_000, vary: bool = False, controls: Sequence[str] = ()) -> pd.DataFrame:
+                n_events: int = 50_000, vary: bool = False, controls: Sequence[str] = (), realistic: bool = False,
+                drift: bool = False) -> pd.DataFrame:
     """Simulate the whole study and write FCS files, ``study.csv``, ``clinical.csv`` and ``truth.csv``.
 
     Parameters
     ----------
     out_dir
         Destination folder (created if needed); existing files of the same names are replaced.
-    style, seed, n_events, vary, controls
+    style, seed, n_events, vary, controls, realistic, drift
         See :func:`study_specs`.
 
     Returns
@@ -858,7 +1009,8 @@ def write_study(out_dir: str | Path = "sample_fcs", *, style: str = "bd", seed: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sheet, truth = [], []
-    for spec, rng in study_specs(style=style, seed=seed, n_events=n_events, vary=vary, controls=controls):
+    for spec, rng in study_specs(style=style, seed=seed, n_events=n_events, vary=vary, controls=controls,
+                                 realistic=realistic, drift=drift):
         sample = simulate_sample(spec, rng)
         write_sample(out / spec.file, sample, style)
         row = {"file": spec.file, "subject": spec.subject, "timepoint": spec.timepoint, "day": spec.day}
@@ -873,8 +1025,8 @@ def write_study(out_dir: str | Path = "sample_fcs", *, style: str = "bd", seed: 
     clinical = [
         {"subject": subject, "timepoint": timepoint, "day": day, "platelets": design.platelets[t],
          "lymphocytes": design.lymphocytes[t]}
-        for subject, design in STUDY.items()
-        for t, (timepoint, day) in enumerate(TIMEPOINTS)
+        for subject, design in _study(realistic)[0].items()
+        for t, (timepoint, day) in enumerate(_study(realistic)[1])
     ]
     pd.DataFrame(clinical).to_csv(out / "clinical.csv", index=False, lineterminator="\n")
     table = pd.DataFrame(truth)
@@ -888,7 +1040,8 @@ def file_digests(folder: str | Path) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cytopipe.simulate [--out DIR] [--seed N] [--events N] [--style NAME] [--vary] [--controls ...]``."""
+    """``python -m cytopipe.simulate [--out DIR] [--seed N] [--events N] [--style NAME] [--vary] [--controls ...]
+    [--realistic] [--drift]``."""
     parser = argparse.ArgumentParser(prog="python -m cytopipe.simulate", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="sample_fcs", help="output folder (default: sample_fcs)")
     parser.add_argument("--seed", type=int, default=STUDY_SEED, help=f"study seed (default: {STUDY_SEED})")
@@ -898,11 +1051,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--controls", nargs="+", default=[], metavar="MARKER",
                         choices=[*PANEL, "unstained"],
                         help="add control tubes at every timepoint: FMO for each MARKER given, or 'unstained'")
+    parser.add_argument("--realistic", action="store_true",
+                        help="three subjects (responder, non-responder, slow responder) with the biology of real "
+                             "blood: continuum CD25, dim FoxP3 with a shoulder, broad scatter")
+    parser.add_argument("--drift", action="store_true",
+                        help="detector gains drift +/-25%% between visits and the files' spillover understates "
+                             "the true one by 15%%")
     args = parser.parse_args(argv)
     if args.events < 1:
         parser.error("--events must be at least 1")
     truth = write_study(args.out, style=args.style, seed=args.seed, n_events=args.events, vary=args.vary,
-                        controls=args.controls)
+                        controls=args.controls, realistic=args.realistic, drift=args.drift)
     n_controls = len(truth) * len(set(args.controls))
     print(f"wrote {len(truth)} samples (+ {n_controls} controls), study.csv, clinical.csv and truth.csv to {args.out}")
     print(truth[["file", "cd4_true", "treg_true", "treg_pct_true"]].to_string(index=False))

@@ -8,8 +8,14 @@ Two sources of noise are weighed (see ``docs/report.md``):
 * analytical plus within-subject biological noise, from the reference change value
   RCV = sqrt(2) * Z * sqrt(CVa^2 + CVi^2).
 
-A change is called significant when both agree: the relative change exceeds the RCV *and* the Newcombe interval of
-the difference excludes zero.
+* gating noise: a data-driven gate is placed a little differently at every visit. ``sensitivity.csv`` measures how
+  much Treg % moves per 0.1 decade of each fitted threshold; times the placement SD of a threshold (and the
+  visit's drift of reference populations) it gives the gating SD of the Treg %, ``gate_sd_pp``
+  (:func:`gate_sd_from_sensitivity`), which widens the Newcombe interval into ``delta_ci_*_total``
+  (:func:`combined_difference_interval`).
+
+A change is called significant when all agree: the relative change exceeds the RCV *and* the combined interval of
+the difference (counting and gating noise) excludes zero.
 
 The clinical side (platelets) follows the ITP International Working Group platelet thresholds (Rodeghiero 2009).
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,8 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASELINE_COLUMNS",
+    "GATE_PLACEMENT_SD",
     "baseline_table",
     "clinical_correlation",
+    "combined_difference_interval",
+    "gate_sd_from_sensitivity",
     "fold_change_interval",
     "iwg_response",
     "newcombe_difference",
@@ -55,8 +64,12 @@ BASELINE_COLUMNS: tuple[str, ...] = (
 # Always present after the contract columns.
 _EXTRA_COLUMNS: tuple[str, ...] = (
     "sample", "is_baseline", "baseline_sample", "treg_events", "cd4_events", "ci_low", "ci_high",
-    "pct_change", "direction", "qc_flags",
+    "pct_change", "direction", "qc_flags", "gate_sd_pp", "delta_ci_low_total", "delta_ci_high_total",
 )
+
+#: Placement SD of one data-driven threshold between visits, in logicle decades (see
+#: :func:`gate_sd_from_sensitivity`).
+GATE_PLACEMENT_SD = 0.05
 _TREG_REQUIRED: tuple[str, ...] = ("sample", "subject", "timepoint", "day", "cd4_events", "treg_events", "treg_pct")
 
 #: IWG platelet response categories, best first.
@@ -183,6 +196,90 @@ def fold_change_interval(
         low = np.where(valid, np.exp(log_ratio - z * se), np.nan)
         high = np.where(valid, np.exp(log_ratio + z * se), np.nan)
     return _scalar_or_array(low), _scalar_or_array(high)
+
+
+def combined_difference_interval(
+    k1: ArrayLike, n1: ArrayLike, k2: ArrayLike, n2: ArrayLike, gate_sd1: ArrayLike, gate_sd2: ArrayLike,
+    z: float = 1.96,
+) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """Interval of ``k1/n1 - k2/n2`` that holds counting noise and the gating noise of both gated proportions.
+
+    Parameters
+    ----------
+    k1, n1, k2, n2 : int or array-like
+        Counts of the later timepoint and of the baseline, as for :func:`newcombe_difference`.
+    gate_sd1, gate_sd2 : float or array-like
+        Gating standard deviation of each proportion (same units: proportions, not percent); NaN counts as 0
+        (fixed gates do not move with the data).
+    z : float
+        Standard normal quantile.
+
+    Returns
+    -------
+    (low, high) : float or numpy.ndarray
+        Bounds as proportions; with no gating noise exactly the Newcombe hybrid score interval.
+
+    Notes
+    -----
+    The two visits are gated independently, so the gating errors add in variance to the counting error. Each
+    side of the (asymmetric) Newcombe interval is widened separately:
+    ``low = d - sqrt((d - low_N)^2 + z^2 (g1^2 + g2^2))`` and ``high = d + sqrt((high_N - d)^2 + z^2 (g1^2 +
+    g2^2))``, the same square-and-add step that Newcombe's method applies to the two Wilson intervals.
+    """
+    k1a, n1a, k2a, n2a = (np.asarray(a, dtype=float) for a in (k1, n1, k2, n2))
+    g1 = np.nan_to_num(np.asarray(gate_sd1, dtype=float), nan=0.0)
+    g2 = np.nan_to_num(np.asarray(gate_sd2, dtype=float), nan=0.0)
+    low_n, high_n = newcombe_difference(k1a, n1a, k2a, n2a, z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = k1a / n1a - k2a / n2a
+        gate = (z * z) * (g1 * g1 + g2 * g2)
+        low = d - np.sqrt((d - np.asarray(low_n)) ** 2 + gate)
+        high = d + np.sqrt((np.asarray(high_n) - d) ** 2 + gate)
+    return _scalar_or_array(np.asarray(low)), _scalar_or_array(np.asarray(high))
+
+
+def gate_sd_from_sensitivity(sensitivity: pd.DataFrame, placement_sd: float = GATE_PLACEMENT_SD,
+                             drift: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Gating SD of each sample's Treg %, in percentage points, from its ``sensitivity.csv`` rows.
+
+    Parameters
+    ----------
+    sensitivity : pandas.DataFrame
+        ``sensitivity.csv`` rows: ``sample, delta, treg_pct_minus, treg_pct_plus`` per fitted threshold.
+    placement_sd : float
+        SD of a threshold's placement between visits, logicle decades.
+    drift : mapping of str to float, optional
+        Per sample, the drift of its reference populations against the subject's baseline, in decades
+        (``|log10(MFI / baseline MFI)|``, the largest over the fluorescence references); it adds to the
+        placement SD of every threshold of that sample.
+
+    Returns
+    -------
+    dict
+        Sample -> gating SD of ``treg_pct`` (percentage points).
+
+    Notes
+    -----
+    1. Slope of each threshold: ``(treg_pct_plus - treg_pct_minus) / (2 delta)``, pp per decade (a central
+       difference over the +/- ``delta`` shifts ``sensitivity.csv`` already holds).
+    2. Placement SD of the sample: ``sqrt(placement_sd^2 + drift^2)``: a gate anchored on reference populations
+       follows a change of gain, but not exactly, and the more the data moved the less exactly.
+    3. The thresholds are placed independently: ``gate_sd = sqrt(sum_j (slope_j * sd)^2)``.
+    """
+    if not (math.isfinite(placement_sd) and placement_sd >= 0):
+        raise ConfigError(f"gate placement SD must be a non-negative number of decades, got {placement_sd!r}")
+    out: dict[str, float] = {}
+    if sensitivity is None or len(sensitivity) == 0:
+        return out
+    drift = drift or {}
+    for sample, rows in sensitivity.groupby(sensitivity["sample"].astype(str), sort=False):
+        delta = rows["delta"].to_numpy(dtype=float)
+        slope = (rows["treg_pct_plus"].to_numpy(dtype=float) - rows["treg_pct_minus"].to_numpy(dtype=float)) / (
+            2.0 * delta)
+        extra = float(drift.get(sample, 0.0) or 0.0)
+        sd = math.sqrt(placement_sd ** 2 + extra ** 2)
+        out[sample] = float(np.sqrt(np.nansum((slope * sd) ** 2)))
+    return out
 
 
 def reference_change_value(cva: float = 10.0, cvi: float = 10.0, z: float = 1.96) -> float:
@@ -386,7 +483,8 @@ def baseline_table(
     treg : pandas.DataFrame
         One row per sample with ``sample, subject, timepoint, day, cd4_events, treg_events, treg_pct`` (the
         ``treg.csv`` contract); optional ``baseline`` (bool or true/false text), ``tcon_events``,
-        ``lymphocyte_events`` (events in the lymphocyte gate), ``lymphocytes_per_ul`` (cells/uL) or
+        ``lymphocyte_events`` (events in the lymphocyte gate), ``gate_sd_pp`` (gating SD of ``treg_pct``,
+        percentage points), ``lymphocytes_per_ul`` (cells/uL) or
         ``lymphocytes`` (x10^9/L), ``cd4_per_ul``; the counts may also come from ``clinical``.
     cva, cvi : float
         Analytical and within-subject biological CV (percent) for the reference change value.
@@ -404,7 +502,8 @@ def baseline_table(
     -------
     pandas.DataFrame
         Columns :data:`BASELINE_COLUMNS`, then ``sample, is_baseline, baseline_sample, treg_events, cd4_events,
-        ci_low, ci_high, pct_change, direction, qc_flags``, then optional ``treg_tcon_ratio``, ``tregs_per_ul``,
+        ci_low, ci_high, pct_change, direction, qc_flags, gate_sd_pp, delta_ci_low_total, delta_ci_high_total``,
+        then optional ``treg_tcon_ratio``, ``tregs_per_ul``,
         the clinical columns and the platelet response columns. Sorted by subject and day. Every column is
         documented in ``docs/report.md``.
 
@@ -417,7 +516,9 @@ def baseline_table(
 
     Notes
     -----
-    ``significant`` is True when ``|pct_change| > rcv_pct`` and the Newcombe interval of ``delta_pp`` excludes 0;
+    ``significant`` is True when ``|pct_change| > rcv_pct`` and the combined interval of ``delta_pp``
+    (``delta_ci_low_total``, ``delta_ci_high_total``: counting noise and, when ``treg`` has a ``gate_sd_pp``
+    column, the gating SD of both visits, see :func:`combined_difference_interval`) excludes 0;
     the baseline row itself is never significant. A subject whose flagged baseline sample is absent (it failed)
     keeps its rows with NaN comparisons and a ``qc_flags`` note.
     """
@@ -443,18 +544,24 @@ def baseline_table(
     pct_b = np.where(has_base, t["treg_pct"].to_numpy()[np.maximum(base_idx, 0)], np.nan)
     is_base = base_idx == np.arange(len(t))
 
+    gate_sd = (pd.to_numeric(t["gate_sd_pp"], errors="coerce").to_numpy(dtype=float) if "gate_sd_pp" in t
+               else np.full(len(t), np.nan))
+    gate_sd_b = np.where(has_base, gate_sd[np.maximum(base_idx, 0)], np.nan)
+
     ci_low, ci_high = wilson_interval(k, n, z)
     d_low, d_high = newcombe_difference(k, n, kb, nb, z)
+    t_low, t_high = combined_difference_interval(k, n, kb, nb, gate_sd / 100.0, gate_sd_b / 100.0, z)
     f_low, f_high = fold_change_interval(k, n, kb, nb, z)
     with np.errstate(divide="ignore", invalid="ignore"):
         fold = t["treg_pct"].to_numpy() / pct_b
     delta = t["treg_pct"].to_numpy() - pct_b
     pct_change = (fold - 1.0) * 100.0
-    excludes_zero = (np.asarray(d_low) > 0) | (np.asarray(d_high) < 0)
+    excludes_zero = (np.asarray(t_low) > 0) | (np.asarray(t_high) < 0)
     significant = (np.abs(pct_change) > rcv) & excludes_zero & ~is_base
     direction = np.where(significant & (delta > 0), "rise", np.where(significant & (delta < 0), "fall", "none"))
     # The comparison of the baseline with itself has no interval.
-    d_low, d_high, f_low, f_high = (np.where(is_base, np.nan, a) for a in (d_low, d_high, f_low, f_high))
+    d_low, d_high, t_low, t_high, f_low, f_high = (np.where(is_base, np.nan, a)
+                                                   for a in (d_low, d_high, t_low, t_high, f_low, f_high))
 
     low_treg = ~(k >= min_treg_events)
     low_cd4 = ~(n >= min_cd4_events)
@@ -499,6 +606,9 @@ def baseline_table(
             "pct_change": pct_change,
             "direction": direction,
             "qc_flags": flags,
+            "gate_sd_pp": gate_sd,
+            "delta_ci_low_total": np.asarray(t_low) * 100.0,
+            "delta_ci_high_total": np.asarray(t_high) * 100.0,
         }
     )
     if clinical is not None and not clinical.empty:

@@ -15,6 +15,8 @@ from scipy.stats.contingency import relative_risk
 
 from cytopipe.errors import ConfigError, SampleSheetError
 from cytopipe.stats import (
+    combined_difference_interval,
+    gate_sd_from_sensitivity,
     BASELINE_COLUMNS,
     baseline_table,
     clinical_correlation,
@@ -291,3 +293,85 @@ def test_intervals_contain_their_estimates(k1: int, n1: int, k2: int, n2: int) -
     if k1 and k2:
         f_low, f_high = fold_change_interval(k1, n1, k2, n2)
         assert f_low <= p1 / p2 * (1 + 1e-12) and p1 / p2 <= f_high * (1 + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- gating noise
+
+
+def _gated_visit(rng: np.random.Generator, p_treg: float, n: int, repeats: int, cut: float, placement_sd: float
+                 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, float]:
+    """``repeats`` tubes of one visit gated by a threshold that lands ``N(0, placement_sd)`` off its nominal cut.
+
+    Marker values (decades): Tregs N(2.3, 0.3), other CD4 cells N(1.2, 0.35), so the cut sits on the flank of both
+    and its placement matters. Returns the counts above the placed cut, the cuts, the sensitivity rows the pipeline
+    would write (Treg % with the cut moved by -/+ 0.1 decade, measured on the tube itself) and the true Treg % of
+    the gate at its nominal cut (the quantity the measurement estimates).
+    """
+    is_treg = rng.random((repeats, n)) < p_treg
+    values = np.where(is_treg, rng.normal(2.3, 0.3, (repeats, n)), rng.normal(1.2, 0.35, (repeats, n)))
+    cuts = cut + rng.normal(0.0, placement_sd, repeats)
+    k = (values >= cuts[:, None]).sum(axis=1)
+    minus = 100.0 * (values >= cuts[:, None] - 0.1).mean(axis=1)
+    plus = 100.0 * (values >= cuts[:, None] + 0.1).mean(axis=1)
+    sens = pd.DataFrame({"sample": [f"s{i}" for i in range(repeats)], "delta": 0.1, "treg_pct_minus": minus,
+                         "treg_pct_plus": plus})
+    truth = 100.0 * (p_treg * norm.sf(cut, 2.3, 0.3) + (1 - p_treg) * norm.sf(cut, 1.2, 0.35))
+    return k, cuts, sens, truth
+
+
+def test_combined_interval_covers_the_true_change_95_percent_of_the_time():
+    """Coverage of the combined 95 % interval, by simulation: counting noise (binomial tubes) plus gating noise
+    (each visit's cut placed 0.05 decade SD off), slopes read off each tube as ``sensitivity.csv`` does."""
+    rng = np.random.default_rng(14)
+    n, repeats, sd = 4000, 2000, 0.05
+    k0, _, sens0, truth0 = _gated_visit(rng, 0.03, n, repeats, 1.9, sd)
+    k1, _, sens1, truth1 = _gated_visit(rng, 0.08, n, repeats, 1.9, sd)
+    g0 = gate_sd_from_sensitivity(sens0, sd)
+    g1 = gate_sd_from_sensitivity(sens1, sd)
+    gate0 = np.array([g0[f"s{i}"] for i in range(repeats)]) / 100.0
+    gate1 = np.array([g1[f"s{i}"] for i in range(repeats)]) / 100.0
+    low, high = combined_difference_interval(k1, n, k0, n, gate1, gate0)
+    true_change = (truth1 - truth0) / 100.0
+    coverage = np.mean((low <= true_change) & (true_change <= high))
+    assert 0.93 <= coverage <= 0.97, coverage
+    # Counting noise alone (the Newcombe interval) misses the gate's movement: the gating term is what matters.
+    n_low, n_high = newcombe_difference(k1, n, k0, n)
+    assert np.mean((n_low <= true_change) & (true_change <= n_high)) < 0.90
+
+
+def test_combined_interval_without_gating_noise_is_newcombe():
+    low, high = combined_difference_interval([60, 10], [1000, 500], [30, 0], [900, 400], [0.0, np.nan], [np.nan, 0])
+    n_low, n_high = newcombe_difference([60, 10], [1000, 500], [30, 0], [900, 400])
+    np.testing.assert_allclose(low, n_low, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(high, n_high, rtol=0, atol=1e-15)
+    wide_low, wide_high = combined_difference_interval(60, 1000, 30, 900, 0.003, 0.004)
+    assert wide_low < n_low[0] and wide_high > n_high[0]
+    # Each side widened by the gating variance in quadrature: z^2 (0.003^2 + 0.004^2) = (1.96 * 0.005)^2.
+    d = 60 / 1000 - 30 / 900
+    assert wide_high - d == pytest.approx(math.hypot(n_high[0] - d, 1.96 * 0.005), abs=1e-12)
+
+
+def test_gate_sd_from_sensitivity_is_slope_times_placement_sd():
+    sens = pd.DataFrame({"sample": ["a", "a", "b"], "delta": [0.1, 0.1, 0.1],
+                         "treg_pct_minus": [5.4, 5.1, 3.0], "treg_pct_plus": [4.6, 4.9, 3.0]})
+    sd = gate_sd_from_sensitivity(sens, 0.05)
+    # slopes 4 and 1 pp/decade -> sqrt((4 * 0.05)^2 + (1 * 0.05)^2)
+    assert sd["a"] == pytest.approx(math.hypot(0.2, 0.05), abs=1e-12)
+    assert sd["b"] == 0.0
+    drifted = gate_sd_from_sensitivity(sens, 0.05, drift={"a": 0.12})
+    assert drifted["a"] == pytest.approx(math.hypot(4, 1) * math.hypot(0.05, 0.12), abs=1e-12)
+    with pytest.raises(ConfigError):
+        gate_sd_from_sensitivity(sens, -0.1)
+
+
+def test_gating_sd_decides_significance(tmp_path):
+    treg = pd.DataFrame({"sample": ["b", "v"], "subject": ["S", "S"], "timepoint": ["baseline", "W1"],
+                         "day": [0, 7], "cd4_events": [20000, 20000], "treg_events": [600, 900],
+                         "treg_pct": [3.0, 4.5], "baseline": [True, False]})
+    quiet = baseline_table(treg).set_index("timepoint")
+    assert quiet.loc["W1", "significant"]  # +50 % > RCV, and counting noise alone excludes 0
+    assert quiet.loc["W1", "delta_ci_low_total"] == pytest.approx(quiet.loc["W1", "delta_ci_low"], abs=1e-12)
+    noisy = baseline_table(treg.assign(gate_sd_pp=[0.5, 0.6])).set_index("timepoint")
+    assert not noisy.loc["W1", "significant"]  # the gates alone could move Treg % by that much
+    assert noisy.loc["W1", "delta_ci_low_total"] < 0 < noisy.loc["W1", "delta_ci_low"]
+    assert noisy.loc["W1", "gate_sd_pp"] == 0.6 and np.isnan(noisy.loc["baseline", "delta_ci_low_total"])
