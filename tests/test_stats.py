@@ -15,12 +15,12 @@ from scipy.stats.contingency import relative_risk
 
 from cytopipe.errors import ConfigError, SampleSheetError
 from cytopipe.stats import (
-    combined_difference_interval,
-    gate_sd_from_sensitivity,
     BASELINE_COLUMNS,
     baseline_table,
     clinical_correlation,
+    combined_difference_interval,
     fold_change_interval,
+    gate_sd_from_sensitivity,
     iwg_response,
     newcombe_difference,
     read_clinical,
