@@ -32,6 +32,7 @@ _EXPORTS = {
     "load_gates": "gatefile", "load_strategy": "gatefile",
     "read_gatingml": "gatingml", "write_gatingml": "gatingml",
     "read_sample_sheet": "samplesheet",
+    "Panel": "panel", "read_panel": "panel",
     "process_sample": "pipeline",
     "run": "batch", "RunResult": "batch",
     "render_report": "report",

@@ -386,8 +386,8 @@ def _run_dask(tasks: list[SampleTask], scheduler: str) -> Iterator[SampleResult]
 
 
 def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str, tuple[tuple[str, str], ...]],
-                       spillover_for: Callable[[Any, str], Any], report: Progress
-                       ) -> tuple[dict[str, Any], list[dict], dict[str, str]]:
+                       spillover_for: Callable[[Any, str], Any], report: Progress,
+                       panels: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict], dict[str, str]]:
     """Fit ``subject`` / ``baseline`` scope gates per subject on this machine.
 
     Parameters
@@ -402,6 +402,8 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
         ``(sample, row spillover path) -> Spillover | None``.
     report
         Where to log.
+    panels
+        File path -> :class:`cytopipe.panel.Panel` to apply when reading it.
 
     Returns
     -------
@@ -416,8 +418,10 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
     scopes = client_scopes(strategy)
     if not scopes:
         return {}, [], {}
-    from .fcs import read_fcs
+    from .adapt import resolve_optional
+    from .panel import read_sample
 
+    panels = panels or {}
     fitted: dict[str, Any] = {}
     rows: list[dict] = []
     failed: dict[str, str] = {}
@@ -429,11 +433,12 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
         try:
             if "baseline" in scopes and True not in flags:
                 raise GateError(f"subject {subject} has no baseline sample to fit baseline-scope gates on")
-            loaded = [read_fcs(rec.file) for rec in chosen.itertuples(index=False)]
+            loaded = [read_sample(rec.file, panels.get(rec.file)) for rec in chosen.itertuples(index=False)]
             spills = [spillover_for(sample, rec.spillover)
                       for sample, rec in zip(loaded, chosen.itertuples(index=False), strict=True)]
-            tubes = {role: read_fcs(path) for role, path in controls.get(subject, ())} or None
-            fitted[subject], params = fit_strategy(strategy, loaded, spillover=spills, controls=tubes, scopes=scopes,
+            tubes = {role: read_sample(path, panels.get(path)) for role, path in controls.get(subject, ())} or None
+            resolved, _ = resolve_optional(strategy, loaded[0]) if loaded else (strategy, [])
+            fitted[subject], params = fit_strategy(resolved, loaded, spillover=spills, controls=tubes, scopes=scopes,
                                                    baseline=flags.index(True) if True in flags else None)
         except Exception as err:  # noqa: BLE001 - one subject's bad data must not stop the other subjects
             failed[subject] = f"{'/'.join(sorted(scopes))}-scope gate fit for subject {subject} failed: " + \
@@ -468,7 +473,7 @@ def _tables(results: list[SampleResult], strategy: Any, sheet: pd.DataFrame) -> 
     """The result tables, sorted by subject, day, sample (and population order)."""
     order = [p.name for p in strategy.populations]
     extra = [c for c in sheet.columns if c not in ("sample", "file", "subject", "timepoint", "day", "baseline",
-                                                   "role", "spillover")]
+                                                   "role", "spillover", "panel", "pregated")]
     counted = [r for r in results if r.treg is not None]
     pop_rows = [row for r in counted for row in r.populations]
     populations = _sort_rows(pd.DataFrame(pop_rows, columns=list(POPULATION_COLUMNS)), POPULATION_COLUMNS, order)
@@ -516,7 +521,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         treg: str | None = None, parent: str | None = None, clinical: str | os.PathLike | None = None,
         spillover: str | os.PathLike | None = None, cva: float = 10.0, cvi: float = 10.0, z: float = 1.96,
         progress: bool | None = None, log_json: bool = False, quiet: bool = False, plots: bool = True,
-        report: bool = True, pdf: bool = True, stream: IO[str] | None = None) -> RunResult:
+        report: bool = True, pdf: bool = True, stream: IO[str] | None = None,
+        panel: str | os.PathLike | None = None, pregated: str | None = None) -> RunResult:
     """Gate every sample of a sample sheet and write the study's result folder.
 
     Parameters
@@ -554,6 +560,11 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         Also print ``report.pdf`` (needs Chromium; a warning when it is absent).
     stream
         Where progress and logs go (default ``sys.stderr``).
+    panel
+        Panel CSV (``channel,marker``) setting the markers of every file (a sheet row's ``panel`` column wins).
+    pregated
+        Population every file's events are in (a sheet row's ``pregated`` column wins): the gates above it are
+        not applied, its descendants are gated as usual.
 
     Returns
     -------
@@ -580,7 +591,11 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if scheduler is None and (workers or os.cpu_count() or 1) > 1:
         _pool_context(plots)  # warm the worker processes' imports while this process does the set-up
     table = read_sample_sheet(sheet)
-    strategy = load_strategy(gates)
+    from .adapt import pregate
+    from .panel import read_panel
+
+    panel_file = read_panel(panel) if panel is not None else None  # a malformed --panel is a usage error
+    strategy = pregate(load_strategy(gates), pregated, where=str(gates))
     samples = table[table["role"] == "sample"].reset_index(drop=True)
     log = Progress(len(samples), _progress_mode(progress, log_json, quiet, stream), stream)
     if clinical is None and (Path(sheet).parent / CLINICAL_NAME).is_file():
@@ -597,7 +612,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     cache = ResultCache(out / CACHE_DIR)
     spill_path = str(Path(spillover).resolve()) if spillover is not None else None
     plots_dir = str((out / "plots").resolve()) if plots else None
-    tasks, settings, client_fitted = _plan(strategy, table, treg_name, parent_name, spill_path, plots_dir, log)
+    tasks, settings, client_fitted = _plan(strategy, table, treg_name, parent_name, spill_path, plots_dir, log,
+                                           panel_file, pregated)
 
     results: list[SampleResult] = []
     todo: list[tuple[SampleTask, str]] = []
@@ -626,7 +642,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     _write_tables(tables, out)
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
                        "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
-                       "z": z, "plots": plots, "treg": treg_name, "parent": parent_name}
+                       "z": z, "plots": plots, "treg": treg_name, "parent": parent_name,
+                       "panel": panel_file.record() if panel_file is not None else None, "pregated": pregated}
     _write_manifest(out, sheet, gates, strategy, table, results, settings_record)
     if report:
         from .report import render_report
@@ -648,21 +665,92 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
                      cached=cached, elapsed=elapsed, n_events=sum(r.n_events for r in results if not r.cached))
 
 
+def _row_settings(table: pd.DataFrame, strategy: Any, treg: str, parent: str | None, panel: Any,
+                  pregated: str | None) -> tuple[dict[str, Any], dict[str, tuple[str, str]], dict[str, Any]]:
+    """Per sheet row: the panel to read the file with, a reason the row cannot run, the row's strategy.
+
+    Returns
+    -------
+    tuple
+        ``({file: Panel or None}, {sample: (stage, reason)}, {sample: pregated strategy})``. A row whose own
+        ``panel`` is unreadable or whose ``pregated`` population is unknown (or drops the Treg population or its
+        denominator) fails alone.
+    """
+    from .adapt import pregate
+    from .errors import CytopipeError
+    from .panel import read_panel
+
+    read: dict[str, Any] = {}
+    panels: dict[str, Any] = {}
+    problems: dict[str, tuple[str, str]] = {}
+    strategies: dict[str, Any] = {}
+    by_value: dict[str, Any] = {}
+    for rec in table.itertuples(index=False):
+        if rec.panel:
+            if rec.panel not in read:
+                try:
+                    read[rec.panel] = read_panel(rec.panel)
+                except CytopipeError as err:
+                    read[rec.panel] = err
+            chosen = read[rec.panel]
+            if isinstance(chosen, CytopipeError):
+                problems[rec.sample] = ("read", str(chosen))
+                continue
+            panels[rec.file] = chosen
+        elif panel is not None:
+            panels[rec.file] = panel
+        if not rec.pregated:
+            strategies[rec.sample] = strategy
+            continue
+        if rec.pregated not in by_value:
+            try:
+                own = pregate(strategy, rec.pregated, "sheet column 'pregated'")
+                names = {p.name for p in own.populations}
+                for label, value in (("Treg", treg), ("denominator", parent)):
+                    if value is not None and value not in names:
+                        raise ConfigError(f"pre-gated {own.populations[0].name}: the {label} population "
+                                          f"'{value}' is not below it")
+                by_value[rec.pregated] = own
+            except CytopipeError as err:
+                by_value[rec.pregated] = err
+        chosen = by_value[rec.pregated]
+        if isinstance(chosen, CytopipeError):
+            problems[rec.sample] = ("gate", str(chosen))
+        else:
+            strategies[rec.sample] = chosen
+    return panels, problems, strategies
+
+
 def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spill_path: str | None,
-          plots_dir: str | None, log: Progress) -> tuple[list[SampleTask], list[str], list[dict]]:
+          plots_dir: str | None, log: Progress, panel: Any = None, pregated: str | None = None
+          ) -> tuple[list[SampleTask], list[str], list[dict]]:
     """One task per sample (after fitting shared-scope gates), its cache settings and the client-fitted rows."""
     from .pipeline import choose_spillover
 
     def spillover_for(sample: Any, row_spillover: str) -> Any:
         return choose_spillover(sample, strategy, row_spillover or spill_path)
 
+    panels, problems, row_strategy = _row_settings(table, strategy, treg, parent, panel, pregated)
     samples = table[table["role"] == "sample"]
     controls: dict[str, tuple[tuple[str, str], ...]] = {}
     for rec in table[table["role"] != "sample"].itertuples(index=False):
-        controls[rec.subject] = (*controls.get(rec.subject, ()), (rec.role, rec.file))
-    subject_strategies, client_fitted, subject_failed = _fit_shared_scopes(
-        strategy, samples, controls, spillover_for, log)
-    data_driven = strategy if needs_fitting(strategy) else None
+        if rec.sample not in problems:
+            controls[rec.subject] = (*controls.get(rec.subject, ()), (rec.role, rec.file))
+    # Shared-scope gates are fitted once per subject for each pre-gated strategy its rows use.
+    subject_strategies: dict[tuple[int, str], Any] = {}
+    client_fitted: list[dict] = []
+    subject_failed: dict[tuple[int, str], str] = {}
+    runnable = samples[~samples["sample"].isin(problems)]
+    groups: dict[int, list[str]] = {}
+    for rec in runnable.itertuples(index=False):
+        groups.setdefault(id(row_strategy[rec.sample]), []).append(rec.sample)
+    for key, names in groups.items():
+        own = row_strategy[names[0]]
+        fitted, rows, failed = _fit_shared_scopes(own, runnable[runnable["sample"].isin(names)], controls,
+                                                  spillover_for, log, panels)
+        subject_strategies.update({(key, subject): s for subject, s in fitted.items()})
+        subject_failed.update({(key, subject): reason for subject, reason in failed.items()})
+        client_fitted.extend(rows)
     definition = getattr(strategy, "source", "") or repr(strategy)
     shas: dict[str, str] = {}
 
@@ -677,15 +765,22 @@ def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spi
     settings: list[str] = []
     for rec in samples.itertuples(index=False):
         matrix = rec.spillover or spill_path
+        own = row_strategy.get(rec.sample, strategy)
+        data_driven = own if needs_fitting(own) else None
         subject_controls = controls.get(rec.subject, ()) if data_driven is not None else ()
+        stage, problem = problems.get(rec.sample, ("gate", None))
+        key = (id(own), rec.subject)
+        used = {path: panels[path] for path in (rec.file, *(p for _, p in subject_controls)) if path in panels}
         tasks.append(SampleTask(
             sample=rec.sample, file=rec.file, subject=rec.subject, timepoint=rec.timepoint, day=float(rec.day),
-            strategy=subject_strategies.get(rec.subject, strategy), treg=treg, parent=parent, spillover=matrix,
+            strategy=subject_strategies.get(key, own), treg=treg, parent=parent, spillover=matrix,
             plots_dir=plots_dir, controls=subject_controls, data_driven=data_driven,
-            failure=subject_failed.get(rec.subject)))
+            failure=problem or subject_failed.get(key), failure_stage=stage, panels=used))
         settings.append(json.dumps({
             "gates": definition, "fitted": [r for r in client_fitted if r["subject"] == rec.subject],
             "spillover": sha_of(matrix), "controls": [(role, sha_of(path)) for role, path in subject_controls],
+            "panels": sorted((Path(path).name, p.sha256) for path, p in used.items()),
+            "pregated": own.populations[0].name if own is not strategy else (pregated or ""),
         }, sort_keys=True, default=str))
     return tasks, settings, client_fitted
 
@@ -740,13 +835,24 @@ def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLik
                   "text": getattr(strategy, "source", "") or repr(strategy)},
         "settings": settings,
         "inputs": [{"sample": r.sample, "file": r.file, "sha256": r.sha256, "events": r.n_events,
-                    "spillover": r.spillover_source} for r in sorted(results, key=lambda r: r.sample)],
+                    "spillover": r.spillover_source, **_row_panel(table, r.sample, settings)}
+                   for r in sorted(results, key=lambda r: r.sample)],
         "controls": [{"sample": rec.sample, "role": rec.role, "file": rec.file,
                       "sha256": file_sha256(rec.file) if Path(rec.file).is_file() else ""}
                      for rec in controls.itertuples(index=False)],
         "failed": sorted({r.sample for r in results if r.failure is not None}),
     }
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _row_panel(table: pd.DataFrame, sample: str, settings: dict) -> dict[str, Any]:
+    """The panel file and pre-gated population one sample was read with (sheet row, else the run's options)."""
+    rows = table[table["sample"] == sample]
+    rec = rows.iloc[0] if len(rows) else None
+    own_panel = str(rec["panel"]) if rec is not None and rec.get("panel", "") else ""
+    run_panel = (settings.get("panel") or {}).get("path") or ""
+    own_pregated = str(rec["pregated"]) if rec is not None and rec.get("pregated", "") else ""
+    return {"panel": own_panel or run_panel, "pregated": own_pregated or settings.get("pregated") or ""}
 
 
 def _baseline(treg: pd.DataFrame, *, clinical: pd.DataFrame | None, cva: float, cvi: float, z: float

@@ -31,6 +31,16 @@ def _add_stats_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--z", type=float, default=1.96, help="z for the reference change value (default 1.96)")
 
 
+def _add_panel_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--panel", metavar="FILE", help="panel CSV with columns channel,marker: sets or overrides "
+                        "the marker of each listed channel (e.g. VL1-A,CD25 or ForSc,FSC-A) before any lookup")
+
+
+def _add_pregated_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pregated", metavar="POP", help="every event of the file is already in population POP "
+                        "(e.g. a FlowJo export of CD4+ T cells): gates above it are not applied")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``cytopipe`` command."""
     parser = argparse.ArgumentParser(
@@ -57,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parent", metavar="POP", help="denominator population (default: the Treg population's parent)")
     run.add_argument("--spillover", metavar="FILE", help="spillover matrix for every sample (CSV with a channel "
                      "header or a FlowJo matrix) instead of each file's own $SPILLOVER/SPILL/$COMP")
+    _add_panel_option(run)
+    _add_pregated_option(run)
     _add_stats_options(run)
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     run.add_argument("--log-json", action="store_true", help="log progress as JSON lines on stderr")
@@ -64,23 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe an FCS file (version, instrument, events, channels, spillover)")
     info.add_argument("fcs", metavar="FILE.fcs")
     info.add_argument("--json", action="store_true", help="print JSON for machines")
+    _add_panel_option(info)
 
     export = sub.add_parser("export", help="write one population's events as an FCS 3.1 file")
     export.add_argument("fcs", metavar="FILE.fcs")
     export.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE", help="gate file (YAML or Gating-ML)")
     export.add_argument("--population", required=True, metavar="POP", help="population to export")
     export.add_argument("--out", required=True, metavar="OUT.fcs", help="FCS file to write")
+    _add_panel_option(export)
+    _add_pregated_option(export)
 
     gate = sub.add_parser("gate", help="per-event membership: one row per event, one 0/1 column per population")
     gate.add_argument("fcs", metavar="FILE.fcs")
     gate.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE", help="gate file (YAML or Gating-ML)")
     gate.add_argument("--out", metavar="OUT.csv", help="CSV to write (default: standard output)")
+    _add_panel_option(gate)
+    _add_pregated_option(gate)
 
     gates = sub.add_parser("gates", help="check or convert gate files")
     gates_sub = gates.add_subparsers(dest="gates_command", metavar="ACTION", required=True)
     check = gates_sub.add_parser("check", help="validate a gate file (optionally against a sample's markers)")
     check.add_argument("file", metavar="FILE")
     check.add_argument("--fcs", metavar="SAMPLE.fcs", help="also check that every marker exists in this file")
+    _add_panel_option(check)
     convert = gates_sub.add_parser("convert", help="convert between YAML and Gating-ML 2.0")
     convert.add_argument("file", metavar="FILE")
     convert.add_argument("--to", required=True, choices=("gatingml", "yaml"))
@@ -100,14 +118,16 @@ def _run(args: argparse.Namespace) -> int:
         sheet=args.sheet, gates=args.gates, out=args.out, workers=args.workers, scheduler=args.scheduler,
         treg=args.treg, parent=args.parent, clinical=args.clinical, spillover=args.spillover,
         cva=args.cva, cvi=args.cvi, z=args.z, quiet=args.quiet, log_json=args.log_json,
+        panel=args.panel, pregated=args.pregated,
     )
     return result.exit_code
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .fcs import describe, format_description, read_fcs
+    from .fcs import describe, format_description
+    from .panel import read_panel, read_sample
 
-    info = describe(read_fcs(args.fcs))
+    info = describe(read_sample(args.fcs, read_panel(args.panel) if args.panel else None))
     print(json.dumps(info, indent=2) if args.json else format_description(info))
     return 0
 
@@ -115,7 +135,8 @@ def _info(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .pipeline import export_population
 
-    n = export_population(args.fcs, args.gates, args.population, args.out)
+    n = export_population(args.fcs, args.gates, args.population, args.out, panel=args.panel,
+                          pregated=args.pregated)
     print(f"wrote {n} events of {args.population!r} to {args.out}", file=sys.stderr)
     return 0
 
@@ -124,7 +145,7 @@ def _gate(args: argparse.Namespace) -> int:
     from .outputs import write_csv
     from .pipeline import event_membership
 
-    table = event_membership(args.fcs, args.gates)
+    table = event_membership(args.fcs, args.gates, panel=args.panel, pregated=args.pregated)
     if args.out:
         write_csv(table, args.out)
     else:
@@ -136,11 +157,12 @@ def _gates(args: argparse.Namespace) -> int:
     from . import gatefile
 
     if args.gates_command == "check":
-        sample = None
-        if args.fcs:
-            from .fcs import read_fcs
+        from .panel import read_panel, read_sample
 
-            sample = read_fcs(args.fcs)
+        sample = None
+        panel = read_panel(args.panel) if args.panel else None  # checked even without --fcs
+        if args.fcs:
+            sample = read_sample(args.fcs, panel)
         problems = gatefile.check_gates(args.file, sample=sample)
         for problem in problems:
             print(problem, file=sys.stderr)

@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 TOP_KEYS = ("name", "treg", "parent", "compensation", "transforms", "populations")
-POPULATION_KEYS = ("name", "parent", "gate")
+POPULATION_KEYS = ("name", "parent", "gate", "optional")
 CHANNEL_KEYS = ("channel", "transform", "compensation", "ratio")
 #: Keys each fixed gate type accepts (``type`` included).
 GATE_KEYS: dict[str, tuple[str, ...]] = {
@@ -458,7 +458,11 @@ class _Parser:
                 raise self.fail(label, f"parent: unknown population '{parent}'{_suggest(parent, others)}")
         if "gate" not in entry:
             raise self.fail(label, "gate: missing")
-        return Population(name=name, gate=self.gate(name, label, entry["gate"], names), parent=parent)
+        optional = entry.get("optional", False)
+        if not isinstance(optional, bool):
+            raise self.fail(label, f"optional: expected true or false, got {_show(optional)}")
+        return Population(name=name, gate=self.gate(name, label, entry["gate"], names), parent=parent,
+                          optional=optional)
 
     def check_cycles(self, populations: list[Population]) -> None:
         """Report the first cycle through parents and boolean operands, as ``A -> B -> A``."""
@@ -1174,6 +1178,8 @@ class _Writer:
             if pop.parent is not None:
                 entry["parent"] = pop.parent
             entry["gate"] = self.gate(pop.gate)
+            if getattr(pop, "optional", False):
+                entry["optional"] = True
             populations.append(entry)
         doc["populations"] = populations
         return doc

@@ -39,6 +39,7 @@ __all__ = [
     "EllipsoidGate",
     "QuadrantGate",
     "BooleanGate",
+    "AllEvents",
     "SpectrumMatrix",
     "Population",
     "GatingStrategy",
@@ -471,6 +472,18 @@ class BooleanGate(Gate):
         return np.logical_or.reduce(columns)
 
 
+@dataclass(frozen=True)
+class AllEvents(Gate):
+    """Every event of the parent (no dimensions): a pre-gated file's top population, or an optional population
+    whose channels the file lacks."""
+
+    dimensions: tuple[Dimension, ...] = ()
+    reason: str = ""
+
+    def mask(self, values: np.ndarray) -> np.ndarray:
+        return np.ones(np.asarray(values).shape[0], dtype=bool)
+
+
 @dataclass(frozen=True, eq=False)
 class SpectrumMatrix:
     """A Gating-ML ``spectrumMatrix``: fluorochrome spectra over detectors, possibly non-square.
@@ -531,11 +544,16 @@ class SpectrumMatrix:
 
 @dataclass(frozen=True)
 class Population:
-    """A named gate with one parent (``None`` = all events)."""
+    """A named gate with one parent (``None`` = all events).
+
+    ``optional``: when a file lacks one of the gate's channels the population passes all its parent's events
+    (see :func:`cytopipe.adapt.adapt_strategy`) instead of failing the sample.
+    """
 
     name: str
     gate: Gate
     parent: str | None = None
+    optional: bool = False
 
 
 def _as_matrix(matrix: Any, name: str) -> SpectrumMatrix:
@@ -911,6 +929,9 @@ class _Evaluator:
                 masks[pop.name] = mask
                 members[pop.name] = np.flatnonzero(mask)
                 gating += clock() - tick
+                continue
+            if isinstance(gate, AllEvents):
+                members[pop.name] = np.arange(n) if rows is None else rows
                 continue
             tick = clock()
             values = self.stack(gate.dimensions, rows)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, CytopipeError, GateError
-from .fcs import file_sha256, read_fcs, write_fcs
+from .fcs import file_sha256, write_fcs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +61,11 @@ class SampleTask:
     failure
         A reason decided before the sample reached a worker (its subject's pooled gate fit failed); the sample
         fails at the ``gate`` stage with it.
+    panels
+        File path -> :class:`cytopipe.panel.Panel` applied when reading that file (the sample and its controls);
+        a file without an entry is read as it is.
+    failure_stage
+        The stage ``failure`` is reported at (``read`` for a sheet row's unreadable panel).
     """
 
     sample: str
@@ -76,6 +81,8 @@ class SampleTask:
     controls: tuple[tuple[str, str], ...] = ()
     data_driven: Any = None
     failure: str | None = None
+    panels: dict[str, Any] = field(default_factory=dict)
+    failure_stage: str = "gate"
 
 
 @dataclass
@@ -225,14 +232,16 @@ def needs_fitting(strategy: Any) -> bool:
     return autogate is not None and autogate.needs_fitting(strategy)
 
 
-def _fit_sample_gates(strategy: Any, sample: Any, spillover: Any, controls: tuple[tuple[str, str], ...] = ()
-                      ) -> tuple[Any, list[dict]]:
+def _fit_sample_gates(strategy: Any, sample: Any, spillover: Any, controls: tuple[tuple[str, str], ...] = (),
+                      panels: dict[str, Any] | None = None) -> tuple[Any, list[dict]]:
     """Fit the ``sample``-scope data-driven gates of ``strategy`` on this sample (no-op for fixed strategies)."""
     if not needs_fitting(strategy):
         return strategy, []
     from .autogate import fit_strategy
+    from .panel import read_sample
 
-    tubes = {role: read_fcs(path) for role, path in controls} or None
+    panels = panels or {}
+    tubes = {role: read_sample(path, panels.get(path)) for role, path in controls} or None
     return fit_strategy(strategy, [sample], spillover=spillover, controls=tubes)
 
 
@@ -301,6 +310,8 @@ def process_sample(task: SampleTask) -> SampleResult:
     The events and every per-sample cache are freed by reference counting when this returns (the gating engine
     holds no reference cycles), so a worker holds one sample at a time without calling the garbage collector.
     """
+    from .adapt import resolve_optional
+    from .panel import read_sample
     from .qc import check_acquisition, require_plausible
 
     ident = {"sample": task.sample, "subject": task.subject, "timepoint": task.timepoint, "day": task.day}
@@ -321,9 +332,11 @@ def process_sample(task: SampleTask) -> SampleResult:
         out.timings["total"] = time.perf_counter() - start
         return out
 
+    if task.failure is not None and task.failure_stage == "read":
+        return fail("read", task.failure)
     try:
         out.sha256 = file_sha256(task.file)
-        sample = read_fcs(task.file)
+        sample = read_sample(task.file, task.panels.get(task.file))
         qc = check_acquisition(sample)
         require_plausible(sample, qc)  # gating garbage would give numbers that mean nothing
     except Exception as err:  # noqa: BLE001 - any problem with one file must not stop the batch
@@ -342,13 +355,15 @@ def process_sample(task: SampleTask) -> SampleResult:
     if task.failure is not None:
         return fail("gate", task.failure)
     try:
-        strategy, fitted = _fit_sample_gates(task.strategy, sample, spillover, task.controls)
+        strategy, notes = resolve_optional(task.strategy, sample)
+        strategy, fitted = _fit_sample_gates(strategy, sample, spillover, task.controls, task.panels)
         out.fitted = [{**ident, **row} for row in fitted]
         result = strategy.apply(sample, spillover)
         if task.data_driven is not None:
             from .autogate import sensitivity
 
-            rows = sensitivity(task.data_driven, sample, task.treg, task.parent, spillover=spillover,
+            data_driven, _ = resolve_optional(task.data_driven, sample)
+            rows = sensitivity(data_driven, sample, task.treg, task.parent, spillover=spillover,
                                fitted=strategy)
             out.sensitivity = [{**ident, **row} for row in rows]
     except Exception as err:  # noqa: BLE001
@@ -363,7 +378,8 @@ def process_sample(task: SampleTask) -> SampleResult:
 
     try:
         out.populations = count_rows(result, strategy, ident)
-        out.treg = {**treg_row(result, task.treg, task.parent, ident), "acquisition_qc": "; ".join(qc.flags())}
+        flags = "; ".join([*qc.flags(), *notes])  # optional populations not gated are said here, once
+        out.treg = {**treg_row(result, task.treg, task.parent, ident), "acquisition_qc": flags}
     except Exception as err:  # noqa: BLE001
         return fail("count", err)
     lap("count")
@@ -393,18 +409,23 @@ def _draw_plot(result: Any, strategy: Any, sample: str, treg: str | None, plots_
     return str(path)
 
 
-def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike) -> tuple[Any, Any, Any]:
-    """Read one file and gate it with a gate file (sample-scope fitting for data-driven gates)."""
+def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, panel: str | os.PathLike | None = None,
+                   pregated: str | None = None) -> tuple[Any, Any, Any]:
+    """Read one file (with its panel) and gate it with a gate file (sample-scope fitting for data-driven gates)."""
+    from .adapt import pregate, resolve_optional
     from .gatefile import load_strategy
+    from .panel import read_panel, read_sample
 
-    strategy = load_strategy(gates_path)
-    sample = read_fcs(fcs_path)
+    strategy = pregate(load_strategy(gates_path), pregated, where=str(gates_path))
+    sample = read_sample(fcs_path, read_panel(panel) if panel else None)
     spillover = choose_spillover(sample, strategy)
+    strategy, _ = resolve_optional(strategy, sample)
     strategy, _ = _fit_sample_gates(strategy, sample, spillover)
     return sample, strategy, strategy.apply(sample, spillover)
 
 
-def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike) -> pd.DataFrame:
+def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
+                     panel: str | os.PathLike | None = None, pregated: str | None = None) -> pd.DataFrame:
     """Per-event population membership (``cytopipe gate``).
 
     Parameters
@@ -413,6 +434,10 @@ def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike)
         The FCS file.
     gates_path
         A YAML or Gating-ML gate file; data-driven gates are fitted on this file alone.
+    panel
+        A panel CSV (``channel,marker``) setting the file's markers (``--panel``).
+    pregated
+        The population every event of the file is in (``--pregated``); gates above it are not applied.
 
     Returns
     -------
@@ -422,12 +447,13 @@ def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike)
     import numpy as np
     import pandas as pd
 
-    _, strategy, result = _load_and_gate(fcs_path, gates_path)
+    _, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated)
     return pd.DataFrame({p.name: result.masks[p.name].view(np.uint8) for p in strategy.populations})
 
 
 def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, population: str,
-                      out_path: str | os.PathLike) -> int:
+                      out_path: str | os.PathLike, panel: str | os.PathLike | None = None,
+                      pregated: str | None = None) -> int:
     """Write the events of one population as an FCS 3.1 file (``cytopipe export``).
 
     The events are written as read (uncompensated, untransformed), so the exported file can be gated again with
@@ -443,6 +469,8 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
         Name of the population to export (case-insensitive when unambiguous).
     out_path
         FCS file to write.
+    panel, pregated
+        As for :func:`event_membership`. The panel's markers are written as ``$PnS``.
 
     Returns
     -------
@@ -457,7 +485,7 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
 
     if Path(out_path).resolve() == Path(fcs_path).resolve():
         raise ConfigError(f"{out_path}: refusing to overwrite the input file")
-    sample, strategy, result = _load_and_gate(fcs_path, gates_path)
+    sample, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated)
     name = _find_population([p.name for p in strategy.populations], population, str(gates_path), "--population")
     events = sample.events[result.masks[name]]
     # write_fcs recomputes the layout keywords and writes atomically; everything else is carried over.

@@ -11,6 +11,10 @@ A sample sheet is a CSV file with one row per FCS file. Required columns are ``f
     ``sample`` (default), ``fmo:<marker>`` (fluorescence-minus-one control), ``isotype:<marker>`` or ``unstained``.
 ``spillover``
     A spillover matrix file (relative to the sheet) that replaces the file's own ``$SPILLOVER`` for that row.
+``panel``
+    A panel CSV (``channel,marker``, relative to the sheet) that sets the row's markers; wins over ``--panel``.
+``pregated``
+    The population every event of the row's file is in (a FlowJo export); wins over ``--pregated``.
 
 Any other column is carried through to the outputs unchanged.
 """
@@ -26,6 +30,8 @@ import pandas as pd
 from .errors import SampleSheetError
 
 REQUIRED = ("file", "subject", "timepoint", "day")
+#: Optional columns with a meaning (the others are carried through to the outputs).
+KNOWN = ("sample", "baseline", "role", "spillover", "panel", "pregated")
 _TRUE = {"true", "yes", "y", "1", "t"}
 _FALSE = {"false", "no", "n", "0", "f", ""}
 _ROLE = re.compile(r"^(sample|unstained|(fmo|isotype):\S.*)$", re.IGNORECASE)
@@ -43,7 +49,8 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per sample, in sheet order, with columns ``sample, file, subject, timepoint, day, baseline, role,
-        spillover`` followed by the sheet's extra columns. ``file`` and ``spillover`` are absolute paths; ``day`` is
+        spillover, panel, pregated`` followed by the sheet's extra columns. ``file``, ``spillover`` and ``panel``
+        are absolute paths ('' when not given); ``pregated`` is a population name or ''; ``day`` is
         a float; ``baseline`` is a bool with exactly one ``True`` per subject among ``role == "sample"`` rows.
 
     Raises
@@ -62,7 +69,7 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
         raise SampleSheetError(f"{path}: not a readable CSV file ({first})") from None
     sheet.columns = [str(c).strip() for c in sheet.columns]
     lower = {c.lower(): c for c in sheet.columns}
-    sheet = sheet.rename(columns={lower[k]: k for k in (*REQUIRED, "sample", "baseline", "role", "spillover")
+    sheet = sheet.rename(columns={lower[k]: k for k in (*REQUIRED, *KNOWN)
                                   if k in lower})
     missing = [c for c in REQUIRED if c not in sheet.columns]
     if missing:
@@ -96,6 +103,7 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
         if flag not in _TRUE | _FALSE:
             raise SampleSheetError(f"{where}: baseline {rec['baseline']!r} is not true or false")
         spill = rec.get("spillover", "") or ""
+        panel = rec.get("panel", "") or ""
         rows.append({
             "sample": rec.get("sample", "") or Path(rec["file"]).stem,
             "file": str((base / rec["file"]).resolve()),
@@ -105,8 +113,10 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
             "baseline": flag in _TRUE,
             "role": _normalise_role(role),
             "spillover": str((base / spill).resolve()) if spill else "",
+            "panel": str((base / panel).resolve()) if panel else "",
+            "pregated": rec.get("pregated", "") or "",
         })
-    extra = [c for c in sheet.columns if c not in (*REQUIRED, "sample", "baseline", "role", "spillover")]
+    extra = [c for c in sheet.columns if c not in (*REQUIRED, *KNOWN)]
     table = pd.concat([pd.DataFrame(rows), sheet[extra]], axis=1)
 
     duplicated = table["sample"][table["sample"].duplicated()]
