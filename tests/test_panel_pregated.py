@@ -275,3 +275,17 @@ def test_run_bad_options_exit_2(files, capsys):
     assert "channel,marker" in error_line(capsys)
     assert main([*args, "--panel", str(files["panel"]), "--pregated", "Tregs"]) == 2
     assert "did you mean 'Treg'" in error_line(capsys)
+
+
+def test_pregated_with_data_driven_gates(files, capsys):
+    """The pre-gated top population has no gate of its own; data-driven children are fitted on all its events."""
+    fcs = files["dir"] / "cd4.fcs"
+    truth = write(fcs, rows=lambda t: t["CD4+"])
+    gates = files["dir"] / "auto.yaml"
+    gates.write_text(GATES.replace("gate: {type: range, channels: [CD25], min: 2.5}",
+                                   "gate: {type: auto_threshold, channels: [CD25], "
+                                   "thresholds: [{side: above, method: valley, bounds: [1.0, 4.0]}]}"))
+    out = files["dir"] / "events.csv"
+    assert main(["gate", str(fcs), "--gates", str(gates), "--panel", str(files["panel"]), "--pregated", "CD4+",
+                 "--out", str(out)]) == 0
+    assert np.array_equal(pd.read_csv(out)["Treg"].to_numpy() == 1, truth["Treg"])

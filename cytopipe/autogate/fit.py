@@ -134,6 +134,10 @@ def _evaluate(pops: Sequence[Population], columns: Mapping[str, tuple[np.ndarray
         parent = masks[pop.parent] if pop.parent is not None else None
         if isinstance(gate, BooleanGate):
             mask = gate.mask(np.column_stack([masks[name] for name in operands]))
+        elif not gate.dimensions:  # AllEvents (pre-gated top, optional population the file cannot gate)
+            n = parent.size if parent is not None else entry.sample.n_events if entry is not None else \
+                next(iter(columns.values()))[0].size
+            mask = np.ones(n, dtype=bool)
         else:
             # A fixed gate decides each event on its own values, so masking every row and keeping the parent's
             # equals masking the parent's rows only, without gathering them first.

@@ -122,6 +122,8 @@ def density_valley(
             continue
         floor = float(density[inside].min())
         depth = min(density[left], density[right]) - floor
+        if depth <= 0:  # bounds cut the stretch between the modes to a slope: no valley inside them
+            continue
         # An empty gap between well-separated modes is flat: cut in the middle of the longest run of grid points
         # within 1 % of the depth above the floor, not at its arbitrary first point.
         low = density[inside] <= floor + 0.01 * depth
