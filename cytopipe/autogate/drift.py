@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import GateError
-from ..gates import BooleanGate, GatingStrategy, RectangleGate
+from ..gates import BooleanGate, Gate, GatingStrategy, RectangleGate
 from .base import (
     DEFAULT_MAX_EVENTS,
     from_units,
@@ -104,7 +104,9 @@ def sensitivity(
     Parameters
     ----------
     strategy : GatingStrategy
-        The data-driven strategy (its :class:`ThresholdGate` populations are the thresholds examined).
+        The data-driven strategy: each threshold of its :class:`ThresholdGate` populations is examined, and the
+        boundaries of gates that describe their own shifts (``TailGate``: the region moved along each axis;
+        ``MixtureGate``: the ellipse's half-width along X).
     sample : cytopipe.fcs.Sample
         The sample.
     treg, parent : str, optional
@@ -170,25 +172,39 @@ def sensitivity(
     base = treg_pct(base_masks)
     rows = []
     for pop in strategy.populations:
-        if not isinstance(pop.gate, ThresholdGate) or pop.name not in needed:
+        if pop.name not in needed or not (isinstance(pop.gate, ThresholdGate) or hasattr(pop.gate, "shifts")):
             continue
         gate = fitted.population(pop.name).gate
-        assert isinstance(gate, RectangleGate)
         stale = below(pop.name)
-        for i, (dim, t) in enumerate(zip(gate.dimensions, pop.gate.thresholds, strict=True)):
-            bound = "min" if t.side == "above" else "max"
-            friendly = from_units((gate.min if bound == "min" else gate.max)[i], dim.transform)
+        for channel, bound, friendly, *moved_gates in _shifts(pop.gate, gate, delta):
             moved = []
-            for sign in (-1.0, 1.0):
-                shifted = list(gate.min if bound == "min" else gate.max)
-                shifted[i] = to_units(friendly + sign * delta, dim.transform)
-                new = replace(gate, **{bound: tuple(shifted)})
+            for new in moved_gates:
                 masks = {k: v for k, v in base_masks.items() if k not in stale}
                 _evaluate([replace(p, gate=new) if p.name == pop.name else p for p in pops], columns, masks, entry,
                           keep=False)
                 moved.append(treg_pct(masks))
-            rows.append({"population": pop.name, "channel": str(dim.channel), "bound": bound, "threshold": friendly,
+            rows.append({"population": pop.name, "channel": channel, "bound": bound, "threshold": friendly,
                          "delta": delta, "treg_pct": base, "treg_pct_minus": moved[0], "treg_pct_plus": moved[1],
                          "max_change_pp": max(abs(moved[0] - base), abs(moved[1] - base)),
                          "n_events": n_events})
     return rows
+
+
+def _shifts(auto: Any, gate: Gate, delta: float) -> list[tuple[str, str, float, Gate, Gate]]:
+    """``(channel, bound, value, gate moved down, gate moved up)`` for each fitted boundary of a data-driven gate:
+    each threshold of a :class:`ThresholdGate` moved by -/+ ``delta``; other gates describe their own
+    (``shifts``)."""
+    if not isinstance(auto, ThresholdGate):
+        return auto.shifts(gate, delta)
+    assert isinstance(gate, RectangleGate)
+    out = []
+    for i, (dim, t) in enumerate(zip(gate.dimensions, auto.thresholds, strict=True)):
+        bound = "min" if t.side == "above" else "max"
+        friendly = from_units((gate.min if bound == "min" else gate.max)[i], dim.transform)
+        moved = []
+        for sign in (-1.0, 1.0):
+            shifted = list(gate.min if bound == "min" else gate.max)
+            shifted[i] = to_units(friendly + sign * delta, dim.transform)
+            moved.append(replace(gate, **{bound: tuple(shifted)}))
+        out.append((str(dim.channel), bound, friendly, moved[0], moved[1]))
+    return out

@@ -24,6 +24,13 @@ from .robust import _quantile
 
 def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0, max_iter: int = 200,
                      tol: float = 1e-4, reg_covar: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-covariance Gaussian mixture by expectation-maximisation; see :func:`mixture_em` (which also says whether
+    EM converged)."""
+    return mixture_em(z, n_components, random_state=random_state, max_iter=max_iter, tol=tol, reg_covar=reg_covar)[:3]
+
+
+def mixture_em(z: np.ndarray, n_components: int, *, random_state: int = 0, max_iter: int = 200, tol: float = 1e-4,
+               reg_covar: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """Full-covariance Gaussian mixture by expectation-maximisation (k-means++ seeding, three k-means rounds).
 
     Parameters
@@ -39,8 +46,9 @@ def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0,
 
     Returns
     -------
-    (weights, means, covariances)
-        ``(k,)``, ``(k, d)`` and ``(k, d, d)``.
+    (weights, means, covariances, converged)
+        ``(k,)``, ``(k, d)`` and ``(k, d, d)``, and whether the log-likelihood gain fell below ``tol`` within
+        ``max_iter`` rounds.
 
     Notes
     -----
@@ -90,6 +98,7 @@ def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0,
     eye = reg_covar * np.eye(d)
     constant = d * np.log(2 * np.pi)
     previous = -np.inf
+    converged = False
     for _ in range(max_iter):
         # M-step from the weighted moments (float64: the data are standardised, so E[zz^T] - mm^T loses nothing)
         moments = resp @ features  # (k, m)
@@ -115,9 +124,10 @@ def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0,
         resp /= norm
         likelihood = float((top + np.log(norm)).mean())
         if likelihood - previous < tol:
+            converged = True
             break
         previous = likelihood
-    return weights, means, covs
+    return weights, means, covs, converged and bool(np.isfinite(likelihood))
 
 
 def fit_scatter_ellipse(
