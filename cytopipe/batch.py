@@ -27,6 +27,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import ConfigError, GateError
+from .fcs import SCALES
 from .outputs import atomic_write, write_csv
 from .pipeline import (
     FAILURE_COLUMNS,
@@ -433,10 +434,12 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
         try:
             if "baseline" in scopes and True not in flags:
                 raise GateError(f"subject {subject} has no baseline sample to fit baseline-scope gates on")
-            loaded = [read_sample(rec.file, panels.get(rec.file)) for rec in chosen.itertuples(index=False)]
+            loaded = [read_sample(rec.file, panels.get(rec.file), scale=strategy.scale)
+                      for rec in chosen.itertuples(index=False)]
             spills = [spillover_for(sample, rec.spillover)
                       for sample, rec in zip(loaded, chosen.itertuples(index=False), strict=True)]
-            tubes = {role: read_sample(path, panels.get(path)) for role, path in controls.get(subject, ())} or None
+            tubes = {role: read_sample(path, panels.get(path), scale=strategy.scale)
+                     for role, path in controls.get(subject, ())} or None
             resolved, _ = resolve_optional(strategy, loaded[0]) if loaded else (strategy, [])
             fitted[subject], params = fit_strategy(resolved, loaded, spillover=spills, controls=tubes, scopes=scopes,
                                                    baseline=flags.index(True) if True in flags else None)
@@ -643,7 +646,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
                        "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
                        "z": z, "plots": plots, "treg": treg_name, "parent": parent_name,
-                       "panel": panel_file.record() if panel_file is not None else None, "pregated": pregated}
+                       "panel": panel_file.record() if panel_file is not None else None, "pregated": pregated,
+                       "values": {"scale": strategy.scale, "decoding": SCALES[strategy.scale], "precision": "float32"}}
     _write_manifest(out, sheet, gates, strategy, table, results, settings_record)
     if report:
         from .report import render_report
@@ -781,6 +785,7 @@ def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spi
             "spillover": sha_of(matrix), "controls": [(role, sha_of(path)) for role, path in subject_controls],
             "panels": sorted((Path(path).name, p.sha256) for path, p in used.items()),
             "pregated": own.populations[0].name if own is not strategy else (pregated or ""),
+            "scale": strategy.scale,
         }, sort_keys=True, default=str))
     return tasks, settings, client_fitted
 

@@ -30,7 +30,8 @@ from cytopipe.compensate import spillover_from_metadata
 from cytopipe.errors import FCSError, MarkerError
 from cytopipe.outputs import atomic_open
 
-__all__ = ["Sample", "read_fcs", "write_fcs", "describe", "format_description", "count_datasets", "file_sha256"]
+__all__ = ["SCALES", "Sample", "read_fcs", "write_fcs", "describe", "format_description", "count_datasets",
+           "file_sha256", "channel_decoding", "top_of_scale", "to_scale"]
 
 HEADER_SIZE = 58
 _MAX_HEADER_OFFSET = 99_999_999  # HEADER offset fields are 8 ASCII digits
@@ -65,7 +66,7 @@ class Sample:
         File path as given ('' for an in-memory sample).
     events : numpy.ndarray
         ``(n_events, n_channels)`` C-ordered, writable; float32 (float64 when any channel is stored as double,
-        ``$DATATYPE=D`` or ``$PnDATATYPE=D``, and for ``read_fcs(scale=True)``).
+        ``$DATATYPE=D`` or ``$PnDATATYPE=D``, and for ``read_fcs(exact=True)``).
     channels : tuple of str
         ``$PnN`` in file order; duplicates are made unique with a suffix ``_2``, ``_3``, ...
     markers : tuple of str
@@ -74,6 +75,9 @@ class Sample:
         All TEXT keywords, keys upper-cased with any ``$`` kept (``"$CYT"``, ``"SPILL"``).
     version : str
         The HEADER version, e.g. ``"FCS3.1"``.
+    scale : str
+        How ``events`` were decoded from the stored channel values (one of :data:`SCALES`): ``"raw"`` for an
+        in-memory sample unless given.
     """
 
     path: str
@@ -82,6 +86,7 @@ class Sample:
     markers: tuple[str, ...]
     metadata: dict[str, str]
     version: str
+    scale: str = "raw"
 
     @property
     def n_events(self) -> int:
@@ -199,18 +204,32 @@ class _File:
         return self.handle.read(stop - start)
 
 
-def read_fcs(path: str | os.PathLike[str], *, scale: bool = False, dataset: int = 0) -> Sample:
+def read_fcs(path: str | os.PathLike[str], *, scale: bool | str = "log", exact: bool = False,
+             dataset: int = 0) -> Sample:
     """Read one data set of an FCS file.
 
     Parameters
     ----------
     path : str or path-like
         The FCS file.
-    scale : bool, default False
-        False: raw channel values (integers masked by the ``$PnR`` bit mask). True: scale values as flowCore's
-        ``read.FCS(transformation="linearize-with-PnG-scaling")`` computes them: log-amplified channels
-        (``$PnE=f1,f2`` with ``f1 > 0``) become ``10**(f1 * x / $PnR) * f2`` (``f2 = 0`` taken as 1) and linear
-        channels are divided by ``$PnG``. Scaled events are float64 (see Notes).
+    scale : {"log", "gain", "raw"} or bool, default "log"
+        How channel values become the values FCS 3.1 defines ("scale values"), see :data:`SCALES`:
+
+        * ``"log"``: log-amplified channels (``$PnE=f1,f2`` with ``f1 > 0``) are decoded to
+          ``10**(f1 * x / $PnR) * f2`` (``f2 = 0`` taken as 1), FCS 3.1 section 3.3.36 (FlowKit's and flowCore's
+          default). Linear channels are left as stored. This is what every command uses for YAML gate files.
+        * ``"gain"``: as ``"log"``, and linear channels are divided by ``$PnG``: flowCore's
+          ``read.FCS(transformation="linearize-with-PnG-scaling")``, the data the Gating-ML 2.0 compliance
+          results assume.
+        * ``"raw"``: channel values as stored (integers masked by the ``$PnR`` bit mask).
+
+        ``True`` is ``"gain"`` read exactly (float64), ``False`` is ``"raw"`` (the meanings of earlier versions).
+    exact : bool, default False
+        Precision of decoded values. False: float32, like every stored value (the fast path; a decoded value may
+        then differ from the exact one in its last bit, which moves an event lying exactly on a gate boundary).
+        True: float64 events, so values such as ``10**(4 * 256 / 1024) = 10.0`` hold exactly (Gating-ML
+        compliance counts depend on them). Files with nothing to decode are returned as stored either way,
+        unless ``exact`` is True (then float64).
     dataset : int, default 0
         Which data set to read in a file with several (``$NEXTDATA`` chain); see :func:`count_datasets`.
 
@@ -235,8 +254,7 @@ def read_fcs(path: str | os.PathLike[str], *, scale: bool = False, dataset: int 
     4. Decode DATA: little-endian float32/float64 are mapped without copying; integers are converted to
        float32 and masked with ``2**ceil(log2($PnR)) - 1`` where ``$PnR < 2**$PnB``.
 
-    Scaled values are float64 because log decoding of integer channels produces values that float32 cannot
-    hold exactly, and Gating-ML compliance counts depend on events lying exactly on gate boundaries.
+    5. Decode values as ``scale`` asks (:func:`decode_values`); ``Sample.scale`` records which decoding was used.
     """
     if isinstance(dataset, bool) or not isinstance(dataset, int) or dataset < 0:
         raise FCSError(f"{os.fspath(path)}: dataset must be a non-negative integer, got {dataset!r}")
@@ -245,8 +263,8 @@ def read_fcs(path: str | os.PathLike[str], *, scale: bool = False, dataset: int 
         segments, metadata = _locate_dataset(fcs, dataset)
         channels, markers = _channel_names(fcs, metadata)
         events = _read_data(fcs, segments, metadata, len(channels))
-        if scale:
-            events = _scale(fcs, events, metadata)
+        mode = _scale_mode(fcs, scale)
+        events = _decode_values(fcs, events, metadata, mode, exact or scale is True)
     finally:
         fcs.close()
     return Sample(
@@ -256,6 +274,7 @@ def read_fcs(path: str | os.PathLike[str], *, scale: bool = False, dataset: int 
         markers=markers,
         metadata=metadata,
         version=segments.version,
+        scale=mode,
     )
 
 
@@ -733,24 +752,119 @@ def _decode_packed(fcs: _File, start: int, n_events: int, layout: _Layout, metad
     return out[:n_events]
 
 
-def _scale(fcs: _File, events: np.ndarray, metadata: Mapping[str, str]) -> np.ndarray:
-    with np.errstate(invalid="ignore"):  # signalling NaNs, see _decode_bytes
-        out = np.array(events, dtype=np.float64, order="C")
-    for i in range(out.shape[1]):
-        n = i + 1
-        decades, offset = _amplification(metadata.get(f"$P{n}E", "0,0"))
+#: Value decodings of :func:`read_fcs`: what each does, as recorded in ``manifest.json``.
+SCALES = {
+    "log": "$PnE log channels decoded to 10**(f1*x/$PnR)*f2 (f2=0 -> 1); linear channels as stored",
+    "gain": "$PnE log channels decoded to 10**(f1*x/$PnR)*f2 (f2=0 -> 1); linear channels divided by $PnG",
+    "raw": "channel values as stored",
+}
+
+
+def _scale_mode(fcs: _File, scale: bool | str) -> str:
+    if scale is True:
+        return "gain"
+    if scale is False:
+        return "raw"
+    if scale not in SCALES:
+        raise fcs.error(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    return str(scale)
+
+
+def channel_decoding(metadata: Mapping[str, str], index: int, scale: str) -> tuple[float, float, float] | None:
+    """How channel ``index`` (0-based) is decoded under ``scale``: ``(decades, offset, gain)`` or None (as stored).
+
+    ``decades > 0``: ``10**(decades * x / $PnR) * offset``; else ``x / gain``. Unreadable keywords count as absent
+    here (the reader reports them when it needs them).
+    """
+    if scale == "raw":
+        return None
+    n = index + 1
+    decades, offset = _amplification(metadata.get(f"$P{n}E", "0,0"))
+    if decades > 0:
+        return decades, (offset if offset > 0 else 1.0), 1.0
+    if scale == "gain":
+        try:
+            gain = float(metadata.get(f"$P{n}G", "").strip() or 1.0)
+        except ValueError:
+            return None
+        if gain > 0 and gain != 1.0 and math.isfinite(gain):
+            return 0.0, 0.0, gain
+    return None
+
+
+def top_of_scale(metadata: Mapping[str, str], index: int, scale: str) -> float | None:
+    """The top of scale of channel ``index`` in the units :func:`read_fcs` returns under ``scale``.
+
+    ``$PnR`` for a channel read as stored; ``10**decades * offset`` for a decoded log channel; ``$PnR / $PnG`` for
+    a gain-scaled one. None when ``$PnR`` is missing or not a positive number.
+    """
+    try:
+        prange = float(metadata.get(f"$P{index + 1}R", "").strip())
+    except ValueError:
+        return None
+    if not (math.isfinite(prange) and prange > 0):
+        return None
+    decoding = channel_decoding(metadata, index, scale)
+    if decoding is None:
+        return prange
+    decades, offset, gain = decoding
+    return 10.0 ** decades * offset if decades > 0 else prange / gain
+
+
+def to_scale(metadata: Mapping[str, str], index: int, scale: str, value: float) -> float:
+    """A stored channel value of channel ``index`` in the units :func:`read_fcs` returns under ``scale``."""
+    decoding = channel_decoding(metadata, index, scale)
+    if decoding is None:
+        return value
+    decades, offset, gain = decoding
+    if decades <= 0:
+        return value / gain
+    try:
+        prange = float(metadata.get(f"$P{index + 1}R", "").strip())
+    except ValueError:
+        return value
+    return 10.0 ** (decades * value / prange) * offset if prange > 0 else value
+
+
+def _decode_values(fcs: _File, events: np.ndarray, metadata: Mapping[str, str], scale: str,
+                   exact: bool) -> np.ndarray:
+    """Apply the ``scale`` decoding: float32 in place (copy-on-write pages are private), float64 when ``exact``."""
+    plan = [(i, channel_decoding(metadata, i, scale)) for i in range(events.shape[1])]
+    plan = [(i, d) for i, d in plan if d is not None]
+    if exact and scale != "raw":
+        with np.errstate(invalid="ignore"):  # signalling NaNs, see _decode_bytes
+            out = np.array(events, dtype=np.float64, order="C")
+    elif not plan:
+        return events
+    else:
+        out = events
+    for i, (decades, offset, gain) in plan:
+        column = out[:, i].astype(np.float64)
         if decades > 0:
-            prange = _float_keyword(fcs, metadata, f"$P{n}R")
-            if prange <= 0:
-                raise fcs.error(f"$P{n}E={metadata[f'$P{n}E']} is logarithmic but $P{n}R is not a positive range")
-            out[:, i] = 10.0 ** (decades * out[:, i] / prange) * (offset if offset > 0 else 1.0)
+            prange = _float_keyword(fcs, metadata, f"$P{i + 1}R")
+            if not prange > 0:
+                raise fcs.error(f"$P{i + 1}E={metadata[f'$P{i + 1}E']} is logarithmic but $P{i + 1}R is not a "
+                                f"positive range")
+            column = _antilog(column, decades, offset, prange)
         else:
-            gain = metadata.get(f"$P{n}G", "").strip()
-            if gain:
-                value = _float_keyword(fcs, metadata, f"$P{n}G")
-                if value > 0 and value != 1.0:
-                    out[:, i] /= value
+            column /= gain
+        out[:, i] = column
     return out
+
+
+def _antilog(column: np.ndarray, decades: float, offset: float, prange: float) -> np.ndarray:
+    """``10**(decades * x / prange) * offset`` in float64, identical for every x to the scalar C ``pow``.
+
+    Log channels hold integers below ``$PnR``: a table of the scalar results (the C library's ``pow``, which
+    flowCore and FlowIO's truth use) is both faster and independent of numpy's vectorised ``pow``, whose last
+    bit can differ on contiguous arrays; a value on a gate boundary must not move with memory layout.
+    """
+    size = int(prange) + 1
+    if size <= 1 << 22 and column.size and np.array_equal(column, np.floor(column)) \
+            and column.min() >= 0 and column.max() < size:
+        table = np.array([10.0 ** (decades * k / prange) * offset for k in range(size)])
+        return table[column.astype(np.int64)]
+    return 10.0 ** (decades * column / prange) * offset  # non-integer (float-stored) log channel: rare
 
 
 def _amplification(value: str) -> tuple[float, float]:
@@ -1013,14 +1127,25 @@ def describe(sample: Sample) -> dict[str, Any]:
     -------
     dict
         ``path``, ``version``, ``instrument`` (``$CYT``), ``events``, ``channels`` (list of dicts with ``index``,
-        ``name`` ``$PnN``, ``marker`` ``$PnS``, ``range`` ``$PnR``), ``spillover`` (``present``, ``keyword``,
+        ``name`` ``$PnN``, ``marker`` ``$PnS``, ``range`` ``$PnR``, ``scale`` how values were decoded, ``top`` the
+        top of scale in decoded units, e.g. 10000 for ``$PnE=4,0``), ``values`` (the sample's decoding),
+        ``spillover`` (``present``, ``keyword``,
         ``detectors``, and ``error`` when the keyword is malformed),
         ``datasets`` (count, None for an in-memory sample) and ``sha256`` of the file (None in memory).
     """
     channels = []
     for i, (name, marker) in enumerate(zip(sample.channels, sample.markers, strict=True), start=1):
+        decoding = channel_decoding(sample.metadata, i - 1, sample.scale)
+        if decoding is None:
+            scale = "linear"
+        elif decoding[0] > 0:
+            scale = f"log {decoding[0]:g} decades x {decoding[1]:g}"
+        else:
+            scale = f"linear / gain {decoding[2]:g}"
+        top = top_of_scale(sample.metadata, i - 1, sample.scale)
         channels.append(
-            {"index": i, "name": name, "marker": marker, "range": sample.metadata.get(f"$P{i}R", "").strip()}
+            {"index": i, "name": name, "marker": marker, "range": sample.metadata.get(f"$P{i}R", "").strip(),
+             "scale": scale, "top": top}
         )
     spillover: dict[str, Any] = {"present": False, "keyword": None, "detectors": []}
     try:
@@ -1040,6 +1165,7 @@ def describe(sample: Sample) -> dict[str, Any]:
         "version": sample.version,
         "instrument": sample.metadata.get("$CYT", "").strip(),
         "events": sample.n_events,
+        "values": SCALES.get(sample.scale, sample.scale),
         "channels": channels,
         "spillover": spillover,
         "datasets": datasets,
@@ -1065,6 +1191,7 @@ def format_description(info: Mapping[str, Any]) -> str:
         f"events:      {info.get('events', 0):,}",
         f"data sets:   {info.get('datasets') if info.get('datasets') is not None else 'n/a'}",
         f"spillover:   {_spill_text(spill)}",
+        f"values:      {info.get('values') or 'as stored'}",
     ]
     if info.get("sha256"):
         lines.append(f"sha256:      {info['sha256']}")
@@ -1073,5 +1200,8 @@ def format_description(info: Mapping[str, Any]) -> str:
     width = max((len(str(c["name"])) for c in channels), default=4)
     for c in channels:
         marker = c.get("marker") or "-"
-        lines.append(f"  {c['index']:>3}  {c['name']:<{width}}  {marker:<20}  range {c.get('range') or '-'}")
+        top = c.get("top")
+        shown = f"{top:g}" if top is not None and c.get("scale", "linear") != "linear" else (c.get("range") or "-")
+        scale = "" if c.get("scale", "linear") == "linear" else f"  ({c['scale']}, $PnR {c.get('range')})"
+        lines.append(f"  {c['index']:>3}  {c['name']:<{width}}  {marker:<20}  range {shown}{scale}")
     return "\n".join(lines)

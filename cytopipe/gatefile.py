@@ -61,7 +61,7 @@ __all__ = [
     "friendly_units",
 ]
 
-TOP_KEYS = ("name", "treg", "parent", "compensation", "transforms", "populations")
+TOP_KEYS = ("name", "treg", "parent", "compensation", "scale", "transforms", "populations")
 POPULATION_KEYS = ("name", "parent", "gate", "optional")
 CHANNEL_KEYS = ("channel", "transform", "compensation", "ratio")
 #: Keys each fixed gate type accepts (``type`` included).
@@ -252,6 +252,10 @@ class _Parser:
             self.problem("", f"name: expected text, got {_show(name)}")
             name = ""
         self.parse_compensation(document.get("compensation", "file"))
+        scale = document.get("scale", "log")
+        if scale not in ("log", "gain", "raw"):
+            self.problem("", f"scale: expected 'log', 'gain' or 'raw', got {_show(scale)}")
+            scale = "log"
         self.parse_transforms(document.get("transforms"))
         if "populations" not in document:
             self.problem("", "populations: missing")
@@ -281,6 +285,7 @@ class _Parser:
                 parent=parent,
                 compensation=self.compensation,
                 source=text,
+                scale=scale,
             )
         except GateError as exc:
             self.problem("", str(exc))
@@ -1169,6 +1174,8 @@ class _Writer:
         if strategy.parent is not None:
             doc["parent"] = strategy.parent
         doc["compensation"] = self.top_comp
+        if strategy.scale != "log":
+            doc["scale"] = strategy.scale
         transforms = self.transform_names()
         if transforms:
             doc["transforms"] = {name: _transform_spec(t) for name, t in transforms.items()}

@@ -583,9 +583,14 @@ class GatingStrategy:
     parent: str | None = None
     compensation: str = "file"
     source: str = ""
+    #: How the events must be decoded for these gates (:data:`cytopipe.fcs.SCALES`): ``"log"`` ($PnE, FCS 3.1),
+    #: ``"gain"`` (also $PnG: Gating-ML 2.0 as its compliance suite defines it) or ``"raw"``.
+    scale: str = "log"
 
     def __post_init__(self) -> None:
         where = f"gating strategy {self.name!r}" if self.name else "gating strategy"
+        if self.scale not in ("log", "gain", "raw"):
+            raise GateError(f"{where}: scale must be 'log', 'gain' or 'raw', got {self.scale!r}")
         pops = tuple(self.populations)
         names: dict[str, Population] = {}
         for pop in pops:

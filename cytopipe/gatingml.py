@@ -127,7 +127,7 @@ class _Reader:
         try:
             return GatingStrategy(
                 tuple(populations), matrices=dict(self.matrices), transforms=dict(self.transforms),
-                name=Path(self.path).stem, source=text,
+                name=Path(self.path).stem, source=text, scale="gain",  # the compliance suite's reading of the data
             )
         except GateError as exc:
             raise GateError(f"{self.path}: {exc}") from None

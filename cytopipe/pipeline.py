@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, CytopipeError, GateError
-from .fcs import file_sha256, write_fcs
+from .fcs import file_sha256, read_fcs, write_fcs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -241,7 +241,7 @@ def _fit_sample_gates(strategy: Any, sample: Any, spillover: Any, controls: tupl
     from .panel import read_sample
 
     panels = panels or {}
-    tubes = {role: read_sample(path, panels.get(path)) for role, path in controls} or None
+    tubes = {role: read_sample(path, panels.get(path), scale=strategy.scale) for role, path in controls} or None
     return fit_strategy(strategy, [sample], spillover=spillover, controls=tubes)
 
 
@@ -298,7 +298,8 @@ def process_sample(task: SampleTask) -> SampleResult:
 
     Notes
     -----
-    1. read: SHA-256 of the bytes, then :func:`cytopipe.fcs.read_fcs` (float32 events), then acquisition QC
+    1. read: SHA-256 of the bytes, then :func:`cytopipe.fcs.read_fcs` (float32 events, decoded as the gate file's
+       ``scale`` asks: ``$PnE`` always, ``$PnG`` for Gating-ML), then acquisition QC
        (:mod:`cytopipe.qc`): corrupt data fail here; margin events and a missing spillover become flags.
     2. compensate: choose the spillover (:func:`choose_spillover`); the strategy compensates only the channels
        its gates use, so the full events matrix is never copied.
@@ -336,7 +337,7 @@ def process_sample(task: SampleTask) -> SampleResult:
         return fail("read", task.failure)
     try:
         out.sha256 = file_sha256(task.file)
-        sample = read_sample(task.file, task.panels.get(task.file))
+        sample = read_sample(task.file, task.panels.get(task.file), scale=task.strategy.scale)
         qc = check_acquisition(sample)
         require_plausible(sample, qc)  # gating garbage would give numbers that mean nothing
     except Exception as err:  # noqa: BLE001 - any problem with one file must not stop the batch
@@ -411,17 +412,21 @@ def _draw_plot(result: Any, strategy: Any, sample: str, treg: str | None, plots_
 
 def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, panel: str | os.PathLike | None = None,
                    pregated: str | None = None) -> tuple[Any, Any, Any]:
-    """Read one file (with its panel) and gate it with a gate file (sample-scope fitting for data-driven gates)."""
+    """Read one file (with its panel) and gate it with a gate file (sample-scope fitting for data-driven gates).
+
+    The exact path (float64 decoding and transforms): ``gate`` and ``export`` output individual events, and an
+    event on a gate boundary must land where Gating-ML 2.0 puts it (float32 decoding of log channels moves some).
+    """
     from .adapt import pregate, resolve_optional
     from .gatefile import load_strategy
     from .panel import read_panel, read_sample
 
     strategy = pregate(load_strategy(gates_path), pregated, where=str(gates_path))
-    sample = read_sample(fcs_path, read_panel(panel) if panel else None)
+    sample = read_sample(fcs_path, read_panel(panel) if panel else None, scale=strategy.scale, exact=True)
     spillover = choose_spillover(sample, strategy)
     strategy, _ = resolve_optional(strategy, sample)
     strategy, _ = _fit_sample_gates(strategy, sample, spillover)
-    return sample, strategy, strategy.apply(sample, spillover)
+    return sample, strategy, strategy.apply(sample, spillover, exact=True)
 
 
 def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
@@ -456,9 +461,9 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
                       pregated: str | None = None) -> int:
     """Write the events of one population as an FCS 3.1 file (``cytopipe export``).
 
-    The events are written as read (uncompensated, untransformed), so the exported file can be gated again with
-    the same spillover: every TEXT keyword is kept (``$SPILLOVER``, ``$PnS``, ``$PnR``, user keywords; the data
-    layout keywords are recomputed by :func:`cytopipe.fcs.write_fcs`), and ``CYTOPIPE_POPULATION`` /
+    The events are written as stored (not decoded, uncompensated, untransformed), so the exported file can be gated
+    again with the same spillover: every TEXT keyword is kept (``$SPILLOVER``, ``$PnS``, ``$PnR``, user keywords;
+    the data layout keywords are recomputed by :func:`cytopipe.fcs.write_fcs`), and ``CYTOPIPE_POPULATION`` /
     ``CYTOPIPE_SOURCE`` record the origin.
 
     Parameters
@@ -487,7 +492,8 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
         raise ConfigError(f"{out_path}: refusing to overwrite the input file")
     sample, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated)
     name = _find_population([p.name for p in strategy.populations], population, str(gates_path), "--population")
-    events = sample.events[result.masks[name]]
+    # The stored channel values, not the decoded ones: the file keeps its $PnE/$PnG keywords.
+    events = read_fcs(fcs_path, scale="raw").events[result.masks[name]]
     # write_fcs recomputes the layout keywords and writes atomically; everything else is carried over.
     metadata = {**sample.metadata, "CYTOPIPE_POPULATION": name, "CYTOPIPE_SOURCE": Path(fcs_path).name}
     write_fcs(out_path, events, sample.channels, sample.markers, metadata)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .compensate import spillover_from_metadata
 from .errors import CytopipeError, FCSError
-from .fcs import Sample
+from .fcs import Sample, to_scale, top_of_scale
 
 #: Values beyond this multiple of ``$PnR`` cannot come from the detector. Generous on purpose: some instruments
 #: write derived channels (MACSQuant pulse widths reach ~125 x their ``$PnR`` of 1000); damaged files reach 1e20+.
@@ -118,9 +118,12 @@ def check_acquisition(sample: Sample) -> AcquisitionQC:
             if limit is None:
                 bad |= ~np.isfinite(column)
                 continue
-            bad |= ~(np.abs(column) <= IMPLAUSIBLE_RANGE_FACTOR * limit)  # also catches NaN
+            # Ranges in the units the events were decoded to ($PnE log channels reach 10**decades, not $PnR).
+            top = top_of_scale(sample.metadata, j, sample.scale) or limit
+            bad |= ~(np.abs(column) <= IMPLAUSIBLE_RANGE_FACTOR * top)  # also catches NaN
             if _is_fluorescence_or_scatter(channel) and not _is_width(channel) and n:
-                margin[channel] = 100.0 * np.count_nonzero(column >= limit - 1) / n
+                at = to_scale(sample.metadata, j, sample.scale, limit - 1)
+                margin[channel] = 100.0 * np.count_nonzero(column >= column.dtype.type(at)) / n
     try:
         has_spillover = spillover_from_metadata(sample.metadata, sample.channels, path=sample.path) is not None
     except CytopipeError:

@@ -8,7 +8,7 @@ evidence for it (the FCS standard, or a second copy of the same events in the sa
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ from cytopipe.errors import FCSError
 from cytopipe.fcs import _File, _read_header_and_text, count_datasets, read_fcs
 
 INSTRUMENTS = SHARED_DATA / "instruments"
+# The reference readouts are channel values as stored: compare with cytopipe's raw reading.
+read_raw = partial(read_fcs, scale="raw")
 _READOUTS = INSTRUMENTS / "reference_readouts.json"
 ALL_FILES = [e["file"] for e in json.loads(_READOUTS.read_text())["files"]] if _READOUTS.is_file() else []
 # Files where the two reference parsers disagree or fail; each has its own test below.
@@ -52,7 +54,7 @@ def test_all_42_files_are_listed(shared_data: Path) -> None:
 @pytest.mark.parametrize("name", [f for f in ALL_FILES if f not in POLICY])
 def test_matches_reference_parsers(shared_data: Path, name: str) -> None:
     ref = _readouts(shared_data)[name]
-    sample = read_fcs(shared_data / "instruments" / name)
+    sample = read_raw(shared_data / "instruments" / name)
     flowio_ref, fcsparser_ref = ref.get("flowio") or {}, ref.get("fcsparser") or {}
     oracles = [r for r in (flowio_ref, fcsparser_ref) if r.get("first_rows") is not None]
     assert oracles, "every file outside POLICY is read by at least one reference parser"
@@ -80,7 +82,7 @@ def test_matches_reference_parsers(shared_data: Path, name: str) -> None:
     if flowio_ref.get("n_data_sets"):
         assert count_datasets(sample.path) == flowio_ref["n_data_sets"]
         for k, n in enumerate(flowio_ref.get("events_per_data_set") or []):
-            assert read_fcs(sample.path, dataset=k).n_events == n
+            assert read_raw(sample.path, dataset=k).n_events == n
 
 
 def test_start_offset_discrepancy_uses_text_offsets(shared_data: Path) -> None:
@@ -92,7 +94,7 @@ def test_start_offset_discrepancy_uses_text_offsets(shared_data: Path) -> None:
     path = shared_data / "instruments" / name
     segments, _ = _read_header_and_text(_File(path), 0)
     assert segments.header_data[0] == 5555 and segments.text == (74, 6080) and segments.data[0] == 6081
-    sample = read_fcs(path)
+    sample = read_raw(path)
     np.testing.assert_array_equal(sample.events[:2], ref["flowio"]["first_rows"])
     assert ref["fcsparser"]["first_rows"][0][0] == int.from_bytes(b",0", "little")
     assert path.read_bytes()[5555:5557] == b",0"
@@ -106,7 +108,7 @@ def test_cyan_uses_header_offsets(shared_data: Path) -> None:
     # (FlowIO's choice) start 46 bytes = 23 values later and shift every column by one.
     name = "cytoflow_instruments/Beckman Coulter - Cyan.fcs"
     ref = _readouts(shared_data)[name]
-    sample = read_fcs(shared_data / "instruments" / name)
+    sample = read_raw(shared_data / "instruments" / name)
     assert sample.metadata["$P3R"] == "512" and sample.events[:, 2].max() < 512
     np.testing.assert_array_equal(sample.events[:2], ref["fcsparser"]["first_rows"])
     # FlowIO's rows are ours read from one value before event 3: its column j holds our column j - 1.
@@ -123,8 +125,8 @@ def test_ten_bit_lmd_is_stored_in_16_bit_words(shared_data: Path) -> None:
     # floor(FS / 1024) reproduces the 10-bit values for every event. fcsparser reads a bit stream and is wrong.
     path = shared_data / "instruments/cytoflow_instruments/Beckman Coulter - Cytomics FC500.LMD"
     assert count_datasets(path) == 2
-    ten_bit = read_fcs(path)
-    full = read_fcs(path, dataset=1)
+    ten_bit = read_raw(path)
+    full = read_raw(path, dataset=1)
     assert ten_bit.version == "FCS2.0" and full.version == "FCS3.0"
     assert ten_bit.n_events == full.n_events == 27072
     assert ten_bit.events.max() <= 1023
@@ -139,7 +141,7 @@ def test_partec_keywords_padded_with_spaces(shared_data: Path) -> None:
     # Keyword names are ASCII without spaces (FCS 3.1 section 3.2.7), so surrounding blanks are stripped.
     # $ENDDATA=586934 equals the file size (one past the last byte): the usual off-by-one, tolerated.
     path = shared_data / "instruments/cytoflow_instruments/Partec - CyFlow v2.9.fcs"
-    sample = read_fcs(path)
+    sample = read_raw(path)
     assert sample.metadata["$DATATYPE"] == "I"
     assert sample.events.shape == (72989, 4) and sample.channels == ("FSC", "SSC", "FL_Green", "Time")
     assert sample.events.max(axis=0).tolist() <= [32767.0] * 4 and sample.events.min() >= 0
@@ -151,11 +153,11 @@ def test_partec_keywords_padded_with_spaces(shared_data: Path) -> None:
 def test_corrupt_and_header_only_files_are_rejected(shared_data: Path) -> None:
     corrupt = shared_data / "instruments/fcsparser/corrupted/corrupted.fcs"
     with pytest.raises(FCSError) as err:
-        read_fcs(corrupt)
+        read_raw(corrupt)
     assert str(err.value) == f"{corrupt}: not an FCS file: 10 bytes is shorter than the 58-byte HEADER"
     header_only = shared_data / "instruments/fcsparser/cytek-nl-2000/sample_header.fcs"
     with pytest.raises(FCSError) as err:
-        read_fcs(header_only)
+        read_raw(header_only)
     assert str(err.value) == (
         f"{header_only}: DATA segment is missing: it should start at byte 5912 but the file ends at byte 3931 "
         "(a header-only or truncated file)"
@@ -165,13 +167,13 @@ def test_corrupt_and_header_only_files_are_rejected(shared_data: Path) -> None:
 def test_multiple_data_sets_and_bit_masks(shared_data: Path) -> None:
     coulter = shared_data / "instruments/flowio/fcs_files/coulter.lmd"  # FlowIO fails on this file
     assert count_datasets(coulter) == 2
-    first, second = read_fcs(coulter), read_fcs(coulter, dataset=1)
+    first, second = read_raw(coulter), read_raw(coulter, dataset=1)
     assert (first.version, second.version) == ("FCS2.0", "FCS3.0") and first.n_events == second.n_events == 18110
     with pytest.raises(FCSError, match="has 2 data set"):
-        read_fcs(coulter, dataset=2)
+        read_raw(coulter, dataset=2)
     # System II: bits D10-D15 carry other information; $PnR=1024 masks them off (FCS 3.1 section 3.3.4).
     path = shared_data / "instruments/cytoflow_instruments/System II listmode with extra info in bits D10-D15.LMD"
-    system2 = read_fcs(path)
+    system2 = read_raw(path)
     assert system2.events.max() <= 1023
     segments, meta = _read_header_and_text(_File(path), 0)
     words = np.frombuffer(path.read_bytes(), "<u2", count=system2.events.size, offset=segments.data[0])
@@ -182,7 +184,7 @@ def test_multiple_data_sets_and_bit_masks(shared_data: Path) -> None:
 def test_twenty_four_bit_integers(shared_data: Path) -> None:
     # FlowIO cannot read 24-bit data; fcsparser can, and cytopipe must match it on the whole first rows.
     name = "fcsparser/Cytek_xP5/Cytek_xP5.fcs"
-    sample = read_fcs(shared_data / "instruments" / name)
+    sample = read_raw(shared_data / "instruments" / name)
     assert sample.metadata["$P1B"] == "24" and sample.events.max() < 2**24
     np.testing.assert_array_equal(sample.events[:2], _readouts(shared_data)[name]["fcsparser"]["first_rows"])
 
@@ -194,7 +196,7 @@ def test_scaled_values_match_flowio_truth(shared_data: Path) -> None:
     truth = np.load(shared_data / "instruments/flowio/truth/data1_preprocessed.npy")
     assert data1.events.dtype == np.float64
     np.testing.assert_array_equal(data1.events, truth)
-    raw = read_fcs(shared_data / "gatingml2/isac_gatingMLData/FCSFiles/data1.fcs")
+    raw = read_raw(shared_data / "gatingml2/isac_gatingMLData/FCSFiles/data1.fcs")
     np.testing.assert_array_equal(
         raw.events, np.load(shared_data / "instruments/flowio/truth/data1_original_events.npy")
     )
@@ -225,11 +227,11 @@ def test_exported_population_reads_back_identically_everywhere(shared_data: Path
     from cytopipe.compensate import compensate, spillover_from_metadata
     from cytopipe.fcs import write_fcs
 
-    source = read_fcs(shared_data / "instruments" / name)
+    source = read_raw(shared_data / "instruments" / name)
     population = source.events[::3]  # any subset of events, as `cytopipe export` writes
     out = tmp_path / "population.fcs"
     write_fcs(out, population, source.channels, source.markers, source.metadata)
-    ours = read_fcs(out)
+    ours = read_raw(out)
     np.testing.assert_array_equal(ours.events, population)
     assert ours.channels == source.channels and ours.markers == source.markers
     kept = {k: v for k, v in source.metadata.items() if not k.startswith(("$BEGIN", "$END", "$TOT", "$P"))}
@@ -266,7 +268,7 @@ def test_flowjo_nine_bit_streams_are_least_significant_bit_first(shared_data: Pa
     files = sorted(folder.glob("*.fcs"))
     assert len(files) == 16
     for path in files:
-        sample = read_fcs(path)
+        sample = read_raw(path)
         assert sample.events.shape == (10000, 5) and sample.events.min() >= 0 and sample.events.max() <= 511
         assert np.corrcoef(sample.events[:, 0], sample.events[:, 1])[0, 1] > 0.5
         segments, _ = _read_header_and_text(_File(path), 0)
@@ -277,7 +279,7 @@ def test_flowjo_nine_bit_streams_are_least_significant_bit_first(shared_data: Pa
         ref = readouts[f"labkey_flowjo_advanced_tutorial/fcs/{path.name}"]
         assert ref["fcsparser"]["events"] == 10000 and "error" in ref["flowio"]
     scaled = read_fcs(files[0], scale=True)  # $P1G=2.5 on the linear ForSc; $PnE="3.84, 0.2" (with a space)
-    raw_events = read_fcs(files[0]).events.astype(np.float64)
+    raw_events = read_raw(files[0]).events.astype(np.float64)
     np.testing.assert_allclose(scaled.events[:, 0], raw_events[:, 0] / 2.5)
     np.testing.assert_allclose(scaled.events[:, 1], 10 ** (3.84 * raw_events[:, 1] / 512) * 0.2)
 
@@ -290,7 +292,7 @@ def test_other_shared_files_match_reference_parsers(shared_data: Path) -> None:
         for ref in json.loads((shared_data / folder / "reference_readouts.json").read_text())["files"]:
             if not ref.get("parsers_agree_on_first_rows"):
                 continue  # the LabKey 9-bit files: see the test above
-            sample = read_fcs(shared_data / folder / ref["file"])
+            sample = read_raw(shared_data / folder / ref["file"])
             expected = np.array(ref["flowio"]["first_rows"], dtype=np.float32)
             np.testing.assert_array_equal(sample.events[:2], expected)
             assert sample.n_events == ref["flowio"]["events"] and sample.channels == tuple(ref["PnN"])
