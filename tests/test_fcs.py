@@ -303,7 +303,8 @@ def test_describe_is_json_and_complete(written: tuple[Path, np.ndarray]) -> None
     assert info["version"] == "FCS3.1" and info["instrument"] == "FACSCanto II" and info["events"] == 2000
     assert info["spillover"] == {"present": True, "keyword": "$SPILLOVER", "detectors": ["FITC-A", "PE-A"]}
     assert info["datasets"] == 1
-    assert info["channels"][2] == {"index": 3, "name": "FITC-A", "marker": "CD4 FITC", "range": "262144"}
+    assert info["channels"][2] == {"index": 3, "name": "FITC-A", "marker": "CD4 FITC", "range": "262144",
+                                   "scale": "linear", "top": 262144.0}
     assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     text = format_description(info)
     assert "FACSCanto II" in text and "CD4 FITC" in text and "$SPILLOVER over 2 detectors" in text

@@ -303,8 +303,8 @@ MISTAKES = [
      "line 3: malformed YAML: duplicate key 'min'"),
     ("empty file", "", "populations: missing (the file is empty)"),
     ("not a mapping", "- a\n- b\n",
-     "expected a mapping of top-level keys (name, treg, parent, compensation, transforms, populations), got a list "
-     "of 2"),
+     "expected a mapping of top-level keys (name, treg, parent, compensation, scale, transforms, populations), "
+     "got a list of 2"),
     ("missing populations", "name: x\n", "populations: missing"),
     ("population without name",
      _POP + "  - parent: CD3+\n    gate: {type: range, channels: [CD4], min: 2}\n",
