@@ -519,7 +519,7 @@ def _versions() -> dict[str, str]:
 # the run
 
 
-def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathLike = "gates/treg.yaml",
+def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathLike = "treg",
         out: str | os.PathLike = "results", workers: int | None = None, scheduler: str | None = None,
         treg: str | None = None, parent: str | None = None, clinical: str | os.PathLike | None = None,
         spillover: str | os.PathLike | None = None, cva: float = 10.0, cvi: float = 10.0, z: float = 1.96,
@@ -533,7 +533,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     sheet
         Sample sheet CSV (see :func:`cytopipe.samplesheet.read_sample_sheet`).
     gates
-        Gate file, YAML or Gating-ML 2.0.
+        Gate file, YAML or Gating-ML 2.0, or a shipped strategy's name (``cytopipe gates list``).
     out
         Output folder (created). Finished samples are cached in ``out/.cache/``.
     workers
@@ -579,6 +579,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     CytopipeError
         A usage or configuration problem (bad sheet, gate file, option or scheduler address): exit code 2.
     """
+    from .bundled import find_gate_file
     from .gatefile import load_strategy
     from .samplesheet import read_sample_sheet
 
@@ -598,6 +599,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     from .panel import read_panel
 
     panel_file = read_panel(panel) if panel is not None else None  # a malformed --panel is a usage error
+    gates = find_gate_file(gates)  # the manifest records the file a strategy's name stands for
     strategy = pregate(load_strategy(gates), pregated, where=str(gates))
     samples = table[table["role"] == "sample"].reset_index(drop=True)
     log = Progress(len(samples), _progress_mode(progress, log_json, quiet, stream), stream)

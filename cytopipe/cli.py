@@ -14,10 +14,12 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import CytopipeError
+from .errors import ConfigError, CytopipeError
 
 DEFAULT_SHEET = "sample_fcs/study.csv"
-DEFAULT_GATES = "gates/treg.yaml"
+DEFAULT_GATES = "treg"
+GATES_HELP = ("gate file (YAML or Gating-ML 2.0) or a shipped strategy's name, see `cytopipe gates list`; a file "
+              f"wins over a name (default {DEFAULT_GATES})")
 DEFAULT_OUT = "results"
 
 
@@ -54,10 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="gate every sample of a study and compare each timepoint with baseline",
                          description="Gate every sample in a sample sheet and write populations.csv, treg.csv, "
                                      "baseline.csv, failures.csv, manifest.json and report.html into --out.")
-    run.add_argument("sheet", nargs="?", default=DEFAULT_SHEET,
+    run.add_argument("sheet", nargs="?",
                      help=f"sample sheet CSV: file,subject,timepoint,day[,baseline,role,...] (default {DEFAULT_SHEET})")
-    run.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE",
-                     help=f"gate file, YAML or Gating-ML 2.0 (default {DEFAULT_GATES})")
+    run.add_argument("--gates", default=DEFAULT_GATES, metavar="NAME|FILE", help=GATES_HELP)
     run.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)")
     run.add_argument("--workers", type=int, default=None, metavar="N",
                      help="parallel worker processes (default: all cores; 1 = in this process)")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write one population's events as an FCS 3.1 file")
     export.add_argument("fcs", metavar="FILE.fcs")
-    export.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE", help="gate file (YAML or Gating-ML)")
+    export.add_argument("--gates", default=DEFAULT_GATES, metavar="NAME|FILE", help=GATES_HELP)
     export.add_argument("--population", required=True, metavar="POP", help="population to export")
     export.add_argument("--out", required=True, metavar="OUT.fcs", help="FCS file to write")
     _add_panel_option(export)
@@ -88,13 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     gate = sub.add_parser("gate", help="per-event membership: one row per event, one 0/1 column per population")
     gate.add_argument("fcs", metavar="FILE.fcs")
-    gate.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE", help="gate file (YAML or Gating-ML)")
+    gate.add_argument("--gates", default=DEFAULT_GATES, metavar="NAME|FILE", help=GATES_HELP)
     gate.add_argument("--out", metavar="OUT.csv", help="CSV to write (default: standard output)")
     _add_panel_option(gate)
     _add_pregated_option(gate)
 
-    gates = sub.add_parser("gates", help="check or convert gate files")
+    gates = sub.add_parser("gates", help="list, show, check or convert gate files")
     gates_sub = gates.add_subparsers(dest="gates_command", metavar="ACTION", required=True)
+    gates_sub.add_parser("list", help="the shipped strategies: name, description, markers the panel needs")
+    show = gates_sub.add_parser("show", help="print a shipped strategy's file, to start a lab's own from")
+    show.add_argument("file", metavar="NAME")
     check = gates_sub.add_parser("check", help="validate a gate file (optionally against a sample's markers)")
     check.add_argument("file", metavar="FILE")
     check.add_argument("--fcs", metavar="SAMPLE.fcs", help="also check that every marker exists in this file")
@@ -104,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", required=True, choices=("gatingml", "yaml"))
     convert.add_argument("--out", metavar="OUT", help="file to write (default: standard output)")
 
+    demo = sub.add_parser("demo", help="write the bundled study (12 simulated FCS files, its sheets) to try cytopipe")
+    demo.add_argument("out", metavar="DIR", help="folder to write (created)")
+
     report = sub.add_parser("report", help="re-render report.html (and PDF) from a results folder without re-gating")
     report.add_argument("results", metavar="RESULTS_DIR")
     _add_stats_options(report)
@@ -112,10 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .batch import run
 
+    sheet = args.sheet
+    if sheet is None:
+        if not Path(DEFAULT_SHEET).is_file():
+            raise ConfigError(f"no sample sheet given and no {DEFAULT_SHEET} here: pass one (cytopipe run SHEET.csv, "
+                              "columns file,subject,timepoint,day), or try the bundled study: "
+                              "cytopipe demo DIR && cytopipe run DIR/study.csv")
+        sheet = DEFAULT_SHEET
     result = run(
-        sheet=args.sheet, gates=args.gates, out=args.out, workers=args.workers, scheduler=args.scheduler,
+        sheet=sheet, gates=args.gates, out=args.out, workers=args.workers, scheduler=args.scheduler,
         treg=args.treg, parent=args.parent, clinical=args.clinical, spillover=args.spillover,
         cva=args.cva, cvi=args.cvi, z=args.z, quiet=args.quiet, log_json=args.log_json,
         panel=args.panel, pregated=args.pregated,
@@ -154,8 +170,18 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _gates(args: argparse.Namespace) -> int:
-    from . import gatefile
+    from . import bundled, gatefile
 
+    if args.gates_command == "list":
+        rows = [(s.name, s.description, ", ".join(s.markers)) for s in bundled.strategy_summaries()]
+        widths = [max(len(row[i]) for row in [("name", "description", ""), *rows]) for i in range(2)]
+        print(f"{'name':<{widths[0]}}  {'description':<{widths[1]}}  markers")
+        for name, description, markers in rows:
+            print(f"{name:<{widths[0]}}  {description:<{widths[1]}}  {markers}")
+        return 0
+    if args.gates_command == "show":
+        sys.stdout.write(gatefile.read_gate_text(args.file))
+        return 0
     if args.gates_command == "check":
         from .panel import read_panel, read_sample
 
@@ -176,6 +202,14 @@ def _gates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .bundled import write_demo
+
+    sheet = write_demo(args.out)
+    print(f"wrote the bundled study to {args.out}; run it with: cytopipe run {sheet} --out results", file=sys.stderr)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import render_report
 
@@ -185,7 +219,8 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "info": _info, "export": _export, "gate": _gate, "gates": _gates, "report": _report}
+COMMANDS = {"run": _run, "info": _info, "export": _export, "gate": _gate, "gates": _gates, "demo": _demo,
+            "report": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .bundled import find_gate_file, not_found_hint
 from .errors import CytopipeError, GateError, MarkerError
 from .gates import (
     FCS,
@@ -189,7 +190,7 @@ def _read_text(path: str | os.PathLike[str]) -> str:
     try:
         return Path(where).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise GateError(f"{where}: gate file not found") from None
+        raise GateError(f"{where}: gate file not found{not_found_hint(where)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise GateError(f"{where}: cannot read gate file: {exc}") from None
 
@@ -843,7 +844,8 @@ def load_gates(path: str | os.PathLike[str]) -> GatingStrategy:
     Parameters
     ----------
     path : str or path-like
-        The ``.yaml`` file (schema in ``docs/gatefile.md``).
+        The ``.yaml`` file (schema in ``docs/gatefile.md``), or a shipped strategy's name (``treg``; an existing
+        file of that name wins, see :func:`cytopipe.bundled.find_gate_file`).
 
     Returns
     -------
@@ -855,8 +857,19 @@ def load_gates(path: str | os.PathLike[str]) -> GatingStrategy:
     GateError
         An unreadable file or any schema mistake; one line ``<file>: population '<name>': <field>: <problem>``.
     """
-    where = os.fspath(path)
+    where = os.fspath(find_gate_file(path))
     return parse_gates(_read_text(where), where, Path(where).parent)
+
+
+def read_gate_text(path: str | os.PathLike[str]) -> str:
+    """The text of a gate file or of a shipped strategy (``cytopipe gates show NAME``), unparsed.
+
+    Raises
+    ------
+    GateError
+        No such file or strategy, or an unreadable file.
+    """
+    return _read_text(find_gate_file(path))
 
 
 def _is_gatingml(path: str, text: str) -> bool:
@@ -870,7 +883,7 @@ def load_strategy(path: str | os.PathLike[str]) -> GatingStrategy:
     ----------
     path : str or path-like
         ``.xml`` (or any file starting with ``<``) is read with :func:`cytopipe.gatingml.read_gatingml`; anything
-        else with :func:`load_gates`.
+        else with :func:`load_gates`. A shipped strategy's name (``treg_cd127``) loads the shipped file.
 
     Returns
     -------
@@ -881,7 +894,7 @@ def load_strategy(path: str | os.PathLike[str]) -> GatingStrategy:
     GateError
         An unreadable or invalid file.
     """
-    where = os.fspath(path)
+    where = os.fspath(find_gate_file(path))
     text = _read_text(where)
     if _is_gatingml(where, text):
         from .gatingml import read_gatingml
@@ -896,7 +909,7 @@ def check_gates(path: str | os.PathLike[str], sample: Any = None) -> list[str]:
     Parameters
     ----------
     path : str or path-like
-        A YAML gate file or a Gating-ML 2.0 file.
+        A YAML gate file or a Gating-ML 2.0 file, or a shipped strategy's name.
     sample : cytopipe.fcs.Sample or path-like, optional
         When given, every channel the gates name must resolve through ``sample.find_channel``.
 
@@ -911,7 +924,7 @@ def check_gates(path: str | os.PathLike[str], sample: Any = None) -> list[str]:
     CytopipeError
         Only when ``sample`` is a path that cannot be read as FCS.
     """
-    where = os.fspath(path)
+    where = os.fspath(find_gate_file(path))
     try:
         text = _read_text(where)
     except GateError as exc:
