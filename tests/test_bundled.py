@@ -76,8 +76,10 @@ def test_a_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
 
 def test_unknown_names_and_missing_paths_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(GateError, match=r"^tregg: gate file not found \(shipped strategies: treg, treg_cd127, "):
+    names = ", ".join(bundled.shipped_strategies())
+    with pytest.raises(GateError) as err:
         gatefile.load_strategy("tregg")
+    assert str(err.value) == f"tregg: gate file not found (shipped strategies: {names}; see `cytopipe gates list`)"
     # A path with a folder is a file the user meant: not looked up among the names, no list of names.
     missing = os.path.join("gates", "treg.yaml")
     assert gatefile.check_gates(missing) == [f"{missing}: gate file not found"]
@@ -111,7 +113,9 @@ def test_cli_gates_list_and_show(tmp_path):
     assert show.returncode == 0 and show.stdout == (GATES / "treg_cd127.yaml").read_text(encoding="utf-8")
     missing = cli("gates", "show", "cd127", cwd=tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert missing.stderr.startswith("cytopipe: error: cd127: gate file not found (shipped strategies: treg, ")
+    names = ", ".join(bundled.shipped_strategies())
+    assert missing.stderr == (f"cytopipe: error: cd127: gate file not found (shipped strategies: {names}; "
+                              "see `cytopipe gates list`)\n")
 
 
 def test_cli_run_without_a_sheet_outside_the_repository_says_what_to_pass(tmp_path):
