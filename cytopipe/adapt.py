@@ -144,3 +144,148 @@ def resolve_optional(strategy: GatingStrategy, sample: Any) -> tuple[GatingStrat
     if not notes:
         return strategy, notes
     return dataclasses.replace(strategy, populations=tuple(populations)), notes
+
+
+#: flowCore's estimateLogicle: r is this quantile of the negative values.
+NEGATIVE_QUANTILE = 0.05
+#: Events of a file used to estimate the negative spread (every k-th over the acquisition).
+WIDTH_EVENTS = 200_000
+
+
+def _auto_width_dimensions(strategy: GatingStrategy) -> list[tuple[str, Any]]:
+    """``(first population, dimension)`` of each distinct ``W: auto`` logicle dimension."""
+    from .transforms import AutoWidthLogicle
+
+    found: dict[tuple, tuple[str, Any]] = {}
+    for pop in strategy.populations:
+        for dim in pop.gate.dimensions:
+            if isinstance(dim.transform, AutoWidthLogicle) and dim.ratio is None:
+                found.setdefault(_width_key(dim), (pop.name, dim))
+    return list(found.values())
+
+
+def _width_key(dim: Any) -> tuple:
+    return (dim.channel, dim.compensation, dim.transform)
+
+
+def logicle_width(values: Any, T: float, M: float, A: float = 0.0, q: float = NEGATIVE_QUANTILE
+                  ) -> tuple[float, float, int, str]:
+    """The logicle width for data with this negative spread (flowCore's ``estimateLogicle`` rule).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        The channel's (compensated, untransformed) values.
+    T, M, A
+        The logicle's top of scale, decades and extra negative decades.
+    q
+        Quantile of the negative values taken as the most negative value to show, ``r``.
+
+    Returns
+    -------
+    (float, float, int, str)
+        ``W``, ``r`` (NaN without negatives), the number of negative values, and how ``W`` was set:
+        ``"fitted"``, ``"no negatives"`` (W = 0), ``"clamped"`` (into the logicle's valid range).
+
+    Notes
+    -----
+    ``W = (M - log10(T / |r|)) / 2`` (Parks, Roederer & Moore 2006; flowCore ``estimateLogicle``): the linear
+    region is just wide enough to show the negative spread down to ``r``. ``W`` is then kept in
+    ``[max(0, -A), (M - A) / 2]``, the range where the logicle is defined.
+    """
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    negative = x[np.isfinite(x) & (x < 0)]
+    lo, hi = max(0.0, -A), (M - A) / 2
+    if negative.size == 0:
+        return lo, float("nan"), 0, "no negatives"
+    r = float(np.quantile(negative, q))
+    w = (M - float(np.log10(T / abs(r)))) / 2
+    if w < lo or w > hi:
+        return float(min(max(w, lo), hi)), r, int(negative.size), "clamped"
+    return w, r, int(negative.size), "fitted"
+
+
+def fit_widths(strategy: GatingStrategy, samples: list[Any], spillovers: list[Any] | None = None
+               ) -> tuple[dict[tuple, Any], list[dict[str, Any]]]:
+    """Fit every ``W: auto`` logicle of the strategy on the samples' events (pooled).
+
+    Parameters
+    ----------
+    strategy
+        The strategy (its dimensions with :class:`~cytopipe.transforms.AutoWidthLogicle` are fitted).
+    samples
+        The samples, with any panel applied.
+    spillovers
+        One spillover (or ``None``) per sample, as the gates use it.
+
+    Returns
+    -------
+    tuple
+        ``({dimension key: fitted Logicle}, rows)``; one ``gates_fitted.csv`` row per channel
+        (``population``, ``type`` = ``logicle W: auto``, ``<channel> W``, ``<channel> r``, ``<channel> T``,
+        ``<channel> negatives``, ``<channel> W method``). Empty when nothing asks for ``W: auto``.
+    """
+    import numpy as np
+
+    from .gates import RectangleGate
+    from .transforms import Logicle
+
+    autos = _auto_width_dimensions(strategy)
+    if not autos or not samples:
+        return {}, []
+    spillovers = spillovers if spillovers is not None else [None] * len(samples)
+    tops = {_width_key(dim): _top(strategy, dim, samples[0]) for _, dim in autos}
+    probe_dims = tuple(dataclasses.replace(dim, transform=None) for _, dim in autos)
+    probe = RectangleGate("probe", probe_dims, min=(-np.inf,) * len(autos), max=(None,) * len(autos))
+    probing = dataclasses.replace(strategy, populations=(Population("probe", probe),), treg=None, parent=None)
+    columns: list[list[Any]] = [[] for _ in autos]
+    for sample, spill in zip(samples, spillovers, strict=True):
+        if sample.n_events > WIDTH_EVENTS:
+            sample = dataclasses.replace(sample, events=sample.events[:: -(-sample.n_events // WIDTH_EVENTS)])
+        values = probing.apply(sample, spill).values(probe)
+        for k in range(len(autos)):
+            columns[k].append(values[:, k])
+    widths: dict[tuple, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for (population, dim), parts in zip(autos, columns, strict=True):
+        t = dim.transform
+        top = tops[_width_key(dim)]
+        w, r, n, how = logicle_width(np.concatenate(parts), top, t.M, t.A)
+        widths[_width_key(dim)] = Logicle(T=t.T, W=w, M=t.M, A=t.A, name=t.name, bound_min=t.bound_min,
+                                          bound_max=t.bound_max)
+        label = str(dim.channel)
+        rows.append({"population": population, "type": "logicle W: auto", "scope": "sample",
+                     "n_samples": len(samples), f"{label} W": w, f"{label} r": r, f"{label} T": top,
+                     f"{label} negatives": n, f"{label} W method": how})
+    return widths, rows
+
+
+def _top(strategy: GatingStrategy, dim: Any, sample: Any) -> float:
+    """The top of scale the logicle will have: the file's, for data-driven gates that follow ``$PnR``."""
+    for pop in strategy.populations:
+        if dim in pop.gate.dimensions and getattr(pop.gate, "auto_top", False):
+            from .autogate.base import channel_top
+
+            top = channel_top(sample, str(dim.channel))
+            return float(top) if top is not None else float(dim.transform.T)
+    return float(dim.transform.T)
+
+
+def apply_widths(strategy: GatingStrategy | None, widths: dict[tuple, Any]) -> GatingStrategy | None:
+    """The strategy with each fitted ``W: auto`` logicle in place (unchanged without widths)."""
+    if strategy is None or not widths:
+        return strategy
+
+    def fitted(dim: Any) -> Any:
+        new = widths.get(_width_key(dim))
+        return dim if new is None else dataclasses.replace(dim, transform=new)
+
+    populations = []
+    for pop in strategy.populations:
+        dims = tuple(fitted(d) for d in pop.gate.dimensions)
+        if dims != pop.gate.dimensions:
+            pop = dataclasses.replace(pop, gate=dataclasses.replace(pop.gate, dimensions=dims))
+        populations.append(pop)
+    return dataclasses.replace(strategy, populations=tuple(populations))

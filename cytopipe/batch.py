@@ -419,7 +419,7 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
     scopes = client_scopes(strategy)
     if not scopes:
         return {}, [], {}
-    from .adapt import resolve_optional
+    from .adapt import apply_widths, fit_widths, resolve_optional
     from .panel import read_sample
 
     panels = panels or {}
@@ -441,8 +441,11 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
             tubes = {role: read_sample(path, panels.get(path), scale=strategy.scale)
                      for role, path in controls.get(subject, ())} or None
             resolved, _ = resolve_optional(strategy, loaded[0]) if loaded else (strategy, [])
-            fitted[subject], params = fit_strategy(resolved, loaded, spillover=spills, controls=tubes, scopes=scopes,
+            widths, width_rows = fit_widths(resolved, loaded, spills)  # pooled like the gates
+            fitted[subject], params = fit_strategy(apply_widths(resolved, widths), loaded, spillover=spills,
+                                                   controls=tubes, scopes=scopes,
                                                    baseline=flags.index(True) if True in flags else None)
+            params = [*width_rows, *params]
         except Exception as err:  # noqa: BLE001 - one subject's bad data must not stop the other subjects
             failed[subject] = f"{'/'.join(sorted(scopes))}-scope gate fit for subject {subject} failed: " + \
                 one_line(err)

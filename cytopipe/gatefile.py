@@ -49,7 +49,18 @@ from .gates import (
     RectangleGate,
 )
 from .outputs import atomic_write
-from .transforms import LN10, Arcsinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform, friendly_units
+from .transforms import (
+    LN10,
+    Arcsinh,
+    AutoWidthLogicle,
+    Hyperlog,
+    Linear,
+    Log,
+    Logicle,
+    Ratio,
+    Transform,
+    friendly_units,
+)
 
 __all__ = [
     "load_gates",
@@ -359,8 +370,9 @@ class _Parser:
             raise self.fail("", f"{here}.type: unknown transform type {_show(kind)}{hint}")
         allowed = TRANSFORM_PARAMS[kind]
         params: dict[str, float] = {}
+        auto_width = kind == "logicle" and spec.get("W") == "auto"  # fitted per file (flowCore estimateLogicle)
         for key, raw in spec.items():
-            if key == "type":
+            if key == "type" or (key == "W" and auto_width):
                 continue
             if key not in allowed and key not in BOUND_PARAMS:
                 known = [*allowed, *BOUND_PARAMS]
@@ -380,7 +392,8 @@ class _Parser:
                 transform = self.arcsinh(name, here, params)
             else:
                 values = {k: params.get(k, default) for k, default in allowed.items()}
-                cls = {"logicle": Logicle, "hyperlog": Hyperlog, "linear": Linear, "log": Log, "ratio": Ratio}[kind]
+                cls = {"logicle": AutoWidthLogicle if auto_width else Logicle, "hyperlog": Hyperlog,
+                       "linear": Linear, "log": Log, "ratio": Ratio}[kind]
                 transform = cls(name=name, **values)
             if not bounds:
                 return transform
@@ -1055,7 +1068,10 @@ def _unbounded_spec(transform: Transform) -> _Flow:
     kind = next((k for cls, k in kinds.items() if isinstance(transform, cls)), None)
     if kind is None:
         raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
-    return _Flow(type=kind, **{k: _plain(getattr(transform, k)) for k in TRANSFORM_PARAMS[kind]})
+    spec = _Flow(type=kind, **{k: _plain(getattr(transform, k)) for k in TRANSFORM_PARAMS[kind]})
+    if isinstance(transform, AutoWidthLogicle):
+        spec["W"] = "auto"
+    return spec
 
 
 class _Writer:

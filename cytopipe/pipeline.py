@@ -311,7 +311,7 @@ def process_sample(task: SampleTask) -> SampleResult:
     The events and every per-sample cache are freed by reference counting when this returns (the gating engine
     holds no reference cycles), so a worker holds one sample at a time without calling the garbage collector.
     """
-    from .adapt import resolve_optional
+    from .adapt import apply_widths, fit_widths, resolve_optional
     from .panel import read_sample
     from .qc import check_acquisition, require_plausible
 
@@ -357,13 +357,15 @@ def process_sample(task: SampleTask) -> SampleResult:
         return fail("gate", task.failure)
     try:
         strategy, notes = resolve_optional(task.strategy, sample)
+        widths, width_rows = fit_widths(strategy, [sample], [spillover])
+        strategy = apply_widths(strategy, widths)
         strategy, fitted = _fit_sample_gates(strategy, sample, spillover, task.controls, task.panels)
-        out.fitted = [{**ident, **row} for row in fitted]
+        out.fitted = [{**ident, **row} for row in [*width_rows, *fitted]]
         result = strategy.apply(sample, spillover)
         if task.data_driven is not None:
             from .autogate import sensitivity
 
-            data_driven, _ = resolve_optional(task.data_driven, sample)
+            data_driven = apply_widths(resolve_optional(task.data_driven, sample)[0], widths)
             rows = sensitivity(data_driven, sample, task.treg, task.parent, spillover=spillover,
                                fitted=strategy)
             out.sensitivity = [{**ident, **row} for row in rows]
@@ -417,7 +419,7 @@ def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, p
     The exact path (float64 decoding and transforms): ``gate`` and ``export`` output individual events, and an
     event on a gate boundary must land where Gating-ML 2.0 puts it (float32 decoding of log channels moves some).
     """
-    from .adapt import pregate, resolve_optional
+    from .adapt import apply_widths, fit_widths, pregate, resolve_optional
     from .gatefile import load_strategy
     from .panel import read_panel, read_sample
 
@@ -425,6 +427,7 @@ def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, p
     sample = read_sample(fcs_path, read_panel(panel) if panel else None, scale=strategy.scale, exact=True)
     spillover = choose_spillover(sample, strategy)
     strategy, _ = resolve_optional(strategy, sample)
+    strategy = apply_widths(strategy, fit_widths(strategy, [sample], [spillover])[0])
     strategy, _ = _fit_sample_gates(strategy, sample, spillover)
     return sample, strategy, strategy.apply(sample, spillover, exact=True)
 

@@ -38,6 +38,7 @@ __all__ = [
     "Log",
     "Arcsinh",
     "Logicle",
+    "AutoWidthLogicle",
     "Hyperlog",
     "Ratio",
     "LN10",
@@ -477,6 +478,15 @@ class Logicle(_Biexponential):
     def _dB_upper(self, y: np.ndarray) -> np.ndarray:
         a, b, c, d, _ = self._coef
         return a * b * np.exp(b * y) + c * d * np.exp(-d * y)
+
+
+@dataclass(frozen=True)
+class AutoWidthLogicle(Logicle):
+    """A logicle whose width ``W`` is fitted to each file's negative spread (YAML ``W: auto``).
+
+    Until :func:`cytopipe.adapt.fit_widths` replaces it by a plain :class:`Logicle`, it transforms with the
+    placeholder ``W`` it was built with; the pipeline always resolves it before gating.
+    """
 
 
 @dataclass(frozen=True)
