@@ -43,6 +43,27 @@ def _add_pregated_option(parser: argparse.ArgumentParser) -> None:
                         "(e.g. a FlowJo export of CD4+ T cells): gates above it are not applied")
 
 
+def _add_control_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--control", action="append", default=[], metavar="ROLE=FILE",
+                        help="a control tube for data-driven cuts, e.g. isotype:CD25=B01.fcs (repeatable; as the "
+                        "sample sheet's role column)")
+
+
+def _controls(values: list[str]) -> dict[str, str]:
+    from .errors import ConfigError
+    from .samplesheet import ROLE_PATTERN
+
+    controls: dict[str, str] = {}
+    for value in values:
+        role, sep, path = value.partition("=")
+        if not sep or not path or not ROLE_PATTERN.match(role) or role.lower() == "sample":
+            raise ConfigError(f"--control {value!r}: expected ROLE=FILE with ROLE fmo:<marker>, isotype:<marker> "
+                              f"or unstained")
+        kind, _, marker = role.partition(":")
+        controls[kind.lower() + (f":{marker}" if marker else "")] = path
+    return controls
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``cytopipe`` command."""
     parser = argparse.ArgumentParser(
@@ -86,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, metavar="OUT.fcs", help="FCS file to write")
     _add_panel_option(export)
     _add_pregated_option(export)
+    _add_control_option(export)
 
     gate = sub.add_parser("gate", help="per-event membership: one row per event, one 0/1 column per population")
     gate.add_argument("fcs", metavar="FILE.fcs")
@@ -93,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--out", metavar="OUT.csv", help="CSV to write (default: standard output)")
     _add_panel_option(gate)
     _add_pregated_option(gate)
+    _add_control_option(gate)
 
     gates = sub.add_parser("gates", help="list, show, check or convert gate files")
     gates_sub = gates.add_subparsers(dest="gates_command", metavar="ACTION", required=True)
@@ -152,7 +175,7 @@ def _export(args: argparse.Namespace) -> int:
     from .pipeline import export_population
 
     n = export_population(args.fcs, args.gates, args.population, args.out, panel=args.panel,
-                          pregated=args.pregated)
+                          pregated=args.pregated, controls=_controls(args.control))
     print(f"wrote {n} events of {args.population!r} to {args.out}", file=sys.stderr)
     return 0
 
@@ -161,7 +184,8 @@ def _gate(args: argparse.Namespace) -> int:
     from .outputs import write_csv
     from .pipeline import event_membership
 
-    table = event_membership(args.fcs, args.gates, panel=args.panel, pregated=args.pregated)
+    table = event_membership(args.fcs, args.gates, panel=args.panel, pregated=args.pregated,
+                             controls=_controls(args.control))
     if args.out:
         write_csv(table, args.out)
     else:

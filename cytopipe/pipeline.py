@@ -413,8 +413,9 @@ def _draw_plot(result: Any, strategy: Any, sample: str, treg: str | None, plots_
 
 
 def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, panel: str | os.PathLike | None = None,
-                   pregated: str | None = None) -> tuple[Any, Any, Any]:
-    """Read one file (with its panel) and gate it with a gate file (sample-scope fitting for data-driven gates).
+                   pregated: str | None = None, controls: dict[str, str] | None = None) -> tuple[Any, Any, Any]:
+    """Read one file (with its panel) and gate it with a gate file (sample-scope fitting for data-driven gates,
+    with the control tubes ``{role: path}`` read with the same panel).
 
     The exact path (float64 decoding and transforms): ``gate`` and ``export`` output individual events, and an
     event on a gate boundary must land where Gating-ML 2.0 puts it (float32 decoding of log channels moves some).
@@ -424,16 +425,19 @@ def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, p
     from .panel import read_panel, read_sample
 
     strategy = pregate(load_strategy(gates_path), pregated, where=str(gates_path))
-    sample = read_sample(fcs_path, read_panel(panel) if panel else None, scale=strategy.scale, exact=True)
+    panel_file = read_panel(panel) if panel else None
+    sample = read_sample(fcs_path, panel_file, scale=strategy.scale, exact=True)
     spillover = choose_spillover(sample, strategy)
     strategy, _ = resolve_optional(strategy, sample)
     strategy = apply_widths(strategy, fit_widths(strategy, [sample], [spillover])[0])
-    strategy, _ = _fit_sample_gates(strategy, sample, spillover)
+    tubes = tuple((role, str(path)) for role, path in (controls or {}).items())
+    strategy, _ = _fit_sample_gates(strategy, sample, spillover, tubes, {path: panel_file for _, path in tubes})
     return sample, strategy, strategy.apply(sample, spillover, exact=True)
 
 
 def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
-                     panel: str | os.PathLike | None = None, pregated: str | None = None) -> pd.DataFrame:
+                     panel: str | os.PathLike | None = None, pregated: str | None = None,
+                     controls: dict[str, str] | None = None) -> pd.DataFrame:
     """Per-event population membership (``cytopipe gate``).
 
     Parameters
@@ -446,6 +450,8 @@ def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
         A panel CSV (``channel,marker``) setting the file's markers (``--panel``).
     pregated
         The population every event of the file is in (``--pregated``); gates above it are not applied.
+    controls
+        Control tubes for data-driven cuts, ``{role: path}`` (``{"isotype:CD25": "B01.fcs"}``; ``--control``).
 
     Returns
     -------
@@ -455,13 +461,13 @@ def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
     import numpy as np
     import pandas as pd
 
-    _, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated)
+    _, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated, controls)
     return pd.DataFrame({p.name: result.masks[p.name].view(np.uint8) for p in strategy.populations})
 
 
 def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, population: str,
                       out_path: str | os.PathLike, panel: str | os.PathLike | None = None,
-                      pregated: str | None = None) -> int:
+                      pregated: str | None = None, controls: dict[str, str] | None = None) -> int:
     """Write the events of one population as an FCS 3.1 file (``cytopipe export``).
 
     The events are written as stored (not decoded, uncompensated, untransformed), so the exported file can be gated
@@ -477,7 +483,7 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
         Name of the population to export (case-insensitive when unambiguous).
     out_path
         FCS file to write.
-    panel, pregated
+    panel, pregated, controls
         As for :func:`event_membership`. The panel's markers are written as ``$PnS``.
 
     Returns
@@ -493,7 +499,7 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
 
     if Path(out_path).resolve() == Path(fcs_path).resolve():
         raise ConfigError(f"{out_path}: refusing to overwrite the input file")
-    sample, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated)
+    sample, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated, controls)
     name = _find_population([p.name for p in strategy.populations], population, str(gates_path), "--population")
     # The stored channel values, not the decoded ones: the file keeps its $PnE/$PnG keywords.
     events = read_fcs(fcs_path, scale="raw").events[result.masks[name]]

@@ -34,7 +34,7 @@ REQUIRED = ("file", "subject", "timepoint", "day")
 KNOWN = ("sample", "baseline", "role", "spillover", "panel", "pregated")
 _TRUE = {"true", "yes", "y", "1", "t"}
 _FALSE = {"false", "no", "n", "0", "f", ""}
-_ROLE = re.compile(r"^(sample|unstained|(fmo|isotype):\S.*)$", re.IGNORECASE)
+_ROLE = ROLE_PATTERN = re.compile(r"^(sample|unstained|(fmo|isotype):\S.*)$", re.IGNORECASE)
 
 
 def read_sample_sheet(path: str | Path) -> pd.DataFrame:
