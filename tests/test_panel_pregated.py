@@ -289,3 +289,27 @@ def test_pregated_with_data_driven_gates(files, capsys):
     assert main(["gate", str(fcs), "--gates", str(gates), "--panel", str(files["panel"]), "--pregated", "CD4+",
                  "--out", str(out)]) == 0
     assert np.array_equal(pd.read_csv(out)["Treg"].to_numpy() == 1, truth["Treg"])
+
+
+def test_gate_with_control_tube_and_panel(files, capsys):
+    """--control ROLE=FILE: a control-percentile cut fitted on a control tube read with the same panel."""
+    fcs, iso = files["dir"] / "cd4.fcs", files["dir"] / "iso.fcs"
+    truth = write(fcs, seed=6, rows=lambda t: t["CD4+"])
+    write(iso, seed=7, rows=lambda t: t["CD4+"] & ~t["Treg"])  # the isotype: no CD25-bright events
+    gates = files["dir"] / "control.yaml"
+    gates.write_text(GATES.replace("gate: {type: range, channels: [CD25], min: 2.5}",
+                                   "gate: {type: auto_threshold, channels: [CD25], thresholds: [{side: above, "
+                                   "method: control, control: 'isotype:CD25', percentile: 99.5}]}"))
+    out = files["dir"] / "events.csv"
+    args = ["gate", str(fcs), "--gates", str(gates), "--panel", str(files["panel"]), "--pregated", "CD4+",
+            "--out", str(out)]
+    assert main([*args, "--control", f"Isotype:CD25={iso}"]) == 0
+    treg = pd.read_csv(out)["Treg"].to_numpy() == 1
+    assert np.array_equal(treg & truth["Treg"], truth["Treg"])  # every bright event, few isotype-level ones
+    # 0.5 % of the negatives expected above the isotype's 99.5th percentile; 2 % bounds its sampling noise
+    # (the percentile of ~1,500 control events rests on ~8 tail events).
+    assert (treg & ~truth["Treg"]).mean() < 0.02
+    assert main(args) == 2  # the control the gate needs is missing: one line
+    assert "needs the control 'isotype:cd25'" in error_line(capsys)
+    assert main([*args, "--control", f"CD25={iso}"]) == 2
+    assert "ROLE=FILE" in error_line(capsys)
