@@ -46,11 +46,11 @@ CACHE_DIR = ".cache"
 # Clinical table used when --clinical is not given and this file sits beside the sample sheet.
 CLINICAL_NAME = "clinical.csv"
 # Bump when the cached SampleResult layout or the meaning of its numbers changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # What process_sample imports (plots only when drawing; autogate only for data-driven gates): numpy and cytopipe's
 # own modules, no pandas or scipy.
 _WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "cytopipe.gates", "cytopipe.stats",
-                   "cytopipe.plots")
+                   "cytopipe.flowjo_write", "cytopipe.plots")
 _DEPENDENCIES = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "PyYAML", "Jinja2", "flowio",
                  "dask", "distributed")
 
@@ -648,12 +648,13 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     tables["drift"] = _drift(tables["fitted"], table)
     tables["baseline"] = _baseline(tables["treg"], clinical=clinical_table, cva=cva, cvi=cvi, z=z)
     _write_tables(tables, out)
+    workspace = _write_workspace(out, results, log)
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
                        "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
                        "z": z, "plots": plots, "treg": treg_name, "parent": parent_name,
                        "panel": panel_file.record() if panel_file is not None else None, "pregated": pregated,
                        "values": {"scale": strategy.scale, "decoding": SCALES[strategy.scale], "precision": "float32"}}
-    _write_manifest(out, sheet, gates, strategy, table, results, settings_record)
+    _write_manifest(out, sheet, gates, strategy, table, results, settings_record, workspace)
     if report:
         from .report import render_report
 
@@ -831,8 +832,35 @@ def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
             (out / name).unlink(missing_ok=True)
 
 
+def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> dict:
+    """``gates_fitted.wsp``: every counted sample with its own gates, for FlowJo (subject, day, sample order).
+
+    Samples whose gates FlowJo cannot hold are left out with one error line; with none left the file is removed
+    (a stale one from an earlier run would mislead). Returns the ``manifest.json`` record.
+    """
+    from .flowjo_write import WORKSPACE_NAME, write_workspace
+
+    ordered = sorted((r for r in results if r.workspace is not None), key=lambda r: (r.subject, r.day, r.sample))
+    trees = [r.workspace for r in ordered if "error" not in r.workspace]
+    left_out = {r.sample: r.workspace["error"] for r in ordered if "error" in r.workspace}
+    if left_out:
+        first = next(iter(left_out.items()))
+        log.error(f"{WORKSPACE_NAME}: {len(left_out)} sample(s) left out, e.g. {first[0]}: {first[1]}")
+    target = out / WORKSPACE_NAME
+    if not trees:
+        target.unlink(missing_ok=True)
+        return {"file": None, "samples": 0, "left_out": left_out}
+    subjects: dict[str, list[str]] = {}
+    for r in ordered:
+        if "error" not in r.workspace:
+            subjects.setdefault(f"subject {r.subject}", []).append(r.workspace["name"])
+    size = write_workspace(target, trees, groups=subjects)
+    return {"file": WORKSPACE_NAME, "samples": len(trees), "bytes": size, "left_out": left_out}
+
+
 def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLike, strategy: Any,
-                    table: pd.DataFrame, results: list[SampleResult], settings: dict) -> None:
+                    table: pd.DataFrame, results: list[SampleResult], settings: dict,
+                    workspace: dict | None = None) -> None:
     """``manifest.json``: versions, inputs with their SHA-256, the sheet and gate texts, settings, command line."""
     controls = table[table["role"] != "sample"]
     manifest = {
@@ -851,6 +879,7 @@ def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLik
                       "sha256": file_sha256(rec.file) if Path(rec.file).is_file() else ""}
                      for rec in controls.itertuples(index=False)],
         "failed": sorted({r.sample for r in results if r.failure is not None}),
+        "flowjo_workspace": workspace or {},
     }
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
 

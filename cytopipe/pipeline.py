@@ -103,8 +103,11 @@ class SampleResult:
         One dict per data-driven gate fitted for this sample (``gates_fitted.csv`` rows).
     sensitivity
         One dict per data-driven threshold: how much the Treg % moves when it shifts (``sensitivity.csv`` rows).
+    workspace
+        The sample's gates in FlowJo's terms for ``gates_fitted.wsp`` (:func:`cytopipe.flowjo_write.sample_tree`),
+        or ``{"error": reason}`` when FlowJo cannot hold them (the sample's counts stand); ``None`` before counting.
     timings
-        Seconds per stage (``read``, ``gate``, ``count``, ``plot``) and ``total``.
+        Seconds per stage (``read``, ``gate``, ``count``, ``workspace``, ``plot``) and ``total``.
     """
 
     sample: str
@@ -119,6 +122,7 @@ class SampleResult:
     treg: dict | None = None
     fitted: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
+    workspace: dict | None = None
     timings: dict[str, float] = field(default_factory=dict)
     plot: str | None = None
     failure: dict | None = None
@@ -306,6 +310,7 @@ def process_sample(task: SampleTask) -> SampleResult:
     3. gate: fit ``sample``-scope data-driven gates, then :meth:`GatingStrategy.apply` (each used column is
        compensated and transformed once). A denominator without events fails the sample here.
     4. count: population rows and the Treg row with its Wilson interval.
+       workspace: the sample's gates for ``gates_fitted.wsp`` (ellipses as polygons keeping the same events).
     5. plot: ``gating_<sample>.png`` into ``task.plots_dir``; a plot failure keeps the counts.
 
     The events and every per-sample cache are freed by reference counting when this returns (the gating engine
@@ -386,6 +391,14 @@ def process_sample(task: SampleTask) -> SampleResult:
     except Exception as err:  # noqa: BLE001
         return fail("count", err)
     lap("count")
+
+    try:  # gates_fitted.wsp: a gate FlowJo cannot hold leaves the sample out of the workspace, not the study
+        from .flowjo_write import sample_tree
+
+        out.workspace = sample_tree(strategy, sample, result, spillover, name=task.sample)
+    except Exception as err:  # noqa: BLE001
+        out.workspace = {"error": one_line(err)}
+    lap("workspace")
 
     if task.plots_dir is not None:
         try:

@@ -1,0 +1,729 @@
+"""FlowJo 10 workspaces out: every sample with its own (fitted) gates, for review in FlowJo.
+
+Writing happens in two steps, so that the data-dependent part runs where the events are:
+
+1. :func:`sample_tree` (in the worker, beside the gated sample) turns one sample's strategy into a plain, JSON-able
+   description in FlowJo's terms: ``$PnN`` parameter names (``Comp-`` prefixed when compensated), coordinates in
+   raw (untransformed) units, the spillover matrix, one transform per parameter, the file's keywords and cytopipe's
+   count of every population. The batch runner caches it with the sample's other results.
+2. :func:`write_workspace` (on the client) renders the descriptions of all samples as one workspace and writes it
+   atomically. The output depends only on its inputs: the same study gives byte-identical files with any number of
+   workers.
+
+How cytopipe gates map onto FlowJo 10 (the conventions FlowJo itself writes, and FlowKit reads):
+
+* rectangles, ranges and quadrants -> ``gating:RectangleGate`` (1 or 2 dimensions; an open side has no
+  ``gating:min``/``gating:max``, as FlowJo writes quadrants and threshold gates). FlowJo stores rectangle limits in
+  raw units, so they select the same events whatever the axis transform.
+* polygons -> ``gating:PolygonGate`` with raw-unit vertices; FlowJo draws (and FlowKit evaluates) the edges as
+  straight lines in the parameter's transformed space, so the parameter carries the transform the gate was drawn in.
+* ellipses -> a ``gating:PolygonGate`` (see :func:`ellipse_polygon`). FlowJo's own ``EllipsoidGate`` lives in its
+  256-bin display space and both FlowJo and FlowKit evaluate it as a polygon (FlowKit: 128 vertices), so it cannot
+  reproduce cytopipe's ellipse event for event; the polygon written selects exactly the events the ellipse selected.
+* ``and`` / ``or`` / ``not`` -> ``AndNode`` / ``OrNode`` / ``NotNode`` whose ``Dependent`` names are population paths
+  from the sample (``Lymphocytes/Singlets/CD3+``). FlowJo has no complemented operand: an operand written
+  ``{not: X}`` becomes an extra ``NotNode`` named ``not X`` (``not X (<population>)`` if that name is taken) beside
+  the Boolean node.
+* compensation -> ``transforms:spilloverMatrix`` (prefix ``Comp-``) in each ``Sample``; compensated gate dimensions are
+  named ``Comp-<$PnN>``. FlowJo applies one matrix per sample.
+* transforms -> one per parameter in ``Transformations`` (under its ``$PnN`` and its ``Comp-`` name): linear, logicle
+  (Gating-ML ``logicle``), ``fasinh`` and ``log``. Raw (untransformed) dimensions are written as ``linear`` over
+  ``[0, $PnR]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from .errors import GateError
+from .gates import (
+    FCS,
+    UNCOMPENSATED,
+    BooleanGate,
+    Dimension,
+    EllipsoidGate,
+    PolygonGate,
+    QuadrantGate,
+    RectangleGate,
+    SpectrumMatrix,
+)
+from .outputs import atomic_write
+from .transforms import Arcsinh, Linear, Log, Logicle, Transform
+
+__all__ = [
+    "WORKSPACE_NAME",
+    "COMP_PREFIX",
+    "ALL_SAMPLES",
+    "sample_tree",
+    "ellipse_polygon",
+    "render_workspace",
+    "write_workspace",
+]
+
+#: The file ``cytopipe run`` writes.
+WORKSPACE_NAME = "gates_fitted.wsp"
+#: FlowJo's name prefix of compensated parameters (``Comp-FITC-A``).
+COMP_PREFIX = "Comp-"
+#: FlowJo's group holding every sample.
+ALL_SAMPLES = "All Samples"
+#: Workspace format written (FlowJo 10.x workspaces carry ``version="20.0"``).
+WSP_VERSION = "20.0"
+FLOWJO_VERSION = "10.8.0"
+#: FlowJo's name for the matrix from the file's own ``$SPILLOVER``/``SPILL`` keyword.
+ACQUISITION_MATRIX = "Acquisition-defined"
+
+_NAMESPACES = (
+    ("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"),
+    ("xmlns:gating", "http://www.isac-net.org/std/Gating-ML/v2.0/gating"),
+    ("xmlns:transforms", "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"),
+    ("xmlns:data-type", "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"),
+)
+# Characters XML 1.0 cannot hold at all, not even as character references (C0 controls, lone surrogates, U+FFFE/F).
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Polygon resolution for ellipses: doubled from the first until no event of the sample lies between polygon and
+# ellipse; the last is a safety cap (~140 kB of XML for one gate).
+_ELLIPSE_VERTICES = (64, 128, 256, 512, 1024, 2048, 4096)
+_ELLIPSE_UNSEEN = 256  # vertices of an ellipse written without events to place it
+_MARGIN = 1e-9  # relative clearance kept between the polygon and the nearest event on either side
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# step 1: one sample's tree, in FlowJo's terms (runs in the worker)
+
+
+def sample_tree(strategy: Any, sample: Any, result: Any, spillover: Any = None, *, name: str) -> dict:
+    """Describe one gated sample as FlowJo holds it: parameters, matrix, transforms, keywords and gate tree.
+
+    Parameters
+    ----------
+    strategy : cytopipe.gates.GatingStrategy
+        The strategy that gated the sample, with every data-driven gate fitted (fixed gates only).
+    sample : cytopipe.fcs.Sample
+        The sample (channel lookup, ``$PnR``, keywords).
+    result : cytopipe.gates.GatingResult
+        ``strategy.apply(sample, spillover)``: its counts are written, and its masks place ellipse polygons.
+    spillover : cytopipe.compensate.Spillover, optional
+        The matrix used for ``compensation="FCS"`` dimensions (``None``: those dimensions are uncompensated).
+    name : str
+        The sample's name (the ``SampleNode`` name FlowJo shows).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``name``, ``uri``, ``count``, ``matrix`` (or ``None``), ``transforms``, ``keywords`` and
+        ``populations`` (nested nodes with ``node``, ``name``, ``count``, ``gate`` or ``dependents``, ``children``).
+
+    Raises
+    ------
+    GateError
+        A gate FlowJo cannot hold: more than two dimensions, a ratio dimension, an unfitted data-driven gate, a
+        bounded or hyperlog transform under a polygon or ellipse, two transforms of one parameter under polygons or
+        ellipses, two compensation matrices, or a non-square spectrum matrix.
+    MarkerError
+        A gate's channel is absent from the sample.
+    """
+    builder = _TreeBuilder(strategy, sample, result, spillover)
+    populations = builder.populations()
+    return {
+        "name": str(name),
+        "uri": file_uri(sample.path) if sample.path else "",
+        "count": int(result.n_events),
+        "matrix": builder.matrix_record(),
+        "transforms": builder.transform_records(),
+        "keywords": [[str(k), str(v)] for k, v in sample.metadata.items()],
+        "populations": populations,
+    }
+
+
+def file_uri(path: str | os.PathLike[str]) -> str:
+    """FlowJo's ``DataSet uri`` of a file: ``file:`` and the absolute path, percent-encoded (``file:/a/b%20c.fcs``)."""
+    posix = Path(path).resolve().as_posix()
+    if not posix.startswith("/"):
+        posix = "/" + posix  # Windows drive: file:/C:/...
+    return "file:" + quote(posix, safe="/:")
+
+
+class _TreeBuilder:
+    """Converts a strategy's gates for one sample (holds the per-sample lookups)."""
+
+    def __init__(self, strategy: Any, sample: Any, result: Any, spillover: Any) -> None:
+        self.strategy = strategy
+        self.sample = sample
+        self.result = result
+        self.where = f"{sample.path or 'sample'}: FlowJo workspace"
+        self.fcs_matrix = _square_matrix(spillover, "FCS", self.where) if spillover is not None else None
+        self.matrix: tuple[str, tuple[str, ...], np.ndarray] | None = None  # (name, channels, spillover)
+        self.matrix_key: str | None = None
+        # $PnN -> (transform, drawn): 'drawn' transforms come from polygons/ellipses and must agree.
+        self.transforms: dict[str, tuple[Transform | None, bool]] = {}
+        self.by_name = {p.name: p for p in strategy.populations}
+
+    # -- parameters --------------------------------------------------------------------------------------------
+
+    def detector(self, channel: str) -> str:
+        return self.sample.channels[self.sample.find_channel(channel)]
+
+    def parameter(self, pop: Any, dim: Dimension, drawn: bool) -> str:
+        """The FlowJo parameter name of a dimension (``Comp-`` prefixed when compensated); records its transform."""
+        if dim.ratio is not None:
+            raise GateError(f"{self.where}: population '{pop.name}': ratio dimension {dim.label} has no FlowJo "
+                            f"equivalent")
+        pnn = self.detector(str(dim.channel))
+        compensated = self.compensates(pop, dim.compensation, pnn)
+        transform = dim.transform
+        if transform is not None and transform.bounded and drawn:
+            raise GateError(f"{self.where}: population '{pop.name}': transform '{transform.name}' has "
+                            f"boundMin/boundMax, which FlowJo transforms cannot hold")
+        known = self.transforms.get(pnn)
+        if drawn:
+            if transform is not None and _transform_element(transform, pnn, self.sample) is None:
+                raise GateError(f"{self.where}: population '{pop.name}': FlowJo has no {transform.kind} transform "
+                                f"to draw this gate on {pnn}")
+            if known is not None and known[1] and known[0] != transform:
+                raise GateError(f"{self.where}: population '{pop.name}': {pnn} is drawn on two scales "
+                                f"({_label(known[0])} and {_label(transform)}); FlowJo holds one transform per "
+                                f"parameter")
+            if known is None or not known[1]:
+                self.transforms[pnn] = (transform, True)
+        elif known is None and (transform is None or not transform.bounded):
+            self.transforms[pnn] = (transform, False)
+        return COMP_PREFIX + pnn if compensated else pnn
+
+    def compensates(self, pop: Any, compensation: str, pnn: str) -> bool:
+        if compensation == UNCOMPENSATED:
+            return False
+        if compensation == FCS:
+            if self.fcs_matrix is None:
+                return False
+            key, matrix = FCS, self.fcs_matrix
+        else:
+            key = compensation
+            matrix = _square_matrix(self.strategy.matrices[compensation], compensation, self.where)
+        if pnn not in matrix[1]:
+            return False
+        if self.matrix_key is not None and self.matrix_key != key:
+            raise GateError(f"{self.where}: population '{pop.name}': gates use two compensation matrices "
+                            f"('{self.matrix_key}' and '{key}'); FlowJo applies one per sample")
+        self.matrix_key, self.matrix = key, matrix
+        return True
+
+    def matrix_record(self) -> dict | None:
+        if self.matrix is None:
+            return None
+        name, channels, spill = self.matrix
+        rows = [[float(v) for v in row] for row in spill]
+        digest = hashlib.sha256(repr((name, channels, rows)).encode()).hexdigest()
+        ident = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+        return {"name": name, "id": ident, "channels": list(channels), "rows": rows}
+
+    def transform_records(self) -> list[dict]:
+        records = []
+        compensated = set(self.matrix[1]) if self.matrix is not None else set()
+        for pnn in sorted(self.transforms):
+            element = _transform_element(self.transforms[pnn][0], pnn, self.sample)
+            if element is None:
+                continue  # a hyperlog axis under rectangles only: FlowJo shows its default scale
+            kind, attrs = element
+            names = [pnn, COMP_PREFIX + pnn] if pnn in compensated else [pnn]
+            records.extend({"param": n, "kind": kind, "attrs": attrs} for n in names)
+        return records
+
+    # -- gates -------------------------------------------------------------------------------------------------
+
+    def path(self, name: str) -> list[str]:
+        chain = []
+        pop = self.by_name[name]
+        while True:
+            chain.append(pop.name)
+            if pop.parent is None:
+                return chain[::-1]
+            pop = self.by_name[pop.parent]
+
+    def populations(self) -> list[dict]:
+        """The nested nodes, children under their parents, in the strategy's order."""
+        by_parent: dict[str | None, list[dict]] = {}
+        for pop in self.strategy.populations:
+            by_parent.setdefault(pop.parent, []).extend(self.node(pop))
+
+        def attach(parent: str | None) -> list[dict]:
+            nodes = by_parent.get(parent, [])
+            for node in nodes:  # the extra 'not X' nodes are no population's parent: they get no children
+                node["children"] = attach(node["name"])
+            return nodes
+
+        return attach(None)
+
+    def node(self, pop: Any) -> list[dict]:
+        """The node of one population (plus the ``not X`` nodes its complemented Boolean operands need)."""
+        gate = pop.gate
+        count = int(self.result.counts[pop.name])
+        if isinstance(gate, BooleanGate):
+            return self.boolean(pop, gate, count)
+        return [{"node": "Population", "name": pop.name, "count": count, "gate": self.gate(pop, gate)}]
+
+    def boolean(self, pop: Any, gate: BooleanGate, count: int) -> list[dict]:
+        extra: list[dict] = []
+        dependents = []
+        parent_path = self.path(pop.parent) if pop.parent is not None else []
+        taken = set(self.by_name)
+        for operand, complement in zip(gate.operands, gate.complement, strict=True):
+            _check_path_names(self.path(operand), self.where, pop.name)
+            if not complement:
+                dependents.append("/".join(self.path(operand)))
+                continue
+            aux = f"not {operand}"
+            if aux in taken:
+                aux = f"not {operand} ({pop.name})"
+            taken.add(aux)
+            inside = ~self.result.masks[operand]
+            if pop.parent is not None:
+                inside &= self.result.masks[pop.parent]
+            extra.append({"node": "NotNode", "name": aux, "count": int(inside.sum()),
+                          "dependents": ["/".join(self.path(operand))]})
+            dependents.append("/".join([*parent_path, aux]))
+        kind = {"and": "AndNode", "or": "OrNode", "not": "NotNode"}[gate.op]
+        return [*extra, {"node": kind, "name": pop.name, "count": count, "dependents": dependents}]
+
+    def gate(self, pop: Any, gate: Any) -> dict:
+        dims = gate.dimensions
+        if isinstance(gate, QuadrantGate):
+            bounds = gate.intervals()
+            return self.rectangle(pop, dims, [lo for lo, _ in bounds], [hi for _, hi in bounds])
+        if isinstance(gate, RectangleGate):
+            return self.rectangle(pop, dims, list(gate.min), list(gate.max))
+        if isinstance(gate, PolygonGate):
+            return self.polygon(pop, dims, np.asarray(gate.vertices, dtype=np.float64))
+        if isinstance(gate, EllipsoidGate):
+            if len(dims) != 2:
+                raise GateError(f"{self.where}: population '{pop.name}': a {len(dims)}-dimensional ellipsoid has no "
+                                f"FlowJo equivalent (FlowJo gates have 1 or 2 dimensions)")
+            values, inside = self.membership(pop, gate)
+            return self.polygon(pop, dims, ellipse_polygon(gate, values, inside))
+        raise GateError(f"{self.where}: population '{pop.name}': a {type(gate).__name__} cannot be written to a "
+                        f"FlowJo workspace (data-driven gates must be fitted first)")
+
+    def membership(self, pop: Any, gate: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The values the gate was evaluated on (its parent's events) and which of them it kept."""
+        values = self.result.values(gate)
+        inside = self.result.masks[pop.name]
+        if pop.parent is not None:
+            rows = self.result.masks[pop.parent]
+            values, inside = values[rows], inside[rows]
+        return values, inside
+
+    def rectangle(self, pop: Any, dims: Sequence[Dimension], lows: list, highs: list) -> dict:
+        if len(dims) > 2:
+            raise GateError(f"{self.where}: population '{pop.name}': a {len(dims)}-dimensional rectangle has no "
+                            f"FlowJo equivalent (FlowJo gates have 1 or 2 dimensions)")
+        out = []
+        for dim, lo, hi in zip(dims, lows, highs, strict=True):
+            out.append({"param": self.parameter(pop, dim, drawn=False),
+                        "min": _raw(dim, lo, self.where, pop.name), "max": _raw(dim, hi, self.where, pop.name)})
+        return {"type": "RectangleGate", "dimensions": out}
+
+    def polygon(self, pop: Any, dims: Sequence[Dimension], vertices: np.ndarray) -> dict:
+        params = [self.parameter(pop, dim, drawn=True) for dim in dims]
+        raw = np.column_stack([_raw_array(dim, vertices[:, k]) for k, dim in enumerate(dims)])
+        if not np.all(np.isfinite(raw)):
+            raise GateError(f"{self.where}: population '{pop.name}': a vertex has no raw value on its scale")
+        return {"type": "PolygonGate", "params": params, "vertices": raw.tolist()}
+
+
+def _label(transform: Transform | None) -> str:
+    return "raw values" if transform is None else f"{transform.kind} '{transform.name}'"
+
+
+def _check_path_names(path: list[str], where: str, name: str) -> None:
+    for part in path:
+        if "/" in part:
+            raise GateError(f"{where}: population '{name}': FlowJo names Boolean operands by path, which cannot "
+                            f"hold the '/' in population '{part}'")
+
+
+def _raw_array(dim: Dimension, values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return values if dim.transform is None else np.asarray(dim.transform.inverse(values), dtype=np.float64)
+
+
+def _raw(dim: Dimension, value: float | None, where: str, name: str) -> float | None:
+    """A limit in raw units (``None`` stays open)."""
+    if value is None or math.isinf(value):
+        return None
+    if dim.transform is not None and dim.transform.bounded:
+        raise GateError(f"{where}: population '{name}': transform '{dim.transform.name}' has boundMin/boundMax, "
+                        f"which FlowJo transforms cannot hold")
+    raw = float(_raw_array(dim, np.array([value]))[0])
+    if not math.isfinite(raw):
+        raise GateError(f"{where}: population '{name}': limit {value} has no raw value on {dim.label}")
+    return raw
+
+
+def _square_matrix(matrix: Any, key: str, where: str) -> tuple[str, tuple[str, ...], np.ndarray]:
+    """``(name, detectors, spillover)`` of a matrix FlowJo can hold (square, outputs named by detector)."""
+    if isinstance(matrix, SpectrumMatrix):
+        if matrix.fluorochromes != matrix.detectors:
+            raise GateError(f"{where}: matrix '{key}' unmixes {len(matrix.detectors)} detectors into named "
+                            f"fluorochromes; FlowJo compensates detectors into Comp- detectors only")
+        spill = np.linalg.inv(matrix.matrix) if matrix.inverted else matrix.matrix
+        channels = matrix.detectors
+        source = matrix.source
+    else:
+        spill = np.asarray(matrix.matrix, dtype=np.float64)
+        channels = tuple(matrix.channels)
+        source = getattr(matrix, "source", "")
+    if key != FCS:
+        name = key
+    elif source.startswith("file:"):
+        name = Path(source[len("file:"):]).name
+    else:
+        name = ACQUISITION_MATRIX
+    return name, tuple(channels), np.asarray(spill, dtype=np.float64)
+
+
+def _transform_element(transform: Transform | None, pnn: str, sample: Any) -> tuple[str, list] | None:
+    """FlowJo's ``transforms:<kind>`` name and attributes for a transform, or None when FlowJo has none."""
+    if transform is None:
+        top = _range(sample, pnn)
+        return "linear", [["minRange", 0.0], ["maxRange", top], ["gain", 1.0]]
+    if isinstance(transform, Linear):
+        return "linear", [["minRange", -float(transform.A)], ["maxRange", float(transform.T)], ["gain", 1.0]]
+    if isinstance(transform, Logicle):
+        return "logicle", [["length", 256], ["T", float(transform.T)], ["A", float(transform.A)],
+                           ["W", float(transform.W)], ["M", float(transform.M)]]
+    if isinstance(transform, Arcsinh):
+        return "fasinh", [["length", 256], ["maxRange", float(transform.T)], ["T", float(transform.T)],
+                          ["A", float(transform.A)], ["M", float(transform.M)]]
+    if isinstance(transform, Log):
+        return "log", [["offset", float(transform.T) / 10.0 ** float(transform.M)], ["decades", float(transform.M)]]
+    return None
+
+
+def _range(sample: Any, pnn: str) -> float:
+    k = sample.channels.index(pnn) + 1
+    try:
+        value = float(sample.metadata.get(f"$P{k}R", ""))
+    except ValueError:
+        value = 0.0
+    return value if math.isfinite(value) and value > 0 else 262144.0
+
+
+def ellipse_polygon(gate: EllipsoidGate, values: np.ndarray | None = None, inside: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """A polygon, in the ellipse's (transformed) units, that selects the events the ellipse selected.
+
+    Parameters
+    ----------
+    gate : EllipsoidGate
+        A 2-D ellipse with a positive definite quadratic form.
+    values : numpy.ndarray, optional
+        ``(n, 2)`` values of the events the gate was applied to.
+    inside : numpy.ndarray, optional
+        ``(n,)`` bool: which of them the ellipse kept (as cytopipe decided, in its working precision).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(k, 2)`` vertices (not closed).
+
+    Raises
+    ------
+    GateError
+        The quadratic form is not positive definite (no ellipse).
+
+    Notes
+    -----
+    In whitened coordinates ``z = R (x - mean)`` (``R^T R = C^-1`` symmetrised) the ellipse is the disc
+    ``|z| <= sqrt(distance_square)``; ``r = |z| / sqrt(distance_square)`` is 1 on its boundary.
+
+    1. ``r_in`` = the largest ``r`` of a kept event, ``r_out`` = the smallest of a rejected one.
+    2. A regular ``k``-gon with circumradius ``rho`` lies within radius ``rho`` and contains the disc of radius
+       ``rho cos(pi / k)``; it therefore keeps exactly the kept events when ``rho cos(pi / k) > r_in`` and
+       ``rho < r_out`` (each with a relative clearance of 1e-9 for rounding).
+    3. ``k`` is doubled from 64 until such a ``rho`` exists; ``rho`` is 1 (vertices on the ellipse) when it fits,
+       else the decimal with the fewest digits in the allowed interval, so that rounding differences between
+       processes cannot change the file.
+
+    Without events the 256-gon on the ellipse is returned; when no ``k`` up to 4096 separates the events (e.g.
+    float32 ties on the boundary), the 4096-gon on the ellipse.
+    """
+    precision = np.linalg.inv(np.asarray(gate.covariance, dtype=np.float64))
+    precision = 0.5 * (precision + precision.T)
+    try:
+        upper = np.linalg.cholesky(precision).T  # precision = upper^T upper
+    except np.linalg.LinAlgError:
+        raise GateError(f"gate '{gate.name}': the ellipse's covariance is not positive definite") from None
+    mean = np.asarray(gate.mean, dtype=np.float64)
+    radius = math.sqrt(gate.distance_square)
+    r_in, r_out = 0.0, math.inf
+    if values is not None and inside is not None and len(values):
+        z = (np.asarray(values, dtype=np.float64) - mean) @ upper.T
+        r = np.sqrt(np.einsum("ij,ij->i", z, z)) / radius
+        inside = np.asarray(inside, dtype=bool)
+        if inside.any():
+            r_in = float(np.nanmax(r[inside]))
+        if (~inside).any():
+            outside = r[~inside]
+            outside = outside[np.isfinite(outside)]
+            r_out = float(outside.min()) if outside.size else math.inf
+    if values is None or inside is None:
+        rho, k = 1.0, _ELLIPSE_UNSEEN
+    else:
+        rho, k = 1.0, _ELLIPSE_VERTICES[-1]
+    for n in _ELLIPSE_VERTICES if values is not None and inside is not None else ():
+        low = r_in / math.cos(math.pi / n) * (1 + _MARGIN)
+        high = r_out * (1 - _MARGIN)
+        if low < high:
+            rho, k = (1.0 if low <= 1.0 <= high else _shortest_between(low, high)), n
+            break
+    angles = 2 * math.pi * np.arange(k) / k
+    circle = np.column_stack([np.cos(angles), np.sin(angles)]) * (rho * radius)
+    return np.linalg.solve(upper, circle.T).T + mean
+
+
+def _shortest_between(low: float, high: float) -> float:
+    """The midpoint of ``[low, high]`` rounded to the fewest significant digits that stay inside."""
+    middle = 0.5 * (low + high)
+    for digits in range(1, 18):
+        candidate = float(f"{middle:.{digits}g}")
+        if low <= candidate <= high:
+            return candidate
+    return middle
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# step 2: the workspace (runs on the client)
+
+
+def render_workspace(trees: Sequence[dict], groups: dict[str, Sequence[str]] | None = None) -> str:
+    """The XML text of a FlowJo 10 workspace holding the given samples.
+
+    Parameters
+    ----------
+    trees : sequence of dict
+        :func:`sample_tree` descriptions, in the order FlowJo should list them (sample IDs 1, 2, ...).
+    groups : dict, optional
+        Extra groups besides "All Samples": group name -> sample names (e.g. one group per subject).
+
+    Returns
+    -------
+    str
+        The workspace, UTF-8 ready; every name and value escaped (characters XML cannot hold become U+FFFD).
+    """
+    out = _Writer()
+    out.text('<?xml version="1.0" encoding="UTF-8"?>')
+    out.text("<!-- Written by cytopipe: each sample with the gates cytopipe applied to it (fitted gates as fitted); "
+             "population counts are cytopipe's. -->")
+    out.open("Workspace", [("version", WSP_VERSION), ("flowJoVersion", FLOWJO_VERSION), ("curGroup", ALL_SAMPLES),
+                           *_NAMESPACES])
+    ids = {tree["name"]: k for k, tree in enumerate(trees, start=1)}
+    matrices = {}
+    for tree in trees:
+        if tree["matrix"] is not None:
+            matrices.setdefault(tree["matrix"]["id"], tree["matrix"])
+    if matrices:
+        out.open("Matrices")
+        for matrix in matrices.values():
+            _matrix(out, matrix)
+        out.close("Matrices")
+    else:
+        out.empty("Matrices")
+    out.open("Groups")
+    for group, names in [(ALL_SAMPLES, list(ids)), *(groups or {}).items()]:
+        out.open("GroupNode", [("name", group), ("annotation", ""), ("owningGroup", group), ("expanded", "1"),
+                               ("sortPriority", "10"), ("count", "-1")])
+        out.open("Group", [("name", group), ("live", "1"), ("role", "ws.group.dlog.test" if group == ALL_SAMPLES
+                                                                  else "ws.group.dlog.undefined")])
+        out.empty("Criteria")
+        out.open("SampleRefs")
+        for name in names:
+            out.empty("SampleRef", [("sampleID", str(ids[name]))])
+        out.close("SampleRefs")
+        out.close("Group")
+        out.close("GroupNode")
+    out.close("Groups")
+    out.open("SampleList")
+    gate_ids = iter(range(1, 1 << 62))
+    for tree in trees:
+        _sample(out, tree, ids[tree["name"]], gate_ids)
+    out.close("SampleList")
+    out.close("Workspace")
+    return out.result()
+
+
+def write_workspace(path: str | os.PathLike[str], trees: Sequence[dict],
+                    groups: dict[str, Sequence[str]] | None = None) -> int:
+    """Write :func:`render_workspace` atomically to ``path``; returns the number of bytes written."""
+    data = render_workspace(trees, groups).encode("utf-8")
+    atomic_write(path, data)
+    return len(data)
+
+
+def _matrix(out: _Writer, matrix: dict) -> None:
+    out.open("transforms:spilloverMatrix", [("spectral", "0"), ("prefix", COMP_PREFIX), ("name", matrix["name"]),
+                                            ("editable", "0"), ("status", "FINALIZED"),
+                                            ("transforms:id", matrix["id"]), ("suffix", "")])
+    out.open("data-type:parameters")
+    for channel in matrix["channels"]:
+        out.empty("data-type:parameter", [("data-type:name", channel),
+                                          ("userProvidedCompInfix", COMP_PREFIX + channel)])
+    out.close("data-type:parameters")
+    for channel, row in zip(matrix["channels"], matrix["rows"], strict=True):
+        out.open("transforms:spillover", [("data-type:parameter", channel),
+                                          ("userProvidedCompInfix", COMP_PREFIX + channel)])
+        for other, value in zip(matrix["channels"], row, strict=True):
+            out.empty("transforms:coefficient", [("data-type:parameter", other), ("transforms:value", _num(value))])
+        out.close("transforms:spillover")
+    out.close("transforms:spilloverMatrix")
+
+
+def _sample(out: _Writer, tree: dict, sample_id: int, gate_ids: Iterable[int]) -> None:
+    out.open("Sample")
+    out.empty("DataSet", [("uri", tree["uri"]), ("sampleID", str(sample_id))])
+    if tree["matrix"] is not None:
+        _matrix(out, tree["matrix"])
+    out.open("Transformations")
+    for record in tree["transforms"]:
+        attrs = [(f"transforms:{key}", _num(value)) for key, value in record["attrs"] if key != "gain"]
+        attrs += [(key, _num(value)) for key, value in record["attrs"] if key == "gain"]
+        out.open(f"transforms:{record['kind']}", attrs)
+        out.empty("data-type:parameter", [("data-type:name", record["param"])])
+        out.close(f"transforms:{record['kind']}")
+    out.close("Transformations")
+    out.open("Keywords")
+    for key, value in tree["keywords"]:
+        out.empty("Keyword", [("name", key), ("value", value)])
+    out.close("Keywords")
+    out.open("SampleNode", [("name", tree["name"]), ("annotation", ""), ("owningGroup", ""), ("expanded", "1"),
+                            ("sortPriority", "10"), ("count", str(tree["count"])), ("sampleID", str(sample_id))])
+    _graph(out, tree["populations"], None)
+    _subpopulations(out, tree["populations"], None, iter(gate_ids))
+    out.close("SampleNode")
+    out.close("Sample")
+
+
+def _axes(node: dict | None) -> list[str]:
+    gate = node.get("gate") if node else None
+    if gate is None:
+        return []
+    if gate["type"] == "PolygonGate":
+        return list(gate["params"])
+    return [d["param"] for d in gate["dimensions"]]
+
+
+def _graph(out: _Writer, children: list[dict], own: dict | None) -> None:
+    """The node's default plot: the axes of its first gated child (where FlowJo draws the children's gates)."""
+    axes = next((a for a in (_axes(c) for c in children) if a), None) or _axes(own)
+    if not axes:
+        return
+    out.open("Graph", [("smoothing", "0"), ("backColor", "#ffffff"), ("foreColor", "#000000"),
+                       ("type", "Pseudocolor" if len(axes) > 1 else "Histogram"), ("fast", "1")])
+    out.empty("Axis", [("dimension", "x"), ("name", axes[0]), ("label", ""), ("auto", "auto")])
+    out.empty("Axis", [("dimension", "y"), ("name", axes[1] if len(axes) > 1 else ""), ("label", ""),
+                       ("auto", "auto")])
+    out.close("Graph")
+
+
+def _subpopulations(out: _Writer, nodes: list[dict], parent_id: str | None, gate_ids: Iterable[int]) -> None:
+    if not nodes:
+        return
+    out.open("Subpopulations")
+    for node in nodes:
+        out.open(node["node"], [("name", node["name"]), ("annotation", ""), ("owningGroup", ""), ("expanded", "1"),
+                                ("sortPriority", "10"), ("count", str(node["count"]))])
+        _graph(out, node.get("children", []), node)
+        gate_id = None
+        if "gate" in node:
+            gate_id = f"ID{next(iter(gate_ids))}"
+            ids = [("gating:id", gate_id)] + ([("gating:parent_id", parent_id)] if parent_id else [])
+            out.open("Gate", ids)
+            _gate(out, node["gate"], ids)
+            out.close("Gate")
+        else:
+            out.open("Dependents")
+            for dependent in node["dependents"]:
+                out.empty("Dependent", [("name", dependent)])
+            out.close("Dependents")
+        _subpopulations(out, node.get("children", []), gate_id or parent_id, gate_ids)
+        out.close(node["node"])
+    out.close("Subpopulations")
+
+
+def _gate(out: _Writer, gate: dict, ids: list[tuple[str, str]]) -> None:
+    common = [("eventsInside", "1"), ("annoOffsetX", "0"), ("annoOffsetY", "0"), ("tint", "#000000"),
+              ("isTinted", "0"), ("lineWeight", "Normal"), ("userDefined", "1")]
+    if gate["type"] == "RectangleGate":
+        out.open("gating:RectangleGate", [*common, ("percentX", "0"), ("percentY", "0"), *ids])
+        for dim in gate["dimensions"]:
+            limits = [(f"gating:{key}", _num(dim[key])) for key in ("min", "max") if dim[key] is not None]
+            out.open("gating:dimension", limits)
+            out.empty("data-type:fcs-dimension", [("data-type:name", dim["param"])])
+            out.close("gating:dimension")
+        out.close("gating:RectangleGate")
+        return
+    out.open("gating:PolygonGate", [*common, ("quadId", "-1"), ("gateResolution", "256"), *ids])
+    for param in gate["params"]:
+        out.open("gating:dimension")
+        out.empty("data-type:fcs-dimension", [("data-type:name", param)])
+        out.close("gating:dimension")
+    for vertex in gate["vertices"]:
+        out.open("gating:vertex")
+        for value in vertex:
+            out.empty("gating:coordinate", [("data-type:value", _num(value))])
+        out.close("gating:vertex")
+    out.close("gating:PolygonGate")
+
+
+def _num(value: Any) -> str:
+    """Shortest text that reads back as the same float (integers without a fraction)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    value = float(value)
+    if not math.isfinite(value):
+        raise GateError(f"FlowJo workspace: cannot write the non-finite number {value}")
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _escape(value: str) -> str:
+    value = _NOT_XML.sub("\ufffd", str(value))
+    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+            .replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;"))
+
+
+class _Writer:
+    """Indented XML, one element per line (names are literal; attribute values escaped)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 0
+
+    @staticmethod
+    def _tag(name: str, attrs: Sequence[tuple[str, Any]] | None) -> str:
+        return name + "".join(f' {key}="{_escape(value)}"' for key, value in (attrs or ()))
+
+    def text(self, line: str) -> None:
+        self.lines.append(line)
+
+    def open(self, name: str, attrs: Sequence[tuple[str, Any]] | None = None) -> None:
+        self.lines.append("  " * self.depth + f"<{self._tag(name, attrs)}>")
+        self.depth += 1
+
+    def close(self, name: str) -> None:
+        self.depth -= 1
+        self.lines.append("  " * self.depth + f"</{name}>")
+
+    def empty(self, name: str, attrs: Sequence[tuple[str, Any]] | None = None) -> None:
+        self.lines.append("  " * self.depth + f"<{self._tag(name, attrs)}/>")
+
+    def result(self) -> str:
+        return "\n".join(self.lines) + "\n"
