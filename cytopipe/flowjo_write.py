@@ -89,6 +89,8 @@ _NAMESPACES = (
 )
 # Characters XML 1.0 cannot hold at all, not even as character references (C0 controls, lone surrogates, U+FFFE/F).
 _NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Text that needs no escaping at all in an attribute value.
+_PLAIN = re.compile("[^&<>\"\t\n\r\x00-\x1f\ud800-\udfff\ufffe\uffff]*")
 # Polygon resolution for ellipses: doubled from the first until no event of the sample lies between polygon and
 # ellipse; the last is a safety cap (~140 kB of XML for one gate).
 _ELLIPSE_VERTICES = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -146,7 +148,7 @@ def sample_tree(strategy: Any, sample: Any, result: Any, spillover: Any = None, 
 
 def file_uri(path: str | os.PathLike[str]) -> str:
     """FlowJo's ``DataSet uri`` of a file: ``file:`` and the absolute path, percent-encoded (``file:/a/b%20c.fcs``)."""
-    posix = Path(path).resolve().as_posix()
+    posix = Path(os.path.abspath(path)).as_posix()
     if not posix.startswith("/"):
         posix = "/" + posix  # Windows drive: file:/C:/...
     return "file:" + quote(posix, safe="/:")
@@ -170,7 +172,8 @@ class _TreeBuilder:
     # -- parameters --------------------------------------------------------------------------------------------
 
     def detector(self, channel: str) -> str:
-        return self.sample.channels[self.sample.find_channel(channel)]
+        known = self.result.channels.get(channel)  # resolved once by the gating
+        return known if known is not None else self.sample.channels[self.sample.find_channel(channel)]
 
     def parameter(self, pop: Any, dim: Dimension, drawn: bool) -> str:
         """The FlowJo parameter name of a dimension (``Comp-`` prefixed when compensated); records its transform."""
@@ -432,7 +435,8 @@ def ellipse_polygon(gate: EllipsoidGate, values: np.ndarray | None = None, insid
     Returns
     -------
     numpy.ndarray
-        ``(k, 2)`` vertices (not closed).
+        ``(k, 2)`` vertices (not closed): the affine image of a regular ``k``-gon, vertices on (or just off) the
+        ellipse.
 
     Raises
     ------
@@ -441,16 +445,19 @@ def ellipse_polygon(gate: EllipsoidGate, values: np.ndarray | None = None, insid
 
     Notes
     -----
-    In whitened coordinates ``z = R (x - mean)`` (``R^T R = C^-1`` symmetrised) the ellipse is the disc
-    ``|z| <= sqrt(distance_square)``; ``r = |z| / sqrt(distance_square)`` is 1 on its boundary.
+    In whitened coordinates ``z = R (x - mean) / sqrt(distance_square)`` (``R^T R = C^-1`` symmetrised) the ellipse
+    is the unit disc. The regular ``k``-gon with circumradius ``rho`` and vertices at angles ``2 pi j / k`` holds
+    ``z`` exactly when its gauge ``s(z) = |z| cos(phi - theta) / cos(pi / k) <= rho``, ``phi`` being the angle of
+    ``z`` and ``theta`` the middle of the side facing it; ``|z| <= s(z) <= |z| / cos(pi / k)``.
 
-    1. ``r_in`` = the largest ``r`` of a kept event, ``r_out`` = the smallest of a rejected one.
-    2. A regular ``k``-gon with circumradius ``rho`` lies within radius ``rho`` and contains the disc of radius
-       ``rho cos(pi / k)``; it therefore keeps exactly the kept events when ``rho cos(pi / k) > r_in`` and
-       ``rho < r_out`` (each with a relative clearance of 1e-9 for rounding).
-    3. ``k`` is doubled from 64 until such a ``rho`` exists; ``rho`` is 1 (vertices on the ellipse) when it fits,
-       else the decimal with the fewest digits in the allowed interval, so that rounding differences between
-       processes cannot change the file.
+    1. ``k`` is doubled from 64. Only kept events with ``|z| >= r_in cos(pi / k)`` can have the largest gauge
+       ``s_in`` of the kept events, and only rejected events with ``|z| <= r_out / cos(pi / k)`` the smallest
+       ``s_out`` of the rejected ones (``r_in``, ``r_out``: largest kept and smallest rejected ``|z|``); those few
+       events near the boundary are the only ones whose angle is computed.
+    2. When ``s_in < s_out`` (each with a relative clearance of 1e-9 for rounding) the ``k``-gon with
+       ``rho`` in between keeps exactly the kept events: ``rho`` is 1 (vertices on the ellipse) when it fits,
+       else the decimal with the fewest digits in the interval, so that rounding differences between processes
+       do not change the file.
 
     Without events the 256-gon on the ellipse is returned; when no ``k`` up to 4096 separates the events (e.g.
     float32 ties on the boundary), the 4096-gon on the ellipse.
@@ -463,30 +470,47 @@ def ellipse_polygon(gate: EllipsoidGate, values: np.ndarray | None = None, insid
         raise GateError(f"gate '{gate.name}': the ellipse's covariance is not positive definite") from None
     mean = np.asarray(gate.mean, dtype=np.float64)
     radius = math.sqrt(gate.distance_square)
-    r_in, r_out = 0.0, math.inf
+    rho, k = 1.0, _ELLIPSE_UNSEEN
     if values is not None and inside is not None and len(values):
-        z = (np.asarray(values, dtype=np.float64) - mean) @ upper.T
-        r = np.sqrt(np.einsum("ij,ij->i", z, z)) / radius
-        inside = np.asarray(inside, dtype=bool)
-        if inside.any():
-            r_in = float(np.nanmax(r[inside]))
-        if (~inside).any():
-            outside = r[~inside]
-            outside = outside[np.isfinite(outside)]
-            r_out = float(outside.min()) if outside.size else math.inf
-    if values is None or inside is None:
-        rho, k = 1.0, _ELLIPSE_UNSEEN
-    else:
-        rho, k = 1.0, _ELLIPSE_VERTICES[-1]
-    for n in _ELLIPSE_VERTICES if values is not None and inside is not None else ():
-        low = r_in / math.cos(math.pi / n) * (1 + _MARGIN)
-        high = r_out * (1 - _MARGIN)
-        if low < high:
-            rho, k = (1.0 if low <= 1.0 <= high else _shortest_between(low, high)), n
-            break
+        rho, k = _separating_polygon(values, np.asarray(inside, dtype=bool), mean, precision, upper, radius)
     angles = 2 * math.pi * np.arange(k) / k
     circle = np.column_stack([np.cos(angles), np.sin(angles)]) * (rho * radius)
     return np.linalg.solve(upper, circle.T).T + mean
+
+
+def _separating_polygon(values: np.ndarray, inside: np.ndarray, mean: np.ndarray, precision: np.ndarray,
+                        upper: np.ndarray, radius: float) -> tuple[float, int]:
+    """``(rho, k)`` of the regular polygon in whitened units that keeps exactly ``inside`` (see ellipse_polygon)."""
+    # |z|^2 from the quadratic form, column by column (no (n, 2) temporaries); NaN (never kept) is ignored.
+    dx = np.asarray(values[:, 0], dtype=np.float64) - mean[0]
+    dy = np.asarray(values[:, 1], dtype=np.float64) - mean[1]
+    q = precision[0, 0] * dx * dx
+    q += 2 * precision[0, 1] * dx * dy
+    q += precision[1, 1] * dy * dy
+    r = np.sqrt(q) / radius  # |z|
+    whiten = upper / radius
+    r_in = float(np.where(inside, r, 0.0).max())  # np.where + reduce: several times faster than where=
+    r_out = float(np.where(inside | np.isnan(r), math.inf, r).min())
+    for k in _ELLIPSE_VERTICES:
+        half = math.pi / k
+        c = math.cos(half)
+        s_in, s_out = 0.0, math.inf
+        for kept, near in ((True, inside & (r >= r_in * c)), (False, ~inside & (r <= r_out / c))):
+            rows = np.flatnonzero(near)
+            if rows.size == 0:
+                continue
+            z = np.column_stack([dx[rows], dy[rows]]) @ whiten.T
+            phi = np.arctan2(z[:, 1], z[:, 0])
+            theta = (np.floor(phi / (2 * half)) + 0.5) * (2 * half)
+            gauge = np.hypot(z[:, 0], z[:, 1]) * np.cos(phi - theta) / c
+            if kept:
+                s_in = float(gauge.max())
+            else:
+                s_out = float(gauge.min())
+        low, high = s_in * (1 + _MARGIN), s_out * (1 - _MARGIN)
+        if low < high:
+            return (1.0 if low <= 1.0 <= high else _shortest_between(low, high)), k
+    return 1.0, _ELLIPSE_VERTICES[-1]
 
 
 def _shortest_between(low: float, high: float) -> float:
@@ -674,28 +698,29 @@ def _gate(out: _Writer, gate: dict, ids: list[tuple[str, str]]) -> None:
         out.open("gating:dimension")
         out.empty("data-type:fcs-dimension", [("data-type:name", param)])
         out.close("gating:dimension")
-    for vertex in gate["vertices"]:
-        out.open("gating:vertex")
-        for value in vertex:
-            out.empty("gating:coordinate", [("data-type:value", _num(value))])
-        out.close("gating:vertex")
+    indent = "  " * out.depth
+    out.lines.extend(f'{indent}<gating:vertex><gating:coordinate data-type:value="{_num(x)}"/>'
+                     f'<gating:coordinate data-type:value="{_num(y)}"/></gating:vertex>' for x, y in gate["vertices"])
     out.close("gating:PolygonGate")
 
 
 def _num(value: Any) -> str:
-    """Shortest text that reads back as the same float (integers without a fraction)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
+    """Shortest text that reads back as the same float (integral values without a fraction: ``262144``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     value = float(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
     if not math.isfinite(value):
         raise GateError(f"FlowJo workspace: cannot write the non-finite number {value}")
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
     return repr(value)
 
 
 def _escape(value: str) -> str:
-    value = _NOT_XML.sub("\ufffd", str(value))
+    value = str(value)
+    if _PLAIN.fullmatch(value):  # the common case, e.g. numbers and channel names: nothing to replace
+        return value
+    value = _NOT_XML.sub("\ufffd", value)
     return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
             .replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;"))
 
