@@ -311,6 +311,9 @@ class _TreeBuilder:
                                 f"FlowJo equivalent (FlowJo gates have 1 or 2 dimensions)")
             values, inside = self.membership(pop, gate)
             return self.polygon(pop, dims, ellipse_polygon(gate, values, inside))
+        if not dims:
+            raise GateError(f"{self.where}: population '{pop.name}' keeps every event of its parent without a gate "
+                            f"(pre-gated or optional); FlowJo has no gate without channels")
         raise GateError(f"{self.where}: population '{pop.name}': a {type(gate).__name__} cannot be written to a "
                         f"FlowJo workspace (data-driven gates must be fitted first)")
 
