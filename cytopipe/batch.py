@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import IO, Any
@@ -526,7 +526,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         out: str | os.PathLike = "results", workers: int | None = None, scheduler: str | None = None,
         treg: str | None = None, parent: str | None = None, clinical: str | os.PathLike | None = None,
         spillover: str | os.PathLike | None = None, cva: float = 10.0, cvi: float = 10.0, z: float = 1.96,
-        progress: bool | None = None, log_json: bool = False, quiet: bool = False, plots: bool = True,
+        progress: bool | None = None, log_json: bool = False, quiet: bool = False, plots: bool | str = True,
         report: bool = True, pdf: bool = True, stream: IO[str] | None = None,
         panel: str | os.PathLike | None = None, pregated: str | None = None) -> RunResult:
     """Gate every sample of a sample sheet and write the study's result folder.
@@ -558,7 +558,9 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     log_json, quiet
         JSON-lines logs; or nothing but errors.
     plots
-        Draw ``plots/gating_<sample>.png`` per sample.
+        Draw ``plots/gating_<sample>.svg`` per sample: ``True``/``"all"``; ``False``/``"none"``; or ``"flagged"``,
+        only for samples with a QC flag or a significant change (drawn after the statistics, re-reading just
+        those files), for very large batches.
     report
         Render ``report.html`` at the end (it also rewrites ``baseline.csv`` with the same settings, adding the
         columns that need ``populations.csv``).
@@ -595,8 +597,11 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     for option, value in (("--spillover", spillover), ("--clinical", clinical)):
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"{option} {value}: file not found")
+    mode = {True: "all", False: "none"}.get(plots, plots) if isinstance(plots, bool) else str(plots)
+    if mode not in ("all", "none", "flagged"):
+        raise ConfigError(f"--plots must be all, none or flagged (got {plots!r})")
     if scheduler is None and (workers or os.cpu_count() or 1) > 1:
-        _pool_context(plots)  # warm the worker processes' imports while this process does the set-up
+        _pool_context(mode == "all")  # warm the worker processes' imports while this process does the set-up
     table = read_sample_sheet(sheet)
     from .adapt import pregate
     from .panel import read_panel
@@ -619,7 +624,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     out.mkdir(parents=True, exist_ok=True)
     cache = ResultCache(out / CACHE_DIR)
     spill_path = str(Path(spillover).resolve()) if spillover is not None else None
-    plots_dir = str((out / "plots").resolve()) if plots else None
+    plots_dir = str((out / "plots").resolve()) if mode == "all" else None
     tasks, settings, client_fitted = _plan(strategy, table, treg_name, parent_name, spill_path, plots_dir, log,
                                            panel_file, pregated)
 
@@ -634,6 +639,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         else:
             todo.append((task, setting))
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    printer = _start_printer() if report and pdf else None  # Chromium starts up while the workers gate
     if todo:
         where = f"on {scheduler}" if scheduler else f"{min(n_workers, len(todo))} worker(s)"
         log.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache; {where}")
@@ -647,18 +653,23 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         tables["fitted"] = pd.concat([pd.DataFrame(client_fitted), tables["fitted"]], ignore_index=True)
     tables["drift"] = _drift(tables["fitted"], table)
     tables["baseline"] = _baseline(tables["treg"], clinical=clinical_table, cva=cva, cvi=cvi, z=z)
+    if mode == "flagged":
+        _draw_flagged(tables["baseline"], tasks, settings, str((out / "plots").resolve()), cache, n_workers,
+                      scheduler, log)
     _write_tables(tables, out)
     workspace = _write_workspace(out, results, log)
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
                        "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
-                       "z": z, "plots": plots, "treg": treg_name, "parent": parent_name,
+                       "z": z, "plots": mode, "treg": treg_name, "parent": parent_name,
                        "panel": panel_file.record() if panel_file is not None else None, "pregated": pregated,
                        "values": {"scale": strategy.scale, "decoding": SCALES[strategy.scale], "precision": "float32"}}
     _write_manifest(out, sheet, gates, strategy, table, results, settings_record, workspace)
     if report:
         from .report import render_report
 
-        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf)
+        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none", printer=printer)
+    if printer is not None:
+        printer.close()
         # The report rewrites baseline.csv (same settings, plus columns from populations.csv): return that one.
         tables["baseline"] = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
 
@@ -729,6 +740,34 @@ def _row_settings(table: pd.DataFrame, strategy: Any, treg: str, parent: str | N
         else:
             strategies[rec.sample] = chosen
     return panels, problems, strategies
+
+
+def _start_printer() -> Any:
+    """A headless Chromium for the PDF, started now so that its start-up overlaps the gating (None without one)."""
+    from .printer import Printer, PrinterError
+    from .report import find_chromium
+
+    chromium = find_chromium()
+    try:
+        return Printer(chromium) if chromium else None
+    except PrinterError:
+        return None
+
+
+def _draw_flagged(baseline: pd.DataFrame, tasks: list[SampleTask], settings: list[str], plots_dir: str,
+                  cache: ResultCache, n_workers: int, scheduler: str | None, log: Progress) -> None:
+    """``--plots flagged``: gate again, drawing the figure, only the samples with a QC flag or a significant change."""
+    if baseline is None or not len(baseline):
+        return
+    flags = baseline["qc_flags"].fillna("").astype(str) != "" if "qc_flags" in baseline else False
+    significant = baseline["significant"].astype(bool) if "significant" in baseline else False
+    chosen = set(baseline.loc[flags | significant, "sample"].astype(str))
+    redo = [(replace(task, plots_dir=plots_dir), setting)
+            for task, setting in zip(tasks, settings, strict=True) if task.sample in chosen]
+    if redo:
+        log.log(f"drawing gating figures of {len(redo)} flagged or significantly changed sample(s)")
+        for _ in _execute(redo, cache, n_workers, scheduler):
+            pass
 
 
 def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spill_path: str | None,

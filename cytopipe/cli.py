@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_panel_option(run)
     _add_pregated_option(run)
     _add_stats_options(run)
+    run.add_argument("--plots", choices=("all", "flagged", "none"), default="all",
+                     help="gating figures for all samples (default), only those with a QC flag or a significant "
+                          "change (very large batches), or none")
+    run.add_argument("--no-plots", dest="plots", action="store_const", const="none",
+                     help="no figures (same as --plots none): tables and a report without figures")
+    run.add_argument("--no-report", action="store_true", help="no report.html or report.pdf (tables only)")
+    run.add_argument("--no-pdf", action="store_true", help="skip the PDF rendering of the report")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     run.add_argument("--log-json", action="store_true", help="log progress as JSON lines on stderr")
 
@@ -138,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", metavar="RESULTS_DIR")
     _add_stats_options(report)
     report.add_argument("--no-pdf", action="store_true", help="skip the PDF rendering")
+    report.add_argument("--no-plots", action="store_true", help="no time-course or overview figures (gating "
+                        "figures already in RESULTS_DIR/plots are still shown)")
     return parser
 
 
@@ -157,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         sheet=sheet, gates=args.gates, out=args.out, workers=args.workers, scheduler=args.scheduler,
         treg=args.treg, parent=args.parent, clinical=args.clinical, spillover=args.spillover,
         cva=args.cva, cvi=args.cvi, z=args.z, quiet=args.quiet, log_json=args.log_json,
-        panel=args.panel, pregated=args.pregated,
+        panel=args.panel, pregated=args.pregated, plots=args.plots, report=not args.no_report, pdf=not args.no_pdf,
     )
     return result.exit_code
 
@@ -238,8 +247,9 @@ def _report(args: argparse.Namespace) -> int:
     from .report import render_report
 
     path = render_report(args.results, clinical=args.clinical, cva=args.cva, cvi=args.cvi, z=args.z,
-                         pdf=not args.no_pdf)
-    print(f"wrote {path}", file=sys.stderr)
+                         pdf=not args.no_pdf, plots=not args.no_plots)
+    pdf = path.with_name("report.pdf")
+    print(f"wrote {path}" + (f" and {pdf}" if pdf.is_file() and not args.no_pdf else ""), file=sys.stderr)
     return 0
 
 

@@ -714,16 +714,18 @@ class GatingResult:
     timings: dict[str, float] = field(default_factory=dict)
     _columns: dict[Any, _Column] = field(default_factory=dict, repr=False)
 
-    def values(self, gate: Gate) -> np.ndarray:
-        """The ``(n_events, ndim)`` transformed values ``gate`` was evaluated on (cached columns, for plotting)."""
+    def values(self, gate: Gate, rows: np.ndarray | None = None) -> np.ndarray:
+        """The ``(n_events, ndim)`` transformed values ``gate`` was evaluated on (cached columns, for plotting);
+        with ``rows`` (an index array) only those rows, computing no other."""
         if isinstance(gate, BooleanGate):
-            return np.column_stack([self.masks[name] for name in gate.operands])
+            return np.column_stack([self.masks[name] if rows is None else self.masks[name][rows]
+                                    for name in gate.operands])
         columns = []
         for dim in gate.dimensions:
             column = self._columns.get(_column_key(dim))
             if column is None:
                 raise GateError(f"gate '{gate.name}': dimension {dim.label} was not evaluated on this sample")
-            columns.append(column.get(None))
+            columns.append(column.get(rows))
         return np.column_stack(columns)
 
 

@@ -51,7 +51,7 @@ class SampleTask:
         Path of a spillover matrix file that replaces the file's own keyword (sheet row or ``--spillover``), or
         ``None``.
     plots_dir
-        Folder for ``gating_<sample>.png``; ``None`` skips the plot.
+        Folder for ``gating_<sample>.svg``; ``None`` skips the plot.
     controls
         ``(role, file)`` pairs of the subject's control tubes (``fmo:CD25``, ``unstained``...) for data-driven
         cuts that use a control.
@@ -311,7 +311,7 @@ def process_sample(task: SampleTask) -> SampleResult:
        compensated and transformed once). A denominator without events fails the sample here.
     4. count: population rows and the Treg row with its Wilson interval.
        workspace: the sample's gates for ``gates_fitted.wsp`` (ellipses as polygons keeping the same events).
-    5. plot: ``gating_<sample>.png`` into ``task.plots_dir``; a plot failure keeps the counts.
+    5. plot: ``gating_<sample>.svg`` into ``task.plots_dir``; a plot failure keeps the counts.
 
     The events and every per-sample cache are freed by reference counting when this returns (the gating engine
     holds no reference cycles), so a worker holds one sample at a time without calling the garbage collector.
@@ -411,17 +411,17 @@ def process_sample(task: SampleTask) -> SampleResult:
 
 
 def plot_path(plots_dir: str | os.PathLike, sample: str) -> Path:
-    """``<plots_dir>/gating_<sample>.png`` with path separators and other unsafe characters replaced."""
+    """``<plots_dir>/gating_<sample>.svg`` with path separators and other unsafe characters replaced."""
     safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in sample) or "sample"
-    return Path(plots_dir) / f"gating_{safe}.png"
+    return Path(plots_dir) / f"gating_{safe}.svg"
 
 
 def _draw_plot(result: Any, strategy: Any, sample: str, treg: str | None, plots_dir: str) -> str:
-    from .plots import gating_hierarchy, save_figure
+    from .plots import figure_id, gating_hierarchy, save_figure
 
     path = plot_path(plots_dir, sample)
-    # A bare Figure (no pyplot): nothing global to close, safe in worker processes and threads.
-    save_figure(gating_hierarchy(result, strategy, sample, treg=treg), path)  # atomic write
+    # The element ids are those of the sample: the report inlines the file as it is.
+    save_figure(gating_hierarchy(result, strategy, sample, treg=treg), path, ident=figure_id(sample))
     return str(path)
 
 

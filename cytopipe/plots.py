@@ -1,126 +1,290 @@
-"""Figures: per-subject time course, all-subject fold-change overview, per-sample gating hierarchy.
+"""Figures: per-sample gating, per-subject time course, all-subject fold-change overview, as SVG.
 
-Every figure is a :class:`matplotlib.figure.Figure` built without :mod:`matplotlib.pyplot` (no global figure
-registry, safe in worker processes, nothing to close) in one style (:data:`STYLE`: a small sans-serif font, no top
-and right spines, the colour-blind-safe Okabe-Ito palette). :func:`save_figure` writes PNG and SVG atomically.
+Every figure is a :class:`cytopipe.svg.Figure` (a plain description of panels) rendered to SVG by
+:func:`cytopipe.svg.render`; no matplotlib. Densities are numpy 2-D histograms embedded as small PNG rasters, the
+rest (axes in intensities, gates, counts, labels) is vector text and paths that the HTML report inlines. One style:
+text of at least 10 CSS px, the colour-blind-safe Okabe-Ito palette. :func:`save_figure` writes the SVG atomically.
 
-Text that comes from users (subject, timepoint, sample and population names) is drawn literally: a ``$`` never
-switches matplotlib into mathtext.
+User text (subject, timepoint, sample and population names) goes through the template's autoescaping.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-import pandas as pd
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
-from cytopipe.outputs import atomic_open
-from cytopipe.stats import platelet_column
+from cytopipe.outputs import atomic_write
+from cytopipe.svg import Axis, Figure, Panel, density_png, nice_ticks, path_d, render, transform_ticks
 
-__all__ = ["STYLE", "fold_change_overview", "gating_hierarchy", "save_figure", "time_course"]
+if TYPE_CHECKING:  # pandas only for the per-subject figures: worker processes draw gating figures without it
+    import pandas as pd
+
+__all__ = ["PALETTE", "fold_change_overview", "gating_hierarchy", "save_figure", "time_course"]
 
 #: Okabe & Ito (2008) colour-blind-safe palette.
 PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 _TREG, _PLATELET, _SIGNIFICANT, _GATE = PALETTE[0], PALETTE[1], PALETTE[3], "#C8102E"
-
-#: Matplotlib settings shared by every cytopipe figure.
-STYLE: dict[str, Any] = {
-    "font.family": "DejaVu Sans",
-    "font.size": 8.5,
-    "axes.titlesize": 9.5,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 8.5,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.linewidth": 0.8,
-    "axes.grid": True,
-    "grid.color": "#DDDDDD",
-    "grid.linewidth": 0.5,
-    "xtick.labelsize": 7.5,
-    "ytick.labelsize": 7.5,
-    "legend.fontsize": 7.5,
-    "legend.frameon": False,
-    "lines.linewidth": 1.5,
-    "lines.markersize": 5,
-    "image.cmap": "viridis",
-    "svg.fonttype": "none",
-    "svg.hashsalt": "cytopipe",
-}
-_DPI = 150
-#: Gating plots are wide rows of small panels for checking gates on screen: a lower resolution halves the pixels
-#: to draw and compress.
-_GATING_DPI = 110
-#: zlib level of PNG files: level 1 compresses figures of flat colour almost as well as the default (6) in a
-#: fraction of the time.
-_PNG_COMPRESSION = 1
-#: At most this many events are binned per density panel (an even stride through the parent's events): a
-#: log-coloured 2-D histogram of 200,000 events looks like that of all of them.
-_MAX_PLOT_EVENTS = 200_000
-#: Back-gated events drawn as dots (an even stride when there are more).
-_MAX_BACKGATE_DOTS = 20_000
-_BINS = 128
+#: At most this many of a parent's events are binned per density panel (an even stride through the parent): a
+#: log-coloured 80 x 80 histogram of 30,000 events looks like that of all of them.
+_MAX_PLOT_EVENTS = 30_000
+_BINS = 80
+#: Gating panel geometry (CSS px): plot square, margins; four panels per row keep the figure under 950 px wide.
+_PLOT, _LEFT, _RIGHT, _TOP, _BOTTOM, _PER_ROW, _HEAD = 160, 56, 18, 44, 40, 4, 26
 
 
-def _plain(text: object) -> str:
-    """User text drawn literally: escape the ``$`` that would start mathtext."""
-    return str(text).replace("$", r"\$")
+def figure_id(name: str) -> str:
+    """An HTML-safe, unique-enough element id prefix for one figure (clip-path ids must be unique in a page)."""
+    return "f" + hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
-def _new_figure(width: float, height: float, layout: str | None = "constrained", dpi: float = _DPI) -> Figure:
-    with matplotlib.rc_context(STYLE):
-        return Figure(figsize=(width, height), layout=layout, dpi=dpi)
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Write a figure atomically (see :func:`cytopipe.outputs.atomic_open`).
+def save_figure(fig: Figure, path: str | os.PathLike, ident: str | None = None) -> Path:
+    """Write a figure as an SVG file, atomically (:func:`cytopipe.outputs.atomic_write`).
 
     Parameters
     ----------
-    fig : matplotlib.figure.Figure
+    fig : cytopipe.svg.Figure
         The figure.
     path : str or os.PathLike
-        Path without suffix (``plots/timecourse_ITP-01`` writes ``.png`` and ``.svg``), or with a ``.png``,
-        ``.svg`` or ``.pdf`` suffix to write exactly that one file.
-    formats : sequence of str
-        Formats written when ``path`` has no recognised suffix.
+        Target path; ``.svg`` is appended when it has another suffix or none.
+    ident : str, optional
+        Element-id prefix (default: from the file name).
 
     Returns
     -------
-    list of pathlib.Path
-        The files written.
+    pathlib.Path
+        The file written (byte-identical for the same figure).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".svg":
+        path = path.with_name(path.name + ".svg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = '<?xml version="1.0" encoding="utf-8"?>\n' + render(fig, ident or figure_id(path.stem), standalone=True)
+    atomic_write(path, text)
+    return path
+
+
+def _short(text: object, limit: int = 28) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------- gating
+
+
+def _dimension_label(dimension: Any) -> str:
+    """``"CD4 (logicle)"``: the channel (or ratio) and the transform kind; raw scatter has no suffix."""
+    channel = dimension.channel
+    ratio = getattr(dimension, "ratio", None)
+    name = ratio.name if ratio is not None else " / ".join(channel) if isinstance(channel, tuple) else str(channel)
+    transform = getattr(dimension, "transform", None)
+    kind = {"flin": "", "fasinh": "arcsinh", "flog": "log"}.get(getattr(transform, "kind", ""),
+                                                               getattr(transform, "kind", ""))
+    return _short(f"{name} ({kind})" if transform is not None and kind else name, 30)
+
+
+def _stride(rows: np.ndarray, limit: int) -> np.ndarray:
+    """Every k-th of ``rows`` so that at most ``limit`` remain: an even spread over the whole acquisition."""
+    return rows if rows.size <= limit else rows[:: -(-rows.size // limit)]
+
+
+def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
+    """Axis limits: the 0.2-99.8 % range of (at most 8,000 of) the values, stretched towards the gate outline."""
+    some = np.sort(values[:: max(1, -(-values.size // 4_000))])
+    some = some[np.isfinite(some)]
+    if some.size == 0:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = float(some[int(0.002 * (some.size - 1))]), float(some[int(np.ceil(0.998 * (some.size - 1)))])
+    if outline is not None:
+        corners = outline[np.isfinite(outline)]
+        span = hi - lo if hi > lo else 1.0
+        corners = corners[(corners > lo - 0.5 * span) & (corners < hi + 0.5 * span)]
+        if corners.size:
+            lo, hi = min(lo, float(corners.min())), max(hi, float(corners.max()))
+    if not hi > lo:
+        lo, hi = lo - 0.5, lo + 0.5
+    pad = 0.04 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _bin(values: np.ndarray, limits: tuple[float, float], bins: int) -> np.ndarray:
+    """Bin index of each value on ``bins`` equal cells over ``limits``; ``bins`` for values outside (and NaN)."""
+    lo, hi = limits
+    scaled = (np.asarray(values, dtype=np.float32) - np.float32(lo)) * np.float32(bins / (hi - lo))
+    index = np.full(scaled.shape, bins, dtype=np.intp)
+    inside = (scaled >= 0) & (scaled < bins)
+    index[inside] = scaled[inside]
+    return index
+
+
+def histogram2d(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
+                bins: int = _BINS) -> np.ndarray:
+    """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal bins but in
+    one :func:`numpy.bincount` (values outside the limits land in an overflow row and column, dropped)."""
+    flat = _bin(x, xlim, bins) * (bins + 1) + _bin(y, ylim, bins)
+    return np.bincount(flat, minlength=(bins + 1) ** 2).reshape(bins + 1, bins + 1)[:bins, :bins]
+
+
+def _treg_name(strategy: Any, treg: str | None) -> str | None:
+    names = [p.name for p in strategy.populations]
+    for candidate in (treg, getattr(strategy, "treg", None)):
+        if candidate in names:
+            return candidate
+    return next((n for n in names if n.lower() == "treg"), None)
+
+
+def _is_scatter(channel: Any) -> bool:
+    return isinstance(channel, str) and channel.upper().startswith(("FSC", "SSC"))
+
+
+def _values(result: Any, gate: Any, rows: np.ndarray) -> np.ndarray:
+    """The gate's transformed values on ``rows`` (only those rows are computed when the result allows it)."""
+    try:
+        return np.asarray(result.values(gate, rows))
+    except TypeError:  # a result without row selection
+        return np.asarray(result.values(gate))[rows]
+
+
+def _panel_box(index: int) -> tuple[float, float]:
+    row, col = divmod(index, _PER_ROW)
+    return _LEFT + col * (_LEFT + _PLOT + _RIGHT), _HEAD + _TOP + row * (_TOP + _PLOT + _BOTTOM)
+
+
+def _density_panel(panel: Panel, x: np.ndarray, y: np.ndarray, dims: Sequence[Any], outline: np.ndarray | None,
+                   inside: np.ndarray | None) -> None:
+    """A 2-D density of the parent's events with the gate outline (or, without one, the gated events in red)."""
+    xlim = _limits(x, None if outline is None else outline[:, 0])
+    ylim = _limits(y, None if outline is None else outline[:, 1])
+    counts = histogram2d(x, y, xlim, ylim)
+    highlight = None if inside is None else histogram2d(x[inside], y[inside], xlim, ylim)
+    panel.image = density_png(counts, "viridis" if highlight is None else "greys", highlight=highlight)
+    ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
+    if outline is not None:
+        d = path_d(ax(ax.clip(outline[:, 0])), ay(ay.clip(outline[:, 1])), close=True)
+        panel.path(d, stroke=_GATE, fill=_GATE, width=1.5, gid="gate", fill_opacity=0.12)
+    panel.limits = (*xlim, *ylim)
+    panel.xticks = [(round(float(ax(p)), 1), label) for p, label in transform_ticks(dims[0].transform, xlim)]
+    panel.yticks = [(round(float(ay(p)), 1), label) for p, label in transform_ticks(dims[1].transform, ylim)]
+    panel.xlabel, panel.ylabel = _dimension_label(dims[0]), _dimension_label(dims[1])
+
+
+def _histogram_panel(panel: Panel, x: np.ndarray, inside: np.ndarray, dim: Any, gate: Any, scale: float) -> None:
+    """Parent's events in grey, the gated ones shaded red; counts scaled by the sampling stride."""
+    bounds = [v for v in (*getattr(gate, "min", ()), *getattr(gate, "max", ())) if v is not None]
+    xlim = _limits(x, np.array(bounds, dtype=float) if bounds else None)
+    index = _bin(x, xlim, _BINS)
+    every = np.bincount(index, minlength=_BINS + 1)[:_BINS] * scale
+    gated = np.bincount(index[inside], minlength=_BINS + 1)[:_BINS] * scale
+    top = max(float(every.max()) * 1.08, 1.0)
+    ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(0.0, top, panel.y + panel.height, panel.y)
+    edges = ax(np.linspace(*xlim, _BINS + 1))
+    for heights, colour, opacity in ((every, "#9a9a9a", 1.0), (gated, _GATE, 0.65)):
+        xs = np.concatenate([[edges[0]], np.repeat(edges, 2)[1:-1], [edges[-1]]])
+        ys = np.concatenate([[0.0], np.repeat(heights, 2), [0.0]])
+        panel.path(path_d(xs, ay(ys), close=True), fill=colour, opacity=opacity)
+    for value in bounds:  # the cut itself, where it selects
+        px = float(ax(ax.clip(value)))
+        panel.path(f"M{px:.1f},{panel.y:g}V{panel.y + panel.height:g}", stroke=_GATE, width=1.5, gid="gate")
+    panel.limits = (*xlim, 0.0, top)
+    panel.xticks = [(round(float(ax(p)), 1), label) for p, label in transform_ticks(dim.transform, xlim)]
+    panel.yticks = [(round(float(ay(v)), 1), _count(v)) for v in nice_ticks(0.0, top, 3)]
+    panel.xlabel, panel.ylabel = _dimension_label(dim), "events"
+
+
+def _count(value: float) -> str:
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | None = None) -> Figure:
+    """The gating of one sample: one density panel per gated population, and the Tregs back-gated on scatter.
+
+    Parameters
+    ----------
+    result : cytopipe.gates.GatingResult
+        The gated sample (``masks``, ``n_events``, ``values(gate, rows)``).
+    strategy : cytopipe.gates.GatingStrategy
+        The strategy that produced ``result``.
+    sample_name : str
+        Shown in the title.
+    treg : str, optional
+        The Treg population for back-gating; default ``strategy.treg``, else the population named Treg.
+
+    Returns
+    -------
+    cytopipe.svg.Figure
+        Panels in rows of four. A 2-D gate: the log-coloured density of its parent's events on the gate's first
+        two dimensions with ``gate.outline()`` drawn and lightly filled where it selects (open sides run past the
+        axes; a singlet band is drawn as the band); without an outline (n-D gates) the gated events are shown in
+        red over the parent in grey. A 1-D gate: the parent's histogram with the gated events shaded and the cuts
+        drawn. Boolean gates (no dimensions) are skipped. Last, every event on the scatter gate's axes in grey with
+        the Treg events in red (back-gating). Titles give exact counts and % of parent; axes are labelled in
+        intensities (0, 10², 10³... on logicle axes).
 
     Notes
     -----
-    PNG files are rendered at the figure's own resolution (``Figure.dpi``: 150 for every cytopipe figure but the
-    gating plots, 110) and compressed at zlib level 1.
+    Only the gating contract is used: ``strategy.populations``, ``pop.gate.dimensions``, ``pop.gate.outline()``,
+    ``result.values(gate, rows)`` and ``result.masks``. A panel bins at most :data:`_MAX_PLOT_EVENTS` of its
+    parent's events (every k-th; 1-D counts are scaled back by k), and only those rows' values are computed.
     """
-    path = Path(path)
-    if path.suffix.lower() in (".png", ".svg", ".pdf"):
-        targets = [path]
-    else:
-        targets = [path.with_name(f"{path.name}.{fmt}") for fmt in formats]
-    written = []
-    with matplotlib.rc_context(STYLE):
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fmt = target.suffix.lstrip(".").lower()
-            # No timestamps in the files: the same results give byte-identical figures.
-            metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
-            extra = {"pil_kwargs": {"compress_level": _PNG_COMPRESSION}} if fmt == "png" else {}
-            with atomic_open(target, "wb") as handle:
-                fig.savefig(handle, format=fmt, dpi="figure", metadata=metadata, **extra)
-            written.append(target)
-    return written
+    pops = [p for p in strategy.populations if len(getattr(p.gate, "dimensions", ()) or ()) >= 1]
+    treg_name = _treg_name(strategy, treg)
+    scatter = next((p for p in pops if len(p.gate.dimensions) >= 2
+                    and all(_is_scatter(d.channel) for d in p.gate.dimensions[:2])), None)
+    n_panels = max(len(pops) + (1 if treg_name and scatter is not None else 0), 1)
+    n_rows = -(-n_panels // _PER_ROW)
+    width = min(n_panels, _PER_ROW) * (_LEFT + _PLOT + _RIGHT) + 8
+    height = _HEAD + n_rows * (_TOP + _PLOT + _BOTTOM)
+    fig = Figure(width=width, height=height, title=f"Gating of {_short(sample_name, 60)}", kind="gating",
+                 label=f"Gating of {sample_name}")
+    n_events = int(getattr(result, "n_events", 0)) or len(next(iter(result.masks.values())))
+    every_row = np.arange(n_events)
+
+    for index, pop in enumerate(pops):
+        x0, y0 = _panel_box(index)
+        panel = Panel(x0, y0, _PLOT, _PLOT)
+        parent = np.flatnonzero(result.masks[pop.parent]) if pop.parent else every_row
+        n_parent = int(parent.size)
+        n_in = int(np.count_nonzero(result.masks[pop.name]))  # masks carry the parent chain
+        rows = _stride(parent, _MAX_PLOT_EVENTS)
+        dims = pop.gate.dimensions
+        values = _values(result, pop.gate, rows)
+        inside = result.masks[pop.name][rows]
+        if len(dims) >= 2:
+            outline = pop.gate.outline() if len(dims) == 2 else None
+            outline = None if outline is None else np.asarray(outline, dtype=float)
+            _density_panel(panel, values[:, 0], values[:, 1], dims, outline, None if outline is not None else inside)
+        else:
+            _histogram_panel(panel, values[:, 0], inside, dims[0], pop.gate, n_parent / max(rows.size, 1))
+        pct = f"{100.0 * n_in / n_parent:.1f}%" if n_parent else "–"
+        panel.title = [_short(pop.name), f"{n_in:,} = {pct} of {_short(pop.parent or 'all events', 16)}"]
+        panel.tooltip = f"{pop.name}: {n_in:,} events = {pct} of {pop.parent or 'all events'} ({n_parent:,})"
+        fig.panels.append(panel)
+    if treg_name and scatter is not None:
+        x0, y0 = _panel_box(len(pops))
+        panel = Panel(x0, y0, _PLOT, _PLOT)
+        rows = _stride(every_row, _MAX_PLOT_EVENTS)
+        xy = _values(result, scatter.gate, rows)
+        tregs = result.masks[treg_name]
+        _density_panel(panel, xy[:, 0], xy[:, 1], scatter.gate.dimensions, None, tregs[rows])
+        # Rare Tregs may miss the stride: bin all of them for the red layer when they are few.
+        n_treg = int(np.count_nonzero(tregs))
+        panel.title = [f"Back-gating: {_short(treg_name, 16)}", f"{n_treg:,} events (red) on scatter"]
+        panel.tooltip = f"{treg_name} events (red) over all events (grey)"
+        fig.panels.append(panel)
+    if not fig.panels:
+        panel = Panel(*_panel_box(0), _PLOT, _PLOT)
+        panel.texts.append({"x": panel.x + 8, "y": panel.y + 20, "text": "no gate with dimensions to draw"})
+        fig.panels.append(panel)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- time course
@@ -134,20 +298,33 @@ def _subject_rows(table: pd.DataFrame, subject: str) -> pd.DataFrame:
 
 
 def _platelets(table_rows: pd.DataFrame, clinical: pd.DataFrame | None, subject: str) -> pd.DataFrame | None:
-    """Platelet series (day, value) of a subject: all clinical rows when given, else the joined column."""
+    """Platelet series (day, value) of a subject: all clinical rows when given, else the joined column; finite
+    values only."""
+    import pandas as pd
+
+    from cytopipe.stats import platelet_column
+
+    series = None
     if clinical is not None and "day" in clinical:
         col = platelet_column(list(clinical.columns))
         if col is not None:
             rows = clinical[clinical["subject"].astype(str) == str(subject)]
-            series = pd.DataFrame({"day": rows["day"].astype(float), "value": pd.to_numeric(rows[col], "coerce")})
-            series = series.dropna().sort_values("day")
-            return series if len(series) else None
-    col = platelet_column(list(table_rows.columns))
-    if col is None:
-        return None
-    series = pd.DataFrame({"day": table_rows["day"].astype(float), "value": pd.to_numeric(table_rows[col], "coerce")})
-    series = series.dropna()
+            series = pd.DataFrame({"day": pd.to_numeric(rows["day"], errors="coerce"),
+                                   "value": pd.to_numeric(rows[col], errors="coerce")})
+    if series is None:
+        col = platelet_column(list(table_rows.columns))
+        if col is None:
+            return None
+        series = pd.DataFrame({"day": pd.to_numeric(table_rows["day"], errors="coerce"),
+                               "value": pd.to_numeric(table_rows[col], errors="coerce")})
+    series = series[np.isfinite(series["day"]) & np.isfinite(series["value"])].sort_values("day", kind="stable")
     return series if len(series) else None
+
+
+def _floats(rows: pd.DataFrame, column: str) -> np.ndarray:
+    import pandas as pd
+
+    return pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
 
 
 def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame | None = None) -> Figure:
@@ -166,10 +343,11 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
 
     Returns
     -------
-    matplotlib.figure.Figure
-        Treg % (line and points) with the Wilson interval as a band, the baseline as a dashed line with the
-        band of changes smaller than the RCV around it, significant changes marked with a star, low-event samples
-        as open circles; platelets as squares on the right axis with the IWG complete-response line at 100.
+    cytopipe.svg.Figure
+        Treg % (line and points, class ``treg_pct``) with the Wilson interval as a band, the baseline as a dashed
+        line with the band of changes smaller than the RCV around it. Significance is the point itself: a
+        significant change is a red diamond (not a mark floating above the data); low-event samples are open
+        circles. Platelets (x10⁹/L) are squares on the right axis with the IWG complete-response line at 100.
 
     Raises
     ------
@@ -177,65 +355,93 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
         When the subject is not in the table.
     """
     rows = _subject_rows(baseline_df, subject)
-    day = rows["day"].to_numpy(dtype=float)
-    pct = rows["treg_pct"].to_numpy(dtype=float)
-    # Fixed margins (inches) rather than constrained layout: a third of the report's rendering time otherwise.
-    width, height = 6.4, 3.8
-    fig = _new_figure(width, height, layout=None)
-    fig.subplots_adjust(left=0.65 / width, right=1 - 0.75 / width, top=1 - 0.35 / height, bottom=1.15 / height)
-    with matplotlib.rc_context(STYLE):
-        ax = fig.add_subplot()
-        handles: list[Any] = []
-        ax.fill_between(day, rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float), color=_TREG,
-                        alpha=0.2, linewidth=0)
-        handles.append(Patch(color=_TREG, alpha=0.2, label="Wilson interval"))
-        base = float(rows["baseline_pct"].iloc[0])
-        rcv = float(rows["rcv_pct"].iloc[0])
-        if np.isfinite(base):
-            ax.axhspan(base * (1 - rcv / 100), base * (1 + rcv / 100), color="#888888", alpha=0.12, linewidth=0)
-            ax.axhline(base, color="#555555", linestyle="--", linewidth=1)
-            handles.append(Line2D([], [], color="#555555", linestyle="--", label=f"baseline {base:.2f}%"))
-            handles.append(Patch(color="#888888", alpha=0.12, label=f"within RCV (\u00b1{rcv:.0f}%)"))
-        low = rows["low_events"].to_numpy(dtype=bool)
-        ax.plot(day, pct, color=_TREG, marker="", zorder=3, gid="treg_pct")
-        ax.plot(day[~low], pct[~low], linestyle="", marker="o", color=_TREG, zorder=4)
-        handles.insert(0, Line2D([], [], color=_TREG, marker="o", label="Treg % of CD4"))
-        if low.any():
-            ax.plot(day[low], pct[low], linestyle="", marker="o", markerfacecolor="white", color=_TREG, zorder=4)
-            handles.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="white", color=_TREG,
-                                  label="low events"))
-        sig = rows["significant"].to_numpy(dtype=bool)
-        if sig.any():
-            top = np.nanmax(rows["ci_high"].to_numpy(float))
-            offset = 0.06 * (top if np.isfinite(top) and top > 0 else 1.0)
-            ax.plot(day[sig], rows["ci_high"].to_numpy(float)[sig] + offset, linestyle="", marker="*",
-                    markersize=9, color=_SIGNIFICANT, zorder=5)
-            handles.append(Line2D([], [], linestyle="", marker="*", markersize=9, color=_SIGNIFICANT,
-                                  label="significant change"))
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("Treg % of CD4+ T cells")
-        ax.set_xlabel("day")
-        ax.set_xticks(day, [f"{_plain(tp)}\nd{d:g}" for tp, d in zip(rows["timepoint"], day, strict=True)])
-        ax.set_title(f"{_plain(subject)}: Treg % of CD4 against baseline", loc="left")
-
-        platelets = _platelets(rows, clinical, subject)
-        if platelets is not None:
-            ax2 = ax.twinx()
-            ax2.grid(False)
-            ax2.spines["right"].set_visible(True)
-            ax2.plot(platelets["day"], platelets["value"], color=_PLATELET, marker="s", markersize=4,
-                     linestyle=":", linewidth=1.2)
-            ax2.axhline(100, color=_PLATELET, linewidth=0.8, alpha=0.6, linestyle=(0, (1, 3)))
-            ax2.set_ylim(0, max(110.0, float(platelets["value"].max()) * 1.15))
-            ax2.set_ylabel("platelets (x10\u2079/L)", color=_PLATELET)
-            ax2.tick_params(axis="y", colors=_PLATELET)
-            handles.append(Line2D([], [], color=_PLATELET, marker="s", markersize=4, linestyle=":",
-                                  label="platelets (IWG CR line at 100)"))
-            lo, hi = min(day.min(), platelets["day"].min()), max(day.max(), platelets["day"].max())
-            pad = 0.03 * (hi - lo if hi > lo else 1.0)
-            ax.set_xlim(lo - pad, hi + pad)
-        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 4))
+    day = _floats(rows, "day")
+    pct = _floats(rows, "treg_pct")
+    lo_ci, hi_ci = _floats(rows, "ci_low"), _floats(rows, "ci_high")
+    low = rows["low_events"].to_numpy(dtype=bool)
+    sig = rows["significant"].to_numpy(dtype=bool)
+    platelets = _platelets(rows, clinical, subject)
+    width, height = 660.0, 330.0
+    panel = Panel(64.0, 40.0, 500.0, 190.0, grid=True)
+    fig = Figure(width=width, height=height, title=f"{_short(subject, 50)}: Treg % of CD4 against baseline",
+                 kind="timecourse", label=f"Treg % over time for {subject}")
+    days = day[np.isfinite(day)]
+    if platelets is not None:
+        days = np.concatenate([days, platelets["day"].to_numpy(float)])
+    d_lo, d_hi = (float(days.min()), float(days.max())) if days.size else (0.0, 1.0)
+    pad = 0.04 * (d_hi - d_lo if d_hi > d_lo else 10.0)
+    ax = Axis(d_lo - pad, d_hi + pad, panel.x, panel.x + panel.width)
+    base = float(rows["baseline_pct"].iloc[0]) if "baseline_pct" in rows else float("nan")
+    rcv = float(rows["rcv_pct"].iloc[0]) if "rcv_pct" in rows else float("nan")
+    candidates = np.concatenate([pct, hi_ci, [base * (1 + rcv / 100) if math.isfinite(base * rcv) else np.nan]])
+    top = float(np.nanmax(candidates)) if np.isfinite(candidates).any() else 1.0
+    top = top * 1.1 if top > 0 else 1.0
+    ay = Axis(0.0, top, panel.y + panel.height, panel.y)
+    legend: list[dict[str, Any]] = [{"kind": "dot", "colour": _TREG, "label": "Treg % of CD4"},
+                                    {"kind": "band", "colour": _TREG, "label": "Wilson 95% interval"}]
+    if math.isfinite(base):
+        if math.isfinite(rcv):
+            y1, y2 = ay(base * (1 + rcv / 100)), ay(max(base * (1 - rcv / 100), 0.0))
+            panel.path(f"M{panel.x},{y1:.1f}H{panel.x + panel.width}V{y2:.1f}H{panel.x}Z", fill="#888888",
+                       opacity=0.15)
+            legend.append({"kind": "band", "colour": "#888888", "label": f"within RCV (±{rcv:.0f}%)",
+                           "opacity": "0.3"})
+        yb = ay(base)
+        panel.path(f"M{panel.x},{yb:.1f}H{panel.x + panel.width}", stroke="#555555", dash="5 3")
+        legend.append({"kind": "line", "colour": "#555555", "dash": "5 3", "label": f"baseline {base:.2f}%"})
+    ok = np.isfinite(lo_ci) & np.isfinite(hi_ci) & np.isfinite(day)
+    if ok.any():
+        xs = ax(day[ok])
+        panel.path(path_d(np.concatenate([xs, xs[::-1]]), np.concatenate([ay(lo_ci[ok]), ay(hi_ci[ok])[::-1]]),
+                          close=True), fill=_TREG, opacity=0.2)
+    panel.path(path_d(ax(day), ay(pct)), stroke=_TREG, width=1.6, gid="treg_pct")
+    for d, p, is_low, is_sig, tp, a, b in zip(day, pct, low, sig, rows["timepoint"], lo_ci, hi_ci, strict=True):
+        note = f"{tp} (day {d:g}): {p:.2f}% [{a:.2f}, {b:.2f}]" + ("; significant change" if is_sig else "") \
+            + ("; low events" if is_low else "")
+        if is_sig:
+            panel.marker(float(ax(d)), float(ay(p)), "diamond", _SIGNIFICANT, _SIGNIFICANT, 4.0, note)
+        else:
+            panel.marker(float(ax(d)), float(ay(p)), "circle", "#ffffff" if is_low else _TREG, _TREG, 3.5, note)
+    if sig.any():
+        legend.append({"kind": "diamond", "colour": _SIGNIFICANT, "label": "significant change"})
+    if low.any():
+        legend.append({"kind": "open", "colour": _TREG, "label": "low events"})
+    if platelets is not None:
+        p_top = max(110.0, float(platelets["value"].max()) * 1.15)
+        ap = Axis(0.0, p_top, panel.y + panel.height, panel.y)
+        panel.path(path_d(ax(platelets["day"]), ap(platelets["value"])), stroke=_PLATELET, width=1.3, dash="2 3")
+        y100 = ap(100.0)
+        panel.path(f"M{panel.x},{y100:.1f}H{panel.x + panel.width}", stroke=_PLATELET, width=0.9, dash="1 3")
+        for d, v in zip(platelets["day"], platelets["value"], strict=True):
+            panel.marker(float(ax(d)), float(ap(v)), "square", _PLATELET, _PLATELET, 3.0,
+                         f"platelets day {d:g}: {v:g} x10⁹/L")
+        panel.yticks_right = [(round(float(ap(v)), 1), f"{v:g}") for v in nice_ticks(0.0, p_top, 4)]
+        panel.ylabel_right = "platelets (×10⁹/L)"
+        panel.right_colour = "#9a6700"
+        legend.append({"kind": "square", "colour": _PLATELET, "label": "platelets (IWG CR line at 100 ×10⁹/L)"})
+    panel.yticks = [(round(float(ay(v)), 1), f"{v:g}") for v in nice_ticks(0.0, top, 4)]
+    panel.ylabel = "Treg % of CD4+ T cells"
+    panel.xticks = [(round(float(ax(d)), 1), f"d{d:g}") for d in np.unique(day[np.isfinite(day)])]
+    for d, tp in zip(day, rows["timepoint"], strict=True):
+        if math.isfinite(d):
+            panel.outside.append({"x": round(float(ax(d)), 1), "y": panel.y + panel.height + 27, "anchor": "middle",
+                                  "text": _short(tp, 10), "cls": "tick"})
+    panel.limits = (ax.lo, ax.hi, 0.0, top)
+    fig.panels.append(panel)
+    _legend(fig, legend, panel.x - 40, panel.y + panel.height + 48, width - 20)
     return fig
+
+
+def _legend(fig: Figure, items: list[dict[str, Any]], x0: float, y0: float, right: float) -> None:
+    """Place legend items left to right, wrapping at ``right``; grows the figure to hold them."""
+    x, y = x0, y0
+    for item in items:
+        size = 30 + 6.2 * len(item["label"])
+        if x + size > right and x > x0:
+            x, y = x0, y + 17
+        fig.legend.append({**item, "x": round(x, 1), "y": round(y, 1)})
+        x += size + 10
+    fig.height = max(fig.height, y + 14)
 
 
 # ---------------------------------------------------------------------------------------------- overview
@@ -251,299 +457,58 @@ def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
 
     Returns
     -------
-    matplotlib.figure.Figure
+    cytopipe.svg.Figure
         One row per non-baseline sample, grouped by subject (one colour each), fold change on a log axis with the
         Katz interval as a bar; filled markers are significant changes, open ones are not. The grey band marks
         changes smaller than the RCV.
     """
-    later = baseline_df[~baseline_df["is_baseline"].astype(bool)].copy()
+    later = baseline_df[~baseline_df["is_baseline"].astype(bool)]
     later = later.sort_values(["subject", "day"], kind="stable")
-    n_rows = max(len(later), 1)
-    fig = _new_figure(6.4, 1.2 + 0.24 * n_rows)
-    with matplotlib.rc_context(STYLE):
-        ax = fig.add_subplot()
-        ax.set_xscale("log")
-        ax.axvline(1.0, color="#555555", linestyle="--", linewidth=1)
-        rcv = float(baseline_df["rcv_pct"].iloc[0]) if len(baseline_df) else np.nan
-        if np.isfinite(rcv):
-            ax.axvspan(max(1 - rcv / 100, 1e-3), 1 + rcv / 100, color="#888888", alpha=0.12, linewidth=0)
-        labels = []
-        handles: list[Any] = []
-        for i, (subject, grp) in enumerate(later.groupby("subject", sort=False)):
-            colour = PALETTE[i % len(PALETTE)]
-            y = np.arange(len(labels), len(labels) + len(grp))
-            labels.extend(_plain(f"{subject}  {tp}") for tp in grp["timepoint"])
-            fc = grp["fold_change"].to_numpy(float)
-            lo = fc - grp["fc_ci_low"].to_numpy(float)
-            hi = grp["fc_ci_high"].to_numpy(float) - fc
-            ax.errorbar(fc, y, xerr=np.vstack([lo, hi]), linestyle="", color=colour, capsize=2, elinewidth=1)
-            sig = grp["significant"].to_numpy(bool)
-            ax.plot(fc[sig], y[sig], linestyle="", marker="o", color=colour)
-            ax.plot(fc[~sig], y[~sig], linestyle="", marker="o", color=colour, markerfacecolor="white")
-            handles.append(Line2D([], [], color=colour, marker="o", linestyle="", label=_plain(subject)))
-        if not labels:
-            ax.text(0.5, 0.5, "no timepoint after baseline", transform=ax.transAxes, ha="center", va="center")
-        ax.set_yticks(np.arange(len(labels)), labels)
-        ax.set_ylim(len(labels) - 0.5 if labels else 0.5, -0.5)
-        ax.grid(axis="y", visible=False)
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("fold change against baseline (log scale; bars: Katz interval)")
-        ax.set_title("Fold change of Treg % of CD4, all subjects", loc="left")
-        handles += [
-            Line2D([], [], color="#333333", marker="o", linestyle="", label="significant"),
-            Line2D([], [], color="#333333", marker="o", markerfacecolor="white", linestyle="", label="not significant"),
-            Patch(color="#888888", alpha=0.12, label=f"within RCV (\u00b1{rcv:.0f}%)"),
-        ]
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5))
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------- gating
-
-
-def _dimension_label(dimension: Any) -> str:
-    """``"CD4 (logicle, decades)"``: the channel, the transform's name and, for biexponential scales, the unit."""
-    channel = dimension.channel
-    ratio = getattr(dimension, "ratio", None)
-    name = ratio.name if ratio is not None else " / ".join(channel) if isinstance(channel, tuple) else str(channel)
-    transform = getattr(dimension, "transform", None)
-    if transform is None:
-        return _plain(name)
-    unit = ", decades" if getattr(transform, "kind", "") in ("logicle", "hyperlog") else ""
-    return _plain(f"{name} ({transform.name}{unit})")
-
-
-def _friendly(dimensions: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension ``(scale, offset)`` from Gating-ML units to the units gate files are written in.
-
-    Axes then read like the gate file: logicle in decades 0..M, arcsinh as asinh(x / cofactor), raw scatter.
-    """
-    from cytopipe.errors import GateError
-    from cytopipe.gatefile import friendly_units
-
-    pairs = []
-    for dim in dimensions:
-        try:
-            pairs.append(friendly_units(getattr(dim, "transform", None)))
-        except GateError:
-            pairs.append((1.0, 0.0))
-    scale, offset = np.array(pairs, dtype=float).reshape(-1, 2).T
-    return scale, offset
-
-
-def _thousands(axis: Any, dimension: Any) -> None:
-    """Raw scatter values run to 262,144 and beyond: label them 50k, 100k... instead of 100000."""
-    if getattr(dimension, "transform", None) is None:
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"))
-
-
-def _stride(rows: np.ndarray, limit: int) -> np.ndarray:
-    """Every k-th of ``rows`` so that at most ``limit`` remain: an even spread over the whole acquisition."""
-    return rows if rows.size <= limit else rows[:: -(-rows.size // limit)]
-
-
-def _count_label(value: float, _: Any = None) -> str:
-    """An event count as plain text: 10, 1k, 100k, 1M."""
-    for scale, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:g}{suffix}"
-    return f"{value:g}"
-
-
-def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
-    """Axis limits: the 0.2-99.8 % range of the values (every k-th of at most 50,000), stretched a little
-    towards the gate outline."""
-    finite = values[:: max(1, -(-values.size // 50_000))]
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(finite, [0.2, 99.8])
-    if outline is not None:
-        inside = outline[np.isfinite(outline)]
-        # Open gates carry huge coordinates: stretch the axes only a little towards them.
-        span = hi - lo if hi > lo else 1.0
-        inside = inside[(inside > lo - 0.5 * span) & (inside < hi + 0.5 * span)]
-        if inside.size:
-            lo, hi = min(lo, inside.min()), max(hi, inside.max())
-    pad = 0.04 * (hi - lo if hi > lo else 1.0)
-    return float(lo - pad), float(hi + pad)
-
-
-def _bin(values: np.ndarray, limits: tuple[float, float], bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bin index of each value on ``bins`` equal cells over ``limits`` and which values fall inside (NaN never)."""
-    lo, hi = limits
-    scaled = (values - lo) * (bins / (hi - lo))
-    keep = (scaled >= 0) & (scaled < bins)
-    with np.errstate(invalid="ignore"):  # NaN and infinite values are cast too, and never kept
-        return scaled.astype(np.intp), keep
-
-
-def _histogram2d(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
-                 bins: int = _BINS) -> np.ndarray:
-    """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal bins but in
-    one :func:`numpy.bincount` (no per-event search for the bin)."""
-    ix, keep_x = _bin(x, xlim, bins)
-    iy, keep_y = _bin(y, ylim, bins)
-    keep = keep_x & keep_y
-    return np.bincount(ix[keep] * bins + iy[keep], minlength=bins * bins).reshape(bins, bins)
-
-
-def _density(ax: Any, x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
-             cmap: str = "viridis") -> None:
-    """A log-coloured 2-D histogram drawn as one image (empty cells left blank)."""
-    counts = _histogram2d(x, y, xlim, ylim)
-    if counts.any():
-        ax.imshow(np.ma.masked_less(counts.T, 1), extent=(*xlim, *ylim), origin="lower", aspect="auto",
-                  interpolation="nearest", cmap=cmap, norm=LogNorm(vmin=1, vmax=max(float(counts.max()), 2.0)))
-
-
-def _histogram1d(ax: Any, x: np.ndarray, inside: np.ndarray, xlim: tuple[float, float], scale: float) -> None:
-    """All events in grey, the gated ones shaded on top; counts multiplied by ``scale`` (the sampling stride)."""
-    index, keep = _bin(x, xlim, _BINS)
-    edges = np.linspace(*xlim, _BINS + 1)
-    every = np.bincount(index[keep], minlength=_BINS) * scale
-    gated = np.bincount(index[keep & inside], minlength=_BINS) * scale
-    # Filled steps as one polygon each (fill_between): a step patch costs ~10 ms per panel to fit the axes to it.
-    ax.fill_between(edges, np.append(every, every[-1]), step="post", color="#999999", linewidth=0)
-    ax.fill_between(edges, np.append(gated, gated[-1]), step="post", color=_GATE, alpha=0.6, linewidth=0)
-
-
-def _treg_name(strategy: Any, treg: str | None) -> str | None:
-    names = [p.name for p in strategy.populations]
-    for candidate in (treg, getattr(strategy, "treg", None)):
-        if candidate in names:
-            return candidate
-    return next((n for n in names if n.lower() == "treg"), None)
-
-
-def _is_scatter(channel: Any) -> bool:
-    return isinstance(channel, str) and channel.upper().startswith(("FSC", "SSC"))
-
-
-def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | None = None) -> Figure:
-    """The gating of one sample as a row of density plots, with back-gating of the Treg population.
-
-    Parameters
-    ----------
-    result : cytopipe.gates.GatingResult
-        The gated sample (``masks``, ``counts``, ``values(gate)``).
-    strategy : cytopipe.gates.GatingStrategy
-        The strategy that produced ``result``.
-    sample_name : str
-        Shown in the title.
-    treg : str, optional
-        The Treg population for back-gating; default ``strategy.treg``, else the population named Treg.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        One panel per gated population: a 2-D histogram (log colour) of the parent's events in the gate's first
-        two dimensions with ``gate.outline()`` drawn, or for 1-D gates a histogram with the gated events shaded;
-        boolean gates (no dimensions of their own) are skipped. A last panel shows every event on FSC-A/SSC-A in
-        grey with the Treg events on top (back-gating), so a scientist can see where the Tregs sit in scatter.
-        Titles give the exact counts.
-
-    Notes
-    -----
-    Only the gating contract is used: ``strategy.populations``, ``pop.gate.dimensions``, ``pop.gate.outline()``,
-    ``result.values(gate)`` and ``result.masks``.
-
-    Drawing costs little whatever the file size: a panel bins at most :data:`_MAX_PLOT_EVENTS` of its parent's
-    events (every k-th; 1-D counts are scaled back by k) with one :func:`numpy.bincount` and draws them as one
-    image, and back-gating draws at most :data:`_MAX_BACKGATE_DOTS` Treg events (every k-th).
-    """
-    pops = [p for p in strategy.populations if len(getattr(p.gate, "dimensions", ()) or ()) >= 1]
-    treg_name = _treg_name(strategy, treg)
-    scatter = next((p for p in pops if len(p.gate.dimensions) >= 2
-                    and all(_is_scatter(d.channel) for d in p.gate.dimensions[:2])), None)
-    n_panels = len(pops) + (1 if treg_name and scatter is not None else 0)
-    # A fixed layout in inches: constrained layout costs seconds per sample on a six-panel row.
-    panel, gap, left, bottom, top = 1.85, 0.7, 0.65, 0.5, 0.8
-    width = left + max(n_panels, 1) * panel + (max(n_panels, 1) - 1) * gap + 0.15
-    height = bottom + panel + top
-    fig = _new_figure(width, height, layout=None, dpi=_GATING_DPI)
-    fig.subplots_adjust(left=left / width, right=1 - 0.15 / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=gap / panel)
-    n_events = int(getattr(result, "n_events", 0)) or len(next(iter(result.masks.values())))
-    stacked: dict[int, np.ndarray] = {}
-
-    def values_of(gate: Any) -> np.ndarray:
-        if id(gate) not in stacked:  # the scatter gate's values serve its panel and the back-gating
-            stacked[id(gate)] = np.asarray(result.values(gate))
-        return stacked[id(gate)]
-
-    with matplotlib.rc_context(STYLE):
-        axes = fig.subplots(1, max(n_panels, 1), squeeze=False)[0]
-        for ax in axes:
-            # A fixed title position (y given) skips measuring every tick label to place it; four ticks per
-            # linear axis are plenty on a 1.85-inch panel.
-            ax.grid(False)
-            ax.xaxis.set_major_locator(MaxNLocator(4))
-            ax.yaxis.set_major_locator(MaxNLocator(4))
-        for ax, pop in zip(axes, pops, strict=False):
-            parent = np.flatnonzero(result.masks[pop.parent]) if pop.parent else np.arange(n_events)
-            n_parent = int(parent.size)
-            n_in = int(np.count_nonzero(result.masks[pop.name]))  # masks carry the parent chain
-            rows = _stride(parent, _MAX_PLOT_EVENTS)
-            dims = pop.gate.dimensions
-            scale, offset = _friendly(dims)
-            values = values_of(pop.gate)[rows] * scale.astype(np.float32) + offset.astype(np.float32)
-            inside = result.masks[pop.name][rows]
-            if len(dims) >= 2:
-                outline = pop.gate.outline() if len(dims) == 2 else None
-                outline = None if outline is None else np.asarray(outline, dtype=float) * scale[:2] + offset[:2]
-                xlim = _limits(values[:, 0], None if outline is None else outline[:, 0])
-                ylim = _limits(values[:, 1], None if outline is None else outline[:, 1])
-                _density(ax, values[:, 0], values[:, 1], xlim, ylim)
-                if outline is not None:
-                    # Open sides are +-inf: draw them just beyond the axes so only the closed sides show.
-                    xs = np.clip(outline[:, 0], 2 * xlim[0] - xlim[1], 2 * xlim[1] - xlim[0])
-                    ys = np.clip(outline[:, 1], 2 * ylim[0] - ylim[1], 2 * ylim[1] - ylim[0])
-                    ax.plot(xs, ys, color=_GATE, linewidth=1.3)
-                else:
-                    # No drawable outline (n-D or data-driven without one): show the gated events instead.
-                    ax.plot(values[inside, 0], values[inside, 1], linestyle="", marker=",", color=_GATE, alpha=0.3)
-                ax.set_xlim(xlim)
-                ax.set_ylim(ylim)
-                ax.set_ylabel(_dimension_label(dims[1]))
-                _thousands(ax.yaxis, dims[1])
-            else:
-                xlim = _limits(values[:, 0], None)
-                _histogram1d(ax, values[:, 0], inside, xlim, n_parent / max(rows.size, 1))
-                ax.set_xlim(xlim)
-                if rows.size:  # a log axis needs some positive count
-                    ax.set_yscale("log")
-                    # Decades only, labelled 10, 1k, 100k: no dozens of minor ticks, no mathtext 10^3 to typeset.
-                    ax.yaxis.set_major_locator(LogLocator(numticks=4))
-                    ax.yaxis.set_minor_locator(NullLocator())
-                    ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
-                ax.set_ylabel("events")
-            ax.set_xlabel(_dimension_label(dims[0]))
-            _thousands(ax.xaxis, dims[0])
-            pct = 100.0 * n_in / n_parent if n_parent else float("nan")
-            parent_name = _plain(pop.parent) if pop.parent else "all events"
-            ax.set_title(f"{_plain(pop.name)}\n{n_in:,} = {pct:.1f}% of {parent_name}", fontsize=8, y=1.0)
-        if treg_name and scatter is not None:
-            ax = axes[len(pops)]
-            xy = values_of(scatter.gate)
-            every = xy[_stride(np.arange(n_events), _MAX_PLOT_EVENTS), :2]
-            xlim, ylim = _limits(every[:, 0], None), _limits(every[:, 1], None)
-            _density(ax, every[:, 0], every[:, 1], xlim, ylim, cmap="Greys")
-            tregs = np.flatnonzero(result.masks[treg_name])
-            dots = _stride(tregs, _MAX_BACKGATE_DOTS)
-            ax.plot(xy[dots, 0], xy[dots, 1], linestyle="", marker=".", markersize=1.5, color=_GATE, alpha=0.7)
-            ax.set_xlim(xlim)
-            ax.set_ylim(ylim)
-            ax.set_xlabel(_dimension_label(scatter.gate.dimensions[0]))
-            ax.set_ylabel(_dimension_label(scatter.gate.dimensions[1]))
-            _thousands(ax.xaxis, scatter.gate.dimensions[0])
-            _thousands(ax.yaxis, scatter.gate.dimensions[1])
-            ax.set_title(f"Back-gating: {_plain(treg_name)}\n{tregs.size:,} events on scatter", fontsize=8, y=1.0)
-        if not pops:
-            axes[0].text(0.5, 0.5, "no gate with dimensions to draw", ha="center", va="center",
-                         transform=axes[0].transAxes)
-        fig.suptitle(f"Gating of {_plain(sample_name)}", x=0.1 / width, y=1 - 0.08 / height, ha="left", va="top",
-                     fontweight="bold", fontsize=9.5)
+    n = max(len(later), 1)
+    row_h, left = 16.0, 190.0
+    panel = Panel(left, 40.0, 420.0, row_h * n)
+    fig = Figure(width=660.0, height=panel.y + panel.height + 40, title="Fold change of Treg % of CD4, all subjects",
+                 kind="overview", label="Fold change of Treg % against baseline, all subjects")
+    fc = _floats(later, "fold_change")
+    lo, hi = _floats(later, "fc_ci_low"), _floats(later, "fc_ci_high")
+    bounds = np.concatenate([fc, lo, hi])
+    bounds = bounds[np.isfinite(bounds) & (bounds > 0)]
+    rcv = float(baseline_df["rcv_pct"].iloc[0]) if len(baseline_df) and "rcv_pct" in baseline_df else float("nan")
+    x_lo = min(float(bounds.min()) if bounds.size else 0.5, 0.5) / 1.15
+    x_hi = max(float(bounds.max()) if bounds.size else 2.0, 2.0) * 1.15
+    ax = Axis(x_lo, x_hi, panel.x, panel.x + panel.width, log=True)
+    if math.isfinite(rcv):
+        a, b = ax(max(1 - rcv / 100, x_lo)), ax(min(1 + rcv / 100, x_hi))
+        panel.path(f"M{a:.1f},{panel.y}H{b:.1f}V{panel.y + panel.height}H{a:.1f}Z", fill="#888888", opacity=0.15)
+    one = ax(1.0)
+    panel.path(f"M{one:.1f},{panel.y}V{panel.y + panel.height}", stroke="#555555", dash="5 3")
+    colours: dict[str, str] = {}
+    legend: list[dict[str, Any]] = []
+    for i, r in enumerate(later.itertuples(index=False)):
+        subject = str(r.subject)
+        if subject not in colours:
+            colours[subject] = PALETTE[len(colours) % len(PALETTE)]
+            if len(legend) < 12:
+                legend.append({"kind": "dot", "colour": colours[subject], "label": _short(subject, 20)})
+        colour = colours[subject]
+        y = panel.y + (i + 0.5) * row_h
+        if math.isfinite(lo[i]) and math.isfinite(hi[i]) and lo[i] > 0:
+            panel.path(f"M{ax(lo[i]):.1f},{y:.1f}H{ax(hi[i]):.1f}", stroke=colour, width=1.3)
+        sig = bool(r.significant)
+        panel.marker(float(ax(fc[i])) if fc[i] > 0 else float("nan"), y, "circle", colour if sig else "#ffffff",
+                     colour, 3.5, f"{subject} {r.timepoint}: x{fc[i]:.2f} [{lo[i]:.2f}, {hi[i]:.2f}]"
+                     + ("; significant" if sig else ""))
+        panel.outside.append({"x": panel.x - 8, "y": round(y + 3.5, 1), "anchor": "end", "cls": "tick",
+                              "text": _short(f"{subject}  {r.timepoint}", 30)})
+    if not len(later):
+        panel.texts.append({"x": panel.x + 8, "y": panel.y + 12, "text": "no timepoint after baseline"})
+    ticks = [v for v in (0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 50, 100) if x_lo <= v <= x_hi]
+    panel.xticks = [(round(float(ax(v)), 1), f"{v:g}") for v in ticks]
+    panel.xlabel = "fold change against baseline (log scale; bars: Katz interval)"
+    panel.limits = (x_lo, x_hi, 0.0, float(n))
+    fig.panels.append(panel)
+    legend += [{"kind": "dot", "colour": "#333333", "label": "significant"},
+               {"kind": "open", "colour": "#333333", "label": "not significant"},
+               {"kind": "band", "colour": "#888888", "label": f"within RCV (±{rcv:.0f}%)", "opacity": "0.3"}]
+    _legend(fig, legend, 20.0, panel.y + panel.height + 52, fig.width - 10)
     return fig

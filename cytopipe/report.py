@@ -2,33 +2,37 @@
 
 :func:`render_report` reads only stored results (``treg.csv`` and friends), so a lab can change CVa/CVi/Z or add
 clinical data and re-render without re-gating (``cytopipe report RESULTS_DIR``). The HTML opens from a USB stick:
-CSS inline, figures embedded as base64 ``data:`` URIs, no external URL and no JavaScript. Jinja2 autoescaping is
-on, so every string that came from FCS keywords, sample sheets, clinical tables or gate files is shown, never run.
+CSS inline, figures inlined as SVG (densities as small embedded PNG rasters), no external URL and no JavaScript.
+The template is ``templates/report.html.j2``. Jinja2 autoescaping is on, so every string that came from FCS
+keywords, sample sheets, clinical tables or gate files is shown, never run (the figures are SVG written by
+:mod:`cytopipe.svg` with the same escaping).
+
+It scales to large studies: summary, QC and subjects come first; each subject's gating figures sit in a closed
+``<details>`` the browser lays out only when opened; fitted gates and threshold sensitivity are shown per sample.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
 import math
 import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from cytopipe import __version__
 from cytopipe.errors import ConfigError
 from cytopipe.outputs import atomic_write, write_csv
 from cytopipe.pipeline import plot_path
-from cytopipe.plots import fold_change_overview, save_figure, time_course
+from cytopipe.plots import figure_id, fold_change_overview, save_figure, time_course
+from cytopipe.printer import Printer
 from cytopipe.stats import (
     BASELINE_COLUMNS,
     baseline_table,
@@ -38,6 +42,7 @@ from cytopipe.stats import (
     reference_change_value,
     subject_summary,
 )
+from cytopipe.svg import render
 
 __all__ = ["find_chromium", "render_report", "write_pdf"]
 
@@ -48,8 +53,10 @@ _TEXT_COLUMNS = ("sample", "subject", "timepoint", "population", "parent", "file
 _COMPUTED = set(BASELINE_COLUMNS) | {
     "sample", "is_baseline", "baseline_sample", "treg_events", "cd4_events", "ci_low", "ci_high", "pct_change",
     "direction", "qc_flags", "treg_tcon_ratio", "tregs_per_ul", "baseline_platelets", "platelet_fold",
-    "iwg_response", "tcon_events", "lymphocyte_events",
+    "iwg_response", "tcon_events", "lymphocyte_events", "gate_sd_pp", "delta_ci_low_total", "delta_ci_high_total",
 }
+#: Samples above which the gating figures of every subject start closed (a few subjects stay open below it).
+_OPEN_GATING_SAMPLES = 24
 
 
 # ---------------------------------------------------------------------------------------------- file helpers
@@ -75,8 +82,15 @@ def _safe_stem(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(name)) or "sample"
 
 
-def _png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def _inline_svg(path: Path) -> Markup | None:
+    """An SVG file written by :func:`cytopipe.plots.save_figure`, for inlining (without its XML declaration)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    start = text.find("<svg")
+    # HTML knows inline SVG: the namespace (an http:// URI that only names it) is dropped.
+    return Markup(text[start:].replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)) if start >= 0 else None
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -167,7 +181,8 @@ def find_chromium() -> str | None:
     return None
 
 
-def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, timeout: float = 180.0) -> Path | None:
+def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, timeout: float = 180.0,
+              printer: Printer | None = None) -> Path | None:
     """Print an HTML file to PDF with headless Chromium; log a warning and return None when that is not possible.
 
     Parameters
@@ -178,31 +193,34 @@ def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, time
         The PDF to write (atomically).
     timeout : float
         Seconds before Chromium is given up.
+    printer : cytopipe.printer.Printer, optional
+        A Chromium started earlier (a batch run starts it while its workers gate); default: start one now.
 
     Returns
     -------
     pathlib.Path or None
         ``pdf_path`` when written.
     """
-    chromium = find_chromium()
+    from cytopipe.printer import Printer, PrinterError
+
     pdf_path = Path(pdf_path)
-    if chromium is None:
-        log.warning("chromium not found: %s not written (install Debian's chromium to get the PDF)", pdf_path)
+    own = printer is None
+    if own:
+        chromium = find_chromium()
+        if chromium is None:
+            log.warning("chromium not found: %s not written (install Debian's chromium to get the PDF)", pdf_path)
+            return None
+    try:
+        if own:
+            printer = Printer(chromium)
+        assert printer is not None
+        atomic_write(pdf_path, printer.print_pdf(html_path, timeout=timeout))
+    except PrinterError as err:
+        log.warning("chromium failed: %s not written (%s)", pdf_path, err)
         return None
-    with tempfile.TemporaryDirectory(prefix="cytopipe-chromium-") as profile:
-        tmp = Path(profile) / "report.pdf"
-        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                   "--no-first-run", "--no-default-browser-check", "--no-pdf-header-footer",
-                   f"--user-data-dir={profile}", f"--print-to-pdf={tmp}", Path(html_path).resolve().as_uri()]
-        try:
-            subprocess.run(command, capture_output=True, timeout=timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            log.warning("chromium failed: %s not written (%s)", pdf_path, err)
-            return None
-        if not tmp.is_file() or not tmp.read_bytes()[:5] == b"%PDF-":
-            log.warning("chromium wrote no PDF: %s not written", pdf_path)
-            return None
-        atomic_write(pdf_path, tmp.read_bytes())
+    finally:
+        if own and printer is not None:
+            printer.close()
     return pdf_path
 
 
@@ -242,8 +260,10 @@ def render_report(
     cvi: float = 10.0,
     z: float = 1.96,
     pdf: bool = True,
+    plots: bool = True,
     min_treg_events: int = 100,
     min_cd4_events: int = 2000,
+    printer: Printer | None = None,
 ) -> Path:
     """Render ``report.html`` (and ``report.pdf``) from a results folder.
 
@@ -251,16 +271,23 @@ def render_report(
     ----------
     results_dir : str or os.PathLike
         A folder written by ``cytopipe run``: ``treg.csv`` (required), ``populations.csv``, ``failures.csv``,
-        ``manifest.json``, ``gates_fitted.csv``, ``sensitivity.csv`` and ``plots/gating_<sample>.png`` when present.
+        ``manifest.json``, ``gates_fitted.csv``, ``sensitivity.csv``, ``gate_drift.csv`` and
+        ``plots/gating_<sample>.svg`` when present.
     clinical : path or pandas.DataFrame, optional
         Clinical table (see :func:`cytopipe.stats.read_clinical`). Default: the file recorded in
         ``manifest.json`` by the run, else ``clinical.csv`` in the results folder, else none.
     cva, cvi, z : float
         Reference change value settings (percent, percent, normal quantile).
     pdf : bool
-        Also print ``report.pdf`` with headless Chromium (a warning, not an error, when Chromium is absent).
+        Also print ``report.pdf`` with headless Chromium (a warning, not an error, when Chromium is absent). The
+        PDF holds the summary, QC and subjects; the per-sample gating stays in the HTML.
+    plots : bool
+        Draw the time-course and overview figures (``False``: tables only; gating figures already in
+        ``plots/`` are still shown).
     min_treg_events, min_cd4_events : int
         Low-event flag thresholds.
+    printer : cytopipe.printer.Printer, optional
+        A Chromium already started for the PDF (see :func:`write_pdf`).
 
     Returns
     -------
@@ -277,8 +304,8 @@ def render_report(
     Notes
     -----
     Also rewrites, atomically, ``baseline.csv`` (with the given settings), ``summary.csv`` (one row per subject),
-    ``correlation.csv`` (with clinical data) and the figures ``plots/timecourse_<subject>.png/.svg`` and
-    ``plots/fold_change_overview.png/.svg``. A ``report.pdf`` or ``correlation.csv`` left by an earlier rendering
+    ``correlation.csv`` (with clinical data) and the figures ``plots/timecourse_<subject>.svg`` and
+    ``plots/fold_change_overview.svg``. A ``report.pdf`` or ``correlation.csv`` left by an earlier rendering
     that this one does not replace is removed, so the folder never mixes two renderings.
     """
     results = Path(results_dir)
@@ -290,7 +317,7 @@ def render_report(
     rcv = reference_change_value(cva, cvi, z)
     treg = _read_table(treg_path)
     optional = {name: _read_table(results / f"{name}.csv") if (results / f"{name}.csv").is_file() else None
-                for name in ("populations", "failures", "gates_fitted", "sensitivity")}
+                for name in ("populations", "failures", "gates_fitted", "sensitivity", "gate_drift")}
     manifest: dict[str, Any] = {}
     manifest_path = results / "manifest.json"
     if manifest_path.is_file():
@@ -320,12 +347,12 @@ def render_report(
     plots.mkdir(exist_ok=True)
     context = _context(results, table, summary, correlation, clinical_table, clinical_source, optional, manifest,
                        settings={"cva": cva, "cvi": cvi, "z": z, "rcv": rcv, "min_treg": min_treg_events,
-                                 "min_cd4": min_cd4_events})
-    html = _environment().from_string(_TEMPLATE).render(**context)
+                                 "min_cd4": min_cd4_events}, draw=plots)
+    html = _environment().get_template("report.html.j2").render(**context)
     out = results / "report.html"
     atomic_write(out, html)
     # A PDF from an earlier rendering would disagree with this HTML: replace it or remove it.
-    if not (pdf and write_pdf(out, results / "report.pdf")) and (results / "report.pdf").exists():
+    if not (pdf and write_pdf(out, results / "report.pdf", printer=printer)) and (results / "report.pdf").exists():
         (results / "report.pdf").unlink()
         log.warning("removed %s from an earlier rendering (it no longer matches report.html)", results / "report.pdf")
     return out
@@ -346,15 +373,17 @@ def _subject_stems(subjects: list[str]) -> dict[str, str]:
 
 def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlation: pd.DataFrame,
              clinical: pd.DataFrame | None, clinical_source: str, optional: dict[str, pd.DataFrame | None],
-             manifest: dict[str, Any], settings: dict[str, float]) -> dict[str, Any]:
+             manifest: dict[str, Any], settings: dict[str, float], draw: bool = True) -> dict[str, Any]:
     plt_col = platelet_column(list(table.columns))
     clinical_cols = [c for c in table.columns if c not in _COMPUTED]
     subjects = [str(s) for s in summary["subject"]] if len(summary) else []
     stems = _subject_stems(subjects)
 
     overview = None
-    if len(table):
-        overview = save_figure(fold_change_overview(table), results / "plots" / "fold_change_overview")[0]
+    if draw and len(table):
+        figure = fold_change_overview(table)
+        save_figure(figure, results / "plots" / "fold_change_overview.svg")
+        overview = Markup(render(figure, "overview"))
 
     summary_rows, sections = [], []
     for index, row in enumerate(summary.itertuples(index=False)):
@@ -378,33 +407,43 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
                              "direction": row.direction, "verdict": row.treg_verdict,
                              "clinical": row.clinical_verdict, "correlation": corr_text})
         rows = table[table["subject"] == subject]
-        # Embed the PNG just written rather than drawing the figure a third time.
-        png = save_figure(time_course(table, subject, clinical), results / "plots" / f"timecourse_{stems[subject]}")[0]
+        image = None
+        if draw:
+            figure = time_course(table, subject, clinical)
+            save_figure(figure, results / "plots" / f"timecourse_{stems[subject]}.svg")
+            image = Markup(render(figure, f"tc{index + 1}"))
         sections.append({
             "anchor": anchor, "subject": subject, "verdict": row.treg_verdict, "clinical": row.clinical_verdict,
-            "correlation": corr_text, "image": _png_data_uri(png),
+            "correlation": corr_text, "image": image,
             "clinical_columns": clinical_cols,
             "rows": [_timepoint_row(r, clinical_cols) for r in rows.to_dict("records")],
             "any_flags": bool((rows["qc_flags"].astype(str) != "").any()),
         })
 
-    samples = []
     failures = optional["failures"]
-    failed = set(failures["sample"].astype(str)) if failures is not None and len(failures) else set()
-    for r in table.to_dict("records"):
-        samples.append(_sample_entry(results, r["sample"], r["subject"], r["timepoint"], r["qc_flags"],
-                                     r["cd4_events"], r["treg_events"]))
+    fitted = _per_sample(optional["gates_fitted"], _fitted_rows)
+    sensitivity = _per_sample(optional["sensitivity"], _sensitivity_rows)
+    samples = [_sample_entry(results, r["sample"], r["subject"], r["timepoint"], r["qc_flags"], r["cd4_events"],
+                             r["treg_events"], fitted, sensitivity) for r in table.to_dict("records")]
     for f in (failures.to_dict("records") if failures is not None else []):
-        entry = _sample_entry(results, f["sample"], "", "", f"failed at {f['stage']}: {f['reason']}", None, None)
+        entry = _sample_entry(results, f["sample"], "", "", f"failed at {f['stage']}: {f['reason']}", None, None,
+                              {}, {})
         entry["failed"] = True
         samples.append(entry)
+    gating: dict[str, dict[str, Any]] = {}
+    for entry in samples:
+        group = gating.setdefault(entry["subject"], {"subject": entry["subject"], "anchor": f"g{len(gating) + 1}",
+                                                     "samples": [], "n_flagged": 0})
+        group["samples"].append(entry)
+        group["n_flagged"] += bool(entry["flags"])
+    few = len(samples) <= _OPEN_GATING_SAMPLES
+    for group in gating.values():
+        group["open"] = few
 
-    extra_tables = []
-    for name, title in (("gates_fitted", "Fitted data-driven gates (gates_fitted.csv)"),
-                        ("sensitivity", "Sensitivity of Treg % to threshold shifts (sensitivity.csv)")):
-        frame = optional[name]
-        if frame is not None and len(frame):
-            extra_tables.append({"title": title, **_table(frame)})
+    qc_tables = []
+    drift = optional["gate_drift"]
+    if drift is not None and len(drift):
+        qc_tables.append({"title": "Gate drift against baseline (gate_drift.csv)", **_table(drift)})
 
     return {
         "title": "cytopipe report: Tregs against baseline",
@@ -413,17 +452,22 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         "version": __version__,
         "settings": settings,
         "summary": summary_rows,
-        "overview": _png_data_uri(overview) if overview is not None else None,
+        "overview": overview,
         "sections": sections,
         "platelet_column": plt_col or "",
         "clinical_source": clinical_source,
         "has_clinical": clinical is not None,
         "samples": samples,
-        "n_failed": len(failed),
+        "gating": list(gating.values()),
+        "flagged": [s for s in samples if s["flags"] and not s["failed"]],
+        "n_samples": len(samples),
+        "n_drawn": sum(1 for s in samples if s["svg"] is not None),
+        "n_failed": sum(1 for s in samples if s["failed"]),
+        "n_flagged": sum(1 for s in samples if s["flags"] and not s["failed"]),
         "n_low": int(table["low_events"].sum()) if len(table) else 0,
         "failures": _table(failures[["sample", "file", "stage", "reason"]]) if failures is not None
         and len(failures) and {"sample", "file", "stage", "reason"} <= set(failures.columns) else None,
-        "extra_tables": extra_tables,
+        "qc_tables": qc_tables,
         "has_manifest": bool(manifest),
         "provenance": [{"kind": "pairs", "title": "this rendering", "pairs": [
             ("cytopipe", __version__), ("CVa %", _cell(settings["cva"])), ("CVi %", _cell(settings["cvi"])),
@@ -432,6 +476,35 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
             ("clinical table", clinical_source or "none")]}]
         + (_provenance_blocks(manifest) if manifest else []),
     }
+
+
+_IDENTITY = ("sample", "subject", "timepoint", "day", "population", "type", "scope", "fitted_on", "n_samples",
+             "n_events")
+
+
+def _per_sample(frame: pd.DataFrame | None, rows_of: Any) -> dict[str, list[dict[str, str]]]:
+    """Sample -> its display rows of a per-sample table (``gates_fitted.csv``, ``sensitivity.csv``)."""
+    if frame is None or not len(frame) or "sample" not in frame:
+        return {}
+    return {str(sample): rows_of(group) for sample, group in frame.groupby("sample", sort=False)}
+
+
+def _fitted_rows(group: pd.DataFrame) -> list[dict[str, str]]:
+    """One row per fitted gate: the population and its non-empty parameters (the long form of the wide CSV)."""
+    params = [c for c in group.columns if c not in _IDENTITY]
+    out = []
+    for r in group.to_dict("records"):
+        values = [f"{c} {_cell(r[c])}" for c in params if r[c] != "" and not (isinstance(r[c], float)
+                                                                              and not math.isfinite(r[c]))]
+        kind = f" ({r['type']}, fitted on {r['fitted_on']})" if "type" in r and "fitted_on" in r else ""
+        out.append({"population": f"{r.get('population', '')}{kind}", "params": "; ".join(values) or "–"})
+    return out
+
+
+def _sensitivity_rows(group: pd.DataFrame) -> list[dict[str, str]]:
+    return [{"what": f"{r.get('population', '')}: {r.get('channel', '')} {r.get('bound', '')}",
+             "threshold": _cell(r.get("threshold")), "delta": _cell(r.get("delta")),
+             "change": _cell(r.get("max_change_pp"))} for r in group.to_dict("records")]
 
 
 def _timepoint_row(r: dict[str, Any], clinical_cols: list[str]) -> dict[str, Any]:
@@ -445,6 +518,8 @@ def _timepoint_row(r: dict[str, Any], clinical_cols: list[str]) -> dict[str, Any
         "treg": _interval(r["treg_pct"], r["ci_low"], r["ci_high"]),
         "delta": "baseline" if r["is_baseline"] else _interval(r["delta_pp"], r["delta_ci_low"], r["delta_ci_high"],
                                                                sign=True),
+        "delta_total": None if "delta_ci_low_total" not in r else "baseline" if r["is_baseline"] else _interval(
+            r["delta_pp"], r["delta_ci_low_total"], r["delta_ci_high_total"], sign=True),
         "fold": "1" if r["is_baseline"] else _interval(r["fold_change"], r["fc_ci_low"], r["fc_ci_high"]),
         "change": "" if r["is_baseline"] else f"{float(r['pct_change']):+.0f}%" if _finite(r["pct_change"]) else "–",
         "significant": "" if r["is_baseline"] else ("yes (" + str(r["direction"]) + ")" if r["significant"] else "no"),
@@ -457,210 +532,16 @@ def _timepoint_row(r: dict[str, Any], clinical_cols: list[str]) -> dict[str, Any
     }
 
 
-def _sample_entry(results: Path, sample: Any, subject: Any, timepoint: Any, flags: Any, cd4: Any,
-                  treg: Any) -> dict[str, Any]:
+def _sample_entry(results: Path, sample: Any, subject: Any, timepoint: Any, flags: Any, cd4: Any, treg: Any,
+                  fitted: dict[str, list[dict[str, str]]], sensitivity: dict[str, list[dict[str, str]]]
+                  ) -> dict[str, Any]:
     plot = plot_path(results / "plots", str(sample))
     return {"sample": str(sample), "subject": str(subject), "timepoint": str(timepoint), "flags": str(flags or ""),
-            "cd4": _int(cd4), "treg": _int(treg), "failed": False,
-            "image": _png_data_uri(plot) if plot.is_file() else None}
+            "cd4": _int(cd4), "treg": _int(treg), "failed": False, "anchor": figure_id(str(sample)),
+            "svg": _inline_svg(plot) if plot.is_file() else None, "fitted": fitted.get(str(sample), []),
+            "sensitivity": sensitivity.get(str(sample), [])}
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True)
-
-
-_TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title>
-<style>
-  :root { --ink: #1d2330; --muted: #5b6475; --line: #d9dde5; --accent: #0072B2; --bad: #b3261e; --warn: #8a5a00;
-          --good: #1b6e3c; --bg-soft: #f5f7fa; }
-  * { box-sizing: border-box; }
-  body { font: 14px/1.45 "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; color: var(--ink);
-         max-width: 1100px; margin: 0 auto; padding: 24px 28px 60px; }
-  h1 { font-size: 24px; margin: 0 0 4px; }
-  h2 { font-size: 19px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--accent); }
-  h3 { font-size: 16px; margin: 26px 0 6px; }
-  .meta { color: var(--muted); font-size: 12.5px; margin: 0 0 16px; }
-  nav { background: var(--bg-soft); border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px;
-        font-size: 13px; }
-  nav a { margin-right: 14px; color: var(--accent); text-decoration: none; }
-  table { border-collapse: collapse; width: 100%; margin: 8px 0 14px; font-size: 12.5px; }
-  th, td { border-bottom: 1px solid var(--line); padding: 4px 7px; text-align: left; vertical-align: top; }
-  th { background: var(--bg-soft); font-weight: 600; }
-  .wide { overflow-x: auto; }
-  table.timepoints { font-size: 11.5px; }
-  table.timepoints th, table.timepoints td { padding: 4px 5px; }
-  .nowrap { white-space: nowrap; }
-  table.timepoints .meta { font-size: inherit; }
-  th.qc, td.qc { min-width: 150px; }
-  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-  td.num { white-space: nowrap; }
-  tr.base td { background: #fafbfd; color: var(--muted); }
-  .yes { color: var(--good); font-weight: 600; }
-  .no { color: var(--muted); }
-  .flag { color: var(--warn); }
-  .failed { color: var(--bad); font-weight: 600; }
-  .verdict { font-weight: 600; }
-  .clinical { color: #7a4f00; }
-  figure { margin: 8px 0 16px; }
-  figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
-  figcaption { color: var(--muted); font-size: 12px; }
-  pre { background: var(--bg-soft); border: 1px solid var(--line); padding: 8px 10px; font-size: 11.5px;
-        white-space: pre-wrap; word-break: break-all; }
-  .box { background: var(--bg-soft); border-left: 4px solid var(--accent); padding: 8px 12px; font-size: 13px; }
-  dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; font-size: 12.5px; margin: 6px 0 12px; }
-  dt { color: var(--muted); } dd { margin: 0; word-break: break-all; }
-  section.subject, .sample { break-inside: avoid-page; }
-  @media print { body { max-width: none; padding: 0; font-size: 11px; } nav { display: none; }
-                 .wide { overflow: visible; } table.timepoints { font-size: 8px; }
-                 table.timepoints td.num { white-space: normal; }
-                 h2 { break-before: page; } h2.first { break-before: auto; } }
-  @page { size: A4; margin: 14mm 12mm; }
-</style>
-</head>
-<body>
-<header>
-<h1>{{ title }}</h1>
-<p class="meta">Results folder <code>{{ results }}</code> &middot; rendered {{ generated }} by cytopipe {{ version }}
- &middot; RCV {{ "%.1f"|format(settings.rcv) }}% (CVa {{ settings.cva }}%, CVi {{ settings.cvi }}%, Z {{ settings.z }})
- &middot; low-event flags: Treg gate &lt; {{ settings.min_treg }} or CD4 &lt; {{ settings.min_cd4 }} events</p>
-<nav><a href="#summary">Summary</a><a href="#subjects">Subjects</a><a href="#samples">Gating and QC</a>
-<a href="#methods">Methods</a><a href="#provenance">Provenance</a></nav>
-</header>
-
-<h2 id="summary" class="first">Summary</h2>
-<p class="box">For each subject: did Tregs (% of CD4+ T cells) change against baseline, and is the change real?
-A change counts as <b>significant</b> when it is larger than the reference change value
-({{ "%.1f"|format(settings.rcv) }}%) <b>and</b> the counting interval of the difference excludes zero.
-{% if has_clinical %}Platelet response by the ITP International Working Group thresholds (complete response
-&ge; 100 x10<sup>9</sup>/L; response &ge; 30 and at least twice baseline).{% else %}No clinical table was given
-(<code>--clinical FILE</code> adds platelets and the IWG response).{% endif %}</p>
-{% if summary %}
-<table>
-<thead><tr><th>Subject</th><th class="num">Baseline Treg %</th><th>Largest change: fold [interval]</th>
-<th>Significant</th><th>Tregs</th><th>Clinical response</th></tr></thead>
-<tbody>
-{% for s in summary %}
-<tr><td><a href="#{{ s.anchor }}">{{ s.subject }}</a></td><td class="num">{{ s.baseline }}</td><td>{{ s.peak }}</td>
-<td class="{{ s.significant }}">{{ s.significant }}{% if s.significant == "yes" %} ({{ s.direction }}){% endif %}</td>
-<td class="verdict">{{ s.verdict }}</td><td class="clinical">{{ s.clinical }}</td></tr>
-{% endfor %}
-</tbody>
-</table>
-{% else %}
-<p class="failed">No sample produced a Treg percentage.</p>
-{% endif %}
-{% if n_failed or n_low %}
-<p class="flag">QC: {{ n_failed }} sample(s) failed, {{ n_low }} sample(s) flagged for low event counts; see
-<a href="#samples">Gating and QC</a>.</p>
-{% endif %}
-{% if overview %}
-<figure><img src="{{ overview }}" alt="Fold change of Treg % against baseline, all subjects">
-<figcaption>Fold change against baseline per timepoint with its Katz interval; filled = significant; grey band =
-within the RCV.</figcaption></figure>
-{% endif %}
-
-<h2 id="subjects">Subjects</h2>
-{% for sec in sections %}
-<section class="subject" id="{{ sec.anchor }}">
-<h3>{{ sec.subject }}</h3>
-<p><span class="verdict">{{ sec.verdict }}.</span> <span class="clinical">{{ sec.clinical }}.</span>
-{% if sec.correlation %}<br><span class="meta">{{ sec.correlation }}</span>{% endif %}</p>
-<figure><img src="{{ sec.image }}" alt="Treg % over time for {{ sec.subject }}">
-<figcaption>Treg % of CD4 with its Wilson interval (band); dashed line = baseline, grey band = changes within the
-RCV; stars = significant changes; open circles = low event counts{% if has_clinical %}; squares = platelets (right
-axis){% endif %}.</figcaption></figure>
-<div class="wide"><table class="timepoints">
-<thead><tr><th>Timepoint</th><th class="num">Treg % [interval]</th>
-<th class="num">&Delta; pp [interval]</th><th class="num">Fold [interval]</th><th class="num">Change</th>
-<th>Significant</th><th class="num">Treg / CD4 events</th>
-{% if sec.rows and sec.rows[0].ratio is not none %}<th class="num">Treg:Tcon</th>{% endif %}
-{% if sec.rows and sec.rows[0].per_ul is not none %}<th class="num">Tregs/&micro;L</th>{% endif %}
-{% for c in sec.clinical_columns %}<th class="num">{{ c }}</th>{% endfor %}
-{% if has_clinical %}<th>IWG</th>{% endif %}{% if sec.any_flags %}<th class="qc">QC</th>{% endif %}</tr></thead>
-<tbody>
-{% for r in sec.rows %}
-<tr{% if r.baseline %} class="base"{% endif %}><td title="sample {{ r.sample }}" class="nowrap">{{ r.timepoint }}
-<span class="meta">d{{ r.day }}</span></td><td class="num">{{ r.treg }}</td><td class="num">{{ r.delta }}</td>
-<td class="num">{{ r.fold }}</td><td class="num">{{ r.change }}</td>
-<td class="{{ 'yes' if r.significant.startswith('yes') else 'no' }}">{{ r.significant }}</td>
-<td class="num">{{ r.treg_events }} / {{ r.cd4 }}</td>
-{% if r.ratio is not none %}<td class="num">{{ r.ratio }}</td>{% endif %}
-{% if r.per_ul is not none %}<td class="num">{{ r.per_ul }}</td>{% endif %}
-{% for v in r.clinical %}<td class="num">{{ v }}</td>{% endfor %}
-{% if has_clinical %}<td class="nowrap">{{ r.iwg }}</td>{% endif %}
-{% if sec.any_flags %}<td class="flag qc">{{ r.flags }}</td>{% endif %}</tr>
-{% endfor %}
-</tbody>
-</table></div>
-</section>
-{% endfor %}
-
-<h2 id="samples">Gating and QC per sample</h2>
-{% if failures %}
-<h3>Failed samples</h3>
-<table><thead><tr>{% for c in failures.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
-<tbody>{% for row in failures.rows %}<tr>{% for v in row %}<td class="failed">{{ v }}</td>{% endfor %}</tr>{% endfor %}
-</tbody></table>
-{% endif %}
-<table>
-<thead><tr><th>Sample</th><th>Subject</th><th>Timepoint</th><th class="num">CD4 events</th>
-<th class="num">Treg events</th><th>QC flags</th></tr></thead>
-<tbody>
-{% for s in samples %}
-<tr><td>{{ s.sample }}</td><td>{{ s.subject }}</td><td>{{ s.timepoint }}</td><td class="num">{{ s.cd4 }}</td>
-<td class="num">{{ s.treg }}</td><td class="{{ 'failed' if s.failed else 'flag' }}">{{ s.flags or "ok" }}</td></tr>
-{% endfor %}
-</tbody>
-</table>
-{% for s in samples if s.image %}
-<div class="sample">
-<h3>{{ s.sample }}{% if s.subject %} &middot; {{ s.subject }} {{ s.timepoint }}{% endif %}</h3>
-<figure><img src="{{ s.image }}" alt="Gating of {{ s.sample }}">
-<figcaption>Each panel: the parent population's events (log-colour density) with the gate drawn; last panel:
-Treg events (red) back-gated onto scatter.{% if s.flags %} <span class="flag">QC: {{ s.flags }}</span>{% endif %}
-</figcaption></figure>
-</div>
-{% endfor %}
-{% for t in extra_tables %}
-<h3>{{ t.title }}</h3>
-<table><thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
-<tbody>{% for row in t.rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
-{% endfor %}
-
-<h2 id="methods">Methods</h2>
-<ul>
-<li>Treg % = Treg events / CD4 events &times; 100, with a Wilson score interval (Z = {{ settings.z }}).</li>
-<li>Change against the subject's baseline sample in percentage points, with Newcombe's hybrid score interval
-(Newcombe 1998, method 10), and as a fold change with the Katz log interval.</li>
-<li>Reference change value RCV = &radic;2 &middot; Z &middot; &radic;(CVa&sup2; + CVi&sup2;) =
-{{ "%.1f"|format(settings.rcv) }}%. Significant = |relative change| &gt; RCV and the Newcombe interval excludes 0.</li>
-<li>Low events: Treg gate &lt; {{ settings.min_treg }} or CD4 &lt; {{ settings.min_cd4 }} events are flagged, not
-dropped (a Poisson CV of 10% at 100 events).</li>
-{% if has_clinical %}<li>Clinical data from <code>{{ clinical_source }}</code>. IWG platelet categories use the
-count thresholds only (Rodeghiero 2009), on single measurements; correlations of Treg % with
-{{ platelet_column or "platelets" }} per subject (Spearman and Pearson, n paired samples).</li>{% endif %}
-<li>Every column of <code>baseline.csv</code> is documented in <code>docs/report.md</code>.</li>
-</ul>
-
-<h2 id="provenance">Provenance</h2>
-{% if not has_manifest %}<p class="flag">No manifest.json in the results folder.</p>{% endif %}
-{% for b in provenance %}
-<h3>{{ b.title }}</h3>
-{% if b.kind == "pairs" %}
-<dl>{% for k, v in b.pairs %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>
-{% elif b.kind == "pre" %}
-<pre>{{ b.text }}</pre>
-{% else %}
-<table><thead><tr>{% for c in b.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
-<tbody>{% for row in b.rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
-{% endif %}
-{% endfor %}
-</body>
-</html>
-"""
+    return jinja2.Environment(loader=jinja2.PackageLoader("cytopipe", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)

@@ -807,5 +807,6 @@ def _platelet_verdict(grp: pd.DataFrame, plt_col: str | None) -> tuple[str, str]
     value = float(top[plt_col])
     where = f"at {top['timepoint']}"
     if np.isfinite(base) and base > 0:
-        return category, f"Platelets: {category} ({value:g} = {value / base:.1f}x baseline {base:g}, {where})"
-    return category, f"Platelets: {category} ({value:g} {where})"
+        return category, (f"Platelets: {category} ({value:g} x10^9/L = {value / base:.1f}x baseline {base:g} x10^9/L, "
+                          f"{where})")
+    return category, f"Platelets: {category} ({value:g} x10^9/L {where})"

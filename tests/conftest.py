@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CYTOPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -46,11 +45,20 @@ REPORT_STUDY = {
 _GATE_TEXT = "name: Treg <b>bold</b>\npopulations:\n  - name: Lymphocytes\n"
 
 
-def _png(path: Path) -> None:
-    fig = Figure(figsize=(2, 1))
-    fig.add_subplot().plot([0, 1], [0, 1])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+def _gating_svg(path: Path) -> None:
+    """A gating figure as ``cytopipe run`` writes it: one density panel of a gate, titled with a hostile name."""
+    from cytopipe.fcs import Sample
+    from cytopipe.gates import Dimension, GatingStrategy, Population, RectangleGate
+    from cytopipe.pipeline import _draw_plot
+
+    rng = np.random.default_rng(3)
+    events = rng.normal(50000, 9000, (2000, 2)).astype(np.float32)
+    sample = Sample("", events, ("FSC-A", "SSC-A"), ("", ""), {}, "FCS3.1")
+    gate = RectangleGate("<i>Lymphocytes</i>", (Dimension("FSC-A"), Dimension("SSC-A")), min=(40000, 40000),
+                         max=(60000, 60000))
+    strategy = GatingStrategy((Population("<i>Lymphocytes</i>", gate, None),), compensation="none")
+    assert Path(_draw_plot(strategy.apply(sample), strategy, path.stem[len("gating_"):], None,
+                           str(path.parent))) == path
 
 
 def build_results_folder(root: Path, *, clinical: bool = True) -> Path:
@@ -78,7 +86,7 @@ def build_results_folder(root: Path, *, clinical: bool = True) -> Path:
                    "reason": "truncated file <DATA> segment"}]).to_csv(out / "failures.csv", index=False)
     pd.DataFrame([{"sample": "ITP-01_D0", "population": "CD25high", "threshold": 2.61}]).to_csv(
         out / "gates_fitted.csv", index=False)
-    _png(out / "plots" / "gating_ITP-01_D0.png")
+    _gating_svg(out / "plots" / "gating_ITP-01_D0.svg")
     manifest = {
         "cytopipe": "0.1.0",
         "versions": {"cytopipe": "0.1.0", "numpy": "2.4.0"},

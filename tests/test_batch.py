@@ -97,7 +97,7 @@ def test_outputs_of_a_clean_run(study, serial):
     assert manifest["gates"]["text"] == gates.read_text()
     assert manifest["sample_sheet"]["sha256"] == hashlib.sha256(sheet.read_bytes()).hexdigest()
     assert {"cytopipe", "numpy", "pandas", "scikit-learn", "matplotlib", "python"} <= set(manifest["versions"])
-    assert len(list((out / "plots").glob("gating_*.png"))) == len(labels)
+    assert len(list((out / "plots").glob("gating_*.svg"))) == len(labels)
     assert sorted(serial.computed) == sorted(labels) and serial.cached == []
 
 

@@ -76,7 +76,7 @@ def test_dask_cluster_matches_local_run(cluster, tmp_path):
     assert read_bytes(tmp_path / "dask") == read_bytes(tmp_path / "local")
     assert sorted(remote.computed) == sorted(labels)
     assert (tmp_path / "dask" / "report.html").is_file()
-    assert len(list((tmp_path / "dask" / "plots").glob("gating_*.png"))) == len(labels)
+    assert len(list((tmp_path / "dask" / "plots").glob("gating_*.svg"))) == len(labels)
     assert all(name in CSVS for name in read_bytes(tmp_path / "dask"))
 
 

@@ -1,22 +1,30 @@
-"""Figures: what is drawn matches the table (not just "a figure came back"), files are written atomically."""
+"""Figures: what is drawn matches the data (the SVG parses, points and gates sit where the data says, text is legible),
+files are written atomically and byte-reproducibly. Not timed: speed is measured in benchmarks/bench.py."""
 
 from __future__ import annotations
 
+import base64
+import io
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
+from matplotlib.path import Path as MplPath
+from PIL import Image
 
 from cytopipe.fcs import Sample
 from cytopipe.gates import BooleanGate, Dimension, GatingStrategy, PolygonGate, Population, RectangleGate
-from cytopipe.plots import fold_change_overview, gating_hierarchy, save_figure, time_course
+from cytopipe.plots import fold_change_overview, gating_hierarchy, histogram2d, save_figure, time_course
 from cytopipe.stats import baseline_table
+from cytopipe.svg import colormap, png_indexed, render, transform_ticks
 from cytopipe.transforms import Logicle
 
 REPO = Path(__file__).resolve().parents[1]
+NS = {"s": "http://www.w3.org/2000/svg"}
+LOGICLE = Logicle(T=262144, W=0.5, M=4.5, A=0)
 
 
 def _table(subjects: dict[str, list[tuple[str, int, int, int]]], clinical: pd.DataFrame | None = None
@@ -28,65 +36,177 @@ def _table(subjects: dict[str, list[tuple[str, int, int, int]]], clinical: pd.Da
 
 
 STUDY = {"ITP-01": [("D0", 0, 20000, 600), ("W1", 7, 20000, 1100), ("W3", 21, 20000, 1800), ("W6", 42, 1500, 60)],
-         "P $1$": [("D0", 0, 20000, 800), ("W3", 21, 20000, 830)]}
-CLINICAL = pd.DataFrame({"subject": ["ITP-01"] * 5 + ["P $1$"] * 2, "day": [0.0, 7, 21, 28, 42, 0, 21],
+         "P $1$ <x>": [("D0", 0, 20000, 800), ("W3", 21, 20000, 830)]}
+CLINICAL = pd.DataFrame({"subject": ["ITP-01"] * 5 + ["P $1$ <x>"] * 2, "day": [0.0, 7, 21, 28, 42, 0, 21],
                          "platelets": [36.0, 41, 85, 80, 60, 40, 45]})
 
 
-def _lines_with(fig: Figure, marker: str) -> list:
-    return [line for ax in fig.axes for line in ax.get_lines() if line.get_marker() == marker and len(line.get_xdata())]
+class Drawn:
+    """An SVG figure parsed back: panels with their box and data limits, so pixels map back to data units."""
+
+    def __init__(self, text: str) -> None:
+        if "xmlns=" not in text:  # inlined in HTML without the namespace
+            text = text.replace("<svg", f'<svg xmlns="{NS["s"]}"', 1)
+        self.text = text
+        self.root = ET.fromstring(text)
+        self.panels = [_Panel(g) for g in self.root.iter(f"{{{NS['s']}}}g") if g.get("class") == "panel"]
+
+    def font_sizes(self) -> list[float]:
+        """Every font size in the figure (CSS rules and attributes), in px."""
+        sizes = [float(v) for v in re.findall(r"font-size:\s*([0-9.]+)px", self.text)]
+        sizes += [float(e.get("font-size")) for e in self.root.iter() if e.get("font-size")]
+        return sizes
+
+
+class _Panel:
+    def __init__(self, g: ET.Element) -> None:
+        self.g = g
+        rect = g.find("s:clipPath/s:rect", NS)
+        self.x, self.y = float(rect.get("x")), float(rect.get("y"))
+        self.w, self.h = float(rect.get("width")), float(rect.get("height"))
+        self.limits = [float(v) for v in g.get("data-limits", "").split()] or None
+        self.title = [t.text for t in g.iterfind("s:text[@class='ttl']/s:tspan", NS)]
+
+    def data(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x0, x1, y0, y1 = self.limits
+        return x0 + (px - self.x) / self.w * (x1 - x0), y0 + (self.y + self.h - py) / self.h * (y1 - y0)
+
+    def paths(self, cls: str) -> list[np.ndarray]:
+        return [_points(p.get("d")) for p in self.g.iter(f"{{{NS['s']}}}path") if p.get("class") == cls]
+
+    def markers(self, tag: str) -> list[ET.Element]:
+        return list(self.g.iter(f"{{{NS['s']}}}{tag}"))
+
+    def ticks(self, axis: str) -> list[tuple[float, str]]:
+        """(pixel, label) of the x (below the box) or y (left of the box) tick labels."""
+        out = []
+        for t in self.g.iterfind("s:text[@class='tick']", NS):
+            x, y = float(t.get("x")), float(t.get("y"))
+            if axis == "x" and y > self.y + self.h and abs(y - (self.y + self.h + 14)) < 0.5:
+                out.append((x, t.text))
+            elif axis == "y" and x < self.x and t.get("text-anchor") == "end":
+                out.append((y - 3.5, t.text))
+        return out
+
+    def image(self) -> np.ndarray:
+        href = self.g.find(".//s:image", NS).get("href")
+        assert href.startswith("data:image/png;base64,")
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1]))).convert("RGBA"))
+
+
+def _points(d: str) -> np.ndarray:
+    return np.array([[float(a), float(b)] for a, b in re.findall(r"[ML](-?[0-9.]+),(-?[0-9.]+)", d)])
+
+
+def test_png_writer_round_trips() -> None:
+    pixels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    palette = colormap("viridis", 12)
+    decoded = Image.open(io.BytesIO(png_indexed(pixels, palette)))
+    assert decoded.mode == "P" and decoded.size == (4, 3)
+    assert np.array_equal(np.asarray(decoded), pixels)
+    rgba = np.asarray(decoded.convert("RGBA"))
+    assert rgba[0, 0, 3] == 0 and (rgba.reshape(-1, 4)[1:, 3] == 255).all()  # index 0 transparent
+    assert np.array_equal(rgba[2, 3, :3], palette[11])
+
+
+def test_viridis_matches_matplotlib() -> None:
+    from matplotlib import colormaps
+
+    ours = colormap("viridis").astype(float)
+    theirs = colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255
+    assert np.abs(ours - theirs).max() < 6  # 17 anchors, linear between them: within 6 of 255 per channel
+
+
+def test_histogram2d_matches_numpy() -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(0, 1, 5000), rng.normal(1, 2, 5000)
+    x[:10] = np.nan
+    ours = histogram2d(x, y, (-2.0, 2.0), (-3.0, 5.0), bins=20)
+    theirs, _, _ = np.histogram2d(x[10:], y[10:], bins=20, range=((-2, 2), (-3, 5)))
+    # numpy closes the last bin on the right; ours is half-open: values exactly at the top edge are the only
+    # possible difference, and there are none in continuous data.
+    assert np.array_equal(ours, theirs.astype(int))
+
+
+def test_logicle_ticks_are_intensities() -> None:
+    ticks = dict((label, pos) for pos, label in transform_ticks(LOGICLE, (0.0, 1.0)))
+    assert {"0", "10³", "10⁴", "10⁵"} <= set(ticks)
+    assert ticks["10³"] == pytest.approx(float(LOGICLE.apply(np.array([1000.0]))[0]), abs=1e-9)
+    assert ticks["0"] == pytest.approx(float(LOGICLE.apply(np.array([0.0]))[0]), abs=1e-9)
+    positions = sorted(ticks.values())
+    assert min(np.diff(positions)) >= 0.15  # labels never overlap
+    linear = transform_ticks(None, (0.0, 262144.0))
+    assert [label for _, label in linear] == ["0", "100k", "200k"]
+
+
+# ------------------------------------------------------------------------------------------------ time course
 
 
 def test_time_course_draws_the_table() -> None:
     table = _table(STUDY, CLINICAL)
-    fig = time_course(table, "ITP-01", CLINICAL)
-    assert len(fig.axes) == 2  # Treg % and platelets
-    treg_ax, platelet_ax = fig.axes
-    line = next(ln for ln in treg_ax.get_lines() if ln.get_gid() == "treg_pct")
-    assert list(line.get_ydata()) == pytest.approx(list(table[table["subject"] == "ITP-01"]["treg_pct"]))
-    # Significant timepoints (W1, W3) get a star; the low-event W6 is an open circle.
-    stars = _lines_with(fig, "*")
-    assert len(stars) == 1 and list(stars[0].get_xdata()) == [7, 21]
-    open_points = [ln for ln in _lines_with(fig, "o") if ln.get_markerfacecolor() == "white"]
-    assert list(open_points[0].get_xdata()) == [42]
-    # All clinical platelet counts are drawn, also day 28 without a blood draw.
-    squares = [ln for ln in platelet_ax.get_lines() if ln.get_marker() == "s"]
-    assert list(squares[0].get_xdata()) == [0, 7, 21, 28, 42]
-    assert [t.get_text() for t in treg_ax.get_xticklabels()][:2] == ["D0\nd0", "W1\nd7"]
+    drawn = Drawn(render(time_course(table, "ITP-01", CLINICAL)))
+    (panel,) = drawn.panels
+    rows = table[table["subject"] == "ITP-01"]
+    (line,) = panel.paths("treg_pct")
+    days, pct = panel.data(line[:, 0], line[:, 1])
+    assert days == pytest.approx(list(rows["day"]), abs=0.2)
+    assert pct == pytest.approx(list(rows["treg_pct"]), abs=0.05)
+    # Significance is the point itself (a red diamond at the value), not a mark above it: W1 and W3.
+    diamonds = [m for m in panel.markers("path") if m.find("s:title", NS) is not None]
+    assert [m.find("s:title", NS).text.split(" ")[0] for m in diamonds] == ["W1", "W3"]
+    for m in diamonds:
+        tip = _points(m.get("d"))  # M top, L right, L bottom, L left: the centre is the mean
+        _, value = panel.data(*tip.mean(axis=0))
+        label = m.find("s:title", NS).text.split(" ")[0]
+        assert value == pytest.approx(float(rows[rows["timepoint"] == label]["treg_pct"].iloc[0]), abs=0.05)
+    circles = panel.markers("circle")
+    assert [c.get("fill") for c in circles] == ["#0072B2", "#ffffff"]  # D0 filled, W6 (low events) open
+    squares = panel.markers("rect")[2:]  # after the clip and background rectangles
+    assert len(squares) == 5  # every clinical platelet count, also day 28 without a blood draw
+    assert "platelets (×10⁹/L)" in drawn.text
+    assert [label for _, label in panel.ticks("x")] == ["d0", "d7", "d21", "d42"]
+    assert min(drawn.font_sizes()) >= 10
 
 
-def test_time_course_without_clinical_and_literal_dollars(tmp_path: Path) -> None:
+def test_time_course_without_clinical_and_escaping(tmp_path: Path) -> None:
     table = _table(STUDY)
-    fig = time_course(table, "P $1$")
-    assert len(fig.axes) == 1 and not _lines_with(fig, "*")
-    save_figure(fig, tmp_path / "p1")  # a '$' in a name must not be parsed as mathtext
-    assert "P $1$" in (tmp_path / "p1.svg").read_text()
+    path = save_figure(time_course(table, "P $1$ <x>"), tmp_path / "p1")
+    text = path.read_text()
+    assert path.name == "p1.svg" and "P $1$ &lt;x&gt;" in text and "<x>" not in text
+    assert "platelets" not in text and "significant change" not in text
+    ET.fromstring(text.split("\n", 1)[1])
     with pytest.raises(ValueError, match="not in the baseline table"):
         time_course(table, "nobody")
 
 
 def test_fold_change_overview_rows() -> None:
     table = _table(STUDY)
-    fig = fold_change_overview(table)
-    ax = fig.axes[0]
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["ITP-01  W1", "ITP-01  W3", "ITP-01  W6", r"P \$1\$  W3"]
-    assert ax.get_xscale() == "log"
+    drawn = Drawn(render(fold_change_overview(table)))
+    (panel,) = drawn.panels
+    labels = [t.text for t in panel.g.iterfind("s:text[@text-anchor='end']", NS) if float(t.get("x")) < panel.x]
+    labels = [label for label in labels if "  " in label]
+    assert labels == ["ITP-01  W1", "ITP-01  W3", "ITP-01  W6", "P $1$ <x>  W3"]
+    later = table[~table["is_baseline"]].sort_values(["subject", "day"])
+    circles = panel.markers("circle")
+    x0, x1 = panel.limits[:2]
+    fold = [10 ** (np.log10(x0) + (float(c.get("cx")) - panel.x) / panel.w * (np.log10(x1) - np.log10(x0)))
+            for c in circles]
+    assert fold == pytest.approx(list(later["fold_change"]), rel=0.01)
+    filled = [c.get("fill") != "#ffffff" for c in circles]
+    assert filled == list(later["significant"].astype(bool))
     baseline_only = _table({"A": [("D0", 0, 20000, 600)]})
-    assert fold_change_overview(baseline_only).axes[0].texts[0].get_text() == "no timepoint after baseline"
+    assert "no timepoint after baseline" in render(fold_change_overview(baseline_only))
 
 
 def test_save_figure_atomic_and_deterministic(tmp_path: Path) -> None:
     fig = time_course(_table(STUDY, CLINICAL), "ITP-01", CLINICAL)
-    written = save_figure(fig, tmp_path / "sub" / "tc")
-    assert [p.name for p in written] == ["tc.png", "tc.svg"]
-    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    first = written[1].read_bytes()
-    save_figure(fig, tmp_path / "sub" / "tc")
-    assert written[1].read_bytes() == first  # no timestamps or random ids
-    only = save_figure(fig, tmp_path / "one.png")
-    assert only == [tmp_path / "one.png"] and not (tmp_path / "one.svg").exists()
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["one.png", "sub", "tc.png", "tc.svg"]
+    path = save_figure(fig, tmp_path / "sub" / "tc")
+    assert path == tmp_path / "sub" / "tc.svg"
+    first = path.read_bytes()
+    assert first.startswith(b"<?xml")
+    save_figure(time_course(_table(STUDY, CLINICAL), "ITP-01", CLINICAL), tmp_path / "sub" / "tc.svg")
+    assert path.read_bytes() == first  # no timestamps or random ids
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["sub", "tc.svg"]
 
 
 # ------------------------------------------------------------------------------------------------ gating
@@ -117,80 +237,132 @@ def _sample_and_strategy(n: int = 6000) -> tuple[Sample, GatingStrategy]:
     return sample, GatingStrategy(pops, treg="Treg", parent="CD4+", compensation="none")
 
 
+
 def test_gating_hierarchy_panels_follow_the_strategy() -> None:
     sample, strategy = _sample_and_strategy()
     result = strategy.apply(sample)
     assert 100 < result.counts["Treg"] < result.counts["CD4+"] < result.counts["Lymphocytes"]
-    fig = gating_hierarchy(result, strategy, "S1 <x>")
-    axes = fig.axes
-    assert len(axes) == 4  # three gates + back-gating; the boolean Tcon has no axes of its own to draw
-    assert result.counts["Tcon"] == result.counts["CD4+"] - result.counts["Treg"]
-    titles = [ax.get_title() for ax in axes]
-    for ax_title, pop in zip(titles, ("Lymphocytes", "CD4+", "Treg"), strict=False):
-        assert ax_title.startswith(f"{pop}\n{result.counts[pop]:,} = ")
-    assert "Back-gating: Treg" in titles[3] and f"{result.counts['Treg']:,} events" in titles[3]
-    # 2-D panels are log-coloured densities (one image) of the parent's events with the gate outline; the polygon
-    # is drawn where it is.
-    image = axes[0].get_images()[0]
-    assert isinstance(image, AxesImage) and image.norm.__class__.__name__ == "LogNorm"
-    assert int(image.get_array().sum()) == pytest.approx(result.n_events, rel=0.01)  # all but the 0.2 % tails
-    outline = axes[0].get_lines()[0]
-    assert list(outline.get_xdata()) == pytest.approx([30000, 75000, 75000, 30000, 30000])
-    # The Treg rectangle is open upwards/rightwards: its open sides are pushed beyond the axes.
-    treg_line = axes[2].get_lines()[0]
-    # Logicle axes read in decades, like gate files: the Gating-ML cut 0.5 is drawn at 0.5 x M = 2.25.
-    assert np.isfinite(treg_line.get_xdata()).all() and min(treg_line.get_xdata()) == pytest.approx(0.5 * 4.5)
-    assert axes[2].get_xlabel() == "CD4 (logicle, decades)"
-    assert axes[1].get_yscale() == "log"  # 1-D gate: histogram with the gated events shaded
-    # Back-gating draws exactly the Treg events on scatter.
-    dots = axes[3].get_lines()[0]
-    assert len(dots.get_xdata()) == result.counts["Treg"]
-    assert fig.get_suptitle() == "Gating of S1 <x>"
+    drawn = Drawn(render(gating_hierarchy(result, strategy, "S1 <x>")))
+    assert len(drawn.panels) == 4  # three gates + back-gating; the boolean Tcon has no axes of its own to draw
+    for panel, pop in zip(drawn.panels, ("Lymphocytes", "CD4+", "Treg"), strict=False):
+        parent = strategy.population(pop).parent
+        n_parent = result.counts[parent] if parent else result.n_events
+        assert panel.title == [pop, f"{result.counts[pop]:,} = {100 * result.counts[pop] / n_parent:.1f}% of "
+                                    f"{parent or 'all events'}"]
+    assert drawn.panels[3].title == ["Back-gating: Treg", f"{result.counts['Treg']:,} events (red) on scatter"]
+    assert "Gating of S1 &lt;x&gt;" in drawn.text
+    # The polygon is drawn at its vertices (pixels mapped back through the panel's limits).
+    (outline,) = drawn.panels[0].paths("gate")
+    xs, ys = drawn.panels[0].data(outline[:, 0], outline[:, 1])
+    assert xs[:4] == pytest.approx([30000, 75000, 75000, 30000], rel=0.005)
+    assert ys[:4] == pytest.approx([2000, 2000, 30000, 30000], rel=0.01)
+    # The 1-D CD4 gate: a histogram with the cut drawn at 0.5 in logicle units, the axis labelled in intensities.
+    (cut,) = drawn.panels[1].paths("gate")
+    assert drawn.panels[1].data(cut[:, 0], cut[:, 1])[0] == pytest.approx([0.5], abs=0.005)  # "M x,top V bottom"
+    labels = [label for _, label in drawn.panels[1].ticks("x")]
+    assert "10³" in labels and "0" in labels
+    # The open Treg rectangle: its closed corner at (0.5, 0.55), open sides beyond the axes.
+    (rect,) = drawn.panels[2].paths("gate")
+    x, y = drawn.panels[2].data(rect[:, 0], rect[:, 1])
+    assert x.min() == pytest.approx(0.5, abs=0.005) and y.min() == pytest.approx(0.55, abs=0.005)
+    x0, x1, y0, y1 = drawn.panels[2].limits
+    assert x.max() > x1 and y.max() > y1
 
 
-def test_gating_hierarchy_of_a_large_sample_draws_a_sample_of_events_and_exact_counts() -> None:
-    """Above 200,000 events a panel bins every k-th parent event; titles still give the exact counts, 1-D counts
-    are scaled back to events, and back-gating dots are Treg events (every k-th above 20,000)."""
+def _inside_path(outline_px: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    return MplPath(outline_px).contains_points(np.column_stack([px, py]))
+
+
+def test_gate_outline_selects_what_the_gate_selects() -> None:
+    """Events inside the drawn outline (as a browser would fill it) are the events the gate keeps."""
+    sample, strategy = _sample_and_strategy(20000)
+    result = strategy.apply(sample)
+    drawn = Drawn(render(gating_hierarchy(result, strategy, "S1")))
+    for index, name in ((0, "Lymphocytes"), (2, "Treg")):
+        panel = drawn.panels[index]
+        pop = strategy.population(name)
+        parent = result.masks[pop.parent] if pop.parent else np.ones(result.n_events, bool)
+        values = result.values(pop.gate)[parent]
+        x0, x1, y0, y1 = panel.limits
+        px = panel.x + (values[:, 0] - x0) / (x1 - x0) * panel.w
+        py = panel.y + panel.h - (values[:, 1] - y0) / (y1 - y0) * panel.h
+        (outline,) = panel.paths("gate")
+        visible = (px > panel.x) & (px < panel.x + panel.w) & (py > panel.y) & (py < panel.y + panel.h)
+        agree = _inside_path(outline, px, py) == pop.gate.mask(values)
+        assert visible.sum() > 0.95 * values.shape[0]
+        assert agree[visible].mean() > 0.995, name  # only events within a pixel of the edge may differ
+
+
+def test_gating_densities_are_the_parents_events() -> None:
+    sample, strategy = _sample_and_strategy(20000)
+    result = strategy.apply(sample)
+    drawn = Drawn(render(gating_hierarchy(result, strategy, "S1")))
+    root = drawn.panels[0].image()
+    filled = root[..., 3] > 0
+    # The densest bins are where most events are (the lymphocyte cloud at 50k / 15k).
+    rows, cols = np.nonzero(filled)
+    assert filled.sum() > 200
+    x0, x1, y0, y1 = drawn.panels[0].limits
+    ny, nx = filled.shape
+    bright = np.unravel_index(np.argmax(root[..., :3].astype(int).sum(axis=-1) * filled), filled.shape)
+    cx = x0 + (bright[1] + 0.5) / nx * (x1 - x0)
+    cy = y1 - (bright[0] + 0.5) / ny * (y1 - y0)
+    assert abs(cx - 50000) < 8000 and abs(cy - 15000) < 5000
+    # Back-gating: red bins exist exactly where Treg events are on scatter.
+    back = drawn.panels[3].image()
+    red = (back[..., 3] > 0) & (back[..., 0].astype(int) > back[..., 2].astype(int) + 60)
+    scatter = result.values(strategy.population("Lymphocytes").gate)[result.masks["Treg"]]
+    bx0, bx1, by0, by1 = drawn.panels[3].limits
+    ix = ((scatter[:, 0] - bx0) / (bx1 - bx0) * back.shape[1]).astype(int)
+    iy = back.shape[0] - 1 - ((scatter[:, 1] - by0) / (by1 - by0) * back.shape[0]).astype(int)
+    ok = (ix >= 0) & (ix < back.shape[1]) & (iy >= 0) & (iy < back.shape[0])
+    expected = np.zeros(red.shape, bool)
+    expected[iy[ok], ix[ok]] = True
+    assert np.array_equal(red, expected)
+
+
+def test_gating_text_is_legible_and_unscaled() -> None:
+    sample, strategy = _sample_and_strategy()
+    text = render(gating_hierarchy(strategy.apply(sample), strategy, "S1"))
+    drawn = Drawn(text)
+    assert min(drawn.font_sizes()) >= 10  # >= 9 px at 100 % zoom
+    width, height = float(drawn.root.get("width")), float(drawn.root.get("height"))
+    assert drawn.root.get("viewBox") == f"0 0 {width:g} {height:g}"  # 1 user unit = 1 CSS px
+    assert width <= 1040  # four panels a row: fits the report's 1,044-px column without being scaled down
+
+
+def test_gating_hierarchy_of_a_large_sample_bins_a_sample_of_events_and_gives_exact_counts() -> None:
     from cytopipe import plots
 
-    sample, strategy = _sample_and_strategy(900_000)
+    sample, strategy = _sample_and_strategy(300_000)
     result = strategy.apply(sample)
-    assert result.counts["Treg"] > plots._MAX_BACKGATE_DOTS
-    axes = gating_hierarchy(result, strategy, "big").axes
-    root = axes[0].get_images()[0].get_array()
-    binned = len(range(0, result.n_events, -(-result.n_events // plots._MAX_PLOT_EVENTS)))
-    assert 0.99 * binned < root.sum() <= binned <= plots._MAX_PLOT_EVENTS  # all but the 0.2 % tails
-    assert axes[1].get_title().startswith(f"CD4+\n{result.counts['CD4+']:,} = ")
-    grey, gated = axes[1].collections[:2]  # the parent's histogram, counts scaled back to events, and the gated
-    heights = [np.asarray(c.get_paths()[0].vertices[:, 1]) for c in (grey, gated)]
-    assert heights[0].max() > 0.01 * result.counts["Lymphocytes"]
-    assert heights[1].max() <= heights[0].max()
-    dots = axes[3].get_lines()[0]
-    step = -(-result.counts["Treg"] // plots._MAX_BACKGATE_DOTS)
-    assert len(dots.get_xdata()) == len(range(0, result.counts["Treg"], step)) <= plots._MAX_BACKGATE_DOTS
-    scatter = result.values(strategy.populations[0].gate)
-    tregs = scatter[result.masks["Treg"]]
-    assert set(zip(dots.get_xdata(), dots.get_ydata(), strict=True)) <= set(map(tuple, tregs.tolist()))
-    assert f"{result.counts['Treg']:,} events on scatter" in axes[3].get_title()
+    drawn = Drawn(render(gating_hierarchy(result, strategy, "big")))
+    assert drawn.panels[1].title[1].startswith(f"{result.counts['CD4+']:,} = ")
+    # 1-D counts scaled back to events: the histogram's area is about the parent's count.
+    grey = [p for p in drawn.panels[1].g.iter(f"{{{NS['s']}}}path") if p.get("fill") == "#9a9a9a"][0]
+    pts = _points(grey.get("d"))
+    x, y = drawn.panels[1].data(pts[:, 0], pts[:, 1])
+    heights = y[1:-1:2]
+    assert heights.sum() == pytest.approx(result.counts["Lymphocytes"], rel=0.02)
+    assert plots._MAX_PLOT_EVENTS < result.counts["Lymphocytes"]
 
 
-def test_gating_hierarchy_draws_empty_populations(recwarn: pytest.WarningsRecorder) -> None:
+def test_gating_hierarchy_draws_empty_populations() -> None:
     sample, strategy = _sample_and_strategy()
-    logicle = Logicle(T=262144, W=0.5, M=4.5, A=0)
-    nothing = Population("Treg", RectangleGate("Treg", (Dimension("CD4", logicle), Dimension("CD25", logicle)),
+    nothing = Population("Treg", RectangleGate("Treg", (Dimension("CD4", LOGICLE), Dimension("CD25", LOGICLE)),
                                                min=(5.0, 5.0), max=(None, None)), "CD4+")
-    below = Population("CD25 dim", RectangleGate("CD25 dim", (Dimension("CD25", logicle),), min=(0.1,),
+    below = Population("CD25 dim", RectangleGate("CD25 dim", (Dimension("CD25", LOGICLE),), min=(0.1,),
                                                  max=(None,)), "Treg")
     strategy = GatingStrategy((*strategy.populations[:2], nothing, below), treg="Treg", compensation="none")
     result = strategy.apply(sample)
     assert result.counts["Treg"] == result.counts["CD25 dim"] == 0
-    axes = gating_hierarchy(result, strategy, "empty").axes
-    assert axes[2].get_title() == "Treg\n0 = 0.0% of CD4+" and axes[3].get_title().startswith("CD25 dim\n0 = nan%")
-    assert axes[3].get_yscale() == "linear" and not recwarn.list  # no log axis without counts
+    drawn = Drawn(render(gating_hierarchy(result, strategy, "empty")))
+    assert drawn.panels[2].title == ["Treg", "0 = 0.0% of CD4+"]
+    assert drawn.panels[3].title == ["CD25 dim", "0 = – of Treg"]
 
 
 @pytest.mark.slow
-def test_gating_hierarchy_on_the_bundled_study(tmp_path: Path) -> None:
+def test_gating_on_the_bundled_study_draws_the_singlet_band(tmp_path: Path) -> None:
     fcs_path, gates_path = REPO / "sample_fcs" / "ITP-01_W3.fcs", REPO / "gates" / "treg.yaml"
     if not (fcs_path.is_file() and gates_path.is_file()):
         pytest.skip("bundled study or gates/treg.yaml not present")
@@ -205,7 +377,18 @@ def test_gating_hierarchy_on_the_bundled_study(tmp_path: Path) -> None:
     if autogate.needs_fitting(strategy):  # the default gate file is data-driven
         strategy, _ = autogate.fit_strategy(strategy, [sample], spillover=spillover)
     result = strategy.apply(sample, spillover)
-    fig = gating_hierarchy(result, strategy, "ITP-01_W3")
-    assert len(fig.axes) == len(strategy.populations) + 1
-    png, svg = save_figure(fig, tmp_path / "gating_ITP-01_W3")
-    assert png.stat().st_size > 20000 and svg.stat().st_size > 20000
+    path = save_figure(gating_hierarchy(result, strategy, "ITP-01_W3"), tmp_path / "gating_ITP-01_W3")
+    drawn = Drawn(path.read_text().split("\n", 1)[1])
+    assert len(drawn.panels) == len(strategy.populations) + 1
+    assert path.stat().st_size < 100_000  # the report's per-sample budget
+    singlets = next(p for p in drawn.panels if p.title[0] == "Singlets")
+    (band,) = singlets.paths("gate")
+    pop = strategy.population("Singlets")
+    values = result.values(pop.gate)[result.masks[pop.parent]]
+    x0, x1, y0, y1 = singlets.limits
+    px = singlets.x + (values[:, 0] - x0) / (x1 - x0) * singlets.w
+    py = singlets.y + singlets.h - (values[:, 1] - y0) / (y1 - y0) * singlets.h
+    inside = _inside_path(band, px, py)
+    # The band itself is drawn (a polygon of real width holding the singlets), not a centre line.
+    assert inside.mean() > 0.95
+    assert (inside == pop.gate.mask(values)).mean() > 0.995

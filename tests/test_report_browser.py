@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_report_loads_cleanly_and_shows_every_subject(chromium: str, tmp_path: P
     parsed = _Dom()
     parsed.feed(dom)
     assert "script" not in parsed.tags
-    assert parsed.tags.count("img") == 5
+    assert parsed.tags.count("svg") == 5 and parsed.tags.count("img") == 0
     text = "".join(parsed.text)
     for subject in report_study:
         assert subject in parsed.h3, f"no section heading for {subject!r}"
@@ -119,3 +120,20 @@ def test_pdf_is_printed(chromium: str, tmp_path: Path, results_folder: Callable[
     pdftotext = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=False)
     if pdftotext.returncode == 0:
         assert "ITP-01" in pdftotext.stdout and "<script>alert(1)</script>" in pdftotext.stdout
+        # Summary, QC and subjects are printed; the per-sample gating stays in the HTML.
+        assert "Gating of" not in pdftotext.stdout and "Gating per sample" in pdftotext.stdout
+
+
+def test_printer_started_early_prints_and_leaves_no_process(chromium: str, tmp_path: Path,
+                                                            results_folder: Callable[..., Path]) -> None:
+    from cytopipe.printer import Printer
+
+    out = results_folder(tmp_path)
+    html = render_report(out, clinical=tmp_path / "clinical.csv", pdf=False)
+    printer = Printer(chromium)
+    first, second = printer.print_pdf(html), printer.print_pdf(html)  # one Chromium, several jobs
+    process = printer._process
+    printer.close()
+    assert first[:5] == second[:5] == b"%PDF-"
+    assert process.poll() is not None
+    assert not any(Path(tempfile.gettempdir()).glob(Path(printer._profile).name))
