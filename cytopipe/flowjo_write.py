@@ -304,7 +304,7 @@ class _TreeBuilder:
         if isinstance(gate, RectangleGate):
             return self.rectangle(pop, dims, list(gate.min), list(gate.max))
         if isinstance(gate, PolygonGate):
-            return self.polygon(pop, dims, np.asarray(gate.vertices, dtype=np.float64))
+            return self.polygon(pop, dims, self.within_scale(pop, gate))
         if isinstance(gate, EllipsoidGate):
             if len(dims) != 2:
                 raise GateError(f"{self.where}: population '{pop.name}': a {len(dims)}-dimensional ellipsoid has no "
@@ -326,6 +326,34 @@ class _TreeBuilder:
             values, inside = values[rows], inside[rows]
         return values, inside
 
+    def within_scale(self, pop: Any, gate: PolygonGate) -> np.ndarray:
+        """The polygon's vertices, clipped to the axes' range when it reaches far beyond them.
+
+        Data-driven regions may be open polygons closed far outside the data (``auto_tail``), where a vertex has no
+        finite raw value. Such a polygon is clipped to a box holding both the scale (0 to 1 in Gating-ML units, 0 to
+        ``$PnR`` raw) and every one of the parent's events, with a 1 % margin: no event changes sides.
+        """
+        vertices = np.asarray(gate.vertices, dtype=np.float64)
+        low, high = self.scale_box(gate.dimensions)
+        if np.all((vertices >= low) & (vertices <= high)):
+            return vertices
+        values, _ = self.membership(pop, gate)
+        with np.errstate(invalid="ignore"):
+            finite = np.where(np.isfinite(values), values, np.nan)
+            low = np.fmin(low, np.nanmin(finite, axis=0)) if len(values) else low
+            high = np.fmax(high, np.nanmax(finite, axis=0)) if len(values) else high
+        margin = 0.01 * (high - low)
+        clipped = _clip_to_box(vertices, low - margin, high + margin)
+        if len(clipped) < 3:
+            raise GateError(f"{self.where}: population '{pop.name}': the polygon lies beyond every event and the "
+                            f"axes' range")
+        return clipped
+
+    def scale_box(self, dims: Sequence[Dimension]) -> tuple[np.ndarray, np.ndarray]:
+        tops = [1.0 if dim.transform is not None else _range(self.sample, self.detector(str(dim.channel)))
+                for dim in dims]
+        return np.zeros(len(dims)), np.array(tops)
+
     def rectangle(self, pop: Any, dims: Sequence[Dimension], lows: list, highs: list) -> dict:
         if len(dims) > 2:
             raise GateError(f"{self.where}: population '{pop.name}': a {len(dims)}-dimensional rectangle has no "
@@ -342,6 +370,23 @@ class _TreeBuilder:
         if not np.all(np.isfinite(raw)):
             raise GateError(f"{self.where}: population '{pop.name}': a vertex has no raw value on its scale")
         return {"type": "PolygonGate", "params": params, "vertices": raw.tolist()}
+
+
+def _clip_to_box(vertices: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The part of a polygon inside an axis-aligned box (Sutherland-Hodgman, one box side at a time)."""
+    for axis in (0, 1):
+        for bound, sign in ((low[axis], 1.0), (high[axis], -1.0)):
+            out = []
+            m = len(vertices)
+            for i in range(m):
+                p, q = vertices[i], vertices[(i + 1) % m]
+                sp, sq = sign * (p[axis] - bound), sign * (q[axis] - bound)
+                if sp >= 0:
+                    out.append(p)
+                if (sp >= 0) != (sq >= 0):
+                    out.append(p + (q - p) * (sp / (sp - sq)))
+            vertices = np.array(out, dtype=np.float64).reshape(-1, 2)
+    return vertices
 
 
 def _label(transform: Transform | None) -> str:

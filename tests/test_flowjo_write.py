@@ -305,3 +305,31 @@ def test_transform_elements_follow_flowjo_parameterisation() -> None:
     k = sample.channels.index("FSC-A") + 1
     assert _transform_element(None, "FSC-A", sample)[1][1] == ["maxRange", float(sample.metadata[f"$P{k}R"])]
     assert _transform_element(Hyperlog(), "FITC-A", sample) is None
+
+
+def test_two_dimensional_data_driven_gates_round_trip(tmp_path: Path, fcs_path: Path) -> None:
+    """auto_tail (fitted to a polygon) and auto_mixture (fitted to an ellipse) on logicle axes, as fitted."""
+    from cytopipe import autogate
+
+    text = (REPO / "gates" / "treg.yaml").read_text(encoding="utf-8") + """\
+  - name: CD25+ CD127low
+    parent: CD4+
+    gate: {type: auto_tail, channels: [CD25, CD127], direction: [high, low], k: 3}
+  - name: CD4 main
+    parent: CD4+
+    gate: {type: auto_mixture, channels: [CD25, CD127], components: 2, target: [1.5, 2.5], probability: 0.9}
+"""
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(text, encoding="utf-8")
+    strategy = gatefile.load_strategy(gates)
+    sample = read_fcs(fcs_path)
+    spillover = choose_spillover(sample, strategy)
+    fitted, _ = autogate.fit_strategy(strategy, [sample], spillover=spillover)
+    result = fitted.apply(sample, spillover)
+    tree = sample_tree(fitted, sample, result, spillover, name="sim")
+    wsp = tmp_path / WORKSPACE_NAME
+    write_workspace(wsp, [tree])
+    theirs = _flowkit_counts(wsp, "sim")
+    assert {name: theirs[name] for name in result.counts} == result.counts
+    assert 0 < result.counts["CD25+ CD127low"] < result.counts["CD4+"]
+    assert 0 < result.counts["CD4 main"] < result.counts["CD4+"]
