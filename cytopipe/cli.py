@@ -135,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_panel_option(check)
     convert = gates_sub.add_parser("convert", help="convert between YAML and Gating-ML 2.0")
     convert.add_argument("file", metavar="FILE")
-    convert.add_argument("--to", required=True, choices=("gatingml", "yaml"))
+    convert.add_argument("--to", required=True, choices=("gatingml", "yaml", "wsp"))
     convert.add_argument("--out", metavar="OUT", help="file to write (default: standard output)")
+    convert.add_argument("--fcs", metavar="SAMPLE.fcs", action="append",
+                         help="with --to wsp (a FlowJo 10 workspace): a file to gate and hold (repeatable)")
 
     demo = sub.add_parser("demo", help="write the bundled study (12 simulated FCS files, its sheets) to try cytopipe")
     demo.add_argument("out", metavar="DIR", help="folder to write (created)")
@@ -228,6 +230,14 @@ def _gates(args: argparse.Namespace) -> int:
         if problems:
             return 2
         print(f"{args.file}: ok")
+        return 0
+    if args.to == "wsp" or args.fcs:
+        from .flowjo_write import workspace_for_files
+
+        if args.to != "wsp" or not args.fcs or not args.out:
+            raise ConfigError("gates convert --to wsp needs --fcs SAMPLE.fcs (one or more) and --out FILE.wsp; "
+                              "--fcs is for --to wsp only")
+        workspace_for_files(args.file, args.fcs, args.out)
         return 0
     text = gatefile.convert(args.file, args.to, args.out)
     if not args.out:

@@ -67,6 +67,7 @@ __all__ = [
     "ellipse_polygon",
     "render_workspace",
     "write_workspace",
+    "workspace_for_files",
 ]
 
 #: The file ``cytopipe run`` writes.
@@ -637,6 +638,38 @@ def write_workspace(path: str | os.PathLike[str], trees: Sequence[dict],
     data = render_workspace(trees, groups).encode("utf-8")
     atomic_write(path, data)
     return len(data)
+
+
+def workspace_for_files(gates: str | os.PathLike[str], fcs_files: Sequence[str | os.PathLike[str]],
+                        out: str | os.PathLike[str]) -> int:
+    """``cytopipe gates convert GATES --to wsp --fcs A.fcs ...``: a workspace of these files gated with a gate file.
+
+    Each file is gated as ``cytopipe gate`` gates it (its own spillover, data-driven gates fitted on it alone) and
+    becomes one sample named by its file name (``a.fcs``, ``a.fcs (2)`` for a repeated name).
+
+    Returns
+    -------
+    int
+        Bytes written.
+
+    Raises
+    ------
+    CytopipeError
+        An unreadable file or gate file, or gates FlowJo cannot hold.
+    """
+    from .pipeline import _load_and_gate, choose_spillover
+
+    trees: list[dict] = []
+    names: set[str] = set()
+    for path in fcs_files:
+        sample, strategy, result = _load_and_gate(path, gates)
+        name, k = Path(path).name, 1
+        while name in names:
+            k += 1
+            name = f"{Path(path).name} ({k})"
+        names.add(name)
+        trees.append(sample_tree(strategy, sample, result, choose_spillover(sample, strategy), name=name))
+    return write_workspace(out, trees)
 
 
 def _matrix(out: _Writer, matrix: dict) -> None:

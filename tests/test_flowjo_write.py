@@ -333,3 +333,18 @@ def test_two_dimensional_data_driven_gates_round_trip(tmp_path: Path, fcs_path: 
     assert {name: theirs[name] for name in result.counts} == result.counts
     assert 0 < result.counts["CD25+ CD127low"] < result.counts["CD4+"]
     assert 0 < result.counts["CD4 main"] < result.counts["CD4+"]
+
+
+def test_gates_convert_to_wsp_gates_each_file(tmp_path: Path, fcs_path: Path) -> None:
+    """``cytopipe gates convert treg.yaml --to wsp --fcs ...``: each file gated as ``cytopipe gate`` gates it."""
+    from cytopipe.cli import main
+    from cytopipe.pipeline import event_membership
+
+    out = tmp_path / "review.wsp"
+    gates = REPO / "gates" / "treg.yaml"
+    assert main(["gates", "convert", str(gates), "--to", "wsp", "--fcs", str(fcs_path), "--fcs", str(fcs_path),
+                 "--out", str(out)]) == 0
+    ours = {name: int(column.sum()) for name, column in event_membership(fcs_path, gates).items()}
+    assert _flowkit_counts(out, "sim file.fcs") == ours
+    assert set(_nodes(out)) == {"sim file.fcs", "sim file.fcs (2)"}
+    assert main(["gates", "convert", str(gates), "--to", "wsp", "--out", str(out)]) == 2  # no --fcs: one line
