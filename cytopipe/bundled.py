@@ -70,11 +70,12 @@ def find_gate_file(gates: str | os.PathLike[str]) -> str | Path:
     Returns
     -------
     str or pathlib.Path
-        ``gates`` unchanged when it is an existing path or names nothing shipped (the loader then reports the
-        missing file); otherwise the shipped file.
+        ``gates`` unchanged when it is an existing file (a folder named ``treg`` does not hide the strategy), has a
+        folder part, or names nothing shipped (the loader then reports the missing file); otherwise the shipped
+        file.
     """
     text = os.fspath(gates)
-    if Path(text).exists() or Path(text).name != text:
+    if Path(text).is_file() or Path(text).name != text:
         return text
     shipped = shipped_strategies()
     stem = Path(text).stem if Path(text).suffix.lower() in SUFFIXES else text

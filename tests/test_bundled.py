@@ -72,6 +72,8 @@ def test_a_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
     assert gatefile.load_strategy("treg.yaml").name == "our lab's own"
     assert gatefile.load_strategy("treg_fixed").name == "our lab's own"
     assert gatefile.load_strategy("treg").name != "our lab's own"  # no file 'treg' here: the shipped one
+    (tmp_path / "treg_cd127").mkdir()  # e.g. an --out folder: not a gate file, the name still means the strategy
+    assert bundled.find_gate_file("treg_cd127") == GATES / "treg_cd127.yaml"
 
 
 def test_unknown_names_and_missing_paths_are_one_line_errors(tmp_path, monkeypatch):
