@@ -90,7 +90,7 @@ populations:
 """
 
 # treg.yaml holds data-driven gates: they are fitted on the sample first, then exported like any other.
-CASES = ["gates/treg_fixed.yaml", "gates/treg_cd127.yaml", "gates/treg.yaml", "every-gate-type"]
+CASES = ["gates/treg_fixed.yaml", "gates/treg_cd127_fixed.yaml", "gates/treg.yaml", "every-gate-type"]
 
 
 @pytest.fixture(scope="module")

@@ -494,7 +494,7 @@ def test_dump_yaml_writes_friendly_units(tmp_path: Path) -> None:
     assert treg in text
 
 
-@pytest.mark.parametrize("case", ["gates/treg_fixed.yaml", "gates/treg_cd127.yaml", "example", "every-type"])
+@pytest.mark.parametrize("case", ["gates/treg_fixed.yaml", "gates/treg_cd127_fixed.yaml", "example", "every-type"])
 def test_yaml_gatingml_yaml_gives_identical_masks(case: str, tmp_path: Path, sample: Sample) -> None:
     if case.startswith("gates/"):
         source = REPO / case

@@ -322,7 +322,7 @@ def _gate_masks(gate_file: Path, events: np.ndarray, channels: tuple[str, ...], 
     return definition, masks
 
 
-@pytest.mark.parametrize("gate_file", ["treg_fixed.yaml", "treg_cd127.yaml"])
+@pytest.mark.parametrize("gate_file", ["treg_fixed.yaml", "treg_cd127_fixed.yaml"])
 def test_fixed_gates_match_truth_on_the_bundled_study(repo, bundled, bundled_samples, gate_file):
     truth = pd.read_csv(bundled / "truth.csv")
     for spec, sample in bundled_samples:
