@@ -109,7 +109,7 @@ def test_cli_gates_list_and_show(tmp_path):
     assert lines[0].split() == ["name", "description", "markers"]
     assert [line.split()[0] for line in lines[1:]] == list(bundled.shipped_strategies())
     cd127 = next(line for line in lines if line.startswith("treg_cd127 "))
-    assert "Treg (CD3+ CD4+ CD25+ CD127low)" in cd127 and cd127.endswith("CD3, CD4, CD8, CD25, CD127")
+    assert "Treg (auto; CD3+ CD4+ CD25+ CD127low)" in cd127 and cd127.endswith("CD3, CD4, CD8, CD25, CD127")
 
     show = cli("gates", "show", "treg_cd127", cwd=tmp_path)
     assert show.returncode == 0 and show.stdout == (GATES / "treg_cd127.yaml").read_text(encoding="utf-8")
