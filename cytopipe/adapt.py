@@ -289,3 +289,18 @@ def apply_widths(strategy: GatingStrategy | None, widths: dict[tuple, Any]) -> G
             pop = dataclasses.replace(pop, gate=dataclasses.replace(pop.gate, dimensions=dims))
         populations.append(pop)
     return dataclasses.replace(strategy, populations=tuple(populations))
+
+
+def fallback_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per data-driven cut that found no density valley (a single mode: ``negative+k*sd`` or
+    ``positive-k*sd``), from the ``gates_fitted.csv`` rows of one sample, for its ``acquisition_qc``.
+
+    A fraction from such a cut is a guess from one population's spread, not a split between two: worth a look.
+    """
+    notes = []
+    for row in rows:
+        for key, value in row.items():
+            if str(key).endswith(" method") and isinstance(value, str) and "k*sd" in value:
+                channel = str(key)[: -len(" method")]
+                notes.append(f"population '{row.get('population', '')}': no {channel} valley, cut by {value}")
+    return notes

@@ -316,7 +316,7 @@ def process_sample(task: SampleTask) -> SampleResult:
     The events and every per-sample cache are freed by reference counting when this returns (the gating engine
     holds no reference cycles), so a worker holds one sample at a time without calling the garbage collector.
     """
-    from .adapt import apply_widths, fit_widths, resolve_optional
+    from .adapt import apply_widths, fallback_notes, fit_widths, resolve_optional
     from .panel import read_sample
     from .qc import check_acquisition, require_plausible
 
@@ -386,7 +386,8 @@ def process_sample(task: SampleTask) -> SampleResult:
 
     try:
         out.populations = count_rows(result, strategy, ident)
-        flags = "; ".join([*qc.flags(), *notes])  # optional populations not gated are said here, once
+        # Optional populations not gated and cuts that found no valley are said here, once per sample.
+        flags = "; ".join([*qc.flags(), *notes, *fallback_notes(out.fitted)])
         out.treg = {**treg_row(result, task.treg, task.parent, ident), "acquisition_qc": flags}
     except Exception as err:  # noqa: BLE001
         return fail("count", err)

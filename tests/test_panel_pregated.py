@@ -313,3 +313,24 @@ def test_gate_with_control_tube_and_panel(files, capsys):
     assert "needs the control 'isotype:cd25'" in error_line(capsys)
     assert main([*args, "--control", f"CD25={iso}"]) == 2
     assert "ROLE=FILE" in error_line(capsys)
+
+
+def test_cut_without_valley_is_said_in_acquisition_qc(files):
+    """A data-driven cut that finds one density mode only (no CD25-bright events here) is flagged, once."""
+    d = files["dir"]
+    write(d / "none.fcs", seed=8, rows=lambda t: t["CD4+"] & ~t["Treg"])
+    sample = read_fcs(d / "none.fcs")
+    events = sample.events.copy()
+    events[:, 5] = np.random.default_rng(8).lognormal(np.log(300.0), 0.5, sample.n_events)  # one CD25 mode
+    write_fcs(d / "none.fcs", events, sample.channels)
+    write(d / "some.fcs", seed=9, rows=lambda t: t["CD4+"])
+    gates = d / "auto.yaml"
+    gates.write_text(GATES.replace("gate: {type: range, channels: [CD25], min: 2.5}",
+                                   "gate: {type: auto_threshold, channels: [CD25], "
+                                   "thresholds: [{side: above, method: valley, bounds: [1.0, 4.0]}]}"))
+    (d / "study.csv").write_text("file,subject,timepoint,day\nnone.fcs,S1,D0,0\nsome.fcs,S2,D0,0\n")
+    assert main(["run", str(d / "study.csv"), "--gates", str(gates), "--panel", str(files["panel"]), "--pregated",
+                 "CD4+", "--out", str(d / "r"), "--workers", "1", "--quiet", "--no-pdf"]) == 0
+    qc = pd.read_csv(d / "r" / "treg.csv", keep_default_na=False).set_index("sample")["acquisition_qc"]
+    assert qc["none"].count("population 'Treg': no CD25 valley, cut by negative+k*sd") == 1
+    assert "valley" not in qc["some"]
