@@ -106,6 +106,9 @@ class SampleResult:
     workspace
         The sample's gates in FlowJo's terms for ``gates_fitted.wsp`` (:func:`cytopipe.flowjo_write.sample_tree`),
         or ``{"error": reason}`` when FlowJo cannot hold them (the sample's counts stand); ``None`` before counting.
+    references
+        Median raw detector value of each reference population (``"CD4 T|CD4" -> median``; see
+        :func:`cytopipe.reference.reference_medians`), for the drift QC across visits.
     timings
         Seconds per stage (``read``, ``gate``, ``count``, ``workspace``, ``plot``) and ``total``.
     """
@@ -123,6 +126,7 @@ class SampleResult:
     fitted: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
     workspace: dict | None = None
+    references: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     plot: str | None = None
     failure: dict | None = None
@@ -309,7 +313,7 @@ def process_sample(task: SampleTask) -> SampleResult:
        its gates use, so the full events matrix is never copied.
     3. gate: fit ``sample``-scope data-driven gates, then :meth:`GatingStrategy.apply` (each used column is
        compensated and transformed once). A denominator without events fails the sample here.
-    4. count: population rows and the Treg row with its Wilson interval.
+    4. count: population rows, the Treg row with its Wilson interval and the reference populations' medians.
        workspace: the sample's gates for ``gates_fitted.wsp`` (ellipses as polygons keeping the same events).
     5. plot: ``gating_<sample>.svg`` into ``task.plots_dir``; a plot failure keeps the counts.
 
@@ -319,6 +323,7 @@ def process_sample(task: SampleTask) -> SampleResult:
     from .adapt import apply_widths, fallback_notes, fit_widths, resolve_optional
     from .panel import read_sample
     from .qc import check_acquisition, require_plausible
+    from .reference import reference_medians
 
     ident = {"sample": task.sample, "subject": task.subject, "timepoint": task.timepoint, "day": task.day}
     out = SampleResult(sample=task.sample, file=task.file, subject=task.subject, timepoint=task.timepoint,
@@ -389,6 +394,7 @@ def process_sample(task: SampleTask) -> SampleResult:
         # Optional populations not gated and cuts that found no valley are said here, once per sample.
         flags = "; ".join([*qc.flags(), *notes, *fallback_notes(out.fitted)])
         out.treg = {**treg_row(result, task.treg, task.parent, ident), "acquisition_qc": flags}
+        out.references = reference_medians(sample, result, strategy, task.parent)
     except Exception as err:  # noqa: BLE001
         return fail("count", err)
     lap("count")

@@ -1,0 +1,181 @@
+"""Reference populations across visits: did the instrument, not the biology, move?
+
+Every Treg tube also holds populations whose staining should not change with treatment: CD4 on CD4 T cells, CD8 on
+CD8 T cells, CD3 on T cells, and the scatter of lymphocytes. Their median fluorescence (MFI) is a built-in bead
+check: when it moves between a subject's visits, the detector gains, the staining or the preparation moved, and a
+Treg % measured with gates placed on that data deserves a second look.
+
+1. :func:`reference_medians` (per sample, in the worker): the raw (uncompensated) detector median of each
+   reference population, read from the gating result's masks.
+2. :func:`reference_drift` (per study): each median against the subject's baseline sample, flagged when it moved
+   by more than a limit (default 20 %); the rows go to ``gate_drift.csv``.
+3. :func:`drift_flags` and :func:`drift_decades`: per sample, the readable flag for ``treg.csv``'s
+   ``acquisition_qc`` and the largest fluorescence drift in decades, which widens the gating SD in
+   :func:`cytopipe.stats.gate_sd_from_sensitivity`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import MarkerError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DRIFT_LIMIT_PCT", "DRIFT_COLUMNS", "reference_medians", "reference_drift", "drift_flags",
+           "drift_decades"]
+
+#: A reference population whose median moved more than this (percent) against baseline is flagged.
+DRIFT_LIMIT_PCT = 20.0
+#: Columns of the reference rows of ``gate_drift.csv`` (the gate rows have the same ones, ``qc`` empty).
+DRIFT_COLUMNS = ("subject", "sample", "timepoint", "day", "population", "parameter", "value", "baseline_value",
+                 "drift", "drift_pct", "qc")
+_SCATTER = ("FSC-A", "SSC-A")
+
+
+def _ancestors(strategy: Any, name: str) -> list[str]:
+    """``name`` and its parents up to the root, nearest first."""
+    chain = [name]
+    while (parent := strategy.population(chain[-1]).parent) is not None:
+        chain.append(parent)
+    return chain
+
+
+def _median(sample: Any, marker: str, mask: np.ndarray) -> float | None:
+    try:
+        column = sample.events[:, sample.find_channel(marker)]
+    except MarkerError:
+        return None
+    values = column[mask]
+    return float(np.median(values)) if values.size >= 50 else None
+
+
+def reference_medians(sample: Any, result: Any, strategy: Any, cd4: str | None) -> dict[str, float]:
+    """Median raw detector value of each reference population of one gated sample.
+
+    Parameters
+    ----------
+    sample : cytopipe.fcs.Sample
+        The sample the masks belong to.
+    result : cytopipe.gates.GatingResult
+        Its gating result.
+    strategy : GatingStrategy
+        The (fitted) strategy; it names the populations.
+    cd4 : str or None
+        The CD4 T cell population (the Treg % denominator). ``None``: no reference populations.
+
+    Returns
+    -------
+    dict
+        ``"<population>|<marker>" -> median``: ``CD4 T|CD4``, ``CD8 T|CD8`` (T cells outside the CD4 gate),
+        ``T cells|CD3`` (the CD4 gate's parent) and ``lymphocytes|FSC-A`` / ``|SSC-A`` (the root population of
+        the chain). Entries whose marker or population the sample lacks, or with fewer than 50 events, are left
+        out.
+
+    Notes
+    -----
+    Raw detector values, before compensation and transforms: a gain change shows as the same relative change, and
+    the bright populations chosen here carry little spillover.
+    """
+    if cd4 is None or cd4 not in result.masks:
+        return {}
+    chain = _ancestors(strategy, cd4)
+    masks = result.masks
+    wanted: list[tuple[str, str, np.ndarray]] = [("CD4 T", "CD4", masks[cd4])]
+    if len(chain) > 1:
+        t_cells = masks[chain[1]]
+        wanted += [("CD8 T", "CD8", t_cells & ~masks[cd4]), ("T cells", "CD3", t_cells)]
+    if len(chain) > 2:
+        wanted += [("lymphocytes", channel, masks[chain[-1]]) for channel in _SCATTER]
+    out = {}
+    for population, marker, mask in wanted:
+        value = _median(sample, marker, mask)
+        if value is not None:
+            out[f"{population}|{marker}"] = value
+    return out
+
+
+def reference_drift(rows: list[dict] | pd.DataFrame, limit_pct: float = DRIFT_LIMIT_PCT) -> pd.DataFrame:
+    """Each reference median against the subject's baseline sample.
+
+    Parameters
+    ----------
+    rows : list of dict or pandas.DataFrame
+        One row per sample: ``sample, subject, timepoint, day, baseline`` (bool) and ``references`` (the dict of
+        :func:`reference_medians`).
+    limit_pct : float
+        Relative move (percent, either way) above which a row is flagged.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`DRIFT_COLUMNS`: ``population`` is the reference population (``CD4 T`` ...), ``parameter`` is
+        ``median <marker>``, ``drift`` = value - baseline value (raw units), ``drift_pct`` relative, and ``qc``
+        a readable flag (``moved +27% against baseline (limit 20%)``) or empty. A subject without a flagged
+        baseline falls back to its earliest day; references the baseline lacks are left out.
+
+    Raises
+    ------
+    ValueError
+        When ``limit_pct`` is not a positive number.
+    """
+    import pandas as pd
+
+    if not (isinstance(limit_pct, int | float) and math.isfinite(limit_pct) and limit_pct > 0):
+        raise ValueError(f"the reference drift limit must be a positive percentage, got {limit_pct!r}")
+    table = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    out: list[dict] = []
+    if table.empty:
+        return pd.DataFrame(columns=list(DRIFT_COLUMNS))
+    table = table.sort_values(["subject", "day", "sample"], kind="mergesort")
+    for _, visits in table.groupby("subject", sort=True):
+        flagged = visits[visits["baseline"].astype(bool)] if "baseline" in visits else visits.iloc[:0]
+        base = flagged.iloc[0] if len(flagged) else visits.iloc[0]
+        base_refs: Mapping[str, float] = base["references"] or {}
+        for rec in visits.itertuples(index=False):
+            for key, value in (rec.references or {}).items():
+                if key not in base_refs or not base_refs[key]:
+                    continue
+                population, marker = key.split("|", 1)
+                ref = float(base_refs[key])
+                pct = 100.0 * (value - ref) / abs(ref)
+                qc = f"moved {pct:+.0f}% against baseline (limit {limit_pct:g}%)" if abs(pct) > limit_pct else ""
+                out.append({"subject": rec.subject, "sample": rec.sample, "timepoint": rec.timepoint,
+                            "day": rec.day, "population": population, "parameter": f"median {marker}",
+                            "value": value, "baseline_value": ref, "drift": value - ref, "drift_pct": pct,
+                            "qc": qc})
+    return pd.DataFrame(out, columns=list(DRIFT_COLUMNS))
+
+
+def drift_flags(drift: pd.DataFrame) -> dict[str, str]:
+    """Per sample, the ``acquisition_qc`` text of its flagged reference populations (empty dict if none)."""
+    flags: dict[str, str] = {}
+    if drift is None or drift.empty:
+        return flags
+    moved = drift[drift["qc"].astype(str) != ""]
+    for sample, rows in moved.groupby("sample", sort=False):
+        parts = [f"{r.parameter.removeprefix('median ')} on {r.population} {r.drift_pct:+.0f}%"
+                 for r in rows.itertuples(index=False)]
+        limit = rows["qc"].iloc[0].rsplit("limit ", 1)[-1].rstrip(")")
+        flags[str(sample)] = f"reference drift against baseline > {limit}: " + ", ".join(parts)
+    return flags
+
+
+def drift_decades(drift: pd.DataFrame) -> dict[str, float]:
+    """Per sample, the largest ``|log10(value / baseline)|`` over its fluorescence reference populations."""
+    out: dict[str, float] = {}
+    if drift is None or drift.empty:
+        return out
+    fluor = drift[~drift["parameter"].isin([f"median {c}" for c in _SCATTER])]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = fluor["value"].to_numpy(dtype=float) / fluor["baseline_value"].to_numpy(dtype=float)
+        decades = np.abs(np.log10(ratio))
+    for sample, value in zip(fluor["sample"].astype(str), decades, strict=True):
+        if np.isfinite(value):
+            out[sample] = max(out.get(sample, 0.0), float(value))
+    return out
