@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import platform
 import sys
@@ -508,6 +509,37 @@ def _drift(fitted: pd.DataFrame, sheet: pd.DataFrame) -> pd.DataFrame:
     return gate_drift(fitted.assign(baseline=fitted["sample"].map(flags).eq(True)))
 
 
+def _reference_qc(tables: dict[str, pd.DataFrame], results: list[SampleResult], sheet: pd.DataFrame,
+                  limit: float) -> None:
+    """Reference-population drift QC and gating SD (issue 14), in place on ``tables``.
+
+    The reference medians against each subject's baseline join the gate rows of ``gate_drift.csv`` (column
+    ``qc`` says which moved more than ``limit`` percent); moved references are named in ``treg.csv``'s
+    ``acquisition_qc``; ``treg.csv`` gains ``gate_sd_pp``, the gating SD of each Treg % from ``sensitivity.csv``
+    widened by the sample's reference drift (NaN for fixed gates), which ``baseline.csv`` turns into the combined
+    interval of the change.
+    """
+    from .reference import DRIFT_COLUMNS, drift_decades, drift_flags, reference_drift
+    from .stats import gate_sd_from_sensitivity
+
+    flags = sheet.set_index("sample")["baseline"]
+    rows = [{"sample": r.sample, "subject": r.subject, "timepoint": r.timepoint, "day": r.day,
+             "baseline": bool(flags.get(r.sample, False)), "references": r.references}
+            for r in results if r.treg is not None]
+    references = reference_drift(rows, limit)
+    parts = [t for t in (tables["drift"].assign(qc=""), references) if not t.empty]
+    if parts:
+        drift = pd.concat(parts, ignore_index=True)[list(DRIFT_COLUMNS)]
+        tables["drift"] = drift.sort_values(["subject", "day", "sample"], kind="mergesort").reset_index(drop=True)
+    treg = tables["treg"]
+    moved = drift_flags(references)
+    treg["acquisition_qc"] = ["; ".join(x for x in (str(qc or ""), moved.get(str(sample), "")) if x)
+                              for qc, sample in zip(treg["acquisition_qc"], treg["sample"], strict=True)]
+    gate_sd = gate_sd_from_sensitivity(tables["sensitivity"], drift=drift_decades(references))
+    treg.insert(treg.columns.get_loc("acquisition_qc") + 1, "gate_sd_pp",
+                treg["sample"].astype(str).map(gate_sd).astype(float))
+
+
 def _versions() -> dict[str, str]:
     versions = {"cytopipe": __version__, "python": platform.python_version()}
     for name in _DEPENDENCIES:
@@ -526,6 +558,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         out: str | os.PathLike = "results", workers: int | None = None, scheduler: str | None = None,
         treg: str | None = None, parent: str | None = None, clinical: str | os.PathLike | None = None,
         spillover: str | os.PathLike | None = None, cva: float = 10.0, cvi: float = 10.0, z: float = 1.96,
+        drift_limit: float = 20.0,
         progress: bool | None = None, log_json: bool = False, quiet: bool = False, plots: bool | str = True,
         report: bool = True, pdf: bool = True, stream: IO[str] | None = None,
         panel: str | os.PathLike | None = None, pregated: str | None = None) -> RunResult:
@@ -553,6 +586,10 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         Spillover matrix file for every sample (a sheet row's ``spillover`` column still wins for that row).
     cva, cvi, z
         Reference-change-value settings for ``baseline.csv`` and the report.
+    drift_limit
+        Percent change of a reference population's median against the subject's baseline (CD4 on CD4 T cells,
+        CD8 on CD8 T, CD3 on T cells, lymphocyte scatter) above which a visit is flagged (``acquisition_qc``,
+        ``gate_drift.csv``).
     progress
         Progress bar on/off; ``None`` = on when ``stream`` is a terminal.
     log_json, quiet
@@ -590,6 +627,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
 
     started = time.perf_counter()
     stream = stream if stream is not None else sys.stderr
+    if not (math.isfinite(drift_limit) and drift_limit > 0):
+        raise ConfigError(f"--drift-limit must be a positive percentage, got {drift_limit!r}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {workers})")
     if scheduler is not None and not str(scheduler).startswith(("tcp://", "tls://", "inproc://", "ucx://")):
@@ -652,6 +691,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if client_fitted:
         tables["fitted"] = pd.concat([pd.DataFrame(client_fitted), tables["fitted"]], ignore_index=True)
     tables["drift"] = _drift(tables["fitted"], table)
+    _reference_qc(tables, results, table, drift_limit)
     tables["baseline"] = _baseline(tables["treg"], clinical=clinical_table, cva=cva, cvi=cvi, z=z)
     if mode == "flagged":
         _draw_flagged(tables["baseline"], tasks, settings, str((out / "plots").resolve()), cache, n_workers,
@@ -660,7 +700,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     workspace = _write_workspace(out, results, log)
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
                        "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
-                       "z": z, "plots": mode, "treg": treg_name, "parent": parent_name,
+                       "z": z, "drift_limit": drift_limit, "plots": mode, "treg": treg_name, "parent": parent_name,
                        "panel": panel_file.record() if panel_file is not None else None, "pregated": pregated,
                        "values": {"scale": strategy.scale, "decoding": SCALES[strategy.scale], "precision": "float32"}}
     _write_manifest(out, sheet, gates, strategy, table, results, settings_record, workspace)
@@ -864,7 +904,7 @@ def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
     fitted = not tables["fitted"].empty
     for name, key, wanted in (("gates_fitted.csv", "fitted", fitted),
                               ("sensitivity.csv", "sensitivity", not tables["sensitivity"].empty),
-                              ("gate_drift.csv", "drift", fitted)):
+                              ("gate_drift.csv", "drift", fitted or not tables["drift"].empty)):
         if wanted:
             write_csv(tables[key], out / name)
         else:

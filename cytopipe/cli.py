@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("sheet", nargs="?",
                      help=f"sample sheet CSV: file,subject,timepoint,day[,baseline,role,...] (default {DEFAULT_SHEET})")
     run.add_argument("--gates", default=DEFAULT_GATES, metavar="NAME|FILE", help=GATES_HELP)
+    run.add_argument("--drift-limit", type=float, default=20.0, metavar="PCT",
+                     help="flag a visit whose reference populations' median (CD4 on CD4 T, CD8 on CD8 T, CD3 on T "
+                          "cells, lymphocyte scatter) moved more than PCT %% against baseline (default 20)")
     run.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)")
     run.add_argument("--workers", type=int, default=None, metavar="N",
                      help="parallel worker processes (default: all cores; 1 = in this process)")
@@ -168,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         sheet=sheet, gates=args.gates, out=args.out, workers=args.workers, scheduler=args.scheduler,
         treg=args.treg, parent=args.parent, clinical=args.clinical, spillover=args.spillover,
         cva=args.cva, cvi=args.cvi, z=args.z, quiet=args.quiet, log_json=args.log_json,
+        drift_limit=args.drift_limit,
         panel=args.panel, pregated=args.pregated, plots=args.plots, report=not args.no_report, pdf=not args.no_pdf,
     )
     return result.exit_code

@@ -87,10 +87,10 @@ def reference_medians(sample: Any, result: Any, strategy: Any, cd4: str | None) 
     chain = _ancestors(strategy, cd4)
     masks = result.masks
     wanted: list[tuple[str, str, np.ndarray]] = [("CD4 T", "CD4", masks[cd4])]
-    if len(chain) > 1:
+    if len(chain) > 1 and chain[1] in masks:
         t_cells = masks[chain[1]]
         wanted += [("CD8 T", "CD8", t_cells & ~masks[cd4]), ("T cells", "CD3", t_cells)]
-    if len(chain) > 2:
+    if len(chain) > 2 and chain[-1] in masks:
         wanted += [("lymphocytes", channel, masks[chain[-1]]) for channel in _SCATTER]
     out = {}
     for population, marker, mask in wanted:

@@ -54,6 +54,7 @@ _COMPUTED = set(BASELINE_COLUMNS) | {
     "sample", "is_baseline", "baseline_sample", "treg_events", "cd4_events", "ci_low", "ci_high", "pct_change",
     "direction", "qc_flags", "treg_tcon_ratio", "tregs_per_ul", "baseline_platelets", "platelet_fold",
     "iwg_response", "tcon_events", "lymphocyte_events", "gate_sd_pp", "delta_ci_low_total", "delta_ci_high_total",
+    "change_verdict",
 }
 #: Samples above which the gating figures of every subject start closed (a few subjects stay open below it).
 _OPEN_GATING_SAMPLES = 24
@@ -522,7 +523,8 @@ def _timepoint_row(r: dict[str, Any], clinical_cols: list[str]) -> dict[str, Any
             r["delta_pp"], r["delta_ci_low_total"], r["delta_ci_high_total"], sign=True),
         "fold": "1" if r["is_baseline"] else _interval(r["fold_change"], r["fc_ci_low"], r["fc_ci_high"]),
         "change": "" if r["is_baseline"] else f"{float(r['pct_change']):+.0f}%" if _finite(r["pct_change"]) else "–",
-        "significant": "" if r["is_baseline"] else ("yes (" + str(r["direction"]) + ")" if r["significant"] else "no"),
+        "significant": "" if r["is_baseline"] else ("yes (" + str(r["direction"]) + ")" if r["significant"] else "no")
+        + (f": {r['change_verdict']}" if r.get("change_verdict") else ""),
         "ratio": _num(r.get("treg_tcon_ratio"), 3) if "treg_tcon_ratio" in r else None,
         "per_ul": _num(r.get("tregs_per_ul"), 1) if "tregs_per_ul" in r else None,
         "clinical": [_cell(r.get(c)) for c in clinical_cols],

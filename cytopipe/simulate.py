@@ -3,7 +3,9 @@
 The simulator draws every event from a labelled population, so each file comes with its own truth: the number of
 true CD4 T cells and true Tregs among singlet, non-debris events. ``python -m cytopipe.simulate`` writes the bundled
 study in ``sample_fcs/`` (FCS files, ``study.csv``, ``clinical.csv``, ``truth.csv``); ``--style`` chooses the
-instrument the files look as if they came from, ``--vary`` draws each subject's biology from realistic ranges.
+instrument the files look as if they came from, ``--vary`` draws each subject's biology from realistic ranges,
+``--realistic`` writes a three-subject study with the hard-to-gate biology of real blood (continuum CD25, dim FoxP3
+with a shoulder, broad scatter) and ``--drift`` lets detector gains and the stated spillover drift between visits.
 
 Event model (one tube, in BD FACSCanto units; instrument styles rescale at the end)
 -------------------------------------------------------------------------------------

@@ -65,7 +65,11 @@ BASELINE_COLUMNS: tuple[str, ...] = (
 _EXTRA_COLUMNS: tuple[str, ...] = (
     "sample", "is_baseline", "baseline_sample", "treg_events", "cd4_events", "ci_low", "ci_high",
     "pct_change", "direction", "qc_flags", "gate_sd_pp", "delta_ci_low_total", "delta_ci_high_total",
+    "change_verdict",
 )
+
+#: The words of a significant change (report, ``change_verdict``, ``treg_verdict``).
+NOISE_WORDS = "change larger than the assay, counting and gating noise together"
 
 #: Placement SD of one data-driven threshold between visits, in logicle decades (see
 #: :func:`gate_sd_from_sensitivity`).
@@ -609,6 +613,8 @@ def baseline_table(
             "gate_sd_pp": gate_sd,
             "delta_ci_low_total": np.asarray(t_low) * 100.0,
             "delta_ci_high_total": np.asarray(t_high) * 100.0,
+            "change_verdict": [_change_words(*a, rcv) for a in zip(is_base, significant, pct_change, delta, t_low,
+                                                                    t_high, gate_sd, gate_sd_b, strict=True)],
         }
     )
     if clinical is not None and not clinical.empty:
@@ -616,6 +622,21 @@ def baseline_table(
     _add_absolute(out, t)
     out = out.sort_values(["subject", "day"], kind="stable").reset_index(drop=True)
     return out
+
+
+def _change_words(is_base: bool, significant: bool, pct_change: float, delta: float, low: float, high: float,
+                  gate_sd: float, gate_sd_base: float, rcv: float) -> str:
+    """One timepoint's verdict in a clinician's words, with the gating uncertainty it includes."""
+    if is_base or not np.isfinite(delta):
+        return ""
+    gating = math.hypot(*(0.0 if not np.isfinite(g) else g for g in (gate_sd, gate_sd_base)))
+    noise = f"gating +/- {1.96 * gating:.1f} pp" if gating > 0 else "fixed gates"
+    if significant:
+        return f"{NOISE_WORDS} ({noise})"
+    if not abs(pct_change) > rcv:
+        return f"within the assay and biological variation (RCV {rcv:.0f}%; {noise})"
+    return (f"beyond the assay variation but within counting and gating noise (interval {100 * low:+.1f} to "
+            f"{100 * high:+.1f} pp; {noise})")
 
 
 def _count(x: float) -> str:
@@ -777,15 +798,22 @@ def subject_summary(table: pd.DataFrame) -> pd.DataFrame:
         elif not len(later):
             verdict = f"Change not assessable (baseline Treg % is {_fmt_pct(row['baseline_pct'])})"
         elif direction == "rise":
-            verdict = f"Tregs rose significantly ({_fmt_fold(row['peak_fold_change'])} at {row['peak_timepoint']})"
+            verdict = f"Tregs rose significantly ({_fmt_fold(row['peak_fold_change'])} at {row['peak_timepoint']}): " \
+                      f"{NOISE_WORDS}"
         elif direction == "fall":
-            verdict = f"Tregs fell significantly ({_fmt_fold(row['peak_fold_change'])} at {row['peak_timepoint']})"
+            verdict = f"Tregs fell significantly ({_fmt_fold(row['peak_fold_change'])} at {row['peak_timepoint']}): " \
+                      f"{NOISE_WORDS}"
         elif direction == "mixed":
             verdict = f"Tregs changed significantly in both directions (peak {_fmt_fold(row['peak_fold_change'])} " \
-                      f"at {row['peak_timepoint']})"
+                      f"at {row['peak_timepoint']}): {NOISE_WORDS}"
         else:
             verdict = f"No significant change (largest {_fmt_fold(row['peak_fold_change'])} " \
-                      f"at {row['peak_timepoint']})"
+                      f"at {row['peak_timepoint']}): not beyond the assay, counting and gating noise"
+        drifted = [str(t) for t, f in zip(grp["timepoint"], grp["qc_flags"].astype(str), strict=True)
+                   if "reference drift" in f]
+        if drifted and len(later):
+            verdict += f". Reference populations drifted at {', '.join(drifted)}: check the instrument settings " \
+                       "of those visits"
         row["treg_verdict"] = verdict
         row["clinical_response"], row["clinical_verdict"] = _platelet_verdict(grp, plt_col)
         rows.append(row)

@@ -72,7 +72,10 @@ def test_outputs_of_a_clean_run(study, serial):
     assert serial.exit_code == 0
     for name in (*CSVS, "manifest.json", "report.html"):
         assert (out / name).is_file(), name
-    assert not (out / "gates_fitted.csv").exists() and not (out / "gate_drift.csv").exists()
+    assert not (out / "gates_fitted.csv").exists()
+    # Fixed gates fit nothing, but the reference populations' drift QC is still written.
+    drift = pd.read_csv(out / "gate_drift.csv", keep_default_na=False)
+    assert set(drift["parameter"]) >= {"median CD4", "median CD3", "median FSC-A"}
     assert (out / "failures.csv").read_text() == "sample,file,stage,reason\n"
     pops = pd.read_csv(out / "populations.csv")
     assert list(pops.columns) == ["sample", "subject", "timepoint", "day", "population", "parent", "count",
@@ -328,14 +331,17 @@ def test_data_driven_scopes(study, tmp_path):
     # fitted once per subject and have none.
     drift = pd.read_csv(tmp_path / "w1" / "gate_drift.csv", keep_default_na=False)
     assert list(drift.columns) == ["subject", "sample", "timepoint", "day", "population", "parameter", "value",
-                                   "baseline_value", "drift", "drift_pct"]
+                                   "baseline_value", "drift", "drift_pct", "qc"]
+    # Reference populations (issue 14 drift QC) share the table; here only the fitted gate's rows are checked.
+    drift = drift[~drift["parameter"].str.startswith("median ")].reset_index(drop=True)
     assert set(drift["population"]) == {"treg"} and set(drift["sample"]) == set(labels)
     assert list(drift["drift"]) == pytest.approx(list(drift["value"] - drift["baseline_value"]), abs=1e-8)
     for subject, rows in drift.groupby("subject"):
         base = rows[rows["sample"] == f"{subject}_D0"]
         assert len(base) > 0 and (base["drift"] == 0).all()
         assert list(rows["baseline_value"]) == list(base.set_index("parameter")["value"].reindex(rows["parameter"]))
-    pd.testing.assert_frame_equal(one.drift.reset_index(drop=True)[["subject", "sample", "parameter"]],
+    gate_rows = one.drift[~one.drift["parameter"].str.startswith("median ")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(gate_rows[["subject", "sample", "parameter"]],
                                   drift[["subject", "sample", "parameter"]])
     assert quiet_run(out=tmp_path / "w2", workers=2, **common).exit_code == 0
     for name in (*CSVS, "gates_fitted.csv", "sensitivity.csv", "gate_drift.csv"):

@@ -258,10 +258,12 @@ def test_clinical_join_iwg_and_summary(tmp_path: Path) -> None:
     assert one.at["W1", "iwg_response"] == "no response" and one.at["D0", "iwg_response"] == ""
     assert one.at["W3", "platelet_fold"] == pytest.approx(85 / 36)
     summary = subject_summary(table).set_index("subject")
-    assert summary.at["ITP-01", "treg_verdict"] == "Tregs rose significantly (x2.9 at W3)"
+    assert summary.at["ITP-01", "treg_verdict"] == ("Tregs rose significantly (x2.9 at W3): change larger than the "
+                                                    "assay, counting and gating noise together")
     assert summary.at["ITP-01", "clinical_verdict"] == ("Platelets: response (85 x10^9/L = 2.4x baseline 36 x10^9/L, "
                                                         "at W3)")
-    assert summary.at["ITP-02", "treg_verdict"] == "No significant change (largest x1.0 at W3)"
+    assert summary.at["ITP-02", "treg_verdict"] == ("No significant change (largest x1.0 at W3): not beyond the "
+                                                    "assay, counting and gating noise")
     assert summary.at["ITP-02", "clinical_response"] == "no response"
 
 
