@@ -182,6 +182,10 @@ class _TreeBuilder:
             raise GateError(f"{self.where}: population '{pop.name}': ratio dimension {dim.label} has no FlowJo "
                             f"equivalent")
         pnn = self.detector(str(dim.channel))
+        gain = _gain(self.sample, pnn)
+        if gain != 1.0:
+            raise GateError(f"{self.where}: population '{pop.name}': {pnn} was divided by its $PnG gain ({gain:g}) as "
+                            f"Gating-ML asks, while FlowJo gates the stored values")
         compensated = self.compensates(pop, dim.compensation, pnn)
         transform = dim.transform
         if transform is not None and transform.bounded and drawn:
@@ -457,6 +461,19 @@ def _transform_element(transform: Transform | None, pnn: str, sample: Any) -> tu
     if isinstance(transform, Log):
         return "log", [["offset", float(transform.T) / 10.0 ** float(transform.M)], ["decades", float(transform.M)]]
     return None
+
+
+def _gain(sample: Any, pnn: str) -> float:
+    """The ``$PnG`` a linear channel was divided by when the sample was read (1 when it was not)."""
+    if getattr(sample, "scale", "raw") != "gain":
+        return 1.0
+    k = sample.channels.index(pnn) + 1
+    try:
+        decades = float(str(sample.metadata.get(f"$P{k}E", "0,0")).split(",")[0])
+        gain = float(sample.metadata.get(f"$P{k}G", "1"))
+    except ValueError:
+        return 1.0
+    return gain if decades == 0 and math.isfinite(gain) and gain > 0 else 1.0
 
 
 def _range(sample: Any, pnn: str) -> float:

@@ -348,3 +348,21 @@ def test_gates_convert_to_wsp_gates_each_file(tmp_path: Path, fcs_path: Path) ->
     assert _flowkit_counts(out, "sim file.fcs") == ours
     assert set(_nodes(out)) == {"sim file.fcs", "sim file.fcs (2)"}
     assert main(["gates", "convert", str(gates), "--to", "wsp", "--out", str(out)]) == 2  # no --fcs: one line
+
+
+def test_gain_scaled_channel_is_refused(tmp_path: Path, fcs_path: Path) -> None:
+    """Values divided by $PnG (Gating-ML semantics) are not what FlowJo gates: refused, not silently rescaled."""
+    from cytopipe.fcs import write_fcs
+
+    raw = read_fcs(fcs_path, scale="raw")
+    k = raw.channels.index("FSC-A") + 1
+    path = tmp_path / "gain.fcs"
+    write_fcs(path, raw.events, raw.channels, raw.markers, {**raw.metadata, f"$P{k}G": "2"})
+    strategy = gatefile.load_strategy(REPO / "gates" / "treg_fixed.yaml")
+    sample = read_fcs(path, scale="gain")
+    spillover = choose_spillover(sample, strategy)
+    result = strategy.apply(sample, spillover)
+    with pytest.raises(GateError, match=r"FSC-A was divided by its \$PnG gain \(2\)"):
+        sample_tree(strategy, sample, result, spillover, name="g")
+    as_stored = read_fcs(path, scale="log")
+    assert sample_tree(strategy, as_stored, strategy.apply(as_stored, spillover), spillover, name="g")["populations"]
