@@ -561,7 +561,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         drift_limit: float = 20.0,
         progress: bool | None = None, log_json: bool = False, quiet: bool = False, plots: bool | str = True,
         report: bool = True, pdf: bool = True, stream: IO[str] | None = None,
-        panel: str | os.PathLike | None = None, pregated: str | None = None) -> RunResult:
+        panel: str | os.PathLike | None = None, pregated: str | None = None,
+        wsp_sample: str | None = None) -> RunResult:
     """Gate every sample of a sample sheet and write the study's result folder.
 
     Parameters
@@ -610,6 +611,9 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     pregated
         Population every file's events are in (a sheet row's ``pregated`` column wins): the gates above it are
         not applied, its descendants are gated as usual.
+    wsp_sample
+        For a FlowJo workspace as ``gates``: the sample or group whose tree gates every file (default group
+        "All Samples", else the first sample's); ``"own"``: each file its own workspace sample's tree.
 
     Returns
     -------
@@ -647,8 +651,17 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
 
     panel_file = read_panel(panel) if panel is not None else None  # a malformed --panel is a usage error
     gates = find_gate_file(gates)  # the manifest records the file a strategy's name stands for
-    strategy = pregate(load_strategy(gates), pregated, where=str(gates))
+    own = wsp_sample == "own"  # FlowJo workspace: every file gated with its own sample's tree
+    strategy = pregate(load_strategy(gates, None if own else wsp_sample), pregated, where=str(gates))
     samples = table[table["role"] == "sample"].reset_index(drop=True)
+    trees: dict[str, Any] = {}
+    if own:
+        from .flowjo import own_strategies
+
+        trees = own_strategies(gates, list(samples["file"]))
+        # Treg and parent names are resolved on the first file's own tree.
+        strategy = next((pregate(t, pregated, where=str(gates)) for t in trees.values() if not isinstance(t, str)),
+                        strategy)
     log = Progress(len(samples), _progress_mode(progress, log_json, quiet, stream), stream)
     if clinical is None and (Path(sheet).parent / CLINICAL_NAME).is_file():
         clinical = Path(sheet).parent / CLINICAL_NAME
@@ -666,6 +679,10 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     plots_dir = str((out / "plots").resolve()) if mode == "all" else None
     tasks, settings, client_fitted = _plan(strategy, table, treg_name, parent_name, spill_path, plots_dir, log,
                                            panel_file, pregated)
+    if own:
+        tasks = [replace(task, strategy=pregate(trees[task.file], pregated, where=str(gates)))
+                 if not isinstance(trees[task.file], str) else replace(task, failure=trees[task.file])
+                 for task in tasks]
 
     results: list[SampleResult] = []
     todo: list[tuple[SampleTask, str]] = []

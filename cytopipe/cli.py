@@ -64,6 +64,26 @@ def _controls(values: list[str]) -> dict[str, str]:
     return controls
 
 
+def _add_wsp_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wsp-sample", metavar="NAME", help="with a FlowJo workspace as gates: the sample or group "
+                        "whose gating tree to apply (default: group 'All Samples' if it has gates, else the first "
+                        "sample's); 'own' = each FCS file uses its own workspace sample's tree")
+
+
+def _wsp_notice(gates: str, wsp_sample: str | None, quiet: bool = False) -> None:
+    """Say which tree a workspace applies when --wsp-sample does not choose one."""
+    from .flowjo import default_tree_notice, is_workspace
+    from .gatefile import find_gate_file
+
+    if wsp_sample is None and not quiet:
+        try:
+            where = find_gate_file(gates)
+        except CytopipeError:
+            return  # reported by the command itself
+        if is_workspace(where):
+            print(f"cytopipe: {default_tree_notice(where)}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``cytopipe`` command."""
     parser = argparse.ArgumentParser(
@@ -94,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "header or a FlowJo matrix) instead of each file's own $SPILLOVER/SPILL/$COMP")
     _add_panel_option(run)
     _add_pregated_option(run)
+    _add_wsp_option(run)
     _add_stats_options(run)
     run.add_argument("--plots", choices=("all", "flagged", "none"), default="all",
                      help="gating figures for all samples (default), only those with a QC flag or a significant "
@@ -118,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_panel_option(export)
     _add_pregated_option(export)
     _add_control_option(export)
+    _add_wsp_option(export)
 
     gate = sub.add_parser("gate", help="per-event membership: one row per event, one 0/1 column per population")
     gate.add_argument("fcs", metavar="FILE.fcs")
@@ -126,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_panel_option(gate)
     _add_pregated_option(gate)
     _add_control_option(gate)
+    _add_wsp_option(gate)
 
     gates = sub.add_parser("gates", help="list, show, check or convert gate files")
     gates_sub = gates.add_subparsers(dest="gates_command", metavar="ACTION", required=True)
@@ -136,12 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.add_argument("--fcs", metavar="SAMPLE.fcs", help="also check that every marker exists in this file")
     _add_panel_option(check)
-    convert = gates_sub.add_parser("convert", help="convert between YAML and Gating-ML 2.0")
+    _add_wsp_option(check)
+    convert = gates_sub.add_parser("convert", help="convert YAML, Gating-ML 2.0 or a FlowJo workspace to YAML or "
+                                                   "Gating-ML 2.0")
     convert.add_argument("file", metavar="FILE")
     convert.add_argument("--to", required=True, choices=("gatingml", "yaml", "wsp"))
     convert.add_argument("--out", metavar="OUT", help="file to write (default: standard output)")
     convert.add_argument("--fcs", metavar="SAMPLE.fcs", action="append",
                          help="with --to wsp (a FlowJo 10 workspace): a file to gate and hold (repeatable)")
+    _add_wsp_option(convert)
+
+    flowjo = sub.add_parser("flowjo", help="FlowJo workspaces: check that cytopipe reproduces FlowJo's counts")
+    flowjo_sub = flowjo.add_subparsers(dest="flowjo_command", metavar="ACTION", required=True)
+    fj_check = flowjo_sub.add_parser("check", help="gate every sample of a workspace with its own tree and compare "
+                                                   "with the counts FlowJo stored")
+    fj_check.add_argument("workspace", metavar="WORKSPACE.wsp")
+    fj_check.add_argument("--fcs-dir", metavar="DIR", help="folder searched (with subfolders) for the FCS files, "
+                          "by $FIL then file name (default: the workspace's folder)")
+    fj_check.add_argument("--out", default="flowjo_check.csv", metavar="FILE",
+                          help="CSV to write (default flowjo_check.csv)")
+    fj_check.add_argument("--tolerance", type=float, default=1.0, metavar="PCT",
+                          help="largest accepted difference in %% of FlowJo's count (default 1)")
 
     demo = sub.add_parser("demo", help="write the bundled study (12 simulated FCS files, its sheets) to try cytopipe")
     demo.add_argument("out", metavar="DIR", help="folder to write (created)")
@@ -167,12 +205,14 @@ def _run(args: argparse.Namespace) -> int:
                               "columns file,subject,timepoint,day), or try the bundled study: "
                               "cytopipe demo DIR && cytopipe run DIR/study.csv")
         sheet = DEFAULT_SHEET
+    _wsp_notice(args.gates, args.wsp_sample, args.quiet)
     result = run(
         sheet=sheet, gates=args.gates, out=args.out, workers=args.workers, scheduler=args.scheduler,
         treg=args.treg, parent=args.parent, clinical=args.clinical, spillover=args.spillover,
         cva=args.cva, cvi=args.cvi, z=args.z, quiet=args.quiet, log_json=args.log_json,
         drift_limit=args.drift_limit,
         panel=args.panel, pregated=args.pregated, plots=args.plots, report=not args.no_report, pdf=not args.no_pdf,
+        wsp_sample=args.wsp_sample,
     )
     return result.exit_code
 
@@ -189,8 +229,10 @@ def _info(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .pipeline import export_population
 
+    _wsp_notice(args.gates, args.wsp_sample)
     n = export_population(args.fcs, args.gates, args.population, args.out, panel=args.panel,
-                          pregated=args.pregated, controls=_controls(args.control))
+                          pregated=args.pregated, controls=_controls(args.control),
+                          wsp_sample=args.wsp_sample)
     print(f"wrote {n} events of {args.population!r} to {args.out}", file=sys.stderr)
     return 0
 
@@ -199,8 +241,9 @@ def _gate(args: argparse.Namespace) -> int:
     from .outputs import write_csv
     from .pipeline import event_membership
 
+    _wsp_notice(args.gates, args.wsp_sample)
     table = event_membership(args.fcs, args.gates, panel=args.panel, pregated=args.pregated,
-                             controls=_controls(args.control))
+                             controls=_controls(args.control), wsp_sample=args.wsp_sample)
     if args.out:
         write_csv(table, args.out)
     else:
@@ -228,7 +271,7 @@ def _gates(args: argparse.Namespace) -> int:
         panel = read_panel(args.panel) if args.panel else None  # checked even without --fcs
         if args.fcs:
             sample = read_sample(args.fcs, panel)
-        problems = gatefile.check_gates(args.file, sample=sample)
+        problems = gatefile.check_gates(args.file, sample=sample, wsp_sample=args.wsp_sample)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
@@ -243,10 +286,21 @@ def _gates(args: argparse.Namespace) -> int:
                               "--fcs is for --to wsp only")
         workspace_for_files(args.file, args.fcs, args.out)
         return 0
-    text = gatefile.convert(args.file, args.to, args.out)
+    _wsp_notice(args.file, args.wsp_sample)
+    text = gatefile.convert(args.file, args.to, args.out, wsp_sample=args.wsp_sample)
     if not args.out:
         sys.stdout.write(text)
     return 0
+
+
+def _flowjo(args: argparse.Namespace) -> int:
+    from .flowjo.check import check_workspace
+    from .outputs import write_csv
+
+    result = check_workspace(args.workspace, fcs_dir=args.fcs_dir, tolerance=args.tolerance)
+    write_csv(result.table, args.out)
+    print(result.summary(args.workspace))
+    return 0 if result.ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -268,7 +322,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "info": _info, "export": _export, "gate": _gate, "gates": _gates, "demo": _demo,
-            "report": _report}
+            "report": _report, "flowjo": _flowjo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

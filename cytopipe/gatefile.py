@@ -889,14 +889,22 @@ def _is_gatingml(path: str, text: str) -> bool:
     return path.lower().endswith(".xml") or text.lstrip("\ufeff \t\r\n").startswith("<")
 
 
-def load_strategy(path: str | os.PathLike[str]) -> GatingStrategy:
-    """Load a gate file of either kind: Gating-ML 2.0 XML or YAML (by extension, else by content).
+def load_strategy(path: str | os.PathLike[str], wsp_sample: str | None = None,
+                  fcs: str | os.PathLike[str] | None = None) -> GatingStrategy:
+    """Load a gate file of any kind: YAML, Gating-ML 2.0 XML or a FlowJo workspace (by extension, else by content).
 
     Parameters
     ----------
     path : str or path-like
-        ``.xml`` (or any file starting with ``<``) is read with :func:`cytopipe.gatingml.read_gatingml`; anything
-        else with :func:`load_gates`. A shipped strategy's name (``treg_cd127``) loads the shipped file.
+        A FlowJo workspace (``.wsp``, or XML whose root is ``<Workspace>``) is read with
+        :func:`cytopipe.flowjo.load_workspace_strategy`; other ``.xml`` (or any file starting with ``<``) with
+        :func:`cytopipe.gatingml.read_gatingml`; anything else with :func:`load_gates`. A shipped strategy's name
+        (``treg_cd127``) loads the shipped file.
+    wsp_sample : str, optional
+        For a workspace: the sample or group whose tree to use (``--wsp-sample``); ``"own"`` = the tree of the
+        workspace sample that ``fcs`` is. Ignored for other gate files.
+    fcs : str or path-like, optional
+        The FCS file the strategy is for (needed by ``wsp_sample="own"``).
 
     Returns
     -------
@@ -908,6 +916,12 @@ def load_strategy(path: str | os.PathLike[str]) -> GatingStrategy:
         An unreadable or invalid file.
     """
     where = os.fspath(find_gate_file(path))
+    from .flowjo import is_workspace
+
+    if is_workspace(where):
+        from .flowjo import load_workspace_strategy
+
+        return load_workspace_strategy(where, wsp_sample, fcs=fcs)
     text = _read_text(where)
     if _is_gatingml(where, text):
         from .gatingml import read_gatingml
@@ -916,7 +930,7 @@ def load_strategy(path: str | os.PathLike[str]) -> GatingStrategy:
     return parse_gates(text, where, Path(where).parent)
 
 
-def check_gates(path: str | os.PathLike[str], sample: Any = None) -> list[str]:
+def check_gates(path: str | os.PathLike[str], sample: Any = None, wsp_sample: str | None = None) -> list[str]:
     """Validate a gate file and list every problem (empty when the file is fine).
 
     Parameters
@@ -925,6 +939,8 @@ def check_gates(path: str | os.PathLike[str], sample: Any = None) -> list[str]:
         A YAML gate file or a Gating-ML 2.0 file, or a shipped strategy's name.
     sample : cytopipe.fcs.Sample or path-like, optional
         When given, every channel the gates name must resolve through ``sample.find_channel``.
+    wsp_sample : str, optional
+        For a FlowJo workspace, the tree to check (see :func:`load_strategy`).
 
     Returns
     -------
@@ -938,19 +954,23 @@ def check_gates(path: str | os.PathLike[str], sample: Any = None) -> list[str]:
         Only when ``sample`` is a path that cannot be read as FCS.
     """
     where = os.fspath(find_gate_file(path))
+    from .flowjo import is_workspace
+
+    workspace = is_workspace(where)
     try:
-        text = _read_text(where)
+        text = "" if workspace else _read_text(where)
     except GateError as exc:
         return [str(exc)]
+    fcs_path = sample if isinstance(sample, (str, os.PathLike)) else getattr(sample, "path", None)
     if isinstance(sample, (str, os.PathLike)):
         from .fcs import read_fcs
 
         sample = read_fcs(sample)
-    if _is_gatingml(where, text):
+    if workspace or _is_gatingml(where, text):
         from .gatingml import read_gatingml
 
         try:
-            strategy = read_gatingml(where)
+            strategy = load_strategy(where, wsp_sample, fcs=fcs_path) if workspace else read_gatingml(where)
         except CytopipeError as exc:
             return [str(exc)]
         uses = [(f"population '{p.name}': ", c) for p in strategy.populations for d in p.gate.dimensions
@@ -1248,7 +1268,8 @@ def dump_yaml(strategy: GatingStrategy) -> str:
     return "# cytopipe gate file; coordinates in each channel's transformed units (see docs/gatefile.md)\n" + body
 
 
-def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] | None = None) -> str | Path:
+def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] | None = None,
+            wsp_sample: str | None = None) -> str | Path:
     """Convert a gate file between YAML and Gating-ML 2.0.
 
     Parameters
@@ -1273,7 +1294,7 @@ def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] |
     if to not in ("gatingml", "yaml"):
         raise GateError(f"{os.fspath(path)}: unknown target format {to!r}{_suggest(str(to), ('gatingml', 'yaml'))}; "
                         "use 'gatingml' or 'yaml'")
-    strategy = load_strategy(path)
+    strategy = load_strategy(path, wsp_sample)
     if to == "yaml":
         try:
             text = dump_yaml(strategy)

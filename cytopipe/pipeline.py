@@ -433,7 +433,8 @@ def _draw_plot(result: Any, strategy: Any, sample: str, treg: str | None, plots_
 
 
 def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, panel: str | os.PathLike | None = None,
-                   pregated: str | None = None, controls: dict[str, str] | None = None) -> tuple[Any, Any, Any]:
+                   pregated: str | None = None, controls: dict[str, str] | None = None,
+                   wsp_sample: str | None = None) -> tuple[Any, Any, Any]:
     """Read one file (with its panel) and gate it with a gate file (sample-scope fitting for data-driven gates,
     with the control tubes ``{role: path}`` read with the same panel).
 
@@ -444,7 +445,7 @@ def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, p
     from .gatefile import load_strategy
     from .panel import read_panel, read_sample
 
-    strategy = pregate(load_strategy(gates_path), pregated, where=str(gates_path))
+    strategy = pregate(load_strategy(gates_path, wsp_sample, fcs=fcs_path), pregated, where=str(gates_path))
     panel_file = read_panel(panel) if panel else None
     sample = read_sample(fcs_path, panel_file, scale=strategy.scale, exact=True)
     spillover = choose_spillover(sample, strategy)
@@ -457,7 +458,7 @@ def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, p
 
 def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
                      panel: str | os.PathLike | None = None, pregated: str | None = None,
-                     controls: dict[str, str] | None = None) -> pd.DataFrame:
+                     controls: dict[str, str] | None = None, wsp_sample: str | None = None) -> pd.DataFrame:
     """Per-event population membership (``cytopipe gate``).
 
     Parameters
@@ -465,13 +466,15 @@ def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
     fcs_path
         The FCS file.
     gates_path
-        A YAML or Gating-ML gate file; data-driven gates are fitted on this file alone.
+        A YAML or Gating-ML gate file or a FlowJo workspace; data-driven gates are fitted on this file alone.
     panel
         A panel CSV (``channel,marker``) setting the file's markers (``--panel``).
     pregated
         The population every event of the file is in (``--pregated``); gates above it are not applied.
     controls
         Control tubes for data-driven cuts, ``{role: path}`` (``{"isotype:CD25": "B01.fcs"}``; ``--control``).
+    wsp_sample
+        For a FlowJo workspace: the sample or group tree (``--wsp-sample``; ``own`` = this file's own sample).
 
     Returns
     -------
@@ -481,13 +484,14 @@ def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
     import numpy as np
     import pandas as pd
 
-    _, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated, controls)
+    _, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated, controls, wsp_sample)
     return pd.DataFrame({p.name: result.masks[p.name].view(np.uint8) for p in strategy.populations})
 
 
 def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, population: str,
                       out_path: str | os.PathLike, panel: str | os.PathLike | None = None,
-                      pregated: str | None = None, controls: dict[str, str] | None = None) -> int:
+                      pregated: str | None = None, controls: dict[str, str] | None = None,
+                      wsp_sample: str | None = None) -> int:
     """Write the events of one population as an FCS 3.1 file (``cytopipe export``).
 
     The events are written as stored (not decoded, uncompensated, untransformed), so the exported file can be gated
@@ -503,7 +507,7 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
         Name of the population to export (case-insensitive when unambiguous).
     out_path
         FCS file to write.
-    panel, pregated, controls
+    panel, pregated, controls, wsp_sample
         As for :func:`event_membership`. The panel's markers are written as ``$PnS``.
 
     Returns
@@ -519,7 +523,7 @@ def export_population(fcs_path: str | os.PathLike, gates_path: str | os.PathLike
 
     if Path(out_path).resolve() == Path(fcs_path).resolve():
         raise ConfigError(f"{out_path}: refusing to overwrite the input file")
-    sample, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated, controls)
+    sample, strategy, result = _load_and_gate(fcs_path, gates_path, panel, pregated, controls, wsp_sample)
     name = _find_population([p.name for p in strategy.populations], population, str(gates_path), "--population")
     # The stored channel values, not the decoded ones: the file keeps its $PnE/$PnG keywords.
     events = read_fcs(fcs_path, scale="raw").events[result.masks[name]]
