@@ -1,23 +1,32 @@
-"""cytopipe against FlowKit on the same files and the same (fixed) Treg gates.
+"""The default command against FlowKit: ``cytopipe run`` as a user runs it (figures, report and PDF on) next to
+FlowKit's 2-process pool, on the same files and the same fixed Treg gates.
 
-One command::
+Full mode (the measurement of issue 12; about 15-25 minutes on 2 cores, most of it FlowKit)::
 
-    python benchmarks/bench.py [--files 20] [--events 1000000] [--gates gates/treg_fixed.yaml] [--repeat 3]
+    python benchmarks/bench.py                 # 6 x 1M, 100 x 50k, 500 x 20k events; 3 interleaved rounds
+    python benchmarks/bench.py --quick         # 2 x 1M, 20 x 50k, 60 x 20k; 3 rounds; a few minutes
+    python benchmarks/bench.py --memory        # also: peak RSS of the worker on one 10M-event file
 
-1. Simulates ``--files`` FCS files of ``--events`` events with :mod:`cytopipe.simulate` (cached under
-   ``benchmarks/_data/``).
-2. Loads the gate file; data-driven gates are fitted once on the first file, so both tools gate with the same
-   fixed gates, exported to Gating-ML 2.0 (``_data/.../gates.xml``) and read back by both cytopipe and FlowKit.
-3. Per stage, on the first file, in this process: events/s of read, compensate, transform (the gated fluorescence
-   channels) and gate, for cytopipe and FlowKit.
-4. End to end on the whole batch, each run in a fresh process (so its peak memory is its own), the configurations
-   interleaved round by round, best of ``--repeat``: cytopipe ``run`` with 1 and 2 workers (no plots, no report;
-   with an empty cache) and FlowKit with a 2-process pool over files (its best configuration) and serially
-   (once). Each run is timed from before the tool is imported; both tools' pools fork from the timed process.
-   Prints files/s, events/s, peak RSS (main process and largest worker, sampled from outside) and the ratios.
-5. Asserts that cytopipe and FlowKit count the same Treg (and parent) events in every file.
+1. Simulates each study with :mod:`cytopipe.simulate` (cached under ``benchmarks/_data/``, never in git).
+2. Fits the data-driven gates of ``--gates`` on the first file and exports them to Gating-ML 2.0; cytopipe and
+   FlowKit both read that file, so both gate with the same fixed gates.
+3. Per round, in a fresh process each (timed from outside, from process start to exit, Python start-up and imports
+   included, as a user waits for them), in interleaved order:
 
-Not a timed test: the figures depend on the machine.
+   * ``FlowKit``: ``Sample`` + ``gate_sample`` per file in a 2-process ``multiprocessing`` pool (its best setup);
+   * ``default``: ``python -m cytopipe run SHEET --gates XML --out DIR`` with nothing turned off (2 cores:
+     2 workers; gating figures, report.html and report.pdf);
+   * ``no-plots``: the same with ``--no-plots`` (report and PDF still on);
+   * ``tables``: ``--no-plots --no-report`` (gating and tables only), to price the figures and the report.
+
+   Each cytopipe run starts from an empty results folder (no cache).
+4. Prints per configuration the median, min and max seconds over the rounds; ratios FlowKit / cytopipe as the
+   ratio of medians with the spread (min-max over rounds of the per-round ratios); and the share of the default
+   run's wall time spent on figures + report + PDF: ``(default - tables) / default`` (medians).
+5. Asserts that every configuration counts exactly FlowKit's Treg and parent events in every file.
+
+Not a timed test: the figures depend on the machine and its load; interleaving spreads a shared machine's load
+over every configuration alike.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +47,10 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+FULL = ((6, 1_000_000), (100, 50_000), (500, 20_000))
+QUICK = ((2, 1_000_000), (20, 50_000), (60, 20_000))
+CONFIGS = ("flowkit", "default", "no-plots", "tables")
+FLAGS = {"default": [], "no-plots": ["--no-plots"], "tables": ["--no-plots", "--no-report"]}
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -88,88 +102,7 @@ def fixed_gates(gates: Path, first_file: Path, folder: Path) -> Path:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- stages
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    """Fastest of ``repeat`` calls (seconds)."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def stages_cytopipe(path: Path, xml: Path) -> dict[str, float]:
-    from cytopipe.compensate import compensate
-    from cytopipe.fcs import read_fcs
-    from cytopipe.gatefile import load_strategy
-
-    strategy = load_strategy(xml)
-    sample = read_fcs(path)
-    n = sample.n_events
-    from cytopipe.pipeline import choose_spillover
-
-    spill = choose_spillover(sample, strategy)
-    # read_fcs maps the file; touching one column faults every page in, so the read is really paid here.
-    out: dict[str, float] = {"read": n / best_of(lambda: float(read_fcs(path).events[:, 0].sum()))}
-    comp = compensate(sample.events, sample.channels, spill)
-    out["compensate"] = n / best_of(lambda: compensate(sample.events, sample.channels, spill))
-    used = {}
-    for pop in strategy.populations:
-        for dim in pop.gate.dimensions:
-            if dim.transform is not None and getattr(dim.transform, "name", "") != "flin":
-                used[dim.channels[0]] = dim.transform
-    columns = {ch: np.ascontiguousarray(comp[:, sample.find_channel(ch)]) for ch in used}
-    out["transform"] = n / best_of(lambda: [t.apply(columns[ch]) for ch, t in used.items()])
-    out["transform_channels"] = len(used)
-    result = strategy.apply(sample, spill)
-
-    def gate_only() -> None:
-        for pop in strategy.populations:
-            values = result.values(pop.gate)
-            if pop.parent is not None:
-                values = values[result.masks[pop.parent]]
-            pop.gate.mask(values)
-
-    out["gate"] = n / best_of(gate_only)
-    out["apply (comp+transform+gate)"] = n / best_of(lambda: strategy.apply(sample, spill))
-    return out
-
-
-def flowkit_transforms(strategy) -> dict:
-    """FlowKit: {channel label: transform} of the gated, transformed dimensions."""
-    used = {}
-    for gate_id in strategy.get_gate_ids():
-        gate = strategy.get_gate(*gate_id)
-        for dim in getattr(gate, "dimensions", []) or []:
-            ref = getattr(dim, "transformation_ref", None)
-            if ref is not None and dim.id is not None:
-                used[dim.id] = strategy.get_transform(ref)
-    return used
-
-
-def stages_flowkit(path: Path, xml: Path) -> dict[str, float]:
-    import flowkit as fk
-
-    strategy = fk.parse_gating_xml(str(xml))
-    sample = fk.Sample(str(path))
-    n = sample.event_count
-    out: dict[str, float] = {"read": n / best_of(lambda: fk.Sample(str(path)), repeat=2)}
-    spill = sample.metadata.get("spillover") or sample.metadata.get("spill")
-    n_detectors = int(spill.split(",")[0])
-    matrix = fk.Matrix(spill, spill.split(",")[1:1 + n_detectors])
-    out["compensate"] = n / best_of(lambda: sample.apply_compensation(matrix), repeat=2)
-    used = flowkit_transforms(strategy)
-    out["transform"] = n / best_of(lambda: [sample.apply_transform({ch: t for ch, t in used.items()})], repeat=2)
-    out["transform_channels"] = len(used)
-    sample.apply_compensation(None)
-    out["apply (comp+transform+gate)"] = n / best_of(lambda: strategy.gate_sample(sample), repeat=2)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- end to end
+# ---------------------------------------------------------------------------------------------------- runs
 
 
 def gatingml_ids(xml: Path) -> dict[str, str]:
@@ -251,145 +184,161 @@ class PeakMemory:
         return max((v for pid, v in self.peaks.items() if pid != self.root), default=0.0)
 
 
-def child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: str) -> dict:
-    """One end-to-end configuration; runs in its own process. Timed from before importing the tool.
+def flowkit_child(folder: Path, xml: Path, treg: str, parent: str, workers: int) -> None:
+    """The FlowKit configuration, in its own process: prints ``{file: [treg, parent]}`` as JSON."""
+    import flowkit  # noqa: F401 - imported before the pool forks, so the workers inherit it
 
-    Both tools run their pools with the same start method: forked from this process (cytopipe's own choice on
-    Linux; FlowKit is imported first, inside the timed region, so its workers inherit it as cytopipe's do).
-    """
     sheet = pd.read_csv(folder / "study.csv")
-    files = [str(folder / f) for f in sheet["file"]]
-    start = time.perf_counter()
-    if kind == "cytopipe":
-        from cytopipe.batch import run
+    ids = gatingml_ids(xml)
+    tasks = [(str(folder / f), str(xml), ids[treg], ids[parent]) for f in sheet["file"]]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        rows = pool.map(flowkit_counts, tasks, chunksize=1)
+    print(json.dumps({name: [t, c] for name, t, c in rows}))
 
-        out = folder / f"_out_w{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        result = run(sheet=folder / "study.csv", gates=xml, out=out, workers=workers, treg=treg, parent=parent,
-                     plots=False, report=False, quiet=True)
-        elapsed = time.perf_counter() - start
-        stems = {Path(f).stem: Path(f).name for f in sheet["file"]}
-        counts = {stems[s]: [int(t), int(c)] for s, t, c in
-                  result.treg[["sample", "treg_events", "cd4_events"]].itertuples(index=False)}
-        failures = len(result.failures)
+
+def run_config(kind: str, folder: Path, xml: Path, treg: str, parent: str, workers: int = 2) -> dict:
+    """One configuration in a fresh process: wall seconds (outside view), peak RSS, Treg/parent counts per file."""
+    if kind == "flowkit":
+        command = [sys.executable, str(Path(__file__).resolve()), "--flowkit-child", "--folder", str(folder),
+                   "--xml", str(xml), "--treg", treg, "--parent", parent, "--workers", str(workers)]
+        out = None
     else:
-        import flowkit  # noqa: F401 - imported before the pool forks, like cytopipe's modules
-
-        ids = gatingml_ids(xml)
-        tasks = [(f, str(xml), ids[treg], ids[parent]) for f in files]
-        if workers == 1:
-            rows = [flowkit_counts(t) for t in tasks]
-        else:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                rows = pool.map(flowkit_counts, tasks, chunksize=1)
-        elapsed = time.perf_counter() - start
-        counts = {name: [t, c] for name, t, c in rows}
-        failures = 0
-    return {"seconds": elapsed, "counts": counts, "failures": failures}
-
-
-def run_child(kind: str, workers: int, folder: Path, xml: Path, treg: str, parent: str) -> dict:
-    """Run one configuration in a fresh process; its result with the peak RSS of its main process and workers."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--workers", str(workers),
-           "--folder", str(folder), "--xml", str(xml), "--treg", treg, "--parent", parent]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out = folder / f"_out_{kind}"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, "-m", "cytopipe", "run", str(folder / "study.csv"), "--gates", str(xml),
+                   "--out", str(out), "--treg", treg, "--parent", parent, "--workers", str(workers), "--quiet",
+                   *FLAGS[kind]]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     with PeakMemory(proc.pid) as memory:
         stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{kind} with {workers} worker(s) failed:\n{stderr}")
-    result = json.loads(stdout.strip().splitlines()[-1])
-    result["peak_mib_self"] = memory.main
-    result["peak_mib_worker"] = memory.largest_worker
-    return result
+        raise SystemExit(f"{kind} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    if out is None:
+        counts = json.loads(stdout.strip().splitlines()[-1])
+    else:
+        sheet = pd.read_csv(folder / "study.csv")
+        names = {Path(f).stem: Path(f).name for f in sheet["file"]}
+        table = pd.read_csv(out / "treg.csv")
+        counts = {names[s]: [int(t), int(c)] for s, t, c in
+                  table[["sample", "treg_events", "cd4_events"]].itertuples(index=False)}
+        if kind == "default":
+            assert (out / "report.html").is_file(), "the default run wrote no report"
+            assert len(list((out / "plots").glob("gating_*.svg"))) == len(sheet), "a gating figure is missing"
+    return {"seconds": seconds, "counts": counts, "peak_worker": memory.largest_worker,
+            "peak_main": memory.main,
+            "report_kb": (out / "report.html").stat().st_size / 1024 if out and (out / "report.html").is_file()
+            else 0.0,
+            "pdf": bool(out and (out / "report.pdf").is_file())}
 
 
-# ---------------------------------------------------------------------------------------------------- main
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):6.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def study(n_files: int, n_events: int, gates: Path, rounds: int) -> dict:
+    """Measure one study; print its table; return the medians."""
+    import flowkit
+
+    from cytopipe.gatefile import load_strategy
+    from cytopipe.pipeline import resolve_treg
+
+    folder = make_data(n_files, n_events)
+    sheet = pd.read_csv(folder / "study.csv")
+    xml = fixed_gates(gates, folder / sheet["file"].iloc[0], folder)
+    treg, parent = resolve_treg(load_strategy(xml))
+    print(f"\n== {n_files} files x {n_events:,} events (FlowKit {flowkit.__version__}; Treg = {treg!r} of "
+          f"{parent!r}); {rounds} interleaved rounds", flush=True)
+    trials: dict[str, list[dict]] = {kind: [] for kind in CONFIGS}
+    for index in range(rounds):
+        # Rotate the order each round: no configuration always runs first (cold disk cache) or last.
+        order = CONFIGS[index % len(CONFIGS):] + CONFIGS[:index % len(CONFIGS)]
+        for kind in order:
+            trials[kind].append(run_config(kind, folder, xml, treg, parent))
+        print(f"   round {index + 1}: " + ", ".join(f"{k} {trials[k][-1]['seconds']:.2f} s" for k in CONFIGS),
+              flush=True)
+    reference = trials["flowkit"][0]["counts"]
+    for kind, done in trials.items():
+        for res in done:
+            assert res["counts"] == reference, f"{kind}: Treg/parent counts differ from FlowKit's"
+    median = {kind: statistics.median(r["seconds"] for r in done) for kind, done in trials.items()}
+    print(f"   {'configuration':12s} {'seconds: median [min-max]':>28s} {'files/s':>8s} {'x FlowKit (spread)':>22s}"
+          f" {'peak RSS worker':>16s}")
+    for kind in CONFIGS:
+        seconds = [r["seconds"] for r in trials[kind]]
+        per_round = [f["seconds"] / r["seconds"] for f, r in zip(trials["flowkit"], trials[kind], strict=True)]
+        ratio = median["flowkit"] / median[kind]
+        spread = f"{ratio:5.1f}x ({min(per_round):.1f}-{max(per_round):.1f})"
+        peak = max(r["peak_worker"] for r in trials[kind])
+        print(f"   {kind:12s} {_spread(seconds):>28s} {n_files / median[kind]:8.1f} {spread:>22s} "
+              f"{peak:11.0f} MiB")
+    share = (median["default"] - median["tables"]) / median["default"]
+    shares = [(d["seconds"] - t["seconds"]) / d["seconds"] for d, t in zip(trials["default"], trials["tables"],
+                                                                              strict=True)]
+    report_kb = trials["default"][0]["report_kb"]
+    print(f"   figures + report + PDF: {100 * share:.1f}% of the default run's wall time (per round "
+          f"{', '.join(f'{100 * s:.0f}%' for s in shares)}); report.html {report_kb:,.0f} KB = "
+          f"{report_kb / n_files:.1f} KB/sample; PDF written: {trials['default'][0]['pdf']}")
+    print(f"   Treg counts identical to FlowKit's in all {len(reference)} files for every configuration "
+          f"({sum(v[0] for v in reference.values()):,} Treg of {sum(v[1] for v in reference.values()):,} {parent})")
+    return {"study": f"{n_files} x {n_events:,}", "median": median, "share": share}
+
+
+def memory_check(gates: Path, n_events: int = 10_000_000) -> None:
+    """Peak RSS of the worker gating (and drawing) one 10M-event file with the default command."""
+    folder = make_data(1, n_events)
+    sheet = pd.read_csv(folder / "study.csv")
+    xml = fixed_gates(gates, folder / sheet["file"].iloc[0], folder)
+    from cytopipe.fcs import read_fcs
+    from cytopipe.gatefile import load_strategy
+    from cytopipe.pipeline import resolve_treg
+
+    sample = read_fcs(folder / sheet["file"].iloc[0])
+    event_mib = sample.events.nbytes / 2**20
+    del sample
+    treg, parent = resolve_treg(load_strategy(xml))
+    res = run_config("default", folder, xml, treg, parent, workers=2)
+    print(f"\n== memory: one file of {n_events:,} events ({event_mib:.0f} MiB of event data): peak RSS of the "
+          f"worker {res['peak_worker']:.0f} MiB = {res['peak_worker'] / event_mib:.2f}x the event data "
+          f"(main process {res['peak_main']:.0f} MiB)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=20)
-    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="smaller studies (2 x 1M, 20 x 50k, 60 x 20k)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians; default 3)")
+    parser.add_argument("--studies", help="comma-separated FILESxEVENTS, e.g. 6x1000000,100x50000")
+    parser.add_argument("--memory", action="store_true", help="also the worker's peak RSS on a 10M-event file")
     parser.add_argument("--gates", type=Path, default=REPO / "gates" / "treg_fixed.yaml")
-    parser.add_argument("--repeat", type=int, default=3, help="end-to-end runs per configuration; the best counts")
-    parser.add_argument("--skip-flowkit-serial", action="store_true", help="skip FlowKit's slow serial batch")
-    parser.add_argument("--child", choices=("cytopipe", "flowkit"), help=argparse.SUPPRESS)
-    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--flowkit-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--xml", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--treg", help=argparse.SUPPRESS)
     parser.add_argument("--parent", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(args.child, args.workers, args.folder, args.xml, args.treg, args.parent)))
+    if args.flowkit_child:
+        flowkit_child(args.folder, args.xml, args.treg, args.parent, args.workers)
         return 0
-
-    import flowkit
-
     import cytopipe
-    from cytopipe.gatefile import load_strategy
-    from cytopipe.pipeline import resolve_treg
 
-    folder = make_data(args.files, args.events)
-    sheet = pd.read_csv(folder / "study.csv")
-    first = folder / sheet["file"].iloc[0]
-    xml = fixed_gates(args.gates, first, folder)
-    treg, parent = resolve_treg(load_strategy(xml))
-    total_events = args.files * args.events
-    print(f"cytopipe {cytopipe.__version__} vs FlowKit {flowkit.__version__}; numpy {np.__version__}; "
-          f"{os.cpu_count()} cores; {args.files} files x {args.events:,} events; gates {args.gates.name} "
-          f"-> {xml.relative_to(REPO) if xml.is_relative_to(REPO) else xml} (Treg = {treg!r} of {parent!r})")
-
-    print("\nper stage on one file (million events/s, best of 3; single core)")
-    ours, theirs = stages_cytopipe(first, xml), stages_flowkit(first, xml)
-    print(f"  {'stage':30s} {'cytopipe':>10s} {'FlowKit':>10s} {'ratio':>8s}")
-    for stage in ("read", "compensate", "transform", "gate", "apply (comp+transform+gate)"):
-        a, b = ours.get(stage), theirs.get(stage)
-        ratio = f"{a / b:7.1f}x" if a and b else "       -"
-        print(f"  {stage:30s} {a / 1e6 if a else float('nan'):10.2f} "
-              f"{b / 1e6 if b else float('nan'):10.2f} {ratio}")
-    print(f"  (transform: {ours['transform_channels']} gated channel(s) for cytopipe, "
-          f"{theirs['transform_channels']} for FlowKit; FlowKit has no separate gate stage)")
-
-    print(f"\nend to end, {args.files} files x {args.events:,} events: fresh process per run, configurations "
-          f"interleaved, best of {args.repeat} (every run listed); plots and report OFF for cytopipe (FlowKit draws "
-          "none), empty result cache; peak RSS sampled from /proc every 20 ms")
-    configs = [("cytopipe", 1), ("cytopipe", 2), ("flowkit", 2)]
-    trials: dict[tuple[str, int], list[dict]] = {config: [] for config in configs}
-    # Interleaved rounds: load from other users of a shared machine, which only ever slows a run down, then hits
-    # every configuration alike instead of whichever happened to run during it.
-    for _ in range(args.repeat):
-        for config in configs:
-            trials[config].append(run_child(*config, folder, xml, treg, parent))
-    if not args.skip_flowkit_serial:  # the slowest, only for a side ratio: once
-        trials[("flowkit", 1)] = [run_child("flowkit", 1, folder, xml, treg, parent)]
-    runs = {}
-    for (kind, workers), done in trials.items():
-        res = dict(min(done, key=lambda r: r["seconds"]))
-        res["peak_mib_self"] = max(r["peak_mib_self"] for r in done)
-        res["peak_mib_worker"] = max(r["peak_mib_worker"] for r in done)
-        runs[(kind, workers)] = res
-        label = f"{'cytopipe' if kind == 'cytopipe' else 'FlowKit'} {workers} worker(s)"
-        listed = ", ".join(f"{r['seconds']:.2f}" for r in done)
-        print(f"  {label:22s} {res['seconds']:7.2f} s  {args.files / res['seconds']:6.2f} files/s  "
-              f"{total_events / res['seconds'] / 1e6:7.2f} M events/s  peak RSS main {res['peak_mib_self']:6.0f} "
-              f"MiB, largest worker {res['peak_mib_worker']:6.0f} MiB  (runs: {listed} s)")
-    best_fk = runs[("flowkit", 2)]["seconds"]
-    for workers in (1, 2):
-        print(f"  ratio cytopipe {workers} worker(s) / FlowKit 2-process pool: "
-              f"{best_fk / runs[('cytopipe', workers)]['seconds']:.1f}x")
-    if ("flowkit", 1) in runs:
-        print(f"  ratio cytopipe 1 worker / FlowKit serial: "
-              f"{runs[('flowkit', 1)]['seconds'] / runs[('cytopipe', 1)]['seconds']:.1f}x")
-
-    reference = runs[("flowkit", 2)]["counts"]
-    for key, res in runs.items():
-        assert res["failures"] == 0, f"{key}: {res['failures']} failed samples"
-        assert res["counts"] == reference, f"{key}: Treg/parent counts differ from FlowKit: " + str(
-            {f: (res["counts"].get(f), reference[f]) for f in reference if res["counts"].get(f) != reference[f]})
-    treg_total = sum(v[0] for v in reference.values())
-    print(f"\nTreg counts identical in all {len(reference)} files for every configuration "
-          f"({treg_total:,} Treg events of {sum(v[1] for v in reference.values()):,} {parent} events)")
+    studies = QUICK if args.quick else FULL
+    if args.studies:
+        studies = tuple(tuple(int(v) for v in item.split("x")) for item in args.studies.split(","))
+    print(f"cytopipe {cytopipe.__version__}; numpy {np.__version__}; {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.1f} at start; gates {args.gates.name} (fitted on each study's first "
+          "file, then fixed)")
+    summary = [study(n, e, args.gates, args.rounds) for n, e in studies]
+    print("\nsummary (ratio of medians, FlowKit 2-process pool / cytopipe):")
+    print(f"   {'study':>16s} {'default':>8s} {'no-plots':>9s} {'tables':>7s} {'figures+report share':>21s}")
+    for row in summary:
+        m = row["median"]
+        print(f"   {row['study']:>16s} {m['flowkit'] / m['default']:7.1f}x {m['flowkit'] / m['no-plots']:8.1f}x "
+              f"{m['flowkit'] / m['tables']:6.1f}x {100 * row['share']:20.1f}%")
+    if args.memory:
+        memory_check(args.gates)
     return 0
 
 

@@ -705,6 +705,9 @@ class GatingResult:
         Each channel name used by the gates -> the ``$PnN`` it resolved to in this sample.
     timings : dict of str to float
         Seconds spent per stage: ``compensation``, ``transform`` (of the rows each gate needs), ``gating``.
+    members : dict of str to numpy.ndarray
+        Population -> its sorted event indices. ``values(gate, members[parent])`` returns the values the gate was
+        evaluated on without computing or copying anything (what the gating figures draw).
     """
 
     masks: dict[str, np.ndarray]
@@ -713,6 +716,7 @@ class GatingResult:
     channels: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     _columns: dict[Any, _Column] = field(default_factory=dict, repr=False)
+    members: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def values(self, gate: Gate, rows: np.ndarray | None = None) -> np.ndarray:
         """The ``(n_events, ndim)`` transformed values ``gate`` was evaluated on (cached columns, for plotting);
@@ -956,7 +960,7 @@ class _Evaluator:
         channels = {name: self.sample.channels[k] for name, k in self.channel_index.items() if name in named}
         timings = {"compensation": compensated - start, "transform": stacking, "gating": gating}
         ordered = {pop.name: masks[pop.name] for pop in self.strategy.populations}
-        return GatingResult(ordered, counts, n, channels, timings, self.columns)
+        return GatingResult(ordered, counts, n, channels, timings, self.columns, members)
 
 
 def _matrix_output(matrix: SpectrumMatrix, channel: str) -> int | None:

@@ -31,8 +31,8 @@ __all__ = ["PALETTE", "fold_change_overview", "gating_hierarchy", "save_figure",
 PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 _TREG, _PLATELET, _SIGNIFICANT, _GATE = PALETTE[0], PALETTE[1], PALETTE[3], "#C8102E"
 #: At most this many of a parent's events are binned per density panel (an even stride through the parent): a
-#: log-coloured 80 x 80 histogram of 30,000 events looks like that of all of them.
-_MAX_PLOT_EVENTS = 30_000
+#: log-coloured 80 x 80 histogram of 20,000 events looks like that of all of them.
+_MAX_PLOT_EVENTS = 20_000
 _BINS = 80
 #: Gating panel geometry (CSS px): plot square, margins; four panels per row keep the figure under 950 px wide.
 _PLOT, _LEFT, _RIGHT, _TOP, _BOTTOM, _PER_ROW, _HEAD = 160, 56, 18, 44, 40, 4, 26
@@ -88,11 +88,6 @@ def _dimension_label(dimension: Any) -> str:
     return _short(f"{name} ({kind})" if transform is not None and kind else name, 30)
 
 
-def _stride(rows: np.ndarray, limit: int) -> np.ndarray:
-    """Every k-th of ``rows`` so that at most ``limit`` remain: an even spread over the whole acquisition."""
-    return rows if rows.size <= limit else rows[:: -(-rows.size // limit)]
-
-
 def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
     """Axis limits: the 0.2-99.8 % range of (at most 8,000 of) the values, stretched towards the gate outline."""
     some = np.sort(values[:: max(1, -(-values.size // 4_000))])
@@ -114,21 +109,23 @@ def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, floa
 
 
 def _bin(values: np.ndarray, limits: tuple[float, float], bins: int) -> np.ndarray:
-    """Bin index of each value on ``bins`` equal cells over ``limits``; ``bins`` for values outside (and NaN)."""
+    """Bin index of each value on ``bins`` equal cells over ``limits``, shifted by one: 1..bins inside, 0 below
+    (and NaN), bins + 1 above. A few whole-array passes, no boolean indexing."""
     lo, hi = limits
-    scaled = (np.asarray(values, dtype=np.float32) - np.float32(lo)) * np.float32(bins / (hi - lo))
-    index = np.full(scaled.shape, bins, dtype=np.intp)
-    inside = (scaled >= 0) & (scaled < bins)
-    index[inside] = scaled[inside]
-    return index
+    scaled = np.asarray(values, dtype=np.float32) - np.float32(lo)
+    scaled *= np.float32(bins / (hi - lo))
+    np.clip(scaled, -1, bins, out=scaled)
+    scaled += 1  # truncation towards zero now puts (lo - one bin, lo) in the "below" cell 0
+    np.nan_to_num(scaled, copy=False, nan=0.0)
+    return scaled.astype(np.intp)
 
 
 def histogram2d(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
                 bins: int = _BINS) -> np.ndarray:
-    """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal bins but in
-    one :func:`numpy.bincount` (values outside the limits land in an overflow row and column, dropped)."""
-    flat = _bin(x, xlim, bins) * (bins + 1) + _bin(y, ylim, bins)
-    return np.bincount(flat, minlength=(bins + 1) ** 2).reshape(bins + 1, bins + 1)[:bins, :bins]
+    """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal half-open bins
+    but in one :func:`numpy.bincount` (values outside the limits land in border cells, dropped)."""
+    flat = _bin(x, xlim, bins) * (bins + 2) + _bin(y, ylim, bins)
+    return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
 
 
 def _treg_name(strategy: Any, treg: str | None) -> str | None:
@@ -143,12 +140,23 @@ def _is_scatter(channel: Any) -> bool:
     return isinstance(channel, str) and channel.upper().startswith(("FSC", "SSC"))
 
 
-def _values(result: Any, gate: Any, rows: np.ndarray) -> np.ndarray:
-    """The gate's transformed values on ``rows`` (only those rows are computed when the result allows it)."""
+def _parent_values(result: Any, pop: Any, n_events: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every k-th of the values the gate was evaluated on (its parent's events), which of them it kept, and the
+    parent's size. The values are the gating's own cached columns: nothing is transformed again."""
+    members = getattr(result, "members", {})
+    rows = members.get(pop.parent) if pop.parent else None
+    if pop.parent and rows is None:
+        rows = np.flatnonzero(result.masks[pop.parent])
+    n_parent = n_events if rows is None else int(rows.size)
+    step = max(1, -(-n_parent // _MAX_PLOT_EVENTS))
+    if rows is None:  # a root gate's columns hold every event: take every k-th only
+        rows = np.arange(0, n_events, step)
+        step = 1
     try:
-        return np.asarray(result.values(gate, rows))
+        values = np.asarray(result.values(pop.gate, rows))
     except TypeError:  # a result without row selection
-        return np.asarray(result.values(gate))[rows]
+        values = np.asarray(result.values(pop.gate))[rows]
+    return values[::step], result.masks[pop.name][rows][::step], n_parent
 
 
 def _panel_box(index: int) -> tuple[float, float]:
@@ -179,8 +187,8 @@ def _histogram_panel(panel: Panel, x: np.ndarray, inside: np.ndarray, dim: Any, 
     bounds = [v for v in (*getattr(gate, "min", ()), *getattr(gate, "max", ())) if v is not None]
     xlim = _limits(x, np.array(bounds, dtype=float) if bounds else None)
     index = _bin(x, xlim, _BINS)
-    every = np.bincount(index, minlength=_BINS + 1)[:_BINS] * scale
-    gated = np.bincount(index[inside], minlength=_BINS + 1)[:_BINS] * scale
+    every = np.bincount(index, minlength=_BINS + 2)[1:-1] * scale
+    gated = np.bincount(index[inside], minlength=_BINS + 2)[1:-1] * scale
     top = max(float(every.max()) * 1.08, 1.0)
     ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(0.0, top, panel.y + panel.height, panel.y)
     edges = ax(np.linspace(*xlim, _BINS + 1))
@@ -246,24 +254,20 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
     fig = Figure(width=width, height=height, title=f"Gating of {_short(sample_name, 60)}", kind="gating",
                  label=f"Gating of {sample_name}")
     n_events = int(getattr(result, "n_events", 0)) or len(next(iter(result.masks.values())))
-    every_row = np.arange(n_events)
 
     for index, pop in enumerate(pops):
         x0, y0 = _panel_box(index)
         panel = Panel(x0, y0, _PLOT, _PLOT)
-        parent = np.flatnonzero(result.masks[pop.parent]) if pop.parent else every_row
-        n_parent = int(parent.size)
-        n_in = int(np.count_nonzero(result.masks[pop.name]))  # masks carry the parent chain
-        rows = _stride(parent, _MAX_PLOT_EVENTS)
+        values, inside, n_parent = _parent_values(result, pop, n_events)
+        n_in = int(result.counts[pop.name]) if pop.name in getattr(result, "counts", {}) \
+            else int(np.count_nonzero(result.masks[pop.name]))  # masks carry the parent chain
         dims = pop.gate.dimensions
-        values = _values(result, pop.gate, rows)
-        inside = result.masks[pop.name][rows]
         if len(dims) >= 2:
             outline = pop.gate.outline() if len(dims) == 2 else None
             outline = None if outline is None else np.asarray(outline, dtype=float)
             _density_panel(panel, values[:, 0], values[:, 1], dims, outline, None if outline is not None else inside)
         else:
-            _histogram_panel(panel, values[:, 0], inside, dims[0], pop.gate, n_parent / max(rows.size, 1))
+            _histogram_panel(panel, values[:, 0], inside, dims[0], pop.gate, n_parent / max(values.shape[0], 1))
         pct = f"{100.0 * n_in / n_parent:.1f}%" if n_parent else "–"
         panel.title = [_short(pop.name), f"{n_in:,} = {pct} of {_short(pop.parent or 'all events', 16)}"]
         panel.tooltip = f"{pop.name}: {n_in:,} events = {pct} of {pop.parent or 'all events'} ({n_parent:,})"
@@ -271,12 +275,15 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
     if treg_name and scatter is not None:
         x0, y0 = _panel_box(len(pops))
         panel = Panel(x0, y0, _PLOT, _PLOT)
-        rows = _stride(every_row, _MAX_PLOT_EVENTS)
-        xy = _values(result, scatter.gate, rows)
+        every = np.arange(0, n_events, max(1, -(-n_events // _MAX_PLOT_EVENTS)))
+        try:
+            xy = np.asarray(result.values(scatter.gate, every))
+        except TypeError:  # a result without row selection
+            xy = np.asarray(result.values(scatter.gate))[every]
         tregs = result.masks[treg_name]
-        _density_panel(panel, xy[:, 0], xy[:, 1], scatter.gate.dimensions, None, tregs[rows])
-        # Rare Tregs may miss the stride: bin all of them for the red layer when they are few.
-        n_treg = int(np.count_nonzero(tregs))
+        _density_panel(panel, xy[:, 0], xy[:, 1], scatter.gate.dimensions, None, tregs[every])
+        n_treg = int(result.counts.get(treg_name, np.count_nonzero(tregs))) if hasattr(result, "counts") \
+            else int(np.count_nonzero(tregs))
         panel.title = [f"Back-gating: {_short(treg_name, 16)}", f"{n_treg:,} events (red) on scatter"]
         panel.tooltip = f"{treg_name} events (red) over all events (grey)"
         fig.panels.append(panel)

@@ -42,7 +42,7 @@ from cytopipe.stats import (
     reference_change_value,
     subject_summary,
 )
-from cytopipe.svg import render
+from cytopipe.svg import render, template_cache
 
 __all__ = ["find_chromium", "render_report", "write_pdf"]
 
@@ -349,11 +349,20 @@ def render_report(
     context = _context(results, table, summary, correlation, clinical_table, clinical_source, optional, manifest,
                        settings={"cva": cva, "cvi": cvi, "z": z, "rcv": rcv, "min_treg": min_treg_events,
                                  "min_cd4": min_cd4_events}, draw=plots)
-    html = _environment().get_template("report.html.j2").render(**context)
+    template = _environment().get_template("report.html.j2")
     out = results / "report.html"
-    atomic_write(out, html)
+    atomic_write(out, template.render(**context, for_print=False))
+    written = None
+    if pdf:
+        # The PDF holds summary, QC and subjects: printed from a copy without the gating section (faster to load).
+        printable = results / ".report-print.html"
+        atomic_write(printable, template.render(**context, for_print=True))
+        try:
+            written = write_pdf(printable, results / "report.pdf", printer=printer)
+        finally:
+            printable.unlink(missing_ok=True)
     # A PDF from an earlier rendering would disagree with this HTML: replace it or remove it.
-    if not (pdf and write_pdf(out, results / "report.pdf", printer=printer)) and (results / "report.pdf").exists():
+    if not written and (results / "report.pdf").exists():
         (results / "report.pdf").unlink()
         log.warning("removed %s from an earlier rendering (it no longer matches report.html)", results / "report.pdf")
     return out
@@ -546,4 +555,5 @@ def _sample_entry(results: Path, sample: Any, subject: Any, timepoint: Any, flag
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("cytopipe", "templates"), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              bytecode_cache=template_cache())

@@ -300,11 +300,20 @@ class Figure:
     label: str = ""
 
 
+def template_cache() -> Any:
+    """Jinja2's cache of compiled templates (in the user's temporary folder, checked against the template's
+    modification time): compiling the report and figure templates costs more than rendering them."""
+    import jinja2
+
+    return jinja2.FileSystemBytecodeCache(pattern="cytopipe-%s.cache")
+
+
 def _template() -> Any:
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("cytopipe", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             bytecode_cache=template_cache())
     return env.get_template("figure.svg.j2")
 
 
