@@ -6,6 +6,10 @@ written with :func:`cytopipe.fcs.write_fcs` and loaded once by each tool (loadin
 compensation) are gated by ``GatingStrategy.apply`` and, exported with :func:`cytopipe.gatingml.write_gatingml`, by
 FlowKit's ``GatingStrategy.gate_sample``. Counts must be identical.
 
+The same gates are also written as a YAML gate file and as a FlowJo workspace (:mod:`cytopipe.flowjo_write`), read
+back with :func:`cytopipe.gatefile.load_strategy`, and both are timed on the same sample: a workspace-defined
+strategy must gate as fast as the YAML one (``workspace_ratio``, workspace time / YAML time) with identical counts.
+
 Run ``python benchmarks/bench_gating.py [n_events]``; other code imports :func:`run`.
 """
 
@@ -143,6 +147,7 @@ def run(n_events: int = 1_000_000, repeat: int = 3, workdir: str | Path | None =
             reference.append(_best(lambda: fu.logicle(wide, list(range(wide.shape[1])), t=logicle.T, m=logicle.M,
                                                       w=logicle.W, a=logicle.A), 1)[0])
         ours_logicle_s, flowutils_logicle_s = min(mine), min(reference)
+        yaml_s, workspace_s, same = _workspace_against_yaml(strategy, fcs_path, Path(tmp), repeat)
     ids = gate_ids(strategy)
     fk_counts = {pop.name: int(fk_result.get_gate_count(ids[pop.name])) for pop in strategy.populations}
     return {
@@ -158,7 +163,31 @@ def run(n_events: int = 1_000_000, repeat: int = 3, workdir: str | Path | None =
         "logicle_s": ours_logicle_s,
         "flowutils_logicle_s": flowutils_logicle_s,
         "logicle_ratio": flowutils_logicle_s / ours_logicle_s,
+        "yaml_s": yaml_s,
+        "workspace_s": workspace_s,
+        "workspace_ratio": workspace_s / yaml_s,
+        "workspace_identical": same,
     }
+
+
+def _workspace_against_yaml(strategy: GatingStrategy, fcs_path: Path, tmp: Path, repeat: int
+                            ) -> tuple[float, float, bool]:
+    """Best times of the strategy read from YAML and from a FlowJo workspace (interleaved), and equal counts."""
+    from cytopipe.flowjo_write import workspace_for_files
+    from cytopipe.gatefile import dump_yaml, load_strategy
+
+    (tmp / "bench.yaml").write_text(dump_yaml(strategy))
+    workspace_for_files(tmp / "bench.yaml", [fcs_path], tmp / "bench.wsp")
+    from_yaml = load_strategy(tmp / "bench.yaml")
+    from_wsp = load_strategy(tmp / "bench.wsp")
+    sample = read_fcs(fcs_path, scale=from_wsp.scale)  # $PnG = 1 here: the same values for both
+    yaml_runs, wsp_runs = [], []
+    for _ in range(repeat):
+        yaml_runs.append(_best(lambda: from_yaml.apply(sample), 2))
+        wsp_runs.append(_best(lambda: from_wsp.apply(sample), 2))
+    yaml_s, yaml_result = min(yaml_runs, key=lambda pair: pair[0])
+    wsp_s, wsp_result = min(wsp_runs, key=lambda pair: pair[0])
+    return yaml_s, wsp_s, dict(yaml_result.counts) == dict(wsp_result.counts)
 
 
 def main(argv: list[str]) -> int:
@@ -177,7 +206,11 @@ def main(argv: list[str]) -> int:
           f"({out['flowutils_logicle_s'] / values * 1e9:.1f} ns/value): {out['logicle_ratio']:.1f}x")
     for name, count in out["counts"].items():
         print(f"  {name:<12} cytopipe {count:>9,}  FlowKit {out['flowkit_counts'][name]:>9,}")
+    print(f"  same gates from YAML {out['yaml_s'] * 1e3:.1f} ms, from a FlowJo workspace "
+          f"{out['workspace_s'] * 1e3:.1f} ms: ratio {out['workspace_ratio']:.2f}, counts identical "
+          f"{out['workspace_identical']}")
     assert out["identical"], "cytopipe and FlowKit counts differ"
+    assert out["workspace_identical"], "the workspace and YAML strategies count differently"
     return 0
 
 

@@ -316,6 +316,8 @@ class _Reader:
                 vertices: list[tuple[float, float]]) -> Gate:
         if len(dims) != 2 or len(vertices) < 3:
             raise self.error("PolygonGate", f"population '{name}': a polygon needs 2 dimensions and 3 vertices")
+        # A linear axis is affine: the polygon is the same in data units, and gating them skips a transform.
+        axes = [None if isinstance(axis, Linear) else axis for axis in axes]
         v = np.array(vertices, dtype=np.float64)
         for k, axis in enumerate(axes):
             if axis is not None:
