@@ -107,7 +107,7 @@ def expert_membership(cd4_file: Path, subsets: list[Path]) -> np.ndarray:
 def ique3(data: Path, work: Path, workers: int) -> pd.DataFrame:
     folder = data / "real_gating" / "ique3_pbmc_treg"
     answers = pd.read_csv(folder / "flowjo_answers.csv")
-    wells = answers[answers["treg_pct_of_cd3cd4"].notna()]
+    wells = answers[answers["treg_pct_of_cd3cd4"].notna()].sort_values("well")
     control = folder / answers.loc[answers["well"] == "B01", "file"].iloc[0]
     rows = [{"sample": w.well, "file": str(folder / w.file), "subject": "PBMC", "timepoint": w.well, "day": i}
             for i, w in enumerate(wells.itertuples(index=False))]
