@@ -176,7 +176,9 @@ def _reason(fitted: pd.DataFrame, sample: str, t_cells: int) -> str:
     rows = fitted[(fitted["sample"] == sample) & fitted["population"].isin(["T cells", "CD4 T", "CD8 T"])]
     for rec in rows.to_dict("records"):
         for key, value in rec.items():
-            if key.endswith(" method") and isinstance(value, str) and value != "valley":
+            # "<channel> method" of a cut ("<channel> W method" is a W: auto logicle width, not a cut)
+            if key.endswith(" method") and not key.endswith(" W method") and isinstance(value, str) \
+                    and value != "valley":
                 notes.append(f"{rec['population']}: {key.removesuffix(' method')} cut by {value}")
     return "; ".join(dict.fromkeys(notes)) or "every cut at a density valley; no expert answer to compare"
 

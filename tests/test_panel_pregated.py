@@ -250,6 +250,7 @@ def test_run_with_panel_and_pregated_columns(files, capsys):
         assert treg.loc[name, "cd4_events"] == truth["CD4+"].sum(), name
     assert "optional population 'Singlets' not gated (no FSC-H)" in treg.loc["old", "acquisition_qc"]
     assert "Singlets" not in str(treg.loc["full", "acquisition_qc"])
+    assert "optional population &#39;Singlets&#39; not gated (no FSC-H)" in (out / "report.html").read_text()
     pops = pd.read_csv(out / "populations.csv")
     cd4_rows = pops[pops["sample"] == "cd4"]
     assert list(cd4_rows["population"]) == ["CD4+", "Treg"]
