@@ -95,6 +95,9 @@ TRANSFORM_PARAMS: dict[str, dict[str, float | None]] = {
     "linear": {"T": 262144.0, "A": 0.0},
     "log": {"T": 262144.0, "M": 4.5},
     "ratio": {"A": 1.0, "B": 0.0, "C": 0.0},
+    # FlowJo's own axes (read from workspaces; coordinates in display fractions 0..1): cytopipe.flowjo.transforms
+    "flowjo_biex": {"pos": 4.41854, "neg": 0.0, "width": -10.0, "max_value": 262144.0},
+    "flowjo_log": {"offset": 1.0, "decades": 4.0},
 }
 #: Optional clamps of any transform's output (Gating-ML ``boundMin``/``boundMax``), in friendly units.
 BOUND_PARAMS = ("boundMin", "boundMax")
@@ -392,8 +395,11 @@ class _Parser:
                 transform = self.arcsinh(name, here, params)
             else:
                 values = {k: params.get(k, default) for k, default in allowed.items()}
+                from .flowjo.transforms import FlowJoBiex, FlowJoLog
+
                 cls = {"logicle": AutoWidthLogicle if auto_width else Logicle, "hyperlog": Hyperlog,
-                       "linear": Linear, "log": Log, "ratio": Ratio}[kind]
+                       "linear": Linear, "log": Log, "ratio": Ratio, "flowjo_biex": FlowJoBiex,
+                       "flowjo_log": FlowJoLog}[kind]
                 transform = cls(name=name, **values)
             if not bounds:
                 return transform
@@ -1086,6 +1092,8 @@ def _unbounded_spec(transform: Transform) -> _Flow:
         return _Flow(type="arcsinh", T=_plain(transform.T), M=_plain(transform.M), A=_plain(transform.A))
     kinds = {Logicle: "logicle", Hyperlog: "hyperlog", Linear: "linear", Log: "log", Ratio: "ratio"}
     kind = next((k for cls, k in kinds.items() if isinstance(transform, cls)), None)
+    if kind is None and transform.kind in ("flowjo-biex", "flowjo-log"):
+        kind = transform.kind.replace("-", "_")
     if kind is None:
         raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
     spec = _Flow(type=kind, **{k: _plain(getattr(transform, k)) for k in TRANSFORM_PARAMS[kind]})
@@ -1295,6 +1303,15 @@ def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] |
         raise GateError(f"{os.fspath(path)}: unknown target format {to!r}{_suggest(str(to), ('gatingml', 'yaml'))}; "
                         "use 'gatingml' or 'yaml'")
     strategy = load_strategy(path, wsp_sample)
+    from .flowjo.constants import MATRIX_ID
+
+    if to == "yaml" and MATRIX_ID in strategy.matrices:
+        if out is None:
+            raise GateError(f"{os.fspath(path)}: the workspace's compensation matrix is written beside the YAML "
+                            "file: give --out FILE.yaml")
+        from .flowjo.reader import with_matrix_file
+
+        strategy = with_matrix_file(strategy, out)
     if to == "yaml":
         try:
             text = dump_yaml(strategy)

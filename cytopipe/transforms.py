@@ -589,8 +589,8 @@ def friendly_units(transform: Transform | None) -> tuple[float, float]:
     ``cofactor = T / sinh(M ln10)``; log: ``log10(x) = M (y - 1) + log10(T)``; a named linear transform: raw
     ``x = y (T + A) - A``.
     """
-    if transform is None or isinstance(transform, Ratio):
-        return 1.0, 0.0
+    if transform is None or isinstance(transform, Ratio) or transform.kind.startswith("flowjo-"):
+        return 1.0, 0.0  # FlowJo's biex and log axes (cytopipe.flowjo): display fractions 0..1
     if isinstance(transform, (Logicle, Hyperlog)):
         return float(transform.M), 0.0
     if isinstance(transform, Arcsinh):

@@ -193,3 +193,16 @@ def test_bad_workspaces_are_one_line_errors(shared_data: Path, tmp_path: Path) -
         load_strategy(LABKEY / "advanced-v9.7.2.xml", "GateTst")
     done = _cli("gates", "check", str(not_xml), cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_convert_to_yaml_keeps_biex_axes_and_the_workspace_matrix(shared_data: Path, tmp_path: Path) -> None:
+    """A2004's tree (FlowJo biex polygons, workspace compensation) as YAML: same counts on the real file."""
+    out = tmp_path / "a2004.yaml"
+    convert(A2004, "yaml", out)
+    text = out.read_text()
+    assert "type: flowjo_biex" in text and "compensation: a2004.spillover.csv" in text
+    assert (tmp_path / "a2004.spillover.csv").is_file()
+    sample = read_fcs(A2004.parent / "a2004_O1T2pb05i_A2_A02.fcs", scale="gain")
+    assert load_strategy(out).apply(sample).counts == load_strategy(A2004).apply(sample).counts
+    with pytest.raises(GateError, match="compensation matrix is written beside the YAML file: give --out"):
+        convert(A2004, "yaml")

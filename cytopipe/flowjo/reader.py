@@ -100,6 +100,8 @@ class Workspace:
     samples: list[WorkspaceSample]
     groups: dict[str, list[Node]]
     source: str = ""
+    #: The sample whose keywords, transforms and matrix a group's gates are read with (its first member).
+    group_samples: dict[str, str] = field(default_factory=dict)
 
     def sample(self, name: str) -> WorkspaceSample:
         """The sample whose name (or ``$FIL``, or file stem) is ``name``; a :class:`WorkspaceError` suggests others."""
@@ -114,6 +116,11 @@ class Workspace:
         hint = f" (did you mean '{close[0]}'?)" if close else f"; samples: {', '.join(names[:8])}"
         raise WorkspaceError(f"{self.path}: sample '{name}' is not in the workspace{hint}")
 
+    def group_sample(self, group: str) -> WorkspaceSample | None:
+        """The sample a group's gates were read with (its matrix compensates the group's tree)."""
+        wanted = self.group_samples.get(group, "")
+        return next((s for s in self.samples if s.sample_id == wanted), self.samples[0] if self.samples else None)
+
     def tree(self, choice: str | None = None) -> tuple[str, list[Node], WorkspaceSample | None]:
         """The gating tree ``--wsp-sample`` chooses: ``(label, nodes, sample or None for a group)``.
 
@@ -121,11 +128,11 @@ class Workspace:
         """
         if choice:
             if choice in self.groups and self.groups[choice]:
-                return f"group '{choice}'", self.groups[choice], self.samples[0] if self.samples else None
+                return f"group '{choice}'", self.groups[choice], self.group_sample(choice)
             sample = self.sample(choice)
             return f"sample '{sample.name}'", sample.nodes, sample
         if self.groups.get(C.ALL_SAMPLES):
-            return f"group '{C.ALL_SAMPLES}'", self.groups[C.ALL_SAMPLES], self.samples[0] if self.samples else None
+            return f"group '{C.ALL_SAMPLES}'", self.groups[C.ALL_SAMPLES], self.group_sample(C.ALL_SAMPLES)
         for sample in self.samples:
             if sample.nodes:
                 return f"sample '{sample.name}'", sample.nodes, sample
@@ -231,7 +238,8 @@ def read_workspace(path: str | os.PathLike[str]) -> Workspace:
     reader = _V9Reader(where, root) if major in (8, 9) else _GmlReader(where, root)
     samples = reader.samples()
     groups = reader.groups()
-    return Workspace(where, version, samples, groups, source=data.decode("utf-8", errors="replace"))
+    return Workspace(where, version, samples, groups, source=data.decode("utf-8", errors="replace"),
+                     group_samples=reader.group_samples)
 
 
 class _Reader:
@@ -247,6 +255,7 @@ class _Reader:
         self.transforms: dict[str, Transform] = {}
         self.spillover: Spillover | None = None
         self.contexts: dict[str, tuple] = {}
+        self.group_samples: dict[str, str] = {}
 
     def context(self) -> tuple:
         return self.keywords, self.transforms, self.spillover, self.prefix, self.suffix
@@ -254,12 +263,16 @@ class _Reader:
     def use(self, context: tuple) -> None:
         self.keywords, self.transforms, self.spillover, self.prefix, self.suffix = context
 
-    def group_context(self, element: ET.Element, contexts: dict[str, tuple]) -> None:
-        """A group's gates are drawn on its samples' axes: read them with its first sample's keywords."""
+    def group_context(self, element: ET.Element, contexts: dict[str, tuple]) -> str:
+        """A group's gates are drawn on its samples' axes: read them with its first sample's keywords and matrix.
+
+        Returns that sample's id ('' when the workspace has no samples).
+        """
         refs = [(_attr(r, "sampleID") or "") for r in element.iter() if _local(r.tag) == "SampleRef"]
-        chosen = next((contexts[r] for r in refs if r in contexts), None) or next(iter(contexts.values()), None)
-        if chosen is not None:
-            self.use(chosen)
+        chosen = next((r for r in refs if r in contexts), None) or next(iter(contexts), "")
+        if chosen:
+            self.use(contexts[chosen])
+        return chosen
 
     def error(self, element: ET.Element | str, message: str) -> WorkspaceError:
         tag = element if isinstance(element, str) else _local(element.tag)
@@ -386,8 +399,9 @@ class _GmlReader(_Reader):
         out: dict[str, list[Node]] = {}
         groups = _child(self.root, "Groups")
         for element in _children(groups, "GroupNode") if groups is not None else []:
-            self.group_context(element, self.contexts)
-            out[_attr(element, "name") or ""] = self.subpopulations(element, "")
+            name = _attr(element, "name") or ""
+            self.group_samples[name] = self.group_context(element, self.contexts)
+            out[name] = self.subpopulations(element, "")
         return out
 
     def comp_editor_matrix(self) -> Spillover | None:
@@ -598,9 +612,9 @@ class _V9Reader(_Reader):
         out: dict[str, list[Node]] = {}
         groups = _child(self.root, "Groups")
         for element in _children(groups, "GroupNode") if groups is not None else []:
-            self.group_context(element, self.contexts)
-            out[_attr(element, "name") or _attr(element, "nodeName") or ""] = [
-                self.population(p, "") for p in _children(element, "Population")]
+            name = _attr(element, "name") or _attr(element, "nodeName") or ""
+            self.group_samples[name] = self.group_context(element, self.contexts)
+            out[name] = [self.population(p, "") for p in _children(element, "Population")]
         return out
 
     def population(self, element: ET.Element, path: str) -> Node:
@@ -786,9 +800,6 @@ def load_workspace_strategy(path: str | os.PathLike[str], wsp_sample: str | None
         label, nodes = f"sample '{sample.name}'", sample.nodes
     else:
         label, nodes, sample = workspace.tree(wsp_sample)
-        if sample is not None and label.startswith("group"):
-            sample = WorkspaceSample(sample.sample_id, sample.name, sample.fil, sample.keywords, sample.count, [],
-                                     None)
     strategy, _ = strategy_from_nodes(nodes, workspace, label, sample)
     return strategy
 
@@ -829,3 +840,36 @@ def default_tree_notice(path: str | os.PathLike[str]) -> str:
     workspace = read_workspace(path)
     label, _, _ = workspace.tree(None)
     return f"{workspace.path}: applying the gates of {label} (choose another tree with --wsp-sample)"
+
+
+def with_matrix_file(strategy: GatingStrategy, yaml_path: str | os.PathLike[str]) -> GatingStrategy:
+    """For ``gates convert --to yaml``: write the workspace's matrix beside the YAML file and refer to it.
+
+    The matrix goes to ``<yaml stem>.spillover.csv`` (header of detector names, one row per spilling detector), the
+    YAML's top-level ``compensation:`` names that file, and the dimensions the matrix compensated refer to it.
+    Strategies without the workspace matrix are returned unchanged.
+    """
+    from dataclasses import replace
+
+    from cytopipe.gatefile import _matrix_id
+    from cytopipe.outputs import atomic_write
+
+    spill = strategy.matrices.get(C.MATRIX_ID)
+    if spill is None:
+        return strategy
+    target = Path(yaml_path)
+    csv_path = target.with_name(target.stem + ".spillover.csv")
+    lines = [",".join(spill.channels)] + [",".join(repr(float(v)) for v in row) for row in spill.matrix]
+    atomic_write(csv_path, "\n".join(lines) + "\n")
+    key = _matrix_id(csv_path.name)
+
+    def moved(gate: Gate) -> Gate:
+        dims = tuple(Dimension(d.channel, d.transform, key if d.compensation == C.MATRIX_ID else d.compensation,
+                               d.ratio) for d in gate.dimensions)
+        if isinstance(gate, _Outside) and gate.inner is not None:
+            return replace(gate, dimensions=dims, inner=moved(gate.inner))
+        return replace(gate, dimensions=dims) if gate.dimensions else gate
+
+    populations = tuple(replace(p, gate=moved(p.gate)) for p in strategy.populations)
+    return replace(strategy, populations=populations, matrices={key: spill}, compensation=csv_path.name)
+
