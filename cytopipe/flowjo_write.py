@@ -45,6 +45,16 @@ from urllib.parse import quote
 import numpy as np
 
 from .errors import GateError
+from .flowjo.constants import (
+    ALL_SAMPLES,
+    COMP_PREFIX,
+    GATING_ML_20,
+    TRANSFORM_ARCSINH,
+    TRANSFORM_LINEAR,
+    TRANSFORM_LOG,
+    TRANSFORM_LOGICLE,
+    WORKSPACE_VERSION_10,
+)
 from .gates import (
     FCS,
     UNCOMPENSATED,
@@ -72,22 +82,13 @@ __all__ = [
 
 #: The file ``cytopipe run`` writes.
 WORKSPACE_NAME = "gates_fitted.wsp"
-#: FlowJo's name prefix of compensated parameters (``Comp-FITC-A``).
-COMP_PREFIX = "Comp-"
-#: FlowJo's group holding every sample.
-ALL_SAMPLES = "All Samples"
-#: Workspace format written (FlowJo 10.x workspaces carry ``version="20.0"``).
-WSP_VERSION = "20.0"
+#: The FlowJo release whose workspace layout is written (``Workspace version="20.0"``, FlowJo 10).
 FLOWJO_VERSION = "10.8.0"
 #: FlowJo's name for the matrix from the file's own ``$SPILLOVER``/``SPILL`` keyword.
 ACQUISITION_MATRIX = "Acquisition-defined"
 
-_NAMESPACES = (
-    ("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"),
-    ("xmlns:gating", "http://www.isac-net.org/std/Gating-ML/v2.0/gating"),
-    ("xmlns:transforms", "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"),
-    ("xmlns:data-type", "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"),
-)
+_NAMESPACES = (("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"),
+               *((f"xmlns:{prefix}", uri) for prefix, uri in GATING_ML_20.items()))
 # Characters XML 1.0 cannot hold at all, not even as character references (C0 controls, lone surrogates, U+FFFE/F).
 _NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # Text that needs no escaping at all in an attribute value.
@@ -182,10 +183,10 @@ class _TreeBuilder:
             raise GateError(f"{self.where}: population '{pop.name}': ratio dimension {dim.label} has no FlowJo "
                             f"equivalent")
         pnn = self.detector(str(dim.channel))
-        gain = _gain(self.sample, pnn)
-        if gain != 1.0:
-            raise GateError(f"{self.where}: population '{pop.name}': {pnn} was divided by its $PnG gain ({gain:g}) as "
-                            f"Gating-ML asks, while FlowJo gates the stored values")
+        mismatch = _not_flowjo_values(self.sample, pnn)
+        if mismatch:
+            raise GateError(f"{self.where}: population '{pop.name}': {pnn} {mismatch}; FlowJo gates values with "
+                            f"$PnE decoded and divided by $PnG (gate with 'scale: gain' to write this workspace)")
         compensated = self.compensates(pop, dim.compensation, pnn)
         transform = dim.transform
         if transform is not None and transform.bounded and drawn:
@@ -324,12 +325,13 @@ class _TreeBuilder:
 
     def membership(self, pop: Any, gate: Any) -> tuple[np.ndarray, np.ndarray]:
         """The values the gate was evaluated on (its parent's events) and which of them it kept."""
-        values = self.result.values(gate)
-        inside = self.result.masks[pop.name]
-        if pop.parent is not None:
-            rows = self.result.masks[pop.parent]
-            values, inside = values[rows], inside[rows]
-        return values, inside
+        if pop.parent is None:
+            return self.result.values(gate), self.result.masks[pop.name]
+        rows = self.result.members.get(pop.parent)
+        if rows is None:
+            rows = np.flatnonzero(self.result.masks[pop.parent])
+        # Only the parent's rows: the very values the gate was evaluated on, nothing recomputed.
+        return self.result.values(gate, rows), self.result.masks[pop.name][rows]
 
     def within_scale(self, pop: Any, gate: PolygonGate) -> np.ndarray:
         """The polygon's vertices, clipped to the axes' range when it reaches far beyond them.
@@ -449,31 +451,41 @@ def _transform_element(transform: Transform | None, pnn: str, sample: Any) -> tu
     """FlowJo's ``transforms:<kind>`` name and attributes for a transform, or None when FlowJo has none."""
     if transform is None:
         top = _range(sample, pnn)
-        return "linear", [["minRange", 0.0], ["maxRange", top], ["gain", 1.0]]
+        return TRANSFORM_LINEAR, [["minRange", 0.0], ["maxRange", top], ["gain", 1.0]]
     if isinstance(transform, Linear):
-        return "linear", [["minRange", -float(transform.A)], ["maxRange", float(transform.T)], ["gain", 1.0]]
+        return TRANSFORM_LINEAR, [["minRange", -float(transform.A)], ["maxRange", float(transform.T)], ["gain", 1.0]]
     if isinstance(transform, Logicle):
-        return "logicle", [["length", 256], ["T", float(transform.T)], ["A", float(transform.A)],
+        return TRANSFORM_LOGICLE, [["length", 256], ["T", float(transform.T)], ["A", float(transform.A)],
                            ["W", float(transform.W)], ["M", float(transform.M)]]
     if isinstance(transform, Arcsinh):
-        return "fasinh", [["length", 256], ["maxRange", float(transform.T)], ["T", float(transform.T)],
+        return TRANSFORM_ARCSINH, [["length", 256], ["maxRange", float(transform.T)], ["T", float(transform.T)],
                           ["A", float(transform.A)], ["M", float(transform.M)]]
     if isinstance(transform, Log):
-        return "log", [["offset", float(transform.T) / 10.0 ** float(transform.M)], ["decades", float(transform.M)]]
+        offset = float(transform.T) / 10.0 ** float(transform.M)
+        return TRANSFORM_LOG, [["offset", offset], ["decades", float(transform.M)]]
     return None
 
 
-def _gain(sample: Any, pnn: str) -> float:
-    """The ``$PnG`` a linear channel was divided by when the sample was read (1 when it was not)."""
-    if getattr(sample, "scale", "raw") != "gain":
-        return 1.0
+def _not_flowjo_values(sample: Any, pnn: str) -> str:
+    """Why a channel's values differ from FlowJo's (``$PnE`` decoded, linear channels divided by ``$PnG``), or ''.
+
+    FlowJo's own counts on files with ``$PnG`` other than 1 are reproduced only with gain-divided values (see
+    :mod:`cytopipe.flowjo.check`); FlowKit divides too. A sample read with ``scale="gain"`` has FlowJo's values.
+    """
+    scale = getattr(sample, "scale", "raw")
+    if scale == "gain":
+        return ""
     k = sample.channels.index(pnn) + 1
     try:
         decades = float(str(sample.metadata.get(f"$P{k}E", "0,0")).split(",")[0])
-        gain = float(sample.metadata.get(f"$P{k}G", "1"))
+        gain = float(sample.metadata.get(f"$P{k}G", "1") or "1")
     except ValueError:
-        return 1.0
-    return gain if decades == 0 and math.isfinite(gain) and gain > 0 else 1.0
+        return ""
+    if decades > 0:
+        return "" if scale != "raw" else "holds log-amplified channel numbers not decoded from $PnE"
+    if math.isfinite(gain) and gain > 0 and gain != 1.0:
+        return f"was gated as stored, not divided by its $PnG gain ({gain:g})"
+    return ""
 
 
 def _range(sample: Any, pnn: str) -> float:
@@ -612,8 +624,8 @@ def render_workspace(trees: Sequence[dict], groups: dict[str, Sequence[str]] | N
     out.text('<?xml version="1.0" encoding="UTF-8"?>')
     out.text("<!-- Written by cytopipe: each sample with the gates cytopipe applied to it (fitted gates as fitted); "
              "population counts are cytopipe's. -->")
-    out.open("Workspace", [("version", WSP_VERSION), ("flowJoVersion", FLOWJO_VERSION), ("curGroup", ALL_SAMPLES),
-                           *_NAMESPACES])
+    out.open("Workspace", [("version", WORKSPACE_VERSION_10), ("flowJoVersion", FLOWJO_VERSION),
+                           ("curGroup", ALL_SAMPLES), *_NAMESPACES])
     ids = {tree["name"]: k for k, tree in enumerate(trees, start=1)}
     matrices = {}
     for tree in trees:

@@ -287,6 +287,12 @@ def test_bundled_study_workspace_reproduced_by_flowkit(tmp_path: Path) -> None:
         assert written[sample] == ours
         compared += len(ours)
     assert compared == 12 * len(gatefile.load_strategy(REPO / "gates" / "treg.yaml").populations)
+    # cytopipe's own FlowJo reader (cytopipe.flowjo, written apart from this writer) agrees event for event.
+    from cytopipe.flowjo.check import check_workspace
+
+    check = check_workspace(wsp, fcs_dir=REPO / "sample_fcs", tolerance=0.0)
+    assert check.ok and len(check.compared) == compared
+    assert (check.compared["difference"].astype(int) == 0).all()
 
 
 def test_transform_elements_follow_flowjo_parameterisation() -> None:
@@ -350,8 +356,9 @@ def test_gates_convert_to_wsp_gates_each_file(tmp_path: Path, fcs_path: Path) ->
     assert main(["gates", "convert", str(gates), "--to", "wsp", "--out", str(out)]) == 2  # no --fcs: one line
 
 
-def test_gain_scaled_channel_is_refused(tmp_path: Path, fcs_path: Path) -> None:
-    """Values divided by $PnG (Gating-ML semantics) are not what FlowJo gates: refused, not silently rescaled."""
+def test_values_must_be_flowjos_gain_divided_values(tmp_path: Path, fcs_path: Path) -> None:
+    """FlowJo divides linear channels by $PnG (its counts on the LabKey FACScan files agree only so): a sample
+    gated on stored values of a channel with gain 2 is refused, the same file read with scale="gain" is written."""
     from cytopipe.fcs import write_fcs
 
     raw = read_fcs(fcs_path, scale="raw")
@@ -359,10 +366,12 @@ def test_gain_scaled_channel_is_refused(tmp_path: Path, fcs_path: Path) -> None:
     path = tmp_path / "gain.fcs"
     write_fcs(path, raw.events, raw.channels, raw.markers, {**raw.metadata, f"$P{k}G": "2"})
     strategy = gatefile.load_strategy(REPO / "gates" / "treg_fixed.yaml")
-    sample = read_fcs(path, scale="gain")
-    spillover = choose_spillover(sample, strategy)
-    result = strategy.apply(sample, spillover)
-    with pytest.raises(GateError, match=r"FSC-A was divided by its \$PnG gain \(2\)"):
-        sample_tree(strategy, sample, result, spillover, name="g")
-    as_stored = read_fcs(path, scale="log")
-    assert sample_tree(strategy, as_stored, strategy.apply(as_stored, spillover), spillover, name="g")["populations"]
+    stored = read_fcs(path, scale="log")
+    spillover = choose_spillover(stored, strategy)
+    with pytest.raises(GateError, match=r"FSC-A was gated as stored, not divided by its \$PnG gain \(2\)"):
+        sample_tree(strategy, stored, strategy.apply(stored, spillover), spillover, name="g")
+    divided = read_fcs(path, scale="gain")
+    result = strategy.apply(divided, spillover)
+    wsp = tmp_path / WORKSPACE_NAME
+    write_workspace(wsp, [sample_tree(strategy, divided, result, spillover, name="g")])
+    assert _flowkit_counts(wsp, "g") == result.counts  # FlowKit divides by $PnG as FlowJo does
