@@ -123,8 +123,9 @@ def robust_covariance(x: np.ndarray, *, support: float = 0.75, max_steps: int = 
        (median absolute deviation per axis): one deterministic start instead of FAST-MCD's random subsets, which
        is enough for one dominant population.
     2. Concentration steps (Rousseeuw & Van Driessen 1999): the mean and covariance of the subset, then the
-       subset of the ``support`` fraction of events with the smallest Mahalanobis distance to them, until the
-       subset no longer changes. Each step lowers the determinant.
+       subset of the ``support`` fraction of events with the smallest Mahalanobis distance to them (ties at the
+       cut all kept), until the determinant falls by less than 1e-4 (relative; the reweighting below does not
+       depend on the last digits).
     3. Scale the covariance so that the median squared distance equals the chi-square median (2 d.f.).
     4. Reweight: the mean and covariance of the events within the chi-square 97.5 % quantile, divided by the
        share of the variance a normal population keeps inside it (``P(chi2_4 <= q) / P(chi2_2 <= q)``).
@@ -138,17 +139,15 @@ def robust_covariance(x: np.ndarray, *, support: float = 0.75, max_steps: int = 
     scale = np.array([_median(np.abs(x[:, j] - center[j])) for j in (0, 1)])
     scale = np.where(scale > 0, scale, 1.0)
     score = ((x[:, 0] - center[0]) / scale[0]) ** 2 + ((x[:, 1] - center[1]) / scale[1]) ** 2
-    keep = np.zeros(n, dtype=bool)
-    keep[np.argpartition(score, h - 1)[:h]] = True
-    mean, cov = _mean_cov(x[keep])
+    mean, cov = _mean_cov(x[score <= np.partition(score, h - 1)[h - 1]])
+    det = float(np.linalg.det(cov))
     for _ in range(max_steps):
         d2 = _mahalanobis2(x, mean, cov)
-        new = np.zeros(n, dtype=bool)
-        new[np.argpartition(d2, h - 1)[:h]] = True
-        if np.array_equal(new, keep):
+        mean, cov = _mean_cov(x[d2 <= np.partition(d2, h - 1)[h - 1]])
+        # Each step lowers the determinant; it stops falling when the subset no longer changes.
+        before, det = det, float(np.linalg.det(cov))
+        if det >= before * (1 - 1e-4):
             break
-        keep = new
-        mean, cov = _mean_cov(x[keep])
     d2 = _mahalanobis2(x, mean, cov)
     cov = cov * (_median(d2) / _chi2_2d(0.5))
     cut = _chi2_2d(0.975)
