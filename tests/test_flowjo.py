@@ -122,7 +122,9 @@ def test_labkey_tutorial_within_five_percent(shared_data: Path, name: str) -> No
     assert not result.missing and not result.failed
     compared = result.compared
     within = (compared["relative_difference"].astype(float).abs() <= 5.0).mean()
-    assert len(compared) >= 150 and within >= 0.90, f"{within:.1%} within 5 %"
+    # The issue asks for 90 %; every computed population is within 5 % (largest 3.5 %, FlowJo 7.6.5 vs 9.7.2
+    # themselves disagree by a median 3.7 % on these files).
+    assert len(compared) >= 150 and within == 1.0, f"{within:.1%} within 5 %"
 
 
 def test_labkey_flowjo10_parses(shared_data: Path) -> None:

@@ -297,20 +297,36 @@ class _Reader:
         return ""
 
     def log_decoded(self, detector: str) -> bool:
+        return self.log_axis(detector) is not None
+
+    def log_axis(self, detector: str) -> FlowJoLog | None:
+        """A ``$PnE`` log channel's display: its stored channel numbers, i.e. ``log10(x / f2) / f1`` (0..1)."""
         parts = [p for p in re.split(r"[,\s]+", self.channel_keyword(detector, "E")) if p]
         try:
-            return bool(parts) and float(parts[0]) > 0
+            decades = float(parts[0]) if parts else 0.0
+            offset = float(parts[1]) if len(parts) > 1 else 0.0
         except ValueError:
-            return False
+            return None
+        if not decades > 0:
+            return None
+        return FlowJoLog(offset=offset if offset > 0 else 1.0, decades=decades)
+
+    def linear_top(self, detector: str) -> float:
+        """Top of a linear axis in gain-scaled values: ``$PnR / $PnG`` (FlowJo scales by the gain)."""
+        top = _float(self.channel_keyword(detector, "R") or "262144", f"{self.path}: $PnR of {detector}")
+        gain = self.channel_keyword(detector, "G")
+        try:
+            g = float(gain) if gain else 1.0
+        except ValueError:
+            g = 1.0
+        return top / g if g > 0 else top
 
     def axis(self, detector: str, compensated: bool) -> Transform | None:
         """The display transform of an axis (for polygons and ellipses)."""
         transform = self.transforms.get(detector) or self.transforms.get(self.prefix + detector + self.suffix)
         if transform is not None:
             return transform
-        if self.log_decoded(detector):
-            return FlowJoLog(offset=1.0, decades=4.0)
-        return None
+        return self.log_axis(detector)
 
     def dims(self, names: list[str]) -> tuple[tuple[Dimension, ...], list[Transform | None]]:
         dims, axes = [], []
@@ -541,8 +557,7 @@ class _GmlReader(_Reader):
         scaled = []
         for k, axis_t in enumerate(axes):
             if axis_t is None:
-                top = _float(self.channel_keyword(dims[k].channel, "R") or "262144", f"{self.path}: $PnR")
-                axis_t = Linear(T=top, A=0.0, name="linear")
+                axis_t = Linear(T=self.linear_top(dims[k].channel), A=0.0, name="linear")
             scaled.append(axis_t)
         return self.ellipse(name, dims, scaled, centre, u, a, b)
 
@@ -580,8 +595,9 @@ class _V9Reader(_Reader):
         return out
 
     def axis(self, detector: str, compensated: bool) -> Transform | None:
-        if self.log_decoded(detector):
-            return FlowJoLog(offset=1.0, decades=4.0)
+        log = self.log_axis(detector)
+        if log is not None:
+            return log
         top = self.channel_keyword(detector, "R")
         is_scatter = detector.upper().startswith(("FSC", "SSC")) or detector.upper() == "TIME"
         if not is_scatter and top and float(top) > 4096:
@@ -678,13 +694,14 @@ class _V9Reader(_Reader):
             for k, axis in enumerate(axes):
                 if axis is not None:
                     points[:, k] = axis.apply(points[:, k])
+            # The four points are the ends of two conjugate diameters: x = c + u cos t + w sin t, whatever the
+            # scales of the axes (an affine image of an ellipse keeps conjugate diameters conjugate).
             centre = (points[0] + points[1]) / 2
-            a = float(np.linalg.norm(points[1] - points[0]) / 2)
-            b = float(np.linalg.norm(points[3] - points[2]) / 2)
-            major = points[1] - points[0]
-            if b > a:
-                a, b, major = b, a, points[3] - points[2]
-            return self.ellipse(name, dims, axes, centre, major, a, b)
+            u, w = (points[1] - points[0]) / 2, (points[3] - points[2]) / 2
+            cov = np.outer(u, u) + np.outer(w, w)
+            if abs(np.linalg.det(cov)) <= 1e-300:
+                raise self.error(gate_el, f"population '{name}': degenerate ellipse")
+            return EllipsoidGate(name, self.on_axes(dims, axes), tuple(centre), tuple(map(tuple, cov)), 1.0)
         return self.polygon(name, dims, axes, vertices)
 
 
