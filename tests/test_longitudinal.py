@@ -87,7 +87,7 @@ def test_reference_drift_flags_follow_the_simulated_gains(tmp_path):
     seed = 3
     sim.write_study(tmp_path / "fcs", seed=seed, n_events=EVENTS, realistic=True, drift=True)
     result = run(tmp_path / "fcs" / "study.csv", REPO / "gates" / "treg.yaml", tmp_path / "out", workers=1,
-                 plots=False, report=False, quiet=True)
+                 plots=False, report=True, pdf=False, quiet=True)
     drift = pd.read_csv(tmp_path / "out" / "gate_drift.csv", keep_default_na=False)
     assert list(drift.columns)[-1] == "qc"
     references = drift[drift["parameter"].str.startswith("median ")]
@@ -110,3 +110,8 @@ def test_reference_drift_flags_follow_the_simulated_gains(tmp_path):
     qc = result.treg.set_index("sample")["acquisition_qc"]
     for sample in flagged["sample"].unique():
         assert "reference drift against baseline > 20%" in qc[sample]
+    # The report says it beside each verdict, in words.
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "change larger than the assay, counting and gating noise together" in html
+    assert "reference drift against baseline &gt; 20%" in html or "reference drift against baseline > 20%" in html
+    assert "Reference populations drifted at" in html
