@@ -105,33 +105,62 @@ def check_acquisition(sample: Sample) -> AcquisitionQC:
        gives small negatives, never multiples of the range). Channels without ``$PnR`` are checked for
        non-finite values only.
     2. Margin events: ``value >= $PnR - 1`` on each channel except Time and pulse widths.
-    3. The work is one pass per channel over a float32 column, without copying the events.
+    3. One pass over the events finds every channel's minimum and maximum (:func:`_column_extremes`); only a
+       channel whose extremes are non-finite or out of range, or whose maximum reaches the top of scale, is then
+       read again on its own to count the events concerned. A clean file costs one pass, without copies.
     """
     events = sample.events
     n = events.shape[0]
-    bad = np.zeros(n, dtype=bool)
+    lowest, highest = _column_extremes(events)
+    bad: np.ndarray | None = None
     margin: dict[str, float] = {}
     with np.errstate(invalid="ignore", over="ignore"):
         for j, channel in enumerate(sample.channels):
-            column = events[:, j]
             limit = _range(sample, j)
-            if limit is None:
-                bad |= ~np.isfinite(column)
-                continue
             # Ranges in the units the events were decoded to ($PnE log channels reach 10**decades, not $PnR).
-            top = top_of_scale(sample.metadata, j, sample.scale) or limit
-            bad |= ~(np.abs(column) <= IMPLAUSIBLE_RANGE_FACTOR * top)  # also catches NaN
-            if _is_fluorescence_or_scatter(channel) and not _is_width(channel) and n:
-                at = to_scale(sample.metadata, j, sample.scale, limit - 1)
-                margin[channel] = 100.0 * np.count_nonzero(column >= column.dtype.type(at)) / n
+            bound = np.inf if limit is None else IMPLAUSIBLE_RANGE_FACTOR * (
+                top_of_scale(sample.metadata, j, sample.scale) or limit)
+            # Most channels need no pass of their own: their extremes are finite and within range.
+            if n and not (np.isfinite(lowest[j]) and np.isfinite(highest[j])
+                          and max(-float(lowest[j]), float(highest[j])) <= bound):
+                column = events[:, j]
+                wrong = ~(np.abs(column) <= bound) if limit is not None else ~np.isfinite(column)
+                bad = wrong if bad is None else bad | wrong
+            if limit is not None and _is_fluorescence_or_scatter(channel) and not _is_width(channel) and n:
+                at = events.dtype.type(to_scale(sample.metadata, j, sample.scale, limit - 1))
+                # NaN extremes: count (NaN compares false, as before); otherwise only when the top is reached.
+                reached = not (highest[j] < at)
+                margin[channel] = 100.0 * np.count_nonzero(events[:, j] >= at) / n if reached else 0.0
     try:
         has_spillover = spillover_from_metadata(sample.metadata, sample.channels, path=sample.path) is not None
     except CytopipeError:
         has_spillover = False
     n_fluorescence = sum(1 for c in sample.channels
                          if _is_fluorescence_or_scatter(c) and not _is_scatter(c) and not _is_width(c))
-    return AcquisitionQC(n_events=n, corrupt_events=int(np.count_nonzero(bad)), margin_pct=margin,
+    return AcquisitionQC(n_events=n, corrupt_events=0 if bad is None else int(np.count_nonzero(bad)),
+                         margin_pct=margin,
                          spillover=has_spillover, n_fluorescence=n_fluorescence)
+
+
+def _column_extremes(events: np.ndarray, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column minimum and maximum (NaN when a column holds a NaN) in one pass over C-ordered events.
+
+    ``events.min(axis=0)`` walks a (n, c) matrix a short row at a time; viewing ``block`` rows as one long row
+    lets the reduction run over ``block x c`` values at once (about 7x faster), then folds the blocks.
+    """
+    n, c = events.shape
+    if n == 0 or c == 0:
+        return np.full(c, np.nan), np.full(c, np.nan)
+    full = n - n % block if events.flags.c_contiguous else 0
+    parts_lo, parts_hi = [], []
+    if full:
+        wide = events[:full].reshape(-1, block * c)
+        parts_lo.append(wide.min(axis=0).reshape(block, c).min(axis=0))
+        parts_hi.append(wide.max(axis=0).reshape(block, c).max(axis=0))
+    if full < n:
+        parts_lo.append(events[full:].min(axis=0))
+        parts_hi.append(events[full:].max(axis=0))
+    return np.min(parts_lo, axis=0), np.max(parts_hi, axis=0)
 
 
 def require_plausible(sample: Sample, qc: AcquisitionQC) -> None:

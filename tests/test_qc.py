@@ -99,3 +99,31 @@ def test_pipeline_fails_corrupt_file_at_read_and_flags_saturation(shared_data, t
     assert result.treg["acquisition_qc"] == "FITC-A: 10.0% of events at the top of scale"
     table = baseline_table(pd.DataFrame([result.treg]))
     assert "FITC-A: 10.0% of events at the top of scale" in table.loc[0, "qc_flags"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 1000, 4099])
+def test_one_pass_counts_what_a_per_channel_scan_counts(n):
+    """Corrupt and margin counts equal a plain per-channel scan, whatever the block remainder and the defects."""
+    rng = np.random.default_rng(n)
+    channels = ("FSC-A", "FSC-W", "FITC-A", "PE-A", "Time", "APC-A")
+    events = rng.uniform(-50, 1100, (n, len(channels))).astype(np.float32)
+    if n:
+        for value in (np.nan, np.inf, -np.inf, 5e6, -5e6):
+            events[rng.integers(0, n, max(1, n // 50)), rng.integers(0, len(channels))] = value
+        events[rng.integers(0, n, max(1, n // 10)), 3] = 1023  # PE-A at the top of scale
+    meta = {f"$P{k + 1}R": "1024" for k in range(len(channels)) if channels[k] != "APC-A"}
+    sample = Sample("", events, channels, ("",) * len(channels), meta, "FCS3.1")
+    qc = check_acquisition(sample)
+    bad = np.zeros(n, dtype=bool)
+    margin = {}
+    with np.errstate(invalid="ignore"):
+        for j, channel in enumerate(channels):
+            column = events[:, j].astype(np.float64)
+            if channel == "APC-A":  # no $PnR: only non-finite values are impossible
+                bad |= ~np.isfinite(column)
+                continue
+            bad |= ~(np.abs(column) <= 1000 * 1024)
+            if channel not in ("FSC-W", "Time") and n:
+                margin[channel] = 100.0 * np.count_nonzero(column >= 1023) / n
+    assert qc.corrupt_events == int(bad.sum())
+    assert qc.margin_pct == pytest.approx(margin)
