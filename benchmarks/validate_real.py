@@ -7,7 +7,8 @@ Prints one table per dataset (Markdown), from the files in ``../shared/data`` (n
   ``isotype:CD25``: Treg % of CD4+ against the expert's, and per-event F1 against the expert's Treg events.
 * ``labkey_flowjo_advanced_tutorial`` — 1993 FACScan T-cell tubes (log-amplified 9-bit, ``$PnE``), scatter
   ``ForSc``/``OrthSc`` mapped by ``benchmarks/panels/labkey_facscan.csv``: ``gates/tcells.yaml`` against the lab's
-  FlowJo 7.6.5 counts (CD4 T and CD8 T as % of T cells; an approximate oracle, see its SOURCES.md).
+  FlowJo 7.6.5 counts (CD4 T and CD8 T as % of T cells; an approximate oracle, see its SOURCES.md), and per-event
+  F1 against the lab's FlowJo gates re-applied by cytopipe's workspace reader.
 * every other real file in ``real_gating/`` (and the Gating-ML FACSCalibur file) through ``gates/tcells.yaml``,
   with a panel where the file lacks usable ``$PnS``: CD4 T and CD8 T as % of T cells, or the one-line reason the
   file could not be gated. No expert answer exists for these; 10-85 % is the plausibility band.
@@ -160,12 +161,18 @@ def labkey(data: Path, work: Path, workers: int) -> pd.DataFrame:
             continue
         got = {name: int(pops[(w, name)]) for name in ("Lymphocytes", "T cells", "CD4 T", "CD8 T")}
         row["cytopipe lymph"] = got["Lymphocytes"]
+        # Per event: the lab's own FlowJo 7.6.5 gates, re-applied by cytopipe's workspace reader (its counts are
+        # within 0.3 % of FlowJo's), against the data-driven gates.
+        lab = event_membership(files[w], folder / "advanced-v7.6.5.wsp", wsp_sample=files[w].name)
+        ours_events = event_membership(files[w], TCELLS, panel=PANELS / "labkey_facscan.csv")
         for name in ("CD4 T", "CD8 T"):
             theirs = 100.0 * expert[name] / expert["T cells"]
             ours = 100.0 * got[name] / got["T cells"] if got["T cells"] else float("nan")
             row[f"FlowJo {name} % T"] = theirs
             row[f"cytopipe {name} % T"] = ours
             row[f"{name} diff pp"] = ours - theirs
+        for name in ("T cells", "CD4 T", "CD8 T"):
+            row[f"F1 {name}"] = f1(ours_events[name].to_numpy() == 1, lab[name].to_numpy() == 1)
         out.append(row)
     return pd.DataFrame(out)
 
