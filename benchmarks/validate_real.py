@@ -162,7 +162,7 @@ def labkey(data: Path, work: Path, workers: int) -> pd.DataFrame:
         got = {name: int(pops[(w, name)]) for name in ("Lymphocytes", "T cells", "CD4 T", "CD8 T")}
         row["cytopipe lymph"] = got["Lymphocytes"]
         # Per event: the lab's own FlowJo 7.6.5 gates, re-applied by cytopipe's workspace reader (its counts are
-        # within 0.3 % of FlowJo's), against the data-driven gates.
+        # within 0.6 % of FlowJo's), against the data-driven gates.
         lab = event_membership(files[w], folder / "advanced-v7.6.5.wsp", wsp_sample=files[w].name)
         ours_events = event_membership(files[w], TCELLS, panel=PANELS / "labkey_facscan.csv")
         for name in ("CD4 T", "CD8 T"):
