@@ -191,3 +191,32 @@ def test_two_d_fits_are_identical_across_blas_thread_counts():
                               cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
         outputs.add(done.stdout)
     assert len(outputs) == 1
+
+
+def test_in_a_batch_a_sample_whose_2d_gate_cannot_be_fitted_fails_alone(tmp_path):
+    import pandas as pd
+
+    from cytopipe.cli import main
+    from cytopipe.fcs import write_fcs
+
+    xy, _ = _tail_data(n=5000)
+    # linear values 10**x, so the (default logicle) transform sees a log-normal cloud and its tail
+    raw = (10 ** (xy + 1)).astype(np.float32)
+    write_fcs(tmp_path / "good.fcs", raw, ["X", "Y"])
+    write_fcs(tmp_path / "tiny.fcs", raw[:60], ["X", "Y"])
+    gates = tmp_path / "gates.yaml"
+    gates.write_text("name: batch\ntreg: Tail\npopulations:\n  - name: Tail\n"
+                     "    gate: {type: auto_tail, channels: [X, Y], direction: [high, low], k: 3}\n"
+                     "  - name: Cloud\n"
+                     "    gate: {type: auto_mixture, channels: [X, Y], components: 2, target: [2.1, 2.5]}\n")
+    pd.DataFrame({"file": ["good.fcs", "tiny.fcs"], "subject": ["A", "B"], "timepoint": ["t0", "t0"],
+                  "day": [0, 0], "baseline": [True, True]}).to_csv(tmp_path / "sheet.csv", index=False)
+    code = main(["run", str(tmp_path / "sheet.csv"), "--gates", str(gates), "--out", str(tmp_path / "out"),
+                 "--workers", "1", "--quiet", "--no-plots"])
+    assert code == 1
+    failures = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert failures["sample"].tolist() == ["tiny"]
+    (message,) = failures["reason"].tolist()
+    assert "population 'Tail'" in message and "at least 100 events" in message and "\n" not in message
+    treg = pd.read_csv(tmp_path / "out" / "treg.csv")
+    assert treg["sample"].tolist() == ["good"] and 2 < treg["treg_pct"].iloc[0] < 6
