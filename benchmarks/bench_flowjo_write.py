@@ -10,6 +10,8 @@ other processes. Reported:
   the ellipse polygon placed on the sample's events) against the whole of ``process_sample``;
 * client side: rendering and writing the workspace (:func:`cytopipe.flowjo_write.write_workspace`) and its size.
 
+Each size runs twice: without and with the per-sample gating figure (``cytopipe run``'s default draws it).
+
 Run ``python benchmarks/bench_flowjo_write.py [n_samples ...]`` (default: 12 and 100).
 """
 
@@ -28,13 +30,20 @@ from cytopipe.pipeline import SampleTask, process_sample, resolve_treg
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(n_samples: int) -> dict[str, float]:
-    """Process ``n_samples`` bundled files and write their workspace; return CPU seconds and the file size."""
+def run(n_samples: int, figures: bool = False) -> dict[str, float]:
+    """Process ``n_samples`` bundled files (with the per-sample gating figure when ``figures``) and write their
+    workspace; return CPU seconds and the file size."""
+    with tempfile.TemporaryDirectory() as plots:
+        return _run(n_samples, plots if figures else None)
+
+
+def _run(n_samples: int, plots: str | None) -> dict[str, float]:
     files = sorted((REPO / "sample_fcs").glob("*.fcs"))
     strategy = load_strategy(REPO / "gates" / "treg.yaml")
     treg, parent = resolve_treg(strategy)
+    # Imports and first-use set-up are not the workspace's cost.
     process_sample(SampleTask(sample="warm-up", file=str(files[0]), strategy=strategy, treg=treg, parent=parent,
-                              data_driven=strategy))  # imports and first-use set-up are not the workspace's cost
+                              data_driven=strategy, plots_dir=plots))
     tree_cpu = [0.0]
     sample_tree = cytopipe.flowjo_write.sample_tree
 
@@ -51,7 +60,7 @@ def run(n_samples: int) -> dict[str, float]:
     try:
         for k in range(n_samples):
             task = SampleTask(sample=f"S{k:03d}", file=str(files[k % len(files)]), strategy=strategy, treg=treg,
-                              parent=parent, data_driven=strategy)
+                              parent=parent, data_driven=strategy, plots_dir=plots)
             results.append(process_sample(task))
     finally:
         cytopipe.flowjo_write.sample_tree = sample_tree
@@ -76,15 +85,16 @@ def main(argv: list[str]) -> None:
 
     threadpool_limits(1)  # as in the batch workers
     sizes = [int(a) for a in argv] or [12, 100]
-    print("| samples | per-sample work, CPU s | of which sample_tree, CPU s | render + write, CPU s | wsp share | "
-          "file size | max ellipse vertices |")
-    print("|---|---|---|---|---|---|---|")
-    for n in sizes:
-        r = run(n)
+    print("| samples | figures | per-sample work, CPU s | of which sample_tree, CPU s | render + write, CPU s | "
+          "wsp share | file size | max ellipse vertices |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, figures in [(n, f) for n in sizes for f in (False, True)]:
+        r = run(n, figures)
         extra = r["workspace_stage_s"] + r["write_s"]
-        print(f"| {n} | {r['sample_total_s']:.2f} | {r['workspace_stage_s']:.3f} | {r['write_s']:.3f} | "
-              f"{100 * extra / r['sample_total_s']:.1f} % | {r['bytes'] / 1e6:.2f} MB | "
-              f"{r['polygon_vertices_max']} |")
+        cells = [str(n), "yes" if figures else "no", f"{r['sample_total_s']:.2f}", f"{r['workspace_stage_s']:.3f}",
+                 f"{r['write_s']:.3f}", f"{100 * extra / r['sample_total_s']:.1f} %", f"{r['bytes'] / 1e6:.2f} MB",
+                 str(r["polygon_vertices_max"])]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

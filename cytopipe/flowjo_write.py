@@ -98,6 +98,7 @@ _PLAIN = re.compile("[^&<>\"\t\n\r\x00-\x1f\ud800-\udfff\ufffe\uffff]*")
 _ELLIPSE_VERTICES = (64, 128, 256, 512, 1024, 2048, 4096)
 _ELLIPSE_UNSEEN = 256  # vertices of an ellipse written without events to place it
 _MARGIN = 1e-9  # relative clearance kept between the polygon and the nearest event on either side
+_BAND = 0.99  # slack of the float32 pre-selection of events near an ellipse's boundary
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -558,17 +559,56 @@ def ellipse_polygon(gate: EllipsoidGate, values: np.ndarray | None = None, insid
 
 def _separating_polygon(values: np.ndarray, inside: np.ndarray, mean: np.ndarray, precision: np.ndarray,
                         upper: np.ndarray, radius: float) -> tuple[float, int]:
-    """``(rho, k)`` of the regular polygon in whitened units that keeps exactly ``inside`` (see ellipse_polygon)."""
-    # |z|^2 from the quadratic form, column by column (no (n, 2) temporaries); NaN (never kept) is ignored.
+    """``(rho, k)`` of the regular polygon in whitened units that keeps exactly ``inside`` (see ellipse_polygon).
+
+    Only events near the boundary can decide: a float32 pass keeps the band ``0.99 cos(pi/64) <= |z| <=
+    1 / (0.99 cos(pi/64))`` (float32 rounding is far inside the 1 % slack), which is computed in float64. When the
+    nearest kept or rejected event lies outside that band, every event is computed in float64 instead.
+    """
+    edge = _BAND * math.cos(math.pi / _ELLIPSE_VERTICES[0])
+    x, y = values[:, 0], values[:, 1]
+    if x.dtype == np.float32 and y.dtype == np.float32:
+        f = np.float32
+        dx32, dy32 = x - f(mean[0]), y - f(mean[1])
+        q32 = dx32 * dx32
+        q32 *= f(precision[0, 0])
+        dx32 *= dy32
+        dx32 *= f(2 * precision[0, 1])
+        q32 += dx32
+        dy32 *= dy32
+        dy32 *= f(precision[1, 1])
+        q32 += dy32
+        d2 = radius * radius
+        band = np.flatnonzero((q32 >= f(d2 * edge * edge)) & (q32 <= f(d2 / (edge * edge))))
+        found = _radii(values[band], inside[band], mean, precision, radius, subset=True)
+        if found is not None:
+            return _regular_polygon(*found, upper / radius)
+    found = _radii(values, inside, mean, precision, radius)
+    assert found is not None
+    return _regular_polygon(*found, upper / radius)
+
+
+def _radii(values: np.ndarray, inside: np.ndarray, mean: np.ndarray, precision: np.ndarray, radius: float,
+           subset: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float] | None:
+    """float64 ``(dx, dy, r, inside, r_in, r_out)`` of these events; None when they are a ``subset`` (the band)
+    that may miss the nearest kept or rejected event (see _separating_polygon)."""
     dx = np.asarray(values[:, 0], dtype=np.float64) - mean[0]
     dy = np.asarray(values[:, 1], dtype=np.float64) - mean[1]
     q = precision[0, 0] * dx * dx
     q += 2 * precision[0, 1] * dx * dy
     q += precision[1, 1] * dy * dy
-    r = np.sqrt(q) / radius  # |z|
-    whiten = upper / radius
-    r_in = float(np.where(inside, r, 0.0).max())  # np.where + reduce: several times faster than where=
-    r_out = float(np.where(inside | np.isnan(r), math.inf, r).min())
+    r = np.sqrt(q) / radius  # |z|; NaN (never kept) is ignored below
+    r_in = float(np.where(inside, r, 0.0).max(initial=0.0))  # np.where + reduce: faster than where=
+    r_out = float(np.where(inside | np.isnan(r), math.inf, r).min(initial=math.inf))
+    # From a band subset, the result is the full one when the nearest kept and rejected events (and so every
+    # polygon candidate, |z| >= r_in cos(pi/64) or <= r_out / cos(pi/64)) lie in the band, with room for float32.
+    if subset and not (r_in >= _BAND * (1 + 1e-5) and r_out <= (1 - 1e-5) / _BAND):
+        return None
+    return dx, dy, r, inside, r_in, r_out
+
+
+def _regular_polygon(dx: np.ndarray, dy: np.ndarray, r: np.ndarray, inside: np.ndarray, r_in: float, r_out: float,
+                     whiten: np.ndarray) -> tuple[float, int]:
     for k in _ELLIPSE_VERTICES:
         half = math.pi / k
         c = math.cos(half)

@@ -185,6 +185,12 @@ def test_ellipse_polygon_keeps_exactly_the_ellipse_events() -> None:
     polygon = PolygonGate("P", dims, vertices=[tuple(v) for v in vertices])
     assert np.array_equal(polygon.mask(values), inside)
     assert 64 <= len(vertices) <= 4096 and 0 < inside.sum() < len(values)
+    # float32 values (the fast path) take the band pre-selection; it finds the polygon the full float64 pass finds.
+    values32 = values.astype(np.float32)
+    inside32 = gate.mask(values32)
+    band = ellipse_polygon(gate, values32, inside32)
+    assert np.array_equal(band, ellipse_polygon(gate, values32.astype(np.float64), inside32))
+    assert np.array_equal(PolygonGate("P", dims, vertices=[tuple(v) for v in band]).mask(values32), inside32)
     # Without events: the 256-gon with its vertices on the ellipse.
     bare = ellipse_polygon(gate)
     diff = bare - np.asarray(gate.mean)
