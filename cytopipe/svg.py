@@ -81,6 +81,17 @@ def png_indexed(pixels: np.ndarray, palette: np.ndarray, transparent: Sequence[i
             + _chunk(b"IEND", b""))
 
 
+@cache
+def _palette(cmap: str, highlight_cmap: str) -> np.ndarray:
+    """256 entries: 0 empty, then ``cmap`` (all 255 levels, or 127 and ``highlight_cmap``'s 127 after them)."""
+    levels = 127 if highlight_cmap else 255
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[1:levels + 1] = colormap(cmap, levels)
+    if highlight_cmap:
+        palette[levels + 1:2 * levels + 1] = colormap(highlight_cmap, levels)
+    return palette
+
+
 def density_png(counts: np.ndarray, cmap: str = "viridis", highlight: np.ndarray | None = None,
                 highlight_cmap: str = "reds") -> str:
     """A log-coloured 2-D histogram as a ``data:image/png`` URI; empty bins are transparent.
@@ -112,13 +123,10 @@ def density_png(counts: np.ndarray, cmap: str = "viridis", highlight: np.ndarray
         return scaled
 
     pixels = index(counts)
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[1:levels + 1] = colormap(cmap, levels)
     if highlight is not None:
         hot = highlight > 0
         pixels[hot] = (index(highlight) + levels)[hot]
-        palette[levels + 1:2 * levels + 1] = colormap(highlight_cmap, levels)
-    png = png_indexed(pixels.T[::-1], palette)
+    png = png_indexed(pixels.T[::-1], _palette(cmap, highlight_cmap if highlight is not None else ""))
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
