@@ -166,12 +166,17 @@ def _panel_box(index: int) -> tuple[float, float]:
 
 
 def _density_panel(panel: Panel, x: np.ndarray, y: np.ndarray, dims: Sequence[Any], outline: np.ndarray | None,
-                   inside: np.ndarray | None) -> None:
-    """A 2-D density of the parent's events with the gate outline (or, without one, the gated events in red)."""
+                   inside: np.ndarray | None, highlight_xy: np.ndarray | None = None) -> None:
+    """A 2-D density of the parent's events with the gate outline (or, without one, the gated events in red;
+    ``highlight_xy``: those events given apart, e.g. every Treg event for back-gating)."""
     xlim = _limits(x, None if outline is None else outline[:, 0])
     ylim = _limits(y, None if outline is None else outline[:, 1])
     counts = histogram2d(x, y, xlim, ylim)
-    highlight = None if inside is None else histogram2d(x[inside], y[inside], xlim, ylim)
+    highlight = None
+    if highlight_xy is not None:
+        highlight = histogram2d(highlight_xy[:, 0], highlight_xy[:, 1], xlim, ylim)
+    elif inside is not None:
+        highlight = histogram2d(x[inside], y[inside], xlim, ylim)
     panel.image = density_png(counts, "viridis" if highlight is None else "greys", highlight=highlight)
     ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
     if outline is not None:
@@ -281,10 +286,16 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
             xy = np.asarray(result.values(scatter.gate, every))
         except TypeError:  # a result without row selection
             xy = np.asarray(result.values(scatter.gate))[every]
-        tregs = result.masks[treg_name]
-        _density_panel(panel, xy[:, 0], xy[:, 1], scatter.gate.dimensions, None, tregs[every])
-        n_treg = int(result.counts.get(treg_name, np.count_nonzero(tregs))) if hasattr(result, "counts") \
-            else int(np.count_nonzero(tregs))
+        # Every Treg event (every k-th above the cap) in red: a rare population must not vanish in the stride.
+        tregs = getattr(result, "members", {}).get(treg_name)
+        tregs = np.flatnonzero(result.masks[treg_name]) if tregs is None else tregs
+        n_treg = int(tregs.size)
+        tregs = tregs[:: max(1, -(-n_treg // _MAX_PLOT_EVENTS))]
+        try:
+            treg_xy = np.asarray(result.values(scatter.gate, tregs))
+        except TypeError:  # a result without row selection
+            treg_xy = np.asarray(result.values(scatter.gate))[tregs]
+        _density_panel(panel, xy[:, 0], xy[:, 1], scatter.gate.dimensions, None, None, treg_xy)
         panel.title = [f"Back-gating: {_short(treg_name, 16)}", f"{n_treg:,} events (red) on scatter"]
         panel.tooltip = f"{treg_name} events (red) over all events (grey)"
         fig.panels.append(panel)
