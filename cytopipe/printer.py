@@ -16,9 +16,7 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import weakref
 from pathlib import Path
@@ -39,15 +37,8 @@ def _stop(process: subprocess.Popen, fds: tuple[int, ...], profile: str) -> None
             pass
     if process.poll() is None:
         process.kill()  # a polite Browser.close takes most of a second; there is nothing to save
-
-    def reap() -> None:  # Chromium is killed already; its exit and the profile's removal need not hold the run up
-        process.wait()
-        shutil.rmtree(profile, ignore_errors=True)
-
-    if threading.main_thread().is_alive() and not sys.is_finalizing():
-        threading.Thread(target=reap, name="cytopipe-chromium-reaper", daemon=False).start()
-    else:
-        reap()
+    process.wait()  # a killed Chromium's helpers exit with it (tens of milliseconds)
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 class Printer:
