@@ -20,6 +20,8 @@ How cytopipe gates map onto FlowJo 10 (the conventions FlowJo itself writes, and
 * ellipses -> a ``gating:PolygonGate`` (see :func:`ellipse_polygon`). FlowJo's own ``EllipsoidGate`` lives in its
   256-bin display space and both FlowJo and FlowKit evaluate it as a polygon (FlowKit: 128 vertices), so it cannot
   reproduce cytopipe's ellipse event for event; the polygon written selects exactly the events the ellipse selected.
+* a gate's outside (FlowJo ``eventsInside="0"``, as read by :mod:`cytopipe.flowjo`) -> the gate with
+  ``eventsInside="0"``.
 * ``and`` / ``or`` / ``not`` -> ``AndNode`` / ``OrNode`` / ``NotNode`` whose ``Dependent`` names are population paths
   from the sample (``Lymphocytes/Singlets/CD3+``). FlowJo has no complemented operand: an operand written
   ``{not: X}`` becomes an extra ``NotNode`` named ``not X`` (``not X (<population>)`` if that name is taken) beside
@@ -27,7 +29,8 @@ How cytopipe gates map onto FlowJo 10 (the conventions FlowJo itself writes, and
 * compensation -> ``transforms:spilloverMatrix`` (prefix ``Comp-``) in each ``Sample``; compensated gate dimensions are
   named ``Comp-<$PnN>``. FlowJo applies one matrix per sample.
 * transforms -> one per parameter in ``Transformations`` (under its ``$PnN`` and its ``Comp-`` name): linear, logicle
-  (Gating-ML ``logicle``), ``fasinh`` and ``log``. Raw (untransformed) dimensions are written as ``linear`` over
+  (Gating-ML ``logicle``), ``fasinh`` and ``log``, and FlowJo's own ``biex`` and ``log`` for gates read from a
+  FlowJo workspace. Raw (untransformed) dimensions are written as ``linear`` over
   ``[0, $PnR]``.
 """
 
@@ -50,17 +53,20 @@ from .flowjo.constants import (
     COMP_PREFIX,
     GATING_ML_20,
     TRANSFORM_ARCSINH,
+    TRANSFORM_BIEX,
     TRANSFORM_LINEAR,
     TRANSFORM_LOG,
     TRANSFORM_LOGICLE,
     WORKSPACE_VERSION_10,
 )
+from .flowjo.transforms import FlowJoBiex, FlowJoLog
 from .gates import (
     FCS,
     UNCOMPENSATED,
     BooleanGate,
     Dimension,
     EllipsoidGate,
+    Gate,
     PolygonGate,
     QuadrantGate,
     RectangleGate,
@@ -304,6 +310,13 @@ class _TreeBuilder:
         return [*extra, {"node": kind, "name": pop.name, "count": count, "dependents": dependents}]
 
     def gate(self, pop: Any, gate: Any) -> dict:
+        inner = getattr(gate, "inner", None)
+        if isinstance(inner, Gate):  # the complement of a gate (a FlowJo eventsInside="0" read by cytopipe.flowjo)
+            return {**self.shape(pop, inner, complement=True), "outside": True}
+        return self.shape(pop, gate)
+
+    def shape(self, pop: Any, gate: Any, complement: bool = False) -> dict:
+        """The FlowJo gate element of a geometric gate; ``complement``: the population is the gate's outside."""
         dims = gate.dimensions
         if isinstance(gate, QuadrantGate):
             bounds = gate.intervals()
@@ -317,7 +330,7 @@ class _TreeBuilder:
                 raise GateError(f"{self.where}: population '{pop.name}': a {len(dims)}-dimensional ellipsoid has no "
                                 f"FlowJo equivalent (FlowJo gates have 1 or 2 dimensions)")
             values, inside = self.membership(pop, gate)
-            return self.polygon(pop, dims, ellipse_polygon(gate, values, inside))
+            return self.polygon(pop, dims, ellipse_polygon(gate, values, ~inside if complement else inside))
         if not dims:
             raise GateError(f"{self.where}: population '{pop.name}' keeps every event of its parent without a gate "
                             f"(pre-gated or optional); FlowJo has no gate without channels")
@@ -461,6 +474,12 @@ def _transform_element(transform: Transform | None, pnn: str, sample: Any) -> tu
     if isinstance(transform, Arcsinh):
         return TRANSFORM_ARCSINH, [["length", 256], ["maxRange", float(transform.T)], ["T", float(transform.T)],
                           ["A", float(transform.A)], ["M", float(transform.M)]]
+    if isinstance(transform, FlowJoBiex):  # a strategy read from a FlowJo workspace keeps FlowJo's own axes
+        return TRANSFORM_BIEX, [["length", 256], ["maxRange", float(transform.max_value)],
+                                ["neg", float(transform.neg)], ["width", float(transform.width)],
+                                ["pos", float(transform.pos)]]
+    if isinstance(transform, FlowJoLog):
+        return TRANSFORM_LOG, [["offset", float(transform.offset)], ["decades", float(transform.decades)]]
     if isinstance(transform, Log):
         offset = float(transform.T) / 10.0 ** float(transform.M)
         return TRANSFORM_LOG, [["offset", offset], ["decades", float(transform.M)]]
@@ -832,8 +851,8 @@ def _subpopulations(out: _Writer, nodes: list[dict], parent_id: str | None, gate
 
 
 def _gate(out: _Writer, gate: dict, ids: list[tuple[str, str]]) -> None:
-    common = [("eventsInside", "1"), ("annoOffsetX", "0"), ("annoOffsetY", "0"), ("tint", "#000000"),
-              ("isTinted", "0"), ("lineWeight", "Normal"), ("userDefined", "1")]
+    common = [("eventsInside", "0" if gate.get("outside") else "1"), ("annoOffsetX", "0"), ("annoOffsetY", "0"),
+              ("tint", "#000000"), ("isTinted", "0"), ("lineWeight", "Normal"), ("userDefined", "1")]
     if gate["type"] == "RectangleGate":
         out.open("gating:RectangleGate", [*common, ("percentX", "0"), ("percentY", "0"), *ids])
         for dim in gate["dimensions"]:

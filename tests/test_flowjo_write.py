@@ -317,6 +317,13 @@ def test_transform_elements_follow_flowjo_parameterisation() -> None:
     k = sample.channels.index("FSC-A") + 1
     assert _transform_element(None, "FSC-A", sample)[1][1] == ["maxRange", float(sample.metadata[f"$P{k}R"])]
     assert _transform_element(Hyperlog(), "FITC-A", sample) is None
+    # FlowJo's own axes, from a strategy read from a FlowJo workspace, go back as FlowJo wrote them.
+    from cytopipe.flowjo.transforms import FlowJoBiex, FlowJoLog
+
+    assert _transform_element(FlowJoBiex(pos=4.5, neg=0, width=-10, max_value=262144), "FITC-A", sample) == (
+        "biex", [["length", 256], ["maxRange", 262144.0], ["neg", 0.0], ["width", -10.0], ["pos", 4.5]])
+    assert _transform_element(FlowJoLog(offset=0.2, decades=3.84), "FITC-A", sample) == (
+        "log", [["offset", 0.2], ["decades", 3.84]])
 
 
 def test_two_dimensional_data_driven_gates_round_trip(tmp_path: Path, fcs_path: Path) -> None:
@@ -381,3 +388,49 @@ def test_values_must_be_flowjos_gain_divided_values(tmp_path: Path, fcs_path: Pa
     wsp = tmp_path / WORKSPACE_NAME
     write_workspace(wsp, [sample_tree(strategy, divided, result, spillover, name="g")])
     assert _flowkit_counts(wsp, "g") == result.counts  # FlowKit divides by $PnG as FlowJo does
+
+
+@pytest.mark.parametrize("workspace", ["test_data_diamond_biex_rect.wsp", "simple_diamond_example_quad_gate.wsp",
+                                       "test_data_diamond_asinh_rect.wsp"])
+def test_flowjo_in_flowjo_out(shared_data: Path, tmp_path: Path, workspace: str) -> None:
+    """A FlowJo 10 workspace used as the gate file (``--gates x.wsp --wsp-sample own``) is written back and gives
+    FlowJo's counts (stored in the original workspace) through FlowKit."""
+    from cytopipe.flowjo import load_workspace_strategy
+
+    folder = shared_data / "flowjo" / "flowkit_simple_examples" / "simple_diamond_example"
+    fcs = folder / "test_data_diamond_01.fcs"
+    strategy = load_workspace_strategy(folder / workspace, "own", fcs)
+    sample = read_fcs(fcs, scale=strategy.scale)
+    spillover = choose_spillover(sample, strategy)
+    result = strategy.apply(sample, spillover)
+    original = {n.get("name"): int(n.get("count")) for n in ET.parse(folder / workspace).getroot().iter("Population")}
+    assert {name: result.counts[name] for name in original} == original  # the reader's part
+    wsp = tmp_path / WORKSPACE_NAME
+    write_workspace(wsp, [sample_tree(strategy, sample, result, spillover, name="diamond")])
+    assert _flowkit_counts(wsp, "diamond") == original
+
+
+@pytest.mark.slow
+def test_flowjo_7_and_10_trees_round_trip_through_cytopipes_reader(shared_data: Path, tmp_path: Path) -> None:
+    """Every sample's own tree of the LabKey workspaces saved by FlowJo 10.8 and 7.6.5 (polygons on FlowJo log
+    axes, ellipses and inverted ellipses, quadrants, ranges, And/Or/Not nodes) written out and read back by
+    cytopipe.flowjo: identical counts, population for population."""
+    from cytopipe.flowjo import load_workspace_strategy
+    from cytopipe.flowjo.check import check_workspace
+
+    folder = shared_data / "flowjo" / "labkey_flowjo_advanced_tutorial"
+    trees = []
+    for workspace in ("advanced-v10.8.wsp", "advanced-v7.6.5.wsp"):
+        for fcs in sorted((folder / "fcs").glob("*.fcs")):
+            strategy = load_workspace_strategy(folder / workspace, "own", fcs)
+            sample = read_fcs(fcs, scale=strategy.scale, exact=True)
+            spillover = choose_spillover(sample, strategy)
+            result = strategy.apply(sample, spillover, exact=True)
+            trees.append(sample_tree(strategy, sample, result, spillover, name=f"{workspace} {fcs.name}"))
+    wsp = tmp_path / WORKSPACE_NAME
+    write_workspace(wsp, trees)
+    text = wsp.read_text(encoding="utf-8")
+    assert 'eventsInside="0"' in text and "<transforms:log " in text and "<NotNode " in text
+    check = check_workspace(wsp, fcs_dir=folder / "fcs", tolerance=0.0)
+    assert check.ok and check.table["sample"].nunique() == 32 and len(check.compared) > 300
+    assert (check.compared["difference"].astype(int) == 0).all()
