@@ -90,8 +90,15 @@ def _inline_svg(path: Path) -> Markup | None:
     except (OSError, UnicodeDecodeError):
         return None
     start = text.find("<svg")
-    # HTML knows inline SVG: the namespace (an http:// URI that only names it) is dropped.
-    return Markup(text[start:].replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)) if start >= 0 else None
+    if start < 0:
+        return None
+    # HTML knows inline SVG: the namespace (an http:// URI that only names it) is dropped, and so is the figure
+    # style sheet, which the report carries once (hundreds of copies slow a browser's style resolution down).
+    text = text[start:].replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)
+    head, sep, rest = text.partition("<style>")
+    if sep and "</style>" in rest[:4000]:
+        text = head + rest.split("</style>", 1)[1].lstrip("\n")
+    return Markup(text)
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -463,6 +470,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         "settings": settings,
         "summary": summary_rows,
         "overview": overview,
+        "overview_rows": int((~table["is_baseline"].astype(bool)).sum()) if len(table) else 0,
         "sections": sections,
         "platelet_column": plt_col or "",
         "clinical_source": clinical_source,

@@ -144,7 +144,7 @@ def test_logicle_ticks_are_intensities() -> None:
 
 def test_time_course_draws_the_table() -> None:
     table = _table(STUDY, CLINICAL)
-    drawn = Drawn(render(time_course(table, "ITP-01", CLINICAL)))
+    drawn = Drawn(render(time_course(table, "ITP-01", CLINICAL), standalone=True))
     (panel,) = drawn.panels
     rows = table[table["subject"] == "ITP-01"]
     (line,) = panel.paths("treg_pct")
@@ -323,9 +323,9 @@ def test_gating_densities_are_the_parents_events() -> None:
 
 def test_gating_text_is_legible_and_unscaled() -> None:
     sample, strategy = _sample_and_strategy()
-    text = render(gating_hierarchy(strategy.apply(sample), strategy, "S1"))
+    text = render(gating_hierarchy(strategy.apply(sample), strategy, "S1"), standalone=True)
     drawn = Drawn(text)
-    assert min(drawn.font_sizes()) >= 10  # >= 9 px at 100 % zoom
+    assert len(drawn.font_sizes()) >= 6 and min(drawn.font_sizes()) >= 10  # >= 9 px at 100 % zoom
     width, height = float(drawn.root.get("width")), float(drawn.root.get("height"))
     assert drawn.root.get("viewBox") == f"0 0 {width:g} {height:g}"  # 1 user unit = 1 CSS px
     assert width <= 1040  # four panels a row: fits the report's 1,044-px column without being scaled down
