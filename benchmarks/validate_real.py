@@ -4,7 +4,8 @@ Prints one table per dataset (Markdown), from the files in ``../shared/data`` (n
 
 * ``ique3_pbmc_treg`` — iQue3 PBMC exported after CD3+CD4+ gating; the expert's Treg events are known per event.
   ``gates/treg_cd127.yaml`` with ``--panel panel.csv --pregated CD4+`` and the CD25 isotype well B01 as
-  ``isotype:CD25``: Treg % of CD4+ against the expert's, and per-event F1 against the expert's Treg events.
+  ``isotype:CD25``: Treg % of CD4+ against the expert's, and per-event F1 against the expert's Treg events; then
+  the same without the isotype tube (the gate's control-free fallback).
 * ``labkey_flowjo_advanced_tutorial`` — 1993 FACScan T-cell tubes (log-amplified 9-bit, ``$PnE``), scatter
   ``ForSc``/``OrthSc`` mapped by ``benchmarks/panels/labkey_facscan.csv``: ``gates/tcells.yaml`` against the lab's
   FlowJo 7.6.5 counts (CD4 T and CD8 T as % of T cells; an approximate oracle, see its SOURCES.md), and per-event
@@ -16,7 +17,7 @@ Prints one table per dataset (Markdown), from the files in ``../shared/data`` (n
 Every file is gated through ``cytopipe.run`` (the same path as the command line), one strategy file per table,
 nothing tuned per file. Usage::
 
-    python benchmarks/validate_real.py [--data ../shared/data] [--workers 1] [--only ique3|labkey|other]
+    python benchmarks/validate_real.py [--data ../shared/data] [--workers 1] [--only ique3|ique3-nocontrol|labkey|other]
 """
 
 from __future__ import annotations
@@ -105,16 +106,18 @@ def expert_membership(cd4_file: Path, subsets: list[Path]) -> np.ndarray:
     return found
 
 
-def ique3(data: Path, work: Path, workers: int) -> pd.DataFrame:
+def ique3(data: Path, work: Path, workers: int, *, with_control: bool = True) -> pd.DataFrame:
     folder = data / "real_gating" / "ique3_pbmc_treg"
     answers = pd.read_csv(folder / "flowjo_answers.csv")
     wells = answers[answers["treg_pct_of_cd3cd4"].notna()].sort_values("well")
     control = folder / answers.loc[answers["well"] == "B01", "file"].iloc[0]
     rows = [{"sample": w.well, "file": str(folder / w.file), "subject": "PBMC", "timepoint": w.well, "day": i}
             for i, w in enumerate(wells.itertuples(index=False))]
-    rows.append({"sample": "B01", "file": str(control), "subject": "PBMC", "timepoint": "B01", "day": 0,
-                 "role": "isotype:CD25"})
-    result = gate_study(rows, TREG_CD127, work / "ique3", workers, panel=folder / "panel.csv", pregated="CD4+")
+    if with_control:
+        rows.append({"sample": "B01", "file": str(control), "subject": "PBMC", "timepoint": "B01", "day": 0,
+                     "role": "isotype:CD25"})
+    result = gate_study(rows, TREG_CD127, work / ("ique3" if with_control else "ique3-nocontrol"), workers,
+                        panel=folder / "panel.csv", pregated="CD4+")
     treg = result.treg.set_index("sample")
     failures = result.failures.set_index("sample")
     out = []
@@ -129,13 +132,13 @@ def ique3(data: Path, work: Path, workers: int) -> pd.DataFrame:
                         "note": failures.loc[w.well, "reason"]})
             continue
         events = event_membership(cd4_file, TREG_CD127, panel=folder / "panel.csv", pregated="CD4+",
-                                  controls={"isotype:CD25": str(control)})
+                                  controls={"isotype:CD25": str(control)} if with_control else None)
         predicted = events["Treg"].to_numpy() == 1
         pct = float(treg.loc[w.well, "treg_pct"])
         out.append({"well": w.well, "events": int(truth.size), "expert Treg %": 100.0 * truth.mean(),
                     "cytopipe Treg %": pct, "diff pp": pct - 100.0 * truth.mean(), "F1": f1(predicted, truth),
                     "note": "" if abs(100.0 * predicted.mean() - pct) < 1e-9 else
-                    f"gate --control gives {100.0 * predicted.mean():.2f} %"})
+                    f"gate gives {100.0 * predicted.mean():.2f} %"})
     return pd.DataFrame(out)
 
 
@@ -233,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("CYTOPIPE_SHARED_DATA",
                                                                          REPO.parent / "shared" / "data")))
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--only", choices=("ique3", "labkey", "other"))
+    parser.add_argument("--only", choices=("ique3", "ique3-nocontrol", "labkey", "other"))
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         parser.error(f"{args.data}: reference data folder not found")
     tables = {"ique3": ("ique3_pbmc_treg: Treg % of CD4+ (gates/treg_cd127.yaml, --pregated CD4+, isotype B01)",
                         ique3),
+              "ique3-nocontrol": ("ique3_pbmc_treg without a control tube (the control-free tail boundary)",
+                                  lambda data, work, workers: ique3(data, work, workers, with_control=False)),
               "labkey": ("labkey_flowjo_advanced_tutorial: gates/tcells.yaml vs FlowJo 7.6.5", labkey),
               "other": ("other real files: gates/tcells.yaml (no expert answer; plausible = 10-85 % of T cells)",
                         others)}

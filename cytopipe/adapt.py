@@ -293,12 +293,16 @@ def apply_widths(strategy: GatingStrategy | None, widths: dict[tuple, Any]) -> G
 
 def fallback_notes(rows: list[dict[str, Any]]) -> list[str]:
     """One line per data-driven cut that found no density valley (a single mode: ``negative+k*sd`` or
-    ``positive-k*sd``), from the ``gates_fitted.csv`` rows of one sample, for its ``acquisition_qc``.
+    ``positive-k*sd``) and per gate fitted without any of its control tubes (``control`` = ``none``), from the
+    ``gates_fitted.csv`` rows of one sample, for its ``acquisition_qc``.
 
     A fraction from such a cut is a guess from one population's spread, not a split between two: worth a look.
     """
     notes = []
     for row in rows:
+        if row.get("control") == "none":  # a tail gate none of whose control tubes is in the sheet
+            notes.append(f"population '{row.get('population', '')}': no control tube in the sheet, "
+                         "tail boundary without a control cut")
         for key, value in row.items():
             if str(key).endswith(" method") and isinstance(value, str) and "k*sd" in value:
                 channel = str(key)[: -len(" method")]

@@ -83,14 +83,27 @@ def test_treg_cd127_agrees_with_the_expert_on_real_pbmc(ique3: Path, tmp_path: P
     print("\n" + "\n".join(lines))
 
 
-def test_treg_cd127_without_its_control_fails_in_one_line(ique3: Path, tmp_path: Path, capsys) -> None:
+def test_treg_cd127_without_its_control_falls_back_or_fails_in_one_line(ique3: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """Without a control tube the shipped file gates with its control-free tail boundary; with
+    ``control_required: true`` it fails in one line naming the population and the roles."""
     well = ique3 / "Well_A01_CD3+CD4+.fcs"
-    code = main(["gate", str(well), "--gates", str(GATES), "--panel", str(ique3 / "panel.csv"), "--pregated",
-                 "CD4+", "--out", str(tmp_path / "events.csv")])
+    args = ["gate", str(well), "--panel", str(ique3 / "panel.csv"), "--pregated", "CD4+"]
+    assert main([*args, "--gates", str(GATES), "--out", str(tmp_path / "events.csv")]) == 0
+    free = pd.read_csv(tmp_path / "events.csv")["Treg"].to_numpy().astype(bool)
+    isotype = ique3 / "CD25-controls" / "Well_B01_CD3+CD4+_isotype-control.fcs"
+    assert main([*args, "--gates", str(GATES), "--control", f"isotype:CD25={isotype}",
+                 "--out", str(tmp_path / "iso.csv")]) == 0
+    with_isotype = pd.read_csv(tmp_path / "iso.csv")["Treg"].to_numpy().astype(bool)
+    assert not (with_isotype & ~free).any()  # the isotype cut only removes events from the control-free region
+    strict = tmp_path / "strict.yaml"
+    text = GATES.read_text(encoding="utf-8")
+    assert text.count("      control: [") == 1
+    strict.write_text(text.replace("      control: [", "      control_required: true\n      control: ["))
+    code = main([*args, "--gates", str(strict), "--out", str(tmp_path / "events.csv")])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "\n" not in err
-    assert "population 'Treg'" in err and "isotype:cd25" in err.casefold()
-    code = main(["gate", str(well), "--gates", str(GATES), "--panel", str(ique3 / "panel.csv"), "--pregated",
-                 "CD4+", "--control", "isotype:CD25", "--out", str(tmp_path / "events.csv")])
+    assert "population 'Treg'" in err and "isotype:cd25" in err.casefold() and "fmo:cd25" in err.casefold()
+    code = main([*args, "--gates", str(GATES), "--control", "isotype:CD25", "--out", str(tmp_path / "events.csv")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "ROLE=FILE" in err and "\n" not in err

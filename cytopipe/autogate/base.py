@@ -3,7 +3,7 @@ gate families share."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
@@ -208,6 +208,44 @@ def _common(spec: Mapping[str, Any], where: str, allowed: set[str], defaults: Ma
     return {"scope": scope, "auto_top": top == "auto",
             "max_events": _number(spec, "max_events", where, defaults["max_events"], integer=True),
             "random_state": _number(spec, "random_state", where, 0, integer=True)}
+
+
+def control_roles(control: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The sample-sheet roles of a ``control:`` setting, in order of preference (one role or a list of them)."""
+    if not control:
+        return ()
+    return (control,) if isinstance(control, str) else tuple(control)
+
+
+def parse_control(value: Any, where: str) -> str | tuple[str, ...] | None:
+    """A YAML ``control:`` setting: one sample-sheet role (``isotype:CD25``) or a list of acceptable roles in order
+    of preference (``[isotype:CD25, fmo:CD25, unstained]``); a list of one role is that role."""
+    if value is None or isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        roles = tuple(dict.fromkeys(value))
+        return roles[0] if len(roles) == 1 else roles
+    raise GateError(f"{where}.control: expected a sample-sheet role such as isotype:CD25, or a list of them in order "
+                    f"of preference, got {value!r}")
+
+
+def pick_control(roles: Sequence[str], controls: Mapping[str, np.ndarray] | None) -> tuple[str | None, Any]:
+    """The first of ``roles`` (compared without case) present in ``controls``: ``(role, values)``, or
+    ``(None, None)`` when none is."""
+    present = {str(k).casefold(): v for k, v in (controls or {}).items()}
+    for role in roles:
+        if role.casefold() in present:
+            return role, present[role.casefold()]
+    return None, None
+
+
+def missing_control(roles: Sequence[str]) -> str:
+    """The message for a control none of whose ``roles`` is given (after "population 'X': ")."""
+    if len(roles) == 1:
+        role = roles[0].casefold()
+        return f"needs the control '{role}' (a sample-sheet row with role {role}); none given"
+    listed = ", ".join(f"'{r.casefold()}'" for r in roles)
+    return f"needs one of the controls {listed} (a sample-sheet row with one of these roles); none given"
 
 
 def _gate_name(where: str) -> str:

@@ -16,6 +16,7 @@ from .base import (
     DEFAULT_MAX_EVENTS,
     SCOPES,
     AutoGate,
+    missing_control,
     resolve_dimension,
 )
 
@@ -419,12 +420,18 @@ def _fit_population(gate: AutoGate, pop: Population, where: str, contexts: list[
         offset += r.size
     values = np.concatenate(picked) if len(picked) > 1 else picked[0]
     reference = {ref: np.concatenate([ctx.values(pop, ctx.masks[ref]) for ctx in contexts]) for ref in needed}
+    # A gate lists the control roles it can use (``controls``) and, in ``required_controls``, the groups of them of
+    # which one must be given (a tail gate without control_required needs none: it falls back to its control-free
+    # boundary). Gates that say nothing need every role they list.
+    roles = tuple(getattr(gate, "controls", ()))
+    for group in getattr(gate, "required_controls", tuple((r,) for r in roles)):
+        if not any(r.casefold() in control_contexts for r in group):
+            raise GateError(f"{where}: {missing_control(group)}")
     control_values = {}
-    for role in (r.casefold() for r in getattr(gate, "controls", ())):
-        if role not in control_contexts:
-            raise GateError(f"{where}: needs the control '{role}' (a sample-sheet row with role {role}); none given")
-        ctx = control_contexts[role]
-        control_values[role] = ctx.values(pop, ctx.parent(pop))
+    for role in (r.casefold() for r in roles):
+        if role in control_contexts:
+            ctx = control_contexts[role]
+            control_values[role] = ctx.values(pop, ctx.parent(pop))
     try:
         fitted, info = gate.fit_with_info(values, reference=reference, controls=control_values)
     except GateError as err:

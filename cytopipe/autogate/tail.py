@@ -13,7 +13,18 @@ import numpy as np
 from ..errors import GateError
 from ..gates import Dimension, Gate, PolygonGate
 from ..transforms import friendly_units
-from .base import AutoGate, _build, _check, _common, _number, from_units
+from .base import (
+    AutoGate,
+    _build,
+    _check,
+    _common,
+    _number,
+    control_roles,
+    from_units,
+    missing_control,
+    parse_control,
+    pick_control,
+)
 from .robust import _quantile, robust_covariance
 
 DIRECTIONS = ("high", "low")
@@ -125,9 +136,15 @@ class TailGate(AutoGate):
         ``high``/``low`` for the first and second channel (default ``("high", "low")``).
     k : float
         Robust SDs from the main population's centre to the tilted boundary, along its minor axis (default 3).
-    control : str, optional
-        Sample-sheet role of a control tube (``isotype:CD25``, ``fmo:CD25``, ``unstained``): X must also lie
-        beyond the control's ``percentile`` (gated through the same fitted hierarchy).
+    control : str or tuple of str, optional
+        Sample-sheet role of a control tube (``isotype:CD25``, ``fmo:CD25``, ``unstained``), or several acceptable
+        roles in order of preference: X must also lie beyond the ``percentile`` of the first of them the sheet
+        has (gated through the same fitted hierarchy). When none is given the gate is the control-free tail
+        boundary (same robust centre and covariance, ``k`` SDs) and its ``gates_fitted.csv`` row says
+        ``control: none``.
+    control_required : bool
+        Fail (one line naming the population and the roles) when none of the ``control`` roles is given, instead of
+        falling back to the control-free boundary.
     percentile : float
         Percentile of the control's X values (0-100; for a ``low`` X, the ``100 - percentile``).
 
@@ -136,11 +153,12 @@ class TailGate(AutoGate):
 
     direction: tuple[str, str] = ("high", "low")
     k: float = 3.0
-    control: str | None = None
+    control: str | tuple[str, ...] | None = None
     percentile: float = 99.0
+    control_required: bool = False
     max_events: int = 20_000
     kind: ClassVar[str] = "auto_tail"
-    _settings: ClassVar[tuple[str, ...]] = ("k", "control", "percentile")
+    _settings: ClassVar[tuple[str, ...]] = ("k", "control", "percentile", "control_required")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,16 +169,28 @@ class TailGate(AutoGate):
                f"direction must be two of high, low (one per channel), got {self.direction!r}")
         _check(self.k > 0, where, f"k must be positive, got {self.k!r}")
         _check(0 < self.percentile < 100, where, f"percentile must be between 0 and 100, got {self.percentile!r}")
+        _check(all(isinstance(r, str) and r for r in self.controls), where,
+               f"control must be a sample-sheet role or a list of them, got {self.control!r}")
+        _check(not self.control_required or bool(self.controls), where,
+               "control_required needs control: <sample-sheet role(s), e.g. isotype:CD25>")
 
     @property
     def controls(self) -> tuple[str, ...]:
-        """The control role this gate needs (empty without ``control``)."""
-        return (self.control,) if self.control else ()
+        """The acceptable control roles, in order of preference (empty without ``control``)."""
+        return control_roles(self.control)
+
+    @property
+    def required_controls(self) -> tuple[tuple[str, ...], ...]:
+        """Groups of roles of which one must be given: the ``control`` roles with ``control_required``, else none
+        (the gate falls back to the control-free boundary)."""
+        return (self.controls,) if self.control_required and self.controls else ()
 
     def to_spec(self) -> dict[str, Any]:
         spec = super().to_spec()
         if self.direction != ("high", "low"):
             spec["direction"] = list(self.direction)
+        if isinstance(self.control, tuple):
+            spec["control"] = list(self.control)
         if not self.control:
             spec.pop("percentile", None)
         return spec
@@ -169,11 +199,10 @@ class TailGate(AutoGate):
                       controls: Mapping[str, np.ndarray] | None = None) -> tuple[PolygonGate, dict[str, Any]]:
         values = self._subsample(values)
         x_cut = None
-        if self.control:
-            source = {k.casefold(): v for k, v in (controls or {}).items()}.get(self.control.casefold())
-            if source is None:
-                raise GateError(f"gate '{self.name}': the control '{self.control}' (a sample-sheet row with role "
-                                f"{self.control}) is not available")
+        role, source = pick_control(self.controls, controls)
+        if source is None and self.control_required:
+            raise GateError(f"gate '{self.name}': {missing_control(self.controls)}")
+        if source is not None:
             data = np.asarray(source, dtype=float)[:, 0]
             data = data[np.isfinite(data)]
             if data.size < MIN_EVENTS_2D:
@@ -189,9 +218,9 @@ class TailGate(AutoGate):
         if vertices.shape[0] < 3:
             raise GateError(f"gate '{self.name}': the tail region is empty (the control cut lies beyond the data?)")
         gate = PolygonGate(self.name, self.dimensions, vertices=tuple(map(tuple, vertices)))
-        return gate, self._info(tail, x_cut)
+        return gate, self._info(tail, x_cut, role)
 
-    def _info(self, tail: dict[str, Any], x_cut: float | None) -> dict[str, Any]:
+    def _info(self, tail: dict[str, Any], x_cut: float | None, role: str | None = None) -> dict[str, Any]:
         """The fitted parameters in friendly units (one ``gates_fitted.csv`` row)."""
         (sx, _), (sy, _) = (friendly_units(d.transform) for d in self.dimensions)
         x, y = (str(d.channel) for d in self.dimensions)
@@ -204,6 +233,9 @@ class TailGate(AutoGate):
                 f"center {y}": from_units(center[1], self.dimensions[1].transform),
                 f"sd {x}": sd[0] * sx, f"sd {y}": sd[1] * sy, "correlation": cov[0, 1] / (sd[0] * sd[1]),
                 f"boundary {x} at center": from_units(edge, self.dimensions[0].transform), "boundary slope": slope}
+        if self.controls:
+            # Which control set the X cut, or "none": the control-free boundary (said in acquisition_qc).
+            info["control"] = role or "none"
         if x_cut is not None:
             info[f"control {x}"] = from_units(x_cut, self.dimensions[0].transform)
         return info
@@ -243,16 +275,21 @@ def _region(halfplanes: Sequence[tuple[np.ndarray, float]], values: np.ndarray) 
 
 
 def build_tail(spec: Mapping[str, Any], dims: tuple[Dimension, ...], where: str) -> TailGate:
-    """``type: auto_tail`` -> :class:`TailGate` (``direction``, ``k``, ``control``, ``percentile``)."""
+    """``type: auto_tail`` -> :class:`TailGate` (``direction``, ``k``, ``control`` (a role or a list of roles in
+    order of preference), ``control_required``, ``percentile``)."""
     w = f"{where}: gate"
-    settings = _common(spec, w, {"direction", "k", "control", "percentile"}, {"max_events": 20_000})
+    settings = _common(spec, w, {"direction", "k", "control", "control_required", "percentile"},
+                       {"max_events": 20_000})
     direction = spec.get("direction", ["high", "low"])
     if not isinstance(direction, list) or len(direction) != 2 or any(d not in DIRECTIONS for d in direction):
         raise GateError(f"{w}.direction: expected [high|low, high|low] (one per channel), got {direction!r}")
-    control = spec.get("control")
-    if control is not None and not isinstance(control, str):
-        raise GateError(f"{w}.control: expected a sample-sheet role such as isotype:CD25, got {control!r}")
+    control = parse_control(spec.get("control"), w)
+    required = spec.get("control_required", False)
+    if not isinstance(required, bool):
+        raise GateError(f"{w}.control_required: expected true or false, got {required!r}")
+    if required and control is None:
+        raise GateError(f"{w}.control_required: needs control: <sample-sheet role(s), e.g. isotype:CD25>")
     settings.update(direction=tuple(direction), k=_number(spec, "k", w, 3.0), control=control,
-                    percentile=_number(spec, "percentile", w, 99.0))
+                    percentile=_number(spec, "percentile", w, 99.0), control_required=required)
     return _build(TailGate, settings, dims, where)  # type: ignore[return-value]
 

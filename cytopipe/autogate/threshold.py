@@ -19,7 +19,10 @@ from .base import (
     _check,
     _common,
     _number,
+    control_roles,
     from_units,
+    parse_control,
+    pick_control,
     to_units,
 )
 from .robust import _median, _quantile, _robust_sd, _sorted_quantile
@@ -163,8 +166,11 @@ class Threshold:
         ``fmo:CD25``), gated through the same fitted hierarchy.
     bounds : (float or None, float or None) or None
         Valley search range and clamp, in Gating-ML units of the dimension.
-    population, control : str or None
-        Reference population name / control role, for the matching method.
+    population : str or None
+        Reference population name, for ``reference``.
+    control : str or tuple of str or None
+        Control role for ``control``, or several acceptable roles in order of preference (the first the sheet has
+        is used; none is an error).
     percentile : float
         0-100, for ``reference`` and ``control``.
     k : float
@@ -180,7 +186,7 @@ class Threshold:
     method: str = "valley"
     bounds: tuple[float | None, float | None] | None = None
     population: str | None = None
-    control: str | None = None
+    control: str | tuple[str, ...] | None = None
     percentile: float = 99.0
     k: float = 3.0
     adjust: float = 1.5
@@ -238,7 +244,8 @@ class ThresholdGate(AutoGate):
                 item["bounds"] = [None if b is None else round(from_units(b, dim.transform), 10) for b in t.bounds]
             for name in ("population", "control"):
                 if getattr(t, name):
-                    item[name] = getattr(t, name)
+                    value = getattr(t, name)
+                    item[name] = list(value) if isinstance(value, tuple) else value
             if t.method != "valley":
                 item["percentile"] = t.percentile
             for name, default in (("k", 3.0), ("adjust", 1.5), ("within", "parent")):
@@ -255,14 +262,21 @@ class ThresholdGate(AutoGate):
 
     @property
     def controls(self) -> tuple[str, ...]:
-        """Control roles (``fmo:CD25`` ...) this gate's ``control`` cuts need."""
-        return tuple(t.control for t in self.thresholds if t.method == "control" and t.control)
+        """Control roles (``fmo:CD25`` ...) this gate's ``control`` cuts can use."""
+        roles = (r for t in self.thresholds if t.method == "control" for r in control_roles(t.control))
+        return tuple(dict.fromkeys(roles))
+
+    @property
+    def required_controls(self) -> tuple[tuple[str, ...], ...]:
+        """Per ``control`` cut, the roles of which one must be given."""
+        return tuple(control_roles(t.control) for t in self.thresholds if t.method == "control" and t.control)
 
     def fit_with_info(self, values: np.ndarray, *, reference: Mapping[str, np.ndarray] | None = None,
                       controls: Mapping[str, np.ndarray] | None = None) -> tuple[RectangleGate, dict[str, Any]]:
         values = self._subsample(values)
         reference = {k: np.asarray(v, dtype=float) for k, v in (reference or {}).items()}
         controls = {k.casefold(): np.asarray(v, dtype=float) for k, v in (controls or {}).items()}
+        used: dict[int, str] = {}
         lows: list[float | None] = [None] * len(self.dimensions)
         highs: list[float | None] = [None] * len(self.dimensions)
         methods = []
@@ -275,11 +289,16 @@ class ThresholdGate(AutoGate):
                 except GateError as err:
                     raise GateError(f"{label}: {err}") from None
             else:
-                source = reference.get(t.population) if t.method == "reference" else controls.get(
-                    str(t.control).casefold())
+                if t.method == "reference":
+                    source = reference.get(t.population)
+                else:
+                    role, source = pick_control(control_roles(t.control), controls)
+                    if role is not None:
+                        used[i] = role
                 if source is None:
+                    roles = ", ".join(control_roles(t.control))
                     what = f"reference population '{t.population}'" if t.method == "reference" else (
-                        f"control '{t.control}' (a sample-sheet row with role {t.control})")
+                        f"control '{roles}' (a sample-sheet row with role {roles})")
                     raise GateError(f"{label}: the {what} is not available")
                 data = _passing(source, lows, highs) if t.within == "gated" else source
                 data = data[np.isfinite(data[:, i]), i]
@@ -293,10 +312,13 @@ class ThresholdGate(AutoGate):
                 highs[i] = cut
             methods.append(how)
         info: dict[str, Any] = {}
-        for dim, t, lo, hi, how in zip(self.dimensions, self.thresholds, lows, highs, methods, strict=True):
+        for i, (dim, t, lo, hi, how) in enumerate(zip(self.dimensions, self.thresholds, lows, highs, methods,
+                                                      strict=True)):
             bound = "min" if t.side == "above" else "max"
             info[f"{dim.channel} {bound}"] = from_units(lo if t.side == "above" else hi, dim.transform)
             info[f"{dim.channel} method"] = how
+            if isinstance(t.control, tuple) and i in used:
+                info[f"{dim.channel} control"] = used[i]  # which of the acceptable controls set the cut
         return RectangleGate(self.name, self.dimensions, min=tuple(lows), max=tuple(highs)), info
 
 
@@ -338,11 +360,11 @@ def build_threshold(spec: Mapping[str, Any], dims: tuple[Dimension, ...], where:
                     b is not None and (isinstance(b, bool) or not isinstance(b, (int, float))) for b in bounds):
                 raise GateError(f"{wi}.bounds: expected [low, high] (numbers or null), got {bounds!r}")
             bounds = tuple(None if b is None else to_units(b, dim.transform) for b in bounds)
-        for key in ("side", "method", "within", "population", "control"):
+        for key in ("side", "method", "within", "population"):
             if key in item and not isinstance(item[key], str):
                 raise GateError(f"{wi}.{key}: expected text, got {item[key]!r}")
         threshold = Threshold(side=item.get("side", "above"), method=item.get("method", "valley"), bounds=bounds,
-                              population=item.get("population"), control=item.get("control"),
+                              population=item.get("population"), control=parse_control(item.get("control"), wi),
                               percentile=_number(item, "percentile", wi, 99.0), k=_number(item, "k", wi, 3.0),
                               adjust=_number(item, "adjust", wi, 1.5), within=item.get("within", "parent"))
         threshold.check(wi)
