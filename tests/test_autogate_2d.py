@@ -93,8 +93,15 @@ def test_tail_gate_control_cut_and_its_errors():
     assert cut == pytest.approx(1.3 + 2.326 * 0.05, abs=0.02)
     gate = fitted.population("Tail").gate
     assert np.asarray(gate.vertices)[:, 0].min() >= autogate.to_units(cut, gate.dimensions[0].transform) * (1 - 1e-12)
+    assert rows[0]["control"] == "isotype:X"
+    # Without the control tube: the control-free boundary (said in the row), or one line with control_required.
+    free, free_rows = autogate.fit_strategy(strategy, [_sample(xy)])
+    assert free_rows[0]["control"] == "none" and "control X" not in free_rows[0]
+    assert free.population("Tail").gate == autogate.fit_strategy(parse_gates(TAIL_YAML), [_sample(xy)])[0].population(
+        "Tail").gate
+    strict = parse_gates(text.replace("percentile: 99}", "percentile: 99, control_required: true}"))
     with pytest.raises(GateError, match=r"population 'Tail'.*control 'isotype:x'"):
-        autogate.fit_strategy(strategy, [_sample(xy)])
+        autogate.fit_strategy(strict, [_sample(xy)])
     with pytest.raises(GateError) as info:
         autogate.fit_strategy(parse_gates(TAIL_YAML), [_sample(xy[:60], "tiny.fcs")])
     message = str(info.value)
