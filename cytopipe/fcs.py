@@ -842,14 +842,21 @@ def _decode_values(fcs: _File, events: np.ndarray, metadata: Mapping[str, str], 
         column = out[:, i].astype(np.float64)
         if decades > 0:
             prange = _float_keyword(fcs, metadata, f"$P{i + 1}R")
-            if not prange > 0:
+            if not 0 < prange < math.inf:
                 raise fcs.error(f"$P{i + 1}E={metadata[f'$P{i + 1}E']} is logarithmic but $P{i + 1}R is not a "
                                 f"positive range")
+            if decades > _MAX_DECADES:
+                raise fcs.error(f"$P{i + 1}E={metadata[f'$P{i + 1}E']}: {decades:g} decades is beyond any "
+                                f"amplifier (at most {_MAX_DECADES})")
             column = _antilog(column, decades, offset, prange)
         else:
             column /= gain
         out[:, i] = column
     return out
+
+
+_MAX_DECADES = 300  # 10**300 is still a finite float64
+_MAX_POW_TABLE = 1 << 16  # entries of a scalar-pow table (about 20 ms to build)
 
 
 def _antilog(column: np.ndarray, decades: float, offset: float, prange: float) -> np.ndarray:
@@ -860,10 +867,16 @@ def _antilog(column: np.ndarray, decades: float, offset: float, prange: float) -
     bit can differ on contiguous arrays; a value on a gate boundary must not move with memory layout.
     """
     size = int(prange) + 1
-    if size <= 1 << 22 and column.size and np.array_equal(column, np.floor(column)) \
-            and column.min() >= 0 and column.max() < size:
-        table = np.array([10.0 ** (decades * k / prange) * offset for k in range(size)])
-        return table[column.astype(np.int64)]
+    if column.size and np.array_equal(column, np.floor(column)) and column.min() >= 0 and column.max() < size:
+        # The table costs one scalar pow per entry: over the whole range for the usual 8-16 bit log channels,
+        # over the values present when a (possibly hostile) $PnR is larger, never more than _MAX_POW_TABLE.
+        if size <= _MAX_POW_TABLE:
+            table = np.array([10.0 ** (decades * k / prange) * offset for k in range(size)])
+            return table[column.astype(np.int64)]
+        present, inverse = np.unique(column.astype(np.int64), return_inverse=True)
+        if present.size <= _MAX_POW_TABLE:
+            table = np.array([10.0 ** (decades * int(k) / prange) * offset for k in present])
+            return table[inverse.reshape(-1)]
     return 10.0 ** (decades * column / prange) * offset  # non-integer (float-stored) log channel: rare
 
 
