@@ -351,8 +351,7 @@ def render_report(
     else:
         (results / "correlation.csv").unlink(missing_ok=True)  # from an earlier rendering with clinical data
 
-    plots = results / "plots"
-    plots.mkdir(exist_ok=True)
+    (results / "plots").mkdir(exist_ok=True)
     context = _context(results, table, summary, correlation, clinical_table, clinical_source, optional, manifest,
                        settings={"cva": cva, "cvi": cvi, "z": z, "rcv": rcv, "min_treg": min_treg_events,
                                  "min_cd4": min_cd4_events}, draw=plots)

@@ -398,3 +398,20 @@ def test_workers_are_forked_only_without_other_threads(study, serial, tmp_path):
         other.join()
     assert threaded.exit_code == 0
     assert read_bytes(tmp_path) == read_bytes(serial.out)
+
+
+def test_plots_modes(study, tmp_path):
+    """--plots all draws every sample, none draws nothing (same numbers), flagged only flagged or changed ones."""
+    sheet, gates, labels = study
+    none = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "none", workers=1, plots="none")
+    assert not (tmp_path / "none" / "plots").exists() or not list((tmp_path / "none" / "plots").glob("gating_*"))
+    html = (tmp_path / "none" / "report.html").read_text()
+    assert 'class="fig' not in html and "Figures drawn for 0 of" in html
+    flagged = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "flagged", workers=1, plots="flagged")
+    assert flagged.treg.equals(none.treg)
+    base = flagged.baseline
+    chosen = set(base.loc[(base["qc_flags"].fillna("") != "") | base["significant"].astype(bool), "sample"])
+    drawn = {p.stem[len("gating_"):] for p in (tmp_path / "flagged" / "plots").glob("gating_*.svg")}
+    assert drawn == chosen and 0 < len(chosen) < len(labels)
+    with pytest.raises(ConfigError, match="--plots must be all, none or flagged"):
+        quiet_run(sheet=sheet, gates=gates, out=tmp_path / "bad", workers=1, plots="some")

@@ -163,3 +163,19 @@ def test_default_run_from_repo_root_matches_quick_start(tmp_path):
     proc = cli("run", "--out", tmp_path / "results", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "results" / "report.html").is_file()
+
+
+def test_run_and_report_figure_and_pdf_switches(tmp_path, results_folder, capsys):
+    from cytopipe import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["run", "--no-plots", "--no-pdf"])
+    assert args.plots == "none" and args.no_pdf and not args.no_report
+    assert parser.parse_args(["run", "--plots", "flagged"]).plots == "flagged"
+    assert parser.parse_args(["run"]).plots == "all"
+    assert parser.parse_args(["report", "x", "--no-plots", "--no-pdf"]).no_plots
+    out = results_folder(tmp_path)
+    assert cli.main(["report", str(out), "--no-pdf", "--no-plots"]) == 0
+    assert capsys.readouterr().err.strip() == f"wrote {out / 'report.html'}"
+    assert not (out / "plots" / "fold_change_overview.svg").exists()
+

@@ -135,3 +135,13 @@ def test_printer_started_early_prints_and_leaves_no_process(chromium: str, tmp_p
     printer.close()
     assert first[:5] == second[:5] == b"%PDF-"
     assert process.poll() is not None and not Path(printer._profile).exists()
+
+
+def test_report_command_names_the_pdf_it_wrote(chromium: str, tmp_path: Path, results_folder: Callable[..., Path],
+                                               capsys: pytest.CaptureFixture) -> None:
+    from cytopipe.cli import main
+
+    out = results_folder(tmp_path)
+    assert main(["report", str(out), "--clinical", str(tmp_path / "clinical.csv")]) == 0
+    assert capsys.readouterr().err.strip() == f"wrote {out / 'report.html'} and {out / 'report.pdf'}"
+    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
