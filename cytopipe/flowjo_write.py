@@ -7,8 +7,8 @@ Writing happens in two steps, so that the data-dependent part runs where the eve
    raw (untransformed) units, the spillover matrix, one transform per parameter, the file's keywords and cytopipe's
    count of every population. The batch runner caches it with the sample's other results.
 2. :func:`write_workspace` (on the client) renders the descriptions of all samples as one workspace and writes it
-   atomically. The output depends only on its inputs: the same study gives byte-identical files with any number of
-   workers.
+   atomically. The text depends only on the descriptions (sorted names, shortest round-trip numbers, no dates), so
+   the same fitted gates give byte-identical files with any number of workers.
 
 How cytopipe gates map onto FlowJo 10 (the conventions FlowJo itself writes, and FlowKit reads):
 
@@ -30,8 +30,7 @@ How cytopipe gates map onto FlowJo 10 (the conventions FlowJo itself writes, and
   named ``Comp-<$PnN>``. FlowJo applies one matrix per sample.
 * transforms -> one per parameter in ``Transformations`` (under its ``$PnN`` and its ``Comp-`` name): linear, logicle
   (Gating-ML ``logicle``), ``fasinh`` and ``log``, and FlowJo's own ``biex`` and ``log`` for gates read from a
-  FlowJo workspace. Raw (untransformed) dimensions are written as ``linear`` over
-  ``[0, $PnR]``.
+  FlowJo workspace. Raw (untransformed) dimensions are written as ``linear`` over ``[0, $PnR]``.
 """
 
 from __future__ import annotations
