@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SHARED_DATA
 
@@ -21,7 +22,7 @@ from cytopipe.errors import GateError
 from cytopipe.fcs import read_fcs
 from cytopipe.flowjo import read_workspace
 from cytopipe.flowjo.check import CHECK_COLUMNS, NOT_COMPUTED, check_workspace
-from cytopipe.flowjo.transforms import FlowJoBiex, biex_table
+from cytopipe.flowjo.transforms import FlowJoBiex, biex_from_table, biex_table
 from cytopipe.gatefile import convert, load_strategy
 from cytopipe.gates import Dimension, GatingStrategy, Population, RectangleGate
 from cytopipe.transforms import Arcsinh
@@ -75,6 +76,61 @@ def test_biex_table_is_flowjos_own(shared_data: Path) -> None:
     np.testing.assert_allclose(ours[channels], pairs[:, 1], rtol=1e-6, atol=1e-4)
 
 
+def _a2004_tables() -> dict[str, np.ndarray]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(A2004.read_bytes().replace(b"<!DOCTYPE Workspace>", b""))
+    return {t.get("name", ""): np.array([float(v) for v in (t.text or "").split(",") if v.strip()]).reshape(-1, 2)
+            for t in root.iter("Table")}
+
+
+def test_a2004_per_parameter_biex_is_flowjos_table(shared_data: Path) -> None:
+    """FlowJo 9.2 tabulated a biex per compensated parameter (``A2004-A2005_06i <APC-A>``...), each with its own
+    width basis on the parameter's highValue: the reader's axis reproduces each table to FlowJo's 8 digits."""
+    tables = {name: pairs for name, pairs in _a2004_tables().items() if name.startswith("A2004-A2005_06i <")}
+    assert len(tables) == 8
+    widths = {}
+    for name, pairs in tables.items():
+        axis = biex_from_table(pairs[:, 1], pos=4.5, neg=0.0, max_value=2.615899324417114e5)
+        assert axis is not None, name
+        np.testing.assert_allclose(biex_table(axis.pos, axis.neg, axis.width, axis.max_value)[pairs[:, 0].astype(int)],
+                                   pairs[:, 1], rtol=1e-6, atol=1e-4)
+        widths[name] = axis.width
+    # Not FlowJo's default -10: APC-A's -sqrt(10), Am Cyan-A's about -30.
+    assert widths["A2004-A2005_06i <APC-A>"] == pytest.approx(-10 ** 0.5, rel=1e-6)
+    assert widths["A2004-A2005_06i <Am Cyan-A>"] == pytest.approx(-29.69, rel=1e-3)
+    sample = read_workspace(A2004).samples[1]
+    b_cell = sample.nodes[0].children[0].children[0]
+    assert b_cell.name == "B Cell"
+    assert [d.transform.width for d in b_cell.gate.dimensions] == pytest.approx(
+        [widths["A2004-A2005_06i <Am Cyan-A>"], widths["A2004-A2005_06i <APC-A>"]])
+
+
+def test_a2004_gate_pixels_follow_the_per_parameter_tables(shared_data: Path) -> None:
+    """The pixel bounds FlowJo stored with A2004's gates (``bounds="top,left,bottom,right"``) are a straight line
+    of the per-parameter biex positions of their vertices (within 1 px), not of the default biex (off by 8-17 px):
+    the per-parameter tables are the axes the gates were drawn on."""
+    tables = _a2004_tables()
+    amcyan = biex_from_table(tables["A2004-A2005_06i <Am Cyan-A>"][:, 1], 4.5, 0.0, 2.615899324417114e5)
+    apc = biex_from_table(tables["A2004-A2005_06i <APC-A>"][:, 1], 4.5, 0.0, 2.615899324417114e5)
+    default = FlowJoBiex(pos=4.5, neg=0.0, width=-10.0)
+    # mDC, B Cell, pDC of sample 2 (Am Cyan-A x APC-A): vertex extremes and their pixels.
+    x = np.array([-303.5798645019531, -246.9458312988281, 776.4312133789062, 1605.509765625, 1431.260620117188,
+                  9473.6875])
+    x_px = np.array([10, 20, 194, 233, 227, 320])
+    y = np.array([25986.697265625, 547.297119140625, 166.4415893554688, -26.90511512756348, 425.3051147460938,
+                  -27.86159133911133])
+    y_px = np.array([80, 214, 257, 357, 223, 358])
+
+    def worst(axis: FlowJoBiex, values: np.ndarray, pixels: np.ndarray) -> float:
+        display = axis.apply(values)
+        fit = np.polyfit(display, pixels, 1)
+        return float(np.abs(np.polyval(fit, display) - pixels).max())
+
+    assert worst(amcyan, x, x_px) < 1.0 and worst(apc, y, y_px) < 1.0
+    assert worst(default, x, x_px) > 5.0 and worst(default, y, y_px) > 5.0
+
+
 @pytest.mark.parametrize("name, kind", [("test_data_diamond_biex_rect.wsp", "biex"),
                                         ("test_data_diamond_asinh_rect.wsp", "fasinh"),
                                         ("test_data_diamond_asinh_rect2.wsp", "fasinh")])
@@ -102,16 +158,45 @@ def test_rectangles_on_flowjo_axes_give_flowjos_counts(shared_data: Path, name: 
     assert counts["moved"] == sample.nodes[0].count
 
 
-@pytest.mark.xfail(strict=True, reason="4 of 15 computed populations still differ: B Cell -40 (2.3 %), pDC -7, "
-                   "Monocytes -34 (1.8 %), Monocytes/IL-12+ -6; FSC/SSC polygon Live is within 0.11 %")
+#: A2004 populations under Monocytes that cytopipe does not reproduce within 1 % (see the xfail below).
+A2004_MONOCYTES = "/Live/Monocytes"
+
+
+def _a2004_off(compared: pd.DataFrame) -> pd.DataFrame:
+    return compared[(compared["difference"].astype(int).abs() > 5)
+                    & (compared["relative_difference"].astype(float).abs() > 1.0)]
+
+
+def test_a2004_flowjo9_populations_outside_monocytes(shared_data: Path) -> None:
+    """FlowJo 9.2, LSR II, compensation and per-parameter biex axes from the workspace: every computed population
+    outside the Monocytes branch within 1 % or 5 events (B Cell and pDC only with the per-parameter axes and their
+    bottom-of-scale rule)."""
+    result = check_workspace(A2004)
+    assert result.missing == ["a2004_O1T2pb05i_A1_A01.fcs"]  # its FCS file is not in the data set
+    compared = result.compared
+    assert len(compared) == 15
+    others = compared[~compared["population"].str.startswith(A2004_MONOCYTES)]
+    assert len(others) == 10
+    off = _a2004_off(others)
+    assert off.empty, off.to_string()
+    counts = dict(zip(compared["population"], compared["cytopipe_count"].astype(int), strict=True))
+    assert abs(counts["/Live/APC/B Cell"] - 1727) <= 8 and abs(counts["/Live/APC/pDC"] - 81) <= 2
+
+
+@pytest.mark.xfail(strict=True, reason="Monocytes 1812 vs FlowJo 1846 (-34, 1.8 %) and Monocytes/IL-12+ 33 vs 39 "
+                   "(-6) are not reproduced; the other 13 of 15 computed populations are within 1 % or 5 events. "
+                   "Not the cause: the Monocytes polygon's axes (linear, log, default or per-parameter biex: 1812 or "
+                   "1813 events each), the matrix (transposed -> B Cell -621), display binning (256/512/1024, any "
+                   "rule), extending Live over the 151 SSC-A=262143 events (Monocytes 1867, IL-12+ 73: those events "
+                   "are IL-12-bright, FlowJo's extra monocytes are not). A 2 % larger Monocytes polygon would give "
+                   "1850 / IL-6+ 72 / TNFa+ 16 but IL-12+ still 33.")
 def test_a2004_flowjo9_with_workspace_compensation(shared_data: Path) -> None:
     """FlowJo 9.2, LSR II, compensation from the workspace: computed populations within 1 % or 5 events."""
     result = check_workspace(A2004)
     assert result.missing == ["a2004_O1T2pb05i_A1_A01.fcs"]  # its FCS file is not in the data set
     compared = result.compared
     assert len(compared) >= 14
-    off = compared[(compared["difference"].astype(int).abs() > 5)
-                   & (compared["relative_difference"].astype(float).abs() > 1.0)]
+    off = _a2004_off(compared)
     assert off.empty, off.to_string()
 
 

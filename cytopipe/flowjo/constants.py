@@ -58,6 +58,9 @@ BIEX_DEFAULT_MAX = 262144.0
 BIEX_DEFAULT_POS = 4.418540
 BIEX_DEFAULT_NEG = 0.0
 BIEX_DEFAULT_WIDTH = -10.0
+#: Where a FlowJo 9 polygon vertex at or below the bottom of a biex axis (display 0) is moved: half a channel down,
+#: below every event (those below the table sit on display 0), so the gate holds them, as in FlowJo.
+V9_BELOW_SCALE = -0.5 / BIEX_CHANNELS
 
 #: The group whose gates apply to every sample unless ``--wsp-sample`` names another tree.
 ALL_SAMPLES = "All Samples"

@@ -9,7 +9,10 @@ How FlowJo's gates become cytopipe gates
   they are gated on those values directly (FlowJo's axis transforms are monotone, so the same events fall inside).
 * Polygons have straight edges *on FlowJo's display*: their vertices are mapped through the axis transform (FlowJo
   10: the sample's ``Transformations``; FlowJo 7.6/8/9: log for ``$PnE`` log channels, FlowJo's biex for
-  compensated fluorescence of linear instruments, linear otherwise) and the events are gated in that space.
+  compensated fluorescence of linear instruments -- in FlowJo 9 the biex it tabulated for that parameter in
+  ``CalibrationTables``, with its own width basis -- linear otherwise) and the events are gated in that space.
+  FlowJo 9 piles events below a biex table on its bottom channel; a gate limit at or below that channel takes
+  them all (FlowJo 9 rectangles and ranges lose that lower limit, polygon vertices move half a channel below).
 * Ellipses are stored in FlowJo's 256 x 256 display grid (FlowJo 7.6/10: two foci and four edge points) or as the
   four ends of their axes in data units (FlowJo 8/9); both become an :class:`~cytopipe.gates.EllipsoidGate` on the
   transformed axes.
@@ -48,7 +51,7 @@ from cytopipe.gates import (
 from cytopipe.transforms import Arcsinh, Linear, Logicle, Transform
 
 from . import constants as C
-from .transforms import FlowJoBiex, FlowJoLog
+from .transforms import FlowJoBiex, FlowJoLog, biex_from_table
 
 __all__ = ["OWN", "Node", "Workspace", "WorkspaceSample", "default_tree_notice", "is_workspace",
            "load_workspace_strategy", "own_sample", "own_strategies", "read_workspace"]
@@ -570,6 +573,7 @@ class _V9Reader(_Reader):
 
     def __init__(self, path: str, root: ET.Element) -> None:
         super().__init__(path, root)
+        self.matrix_names: list[str] = []
         self.matrices = self.read_matrices()
         prefs = _child(root, "Preferences")
         settings = {k: _attr(prefs, k) for k in ("DT_32BitCustomDecades", "DT_32BitCustomExtra",
@@ -578,6 +582,38 @@ class _V9Reader(_Reader):
             pos=_float(settings.get("DT_32BitCustomDecades") or C.BIEX_DEFAULT_POS, f"{path}: <Preferences>"),
             neg=_float(settings.get("DT_32BitCustomExtra") or C.BIEX_DEFAULT_NEG, f"{path}: <Preferences>"),
             width=_float(settings.get("DT_32BitCustomWidth") or C.BIEX_DEFAULT_WIDTH, f"{path}: <Preferences>"))
+        self.tables = self.read_tables()
+        self.matrix_name = ""
+        self.high_values: dict[str, float] = {}
+        self.parameter_axes: dict[tuple[str, str, float], FlowJoBiex | None] = {}
+
+    def read_tables(self) -> dict[str, np.ndarray]:
+        """FlowJo 9's ``CalibrationTables``: ``name -> value at display channel 0..4096`` (text ``c,v,c,v,...``)."""
+        out: dict[str, np.ndarray] = {}
+        holder = _child(self.root, "CalibrationTables")
+        for table in _children(holder, "Table") if holder is not None else []:
+            try:
+                pairs = np.array([float(v) for v in (table.text or "").replace("\n", "").split(",") if v.strip()])
+            except ValueError:
+                continue  # a table cytopipe cannot read only loses its per-parameter axis (the default biex stays)
+            if pairs.size >= 4 and pairs.size % 2 == 0:
+                out[_attr(table, "name") or ""] = pairs.reshape(-1, 2)[:, 1]
+        return out
+
+    def parameter_biex(self, detector: str) -> FlowJoBiex | None:
+        """The biex FlowJo 9 fitted to a compensated parameter, from its table ``<matrix name> <prefix><detector>``.
+
+        FlowJo 9 tabulates a biex per compensated parameter with its own width basis (``CalibrationTables``), on the
+        parameter's ``highValue`` as top of scale: polygons on these axes are straight there, not on the default.
+        """
+        values = self.tables.get(f"{self.matrix_name} {self.prefix}{detector}{self.suffix}")
+        top = self.high_values.get(detector)
+        if values is None or top is None or not self.matrix_name:
+            return None
+        key = (self.matrix_name, detector, top)
+        if key not in self.parameter_axes:
+            self.parameter_axes[key] = biex_from_table(values, self.biex.pos, self.biex.neg, top)
+        return self.parameter_axes[key]
 
     def read_matrices(self) -> list[tuple[Spillover, str, str]]:
         out = []
@@ -592,12 +628,16 @@ class _V9Reader(_Reader):
             matrix = np.array([[rows[r].get(c, 1.0 if r == c else 0.0) for c in names] for r in names])
             out.append((Spillover(tuple(names), matrix, source=f"workspace:{_attr(matrix_el, 'name')}"),
                         _attr(matrix_el, "prefix", C.V9_COMP_PREFIX) or "", _attr(matrix_el, "suffix", "") or ""))
+            self.matrix_names.append(_attr(matrix_el, "name") or "")
         return out
 
     def axis(self, detector: str, compensated: bool) -> Transform | None:
         log = self.log_axis(detector)
         if log is not None:
             return log
+        fitted = self.parameter_biex(detector) if compensated else None
+        if fitted is not None:
+            return fitted
         top = self.channel_keyword(detector, "R")
         is_scatter = detector.upper().startswith(("FSC", "SSC")) or detector.upper() == "TIME"
         if not is_scatter and top and float(top) > 4096:
@@ -615,8 +655,16 @@ class _V9Reader(_Reader):
                              for k in _children(_child(element, "Keywords") or ET.Element("x"), "Keyword")}
             comp = _attr(element, "compensationID") or "0"
             self.spillover, self.prefix, self.suffix = None, C.V9_COMP_PREFIX, C.V9_COMP_SUFFIX
+            self.matrix_name = ""
             if comp.isdigit() and 0 < int(comp) <= len(self.matrices):
                 self.spillover, self.prefix, self.suffix = self.matrices[int(comp) - 1]
+                self.matrix_name = self.matrix_names[int(comp) - 1]
+            self.high_values = {}
+            for parameter in _children(_child(element, "SampleParameters") or element, "Parameter"):
+                try:
+                    self.high_values[(_attr(parameter, "name") or "").strip()] = float(_attr(parameter, "highValue"))
+                except (TypeError, ValueError):
+                    continue
             name = _attr(node, "name") or _attr(node, "nodeName") or ""
             nodes = [self.population(p, "") for p in _children(node, "Population")]
             self.contexts[_attr(node, "sampleID") or ""] = self.context()
@@ -683,10 +731,11 @@ class _V9Reader(_Reader):
         dims, axes = self.dims(names)
         if kind == "Range":
             xs = [v[0] for v in vertices]
-            return RectangleGate(name, dims[:1], (min(xs),), (max(xs),))
+            return RectangleGate(name, dims[:1], (self.extended(min(xs), axes[0]),), (max(xs),))
         if kind == "PolyRect":
             v = np.array(vertices)
-            return RectangleGate(name, dims, tuple(v.min(axis=0)), tuple(v.max(axis=0)))
+            lows = tuple(self.extended(float(lo), axis) for lo, axis in zip(v.min(axis=0), axes, strict=False))
+            return RectangleGate(name, dims, lows, tuple(v.max(axis=0)))
         if kind == "Ellipse":
             if len(vertices) < 4:
                 raise self.error(gate_el, f"population '{name}': an ellipse needs 4 vertices")
@@ -702,7 +751,22 @@ class _V9Reader(_Reader):
             if abs(np.linalg.det(cov)) <= 1e-300:
                 raise self.error(gate_el, f"population '{name}': degenerate ellipse")
             return EllipsoidGate(name, self.on_axes(dims, axes), tuple(centre), tuple(map(tuple, cov)), 1.0)
-        return self.polygon(name, dims, axes, vertices)
+        gate = self.polygon(name, dims, axes, vertices)
+        assert isinstance(gate, PolygonGate)
+        moved = [tuple(C.V9_BELOW_SCALE if isinstance(d.transform, FlowJoBiex) and c <= 0.0 else c
+                       for c, d in zip(vertex, gate.dimensions, strict=True)) for vertex in gate.vertices]
+        return PolygonGate(name, gate.dimensions, tuple(moved))
+
+    @staticmethod
+    def extended(low: float, axis: Transform | None) -> float | None:
+        """A lower limit at or below the bottom of a biex axis takes every event below it (no lower limit).
+
+        FlowJo 9 piles the events below its biex table on the bottom channel, and a gate drawn down to that
+        channel holds them all (flowWorkspace extends such gates to the data minimum for the same reason).
+        """
+        if isinstance(axis, FlowJoBiex) and float(axis.apply(np.array([low]))[0]) <= 0.0:
+            return None
+        return low
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from cytopipe.transforms import Transform
 
 from .constants import BIEX_CHANNELS, BIEX_DEFAULT_MAX, BIEX_DEFAULT_NEG, BIEX_DEFAULT_POS, BIEX_DEFAULT_WIDTH
 
-__all__ = ["FlowJoBiex", "FlowJoLog", "biex_table"]
+__all__ = ["FlowJoBiex", "FlowJoLog", "biex_from_table", "biex_table"]
 
 
 def _negative_range(positive_range: float, width: float) -> float:
@@ -79,6 +79,50 @@ def biex_table(pos: float = BIEX_DEFAULT_POS, neg: float = BIEX_DEFAULT_NEG, wid
     below = np.arange(zero)
     values[below] = -values[2 * zero - below]
     return values
+
+
+def biex_from_table(values: np.ndarray, pos: float, neg: float, max_value: float,
+                    rtol: float = 1e-5) -> FlowJoBiex | None:
+    """The FlowJo biex whose table is ``values`` (FlowJo 9 ``CalibrationTables``), solving for its width basis.
+
+    FlowJo 9 writes a table per compensated parameter (``<matrix name> <FITC-A>``) with the workspace's decades and
+    extra negative decades, the parameter's ``highValue`` as top of scale and a width basis it fitted to that
+    parameter's data, which the table does not name. The zero of the table fixes the width basis to an interval
+    (FlowJo rounds the zero to a whole channel); within it the bottom value decides it (bisection).
+
+    Returns
+    -------
+    FlowJoBiex or None
+        ``None`` when no width basis reproduces the table within ``rtol`` (relative to ``|value| + 1``).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size != BIEX_CHANNELS + 1 or not np.all(np.diff(values) > 0):
+        return None
+
+    def table(lw: float) -> np.ndarray:
+        return biex_table(pos, neg, -(10.0 ** lw), max_value)
+
+    def fits(lw: float) -> bool:
+        return bool(np.max(np.abs(table(lw) - values) / (np.abs(values) + 1.0)) <= rtol)
+
+    # The zero channel z = int((neg + w/2) * channels / (neg + pos)), w = log10(-width), bounds w to one interval.
+    zero = int(np.searchsorted(values, 0.0))
+    if not 0 < zero < BIEX_CHANNELS // 2 or values[zero] != 0.0:
+        return None
+    span = neg + pos
+    lo = max(2.0 * (zero * span / BIEX_CHANNELS - neg), 1e-9)
+    hi = 2.0 * ((zero + 1) * span / BIEX_CHANNELS - neg) - 1e-9  # the next channel's zero starts there
+    ends = sorted((lo, hi), key=lambda lw: table(lw)[0])
+    for _ in range(60):  # the bottom value is monotone in w within the interval
+        mid = 0.5 * (ends[0] + ends[1])
+        if table(mid)[0] < values[0]:
+            ends[0] = mid
+        else:
+            ends[1] = mid
+    lw = 0.5 * (ends[0] + ends[1])
+    if fits(lw):
+        return FlowJoBiex(pos=pos, neg=neg, width=-(10.0 ** lw), max_value=max_value)
+    return None
 
 
 @dataclass(frozen=True)
