@@ -7,7 +7,8 @@ random byte flips. For every mutated input the read must
 * return a Sample or raise :class:`FCSError` whose message is one line naming the file (anything else is a bug);
 * allocate (tracemalloc peak) at most ``8 x file size + 4 MiB``: sizes are checked against the file length before
   any array is created;
-* finish within one second (all seeds are under 1.2 MB);
+* finish within five seconds (all seeds are under 1.2 MB and read in milliseconds: the cap catches a hang or a
+  super-linear path, with room for a shared, loaded CI machine);
 * never read outside the file (a numpy/mmap bounds error would surface as a non-FCSError exception).
 
 Six tests x 1,000 examples = 6,000 mutated inputs; each test asserts its own count and prints it (run with ``-s``).
@@ -55,7 +56,7 @@ HOSTILE_VALUES = (
     "4294967296", "18446744073709551617", "1e9", "1e400", "nan", "-0", "3.5", "", " ", "abc", "I", "F", "D", "A",
     "C", "L", "U", "1,2,3,4", "4,3,2,1", "1,2", "2,1", "3,4,1,2", "1,2,3", "9" * 5000,
 )  # fmt: skip
-MAX_SECONDS = 1.0
+MAX_SECONDS = 5.0
 
 
 @pytest.fixture(scope="module")
