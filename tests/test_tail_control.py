@@ -101,6 +101,24 @@ def test_fmo_role_accepted_and_preference_order(tubes) -> None:
     assert both[-1]["control"] == "isotype:CD25"
 
 
+def test_unstained_tube_is_read_on_the_last_population_it_reaches(tubes) -> None:
+    """An unstained tube has no CD3+ CD4+ cells: its CD25 background is read on its Singlets, and the row says so."""
+    sample, _ = tubes
+    spec = sim.SampleSpec(biology=sim.Biology(treg_pct=6.0), n_events=30_000, style="bd", file="unstained.fcs",
+                          unstained=tuple(sim.PANEL))
+    out = sim.simulate_sample(spec, np.random.default_rng(9))
+    unstained = Sample("unstained.fcs", out.events, out.channels, out.markers, out.metadata, "FCS3.1")
+    fitted, rows = autogate.fit_strategy(load_strategy(CD127_YAML), [sample], controls={"unstained": unstained})
+    assert rows[-1]["control"] == "unstained (on Singlets)"
+    gated = fitted.apply(unstained)
+    assert gated.counts["CD4+"] < 50 <= gated.counts["Singlets"]
+    cd25 = gated.values(fitted.population("Treg").gate)[gated.masks["Singlets"], 0].astype(float)
+    cut = fitted.population("Treg").gate.dimensions[0]
+    # Fitting reads every k-th event of a tube of more than 50,000 events only: this one is read whole.
+    expected = autogate.from_units(float(np.percentile(cd25, 99)), cut.transform)
+    assert rows[-1]["control CD25"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_control_required_errors_in_one_line(tubes) -> None:
     sample, fmo = tubes
     strict = _variant(ROLES, ROLES + "\n      control_required: true")

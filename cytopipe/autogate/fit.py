@@ -14,6 +14,7 @@ from ..errors import GateError, MarkerError
 from ..gates import BooleanGate, Dimension, EllipsoidGate, Gate, GatingStrategy, Population, RectangleGate
 from .base import (
     DEFAULT_MAX_EVENTS,
+    MIN_EVENTS,
     SCOPES,
     AutoGate,
     missing_control,
@@ -427,13 +428,37 @@ def _fit_population(gate: AutoGate, pop: Population, where: str, contexts: list[
     for group in getattr(gate, "required_controls", tuple((r,) for r in roles)):
         if not any(r.casefold() in control_contexts for r in group):
             raise GateError(f"{where}: {missing_control(group)}")
-    control_values = {}
+    control_values, read_on = {}, {}
     for role in (r.casefold() for r in roles):
         if role in control_contexts:
             ctx = control_contexts[role]
-            control_values[role] = ctx.values(pop, ctx.parent(pop))
+            rows, ancestor = _control_rows(ctx, pop)
+            control_values[role] = ctx.values(pop, rows)
+            if ancestor is not None:
+                read_on[role] = ancestor
     try:
         fitted, info = gate.fit_with_info(values, reference=reference, controls=control_values)
     except GateError as err:
         raise GateError(f"{where}: {err}") from None
+    used = info.get("control")
+    if isinstance(used, str) and used.casefold() in read_on:
+        info = {**info, "control": f"{used} (on {read_on[used.casefold()]})"}
     return fitted, info, n_parent
+
+
+def _control_rows(ctx: _Context, pop: Population) -> tuple[np.ndarray, str | None]:
+    """A control tube's events in ``pop``'s parent, or, when the parent holds fewer than :data:`MIN_EVENTS` of
+    them, in the nearest ancestor that holds enough (named in the second item; ``None`` for the parent).
+
+    An unstained tube has no CD3+ CD4+ cells: its CD25 background is read on the last population it reaches
+    (Singlets), where it still measures the channel's unstained spread."""
+    if pop.parent is None:
+        return ctx.parent(pop), None
+    parents = {p.name: p.parent for p in ctx.pops}
+    name: str | None = pop.parent
+    while name is not None:
+        mask = ctx.masks[name]
+        if int(np.count_nonzero(mask)) >= MIN_EVENTS:
+            return mask, None if name == pop.parent else name
+        name = parents.get(name)
+    return np.ones(ctx.n, dtype=bool), "all events"
