@@ -536,7 +536,8 @@ def _timepoint_row(r: dict[str, Any], clinical_cols: list[str]) -> dict[str, Any
         "delta": "baseline" if r["is_baseline"] else _interval(r["delta_pp"], r["delta_ci_low"], r["delta_ci_high"],
                                                                sign=True),
         "delta_total": None if "delta_ci_low_total" not in r else "baseline" if r["is_baseline"] else _interval(
-            r["delta_pp"], r["delta_ci_low_total"], r["delta_ci_high_total"], sign=True),
+            r["delta_pp"], r["delta_ci_low_total"], r["delta_ci_high_total"], sign=True)
+        + (f" (gating SD {float(r['gate_sd_pp']):.2f})" if _finite(r.get("gate_sd_pp")) else ""),
         "fold": "1" if r["is_baseline"] else _interval(r["fold_change"], r["fc_ci_low"], r["fc_ci_high"]),
         "change": "" if r["is_baseline"] else f"{float(r['pct_change']):+.0f}%" if _finite(r["pct_change"]) else "–",
         "significant": "" if r["is_baseline"] else ("yes (" + str(r["direction"]) + ")" if r["significant"] else "no")

@@ -211,3 +211,15 @@ def test_report_edge_cases(tmp_path: Path) -> None:
     assert list(summary["treg_verdict"]) == ["Baseline only: no later timepoint",
                                              "Change not assessable (baseline Treg % is missing)"]
     assert "<h3>007</h3>" in html and "<h3>NA</h3>" in html
+
+
+def test_gating_noise_columns_are_shown(tmp_path: Path, results_folder: Callable[..., Path]) -> None:
+    out = results_folder(tmp_path)
+    treg = pd.read_csv(out / "treg.csv")
+    treg["gate_sd_pp"] = 0.25
+    treg.to_csv(out / "treg.csv", index=False)
+    html = render_report(out, pdf=False).read_text(encoding="utf-8")
+    baseline = pd.read_csv(out / "baseline.csv")
+    assert {"gate_sd_pp", "delta_ci_low_total", "delta_ci_high_total"} <= set(baseline.columns)
+    assert "&Delta; pp [interval incl. gating]" in html and "(gating SD 0.25)" in html
+    assert "<th class=\"num\">gate_sd_pp" not in html  # not mistaken for a clinical column
