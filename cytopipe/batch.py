@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -164,6 +165,7 @@ class Progress:
             self.stream.flush()
 
     def _line(self, text: str) -> None:
+        text = printable(text)
         if self.mode == "tty":
             text = "\r\x1b[K" + text
         self.stream.write(text + "\n")
@@ -172,6 +174,18 @@ class Progress:
     def _json(self, record: dict) -> None:
         self.stream.write(json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n")
         self.stream.flush()
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newline, carriage return, escape sequences...) shown as ``\\xNN``.
+
+    Sample names, file names and failure reasons come from the user's files: written raw, a newline or a carriage
+    return in one would forge or overwrite a log line, and an escape sequence would drive the terminal.
+    """
+    return _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _progress_mode(progress: bool | None, log_json: bool, quiet: bool, stream: IO[str]) -> str:
@@ -230,22 +244,131 @@ class ResultCache:
         if key is not None and sha:
             atomic_write(self.files / key, sha)
 
-    def get(self, key: str) -> SampleResult | None:
-        """The cached result or ``None`` (an unreadable entry counts as absent)."""
+    def get(self, key: str, task: SampleTask | None = None, sha: str = "") -> SampleResult | None:
+        """The cached result, or ``None`` when the entry is absent or not exactly what :meth:`put` writes.
+
+        An entry is used only when its checksum matches its content, every field has the type and the meaning
+        this version writes (see :func:`_valid_result`) and it belongs to ``task`` and the file ``sha``; anything
+        else (truncated, tampered, hand-edited, from another version) is recomputed.
+        """
+        path = self.results / f"{key}.json"
         try:
-            data = json.loads((self.results / f"{key}.json").read_text())
-            result = SampleResult.from_dict(data)
-        except (OSError, ValueError, TypeError):
+            if path.stat().st_size > _MAX_ENTRY_BYTES:
+                return None
+            entry = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+            payload = entry["result"] if isinstance(entry, dict) and set(entry) == {"result", "sha256"} else None
+            if not isinstance(payload, dict) or entry["sha256"] != _sha_text(_entry_text(payload)):
+                return None
+            result = SampleResult.from_dict(payload)
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
+            return None
+        if not _valid_result(result, payload, task, sha):
             return None
         result.cached = True
         return result
 
     def put(self, key: str, result: SampleResult) -> None:
-        """Store a successful result."""
-        atomic_write(self.results / f"{key}.json", json.dumps(result.to_dict(), sort_keys=True))
+        """Store a successful result with the checksum of its content (a cache that cannot be written is skipped)."""
+        payload = json.loads(_entry_text(result.to_dict()))
+        path = self.results / f"{key}.json"
+        try:
+            if path.is_dir() and not path.is_symlink():
+                import shutil
+
+                shutil.rmtree(path)
+            atomic_write(path, json.dumps({"result": payload, "sha256": _sha_text(_entry_text(payload))}))
+        except OSError:
+            return  # a full or read-only cache costs a recomputation next time, not this run
 
     def __len__(self) -> int:
         return sum(1 for _ in self.results.glob("*.json"))
+
+
+# A cached result is a few kB per population; anything far bigger was not written by this version.
+_MAX_ENTRY_BYTES = 16 * 2**20
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid in a cache entry")
+
+
+def _entry_text(payload: dict) -> str:
+    """The canonical text of a cached result (NaN as null, so the entry is strict JSON)."""
+    return json.dumps(_nan_to_none(payload), allow_nan=False)  # keys in written order: columns keep their order
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _valid_result(result: SampleResult, payload: dict, task: SampleTask | None, sha: str) -> bool:
+    """Is a cached result exactly what :func:`cytopipe.pipeline.process_sample` returns for this task?
+
+    Checks the field set, every type, the identity (sample, file, subject, timepoint, day, SHA-256) against the
+    task, one population row per population of the task's strategy in order, and the counts: each population
+    within its parent, percentages that follow from the counts, and a Treg row that agrees with the population
+    rows. A hand-edited count breaks one of these (or the entry's checksum).
+    """
+    fields = set(SampleResult.__dataclass_fields__)
+    if set(payload) != fields or result.failure is not None or result.cached is not False:
+        return False
+    texts = (result.sample, result.file, result.subject, result.timepoint, result.sha256, result.spillover_source)
+    if not all(isinstance(t, str) for t in texts) or not _is_int(result.n_events) or not _is_real(result.day):
+        return False
+    if len(result.sha256) != 64 or (sha and result.sha256 != sha):
+        return False
+    if task is not None and (result.sample, result.file, result.subject, result.timepoint, float(result.day)) != (
+            task.sample, task.file, task.subject, task.timepoint, float(task.day)):
+        return False
+    if result.plot is not None and not isinstance(result.plot, str):
+        return False
+    if not isinstance(result.timings, dict) or not all(isinstance(v, (int, float)) for v in result.timings.values()):
+        return False
+    for rows in (result.fitted, result.sensitivity, result.populations):
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return False
+    if not isinstance(result.treg, dict) or set(result.treg) != {*TREG_COLUMNS, "acquisition_qc"}:
+        return False
+    counts: dict[str, int] = {}
+    for row in result.populations:
+        if set(row) != set(POPULATION_COLUMNS) or not _is_int(row["count"]) or row["count"] > result.n_events:
+            return False
+        counts[row["population"]] = row["count"]
+        parent = counts.get(row["parent"], result.n_events) if row["parent"] else result.n_events
+        if row["count"] > parent or not _close(row["pct_parent"], row["count"], parent) or \
+                not _close(row["pct_total"], row["count"], result.n_events):
+            return False
+    if task is not None and list(counts) != [p.name for p in task.strategy.populations]:
+        return False
+    treg = result.treg
+    want = (counts.get(task.treg) if task is not None else treg["treg_events"],
+            (counts.get(task.parent) if task.parent is not None else result.n_events) if task is not None
+            else treg["cd4_events"])
+    return (_is_int(treg["treg_events"]) and _is_int(treg["cd4_events"]) and
+            (treg["treg_events"], treg["cd4_events"]) == want and
+            _close(treg["treg_pct"], treg["treg_events"], treg["cd4_events"]) and
+            isinstance(treg["acquisition_qc"], str))
+
+
+def _close(pct: Any, count: int, total: int) -> bool:
+    """``pct`` is ``100 * count / total`` as :mod:`cytopipe.pipeline` writes it (null when ``total`` is 0)."""
+    if total == 0:
+        return pct is None or (isinstance(pct, float) and math.isnan(pct))
+    return _is_real(pct) and pct == 100.0 * count / total
 
 
 def _sha_text(text: str) -> str:
@@ -275,9 +398,27 @@ def _limit_threads() -> None:
         pass
 
 
+def _one_thread() -> Any:
+    """A context with one BLAS/OpenMP thread: sums then run in one order, so fits agree to the last digit
+    whatever the machine's thread count (in this process, in a pool worker or on a Dask worker)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return threadpool_limits(1)
+
+
+def process_one(task: SampleTask) -> SampleResult:
+    """:func:`cytopipe.pipeline.process_sample` with one BLAS thread (what every executor runs)."""
+    with _one_thread():
+        return process_sample(task)
+
+
 def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
     for task in tasks:
-        yield process_sample(task)
+        yield process_one(task)
 
 
 def _pool_context(drawing: bool) -> Any:
@@ -331,7 +472,7 @@ def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
                                    initializer=_limit_threads)
         try:
-            futures = {pool.submit(process_sample, task): task for task in pending}
+            futures = {pool.submit(process_one, task): task for task in pending}
             for future in as_completed(futures):
                 try:
                     yield future.result()
@@ -371,7 +512,7 @@ def _run_dask(tasks: list[SampleTask], scheduler: str) -> Iterator[SampleResult]
         first = " ".join(str(err).split())[:200]
         raise ConfigError(f"cannot connect to the Dask scheduler at {scheduler}: {first}") from None
     try:
-        futures = client.map(process_sample, tasks, pure=False)
+        futures = client.map(process_one, tasks, pure=False)
         owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
         for future in as_completed(futures, loop=client.loop):
             try:
@@ -442,10 +583,11 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
             tubes = {role: read_sample(path, panels.get(path), scale=strategy.scale)
                      for role, path in controls.get(subject, ())} or None
             resolved, _ = resolve_optional(strategy, loaded[0]) if loaded else (strategy, [])
-            widths, width_rows = fit_widths(resolved, loaded, spills)  # pooled like the gates
-            fitted[subject], params = fit_strategy(apply_widths(resolved, widths), loaded, spillover=spills,
-                                                   controls=tubes, scopes=scopes,
-                                                   baseline=flags.index(True) if True in flags else None)
+            with _one_thread():
+                widths, width_rows = fit_widths(resolved, loaded, spills)  # pooled like the gates
+                fitted[subject], params = fit_strategy(apply_widths(resolved, widths), loaded, spillover=spills,
+                                                       controls=tubes, scopes=scopes,
+                                                       baseline=flags.index(True) if True in flags else None)
             params = [*width_rows, *params]
         except Exception as err:  # noqa: BLE001 - one subject's bad data must not stop the other subjects
             failed[subject] = f"{'/'.join(sorted(scopes))}-scope gate fit for subject {subject} failed: " + \
@@ -688,7 +830,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     todo: list[tuple[SampleTask, str]] = []
     for task, setting in zip(tasks, settings, strict=True):
         sha = cache.known_sha(task.file)
-        hit = cache.get(task_key(task, sha, setting)) if sha else None
+        hit = cache.get(task_key(task, sha, setting), task, sha) if sha else None
         if hit is not None and (hit.plot is None or Path(hit.plot).is_file()):
             results.append(hit)
             log.sample(hit)

@@ -17,7 +17,8 @@ Precision policy
   cell ``x`` spans a relative width of 1/512, so the interpolation error is below 1e-7 in Gating-ML units, under the
   float32 resolution of the output near 1. This is 10-20x faster than flowutils' C solver. The table of a parameter
   set is built once that set has been applied to as many values (2**18) in total as the table has cells; until then
-  its values are solved exactly and rounded to float32.
+  only the cells the values fall in are solved, with the same bits as the table: a float32 result never depends
+  on what else the process transformed before (byte-identical outputs whatever the workers).
 
 ``boundMin`` / ``boundMax`` (Gating-ML 2.0 section 6) clamp the result: ``max(min(f(x), bound_max), bound_min)``.
 """
@@ -318,6 +319,9 @@ class _Biexponential(Transform):
         with np.errstate(divide="ignore"):
             y = np.maximum(x1 + ax / (s * b), 1.0 + np.log(ax / top) / b)
         y = np.clip(y, lo, hi)
+        # A value stops at its own convergence, so its root never depends on the other values solved with it:
+        # the table and a partial evaluation of it (_interpolate) then agree to the last bit.
+        active = np.ones(y.shape, dtype=bool)
         for _ in range(200):
             value = self._B_upper(y)
             r = np.arcsinh(value / s) - target
@@ -328,8 +332,9 @@ class _Biexponential(Transform):
             outside = ~((y_new >= lo) & (y_new <= hi))
             y_new = np.where(outside, 0.5 * (lo + hi), y_new)
             done = np.abs(y_new - y) <= 1e-15 * (1.0 + np.abs(y))
-            y = y_new
-            if done.all():
+            y = np.where(active, y_new, y)
+            active &= ~done
+            if not active.any():
                 break
         out[finite] = np.where(x[finite] < 0, 2 * x1 - y, y)
         return out
@@ -364,8 +369,9 @@ class _Biexponential(Transform):
         if x.dtype != np.float32:
             return self.solve(x)
         # Building a table costs about as much as solving as many values as it has cells: a parameter set is
-        # solved directly until it has been applied to that many values in total (e.g. over several 50,000-event
-        # files), then the table is built and used from then on.
+        # evaluated on the cells its values fall in until it has been applied to that many values in total (e.g.
+        # over several 50,000-event files), then the table is built and used from then on. Both give the same
+        # bits, so the result never depends on what this process transformed before (workers, cache, Dask).
         key = self._key()
         if key not in _TABLES:
             seen = _APPLIED.pop(key, 0) + x.size
@@ -373,8 +379,26 @@ class _Biexponential(Transform):
                 while len(_APPLIED) >= _MAX_APPLIED:  # least recently used first
                     _APPLIED.pop(next(iter(_APPLIED)))
                 _APPLIED[key] = seen
-                return self.solve(x).astype(np.float32)
+                return self._interpolate(x)
         return self._fast(x)
+
+    def _interpolate(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`_fast` without the table: the exact values at the edges of only the cells ``x`` falls in."""
+        bits = np.ascontiguousarray(x).view(np.int32)
+        idx = np.right_shift(bits, _LUT_SHIFT)
+        idx += _LUT_OFFSET
+        cells, where = np.unique(idx, return_inverse=True)
+        edges = np.concatenate([cells, np.minimum(cells + 1, _LUT_CELLS - 1)]).astype(np.int64)
+        with np.errstate(invalid="ignore"):  # NaN bit patterns
+            xs = ((edges - _LUT_OFFSET) << _LUT_SHIFT).astype(np.int32).view(np.float32).astype(np.float64)
+        exact = self.solve(xs)
+        n = cells.size
+        start = exact[:n].astype(np.float32)
+        slope = ((exact[n:] - exact[:n]) / (1 << _LUT_SHIFT)).astype(np.float32)
+        low = np.bitwise_and(bits, (1 << _LUT_SHIFT) - 1).astype(np.float32)
+        low *= slope.take(where.reshape(-1))
+        low += start.take(where.reshape(-1))
+        return low.reshape(x.shape)
 
     def _fast(self, x: np.ndarray) -> np.ndarray:
         """float32 fast path: table lookup on the float's bit pattern plus linear interpolation."""

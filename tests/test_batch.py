@@ -230,7 +230,7 @@ def test_log_modes(study, tmp_path):
 
 
 def _cached_samples(out: Path) -> set[str]:
-    return {json.loads(p.read_text())["sample"] for p in (out / ".cache" / "results").glob("*.json")}
+    return {json.loads(p.read_text())["result"]["sample"] for p in (out / ".cache" / "results").glob("*.json")}
 
 
 @pytest.mark.slow
