@@ -135,6 +135,9 @@ def _starts_with_count(value: str) -> bool:
 def _parse_matrix_keyword(value: str, channels: Sequence[str], where: str) -> tuple[tuple[str, ...], np.ndarray]:
     """Parse ``n,name1..namen,v11..vnn`` (names may be omitted when ``n`` equals the channel count)."""
     parts = [p.strip() for p in value.strip().strip(",").split(",")]
+    # str.isdigit accepts superscripts and other scripts' digits, which int() refuses; a real count is short.
+    if not re.fullmatch(r"[0-9]{1,6}", parts[0]):
+        raise FCSError(f"{where}: the matrix size {parts[0][:20]!r} is not a count of detectors")
     n = int(parts[0])
     if n < 1:
         raise FCSError(f"{where}: matrix size is {n}")
@@ -173,7 +176,7 @@ def _match_channel(name: str, channels: Sequence[str], where: str) -> str:
     folded = [c.casefold() for c in channels]
     if name.casefold() in folded:
         return channels[folded.index(name.casefold())]
-    if name.isdigit() and 1 <= int(name) <= len(channels):
+    if re.fullmatch(r"[0-9]{1,6}", name) and 1 <= int(name) <= len(channels):
         return channels[int(name) - 1]
     # FlowJo prefixes compensated parameters ("Comp-FITC-A") and some exports wrap names in <>.
     bare = re.sub(r"^(comp-)|^<|>$", "", name.strip(), flags=re.IGNORECASE).casefold()

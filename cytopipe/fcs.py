@@ -331,7 +331,7 @@ def _read_header_and_text(fcs: _File, base: int) -> tuple[_Segments, dict[str, s
         raise fcs.error(f"data set at byte {base} is cut short inside its HEADER")
     header = fcs.read(base, base + HEADER_SIZE, "HEADER")
     if not _VERSION_RE.fullmatch(header[:6]):
-        raise fcs.error(f"not an FCS file: HEADER starts with {header[:6]!r}, expected 'FCS2.0'/'FCS3.0'/'FCS3.1'")
+        raise fcs.error(f"not an FCS file: HEADER starts with {header[:6]!r}, expected 'FCS2.0'/'FCS3.0'/'FCS3.1'/'FCS3.2'")
     version = header[:6].decode("ascii")
     names = ("TEXT start", "TEXT end", "DATA start", "DATA end", "ANALYSIS start", "ANALYSIS end")
     offsets = []
@@ -495,7 +495,7 @@ def _layout(fcs: _File, metadata: Mapping[str, str], n_par: int) -> _Layout:
             raise fcs.error(f"$P{i}DATATYPE/$DATATYPE is {kind!r}; expected I, F or D")
         if not raw_bits:
             raise fcs.error(f"required keyword $P{i}B is missing")
-        if not raw_bits.isdigit():
+        if not re.fullmatch(r"[0-9]{1,4}", raw_bits):  # str.isdigit would pass superscripts that int() refuses
             raise fcs.error(f"$P{i}B is not a bit count: {raw_bits[:20]!r}")
         width = int(raw_bits)
         if kind == "F" and width != 32:

@@ -48,6 +48,9 @@ __all__ = [
 
 #: Compensation references with a fixed meaning; anything else names a matrix in ``GatingStrategy.matrices``.
 FCS = "FCS"
+#: Most vertices a polygon gate may have: hand-drawn and FlowJo polygons have tens to hundreds; each vertex costs
+#: a pass over the events, so a million would gate for hours.
+MAX_VERTICES = 10_000
 UNCOMPENSATED = "uncompensated"
 
 
@@ -212,6 +215,8 @@ class PolygonGate(Gate):
             raise GateError(f"gate '{self.name}': a polygon needs exactly 2 dimensions, got {len(self.dimensions)}")
         if len(vertices) < 3:
             raise GateError(f"gate '{self.name}': a polygon needs at least 3 vertices, got {len(vertices)}")
+        if len(vertices) > MAX_VERTICES:
+            raise GateError(f"gate '{self.name}': a polygon of {len(vertices)} vertices; at most {MAX_VERTICES}")
         if not np.all(np.isfinite(vertices)):
             raise GateError(f"gate '{self.name}': vertex coordinates must be finite")
         object.__setattr__(self, "_core", self._inner_square())

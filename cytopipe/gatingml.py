@@ -23,6 +23,7 @@ import numpy as np
 from cytopipe.errors import GateError
 from cytopipe.gates import (
     FCS,
+    MAX_VERTICES,
     UNCOMPENSATED,
     BooleanGate,
     Dimension,
@@ -47,6 +48,8 @@ _G = "{" + GATING_NS + "}"
 _T = "{" + TRANSFORMS_NS + "}"
 _D = "{" + DATATYPES_NS + "}"
 
+#: Largest Gating-ML file read (FlowJo writes ~100 bytes per polygon vertex).
+MAX_XML_BYTES = 64 * 2**20
 _GATE_TAGS = {_G + t for t in ("RectangleGate", "PolygonGate", "EllipsoidGate", "QuadrantGate", "BooleanGate")}
 _SIMPLE_TRANSFORMS: dict[str, tuple[type[Transform], tuple[str, ...]]] = {
     "flin": (Linear, ("T", "A")),
@@ -95,8 +98,8 @@ class _Reader:
             result = float(value)
         except ValueError:
             raise self.error(what, f"{name} is not a number: {value!r}") from None
-        if math.isnan(result):
-            raise self.error(what, f"{name} is not a number: {value!r}")
+        if not math.isfinite(result):
+            raise self.error(what, f"{name} must be a finite number, got {value!r}")
         return result
 
     def read(self, text: str) -> GatingStrategy:
@@ -127,10 +130,17 @@ class _Reader:
         try:
             return GatingStrategy(
                 tuple(populations), matrices=dict(self.matrices), transforms=dict(self.transforms),
-                name=Path(self.path).stem, source=text, scale="gain",  # the compliance suite's reading of the data
+                name=self.strategy_name(root), source=text, scale="gain",  # the compliance suite's reading of the data
             )
         except GateError as exc:
             raise GateError(f"{self.path}: {exc}") from None
+
+    def strategy_name(self, root: ET.Element) -> str:
+        """The name :func:`write_gatingml` kept in the document's ``custom_info``, else the file name."""
+        info = root.find(_D + "custom_info")
+        tag = info.find("cytopipe") if info is not None else None
+        name = tag.get("name") if tag is not None else None
+        return name if name else Path(self.path).stem
 
     def transform(self, element: ET.Element) -> Transform:
         tid = _attr(element, _T, "id")
@@ -241,7 +251,10 @@ class _Reader:
                               for d in element.findall(_G + "dimension")),
                     )
                 elif kind == "PolygonGate":
-                    vertices = [self.coordinates(v, what) for v in element.findall(_G + "vertex")]
+                    found = element.findall(_G + "vertex")
+                    if len(found) > MAX_VERTICES:
+                        raise self.error(what, f"a polygon of {len(found)} vertices; at most {MAX_VERTICES}")
+                    vertices = [self.coordinates(v, what) for v in found]
                     if any(len(v) != 2 for v in vertices):
                         raise self.error(what, "every vertex needs two coordinates")
                     gate = PolygonGate(gid, dims, tuple(tuple(v) for v in vertices))
@@ -356,6 +369,10 @@ def read_gatingml(path: str | os.PathLike[str]) -> GatingStrategy:
     """
     where = os.fspath(path)
     try:
+        size = os.path.getsize(where)
+        if size > MAX_XML_BYTES:
+            raise GateError(f"{where}: the file is too large: {size / 2**20:.0f} MB; a Gating-ML file is at most "
+                            f"{MAX_XML_BYTES // 2**20} MB")
         text = Path(where).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise GateError(f"{where}: cannot read Gating-ML file: {exc}") from None
@@ -395,6 +412,9 @@ class _Writer:
         ET.register_namespace("transforms", TRANSFORMS_NS)
         ET.register_namespace("data-type", DATATYPES_NS)
         root = ET.Element(_G + "Gating-ML")
+        if self.strategy.name:  # the strategy's free-text name, restored by read_gatingml
+            info = ET.SubElement(root, _D + "custom_info")
+            ET.SubElement(info, "cytopipe", {"name": self.strategy.name})
         # Named transforms first, so ids stay stable and readable; then any used only inline.
         for transform in self.strategy.transforms.values():
             if not isinstance(transform, Ratio):  # a ratio is written where a dimension names its channels

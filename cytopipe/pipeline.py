@@ -229,7 +229,7 @@ def choose_spillover(sample: Any, strategy: Any, spillover_file: str | None = No
         return None
     if spillover_file:
         return read_spillover_file(spillover_file, sample.channels)
-    return spillover_from_metadata(sample.metadata, sample.channels)
+    return spillover_from_metadata(sample.metadata, sample.channels, path=str(sample.path))
 
 
 def needs_fitting(strategy: Any) -> bool:

@@ -26,6 +26,7 @@ Precision policy
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -249,6 +250,8 @@ class _Biexponential(Transform):
 
     def _validate(self, w_positive: bool) -> None:
         who = f"{self.kind} '{self.name}'"
+        for key in ("T", "W", "M", "A"):
+            _require(math.isfinite(getattr(self, key)), who, f"{key} must be a finite number, got {getattr(self, key)}")
         _require(self.T > 0, who, f"T must be > 0, got {self.T}")
         _require(self.M > 0, who, f"M must be > 0, got {self.M}")
         if w_positive:
@@ -264,6 +267,17 @@ class _Biexponential(Transform):
     def x1(self) -> float:
         """Gating-ML ``x1 = (A + W) / (M + A)``: the point where ``B`` crosses zero."""
         return (self.A + self.W) / (self.M + self.A)
+
+    def _set_coefficients(self, compute: Callable[[], tuple]) -> None:
+        """Store ``compute()``; parameters that are valid one by one but underflow together are a GateError."""
+        try:
+            coef = compute()
+        except (ZeroDivisionError, OverflowError):
+            coef = (math.nan,)
+        _require(all(math.isfinite(c) for c in coef) and coef[0] > 0, f"{self.kind} '{self.name}'",
+                 f"T={self.T}, W={self.W}, M={self.M}, A={self.A} give no usable scale (M + A = {self.M + self.A} "
+                 "decades is too small to compute)")
+        object.__setattr__(self, "_coef", coef)
 
     def _B_upper(self, y: np.ndarray) -> np.ndarray:
         """The scale value at display position ``y >= x1``."""
@@ -489,11 +503,15 @@ class Logicle(_Biexponential):
         x1 = x2 + w
         x0 = x2 + 2 * w
         b = (self.M + self.A) * LN10
-        d = b if w == 0 else _logicle_d(w, b)
-        c_a = math.exp(x0 * (b + d))
-        mf_a = math.exp(b * x1) - c_a * math.exp(-d * x1)
-        a = self.T / (math.exp(b) - mf_a - c_a * math.exp(-d))
-        object.__setattr__(self, "_coef", (a, b, c_a * a, d, mf_a * a))
+
+        def coefficients() -> tuple:
+            d = b if w == 0 else _logicle_d(w, b)
+            c_a = math.exp(x0 * (b + d))
+            mf_a = math.exp(b * x1) - c_a * math.exp(-d * x1)
+            a = self.T / (math.exp(b) - mf_a - c_a * math.exp(-d))
+            return (a, b, c_a * a, d, mf_a * a)
+
+        self._set_coefficients(coefficients)
 
     def _B_upper(self, y: np.ndarray) -> np.ndarray:
         a, b, c, d, f = self._coef
@@ -541,10 +559,14 @@ class Hyperlog(_Biexponential):
         x1 = x2 + w
         x0 = x2 + 2 * w
         b = (self.M + self.A) * LN10
-        c_a = math.exp(b * x0) / w
-        f_a = math.exp(b * x1) + c_a * x1
-        a = self.T / (math.exp(b) + c_a - f_a)
-        object.__setattr__(self, "_coef", (a, b, c_a * a, f_a * a))
+
+        def coefficients() -> tuple:
+            c_a = math.exp(b * x0) / w
+            f_a = math.exp(b * x1) + c_a * x1
+            a = self.T / (math.exp(b) + c_a - f_a)
+            return (a, b, c_a * a, f_a * a)
+
+        self._set_coefficients(coefficients)
 
     def _B_upper(self, y: np.ndarray) -> np.ndarray:
         a, b, c, f = self._coef

@@ -1,0 +1,665 @@
+"""Hostile and careless input (issue 13): one line and exit 2 (or a failures.csv row), bounded memory and time,
+no silent wrong output.
+
+Every CLI call runs in a subprocess under a memory cap (``RLIMIT_DATA``, private memory: 512 MB + 8x the input
+size, one BLAS thread) and a time cap, and must not print a traceback. The expensive cases (15 MB FCS TEXT, million-vertex
+polygons, kill -9, Dask) are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_fcs import _assemble, _params
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "sample_fcs"
+FIXED = REPO / "gates" / "treg_fixed.yaml"
+BASE_MEMORY = 512 * 2**20
+
+
+def capped(*args: object, size: int = 0, seconds: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m cytopipe ARGS`` under RLIMIT_DATA = 512 MB + 8 x ``size`` and a wall-clock cap; no traceback."""
+    limit = BASE_MEMORY + 8 * size
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    env = {**os.environ, "MPLBACKEND": "Agg", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "cytopipe", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=seconds, preexec_fn=cap)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "MemoryError" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The single ``cytopipe: error:`` (or gate-check) line of a failed command."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+def fixed_study(folder: Path, n: int = 2, extra: dict[str, list[str]] | None = None, names: list[str] | None = None
+                ) -> Path:
+    """A sample sheet over ``n`` bundled files (fixed gates keep it fast)."""
+    files = sorted(SAMPLES.glob("ITP-01_*.fcs"))[:n]
+    rows = {"file": [str(f) for f in files], "subject": ["S1"] * n, "timepoint": [f"T{i}" for i in range(n)],
+            "day": [str(7 * i) for i in range(n)]}
+    if names is not None:
+        rows["sample"] = names
+    rows.update(extra or {})
+    folder.mkdir(parents=True, exist_ok=True)
+    sheet = folder / "study.csv"
+    pd.DataFrame(rows).to_csv(sheet, index=False)
+    return sheet
+
+
+# ------------------------------------------------------------------------------------------------ FCS TEXT
+
+
+def _escaped_fcs(path: Path, value_bytes: int) -> Path:
+    """A valid FCS file whose one keyword value is ``x//x//...``: every second byte an escaped delimiter."""
+    value = "x//" * (value_bytes // 3)
+    keywords = {"$TOT": "2", "$DATATYPE": "F", "$BYTEORD": "1,2,3,4", "$MODE": "L", "LONG": value,
+                **_params([32])}
+    path.write_bytes(_assemble(keywords, np.array([1.0, 2.0], "<f4").tobytes(), version="FCS3.0"))
+    return path
+
+
+def test_escaped_delimiters_parse_in_linear_time(tmp_path):
+    from cytopipe.fcs import read_fcs
+
+    path = _escaped_fcs(tmp_path / "esc.fcs", 300_000)
+    start = time.perf_counter()
+    sample = read_fcs(path)
+    assert time.perf_counter() - start < 1.0
+    assert sample.metadata["LONG"] == "x/" * 100_000
+    assert sample.events[:, 0].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.slow
+def test_fifteen_megabyte_text_parses_under_two_seconds_and_200_mb(tmp_path):
+    import tracemalloc
+
+    from cytopipe.fcs import read_fcs
+
+    path = _escaped_fcs(tmp_path / "big.fcs", 15_000_000)
+    tracemalloc.start()
+    start = time.perf_counter()
+    sample = read_fcs(path)
+    elapsed = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(sample.metadata["LONG"]) == 10_000_000
+    assert elapsed < 2.0, elapsed
+    assert peak < 200 * 2**20, peak
+    proc = capped("info", path, size=path.stat().st_size, seconds=30)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("value", ["¹6", "1" + "0" * 5000, "³²"])
+def test_bit_count_with_odd_digits_is_one_line(tmp_path, value):
+    keywords = {"$TOT": "2", "$DATATYPE": "I", "$BYTEORD": "1,2", "$MODE": "L", **_params([16])}
+    keywords["$P1B"] = value
+    path = tmp_path / "bits.fcs"
+    path.write_bytes(_assemble(keywords, b"\x01\x00\x02\x00").replace(b"FCS2.0", b"FCS3.0"))
+    line = error_line(capped("info", path))
+    assert "$P1B" in line and str(path) in line
+
+
+@pytest.mark.parametrize("count", ["²", "9" * 5000, "٣"])
+def test_spillover_count_with_odd_digits_is_one_line(tmp_path, count):
+    from cytopipe.compensate import spillover_from_metadata
+    from cytopipe.errors import CytopipeError
+
+    with pytest.raises(CytopipeError, match=r"\$SPILLOVER"):
+        spillover_from_metadata({"$SPILLOVER": f"{count},FL1,FL2,1,0,0,1"}, ("FL1", "FL2"))
+
+
+def test_not_an_fcs_file_names_every_version(tmp_path):
+    path = tmp_path / "x.fcs"
+    path.write_bytes(b"GIF89a" + b"\0" * 100)
+    line = error_line(capped("info", path))
+    assert "FCS3.2" in line and "FCS3.1" in line and "FCS2.0" in line
+
+
+# ------------------------------------------------------------------------------------------------ gate files
+
+BOMB = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+BOMB_PLACES = {
+    "gate type": "populations:\n  - name: L\n    gate: {type: *i, channels: [FSC-A], min: 1}\n",
+    "channel transform": "populations:\n  - name: L\n    gate: {type: range, "
+                         "channels: [{channel: CD4, transform: *i}], min: 1}\n",
+    "channel ratio": "populations:\n  - name: L\n    gate: {type: range, channels: [{channel: [CD4, CD8], ratio: *i}], "
+                     "min: 1}\n",
+    "transform type": "transforms:\n  t: {type: *i}\npopulations:\n  - name: L\n    gate: {type: range, "
+                      "channels: [{channel: CD4, transform: t}], min: 1}\n",
+    "population name": "populations:\n  - name: *i\n    gate: {type: range, channels: [FSC-A], min: 1}\n",
+    "vertices": "populations:\n  - name: L\n    gate: {type: polygon, channels: [FSC-A, SSC-A], vertices: *i}\n",
+}
+
+
+@pytest.mark.parametrize("place", list(BOMB_PLACES))
+def test_alias_bomb_anywhere_is_refused(tmp_path, place):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB.replace("a: &a", "x-a: &a").replace("\nb:", "\nx-b:").replace("\nc:", "\nx-c:")
+                    .replace("\nd:", "\nx-d:").replace("\ne:", "\nx-e:").replace("\nf:", "\nx-f:")
+                    .replace("\ng:", "\nx-g:").replace("\nh:", "\nx-h:").replace("\ni:", "\nx-i:")
+                    + BOMB_PLACES[place])
+    for args in (("gates", "check", path), ("gates", "convert", path, "--to", "gatingml")):
+        line = error_line(capped(*args, seconds=30))
+        assert str(path) in line and "alias" in line
+
+
+def _polygon_yaml(n: int) -> str:
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    points = ", ".join(f"[{50000 + 20000 * np.cos(a):.0f}, {50000 + 20000 * np.sin(a):.0f}]" for a in angles)
+    return f"populations:\n  - name: L\n    gate: {{type: polygon, channels: [FSC-A, SSC-A], vertices: [{points}]}}\n"
+
+
+def _polygon_xml(n: int) -> str:
+    vertex = ('<gating:vertex><gating:coordinate data-type:value="{:.0f}"/>'
+              '<gating:coordinate data-type:value="{:.0f}"/></gating:vertex>')
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    body = "".join(vertex.format(50000 + 20000 * np.cos(a), 50000 + 20000 * np.sin(a)) for a in angles)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<gating:Gating-ML '
+        'xmlns:gating="http://www.isac-net.org/std/Gating-ML/v2.0/gating" '
+        'xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes">'
+        '<gating:PolygonGate gating:id="L">'
+        '<gating:dimension gating:compensation-ref="uncompensated"><data-type:fcs-dimension data-type:name="FSC-A"/>'
+        '</gating:dimension>'
+        '<gating:dimension gating:compensation-ref="uncompensated"><data-type:fcs-dimension data-type:name="SSC-A"/>'
+        '</gating:dimension>'
+        f"{body}</gating:PolygonGate></gating:Gating-ML>\n"
+    )
+
+
+@pytest.mark.parametrize("kind", ["yaml", "xml"])
+def test_polygon_beyond_the_vertex_cap_is_refused(tmp_path, kind):
+    from cytopipe.gates import MAX_VERTICES
+
+    path = tmp_path / f"poly.{kind}"
+    path.write_text((_polygon_yaml if kind == "yaml" else _polygon_xml)(MAX_VERTICES + 1))
+    line = error_line(capped("gates", "check", path, size=path.stat().st_size, seconds=30))
+    assert f"{MAX_VERTICES + 1} vertices" in line and f"at most {MAX_VERTICES}" in line
+    path.write_text((_polygon_yaml if kind == "yaml" else _polygon_xml)(1000))
+    assert capped("gates", "check", path, seconds=30).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["yaml", "xml"])
+def test_million_vertex_polygon_is_refused_quickly(tmp_path, kind):
+    path = tmp_path / f"poly.{kind}"
+    path.write_text((_polygon_yaml if kind == "yaml" else _polygon_xml)(1_000_000))
+    start = time.perf_counter()
+    line = error_line(capped("gates", "check", path, size=path.stat().st_size, seconds=60))
+    assert "1000000 vertices" in line or "too large" in line
+    assert time.perf_counter() - start < 30
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("populations: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    line = error_line(capped("gates", "check", path, seconds=30))
+    assert str(path) in line and "nest" in line
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("populations:\n  - name: L\n    gate: {type: range, channels: [FSC-A], min: " + "9" * 5000 + "}\n",
+     "5000 digits"),
+    ("populations:\n  - name: L\n    gate: {type: range, channels: [FSC-A], min: 1}\n    ? [a, b]\n    : 1\n",
+     "mapping key"),
+    ("populations:\n  - ? {a: 1}\n    : 1\n", "mapping key"),
+])
+def test_yaml_oddities_are_one_line(tmp_path, text, words):
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    line = error_line(capped("gates", "check", path))
+    assert str(path) in line and words in line
+
+
+LOGICLE_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<gating:Gating-ML xmlns:gating="http://www.isac-net.org/std/Gating-ML/v2.0/gating"
+ xmlns:transforms="http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
+ xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes">
+<transforms:transformation transforms:id="lg"><transforms:logicle {params}/></transforms:transformation>
+<gating:RectangleGate gating:id="P"><gating:dimension gating:min="0.2" gating:transformation-ref="lg"
+ gating:compensation-ref="uncompensated">
+<data-type:fcs-dimension data-type:name="FL1"/></gating:dimension></gating:RectangleGate>
+</gating:Gating-ML>
+"""
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    ('transforms:T="inf" transforms:W="0.5" transforms:M="4.5" transforms:A="0"', "T"),
+    ('transforms:T="nan" transforms:W="0.5" transforms:M="4.5" transforms:A="0"', "T"),
+    ('transforms:T="262144" transforms:W="0" transforms:M="1e-300" transforms:A="0"', "M"),
+    ('transforms:T="1e308" transforms:W="0.5" transforms:M="4.5" transforms:A="1e-320"', ""),
+])
+def test_gatingml_logicle_edge_parameters_are_refused(tmp_path, params, words):
+    path = tmp_path / "lg.xml"
+    path.write_text(LOGICLE_XML.format(params=params))
+    proc = capped("gates", "check", path)
+    if not words:  # valid parameters: the file checks
+        assert proc.returncode == 0, proc.stderr
+        return
+    line = error_line(proc)
+    assert str(path) in line and words in line
+
+
+def test_gatingml_round_trip_keeps_the_name(tmp_path):
+    xml, back = tmp_path / "f.xml", tmp_path / "f.yaml"
+    assert capped("gates", "convert", FIXED, "--to", "gatingml", "--out", xml).returncode == 0
+    assert capped("gates", "convert", xml, "--to", "yaml", "--out", back).returncode == 0
+    from cytopipe.gatefile import load_gates, load_strategy
+
+    assert load_gates(back).name == load_gates(FIXED).name == load_strategy(xml).name == \
+        "Treg (CD3+ CD4+ CD25high FoxP3+)"
+
+
+# ------------------------------------------------------------------------------------------------ sample sheets
+
+
+@pytest.mark.parametrize("column", ["treg_pct", "cd4_events", "ci_low", "acquisition_qc", "fold_change"])
+def test_sheet_column_named_like_an_output_column(tmp_path, column):
+    sheet = fixed_study(tmp_path, extra={column: ["a", "b"]})
+    line = error_line(capped("run", sheet, "--gates", FIXED, "--out", tmp_path / "out", "--workers", "1"))
+    assert column in line and str(sheet) in line
+    assert not (tmp_path / "out" / "treg.csv").exists()
+
+
+def test_sheet_with_file_and_File(tmp_path):
+    sheet = fixed_study(tmp_path)
+    table = pd.read_csv(sheet)
+    table["File"] = table["file"]
+    table.to_csv(sheet, index=False)
+    line = error_line(capped("run", sheet, "--gates", FIXED, "--out", tmp_path / "out"))
+    assert "'file'" in line and "'File'" in line
+
+
+def test_long_sample_names_run(tmp_path):
+    names = ["A" * 300, "A" * 299 + "B"]
+    sheet = fixed_study(tmp_path, names=names)
+    out = tmp_path / "out"
+    proc = capped("run", sheet, "--gates", FIXED, "--out", out, "--workers", "1", "--quiet", seconds=120)
+    assert proc.returncode == 0, proc.stderr
+    treg = pd.read_csv(out / "treg.csv")
+    assert sorted(treg["sample"]) == sorted(names)
+    assert len({p.name for p in (out / "plots").glob("gating_*.png")}) == 2
+    assert all(len(p.name) < 255 for p in (out / "plots").iterdir())
+
+
+def test_newline_in_a_sample_name_cannot_forge_a_log_line(tmp_path):
+    sheet = fixed_study(tmp_path, names=["s1\ncytopipe: [9/9] INJECTED LOG LINE ok\r\x1b[2J", "s2"])
+    proc = capped("run", sheet, "--gates", FIXED, "--out", tmp_path / "out", "--workers", "1", seconds=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(line.startswith("cytopipe: [9/9] INJECTED") for line in proc.stderr.splitlines())
+    assert "\x1b" not in proc.stderr and "\r" not in proc.stderr
+    assert "\\ncytopipe: [9/9] INJECTED LOG LINE ok\\r\\x1b[2J" in proc.stderr
+
+
+INJECTIONS = ["=cmd|' /C calc'!A0", "@SUM(1+1)", "+HYPERLINK(\"http://x\")", "-2+3+cmd|' /C calc'!A0", "\tx",
+              "=HYPERLINK(\"http://evil\",\"x\")"]
+
+
+def _cells(path: Path) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [cell for row in csv.reader(handle) for cell in row]
+
+
+def test_formula_injection_is_neutralised_in_every_csv(tmp_path):
+    files = sorted(SAMPLES.glob("ITP-01_*.fcs"))[:2]
+    broken = tmp_path / "broken.fcs"
+    broken.write_bytes(b"FCS3.0" + b" " * 4 + b"garbage")
+    sheet = tmp_path / "study.csv"
+    pd.DataFrame({"file": [str(files[0]), str(files[1]), str(broken)],
+                  "subject": ["=cmd|' /C calc'!A0"] * 3, "timepoint": ["@SUM(1+1)", "T1", "T2"],
+                  "day": ["0", "7", "14"], "sample": ["=HYPERLINK(\"http://evil\",\"x\")", "ok", "\tx"],
+                  "note": ["+HYPERLINK(\"http://x\")", "-2+3+cmd|' /C calc'!A0", "-3.5"],
+                  "=evil_header": ["1", "2", "3"]}).to_csv(sheet, index=False)
+    clinical = tmp_path / "clinical.csv"
+    pd.DataFrame({"subject": ["=cmd|' /C calc'!A0"], "day": ["0"], "platelets": ["30"],
+                  "comment": ["=1+1"]}).to_csv(clinical, index=False)
+    out = tmp_path / "out"
+    proc = capped("run", sheet, "--gates", FIXED, "--out", out, "--workers", "1", "--quiet", seconds=180)
+    assert proc.returncode == 1, proc.stderr
+    for name in ("treg.csv", "populations.csv", "baseline.csv", "failures.csv", "summary.csv"):
+        cells = _cells(out / name)
+        bad = [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r") or
+               (c[:1] == "-" and not _is_number(c))]
+        assert not bad, (name, bad)
+    treg = pd.read_csv(out / "treg.csv")
+    assert treg["note"].tolist() == ["'+HYPERLINK(\"http://x\")", "'-2+3+cmd|' /C calc'!A0"]
+    assert treg["treg_pct"].dtype == float and treg["day"].tolist() == [0, 7]
+    assert "'=evil_header" in treg.columns
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["sample"].tolist() == ["'\tx"]
+    baseline = pd.read_csv(out / "baseline.csv")
+    assert baseline["note"].tolist()[-1] == -3.5 or "'-2+3+cmd|' /C calc'!A0" in baseline["note"].tolist()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ clinical, report
+
+
+def test_infinite_platelets_are_one_line(tmp_path, results_folder):
+    out = results_folder(tmp_path)
+    clinical = tmp_path / "clinical.csv"
+    table = pd.read_csv(clinical)
+    table.loc[0, "platelets"] = "inf"
+    table.to_csv(clinical, index=False)
+    line = error_line(capped("report", out, "--clinical", clinical, "--no-pdf", seconds=120))
+    assert "platelets" in line and "inf" in line and str(clinical) in line
+
+
+@pytest.mark.parametrize("content", [
+    "sample,subject\nx,y\n",  # columns missing
+    "sample,subject,timepoint,day,cd4_events,treg_events,treg_pct,ci_low,ci_high\na,b,c,notaday,x,y,z,,\n",
+    "\x00\x01\x02garbage\n",
+    "",
+])
+def test_report_on_malformed_treg_csv(tmp_path, content):
+    (tmp_path / "treg.csv").write_text(content)
+    line = error_line(capped("report", tmp_path, "--no-pdf", seconds=120))
+    assert "treg.csv" in line
+
+
+# ------------------------------------------------------------------------------------------------ output places
+
+
+def test_out_is_an_existing_file(tmp_path):
+    sheet = fixed_study(tmp_path)
+    target = tmp_path / "results"
+    target.write_text("not a folder")
+    line = error_line(capped("run", sheet, "--gates", FIXED, "--out", target))
+    assert str(target) in line
+
+
+def test_gate_out_in_a_missing_folder(tmp_path):
+    target = tmp_path / "missing_dir" / "x.csv"
+    line = error_line(capped("gate", SAMPLES / "ITP-01_W1.fcs", "--gates", FIXED, "--out", target))
+    assert "missing_dir" in line
+
+
+def test_out_on_a_full_file_system(tmp_path):
+    """RLIMIT_FSIZE makes every write past 64 kB fail as a full disk would (Python ignores SIGXFSZ)."""
+    sheet = fixed_study(tmp_path)
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
+
+    def small() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run([sys.executable, "-m", "cytopipe", "run", str(sheet), "--gates", str(FIXED), "--out",
+                           str(tmp_path / "out"), "--workers", "1", "--quiet"], capture_output=True, text=True,
+                          env=env, preexec_fn=small, timeout=180)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = error_line(proc)
+    assert "File too large" in line or "No space" in line
+    leftovers = [p for p in (tmp_path / "out").rglob("*.tmp")]
+    assert not leftovers
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_read_only(tmp_path):
+    sheet = fixed_study(tmp_path)
+    target = tmp_path / "ro"
+    target.mkdir()
+    target.chmod(0o500)
+    try:
+        line = error_line(capped("run", sheet, "--gates", FIXED, "--out", target / "x"))
+        assert "ermission" in line
+    finally:
+        target.chmod(0o700)
+
+
+def test_out_read_only_file_system(tmp_path):
+    """/proc is read-only for everyone, root included."""
+    sheet = fixed_study(tmp_path)
+    line = error_line(capped("run", sheet, "--gates", FIXED, "--out", "/proc/cytopipe-out"))
+    assert "/proc/cytopipe-out" in line
+
+
+# ------------------------------------------------------------------------------------------------ the cache
+
+
+def _entries(out: Path) -> list[Path]:
+    return sorted((out / ".cache" / "results").glob("*.json"))
+
+
+CORRUPTIONS = {
+    "deeply nested": lambda entry: entry.write_text("[" * 200_000 + "]" * 200_000),
+    "wrong types": lambda entry: entry.write_text(json.dumps({"result": {"sample": 5}, "sha256": "x"})),
+    "NaN": lambda entry: entry.write_text(entry.read_text().replace('"n_events": ', '"n_events": NaN, "x": ')),
+    "directory": lambda entry: (entry.unlink(), entry.mkdir(), (entry / "f").write_text("x")),
+    "no populations": lambda entry: _edit(entry, lambda r: r.pop("populations")),
+    "tampered count": lambda entry: _edit(entry, lambda r: r["populations"][-1].update(count=1)),
+    "tampered treg": lambda entry: _edit(entry, lambda r: r["treg"].update(treg_events=1, treg_pct=0.5)),
+    "checksum fixed": lambda entry: _edit(entry, lambda r: r["populations"][-1].update(count=1), rehash=True),
+    "empty": lambda entry: entry.write_text(""),
+}
+
+
+def _edit(entry: Path, change, rehash: bool = False) -> None:
+    from cytopipe.batch import _entry_text, _sha_text
+
+    data = json.loads(entry.read_text())
+    record = data["result"] if "result" in data else data
+    change(record)
+    if rehash:
+        data["sha256"] = _sha_text(_entry_text(record))
+    entry.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def cached_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cached")
+    sheet = fixed_study(folder)
+    out = folder / "out"
+    proc = capped("run", sheet, "--gates", FIXED, "--out", out, "--workers", "1", "--quiet", seconds=180)
+    assert proc.returncode == 0, proc.stderr
+    return sheet, out
+
+
+@pytest.mark.parametrize("how", list(CORRUPTIONS))
+def test_corrupt_cache_entries_are_recomputed(tmp_path, cached_run, how):
+    import shutil
+
+    sheet, first = cached_run
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    for entry in _entries(out):
+        CORRUPTIONS[how](entry)
+    proc = capped("run", sheet, "--gates", FIXED, "--out", out, "--workers", "1", seconds=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "(cached)" not in proc.stderr
+    for name in ("populations.csv", "treg.csv"):
+        assert (out / name).read_bytes() == (first / name).read_bytes(), name
+    again = capped("run", sheet, "--gates", FIXED, "--out", out, "--workers", "1", seconds=180)
+    assert again.stderr.count("ok (cached)") == 2, again.stderr
+
+
+# ------------------------------------------------------------------------------------------------ compensation
+
+
+def test_compensation_errors_name_the_file(tmp_path):
+    files = sorted(SAMPLES.glob("ITP-01_*.fcs"))[:1]
+    data = files[0].read_bytes()
+    start = data.index(b"$SPILLOVER")
+    # Corrupt the count of the spillover keyword (same length: offsets stay valid).
+    stop = data.index(b",", start + 11)
+    bad = data[:start + 11] + b"9" * (stop - start - 11) + data[stop:]
+    path = tmp_path / "bad_spill.fcs"
+    path.write_bytes(bad)
+    sheet = tmp_path / "s.csv"
+    pd.DataFrame({"file": [str(path)], "subject": ["S"], "timepoint": ["T"], "day": ["0"]}).to_csv(sheet,
+                                                                                                   index=False)
+    proc = capped("run", sheet, "--gates", FIXED, "--out", tmp_path / "out", "--workers", "1", seconds=120)
+    assert proc.returncode == 1, proc.stderr
+    failures = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert str(path) in failures["reason"][0], failures["reason"][0]
+
+
+# ------------------------------------------------------------------------------------------------ new users
+
+
+def test_absent_marker_stops_before_processing(tmp_path):
+    sheet = fixed_study(tmp_path)
+    gates = tmp_path / "g.yaml"
+    gates.write_text(FIXED.read_text().replace("channels: [CD25, FoxP3]", "channels: [CD52, FoxP3]"))
+    start = time.perf_counter()
+    proc = capped("run", sheet, "--gates", gates, "--out", tmp_path / "out", seconds=120)
+    line = error_line(proc)
+    assert "CD52" in line and "did you mean 'CD25'?" in line and str(gates) in line
+    assert not (tmp_path / "out" / "treg.csv").exists()
+    assert time.perf_counter() - start < 30
+
+
+def test_gates_fit_writes_yaml_and_gatingml(tmp_path):
+    fcs = SAMPLES / "ITP-01_W1.fcs"
+    for suffix in ("yaml", "xml"):
+        target = tmp_path / f"fitted.{suffix}"
+        proc = capped("gates", "fit", fcs, "--gates", REPO / "gates" / "treg.yaml", "--out", target, seconds=180)
+        assert proc.returncode == 0, proc.stderr
+        assert capped("gates", "check", target, "--fcs", fcs).returncode == 0
+    from cytopipe.gatefile import load_strategy
+    from cytopipe.pipeline import event_membership
+
+    yaml_counts = event_membership(fcs, tmp_path / "fitted.yaml").sum()
+    xml_counts = event_membership(fcs, tmp_path / "fitted.xml").sum()
+    auto_counts = event_membership(fcs, REPO / "gates" / "treg.yaml").sum()
+    assert yaml_counts.to_dict() == xml_counts.to_dict()
+    # Fitted once and frozen: the same events as fitting the data-driven file on this sample (within 0.1 %).
+    for pop, count in auto_counts.items():
+        assert abs(yaml_counts[pop] - count) <= max(2, 0.001 * count), pop
+    assert load_strategy(tmp_path / "fitted.xml").name == load_strategy(REPO / "gates" / "treg.yaml").name
+
+
+def test_readme_convert_example_is_true(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    lines = [line.split("#")[0].split() for line in readme.splitlines()
+             if line.startswith("cytopipe gates convert") or line.startswith("cytopipe gates fit")]
+    assert any(words[2] == "fit" for words in lines) and any(words[2] == "convert" for words in lines)
+    for words in lines:
+        args = [w.replace("treg.xml", str(tmp_path / "treg.xml")).replace("fitted.xml", str(tmp_path / "treg.xml"))
+                .replace("treg.yaml", str(REPO / "gates" / "treg.yaml")) if not w.startswith("gates/") else
+                str(REPO / w) for w in words[1:]]
+        args = [str(SAMPLES / "ITP-01_W1.fcs") if a.endswith("sample.fcs") else a for a in args]
+        if "--to" in args and args[args.index("--to") + 1] == "yaml":
+            args[args.index("--out") + 1] = str(tmp_path / "back.yaml")
+        proc = capped(*args, seconds=180)
+        assert proc.returncode == 0, (words, proc.stderr)
+
+
+def test_help_has_no_doubled_percent():
+    proc = capped("--help")
+    assert proc.returncode == 0 and "%%" not in proc.stdout and "Treg % of CD4" in proc.stdout
+
+
+def test_readme_output_table_lists_every_file():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## What a run writes", 1)[1].split("\n## ", 1)[0]
+    for name in ("populations.csv", "treg.csv", "baseline.csv", "summary.csv", "failures.csv", "correlation.csv",
+                 "gates_fitted.csv", "sensitivity.csv", "gate_drift.csv", "manifest.json"):
+        assert f"`{name}`" in section, name
+
+
+# ------------------------------------------------------------------------------------------------ faults
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except OSError:
+        return True
+    return state != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_leaves_no_worker_and_no_temporary_file(tmp_path):
+    from test_batch import make_study
+
+    sheet, gates, _ = make_study(tmp_path / "study", n_files=8, n_events=60_000, subjects=2)
+    out = tmp_path / "out"
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "cytopipe", "run", str(sheet), "--gates", str(gates), "--out",
+                             str(out), "--workers", "2", "--quiet"], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline:
+        workers = [p for p in _children(proc.pid) if _alive(p)]
+        if len(workers) >= 2 and (out / ".cache" / "results").is_dir():
+            break
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the pool did not start"
+    # A temporary plot as a killed run leaves it, and one of a live writer (this test process: must survive).
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    stale = out / "plots" / ".gating_x.png.999999.0badc0de.tmp"
+    stale.write_bytes(b"half")
+    live = out / "plots" / f".gating_y.png.{os.getpid()}.0badc0de.tmp"
+    live.write_bytes(b"half")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    left = [p for p in workers if _alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "workers outlived their parent"
+    again = capped("run", sheet, "--gates", gates, "--out", out, "--workers", "2", "--quiet", seconds=300)
+    assert again.returncode == 0, again.stderr
+    assert not stale.exists()
+    assert live.exists()
+    live.unlink()
+    assert not list(out.rglob("*.tmp"))
