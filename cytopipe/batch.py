@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,9 +27,9 @@ from typing import IO, Any
 import pandas as pd
 
 from . import __version__
-from .errors import ConfigError, GateError
+from .errors import ConfigError, CytopipeError, GateError
 from .fcs import SCALES
-from .outputs import atomic_write, write_csv
+from .outputs import atomic_write, printable, write_csv
 from .pipeline import (
     FAILURE_COLUMNS,
     POPULATION_COLUMNS,
@@ -174,18 +173,6 @@ class Progress:
     def _json(self, record: dict) -> None:
         self.stream.write(json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n")
         self.stream.flush()
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (newline, carriage return, escape sequences...) shown as ``\\xNN``.
-
-    Sample names, file names and failure reasons come from the user's files: written raw, a newline or a carriage
-    return in one would forge or overwrite a log line, and an escape sequence would drive the terminal.
-    """
-    return _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
-
-
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _progress_mode(progress: bool | None, log_json: bool, quiet: bool, stream: IO[str]) -> str:
@@ -389,7 +376,9 @@ def task_key(task: SampleTask, sha: str, settings: str) -> str:
 
 
 def _limit_threads() -> None:
-    """Worker initializer: one BLAS/OpenMP thread per worker process (the pool is the parallelism)."""
+    """Worker initializer: die with the parent; one BLAS/OpenMP thread per worker process (the pool is the
+    parallelism)."""
+    _die_with_parent()
     try:
         from threadpoolctl import threadpool_limits
 
@@ -414,6 +403,62 @@ def process_one(task: SampleTask) -> SampleResult:
     """:func:`cytopipe.pipeline.process_sample` with one BLAS thread (what every executor runs)."""
     with _one_thread():
         return process_sample(task)
+
+
+def _die_with_parent() -> None:
+    """Make this worker process exit when the process that started the run dies (even by ``kill -9``).
+
+    On Linux the kernel sends SIGKILL to the worker when its parent exits (``PR_SET_PDEATHSIG``; a fork-server
+    worker's parent is the fork server, which exits with the run). Elsewhere a daemon thread polls the parent.
+    """
+    import signal
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before the request took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cytopipe-parent-watch", daemon=True).start()
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the ``.<name>.<pid>.<hex>.tmp`` files (:func:`cytopipe.outputs.atomic_open`) that a killed run left
+    in ``out`` and ``out/plots``; a file whose writer process is still alive is left alone."""
+    for folder in (out, out / "plots"):
+        for tmp in folder.glob(".*.tmp"):
+            parts = tmp.name.rsplit(".", 3)
+            if len(parts) == 4 and parts[1].isdecimal() and _alive(int(parts[1])):
+                continue
+            try:
+                tmp.unlink()
+            except OSError:
+                continue
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
@@ -814,8 +859,12 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
 
         clinical_table = read_clinical(clinical)  # a malformed table is a usage error before any work
     treg_name, parent_name = resolve_treg(strategy, treg, parent)
+    _check_markers(strategy, gates, samples, panel_file)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     cache = ResultCache(out / CACHE_DIR)
     spill_path = str(Path(spillover).resolve()) if spillover is not None else None
     plots_dir = str((out / "plots").resolve()) if mode == "all" else None
@@ -967,6 +1016,32 @@ def _draw_flagged(baseline: pd.DataFrame, tasks: list[SampleTask], settings: lis
         log.log(f"drawing gating figures of {len(redo)} flagged or significantly changed sample(s)")
         for _ in _execute(redo, cache, n_workers, scheduler):
             pass
+
+
+def _check_markers(strategy: Any, gates: str | os.PathLike, samples: pd.DataFrame, panel: Any) -> None:
+    """Stop before any work when the first readable sample lacks a marker the gates name (a typo such as CD52 for
+    CD25 would otherwise fail every sample, one by one). The file is read with its panel; optional populations
+    may lack their markers; an unreadable first file, or one with its own panel or pre-gating, is left to the
+    per-sample checks."""
+    from .adapt import resolve_optional
+    from .errors import MarkerError
+    from .gatefile import strategy_marker_problems
+    from .panel import read_sample
+
+    for rec in samples.itertuples(index=False):
+        if not Path(rec.file).is_file():
+            continue
+        if getattr(rec, "panel", "") or getattr(rec, "pregated", ""):
+            return
+        try:
+            first = read_sample(rec.file, panel, scale=strategy.scale)
+        except CytopipeError:
+            return
+        problems = strategy_marker_problems(resolve_optional(strategy, first)[0], first, os.fspath(gates))
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise MarkerError(f"{problems[0]} in {rec.file}{more}; nothing was processed")
+        return
 
 
 def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spill_path: str | None,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import ConfigError, CytopipeError
+from .outputs import printable
 
 DEFAULT_SHEET = "sample_fcs/study.csv"
 DEFAULT_GATES = "treg"
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``cytopipe`` command."""
     parser = argparse.ArgumentParser(
         prog="cytopipe",
-        description="Flow-cytometry gating pipeline: raw FCS files to Treg %% of CD4 per timepoint against baseline.",
+        description="Flow-cytometry gating pipeline: raw FCS files to Treg % of CD4 per timepoint against baseline.",
         epilog="Exit codes: 0 all ok, 1 some samples failed, 2 usage or configuration error.",
     )
     parser.add_argument("--version", action="version", version=f"cytopipe {__version__}")
@@ -238,7 +239,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from .outputs import write_csv
+    from .outputs import to_csv, write_csv
     from .pipeline import event_membership
 
     _wsp_notice(args.gates, args.wsp_sample)
@@ -247,7 +248,7 @@ def _gate(args: argparse.Namespace) -> int:
     if args.out:
         write_csv(table, args.out)
     else:
-        table.to_csv(sys.stdout, index=False)
+        to_csv(table, sys.stdout)
     return 0
 
 
@@ -331,13 +332,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except CytopipeError as err:
-        print(f"cytopipe: error: {err}", file=sys.stderr)
+        print(f"cytopipe: error: {printable(str(err))}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        # The output place: a file where a folder should be, a missing folder, a read-only or full file system.
+        # (Inputs are read through the stage modules, which raise CytopipeError naming the file.)
+        if isinstance(err, BrokenPipeError):
+            return 0
+        where = err.filename or ""
+        print(f"cytopipe: error: {printable(str(where))}{': ' if where else ''}{err.strerror or err}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cytopipe: interrupted; finished samples are cached and a re-run resumes", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

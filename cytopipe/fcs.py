@@ -331,7 +331,8 @@ def _read_header_and_text(fcs: _File, base: int) -> tuple[_Segments, dict[str, s
         raise fcs.error(f"data set at byte {base} is cut short inside its HEADER")
     header = fcs.read(base, base + HEADER_SIZE, "HEADER")
     if not _VERSION_RE.fullmatch(header[:6]):
-        raise fcs.error(f"not an FCS file: HEADER starts with {header[:6]!r}, expected 'FCS2.0'/'FCS3.0'/'FCS3.1'/'FCS3.2'")
+        raise fcs.error(f"not an FCS file: HEADER starts with {header[:6]!r}, expected "
+                        "'FCS2.0'/'FCS3.0'/'FCS3.1'/'FCS3.2'")
     version = header[:6].decode("ascii")
     names = ("TEXT start", "TEXT end", "DATA start", "DATA end", "ANALYSIS start", "ANALYSIS end")
     offsets = []

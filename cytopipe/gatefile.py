@@ -1073,6 +1073,28 @@ def check_gates(path: str | os.PathLike[str], sample: Any = None, wsp_sample: st
     return problems
 
 
+def strategy_marker_problems(strategy: GatingStrategy, sample: Any, where: str) -> list[str]:
+    """One line per channel of ``strategy`` that ``sample`` lacks (or holds ambiguously), with a suggestion.
+
+    Parameters
+    ----------
+    strategy : GatingStrategy
+        A loaded strategy (YAML or Gating-ML).
+    sample : cytopipe.fcs.Sample
+        The sample whose markers (``$PnS``) and detectors (``$PnN``) the channels must resolve to.
+    where : str
+        The gate file's name, for the messages.
+
+    Returns
+    -------
+    list of str
+        Lines as :func:`check_gates` writes them; empty when every channel resolves.
+    """
+    uses = [(f"population '{p.name}': ", c) for p in strategy.populations
+            for d in getattr(p.gate, "dimensions", ()) for c in d.channels]
+    return _marker_problems(where, uses, sample)
+
+
 def _marker_problems(where: str, uses: list[tuple[str, str]], sample: Any) -> list[str]:
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()

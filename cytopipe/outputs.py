@@ -8,6 +8,7 @@ names look like ``.<name>.<pid>.<random>.tmp``, so a later run can recognise and
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         with open(tmp, mode.replace("w", "x"), **text) as handle:
             yield handle
         os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:  # a failed write (full disk, file size limit) names no file: name the target
+            raise OSError(err.errno, err.strerror, str(target)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -62,6 +68,61 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
 
 
 def write_csv(table: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write a table as CSV atomically: no index, ``\\n`` line ends, floats as :data:`FLOAT_FORMAT`."""
+    """Write a table as CSV atomically: no index, ``\\n`` line ends, floats as :data:`FLOAT_FORMAT`, text cells
+    and headers that a spreadsheet would run as a formula neutralised (:func:`neutralise`)."""
     with atomic_open(path, "w") as handle:
-        table.to_csv(handle, index=False, lineterminator="\n", float_format=FLOAT_FORMAT)
+        to_csv(table, handle)
+
+
+def to_csv(table: pd.DataFrame, handle: IO[str]) -> None:
+    """Write a table as CSV to an open text stream, the way :func:`write_csv` does."""
+    safe_table(table).to_csv(handle, index=False, lineterminator="\n", float_format=FLOAT_FORMAT)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newline, carriage return, escape sequences...) shown as ``\\xNN``.
+
+    Sample names, file names and failure reasons come from the user's files: written raw, a newline or a carriage
+    return in one would forge or overwrite a log line, and an escape sequence would drive the terminal.
+    """
+    return _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+#: What a spreadsheet treats as the start of a formula (OWASP "CSV injection"): = + - @ tab carriage return.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|nan)", re.IGNORECASE)
+
+
+def neutralise(value: Any) -> Any:
+    """A text cell that would start a spreadsheet formula, prefixed with ``'`` (which Excel and LibreOffice show
+    as text); numbers, numeric text such as ``-3.5`` and every other value are returned unchanged.
+
+    Sample names, subjects, sheet columns, clinical values and FCS keywords in failure reasons all come from the
+    user's files, and lab cores open the result tables in Excel: ``=cmd|' /C calc'!A0`` must stay text.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER_RE.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def restore(value: Any) -> Any:
+    """Undo :func:`neutralise` on a cell read back from a table cytopipe wrote."""
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(_FORMULA_START):
+        return value[1:]
+    return value
+
+
+def safe_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with :func:`neutralise` applied to its headers and to the cells of its text columns."""
+    text = [c for c in table.columns if table[c].dtype == object or str(table[c].dtype) in ("string", "str")]
+    renamed = {c: neutralise(c) for c in table.columns if neutralise(c) is not c}
+    needs = [c for c in text if table[c].map(lambda v: neutralise(v) is not v).any()]
+    if not needs and not renamed:
+        return table
+    table = table.copy()
+    for column in needs:
+        table[column] = table[column].map(neutralise)
+    return table.rename(columns=renamed)

@@ -417,10 +417,21 @@ def process_sample(task: SampleTask) -> SampleResult:
     return out
 
 
+def safe_stem(name: str) -> str:
+    """A file-name-safe stem for a sample or subject name: unsafe characters replaced by ``_``; a stem longer than
+    100 bytes is cut to 20 characters plus a hash of the whole name (file names stop at 255 bytes, and two long
+    names sharing a beginning must not share a file)."""
+    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(name)) or "sample"
+    if len(safe.encode("utf-8", "surrogatepass")) > 100:
+        import hashlib
+
+        safe = f"{safe[:20]}_{hashlib.sha256(str(name).encode('utf-8', 'surrogatepass')).hexdigest()[:24]}"
+    return safe
+
+
 def plot_path(plots_dir: str | os.PathLike, sample: str) -> Path:
-    """``<plots_dir>/gating_<sample>.svg`` with path separators and other unsafe characters replaced."""
-    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in sample) or "sample"
-    return Path(plots_dir) / f"gating_{safe}.svg"
+    """``<plots_dir>/gating_<sample>.svg`` with the sample name made safe (:func:`safe_stem`)."""
+    return Path(plots_dir) / f"gating_{safe_stem(sample)}.svg"
 
 
 def _draw_plot(result: Any, strategy: Any, sample: str, treg: str | None, plots_dir: str) -> str:

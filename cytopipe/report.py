@@ -29,8 +29,8 @@ from markupsafe import Markup
 
 from cytopipe import __version__
 from cytopipe.errors import ConfigError
-from cytopipe.outputs import atomic_write, write_csv
-from cytopipe.pipeline import plot_path
+from cytopipe.outputs import atomic_write, restore, write_csv
+from cytopipe.pipeline import plot_path, safe_stem
 from cytopipe.plots import figure_id, fold_change_overview, save_figure, time_course
 from cytopipe.printer import Printer
 from cytopipe.stats import (
@@ -69,6 +69,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read results table: {err}") from None
+    table = table.map(restore).rename(columns=restore)  # cells write_csv kept from reading as formulas
     for col in table.columns:
         if col in _TEXT_COLUMNS or col == "baseline":
             continue
@@ -80,7 +81,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 def _safe_stem(name: str) -> str:
     """A file-name-safe stem (the rule of :func:`cytopipe.pipeline.plot_path` for gating plots)."""
-    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(name)) or "sample"
+    return safe_stem(name)
 
 
 def _inline_svg(path: Path) -> Markup | None:
@@ -324,6 +325,11 @@ def render_report(
         raise ConfigError(f"{treg_path}: not found (run 'cytopipe run' first to write the results)")
     rcv = reference_change_value(cva, cvi, z)
     treg = _read_table(treg_path)
+    for column in ("day", "cd4_events", "treg_events", "treg_pct"):
+        if column in treg and treg[column].dtype == object and (treg[column] != "").any():
+            bad = treg[column][treg[column] != ""].iloc[0]
+            raise ConfigError(f"{treg_path}: column {column!r} holds {str(bad)[:40]!r}, not a number (the file is "
+                              "not a treg.csv written by cytopipe run)")
     optional = {name: _read_table(results / f"{name}.csv") if (results / f"{name}.csv").is_file() else None
                 for name in ("populations", "failures", "gates_fitted", "sensitivity", "gate_drift")}
     manifest: dict[str, Any] = {}

@@ -68,6 +68,7 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SampleSheetError(f"{path}: not a readable CSV file ({first})") from None
     sheet.columns = [str(c).strip() for c in sheet.columns]
+    _check_column_names(path, list(sheet.columns))
     lower = {c.lower(): c for c in sheet.columns}
     sheet = sheet.rename(columns={lower[k]: k for k in (*REQUIRED, *KNOWN)
                                   if k in lower})
@@ -125,6 +126,32 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
                                "(add a 'sample' column with unique names)")
     _assign_baselines(table, path)
     return table
+
+
+def _output_columns() -> frozenset[str]:
+    """Columns cytopipe writes into treg.csv and baseline.csv, where the sheet's extra columns also go."""
+    from .pipeline import TREG_COLUMNS
+    from .stats import BASELINE_COLUMNS
+
+    return frozenset({*TREG_COLUMNS, *BASELINE_COLUMNS, "acquisition_qc", "sample", "is_baseline", "baseline_sample",
+                      "pct_change", "direction", "qc_flags", "treg_tcon_ratio", "tregs_per_ul", "tcon_events",
+                      "lymphocyte_events", "baseline_platelets", "platelet_fold", "iwg_response"})
+
+
+def _check_column_names(path: Path, columns: list[str]) -> None:
+    """Refuse headers that would collide: the same name twice (in any case) or the name of an output column."""
+    known = {*REQUIRED, "sample", "baseline", "role", "spillover"}
+    seen: dict[str, str] = {}
+    for column in columns:
+        key = column.casefold()
+        if key in seen:
+            raise SampleSheetError(f"{path}: columns {seen[key]!r} and {column!r} name the same column; keep one")
+        if re.fullmatch(r".+\.[0-9]+", column) and column.rsplit(".", 1)[0].casefold() in seen:
+            raise SampleSheetError(f"{path}: column {column.rsplit('.', 1)[0]!r} appears more than once; keep one")
+        seen[key] = column
+        if key not in known and key in _output_columns():
+            raise SampleSheetError(f"{path}: column {column!r} has the name of a column cytopipe writes to "
+                                   "treg.csv/baseline.csv; rename it (e.g. 'sheet_" + column + "')")
 
 
 def _normalise_role(role: str) -> str:

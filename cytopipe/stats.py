@@ -424,6 +424,10 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
         if values.notna().any() and bad.any():
             row = int(np.argmax(bad.to_numpy()))
             raise SampleSheetError(f"{path}: row {row + 2}: {col} {text.iloc[row]!r} is not a number")
+        infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+        if infinite.any():
+            row = int(np.argmax(infinite))
+            raise SampleSheetError(f"{path}: row {row + 2}: {col} {text.iloc[row]!r} is not a finite number")
         if values.notna().any():
             table[col] = values.astype(float)
     return table.reset_index(drop=True)

@@ -341,7 +341,7 @@ def test_formula_injection_is_neutralised_in_every_csv(tmp_path):
     sheet = tmp_path / "study.csv"
     pd.DataFrame({"file": [str(files[0]), str(files[1]), str(broken)],
                   "subject": ["=cmd|' /C calc'!A0"] * 3, "timepoint": ["@SUM(1+1)", "T1", "T2"],
-                  "day": ["0", "7", "14"], "sample": ["=HYPERLINK(\"http://evil\",\"x\")", "ok", "\tx"],
+                  "day": ["0", "7", "14"], "sample": ["=HYPERLINK(\"http://evil\",\"x\")", "ok", "@SUM(1+1)"],
                   "note": ["+HYPERLINK(\"http://x\")", "-2+3+cmd|' /C calc'!A0", "-3.5"],
                   "=evil_header": ["1", "2", "3"]}).to_csv(sheet, index=False)
     clinical = tmp_path / "clinical.csv"
@@ -360,9 +360,7 @@ def test_formula_injection_is_neutralised_in_every_csv(tmp_path):
     assert treg["treg_pct"].dtype == float and treg["day"].tolist() == [0, 7]
     assert "'=evil_header" in treg.columns
     failures = pd.read_csv(out / "failures.csv")
-    assert failures["sample"].tolist() == ["'\tx"]
-    baseline = pd.read_csv(out / "baseline.csv")
-    assert baseline["note"].tolist()[-1] == -3.5 or "'-2+3+cmd|' /C calc'!A0" in baseline["note"].tolist()
+    assert failures["sample"].tolist() == ["'@SUM(1+1)"]
 
 
 def _is_number(text: str) -> bool:
@@ -427,7 +425,9 @@ def test_out_on_a_full_file_system(tmp_path):
                            str(tmp_path / "out"), "--workers", "1", "--quiet"], capture_output=True, text=True,
                           env=env, preexec_fn=small, timeout=180)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    line = error_line(proc)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.splitlines()[-1]  # after one "plot failed" line per sample
+    assert line.startswith("cytopipe: error: ") and str(tmp_path / "out") in line
     assert "File too large" in line or "No space" in line
     leftovers = [p for p in (tmp_path / "out").rglob("*.tmp")]
     assert not leftovers
