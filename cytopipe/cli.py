@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fcs", metavar="SAMPLE.fcs", help="also check that every marker exists in this file")
     _add_panel_option(check)
     _add_wsp_option(check)
+    fit = gates_sub.add_parser("fit", help="fit data-driven gates on one sample and write them as fixed gates",
+                               description="Fit every data-driven gate of --gates on FILE.fcs and write the fixed "
+                                           "result: Gating-ML 2.0 when --out ends in .xml, else YAML.")
+    fit.add_argument("fcs", metavar="FILE.fcs")
+    fit.add_argument("--gates", default=DEFAULT_GATES, metavar="FILE", help="gate file (YAML or Gating-ML)")
+    fit.add_argument("--out", required=True, metavar="OUT.yaml|OUT.xml", help="fitted gate file to write")
+    _add_panel_option(fit)
     convert = gates_sub.add_parser("convert", help="convert YAML, Gating-ML 2.0 or a FlowJo workspace to YAML or "
                                                    "Gating-ML 2.0")
     convert.add_argument("file", metavar="FILE")
@@ -278,6 +285,12 @@ def _gates(args: argparse.Namespace) -> int:
         if problems:
             return 2
         print(f"{args.file}: ok")
+        return 0
+    if args.gates_command == "fit":
+        from .pipeline import fit_gate_file
+
+        path = fit_gate_file(args.fcs, args.gates, args.out, panel=args.panel)
+        print(f"wrote {path}: the gates of {args.gates} fitted on {args.fcs}", file=sys.stderr)
         return 0
     if args.to == "wsp" or args.fcs:
         from .flowjo_write import workspace_for_files

@@ -467,6 +467,47 @@ def _load_and_gate(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, p
     return sample, strategy, strategy.apply(sample, spillover, exact=True)
 
 
+def fit_gate_file(fcs_path: str | os.PathLike, gates_path: str | os.PathLike, out: str | os.PathLike,
+                  panel: str | os.PathLike | None = None) -> Path:
+    """Fit a gate file's data-driven gates on one sample and write the fixed result (``cytopipe gates fit``).
+
+    Parameters
+    ----------
+    fcs_path
+        The FCS file to fit on.
+    gates_path
+        A YAML or Gating-ML gate file (or a shipped strategy's name).
+    out
+        ``.xml`` writes Gating-ML 2.0; anything else writes YAML.
+    panel
+        A panel CSV setting the file's markers (``--panel``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``: every data-driven gate replaced by the fixed gate fitted on this file (thresholds, ellipses and
+        polygons in the gate file's units), which Gating-ML can hold and any tool can apply.
+
+    Raises
+    ------
+    CytopipeError
+        An unreadable file, an invalid gate file, or a fit that fails on this sample.
+    """
+    from .gatefile import dump_yaml
+
+    _, strategy, _ = _load_and_gate(fcs_path, gates_path, panel)
+    target = Path(out)
+    if target.suffix.lower() == ".xml":
+        from .gatingml import write_gatingml
+
+        write_gatingml(strategy, target)
+    else:
+        from .outputs import atomic_write
+
+        atomic_write(target, dump_yaml(strategy))
+    return target
+
+
 def event_membership(fcs_path: str | os.PathLike, gates_path: str | os.PathLike,
                      panel: str | os.PathLike | None = None, pregated: str | None = None,
                      controls: dict[str, str] | None = None, wsp_sample: str | None = None) -> pd.DataFrame:

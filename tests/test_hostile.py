@@ -569,19 +569,20 @@ def test_gates_fit_writes_yaml_and_gatingml(tmp_path):
 
 
 def test_readme_convert_example_is_true(tmp_path):
+    """The README's Gating-ML commands, run as written in a folder that has the repository's gates/ and samples."""
     readme = (REPO / "README.md").read_text()
-    lines = [line.split("#")[0].split() for line in readme.splitlines()
-             if line.startswith("cytopipe gates convert") or line.startswith("cytopipe gates fit")]
-    assert any(words[2] == "fit" for words in lines) and any(words[2] == "convert" for words in lines)
-    for words in lines:
-        args = [w.replace("treg.xml", str(tmp_path / "treg.xml")).replace("fitted.xml", str(tmp_path / "treg.xml"))
-                .replace("treg.yaml", str(REPO / "gates" / "treg.yaml")) if not w.startswith("gates/") else
-                str(REPO / w) for w in words[1:]]
-        args = [str(SAMPLES / "ITP-01_W1.fcs") if a.endswith("sample.fcs") else a for a in args]
-        if "--to" in args and args[args.index("--to") + 1] == "yaml":
-            args[args.index("--out") + 1] = str(tmp_path / "back.yaml")
-        proc = capped(*args, seconds=180)
+    block = readme.split("### Converting to and from Gating-ML 2.0", 1)[1].split("```", 2)[1]
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("cytopipe ")]
+    assert [words[:3] for words in commands] == [["cytopipe", "gates", "convert"]] * 2 + [["cytopipe", "gates", "fit"]]
+    for name in ("gates", "sample_fcs"):
+        (tmp_path / name).symlink_to(REPO / name)
+    for words in commands:
+        proc = capped(*words[1:], cwd=tmp_path, seconds=180)
         assert proc.returncode == 0, (words, proc.stderr)
+    from cytopipe.gatefile import load_strategy
+
+    assert load_strategy(tmp_path / "treg.yaml").name == load_strategy(REPO / "gates" / "treg_fixed.yaml").name
+    assert load_strategy(tmp_path / "fitted.xml").name == load_strategy(REPO / "gates" / "treg.yaml").name
 
 
 def test_help_has_no_doubled_percent():
