@@ -2,8 +2,8 @@
 no silent wrong output.
 
 Every CLI call runs in a subprocess under a memory cap (``RLIMIT_DATA``, private memory: 512 MB + 8x the input
-size, one BLAS thread) and a time cap, and must not print a traceback. The expensive cases (15 MB FCS TEXT, million-vertex
-polygons, kill -9, Dask) are marked slow.
+size, one BLAS thread) and a time cap, and must not print a traceback. The expensive cases (15 MB FCS TEXT,
+million-vertex polygons, kill -9, Dask) are marked slow.
 """
 
 from __future__ import annotations
