@@ -44,6 +44,8 @@ from .pipeline import (
 )
 
 CACHE_DIR = ".cache"
+#: Seconds a Dask cluster may have no worker before a run gives up (``--scheduler-timeout``).
+DEFAULT_SCHEDULER_TIMEOUT = 300.0
 # Clinical table used when --clinical is not given and this file sits beside the sample sheet.
 CLINICAL_NAME = "clinical.csv"
 # Bump when the cached SampleResult layout or the meaning of its numbers changes.
@@ -545,10 +547,17 @@ def _lost(task: SampleTask, reason: str) -> SampleResult:
                                                "reason": reason})
 
 
-def _run_dask(tasks: list[SampleTask], scheduler: str) -> Iterator[SampleResult]:
-    """Process tasks on an existing Dask distributed cluster; yields results as they finish."""
+def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -> Iterator[SampleResult]:
+    """Process tasks on an existing Dask distributed cluster; yields results as they finish.
+
+    Raises
+    ------
+    ConfigError
+        The cluster has had no worker for ``timeout`` seconds while samples remain (the last worker died and
+        none joined): the run stops instead of waiting forever; the samples already yielded are cached.
+    """
     try:
-        from distributed import Client, as_completed
+        from distributed import Client, wait
     except ImportError:
         raise ConfigError("--scheduler needs dask and distributed: pip install cytopipe[dask]") from None
     try:
@@ -559,12 +568,32 @@ def _run_dask(tasks: list[SampleTask], scheduler: str) -> Iterator[SampleResult]
     try:
         futures = client.map(process_one, tasks, pure=False)
         owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
-        for future in as_completed(futures, loop=client.loop):
+        pending = set(futures)
+        alone_since: float | None = None  # when the cluster was last seen without a worker
+        while pending:
             try:
-                yield future.result()
-            except Exception as err:  # noqa: BLE001 - a lost worker fails its sample, not the batch
-                yield _lost(owner[future.key], f"Dask task failed: {type(err).__name__}: {' '.join(str(err).split())}")
-            future.release()
+                done = wait(list(pending), timeout=1.0, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                done = set()
+            for future in sorted(done, key=lambda f: owner[f.key].sample):
+                pending.discard(future)
+                try:
+                    yield future.result()
+                except Exception as err:  # noqa: BLE001 - a lost worker fails its sample, not the batch
+                    yield _lost(owner[future.key], f"Dask task failed: {type(err).__name__}: "
+                                                   f"{' '.join(str(err).split())}")
+                future.release()
+            if done:
+                alone_since = None
+                continue
+            if client.scheduler_info().get("workers"):
+                alone_since = None
+            elif alone_since is None:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > timeout:
+                raise ConfigError(f"the Dask cluster at {scheduler} has had no worker for {timeout:g} s with "
+                                  f"{len(pending)} sample(s) left; gave up (finished samples are cached: start "
+                                  "workers and re-run to resume)")
     finally:
         client.close()
 
@@ -749,7 +778,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         progress: bool | None = None, log_json: bool = False, quiet: bool = False, plots: bool | str = True,
         report: bool = True, pdf: bool = True, stream: IO[str] | None = None,
         panel: str | os.PathLike | None = None, pregated: str | None = None,
-        wsp_sample: str | None = None) -> RunResult:
+        wsp_sample: str | None = None, scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT) -> RunResult:
     """Gate every sample of a sample sheet and write the study's result folder.
 
     Parameters
@@ -801,6 +830,9 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     wsp_sample
         For a FlowJo workspace as ``gates``: the sample or group whose tree gates every file (default group
         "All Samples", else the first sample's); ``"own"``: each file its own workspace sample's tree.
+    scheduler_timeout
+        Seconds the Dask cluster may have no worker before the run gives up (samples finished by then are
+        cached, so a re-run resumes).
 
     Returns
     -------
@@ -822,6 +854,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         raise ConfigError(f"--drift-limit must be a positive percentage, got {drift_limit!r}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {workers})")
+    if not scheduler_timeout > 0:
+        raise ConfigError(f"--scheduler-timeout must be a positive number of seconds (got {scheduler_timeout})")
     if scheduler is not None and not str(scheduler).startswith(("tcp://", "tls://", "inproc://", "ucx://")):
         raise ConfigError(f"--scheduler {scheduler!r} is not an address like tcp://HOST:PORT")
     for option, value in (("--spillover", spillover), ("--clinical", clinical)):
@@ -890,7 +924,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if todo:
         where = f"on {scheduler}" if scheduler else f"{min(n_workers, len(todo))} worker(s)"
         log.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache; {where}")
-    for result in _execute(todo, cache, n_workers, scheduler):
+    for result in _execute(todo, cache, n_workers, scheduler, scheduler_timeout):
         results.append(result)
         log.sample(result)
     log.finish()
@@ -1109,8 +1143,8 @@ def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spi
     return tasks, settings, client_fitted
 
 
-def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: int, scheduler: str | None
-             ) -> Iterator[SampleResult]:
+def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: int, scheduler: str | None,
+             scheduler_timeout: float = 300.0) -> Iterator[SampleResult]:
     """Run the tasks in process, in a pool or on Dask; cache each successful result as soon as it arrives."""
     tasks = [task for task, _ in todo]
     setting_of = {task.sample: setting for task, setting in todo}
@@ -1118,7 +1152,7 @@ def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: in
     if not tasks:
         return
     if scheduler is not None:
-        results = _run_dask(tasks, scheduler)
+        results = _run_dask(tasks, scheduler, scheduler_timeout)
     elif workers == 1 or len(tasks) == 1:
         results = _run_in_process(tasks)
     else:

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="parallel worker processes (default: all cores; 1 = in this process)")
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                      help="run the per-sample work on an existing Dask distributed cluster")
+    run.add_argument("--scheduler-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="with --scheduler: give up when the cluster has had no worker this long (default 300; "
+                          "finished samples stay cached)")
     run.add_argument("--treg", metavar="POP", help="population reported as Treg (default: the one named Treg)")
     run.add_argument("--parent", metavar="POP", help="denominator population (default: the Treg population's parent)")
     run.add_argument("--spillover", metavar="FILE", help="spillover matrix for every sample (CSV with a channel "
@@ -221,6 +224,7 @@ def _run(args: argparse.Namespace) -> int:
         drift_limit=args.drift_limit,
         panel=args.panel, pregated=args.pregated, plots=args.plots, report=not args.no_report, pdf=not args.no_pdf,
         wsp_sample=args.wsp_sample,
+        scheduler_timeout=args.scheduler_timeout,
     )
     return result.exit_code
 

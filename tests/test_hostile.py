@@ -664,3 +664,100 @@ def test_kill_9_leaves_no_worker_and_no_temporary_file(tmp_path):
     assert live.exists()
     live.unlink()
     assert not list(out.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------ determinism, Dask
+
+
+def _csvs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.csv"))}
+
+
+def _dask_cluster(folder: Path, workers: int) -> tuple[str, list[subprocess.Popen]]:
+    from test_dask import _dask
+
+    scheduler_file = folder / "scheduler.json"
+    procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                   str(scheduler_file), log=folder / "scheduler.log")]
+    deadline = time.monotonic() + 60
+    while not scheduler_file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for i in range(workers):
+        procs.append(_dask("worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--nworkers", "1",
+                           "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(folder / f"w{i}"),
+                           log=folder / f"worker{i}.log"))
+    from distributed import Client
+
+    with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+        client.wait_for_workers(workers, timeout=90)
+        return client.scheduler.address, procs
+
+
+@pytest.mark.slow
+def test_every_csv_is_byte_identical_across_workers_cache_and_dask(tmp_path):
+    """The bundled study with the data-driven gates: --workers 1, --workers 2, a re-run from the cache, Dask."""
+    pytest.importorskip("distributed")
+    from test_dask import _stop
+
+    sheet = SAMPLES / "study.csv"
+    runs = {}
+    for name, extra in (("w1", ("--workers", "1")), ("w2", ("--workers", "2"))):
+        proc = capped("run", sheet, "--out", tmp_path / name, *extra, "--quiet", seconds=900)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = _csvs(tmp_path / name)
+    proc = capped("run", sheet, "--out", tmp_path / "w2", "--workers", "2", seconds=900)
+    assert proc.stderr.count("ok (cached)") == 12, proc.stderr
+    runs["cache"] = _csvs(tmp_path / "w2")
+    address, procs = _dask_cluster(tmp_path, 2)
+    try:
+        proc = capped("run", sheet, "--out", tmp_path / "dask", "--scheduler", address, "--quiet", seconds=900)
+        assert proc.returncode == 0, proc.stderr
+        runs["dask"] = _csvs(tmp_path / "dask")
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+    names = set(runs["w1"])
+    assert {"populations.csv", "treg.csv", "baseline.csv", "failures.csv", "summary.csv", "gates_fitted.csv",
+            "sensitivity.csv", "gate_drift.csv"} <= names
+    for label, files in runs.items():
+        assert set(files) == names, label
+        for name in names:
+            assert files[name] == runs["w1"][name], (label, name)
+
+
+@pytest.mark.slow
+def test_dask_gives_up_when_the_last_worker_dies(tmp_path):
+    pytest.importorskip("distributed")
+    from test_batch import make_study
+    from test_dask import _stop
+
+    sheet, gates, _ = make_study(tmp_path / "study", n_files=8, n_events=40_000, subjects=2)
+    address, procs = _dask_cluster(tmp_path, 1)
+    out = tmp_path / "out"
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cytopipe", "run", str(sheet), "--gates", str(gates), "--out",
+                                 str(out), "--scheduler", address, "--scheduler-timeout", "5", "--quiet"], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(_entries(out)) < 2:
+            time.sleep(0.1)
+        assert len(_entries(out)) >= 2, "no sample finished"
+        _stop(procs.pop())  # the only worker
+        start = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)
+        waited = time.monotonic() - start
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode == 2, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert "no worker for 5 s" in line and "cached" in line, line
+    assert waited < 60
+    cached = len(_entries(out))
+    assert 2 <= cached < 8
+    # The finished samples are reused by the next run.
+    again = capped("run", sheet, "--gates", gates, "--out", out, "--workers", "1", seconds=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("ok (cached)") == cached
