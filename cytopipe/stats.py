@@ -387,7 +387,12 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise SampleSheetError(f"{path}: cannot read clinical table as CSV: {err}") from None
     table.columns = [_norm_name(c) for c in table.columns]
-    lower = {c.lower(): c for c in table.columns}
+    lower: dict[str, str] = {}
+    for column in table.columns:
+        if column.lower() in lower or re.fullmatch(r".+\.[0-9]+", column) and column.rsplit(".", 1)[0].lower() in lower:
+            raise SampleSheetError(f"{path}: columns {lower.get(column.lower(), column.rsplit('.', 1)[0])!r} and "
+                                   f"{column!r} name the same column; keep one")
+        lower[column.lower()] = column
     if "subject" not in lower:
         raise SampleSheetError(f"{path}: clinical table needs a 'subject' column (found: {', '.join(table.columns)})")
     if "day" not in lower and "timepoint" not in lower:
