@@ -371,17 +371,22 @@ def _parse_text(fcs: _File, raw: bytes, what: str) -> dict[str, str]:
     if not delimiter or delimiter.isalnum() or delimiter in b" \x00":
         raise fcs.error(f"{what} segment does not start with a delimiter character (found {delimiter!r})")
     # A maximal run of k delimiters is k // 2 escaped (doubled) delimiters inside a token, plus, when k is odd, one
-    # separator after them. Found by one regular-expression scan and unescaped with bytes.replace: linear in the
-    # TEXT size, however many escaped delimiters a value holds.
-    d = re.escape(delimiter)
+    # separator after them. Replacing the pairs left to right by a byte the segment does not hold leaves only the
+    # separators: split on them, then put the escaped delimiters back. Every step is one pass of a bytes method,
+    # so TEXT parses in linear time however many escaped delimiters a value holds.
     body = raw[1:].rstrip(delimiter)  # the closing delimiter (and any padding after the last value)
-    tokens: list[bytes] = []
-    start = 0
-    for match in re.finditer(b"(?<!" + d + b")(?:" + d + d + b")*" + d + b"(?!" + d + b")", body):
-        tokens.append(body[start : match.end() - 1].replace(delimiter * 2, delimiter))
-        start = match.end()
-    if start < len(body):
+    spare = next((bytes([b]) for b in range(256) if bytes([b]) != delimiter and bytes([b]) not in body), None)
+    if spare is not None:
+        tokens = [t.replace(spare, delimiter) for t in body.replace(delimiter * 2, spare).split(delimiter)]
+    else:  # every byte value occurs: find the separators with one regular-expression scan instead
+        d = re.escape(delimiter)
+        tokens, start = [], 0
+        for match in re.finditer(b"(?<!" + d + b")(?:" + d + d + b")*" + d + b"(?!" + d + b")", body):
+            tokens.append(body[start : match.end() - 1].replace(delimiter * 2, delimiter))
+            start = match.end()
         tokens.append(body[start:].replace(delimiter * 2, delimiter))
+    if tokens == [b""]:
+        tokens = []
     if len(tokens) < 2:
         raise fcs.error(f"{what} segment holds no keyword/value pairs")
     metadata: dict[str, str] = {}

@@ -110,6 +110,19 @@ def test_fifteen_megabyte_text_parses_under_two_seconds_and_200_mb(tmp_path):
     assert proc.returncode == 0
 
 
+def test_text_holding_every_byte_value(tmp_path):
+    """No spare byte to stand for escaped delimiters: the separators are found by a regular expression instead."""
+    from cytopipe.fcs import _File, _parse_text
+
+    every = bytes(b for b in range(256) if b != ord("/"))
+    raw = b"/$TOT/2/ALL/" + every.replace(b"/", b"//") + b"a//b///C//D/x//y////z/E/5/"
+    path = tmp_path / "x"
+    path.write_bytes(raw)
+    metadata = _parse_text(_File(path), raw, "TEXT")
+    assert metadata["ALL"].encode("latin-1") == every + b"a/b/"  # not UTF-8: read as latin-1
+    assert metadata["C/D"] == "x/y//z" and metadata["E"] == "5" and metadata["$TOT"] == "2"
+
+
 @pytest.mark.parametrize("value", ["¹6", "1" + "0" * 5000, "³²"])
 def test_bit_count_with_odd_digits_is_one_line(tmp_path, value):
     keywords = {"$TOT": "2", "$DATATYPE": "I", "$BYTEORD": "1,2", "$MODE": "L", **_params([16])}
@@ -740,9 +753,9 @@ def test_dask_gives_up_when_the_last_worker_dies(tmp_path):
                                  str(out), "--scheduler", address, "--scheduler-timeout", "5", "--quiet"], env=env,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and len(_entries(out)) < 2:
+        while time.monotonic() < deadline and len(_entries(out)) < 2 and proc.poll() is None:
             time.sleep(0.1)
-        assert len(_entries(out)) >= 2, "no sample finished"
+        assert len(_entries(out)) >= 2, (proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
         _stop(procs.pop())  # the only worker
         start = time.monotonic()
         _, stderr = proc.communicate(timeout=120)
@@ -761,3 +774,30 @@ def test_dask_gives_up_when_the_last_worker_dies(tmp_path):
     again = capped("run", sheet, "--gates", gates, "--out", out, "--workers", "1", seconds=300)
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("ok (cached)") == cached
+
+
+def test_fits_agree_to_the_last_digit_whatever_the_thread_count():
+    """The data-driven fit in a process with 1 and with 4 BLAS threads, and after other transforms ran."""
+    code = (
+        "import json, numpy as np\n"
+        "from cytopipe.autogate import fit_strategy\n"
+        "from cytopipe.fcs import read_fcs\n"
+        "from cytopipe.gatefile import load_strategy\n"
+        "from cytopipe.transforms import Logicle\n"
+        "import sys\n"
+        "if sys.argv[1] == 'warm':\n"
+        "    Logicle(262144, 0.5, 4.5, 0).apply(np.linspace(0, 1e5, 300_000, dtype=np.float32))\n"
+        f"sample = read_fcs({str(SAMPLES / 'ITP-01_W1.fcs')!r})\n"
+        f"_, rows = fit_strategy(load_strategy({str(REPO / 'gates' / 'treg.yaml')!r}), [sample])\n"
+        "print(json.dumps(rows, default=str))\n"
+    )
+    outputs = []
+    for threads, warm in (("1", "cold"), ("4", "cold"), ("4", "warm")):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "PYTHONPATH": str(REPO)}
+        proc = subprocess.run([sys.executable, "-c", code, warm], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert "CD25" in outputs[0]

@@ -90,7 +90,9 @@ def mixture_em(z: np.ndarray, n_components: int, *, random_state: int = 0, max_i
     resp = np.zeros((n_components, n))
     resp[np.argmin(distances(means), axis=0), np.arange(n)] = 1.0
     # Every event as its monomials [z_i z_j (i <= j), z_i, 1]: the M-step's weighted moments and the E-step's
-    # quadratic forms are then one (k, m) x (m, n) product each.
+    # quadratic forms are then one (k, m) x (m, n) product each. The products are einsum loops, not BLAS: a
+    # threaded BLAS may sum in another order with another thread count, and the fit must agree to the last digit
+    # whatever the machine (byte-identical gates_fitted.csv for --workers 1, N or Dask).
     iu, ju = np.triu_indices(d)
     features = np.column_stack([z[:, iu] * z[:, ju], z, np.ones(n)])  # (n, m)
     pairs = len(iu)
@@ -101,7 +103,7 @@ def mixture_em(z: np.ndarray, n_components: int, *, random_state: int = 0, max_i
     converged = False
     for _ in range(max_iter):
         # M-step from the weighted moments (float64: the data are standardised, so E[zz^T] - mm^T loses nothing)
-        moments = resp @ features  # (k, m)
+        moments = np.einsum("kn,nm->km", resp, features)  # (k, m)
         counts = moments[:, -1] + 10 * np.finfo(float).eps
         weights = counts / n
         means = moments[:, pairs:pairs + d] / counts[:, None]
@@ -112,11 +114,11 @@ def mixture_em(z: np.ndarray, n_components: int, *, random_state: int = 0, max_i
         # E-step: -2 log N(z) = z^T P z - 2 (P m)^T z + m^T P m + log det C + d log 2 pi, as coefficients of the
         # monomials; the exponentials in float32 (four times faster, and the responsibilities need no more).
         precision = np.linalg.inv(covs)
-        pm = (precision @ means[:, :, None])[:, :, 0]
+        pm = np.einsum("kij,kj->ki", precision, means)
         logdet = np.linalg.slogdet(covs)[1]
         coef = np.column_stack([precision[:, iu, ju] * twice, -2 * pm,
                                 (pm * means).sum(axis=1) + logdet + constant - 2 * np.log(weights)])
-        log_prob = -0.5 * (coef @ features.T)  # (k, n)
+        log_prob = -0.5 * np.einsum("km,nm->kn", coef, features)  # (k, n)
         top = log_prob.max(axis=0)
         log_prob -= top
         resp = np.exp(log_prob.astype(np.float32))
