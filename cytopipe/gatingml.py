@@ -496,7 +496,8 @@ class _Writer:
         tag = next((t for cls, t in tags.items() if isinstance(gate, cls)), None)
         if tag is None:
             raise GateError(f"{self.where}: population '{pop.name}': {type(gate).__name__} cannot be written to "
-                            "Gating-ML (fit data-driven gates first)")
+                            "Gating-ML (fit data-driven gates first: cytopipe gates fit FILE.fcs --gates G "
+                            "--out fitted.xml)")
         element = ET.Element(_G + tag, {_G + "id": self.gate_ids[pop.name]})
         self.name_info(element, pop.name)
         if pop.parent is not None:
