@@ -557,7 +557,7 @@ def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -
         none joined): the run stops instead of waiting forever; the samples already yielded are cached.
     """
     try:
-        from distributed import Client, wait
+        from distributed import Client, as_completed
     except ImportError:
         raise ConfigError("--scheduler needs dask and distributed: pip install cytopipe[dask]") from None
     try:
@@ -568,15 +568,11 @@ def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -
     try:
         futures = client.map(process_one, tasks, pure=False)
         owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
-        pending = set(futures)
+        finished = as_completed(futures, loop=client.loop)
         alone_since: float | None = None  # when the cluster was last seen without a worker
-        while pending:
-            try:
-                done = wait(list(pending), timeout=1.0, return_when="FIRST_COMPLETED").done
-            except TimeoutError:
-                done = set()
-            for future in sorted(done, key=lambda f: owner[f.key].sample):
-                pending.discard(future)
+        while not finished.is_empty():
+            done = finished.next_batch(block=False)
+            for future in done:
                 try:
                     yield future.result()
                 except Exception as err:  # noqa: BLE001 - a lost worker fails its sample, not the batch
@@ -586,13 +582,14 @@ def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -
             if done:
                 alone_since = None
                 continue
+            time.sleep(0.2)
             if client.scheduler_info().get("workers"):
                 alone_since = None
             elif alone_since is None:
                 alone_since = time.monotonic()
             elif time.monotonic() - alone_since > timeout:
                 raise ConfigError(f"the Dask cluster at {scheduler} has had no worker for {timeout:g} s with "
-                                  f"{len(pending)} sample(s) left; gave up (finished samples are cached: start "
+                                  f"{finished.count()} sample(s) left; gave up (finished samples are cached: start "
                                   "workers and re-run to resume)")
     finally:
         client.close()
