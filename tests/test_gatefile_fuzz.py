@@ -121,9 +121,9 @@ def gate_seeds(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str]
 
     folder = tmp_path_factory.mktemp("gate_seeds")
     seeds = [(".yaml", p.read_text()) for p in sorted((REPO / "gates").glob("*.yaml"))]
-    for name in ("treg_fixed.yaml", "treg_cd127.yaml"):
-        convert(REPO / "gates" / name, "gatingml", folder / f"{name}.xml")
-        seeds.append((".xml", (folder / f"{name}.xml").read_text()))
+    for path in sorted((REPO / "gates").glob("*_fixed.yaml")):  # Gating-ML holds fixed gates only
+        convert(path, "gatingml", folder / f"{path.name}.xml")
+        seeds.append((".xml", (folder / f"{path.name}.xml").read_text()))
     return seeds
 
 

@@ -323,7 +323,7 @@ def test_long_sample_names_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     treg = pd.read_csv(out / "treg.csv")
     assert sorted(treg["sample"]) == sorted(names)
-    assert len({p.name for p in (out / "plots").glob("gating_*.png")}) == 2
+    assert len({p.name for p in (out / "plots").glob("gating_*")}) == 2
     assert all(len(p.name) < 255 for p in (out / "plots").iterdir())
 
 
