@@ -53,7 +53,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         os.replace(tmp, target)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        if err.filename is None:  # a failed write (full disk, file size limit) names no file: name the target
+        if err.filename is None or str(err.filename) == str(tmp):
+            # A failed write (full disk, file size limit) names no file, a failed open the temporary one: name the
+            # file the user asked for.
             raise OSError(err.errno, err.strerror, str(target)) from err
         raise
     except BaseException:
