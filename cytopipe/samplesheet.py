@@ -131,11 +131,11 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
 def _output_columns() -> frozenset[str]:
     """Columns cytopipe writes into treg.csv and baseline.csv, where the sheet's extra columns also go."""
     from .pipeline import TREG_COLUMNS
-    from .stats import BASELINE_COLUMNS
+    from .stats import _EXTRA_COLUMNS, BASELINE_COLUMNS
 
-    return frozenset({*TREG_COLUMNS, *BASELINE_COLUMNS, "acquisition_qc", "sample", "is_baseline", "baseline_sample",
-                      "pct_change", "direction", "qc_flags", "treg_tcon_ratio", "tregs_per_ul", "tcon_events",
-                      "lymphocyte_events", "baseline_platelets", "platelet_fold", "iwg_response"})
+    return frozenset({*TREG_COLUMNS, *BASELINE_COLUMNS, *_EXTRA_COLUMNS, "acquisition_qc", "gate_sd_pp",
+                      "treg_tcon_ratio", "tregs_per_ul", "tcon_events", "lymphocyte_events", "baseline_platelets",
+                      "platelet_fold", "iwg_response"})
 
 
 def _check_column_names(path: Path, columns: list[str]) -> None:
