@@ -1069,6 +1069,7 @@ def _check_markers(strategy: Any, gates: str | os.PathLike, samples: pd.DataFram
         except CytopipeError:
             return
         problems = strategy_marker_problems(resolve_optional(strategy, first)[0], first, os.fspath(gates))
+        del first  # a mapped file stays open while the events live; the traceback below must not keep them
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise MarkerError(f"{problems[0]} in {rec.file}{more}; nothing was processed")
