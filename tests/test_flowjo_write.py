@@ -274,9 +274,14 @@ def test_bundled_study_workspace_reproduced_by_flowkit(tmp_path: Path) -> None:
     """``cytopipe run`` on the bundled study with gates/treg.yaml: FlowKit counts what populations.csv says."""
     import cytopipe
 
-    result = cytopipe.run(REPO / "sample_fcs" / "study.csv", gates=REPO / "gates" / "treg.yaml", out=tmp_path / "w2",
-                          workers=2, plots=False, report=False, progress=False, quiet=True)
-    assert result.exit_code == 0
+    written = {}
+    for workers in (1, 2):
+        result = cytopipe.run(REPO / "sample_fcs" / "study.csv", gates=REPO / "gates" / "treg.yaml",
+                              out=tmp_path / f"w{workers}", workers=workers, plots=False, report=False, progress=False,
+                              quiet=True)
+        assert result.exit_code == 0
+        written[workers] = (tmp_path / f"w{workers}" / WORKSPACE_NAME).read_bytes()
+    assert written[1] == written[2]  # byte-identical whatever the number of workers
     wsp = tmp_path / "w2" / WORKSPACE_NAME
     populations = pd.read_csv(tmp_path / "w2" / "populations.csv")
     manifest = json.loads((tmp_path / "w2" / "manifest.json").read_text())
