@@ -32,6 +32,7 @@ from cytopipe.simulate import (
     truth_counts,
     write_study,
 )
+from cytopipe.simulate.biology import _AF_SPECTRUM, _PHENOTYPES
 from cytopipe.transforms import Logicle
 
 T_CELLS = ("CD8 T", "CD8 T CD25+", "DN T", "CD4 Tconv", "CD4 activated", "Treg")
@@ -173,8 +174,8 @@ def test_spillover_is_stored_and_data_are_uncompensated():
     assert spill == pytest.approx(0.165 * np.median(raw[tconv, fitc]), rel=0.1)
     # Compensation recovers each bright population's designed stain (plus its unmixed autofluorescence).
     bio = spec.biology
-    unmixed_af = simulate._AF_SPECTRUM @ np.linalg.inv(np.asarray(STYLES["bd"].spillover))
-    for population, phenotype in simulate._PHENOTYPES.items():
+    unmixed_af = _AF_SPECTRUM @ np.linalg.inv(np.asarray(STYLES["bd"].spillover))
+    for population, phenotype in _PHENOTYPES.items():
         cells = sample.labels == POPULATIONS.index(population)
         for marker, (median, *rest) in phenotype.stains.items():
             if median < 1000 or len(rest) > 1:
