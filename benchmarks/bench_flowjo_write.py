@@ -6,9 +6,9 @@ worker does (:func:`cytopipe.pipeline.process_sample`, plots off, one BLAS threa
 process (``time.process_time``): on a shared machine wall-clock times of millisecond stages mostly measure the
 other processes. Reported:
 
-* worker side: the time spent in :func:`cytopipe.flowjo_write.sample_tree` (channel names, raw-unit coordinates,
+* worker side: the time spent in :func:`cytopipe.flowjo.write.sample_tree` (channel names, raw-unit coordinates,
   the ellipse polygon placed on the sample's events) against the whole of ``process_sample``;
-* client side: rendering and writing the workspace (:func:`cytopipe.flowjo_write.write_workspace`) and its size.
+* client side: rendering and writing the workspace (:func:`cytopipe.flowjo.write.write_workspace`) and its size.
 
 Each size runs twice: without and with the per-sample gating figure (``cytopipe run``'s default draws it).
 
@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import cytopipe.flowjo_write
-from cytopipe.flowjo_write import write_workspace
+import cytopipe.flowjo.write
+from cytopipe.flowjo.write import write_workspace
 from cytopipe.gatefile import load_strategy
 from cytopipe.pipeline import SampleTask, process_sample, resolve_treg
 
@@ -45,7 +45,7 @@ def _run(n_samples: int, plots: str | None) -> dict[str, float]:
     process_sample(SampleTask(sample="warm-up", file=str(files[0]), strategy=strategy, treg=treg, parent=parent,
                               data_driven=strategy, plots_dir=plots))
     tree_cpu = [0.0]
-    sample_tree = cytopipe.flowjo_write.sample_tree
+    sample_tree = cytopipe.flowjo.write.sample_tree
 
     def timed_tree(*args: object, **kwargs: object) -> dict:  # process_sample looks the function up per call
         start = time.process_time()
@@ -54,7 +54,7 @@ def _run(n_samples: int, plots: str | None) -> dict[str, float]:
         finally:
             tree_cpu[0] += time.process_time() - start
 
-    cytopipe.flowjo_write.sample_tree = timed_tree
+    cytopipe.flowjo.write.sample_tree = timed_tree
     results = []
     start = time.process_time()
     try:
@@ -63,7 +63,7 @@ def _run(n_samples: int, plots: str | None) -> dict[str, float]:
                               parent=parent, data_driven=strategy, plots_dir=plots)
             results.append(process_sample(task))
     finally:
-        cytopipe.flowjo_write.sample_tree = sample_tree
+        cytopipe.flowjo.write.sample_tree = sample_tree
     total = time.process_time() - start
     assert all(r.ok and "error" not in r.workspace for r in results)
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ written with :func:`cytopipe.fcs.write_fcs` and loaded once by each tool (loadin
 compensation) are gated by ``GatingStrategy.apply`` and, exported with :func:`cytopipe.gatingml.write_gatingml`, by
 FlowKit's ``GatingStrategy.gate_sample``. Counts must be identical.
 
-The same gates are also written as a YAML gate file and as a FlowJo workspace (:mod:`cytopipe.flowjo_write`), read
+The same gates are also written as a YAML gate file and as a FlowJo workspace (:mod:`cytopipe.flowjo.write`), read
 back with :func:`cytopipe.gatefile.load_strategy`, and both are timed on the same sample: a workspace-defined
 strategy must gate as fast as the YAML one (``workspace_ratio``, workspace time / YAML time) with identical counts.
 
@@ -173,7 +173,7 @@ def run(n_events: int = 1_000_000, repeat: int = 3, workdir: str | Path | None =
 def _workspace_against_yaml(strategy: GatingStrategy, fcs_path: Path, tmp: Path, repeat: int
                             ) -> tuple[float, float, bool]:
     """Best times of the strategy read from YAML and from a FlowJo workspace (interleaved), and equal counts."""
-    from cytopipe.flowjo_write import workspace_for_files
+    from cytopipe.flowjo.write import workspace_for_files
     from cytopipe.gatefile import dump_yaml, load_strategy
 
     (tmp / "bench.yaml").write_text(dump_yaml(strategy))

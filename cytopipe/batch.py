@@ -53,7 +53,7 @@ CACHE_FORMAT = 2
 # What process_sample imports (plots only when drawing; autogate only for data-driven gates): numpy and cytopipe's
 # own modules, no pandas or scipy.
 _WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "cytopipe.gates", "cytopipe.stats",
-                   "cytopipe.flowjo_write", "cytopipe.plots")
+                   "cytopipe.flowjo.write", "cytopipe.plots")
 _DEPENDENCIES = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "PyYAML", "Jinja2", "flowio",
                  "dask", "distributed")
 
@@ -1183,7 +1183,7 @@ def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> d
     Samples whose gates FlowJo cannot hold are left out with one error line; with none left the file is removed
     (a stale one from an earlier run would mislead). Returns the ``manifest.json`` record.
     """
-    from .flowjo_write import WORKSPACE_NAME, write_workspace
+    from .flowjo.write import WORKSPACE_NAME, write_workspace
 
     ordered = sorted((r for r in results if r.workspace is not None), key=lambda r: (r.subject, r.day, r.sample))
     trees = [r.workspace for r in ordered if "error" not in r.workspace]

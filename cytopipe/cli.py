@@ -297,7 +297,7 @@ def _gates(args: argparse.Namespace) -> int:
         print(f"wrote {path}: the gates of {args.gates} fitted on {args.fcs}", file=sys.stderr)
         return 0
     if args.to == "wsp" or args.fcs:
-        from .flowjo_write import workspace_for_files
+        from .flowjo.write import workspace_for_files
 
         if args.to != "wsp" or not args.fcs or not args.out:
             raise ConfigError("gates convert --to wsp needs --fcs SAMPLE.fcs (one or more) and --out FILE.wsp; "

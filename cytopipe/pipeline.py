@@ -104,7 +104,7 @@ class SampleResult:
     sensitivity
         One dict per data-driven threshold: how much the Treg % moves when it shifts (``sensitivity.csv`` rows).
     workspace
-        The sample's gates in FlowJo's terms for ``gates_fitted.wsp`` (:func:`cytopipe.flowjo_write.sample_tree`),
+        The sample's gates in FlowJo's terms for ``gates_fitted.wsp`` (:func:`cytopipe.flowjo.write.sample_tree`),
         or ``{"error": reason}`` when FlowJo cannot hold them (the sample's counts stand); ``None`` before counting.
     references
         Median raw detector value of each reference population (``"CD4 T|CD4" -> median``; see
@@ -400,7 +400,7 @@ def process_sample(task: SampleTask) -> SampleResult:
     lap("count")
 
     try:  # gates_fitted.wsp: a gate FlowJo cannot hold leaves the sample out of the workspace, not the study
-        from .flowjo_write import sample_tree
+        from .flowjo.write import sample_tree
 
         out.workspace = sample_tree(strategy, sample, result, spillover, name=task.sample)
     except Exception as err:  # noqa: BLE001

@@ -22,7 +22,7 @@ import pytest
 from cytopipe import gatefile, simulate
 from cytopipe.errors import GateError
 from cytopipe.fcs import read_fcs
-from cytopipe.flowjo_write import (
+from cytopipe.flowjo.write import (
     COMP_PREFIX,
     WORKSPACE_NAME,
     ellipse_polygon,
@@ -307,7 +307,7 @@ def test_bundled_study_workspace_reproduced_by_flowkit(tmp_path: Path) -> None:
 
 
 def test_transform_elements_follow_flowjo_parameterisation() -> None:
-    from cytopipe.flowjo_write import _transform_element
+    from cytopipe.flowjo.write import _transform_element
     from cytopipe.transforms import Arcsinh, Hyperlog, Linear, Log, Logicle
 
     sample = read_fcs(REPO / "sample_fcs" / "ITP-01_W1.fcs")

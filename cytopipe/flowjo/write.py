@@ -46,20 +46,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .errors import GateError
-from .flowjo.constants import (
-    ALL_SAMPLES,
-    COMP_PREFIX,
-    GATING_ML_20,
-    TRANSFORM_ARCSINH,
-    TRANSFORM_BIEX,
-    TRANSFORM_LINEAR,
-    TRANSFORM_LOG,
-    TRANSFORM_LOGICLE,
-    WORKSPACE_VERSION_10,
-)
-from .flowjo.transforms import FlowJoBiex, FlowJoLog
-from .gates import (
+from cytopipe.errors import GateError
+from cytopipe.gates import (
     FCS,
     UNCOMPENSATED,
     BooleanGate,
@@ -71,8 +59,21 @@ from .gates import (
     RectangleGate,
     SpectrumMatrix,
 )
-from .outputs import atomic_write
-from .transforms import Arcsinh, Linear, Log, Logicle, Transform
+from cytopipe.outputs import atomic_write
+from cytopipe.transforms import Arcsinh, Linear, Log, Logicle, Transform
+
+from .constants import (
+    ALL_SAMPLES,
+    COMP_PREFIX,
+    GATING_ML_20,
+    TRANSFORM_ARCSINH,
+    TRANSFORM_BIEX,
+    TRANSFORM_LINEAR,
+    TRANSFORM_LOG,
+    TRANSFORM_LOGICLE,
+    WORKSPACE_VERSION_10,
+)
+from .transforms import FlowJoBiex, FlowJoLog
 
 __all__ = [
     "WORKSPACE_NAME",
@@ -744,7 +745,7 @@ def workspace_for_files(gates: str | os.PathLike[str], fcs_files: Sequence[str |
     CytopipeError
         An unreadable file or gate file, or gates FlowJo cannot hold.
     """
-    from .pipeline import _load_and_gate, choose_spillover
+    from cytopipe.pipeline import _load_and_gate, choose_spillover
 
     trees: list[dict] = []
     names: set[str] = set()
