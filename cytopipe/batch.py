@@ -557,7 +557,7 @@ def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -
         none joined): the run stops instead of waiting forever; the samples already yielded are cached.
     """
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:
         raise ConfigError("--scheduler needs dask and distributed: pip install cytopipe[dask]") from None
     try:
@@ -568,18 +568,25 @@ def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -
     try:
         futures = client.map(process_one, tasks, pure=False)
         owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
-        finished = as_completed(futures, loop=client.loop)
+        waiting = list(futures)
         alone_since: float | None = None  # when the cluster was last seen without a worker
-        while not finished.is_empty():
-            done = finished.next_batch(block=False)
-            for future in done:
+        while waiting:
+            progressed = False
+            for future in [f for f in waiting if f.done()]:
                 try:
-                    yield future.result()
-                except Exception as err:  # noqa: BLE001 - a lost worker fails its sample, not the batch
-                    yield _lost(owner[future.key], f"Dask task failed: {type(err).__name__}: "
-                                                   f"{' '.join(str(err).split())}")
+                    # A result lives on the worker that computed it: if that worker died, the scheduler computes
+                    # it again once a worker joins. Never block on it here.
+                    result = future.result(timeout=2)
+                except TimeoutError:
+                    continue
+                except Exception as err:  # noqa: BLE001 - a failed task fails its sample, not the batch
+                    result = _lost(owner[future.key], f"Dask task failed: {type(err).__name__}: "
+                                                      f"{' '.join(str(err).split())}")
+                waiting.remove(future)
                 future.release()
-            if done:
+                progressed = True
+                yield result
+            if progressed:
                 alone_since = None
                 continue
             time.sleep(0.2)
@@ -589,7 +596,7 @@ def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -
                 alone_since = time.monotonic()
             elif time.monotonic() - alone_since > timeout:
                 raise ConfigError(f"the Dask cluster at {scheduler} has had no worker for {timeout:g} s with "
-                                  f"{finished.count()} sample(s) left; gave up (finished samples are cached: start "
+                                  f"{len(waiting)} sample(s) left; gave up (finished samples are cached: start "
                                   "workers and re-run to resume)")
     finally:
         client.close()

@@ -686,7 +686,7 @@ def _csvs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.csv"))}
 
 
-def _dask_cluster(folder: Path, workers: int) -> tuple[str, list[subprocess.Popen]]:
+def _dask_cluster(folder: Path, workers: int, *extra: str) -> tuple[str, list[subprocess.Popen]]:
     from test_dask import _dask
 
     scheduler_file = folder / "scheduler.json"
@@ -698,7 +698,7 @@ def _dask_cluster(folder: Path, workers: int) -> tuple[str, list[subprocess.Pope
     for i in range(workers):
         procs.append(_dask("worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--nworkers", "1",
                            "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(folder / f"w{i}"),
-                           log=folder / f"worker{i}.log"))
+                           *extra, log=folder / f"worker{i}.log"))
     from distributed import Client
 
     with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
@@ -745,7 +745,7 @@ def test_dask_gives_up_when_the_last_worker_dies(tmp_path):
     from test_dask import _stop
 
     sheet, gates, _ = make_study(tmp_path / "study", n_files=8, n_events=40_000, subjects=2)
-    address, procs = _dask_cluster(tmp_path, 1)
+    address, procs = _dask_cluster(tmp_path, 1, "--no-nanny")  # no nanny to restart the worker we kill
     out = tmp_path / "out"
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
     try:
@@ -756,7 +756,9 @@ def test_dask_gives_up_when_the_last_worker_dies(tmp_path):
         while time.monotonic() < deadline and len(_entries(out)) < 2 and proc.poll() is None:
             time.sleep(0.1)
         assert len(_entries(out)) >= 2, (proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
-        _stop(procs.pop())  # the only worker
+        worker = procs.pop()  # the only worker dies: SIGKILL, as the kernel's OOM killer would
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
         start = time.monotonic()
         _, stderr = proc.communicate(timeout=120)
         waited = time.monotonic() - start
