@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import IO, Any
@@ -258,7 +258,7 @@ class ResultCache:
 
     def put(self, key: str, result: SampleResult) -> None:
         """Store a successful result with the checksum of its content (a cache that cannot be written is skipped)."""
-        payload = json.loads(_entry_text(result.to_dict()))
+        payload = json.loads(_result_text(result))
         path = self.results / f"{key}.json"
         try:
             if path.is_dir() and not path.is_symlink():
@@ -283,7 +283,19 @@ def _no_constant(name: str) -> None:
 
 def _entry_text(payload: dict) -> str:
     """The canonical text of a cached result (NaN as null, so the entry is strict JSON)."""
-    return json.dumps(_nan_to_none(payload), allow_nan=False)  # keys in written order: columns keep their order
+    try:  # most results hold no NaN: encode them without copying (the copy is most of the cost)
+        return json.dumps(payload, allow_nan=False)  # keys in written order: columns keep their order
+    except ValueError:
+        return json.dumps(_nan_to_none(payload), allow_nan=False)
+
+
+def _result_text(result: SampleResult) -> str:
+    """:func:`_entry_text` of ``result.to_dict()``, without the deep copy of :func:`dataclasses.asdict` (most of
+    the cost) when JSON encodes the fields as they are."""
+    try:
+        return _entry_text({f.name: getattr(result, f.name) for f in fields(result)})
+    except TypeError:  # a field JSON cannot encode as it is: the dict of to_dict
+        return _entry_text(result.to_dict())
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -381,12 +393,24 @@ def _limit_threads() -> None:
     """Worker initializer: die with the parent; one BLAS/OpenMP thread per worker process (the pool is the
     parallelism)."""
     _die_with_parent()
+    _limit_worker()
+
+
+# In a pool worker: len(sys.modules) when its BLAS/OpenMP pools were last limited to one thread (None elsewhere).
+_LIMITED_AT: int | None = None
+
+
+def _limit_worker() -> None:
+    """Limit this pool worker's BLAS/OpenMP pools to one thread for good (finding the libraries costs ~1-5 ms, so
+    :func:`process_one` does it again only after an import may have loaded another one)."""
+    global _LIMITED_AT
     try:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)
     except ImportError:  # threadpoolctl ships with scikit-learn, but stay usable without it
         pass
+    _LIMITED_AT = len(sys.modules)
 
 
 def _one_thread() -> Any:
@@ -403,6 +427,10 @@ def _one_thread() -> Any:
 
 def process_one(task: SampleTask) -> SampleResult:
     """:func:`cytopipe.pipeline.process_sample` with one BLAS thread (what every executor runs)."""
+    if _LIMITED_AT is not None:  # a pool worker, limited for good by its initializer
+        if len(sys.modules) != _LIMITED_AT:  # a library loaded since (scipy's BLAS in the first fit) is limited too
+            _limit_worker()
+        return process_sample(task)
     with _one_thread():
         return process_sample(task)
 

@@ -52,7 +52,20 @@ def _median(sample: Any, marker: str, mask: np.ndarray) -> float | None:
     except MarkerError:
         return None
     values = column[mask]
-    return float(np.median(values)) if values.size >= 50 else None
+    return _median_of(values) if values.size >= 50 else None
+
+
+def _median_of(values: np.ndarray) -> float:
+    """``float(np.median(values))`` bit for bit, for a 1-D array this function may reorder (a third of the cost:
+    one in-place partition instead of ``np.median``'s copy, partition at three places and NaN check)."""
+    if np.isnan(values).any():
+        return math.nan
+    half = values.size // 2
+    if values.size % 2:
+        values.partition(half)
+        return float(np.mean(values[half:half + 1]))
+    values.partition([half - 1, half])
+    return float(np.mean(values[half - 1:half + 1]))  # np.median's mean of the two middle values, in their dtype
 
 
 def reference_medians(sample: Any, result: Any, strategy: Any, cd4: str | None) -> dict[str, float]:

@@ -415,3 +415,22 @@ def test_plots_modes(study, tmp_path):
     assert drawn == chosen and 0 < len(chosen) < len(labels)
     with pytest.raises(ConfigError, match="--plots must be all, none or flagged"):
         quiet_run(sheet=sheet, gates=gates, out=tmp_path / "bad", workers=1, plots="some")
+
+
+def test_cache_entry_text_without_deep_copy_is_the_deep_copys():
+    """The cache encodes a result's fields as they are when it can: the text is the one of
+    ``to_dict()`` with NaN as null (with NaN, infinities, tuples and nested lists)."""
+    import math
+
+    from cytopipe.batch import _entry_text, _nan_to_none, _result_text
+    from cytopipe.pipeline import SampleResult
+
+    plain = SampleResult(sample="s", file="f.fcs", populations=[{"population": "CD4+", "count": 3, "pct": 1.5}],
+                         workspace={"gates": [{"vertices": [(1.0, 2.0), (3.0, 4.5)]}]}, timings={"total": 0.25})
+    odd = SampleResult(sample="t", file="g.fcs", populations=[{"population": "Treg", "count": 0, "pct": math.nan}],
+                       references={"CD4 T|CD4": math.inf}, treg={"treg_pct": math.nan, "note": "NaN"})
+    for result in (plain, odd):
+        expected = json.dumps(_nan_to_none(result.to_dict()), allow_nan=False)
+        assert _result_text(result) == expected
+        assert _entry_text(json.loads(expected)) == expected
+    assert '"pct": null' in _result_text(odd) and '"note": "NaN"' in _result_text(odd)

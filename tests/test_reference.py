@@ -138,3 +138,21 @@ def test_the_command_line_writes_the_realistic_drifting_study(tmp_path, capsys):
     # Same seed without --drift: the same cells, so the same truth.
     again = sim.write_study(tmp_path / "plain", n_events=2000, seed=9, realistic=True)
     pd.testing.assert_frame_equal(truth, again)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16, np.int32])
+def test_median_of_is_numpys_median_bit_for_bit(dtype):
+    """The in-place median used for the reference populations returns np.median's value to the last bit (odd and
+    even sizes, ties, NaN)."""
+    from cytopipe.reference import _median_of
+
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 50, 51, 1000, 1001):
+        for values in (rng.normal(100, 30, n), rng.integers(0, 4, n)):
+            values = values.astype(dtype)
+            expected = np.float64(np.median(values)).tobytes()
+            assert np.float64(_median_of(values.copy())).tobytes() == expected, (n, values[:5])
+    with_nan = rng.normal(size=101)
+    with_nan[7] = np.nan
+    if np.dtype(dtype).kind == "f":
+        assert np.isnan(_median_of(with_nan.astype(dtype))) and np.isnan(np.median(with_nan.astype(dtype)))
