@@ -1085,30 +1085,43 @@ def _draw_flagged(baseline: pd.DataFrame, tasks: list[SampleTask], settings: lis
 
 
 def _check_markers(strategy: Any, gates: str | os.PathLike, samples: pd.DataFrame, panel: Any) -> None:
-    """Stop before any work when the first readable sample lacks a marker the gates name (a typo such as CD52 for
-    CD25 would otherwise fail every sample, one by one). The file is read with its panel; optional populations
-    may lack their markers; an unreadable first file, or one with its own panel or pre-gating, is left to the
-    per-sample checks."""
+    """Stop before any work when the gates name a marker that no file of the study has (a typo such as CD52 for
+    CD25 would otherwise fail every sample, one by one).
+
+    The first readable file is checked; when it lacks a marker, up to :data:`_MARKER_PROBES` files spread over the
+    sheet are checked too, and the run stops only when none of them resolves every marker: in a study that mixes
+    instruments (a mass cytometer without scatter beside flow cytometers) the files that lack a marker fail alone.
+    Files are read with their panel; optional populations may lack their markers; a file with its own panel or
+    pre-gating, or an unreadable one, is left to the per-sample checks.
+    """
     from .adapt import resolve_optional
     from .errors import MarkerError
     from .gatefile import strategy_marker_problems
     from .panel import read_sample
 
-    for rec in samples.itertuples(index=False):
-        if not Path(rec.file).is_file():
-            continue
-        if getattr(rec, "panel", "") or getattr(rec, "pregated", ""):
-            return
+    rows = [rec for rec in samples.itertuples(index=False) if Path(rec.file).is_file()
+            and not (getattr(rec, "panel", "") or getattr(rec, "pregated", ""))]
+    spread = sorted({round(i * (len(rows) - 1) / max(_MARKER_PROBES - 1, 1)) for i in range(_MARKER_PROBES)})
+    first_problems: tuple[str, list[str]] | None = None
+    for index in spread if rows else ():
+        rec = rows[index]
         try:
-            first = read_sample(rec.file, panel, scale=strategy.scale)
+            sample = read_sample(rec.file, panel, scale=strategy.scale)
         except CytopipeError:
             return
-        problems = strategy_marker_problems(resolve_optional(strategy, first)[0], first, os.fspath(gates))
-        del first  # a mapped file stays open while the events live; the traceback below must not keep them
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise MarkerError(f"{problems[0]} in {rec.file}{more}; nothing was processed")
-        return
+        problems = strategy_marker_problems(resolve_optional(strategy, sample)[0], sample, os.fspath(gates))
+        del sample  # a mapped file stays open while the events live; the traceback below must not keep them
+        if not problems:
+            return
+        first_problems = first_problems or (rec.file, problems)
+    if first_problems:
+        file, problems = first_problems
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        checked = f"; none of {len(spread)} files checked has it" if len(spread) > 1 else ""
+        raise MarkerError(f"{problems[0]} in {file}{more}{checked}; nothing was processed")
+
+
+_MARKER_PROBES = 8  # files read before a missing marker stops the run
 
 
 def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spill_path: str | None,

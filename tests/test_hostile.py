@@ -561,6 +561,30 @@ def test_absent_marker_stops_before_processing(tmp_path):
     assert time.perf_counter() - start < 30
 
 
+def test_marker_missing_from_one_instrument_fails_that_file_alone(tmp_path):
+    """A study mixing instruments: the first file lacks CD25 (its tube has another marker there), the others have
+    it. The marker check must not stop the study; the first file fails alone in failures.csv."""
+    from cytopipe.fcs import read_fcs, write_fcs
+
+    source = read_fcs(SAMPLES / "ITP-01_W1.fcs", scale="raw")
+    odd = tmp_path / "A_other_panel.fcs"
+    markers = ["CD99" if m == "CD25" else m for m in source.markers]
+    assert markers != list(source.markers)
+    keep = {k: v for k, v in source.metadata.items() if k in ("$SPILLOVER", "SPILL")}
+    write_fcs(odd, source.events, source.channels, markers, keep)
+    sheet = fixed_study(tmp_path, n=2)
+    table = pd.read_csv(sheet)
+    table = pd.concat([pd.DataFrame({"file": [str(odd)], "subject": ["S0"], "timepoint": ["T0"], "day": ["0"]}),
+                       table], ignore_index=True)
+    table.to_csv(sheet, index=False)
+    proc = capped("run", sheet, "--gates", FIXED, "--out", tmp_path / "out", "--no-pdf", "--no-plots",
+                  seconds=180)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    failures = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert list(failures["file"]) == [str(odd)] and "CD25" in failures["reason"][0]
+    assert len(pd.read_csv(tmp_path / "out" / "treg.csv")) == 2
+
+
 def test_gates_fit_writes_yaml_and_gatingml(tmp_path):
     fcs = SAMPLES / "ITP-01_W1.fcs"
     for suffix in ("yaml", "xml"):
