@@ -1058,9 +1058,11 @@ def _row_settings(table: pd.DataFrame, strategy: Any, treg: str, parent: str | N
 
 def _start_printer() -> Any:
     """A headless Chromium for the PDF, started now so that its start-up overlaps the gating (None without one)."""
-    from .printer import Printer, PrinterError
-    from .report import find_chromium
+    from .printer import Printer, PrinterError, find_chromium, take_early
 
+    early = take_early()  # started by the CLI while this module was imported
+    if early is not None:
+        return early
     chromium = find_chromium()
     try:
         return Printer(chromium) if chromium else None

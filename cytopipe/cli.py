@@ -207,8 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .batch import run
-
     sheet = args.sheet
     if sheet is None:
         if not Path(DEFAULT_SHEET).is_file():
@@ -217,6 +215,12 @@ def _run(args: argparse.Namespace) -> int:
                               "cytopipe demo DIR && cytopipe run DIR/study.csv")
         sheet = DEFAULT_SHEET
     _wsp_notice(args.gates, args.wsp_sample, args.quiet)
+    if not (args.no_report or args.no_pdf):
+        from .printer import start_early
+
+        start_early()  # Chromium starts on the core the imports below leave idle, not beside the workers
+    from .batch import run
+
     result = run(
         sheet=sheet, gates=args.gates, out=args.out, workers=args.workers, scheduler=args.scheduler,
         treg=args.treg, parent=args.parent, clinical=args.clinical, spillover=args.spillover,

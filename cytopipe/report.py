@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from cytopipe.errors import ConfigError
 from cytopipe.outputs import atomic_write, restore, write_csv
 from cytopipe.pipeline import plot_path, safe_stem
 from cytopipe.plots import figure_id, fold_change_overview, save_figure, time_course
-from cytopipe.printer import Printer
+from cytopipe.printer import Printer, find_chromium
 from cytopipe.stats import (
     BASELINE_COLUMNS,
     baseline_table,
@@ -176,18 +175,6 @@ def _is_scalar_list(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- PDF
-
-
-def find_chromium() -> str | None:
-    """Path of a Chromium/Chrome executable (``CYTOPIPE_CHROMIUM`` first), or None."""
-    override = os.environ.get("CYTOPIPE_CHROMIUM")
-    if override:
-        return shutil.which(override)
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, timeout: float = 180.0,

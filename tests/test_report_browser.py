@@ -137,6 +137,30 @@ def test_printer_started_early_prints_and_leaves_no_process(chromium: str, tmp_p
     assert process.poll() is not None and not Path(printer._profile).exists()
 
 
+def test_printer_started_before_the_imports_is_taken_once(chromium: str, tmp_path: Path,
+                                                          results_folder: Callable[..., Path]) -> None:
+    """``cytopipe run`` starts Chromium before importing the pipeline; the run takes that one (once) and prints."""
+    from cytopipe import printer as module
+
+    module.start_early()
+    early = module.take_early()
+    assert early is not None and module.take_early() is None
+    try:
+        html = render_report(results_folder(tmp_path), clinical=tmp_path / "clinical.csv", pdf=False)
+        assert early.print_pdf(html)[:5] == b"%PDF-"
+    finally:
+        early.close()
+    assert early._process.poll() is not None
+
+
+def test_no_early_printer_without_chromium(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cytopipe import printer as module
+
+    monkeypatch.setenv("CYTOPIPE_CHROMIUM", "no-such-browser-cytopipe")
+    module.start_early()
+    assert module.take_early() is None
+
+
 def test_report_command_names_the_pdf_it_wrote(chromium: str, tmp_path: Path, results_folder: Callable[..., Path],
                                                capsys: pytest.CaptureFixture) -> None:
     from cytopipe.cli import main
