@@ -182,7 +182,7 @@ class AutoGate(Gate):
 
 
 _COMMON_KEYS = {"scope", "T", "max_events", "random_state"}
-# Keys gatefile.py handles itself for every gate type.
+# Keys cytopipe.gatefile handles itself for every gate type.
 _LOADER_KEYS = {"type", "channels", "name", "id", "transform", "transforms", "compensation"}
 
 

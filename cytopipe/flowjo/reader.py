@@ -932,7 +932,7 @@ def with_matrix_file(strategy: GatingStrategy, yaml_path: str | os.PathLike[str]
     """
     from dataclasses import replace
 
-    from cytopipe.gatefile import _matrix_id
+    from cytopipe.gatefile.parse import _matrix_id
     from cytopipe.outputs import atomic_write
 
     spill = strategy.matrices.get(C.MATRIX_ID)

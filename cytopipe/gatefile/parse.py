@@ -1,41 +1,21 @@
-"""YAML gate files: load, validate, write back and convert to and from Gating-ML 2.0.
-
-A gate file is what a scientist writes by hand (schema in ``docs/gatefile.md`` and ``docs/ARCHITECTURE.md``)::
-
-    name: Treg (CD25high FoxP3+)
-    compensation: file
-    transforms:
-      asinh: {type: arcsinh, cofactor: 150}
-    populations:
-      - name: CD3+
-        gate: {type: range, channels: [CD3], min: 1.9}
-      - name: Treg
-        parent: CD3+
-        gate: {type: rectangle, channels: [CD25, {channel: FoxP3, transform: asinh}], min: [2.6, 2.3]}
-
-Coordinates are written in *friendly* units of each dimension's transform (raw values for linear, logicle decades
-``0..M``, ``asinh(x / cofactor)``, ``log10(x)``) and converted to Gating-ML 2.0 units on load; :func:`dump_yaml`
-converts back. Every mistake is reported as one line ``<file>: population '<name>': <field>: <problem>``.
-"""
+"""YAML gate files in: parse and validate into a :class:`~cytopipe.gates.GatingStrategy`."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from .bundled import find_gate_file, not_found_hint
-from .errors import CytopipeError, GateError, MarkerError
-from .gates import (
+from cytopipe.bundled import find_gate_file
+from cytopipe.errors import CytopipeError, GateError
+from cytopipe.gates import (
     FCS,
     MAX_VERTICES,
     UNCOMPENSATED,
@@ -49,9 +29,7 @@ from .gates import (
     QuadrantGate,
     RectangleGate,
 )
-from .outputs import atomic_write
-from .transforms import (
-    LN10,
+from cytopipe.transforms import (
     Arcsinh,
     AutoWidthLogicle,
     Hyperlog,
@@ -63,229 +41,25 @@ from .transforms import (
     friendly_units,
 )
 
-__all__ = [
-    "load_gates",
-    "parse_gates",
-    "load_strategy",
-    "check_gates",
-    "dump_yaml",
-    "convert",
-    "resolve_channels",
-    "friendly_units",
-]
-
-TOP_KEYS = ("name", "treg", "parent", "compensation", "scale", "transforms", "populations")
-POPULATION_KEYS = ("name", "parent", "gate", "optional")
-CHANNEL_KEYS = ("channel", "transform", "compensation", "ratio")
-#: Keys each fixed gate type accepts (``type`` included).
-GATE_KEYS: dict[str, tuple[str, ...]] = {
-    "range": ("type", "channels", "min", "max"),
-    "rectangle": ("type", "channels", "min", "max"),
-    "polygon": ("type", "channels", "vertices"),
-    "ellipse": ("type", "channels", "center", "covariance", "distance"),
-    "quadrant": ("type", "channels", "at", "quadrant"),
-    "and": ("type", "of"),
-    "or": ("type", "of"),
-    "not": ("type", "of"),
-}
-#: Transform types, their parameters and defaults (``None`` = no default).
-TRANSFORM_PARAMS: dict[str, dict[str, float | None]] = {
-    "logicle": {"T": 262144.0, "W": 0.5, "M": 4.5, "A": 0.0},
-    "hyperlog": {"T": 262144.0, "W": 0.5, "M": 4.5, "A": 0.0},
-    "arcsinh": {"cofactor": None, "T": None, "M": 4.5, "A": 0.0},
-    "linear": {"T": 262144.0, "A": 0.0},
-    "log": {"T": 262144.0, "M": 4.5},
-    "ratio": {"A": 1.0, "B": 0.0, "C": 0.0},
-    # FlowJo's own axes (read from workspaces; coordinates in display fractions 0..1): cytopipe.flowjo.transforms
-    "flowjo_biex": {"pos": 4.41854, "neg": 0.0, "width": -10.0, "max_value": 262144.0},
-    "flowjo_log": {"offset": 1.0, "decades": 4.0},
-}
-#: Optional clamps of any transform's output (Gating-ML ``boundMin``/``boundMax``), in friendly units.
-BOUND_PARAMS = ("boundMin", "boundMax")
-#: A coordinate whose raw equivalent exceeds this (or is infinite) is a unit mistake: detectors top out near 1e7.
-MAX_RAW = 1e9
-#: Scatter and time channels default to linear (raw units); everything else to ``logicle``.
-LINEAR_BY_DEFAULT = re.compile(r"^(FSC|SSC)|^time$", re.IGNORECASE)
-#: YAML ``compensation`` values with a fixed meaning, and their Gating-ML ``compensation-ref``.
-COMPENSATION_REFS = {"file": FCS, "none": UNCOMPENSATED}
-_DEFAULT_ARCSINH_M = 4.5
-
-
-class _Problem(Exception):
-    """One validation problem (already formatted, one line); collected, never shown as a traceback."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# friendly units
-
-
-def _to_gatingml(value: float, transform: Transform | None) -> float:
-    scale, offset = friendly_units(transform)
-    return (value - offset) / scale
-
-
-def _tidy(value: float) -> float | int:
-    """A number for a message: 12 significant digits, integral values without ``.0``."""
-    return _plain(float(f"{float(value):.12g}"))
-
-
-def _plain(value: float) -> float | int:
-    """A number as written to YAML (exactly): integral values without ``.0``."""
-    value = float(value)
-    return int(value) if value.is_integer() and abs(value) < 2**53 else value
-
-
-def _shortest(exact: float, back: Callable[[float], float], target: float) -> float | int:
-    """The shortest decimal near ``exact`` that ``back`` maps onto exactly ``target``.
-
-    Numbers typed in a gate file (2.6 decades) come back as typed after a trip through Gating-ML units; when no
-    decimal maps back exactly (the unit conversion is not always invertible in floating point), the nearest
-    value is written in full.
-    """
-    candidates = [float(f"{exact:.{digits}g}") for digits in (12, 15, 16, 17)]
-    up = down = exact
-    for _ in range(4):
-        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
-        candidates += [up, down]
-    return _plain(next((c for c in candidates if back(c) == target), exact))
-
-
-def _to_friendly(value: float | None, transform: Transform | None) -> float | int | None:
-    if value is None:
-        return None
-    scale, offset = friendly_units(transform)
-    return _shortest(value * scale + offset, lambda f: (f - offset) / scale, value)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# small helpers
-
-
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate (case-insensitive), or ``""``."""
-    options = {str(c).casefold(): str(c) for c in candidates if c}
-    match = difflib.get_close_matches(str(word).casefold(), list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{options[match[0]]}'?)" if match else ""
-
-
-def _show(value: Any) -> str:
-    """A short readable rendering of a YAML value for a message."""
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return f"a list of {len(value)}"
-    return "null" if value is None else str(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-#: Largest YAML gate file read (a 10,000-vertex polygon is about 0.25 MB; PyYAML reads about 1 MB/s).
-MAX_YAML_BYTES = 2 * 2**20
-#: Most values a YAML document may hold once its aliases are expanded, and its deepest nesting.
-MAX_YAML_VALUES = 1_000_000
-MAX_YAML_DEPTH = 64
-#: Longest integer literal (Python refuses to convert more than 4,300 digits; no coordinate needs 300).
-MAX_INT_DIGITS = 300
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that refuses repeated keys (a silent overwrite hides a typo in a gate), unhashable keys,
-    huge integers, alias bombs and deep nesting, each as a one-line YAML error."""
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        digits = sum(c.isdigit() for c in str(node.value))
-        if digits > MAX_INT_DIGITS:
-            raise yaml.constructor.ConstructorError(None, None, f"an integer with {digits} digits (at most "
-                                                    f"{MAX_INT_DIGITS})", node.start_mark)
-        return super().construct_yaml_int(node)
-
-
-def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set = set()
-    for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
-            kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
-            raise yaml.constructor.ConstructorError(None, None, f"{kind} used as a mapping key (keys are names)",
-                                                    key_node.start_mark)
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, (str, int, float, bool)) and key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-
-
-def _check_expansion(node: yaml.Node | None) -> None:
-    """Refuse documents whose aliases expand beyond :data:`MAX_YAML_VALUES` values or that nest deeper than
-    :data:`MAX_YAML_DEPTH`, before anything walks them (an alias bomb is small on disk and huge in use).
-
-    Notes
-    -----
-    The expanded size of a node is 1 + the expanded sizes of its children, memoised per node, so aliases
-    (shared nodes) are counted as often as they are referenced, in time linear in the number of distinct nodes.
-    Iterative, so a deep document cannot exhaust the stack here.
-    """
-    if node is None:
-        return
-    size: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, int, bool]] = [(node, 1, False)]
-    while stack:
-        current, depth, expanded = stack.pop()
-        if id(current) in size:
-            continue
-        if depth > MAX_YAML_DEPTH:
-            raise yaml.constructor.ConstructorError(None, None, f"values nested more than {MAX_YAML_DEPTH} deep",
-                                                    current.start_mark)
-        if isinstance(current, yaml.ScalarNode):
-            size[id(current)] = 1
-            continue
-        children = [c for pair in current.value for c in pair] if isinstance(current, yaml.MappingNode) \
-            else list(current.value)
-        if expanded:
-            total = 1 + sum(size[id(c)] for c in children)
-            if total > MAX_YAML_VALUES:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?)",
-                    current.start_mark)
-            size[id(current)] = total
-            continue
-        stack.append((current, depth, True))
-        stack.extend((c, depth + 1, False) for c in children if id(c) not in size)
-
-
-def _load_yaml(text: str) -> Any:
-    """Parse YAML text with :class:`_Loader` after :func:`_check_expansion` (raises ``yaml.YAMLError``)."""
-    loader = _Loader(text)
-    try:
-        try:
-            node = loader.get_single_node()
-        except RecursionError:
-            raise yaml.YAMLError(f"values nested more than {MAX_YAML_DEPTH} deep") from None
-        _check_expansion(node)
-        return loader.construct_document(node) if node is not None else None
-    finally:
-        loader.dispose()
-
-
-def _read_text(path: str | os.PathLike[str]) -> str:
-    where = os.fspath(path)
-    try:
-        return Path(where).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GateError(f"{where}: gate file not found{not_found_hint(where)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GateError(f"{where}: cannot read gate file: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# parsing and validation
+from .safeyaml import MAX_YAML_BYTES, _load_yaml, _read_text, _yaml_message
+from .schema import (
+    _DEFAULT_ARCSINH_M,
+    BOUND_PARAMS,
+    CHANNEL_KEYS,
+    COMPENSATION_REFS,
+    GATE_KEYS,
+    LINEAR_BY_DEFAULT,
+    MAX_RAW,
+    POPULATION_KEYS,
+    TOP_KEYS,
+    TRANSFORM_PARAMS,
+    _is_number,
+    _Problem,
+    _show,
+    _suggest,
+    _tidy,
+    _to_gatingml,
+)
 
 
 class _Parser:
@@ -410,7 +184,7 @@ class _Parser:
         if value in COMPENSATION_REFS:
             self.default_compensation = COMPENSATION_REFS[value]
             return
-        from .compensate import read_spillover_file
+        from cytopipe.compensate import read_spillover_file
 
         path = Path(value)
         if not path.is_absolute() and self.base_dir is not None:
@@ -474,7 +248,7 @@ class _Parser:
                 transform = self.arcsinh(name, here, params)
             else:
                 values = {k: params.get(k, default) for k, default in allowed.items()}
-                from .flowjo.transforms import FlowJoBiex, FlowJoLog
+                from cytopipe.flowjo.transforms import FlowJoBiex, FlowJoLog
 
                 cls = {"logicle": AutoWidthLogicle if auto_width else Logicle, "hyperlog": Hyperlog,
                        "linear": Linear, "log": Log, "ratio": Ratio, "flowjo_biex": FlowJoBiex,
@@ -886,26 +660,11 @@ def _matrix_id(path: str) -> str:
     return f"matrix_{stem}" if stem in (FCS, UNCOMPENSATED) else stem
 
 
-def _yaml_message(where: str, exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    line = f"line {mark.line + 1}: " if mark is not None else ""
-    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and start is not None and mark is not None and start.line != mark.line:
-        # The parser notices an unclosed bracket where the file ends; point at where it was opened too.
-        problem += f" ({context} that starts on line {start.line + 1})"
-    return " ".join(f"{where}: {line}malformed YAML: {problem}".split())
-
-
 def _autogate_types() -> dict[str, Callable[..., Gate]]:
     """The data-driven gate types registered by :mod:`cytopipe.autogate` (empty if it registers none)."""
-    from . import autogate
+    from cytopipe import autogate
 
     return dict(getattr(autogate, "GATE_TYPES", {}))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# public API: loading and checking
 
 
 def parse_gates(text: str, where: str = "<gates>", base_dir: str | os.PathLike[str] | None = None) -> GatingStrategy:
@@ -971,474 +730,3 @@ def read_gate_text(path: str | os.PathLike[str]) -> str:
         No such file or strategy, or an unreadable file.
     """
     return _read_text(find_gate_file(path))
-
-
-def _is_gatingml(path: str, text: str) -> bool:
-    return path.lower().endswith(".xml") or text.lstrip("\ufeff \t\r\n").startswith("<")
-
-
-def load_strategy(path: str | os.PathLike[str], wsp_sample: str | None = None,
-                  fcs: str | os.PathLike[str] | None = None) -> GatingStrategy:
-    """Load a gate file of any kind: YAML, Gating-ML 2.0 XML or a FlowJo workspace (by extension, else by content).
-
-    Parameters
-    ----------
-    path : str or path-like
-        A FlowJo workspace (``.wsp``, or XML whose root is ``<Workspace>``) is read with
-        :func:`cytopipe.flowjo.load_workspace_strategy`; other ``.xml`` (or any file starting with ``<``) with
-        :func:`cytopipe.gatingml.read_gatingml`; anything else with :func:`load_gates`. A shipped strategy's name
-        (``treg_cd127``) loads the shipped file.
-    wsp_sample : str, optional
-        For a workspace: the sample or group whose tree to use (``--wsp-sample``); ``"own"`` = the tree of the
-        workspace sample that ``fcs`` is. Ignored for other gate files.
-    fcs : str or path-like, optional
-        The FCS file the strategy is for (needed by ``wsp_sample="own"``).
-
-    Returns
-    -------
-    GatingStrategy
-
-    Raises
-    ------
-    GateError
-        An unreadable or invalid file.
-    """
-    where = os.fspath(find_gate_file(path))
-    from .flowjo import is_workspace
-
-    if is_workspace(where):
-        from .flowjo import load_workspace_strategy
-
-        return load_workspace_strategy(where, wsp_sample, fcs=fcs)
-    text = _read_text(where)
-    if _is_gatingml(where, text):
-        from .gatingml import read_gatingml
-
-        return read_gatingml(where)
-    return parse_gates(text, where, Path(where).parent)
-
-
-def check_gates(path: str | os.PathLike[str], sample: Any = None, wsp_sample: str | None = None) -> list[str]:
-    """Validate a gate file and list every problem (empty when the file is fine).
-
-    Parameters
-    ----------
-    path : str or path-like
-        A YAML gate file or a Gating-ML 2.0 file, or a shipped strategy's name.
-    sample : cytopipe.fcs.Sample or path-like, optional
-        When given, every channel the gates name must resolve through ``sample.find_channel``.
-    wsp_sample : str, optional
-        For a FlowJo workspace, the tree to check (see :func:`load_strategy`).
-
-    Returns
-    -------
-    list of str
-        One line per problem, e.g.
-        ``gates/treg.yaml: population 'Treg': gate.channels: unknown marker 'CD52' (did you mean 'CD25'?)``.
-
-    Raises
-    ------
-    CytopipeError
-        Only when ``sample`` is a path that cannot be read as FCS.
-    """
-    where = os.fspath(find_gate_file(path))
-    from .flowjo import is_workspace
-
-    workspace = is_workspace(where)
-    try:
-        text = "" if workspace else _read_text(where)
-    except GateError as exc:
-        return [str(exc)]
-    fcs_path = sample if isinstance(sample, (str, os.PathLike)) else getattr(sample, "path", None)
-    if isinstance(sample, (str, os.PathLike)):
-        from .fcs import read_fcs
-
-        sample = read_fcs(sample)
-    if workspace or _is_gatingml(where, text):
-        from .gatingml import read_gatingml
-
-        try:
-            strategy = load_strategy(where, wsp_sample, fcs=fcs_path) if workspace else read_gatingml(where)
-        except CytopipeError as exc:
-            return [str(exc)]
-        uses = [(f"population '{p.name}': ", c) for p in strategy.populations for d in p.gate.dimensions
-                for c in d.channels]
-        problems: list[str] = []
-    else:
-        parser = _Parser(where, Path(where).parent)
-        parser.parse(text)
-        uses, problems = parser.channel_uses, parser.problems
-    if sample is not None:
-        problems.extend(_marker_problems(where, uses, sample))
-    return problems
-
-
-def strategy_marker_problems(strategy: GatingStrategy, sample: Any, where: str) -> list[str]:
-    """One line per channel of ``strategy`` that ``sample`` lacks (or holds ambiguously), with a suggestion.
-
-    Parameters
-    ----------
-    strategy : GatingStrategy
-        A loaded strategy (YAML or Gating-ML).
-    sample : cytopipe.fcs.Sample
-        The sample whose markers (``$PnS``) and detectors (``$PnN``) the channels must resolve to.
-    where : str
-        The gate file's name, for the messages.
-
-    Returns
-    -------
-    list of str
-        Lines as :func:`check_gates` writes them; empty when every channel resolves.
-    """
-    uses = [(f"population '{p.name}': ", c) for p in strategy.populations
-            for d in getattr(p.gate, "dimensions", ()) for c in d.channels]
-    return _marker_problems(where, uses, sample)
-
-
-def _marker_problems(where: str, uses: list[tuple[str, str]], sample: Any) -> list[str]:
-    problems: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    candidates = _channel_candidates(sample)
-    for label, channel in uses:
-        if (label, channel) in seen:
-            continue
-        seen.add((label, channel))
-        try:
-            sample.find_channel(channel)
-        except MarkerError as exc:
-            text = str(exc)
-            if "ambiguous" in text:
-                detail = text.split("ambiguous", 1)[1].lstrip(": ")
-                problems.append(f"{where}: {label}gate.channels: marker '{channel}' is ambiguous: {detail}")
-            else:
-                problems.append(f"{where}: {label}gate.channels: unknown marker '{channel}'"
-                                f"{_suggest(channel, candidates)}")
-    return problems
-
-
-def _channel_candidates(sample: Any) -> list[str]:
-    """Names a user could have meant: each marker's first token, full markers, then ``$PnN``."""
-    names: list[str] = []
-    for marker in sample.markers:
-        if marker:
-            token = re.split(r"[\s/,;:()]+", marker.strip())[0]
-            names.extend([token, marker])
-    names.extend(sample.channels)
-    return list(dict.fromkeys(names))
-
-
-def resolve_channels(strategy: GatingStrategy, sample: Any) -> GatingStrategy:
-    """Rewrite every dimension's marker name as the sample's ``$PnN`` (for tools that match ``$PnN`` only).
-
-    Parameters
-    ----------
-    strategy : GatingStrategy
-    sample : cytopipe.fcs.Sample
-
-    Returns
-    -------
-    GatingStrategy
-        The same gates; channels renamed (e.g. ``CD4`` -> ``FITC-A``).
-
-    Raises
-    ------
-    MarkerError
-        A channel the sample does not have (or matches ambiguously).
-    """
-
-    def rename(dim: Dimension) -> Dimension:
-        names = tuple(sample.channels[sample.find_channel(c)] for c in dim.channels)
-        return dataclasses.replace(dim, channel=names if isinstance(dim.channel, tuple) else names[0])
-
-    populations = tuple(
-        dataclasses.replace(p, gate=dataclasses.replace(p.gate, dimensions=tuple(rename(d) for d in p.gate.dimensions)))
-        for p in strategy.populations
-    )
-    return dataclasses.replace(strategy, populations=populations)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# writing YAML
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block style for the file, flow style for each gate and transform (one line each)."""
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        # Indent list items under their key, as people write them by hand.
-        return super().increase_indent(flow, False)
-
-
-class _Flow(dict):
-    """A mapping written on one line (``{type: range, channels: [CD3], min: 1.9}``)."""
-
-
-_Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
-                                                                            flow_style=True))
-
-
-def _transform_spec(transform: Transform) -> _Flow:
-    spec = _unbounded_spec(transform)
-    for key, value in zip(BOUND_PARAMS, (transform.bound_min, transform.bound_max), strict=True):
-        if value is not None:
-            spec[key] = _to_friendly(value, transform)
-    return spec
-
-
-def _unbounded_spec(transform: Transform) -> _Flow:
-    if isinstance(transform, Arcsinh):
-        if transform.A == 0:
-            growth = math.sinh(transform.M * LN10)  # Arcsinh.from_cofactor: T = cofactor * growth
-            spec = _Flow(type="arcsinh", cofactor=_shortest(transform.T / growth, lambda c: c * growth, transform.T))
-            if transform.M != _DEFAULT_ARCSINH_M:
-                spec["M"] = _plain(transform.M)
-            return spec
-        return _Flow(type="arcsinh", T=_plain(transform.T), M=_plain(transform.M), A=_plain(transform.A))
-    kinds = {Logicle: "logicle", Hyperlog: "hyperlog", Linear: "linear", Log: "log", Ratio: "ratio"}
-    kind = next((k for cls, k in kinds.items() if isinstance(transform, cls)), None)
-    if kind is None and transform.kind in ("flowjo-biex", "flowjo-log"):
-        kind = transform.kind.replace("-", "_")
-    if kind is None:
-        raise GateError(f"transform '{transform.name}' ({transform.kind}) has no YAML gate-file form")
-    spec = _Flow(type=kind, **{k: _plain(getattr(transform, k)) for k in TRANSFORM_PARAMS[kind]})
-    if isinstance(transform, AutoWidthLogicle):
-        spec["W"] = "auto"
-    return spec
-
-
-class _Writer:
-    """Turns a strategy back into gate-file structures, in friendly units."""
-
-    def __init__(self, strategy: GatingStrategy) -> None:
-        self.strategy = strategy
-        self.names: dict[Transform, str] = {}
-        self.default_comp, self.top_comp = self.compensation_default()
-
-    def compensation_default(self) -> tuple[str, str]:
-        comp = self.strategy.compensation
-        if comp not in COMPENSATION_REFS:
-            matrix_id = _matrix_id(comp)
-            if matrix_id in self.strategy.matrices:
-                return matrix_id, comp
-        # Otherwise the reference most dimensions use becomes the file's default.
-        refs = [d.compensation for p in self.strategy.populations for d in p.gate.dimensions]
-        default = UNCOMPENSATED if refs.count(UNCOMPENSATED) > refs.count(FCS) else FCS
-        return default, {FCS: "file", UNCOMPENSATED: "none"}[default]
-
-    def transform_names(self) -> dict[str, Transform]:
-        # Named transforms no dimension uses are kept when YAML can express them, dropped otherwise.
-        used: list[Transform] = [t for t in self.strategy.transforms.values() if isinstance(t, _KINDS)]
-        used += [t for p in self.strategy.populations for d in p.gate.dimensions for t in (d.ratio, d.transform)
-                 if t is not None]
-        taken = {"linear"} if any(d.transform is None for p in self.strategy.populations
-                                  for d in p.gate.dimensions) else set()
-        out: dict[str, Transform] = {}
-        for transform in dict.fromkeys(used):
-            base = transform.name or transform.kind
-            name, k = base, 2
-            while name in taken or name in out:
-                name, k = f"{base}_{k}", k + 1
-            out[name] = transform
-            self.names[transform] = name
-        return out
-
-    def channel(self, dim: Dimension) -> Any:
-        name = "linear" if dim.transform is None else self.names[dim.transform]
-        spec: dict[str, Any]
-        if dim.ratio is not None:
-            spec = {"channel": list(dim.channels), "ratio": self.names[dim.ratio]}
-            default = "linear"
-        else:
-            spec = {"channel": str(dim.channel)}
-            default = "linear" if LINEAR_BY_DEFAULT.search(str(dim.channel)) else "logicle"
-        if name != default:
-            spec["transform"] = name
-        if dim.compensation != self.default_comp:
-            if dim.compensation not in (FCS, UNCOMPENSATED):
-                raise GateError(f"dimension {dim.label}: spectrum matrix '{dim.compensation}' has no YAML gate-file "
-                                "form")
-            spec["compensation"] = {FCS: "file", UNCOMPENSATED: "none"}[dim.compensation]
-        return spec["channel"] if len(spec) == 1 else spec
-
-    def gate(self, gate: Gate) -> _Flow:
-        dims = gate.dimensions
-        channels = [self.channel(d) for d in dims]
-
-        def friendly(values: Sequence[float | None]) -> list:
-            return [_to_friendly(v, d.transform) for v, d in zip(values, dims, strict=True)]
-
-        if isinstance(gate, BooleanGate):
-            refs = [{"not": r} if c and gate.op != "not" else r
-                    for r, c in zip(gate.operands, gate.complement, strict=True)]
-            op = gate.op
-            if op == "not" and gate.complement[0]:
-                # not(complement(X)) is X itself: an 'and' of one operand is not allowed, so spell it as or(X, X).
-                op, refs = "or", [gate.operands[0], gate.operands[0]]
-            return _Flow(type=op, of=refs)
-        if isinstance(gate, QuadrantGate):
-            if all(len(v) == 1 for v in gate.dividers) and None not in gate.location:
-                at = friendly([v[0] for v in gate.dividers])
-                signs = "".join("+" if loc >= v[0] else "-" for loc, v in zip(gate.location, gate.dividers,
-                                                                               strict=True))
-                return _Flow(type="quadrant", channels=channels, at=at, quadrant=signs)
-            # Several divider values, or an axis left open: the same region as a rectangle over the constrained
-            # axes (an unconstrained axis does not change membership).
-            keep = [k for k, (a, b) in enumerate(gate.intervals()) if a is not None or b is not None]
-            if not keep:
-                raise GateError(f"gate '{gate.name}': a quadrant constrained on no axis has no YAML gate-file form")
-            sub = [dims[k] for k in keep]
-            lo = [_to_friendly(gate.intervals()[k][0], dims[k].transform) for k in keep]
-            hi = [_to_friendly(gate.intervals()[k][1], dims[k].transform) for k in keep]
-            kind = "range" if len(keep) == 1 else "rectangle"
-            spec = _Flow(type=kind, channels=[self.channel(d) for d in sub])
-            for key, values in (("min", lo), ("max", hi)):
-                if any(v is not None for v in values):
-                    spec[key] = values[0] if kind == "range" else values
-            return spec
-        if isinstance(gate, RectangleGate):
-            if len(dims) == 1:
-                spec = _Flow(type="range", channels=channels)
-                for key, values in (("min", gate.min), ("max", gate.max)):
-                    if values[0] is not None:
-                        spec[key] = friendly(values)[0]
-                return spec
-            spec = _Flow(type="rectangle", channels=channels)
-            for key, values in (("min", gate.min), ("max", gate.max)):
-                if any(v is not None for v in values):
-                    spec[key] = friendly(values)
-            return spec
-        if isinstance(gate, PolygonGate):
-            return _Flow(type="polygon", channels=channels, vertices=[friendly(v) for v in gate.vertices])
-        if isinstance(gate, EllipsoidGate):
-            scales = [friendly_units(d.transform)[0] for d in dims]
-            cov = [[_shortest(c * scales[i] * scales[j], lambda f, k=scales[i] * scales[j]: f / k, c)
-                    for j, c in enumerate(row)] for i, row in enumerate(gate.covariance)]
-            spec = _Flow(type="ellipse", channels=channels, center=friendly(gate.mean), covariance=cov)
-            if gate.distance_square != 1.0:
-                spec["distance"] = _plain(gate.distance_square)
-            return spec
-        # A data-driven gate (cytopipe.autogate) may describe its own settings, in friendly units.
-        to_spec = getattr(gate, "to_spec", None)
-        if callable(to_spec):
-            spec = _Flow(type=getattr(gate, "kind", type(gate).__name__), channels=channels)
-            spec.update({k: v for k, v in to_spec().items() if k not in ("type", "channels")})
-            return spec
-        raise GateError(f"gate '{gate.name}': {type(gate).__name__} has no YAML gate-file form")
-
-    def document(self) -> dict[str, Any]:
-        strategy = self.strategy
-        doc: dict[str, Any] = {}
-        if strategy.name:
-            doc["name"] = strategy.name
-        if strategy.treg is not None:
-            doc["treg"] = strategy.treg
-        if strategy.parent is not None:
-            doc["parent"] = strategy.parent
-        doc["compensation"] = self.top_comp
-        if strategy.scale != "log":
-            doc["scale"] = strategy.scale
-        transforms = self.transform_names()
-        if transforms:
-            doc["transforms"] = {name: _transform_spec(t) for name, t in transforms.items()}
-        populations = []
-        for pop in strategy.populations:
-            entry: dict[str, Any] = {"name": pop.name}
-            if pop.parent is not None:
-                entry["parent"] = pop.parent
-            entry["gate"] = self.gate(pop.gate)
-            if getattr(pop, "optional", False):
-                entry["optional"] = True
-            populations.append(entry)
-        doc["populations"] = populations
-        return doc
-
-
-_KINDS = (Logicle, Hyperlog, Arcsinh, Linear, Log, Ratio)
-
-
-def dump_yaml(strategy: GatingStrategy) -> str:
-    """Write a strategy as a YAML gate file (coordinates in friendly units).
-
-    Parameters
-    ----------
-    strategy : GatingStrategy
-        Any strategy of fixed gates whose dimensions use logicle, hyperlog, arcsinh, linear, log or no transform
-        and the file's own spillover or none (a ``compensation`` matrix loaded from YAML is kept as its path).
-
-    Returns
-    -------
-    str
-        YAML text that :func:`parse_gates` turns back into the same gates.
-
-    Raises
-    ------
-    GateError
-        For what a gate file cannot express: ratio dimensions, bounded transforms, named spectrum matrices.
-    """
-    body = yaml.dump(_Writer(strategy).document(), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                     allow_unicode=True, width=100_000)
-    return "# cytopipe gate file; coordinates in each channel's transformed units (see docs/gatefile.md)\n" + body
-
-
-def convert(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str] | None = None,
-            wsp_sample: str | None = None) -> str | Path:
-    """Convert a gate file between YAML and Gating-ML 2.0.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A YAML gate file or a Gating-ML 2.0 file.
-    to : {"gatingml", "yaml"}
-        Target format.
-    out : str or path-like, optional
-        File to write; when omitted the converted text is returned.
-
-    Returns
-    -------
-    str or pathlib.Path
-        The text (``out`` omitted) or the path written.
-
-    Raises
-    ------
-    GateError
-        An invalid input file, an unknown target, or a strategy the target format cannot express.
-    """
-    if to not in ("gatingml", "yaml"):
-        raise GateError(f"{os.fspath(path)}: unknown target format {to!r}{_suggest(str(to), ('gatingml', 'yaml'))}; "
-                        "use 'gatingml' or 'yaml'")
-    strategy = load_strategy(path, wsp_sample)
-    from .flowjo.constants import MATRIX_ID
-
-    if to == "yaml" and MATRIX_ID in strategy.matrices:
-        if out is None:
-            raise GateError(f"{os.fspath(path)}: the workspace's compensation matrix is written beside the YAML "
-                            "file: give --out FILE.yaml")
-        from .flowjo.reader import with_matrix_file
-
-        strategy = with_matrix_file(strategy, out)
-    if to == "yaml":
-        try:
-            text = dump_yaml(strategy)
-        except GateError as exc:
-            raise GateError(f"{os.fspath(path)}: cannot convert to YAML: {exc}") from None
-        if out is None:
-            return text
-        atomic_write(out, text)
-        return Path(out)
-    from .gatingml import write_gatingml
-
-    def write(target: Path) -> None:
-        try:
-            write_gatingml(strategy, target)
-        except GateError as exc:
-            # Name the input file, not the (possibly temporary) output the writer was given.
-            detail = str(exc).removeprefix(f"{os.fspath(target)}: ")
-            raise GateError(f"{os.fspath(path)}: cannot convert to Gating-ML: {detail}") from None
-
-    if out is not None:
-        write(Path(out))
-        return Path(out)
-    with tempfile.TemporaryDirectory(prefix="cytopipe-") as folder:
-        target = Path(folder) / "gates.xml"
-        write(target)
-        return target.read_text(encoding="utf-8")
