@@ -382,7 +382,7 @@ def test_workers_are_forked_only_without_other_threads(study, serial, tmp_path):
     """A process with other threads gets its workers from a fork server instead; the results are the same."""
     import threading
 
-    from cytopipe.batch import _pool_context
+    from cytopipe.batch.executors import _pool_context
 
     sheet, gates, _ = study
     if threading.active_count() == 1:  # (another test may have left a thread behind)
@@ -422,7 +422,7 @@ def test_cache_entry_text_without_deep_copy_is_the_deep_copys():
     ``to_dict()`` with NaN as null (with NaN, infinities, tuples and nested lists)."""
     import math
 
-    from cytopipe.batch import _entry_text, _nan_to_none, _result_text
+    from cytopipe.batch.cache import _entry_text, _nan_to_none, _result_text
     from cytopipe.pipeline import SampleResult
 
     plain = SampleResult(sample="s", file="f.fcs", populations=[{"population": "CD4+", "count": 3, "pct": 1.5}],

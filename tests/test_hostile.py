@@ -487,7 +487,7 @@ CORRUPTIONS = {
 
 
 def _edit(entry: Path, change, rehash: bool = False) -> None:
-    from cytopipe.batch import _entry_text, _sha_text
+    from cytopipe.batch.cache import _entry_text, _sha_text
 
     data = json.loads(entry.read_text())
     record = data["result"] if "result" in data else data

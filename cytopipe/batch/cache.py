@@ -1,0 +1,217 @@
+"""The result cache under ``OUT/.cache/``: one whole JSON entry per finished sample, validated on read."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from cytopipe import __version__
+from cytopipe.outputs import atomic_write
+from cytopipe.pipeline import (
+    POPULATION_COLUMNS,
+    TREG_COLUMNS,
+    SampleResult,
+    SampleTask,
+)
+
+CACHE_DIR = ".cache"
+# Bump when the cached SampleResult layout or the meaning of its numbers changes.
+CACHE_FORMAT = 2
+
+
+class ResultCache:
+    """Finished samples under ``OUT/.cache/``.
+
+    An entry is ``results/<key>.json`` where the key hashes the file's SHA-256, the sample's identity, the gate
+    definitions (with any client-fitted parameters) and the settings. ``files/`` maps a file's path, size and
+    modification time to its SHA-256 so that unchanged files are not re-read to be recognised. Every entry is
+    written to a temporary name and renamed, so a run killed at any instant leaves only whole entries.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.results = root / "results"
+        self.files = root / "files"
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.files.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("*/.*.tmp"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+
+    @staticmethod
+    def _stat_key(path: str) -> str | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return _sha_text(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}")
+
+    def known_sha(self, path: str) -> str | None:
+        """The SHA-256 recorded for this file when its path, size and mtime are unchanged."""
+        key = self._stat_key(path)
+        if key is None:
+            return None
+        try:
+            return (self.files / key).read_text().strip() or None
+        except OSError:
+            return None
+
+    def remember_sha(self, path: str, sha: str) -> None:
+        """Record a file's SHA-256 under its path, size and mtime."""
+        key = self._stat_key(path)
+        if key is not None and sha:
+            atomic_write(self.files / key, sha)
+
+    def get(self, key: str, task: SampleTask | None = None, sha: str = "") -> SampleResult | None:
+        """The cached result, or ``None`` when the entry is absent or not exactly what :meth:`put` writes.
+
+        An entry is used only when its checksum matches its content, every field has the type and the meaning
+        this version writes (see :func:`_valid_result`) and it belongs to ``task`` and the file ``sha``; anything
+        else (truncated, tampered, hand-edited, from another version) is recomputed.
+        """
+        path = self.results / f"{key}.json"
+        try:
+            if path.stat().st_size > _MAX_ENTRY_BYTES:
+                return None
+            entry = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+            payload = entry["result"] if isinstance(entry, dict) and set(entry) == {"result", "sha256"} else None
+            if not isinstance(payload, dict) or entry["sha256"] != _sha_text(_entry_text(payload)):
+                return None
+            result = SampleResult.from_dict(payload)
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
+            return None
+        if not _valid_result(result, payload, task, sha):
+            return None
+        result.cached = True
+        return result
+
+    def put(self, key: str, result: SampleResult) -> None:
+        """Store a successful result with the checksum of its content (a cache that cannot be written is skipped)."""
+        payload = json.loads(_result_text(result))
+        path = self.results / f"{key}.json"
+        try:
+            if path.is_dir() and not path.is_symlink():
+                import shutil
+
+                shutil.rmtree(path)
+            atomic_write(path, json.dumps({"result": payload, "sha256": _sha_text(_entry_text(payload))}))
+        except OSError:
+            return  # a full or read-only cache costs a recomputation next time, not this run
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.results.glob("*.json"))
+
+
+# A cached result is a few kB per population; anything far bigger was not written by this version.
+_MAX_ENTRY_BYTES = 16 * 2**20
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid in a cache entry")
+
+
+def _entry_text(payload: dict) -> str:
+    """The canonical text of a cached result (NaN as null, so the entry is strict JSON)."""
+    try:  # most results hold no NaN: encode them without copying (the copy is most of the cost)
+        return json.dumps(payload, allow_nan=False)  # keys in written order: columns keep their order
+    except ValueError:
+        return json.dumps(_nan_to_none(payload), allow_nan=False)
+
+
+def _result_text(result: SampleResult) -> str:
+    """:func:`_entry_text` of ``result.to_dict()``, without the deep copy of :func:`dataclasses.asdict` (most of
+    the cost) when JSON encodes the fields as they are."""
+    try:
+        return _entry_text({f.name: getattr(result, f.name) for f in fields(result)})
+    except TypeError:  # a field JSON cannot encode as it is: the dict of to_dict
+        return _entry_text(result.to_dict())
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _valid_result(result: SampleResult, payload: dict, task: SampleTask | None, sha: str) -> bool:
+    """Is a cached result exactly what :func:`cytopipe.pipeline.process_sample` returns for this task?
+
+    Checks the field set, every type, the identity (sample, file, subject, timepoint, day, SHA-256) against the
+    task, one population row per population of the task's strategy in order, and the counts: each population
+    within its parent, percentages that follow from the counts, and a Treg row that agrees with the population
+    rows. A hand-edited count breaks one of these (or the entry's checksum).
+    """
+    fields = set(SampleResult.__dataclass_fields__)
+    if set(payload) != fields or result.failure is not None or result.cached is not False:
+        return False
+    texts = (result.sample, result.file, result.subject, result.timepoint, result.sha256, result.spillover_source)
+    if not all(isinstance(t, str) for t in texts) or not _is_int(result.n_events) or not _is_real(result.day):
+        return False
+    if len(result.sha256) != 64 or (sha and result.sha256 != sha):
+        return False
+    if task is not None and (result.sample, result.file, result.subject, result.timepoint, float(result.day)) != (
+            task.sample, task.file, task.subject, task.timepoint, float(task.day)):
+        return False
+    if result.plot is not None and not isinstance(result.plot, str):
+        return False
+    if not isinstance(result.timings, dict) or not all(isinstance(v, (int, float)) for v in result.timings.values()):
+        return False
+    for rows in (result.fitted, result.sensitivity, result.populations):
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return False
+    if not isinstance(result.treg, dict) or set(result.treg) != {*TREG_COLUMNS, "acquisition_qc"}:
+        return False
+    counts: dict[str, int] = {}
+    for row in result.populations:
+        if set(row) != set(POPULATION_COLUMNS) or not _is_int(row["count"]) or row["count"] > result.n_events:
+            return False
+        counts[row["population"]] = row["count"]
+        parent = counts.get(row["parent"], result.n_events) if row["parent"] else result.n_events
+        if row["count"] > parent or not _close(row["pct_parent"], row["count"], parent) or \
+                not _close(row["pct_total"], row["count"], result.n_events):
+            return False
+    if task is not None and list(counts) != [p.name for p in task.strategy.populations]:
+        return False
+    treg = result.treg
+    want = (counts.get(task.treg) if task is not None else treg["treg_events"],
+            (counts.get(task.parent) if task.parent is not None else result.n_events) if task is not None
+            else treg["cd4_events"])
+    return (_is_int(treg["treg_events"]) and _is_int(treg["cd4_events"]) and
+            (treg["treg_events"], treg["cd4_events"]) == want and
+            _close(treg["treg_pct"], treg["treg_events"], treg["cd4_events"]) and
+            isinstance(treg["acquisition_qc"], str))
+
+
+def _close(pct: Any, count: int, total: int) -> bool:
+    """``pct`` is ``100 * count / total`` as :mod:`cytopipe.pipeline` writes it (null when ``total`` is 0)."""
+    if total == 0:
+        return pct is None or (isinstance(pct, float) and math.isnan(pct))
+    return _is_real(pct) and pct == 100.0 * count / total
+
+
+def _sha_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def task_key(task: SampleTask, sha: str, settings: str) -> str:
+    """The cache key of a task: file content, sample identity, gate definitions and settings."""
+    ident = json.dumps([task.sample, task.subject, task.timepoint, task.day, task.treg, task.parent,
+                        task.plots_dir is not None], default=str)
+    return _sha_text(f"{CACHE_FORMAT}\0{__version__}\0{sha}\0{ident}\0{settings}")

@@ -1,0 +1,237 @@
+"""Where samples run: in this process, a process pool (fork or fork server) or a Dask cluster."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from cytopipe.errors import ConfigError
+from cytopipe.pipeline import (
+    SampleResult,
+    SampleTask,
+    process_sample,
+)
+
+# What process_sample imports (plots only when drawing; autogate only for data-driven gates): numpy and cytopipe's
+# own modules, no pandas or scipy.
+_WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "cytopipe.gates", "cytopipe.stats",
+                   "cytopipe.flowjo.write", "cytopipe.plots")
+
+
+def _limit_threads() -> None:
+    """Worker initializer: die with the parent; one BLAS/OpenMP thread per worker process (the pool is the
+    parallelism)."""
+    _die_with_parent()
+    _limit_worker()
+
+
+# In a pool worker: len(sys.modules) when its BLAS/OpenMP pools were last limited to one thread (None elsewhere).
+_LIMITED_AT: int | None = None
+
+
+def _limit_worker() -> None:
+    """Limit this pool worker's BLAS/OpenMP pools to one thread for good (finding the libraries costs ~1-5 ms, so
+    :func:`process_one` does it again only after an import may have loaded another one)."""
+    global _LIMITED_AT
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # threadpoolctl ships with scikit-learn, but stay usable without it
+        pass
+    _LIMITED_AT = len(sys.modules)
+
+
+def _one_thread() -> Any:
+    """A context with one BLAS/OpenMP thread: sums then run in one order, so fits agree to the last digit
+    whatever the machine's thread count (in this process, in a pool worker or on a Dask worker)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return threadpool_limits(1)
+
+
+def process_one(task: SampleTask) -> SampleResult:
+    """:func:`cytopipe.pipeline.process_sample` with one BLAS thread (what every executor runs)."""
+    if _LIMITED_AT is not None:  # a pool worker, limited for good by its initializer
+        if len(sys.modules) != _LIMITED_AT:  # a library loaded since (scipy's BLAS in the first fit) is limited too
+            _limit_worker()
+        return process_sample(task)
+    with _one_thread():
+        return process_sample(task)
+
+
+def _die_with_parent() -> None:
+    """Make this worker process exit when the process that started the run dies (even by ``kill -9``).
+
+    On Linux the kernel sends SIGKILL to the worker when its parent exits (``PR_SET_PDEATHSIG``; a fork-server
+    worker's parent is the fork server, which exits with the run). Elsewhere a daemon thread polls the parent.
+    """
+    import signal
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before the request took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cytopipe-parent-watch", daemon=True).start()
+
+
+def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
+    for task in tasks:
+        yield process_one(task)
+
+
+def _pool_context(drawing: bool) -> Any:
+    """The multiprocessing context for worker pools (``None``: use no pool, run in this process).
+
+    On Linux, when this process runs no other Python thread, the workers are forked from it: they start in
+    milliseconds with the pipeline modules already imported (here, once) and re-import nothing, and a script
+    without the ``__main__`` guard works. Forking while another thread runs could copy a lock that thread holds
+    into the children, so otherwise (and on other systems) a fork server with the pipeline modules preloaded is
+    started, early, so that its imports overlap this process's set-up; a program read from stdin cannot be
+    re-imported by such workers, so it runs in process.
+    """
+    import multiprocessing
+    import threading
+
+    modules = [m for m in _WORKER_MODULES if drawing or m != "cytopipe.plots"]
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform == "linux" and "fork" in methods and threading.active_count() == 1:
+        for name in modules:
+            importlib.import_module(name)
+        return multiprocessing.get_context("fork")
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is not None and not os.path.isfile(main_file):
+        return None  # the program came from stdin: spawned workers could not re-import it and would die at start
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(modules)
+    forkserver.ensure_running()
+    return context
+
+
+def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
+    """Process tasks in a pool of ``workers`` processes; yields results as they finish.
+
+    A worker that dies (e.g. killed for memory) breaks the pool; the unfinished tasks are retried once in a fresh
+    pool and those lost again become failures, so one pathological file cannot sink the batch.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = _pool_context(any(task.plots_dir is not None for task in tasks))
+    if context is None:
+        yield from _run_in_process(tasks)
+        return
+    pending = list(tasks)
+    for attempt in range(2):
+        lost: list[SampleTask] = []
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
+                                   initializer=_limit_threads)
+        try:
+            futures = {pool.submit(process_one, task): task for task in pending}
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    lost.append(futures[future])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if not lost:
+            return
+        if len(lost) == len(tasks):
+            # Nothing ever finished: the workers cannot start, which is almost always a script re-run by them.
+            raise ConfigError("worker processes died before finishing any sample; a Python script that calls "
+                              "cytopipe.run with workers > 1 must do so under `if __name__ == '__main__':` "
+                              "(or use workers=1)")
+        pending = lost
+        if attempt == 1:
+            for task in lost:
+                yield _lost(task, "the worker process died while processing this sample (killed, out of memory "
+                                  "or crashed)")
+
+
+def _lost(task: SampleTask, reason: str) -> SampleResult:
+    return SampleResult(sample=task.sample, file=task.file, subject=task.subject, timepoint=task.timepoint,
+                        day=task.day, failure={"sample": task.sample, "file": task.file, "stage": "read",
+                                               "reason": reason})
+
+
+def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -> Iterator[SampleResult]:
+    """Process tasks on an existing Dask distributed cluster; yields results as they finish.
+
+    Raises
+    ------
+    ConfigError
+        The cluster has had no worker for ``timeout`` seconds while samples remain (the last worker died and
+        none joined): the run stops instead of waiting forever; the samples already yielded are cached.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError("--scheduler needs dask and distributed: pip install cytopipe[dask]") from None
+    try:
+        client = Client(scheduler, timeout="20s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise ConfigError(f"cannot connect to the Dask scheduler at {scheduler}: {first}") from None
+    try:
+        futures = client.map(process_one, tasks, pure=False)
+        owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+        waiting = list(futures)
+        alone_since: float | None = None  # when the cluster was last seen without a worker
+        while waiting:
+            progressed = False
+            for future in [f for f in waiting if f.done()]:
+                try:
+                    # A result lives on the worker that computed it: if that worker died, the scheduler computes
+                    # it again once a worker joins. Never block on it here.
+                    result = future.result(timeout=2)
+                except TimeoutError:
+                    continue
+                except Exception as err:  # noqa: BLE001 - a failed task fails its sample, not the batch
+                    result = _lost(owner[future.key], f"Dask task failed: {type(err).__name__}: "
+                                                      f"{' '.join(str(err).split())}")
+                waiting.remove(future)
+                future.release()
+                progressed = True
+                yield result
+            if progressed:
+                alone_since = None
+                continue
+            time.sleep(0.2)
+            if client.scheduler_info().get("workers"):
+                alone_since = None
+            elif alone_since is None:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > timeout:
+                raise ConfigError(f"the Dask cluster at {scheduler} has had no worker for {timeout:g} s with "
+                                  f"{len(waiting)} sample(s) left; gave up (finished samples are cached: start "
+                                  "workers and re-run to resume)")
+    finally:
+        client.close()
