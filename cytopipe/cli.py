@@ -350,6 +350,7 @@ COMMANDS = {"run": _run, "info": _info, "export": _export, "gate": _gate, "gates
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cytopipe`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _quiet_library_logs()
     try:
         return COMMANDS[args.command](args)
     except CytopipeError as err:
@@ -367,6 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cytopipe: interrupted; finished samples are cached and a re-run resumes", file=sys.stderr)
         return 130
+
+
+def _quiet_library_logs() -> None:
+    """The command line speaks in its own one-line messages: Dask's client logs (a result lost with its worker is
+    recomputed, not an error) and asyncio's "Task exception was never retrieved" dumps from a client closed after
+    giving up would otherwise print tracebacks for events cytopipe already reports."""
+    import logging
+
+    for name in ("distributed", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":

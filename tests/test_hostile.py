@@ -768,7 +768,10 @@ def test_dask_gives_up_when_the_last_worker_dies(tmp_path):
     from test_batch import make_study
     from test_dask import _stop
 
-    sheet, gates, _ = make_study(tmp_path / "study", n_files=8, n_events=40_000, subjects=2)
+    # Enough files that the worker cannot finish them all between the first cached result and the kill, even
+    # on a quiet machine (8 files did: the run then ended 0 before the worker died).
+    n_files = 32
+    sheet, gates, _ = make_study(tmp_path / "study", n_files=n_files, n_events=40_000, subjects=2)
     address, procs = _dask_cluster(tmp_path, 1, "--no-nanny")  # no nanny to restart the worker we kill
     out = tmp_path / "out"
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
@@ -777,9 +780,9 @@ def test_dask_gives_up_when_the_last_worker_dies(tmp_path):
                                  str(out), "--scheduler", address, "--scheduler-timeout", "5", "--quiet"], env=env,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and len(_entries(out)) < 2 and proc.poll() is None:
-            time.sleep(0.1)
-        assert len(_entries(out)) >= 2, (proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
+        while time.monotonic() < deadline and len(_entries(out)) < 1 and proc.poll() is None:
+            time.sleep(0.02)
+        assert len(_entries(out)) >= 1, (proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
         worker = procs.pop()  # the only worker dies: SIGKILL, as the kernel's OOM killer would
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
@@ -795,7 +798,7 @@ def test_dask_gives_up_when_the_last_worker_dies(tmp_path):
     assert "no worker for 5 s" in line and "cached" in line, line
     assert waited < 60
     cached = len(_entries(out))
-    assert 2 <= cached < 8
+    assert 1 <= cached < n_files
     # The finished samples are reused by the next run.
     again = capped("run", sheet, "--gates", gates, "--out", out, "--workers", "1", seconds=300)
     assert again.returncode == 0, again.stderr
