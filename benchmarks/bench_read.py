@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-import cytopipe.fcs as fcs
+import cytopipe.fcs.read as fcs_read
 from cytopipe.fcs import read_fcs, write_fcs
 
 HERE = Path(__file__).resolve().parent
@@ -46,12 +46,12 @@ def _ensure_file(n_events: int) -> Path:
 
 def _read_without_map(path: Path) -> np.ndarray:
     """cytopipe's path for segments below ``MAP_THRESHOLD``: one ``readinto`` into the array's own buffer."""
-    saved = fcs.MAP_THRESHOLD
-    fcs.MAP_THRESHOLD = 1 << 62
+    saved = fcs_read.MAP_THRESHOLD
+    fcs_read.MAP_THRESHOLD = 1 << 62
     try:
         return read_fcs(path).events
     finally:
-        fcs.MAP_THRESHOLD = saved
+        fcs_read.MAP_THRESHOLD = saved
 
 
 def _peak_rss_reset() -> bool:

@@ -15,7 +15,7 @@ import flowio
 import numpy as np
 import pytest
 
-import cytopipe.fcs as fcs_module
+import cytopipe.fcs.read as fcs_read
 from cytopipe.errors import FCSError, MarkerError
 from cytopipe.fcs import Sample, count_datasets, describe, format_description, read_fcs, write_fcs
 
@@ -155,7 +155,7 @@ def test_events_are_writable_picklable_and_the_file_untouched(
     written: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch, mapped: bool
 ) -> None:
     path, events = written
-    monkeypatch.setattr(fcs_module, "MAP_THRESHOLD", 0 if mapped else 1 << 40)
+    monkeypatch.setattr(fcs_read, "MAP_THRESHOLD", 0 if mapped else 1 << 40)
     before = path.read_bytes()
     sample = read_fcs(path)
     assert not sample.events.flags.owndata  # a view of the map or of the one read buffer, not a second copy
@@ -187,7 +187,7 @@ def test_only_mapped_samples_hold_a_file_open(
     start = _open_files()
     small = [read_fcs(path) for _ in range(5)]
     assert _open_files() == start
-    monkeypatch.setattr(fcs_module, "MAP_THRESHOLD", 0)
+    monkeypatch.setattr(fcs_read, "MAP_THRESHOLD", 0)
     mapped = [read_fcs(path) for _ in range(5)]
     assert _open_files() == start + 5  # the map's duplicate descriptor lives as long as the events
     del mapped

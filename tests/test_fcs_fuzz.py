@@ -28,12 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fcs import _assemble, _params
 
-import cytopipe.fcs as fcs_module
+import cytopipe.fcs.read as fcs_read
 from cytopipe.errors import FCSError
 from cytopipe.fcs import read_fcs, write_fcs
 
 EXAMPLES = 1000
-DEFAULT_THRESHOLD = fcs_module.MAP_THRESHOLD
+DEFAULT_THRESHOLD = fcs_read.MAP_THRESHOLD
 SEED_FILES = (
     "flowio/fcs_files/variable_int_example.fcs",  # mixed 16/32-bit integers
     "flowio/fcs_files/data_start_offset_discrepancy_example.fcs",  # HEADER/TEXT disagree
@@ -89,7 +89,7 @@ class _Runner:
         self.path.write_bytes(data)
         self.count += 1
         # Every other input goes through the memory-mapped path (seeds are below the usual 8 MiB threshold).
-        fcs_module.MAP_THRESHOLD = 0 if self.count % 2 else DEFAULT_THRESHOLD
+        fcs_read.MAP_THRESHOLD = 0 if self.count % 2 else DEFAULT_THRESHOLD
         tracemalloc.start()
         started = time.perf_counter()
         try:
@@ -105,7 +105,7 @@ class _Runner:
             elapsed = time.perf_counter() - started
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
-            fcs_module.MAP_THRESHOLD = DEFAULT_THRESHOLD
+            fcs_read.MAP_THRESHOLD = DEFAULT_THRESHOLD
         assert elapsed < MAX_SECONDS, f"read took {elapsed:.2f} s"
         assert peak <= 8 * len(data) + (4 << 20), f"read allocated {peak} bytes for a {len(data)}-byte file"
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from cytopipe.errors import FCSError
-from cytopipe.fcs import _File, _read_header_and_text, count_datasets, read_fcs
+from cytopipe.fcs import count_datasets, read_fcs
+from cytopipe.fcs.text import _File, _read_header_and_text
 
 INSTRUMENTS = SHARED_DATA / "instruments"
 # The reference readouts are channel values as stored: compare with cytopipe's raw reading.

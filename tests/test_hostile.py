@@ -112,7 +112,7 @@ def test_fifteen_megabyte_text_parses_under_two_seconds_and_200_mb(tmp_path):
 
 def test_text_holding_every_byte_value(tmp_path):
     """No spare byte to stand for escaped delimiters: the separators are found by a regular expression instead."""
-    from cytopipe.fcs import _File, _parse_text
+    from cytopipe.fcs.text import _File, _parse_text
 
     every = bytes(b for b in range(256) if b != ord("/"))
     raw = b"/$TOT/2/ALL/" + every.replace(b"/", b"//") + b"a//b///C//D/x//y////z/E/5/"

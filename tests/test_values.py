@@ -67,7 +67,7 @@ def test_log_channels_are_decoded_by_default(shared_data: Path) -> None:
     fl1 = values.find_channel("FL1-H")
     expected = 10.0 ** (4 * raw.events[:, fl1].astype(np.float64) / 1024)
     np.testing.assert_allclose(values.events[:, fl1], expected, rtol=2 ** -23)  # float32: one rounding
-    np.testing.assert_allclose(gain.events[:, fl1], expected, rtol=1e-15)  # exact: scalar C pow, see fcs.py
+    np.testing.assert_allclose(gain.events[:, fl1], expected, rtol=1e-15)  # exact: scalar C pow, see fcs/scale.py
     fsc = values.find_channel("FSC-H")
     np.testing.assert_array_equal(values.events[:, fsc], raw.events[:, fsc])  # log mode leaves gains alone
     np.testing.assert_array_equal(gain.events[:, fsc], raw.events[:, fsc].astype(np.float64) / 3.67)
