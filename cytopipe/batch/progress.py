@@ -42,6 +42,13 @@ class Progress:
         elif self.mode in ("plain", "tty"):
             self._line(f"cytopipe: {message}")
 
+    def warning(self, message: str, **fields: Any) -> None:
+        """Something the user should know that does not fail the run (shown in every mode)."""
+        if self.mode == "json":
+            self._json({"event": "warning", "message": message, **fields})
+        else:
+            self._line(f"cytopipe: warning: {message}")
+
     def error(self, message: str, **fields: Any) -> None:
         """An error message, shown in every mode."""
         if self.mode == "json":

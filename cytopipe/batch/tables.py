@@ -173,7 +173,7 @@ def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> d
     left_out = {r.sample: r.workspace["error"] for r in ordered if "error" in r.workspace}
     if left_out:
         first = next(iter(left_out.items()))
-        log.error(f"{WORKSPACE_NAME}: {len(left_out)} sample(s) left out, e.g. {first[0]}: {first[1]}")
+        log.warning(f"{WORKSPACE_NAME}: {len(left_out)} sample(s) left out, e.g. {first[0]}: {first[1]}")
     target = out / WORKSPACE_NAME
     if not trees:
         target.unlink(missing_ok=True)
