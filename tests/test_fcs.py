@@ -175,8 +175,17 @@ def test_events_are_writable_picklable_and_the_file_untouched(
     np.testing.assert_array_equal(sample.events[1:], events[1:])
 
 
-def _open_files() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _open_files(path: Path) -> int:
+    """Descriptors of this process open on ``path`` (other tests' objects closing or opening files at the same
+    time, e.g. when garbage-collected, must not change the count)."""
+    target = os.path.realpath(path)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == target
+        except OSError:  # closed between listing and reading
+            continue
+    return count
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count open files")
@@ -184,15 +193,15 @@ def test_only_mapped_samples_hold_a_file_open(
     written: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, _ = written
-    start = _open_files()
+    assert _open_files(path) == 0
     small = [read_fcs(path) for _ in range(5)]
-    assert _open_files() == start
+    assert _open_files(path) == 0
     monkeypatch.setattr(fcs_read, "MAP_THRESHOLD", 0)
     mapped = [read_fcs(path) for _ in range(5)]
-    assert _open_files() == start + 5  # the map's duplicate descriptor lives as long as the events
+    assert _open_files(path) == 5  # the map's duplicate descriptor lives as long as the events
     del mapped
     gc.collect()
-    assert _open_files() == start and len(small) == 5
+    assert _open_files(path) == 0 and len(small) == 5
 
 
 def test_fcs_3_2_per_channel_datatypes_round_trip(tmp_path: Path) -> None:
