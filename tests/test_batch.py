@@ -240,7 +240,10 @@ def test_killed_run_resumes(tmp_path, sig, workers):
     n_files = 40
     sheet, gates, _ = make_study(tmp_path / "study", n_files=n_files, n_events=40_000, subjects=2)
     out = tmp_path / "killed"
-    code = ("import sys; from cytopipe.batch import run; "
+    # A shell that starts a job in the background (as CI may) leaves SIGINT ignored in its children, and Python
+    # then installs no KeyboardInterrupt handler: the run is given the handler a terminal user's run has.
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from cytopipe.batch import run; "
             f"sys.exit(run(sheet={str(sheet)!r}, gates={str(gates)!r}, out={str(out)!r}, workers={workers}, "
             "quiet=True, pdf=False).exit_code)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE,
