@@ -1,7 +1,9 @@
 """``cytopipe flowjo check``: gate every sample of a workspace with its own FlowJo tree and compare the counts.
 
 FlowJo writes the count it computed for every population into the workspace. A population FlowJo never computed
-(``count="-1"``, a missing count, or 0 under a parent that has events) is listed but not compared.
+(``count="-1"``, a missing count, or 0 under a parent that has events) is listed but not compared. Populations at or
+below a FlowJo 8/9 magnetic gate are compared and counted in the summary: FlowJo moved that gate on the sample
+without storing where, so cytopipe's count is that of the stored gate.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class CheckResult:
     missing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     tolerance: float = 1.0
+    #: ``(sample, population)`` of the compared populations at or below a FlowJo magnetic gate (:attr:`Node.magnetic`).
+    magnetic: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def compared(self) -> pd.DataFrame:
@@ -59,6 +63,9 @@ class CheckResult:
         skipped = len(self.table) - len(compared)
         if skipped:
             parts.append(f"{skipped} not computed by FlowJo")
+        if self.magnetic:
+            parts.append(f"{len(self.magnetic)} at or below a FlowJo magnetic gate (FlowJo moves it on each sample "
+                         "without storing where; cytopipe gates it where it is stored)")
         if self.missing:
             parts.append(f"{len(self.missing)} FCS file(s) not found: {', '.join(self.missing)}")
         if self.failed:
@@ -82,11 +89,14 @@ def _index(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _flat(nodes: list[Node], parent_count: int | None) -> list[tuple[Node, int | None]]:
+def _flat(nodes: list[Node], parent_count: int | None,
+          magnetic: bool = False) -> list[tuple[Node, int | None, bool]]:
+    """``(node, its parent's count, at or below a magnetic gate)`` for every node, parents first."""
     out = []
     for node in nodes:
-        out.append((node, parent_count))
-        out.extend(_flat(node.children, node.count))
+        below = magnetic or node.magnetic
+        out.append((node, parent_count, below))
+        out.extend(_flat(node.children, node.count, below))
     return out
 
 
@@ -130,7 +140,7 @@ def check_workspace(path: str | os.PathLike[str], fcs_dir: str | os.PathLike[str
         except CytopipeError as exc:
             result.failed[sample.name] = str(exc)
             continue
-        for node, parent_count in _flat(sample.nodes, sample.count or events.n_events):
+        for node, parent_count, magnetic in _flat(sample.nodes, sample.count or events.n_events):
             ours = gated.counts[names[node.path]]
             theirs = node.count
             never = theirs is None or theirs < 0 or (theirs == 0 and (parent_count or 0) > 0)
@@ -143,6 +153,8 @@ def check_workspace(path: str | os.PathLike[str], fcs_dir: str | os.PathLike[str
                 diff = ours - theirs
                 rel = 100.0 * diff / theirs if theirs else (0.0 if diff == 0 else float("inf"))
                 row.update(difference=diff, relative_difference=f"{rel:.4f}")
+                if magnetic:
+                    result.magnetic.append((sample.name, node.path))
             rows.append(row)
     result.table = pd.DataFrame(rows, columns=list(CHECK_COLUMNS))
     return result

@@ -16,6 +16,10 @@ How FlowJo's gates become cytopipe gates
 * Ellipses are stored in FlowJo's 256 x 256 display grid (FlowJo 7.6/10: two foci and four edge points) or as the
   four ends of their axes in data units (FlowJo 8/9); both become an :class:`~cytopipe.gates.EllipsoidGate` on the
   transformed axes.
+* Magnetic gates (FlowJo 8/9 ``magnetic="1"``) are gated where they are stored: FlowJo moves them on each sample to
+  where they hold the most events without storing the move, by a search its documentation does not specify, so
+  their counts can differ from FlowJo's (:attr:`Node.magnetic`; ``flowjo check`` says how many populations this
+  concerns).
 * Boolean nodes (``AndNode``/``OrNode``/``NotNode``, FlowJo 9 ``BooleanGate`` specifications ``G0 & !G1``) become
   Boolean gates over the named sibling populations; their parent is the node they hang under.
 * Compensated parameters (``Comp-FITC-A``, ``<FITC-A>``) read the workspace's spillover matrix (matrix id
@@ -79,6 +83,10 @@ class Node:
     count: int | None
     children: list[Node] = field(default_factory=list)
     boolean: tuple[str, tuple[str, ...], tuple[bool, ...]] | None = None  # (op, operand names, complements)
+    #: A FlowJo *magnetic* gate (FlowJo 8/9 ``<PolygonGate magnetic="1">``): FlowJo moves it on each sample to where it
+    #: holds the most events (FlowJo manual, "Magnetic gates") but stores the gate where it was set, not where it
+    #: moved it (FlowJo 10 adds the move as ``adjustX``/``adjustY``); cytopipe gates the stored position.
+    magnetic: bool = False
 
 
 @dataclass
@@ -687,7 +695,8 @@ class _V9Reader(_Reader):
         polygon_gate = _child(element, "PolygonGate")
         boolean = _child(element, "BooleanGate")
         if polygon_gate is not None:
-            node = Node(name, node_path, self.gate(polygon_gate, name), _count(element))
+            node = Node(name, node_path, self.gate(polygon_gate, name), _count(element),
+                        magnetic=(_attr(polygon_gate, "magnetic") or "").strip().lower() in ("1", "true"))
         elif boolean is not None:
             node = Node(name, node_path, None, _count(element), boolean=self.specification(boolean, name))
         else:
