@@ -215,10 +215,6 @@ def _run(args: argparse.Namespace) -> int:
                               "cytopipe demo DIR && cytopipe run DIR/study.csv")
         sheet = DEFAULT_SHEET
     _wsp_notice(args.gates, args.wsp_sample, args.quiet)
-    if not (args.no_report or args.no_pdf):
-        from .printer import start_early
-
-        start_early()  # Chromium starts on the core the imports below leave idle, not beside the workers
     from .batch import run
 
     result = run(

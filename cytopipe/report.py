@@ -220,6 +220,33 @@ def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, time
     return pdf_path
 
 
+def _report_pdf(results: Path, template: jinja2.Template, context: dict[str, Any],
+                printer: Printer | None) -> Path | None:
+    """Write ``report.pdf`` natively (:mod:`cytopipe.pdf`); with Chromium when names hold characters the PDF's
+    standard font cannot show (it shows them as written; without it they become ``<U+XXXX>`` codes, noted in the
+    PDF). A warning and None when it cannot be written."""
+    from cytopipe.pdf import render_pdf
+
+    target = results / "report.pdf"
+    data, replaced = render_pdf(context)
+    if replaced and (printer is not None or find_chromium() is not None):
+        log.info("names hold characters outside the PDF's standard font (%s): %s printed with Chromium",
+                 ", ".join(f"U+{ord(c):04X}" for c in replaced), target)
+        printable = results / ".report-print.html"  # summary, QC and subjects, without the gating section
+        atomic_write(printable, template.render(**context, for_print=True))
+        try:
+            if write_pdf(printable, target, printer=printer):
+                return target
+        finally:
+            printable.unlink(missing_ok=True)
+    try:
+        atomic_write(target, data)
+    except OSError as err:
+        log.warning("%s not written (%s)", target, err)
+        return None
+    return target
+
+
 # ---------------------------------------------------------------------------------------------- render
 
 
@@ -351,15 +378,7 @@ def render_report(
     template = _environment().get_template("report.html.j2")
     out = results / "report.html"
     atomic_write(out, template.render(**context, for_print=False))
-    written = None
-    if pdf:
-        # The PDF holds summary, QC and subjects: printed from a copy without the gating section (faster to load).
-        printable = results / ".report-print.html"
-        atomic_write(printable, template.render(**context, for_print=True))
-        try:
-            written = write_pdf(printable, results / "report.pdf", printer=printer)
-        finally:
-            printable.unlink(missing_ok=True)
+    written = _report_pdf(results, template, context, printer) if pdf else None
     # A PDF from an earlier rendering would disagree with this HTML: replace it or remove it.
     if not written and (results / "report.pdf").exists():
         (results / "report.pdf").unlink()
@@ -388,11 +407,11 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
     subjects = [str(s) for s in summary["subject"]] if len(summary) else []
     stems = _subject_stems(subjects)
 
-    overview = None
+    overview = overview_figure = None
     if draw and len(table):
-        figure = fold_change_overview(table)
-        save_figure(figure, results / "plots" / "fold_change_overview.svg")
-        overview = Markup(render(figure, "overview"))
+        overview_figure = fold_change_overview(table)
+        save_figure(overview_figure, results / "plots" / "fold_change_overview.svg")
+        overview = Markup(render(overview_figure, "overview"))
 
     summary_rows, sections = [], []
     for index, row in enumerate(summary.itertuples(index=False)):
@@ -416,14 +435,14 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
                              "direction": row.direction, "verdict": row.treg_verdict,
                              "clinical": row.clinical_verdict, "correlation": corr_text})
         rows = table[table["subject"] == subject]
-        image = None
+        image = course = None
         if draw:
-            figure = time_course(table, subject, clinical)
-            save_figure(figure, results / "plots" / f"timecourse_{stems[subject]}.svg")
-            image = Markup(render(figure, f"tc{index + 1}"))
+            course = time_course(table, subject, clinical)
+            save_figure(course, results / "plots" / f"timecourse_{stems[subject]}.svg")
+            image = Markup(render(course, f"tc{index + 1}"))
         sections.append({
             "anchor": anchor, "subject": subject, "verdict": row.treg_verdict, "clinical": row.clinical_verdict,
-            "correlation": corr_text, "image": image,
+            "correlation": corr_text, "image": image, "figure": course,
             "clinical_columns": clinical_cols,
             "rows": [_timepoint_row(r, clinical_cols) for r in rows.to_dict("records")],
             "any_flags": bool((rows["qc_flags"].astype(str) != "").any()),
@@ -462,6 +481,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         "settings": settings,
         "summary": summary_rows,
         "overview": overview,
+        "overview_figure": overview_figure,  # the descriptions, for the PDF (cytopipe.pdf)
         "overview_rows": int((~table["is_baseline"].astype(bool)).sum()) if len(table) else 0,
         "sections": sections,
         "platelet_column": plt_col or "",

@@ -300,7 +300,6 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         else:
             todo.append((task, setting))
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
-    printer = _start_printer() if report and pdf else None  # Chromium starts up while the workers gate
     if todo:
         where = f"on {scheduler}" if scheduler else f"{min(n_workers, len(todo))} worker(s)"
         log.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache; {where}")
@@ -329,9 +328,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if report:
         from cytopipe.report import render_report
 
-        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none", printer=printer)
-    if printer is not None:
-        printer.close()
+        # The PDF is written natively (cytopipe.pdf): no Chromium is started for it.
+        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none")
         # The report rewrites baseline.csv (same settings, plus columns from populations.csv): return that one.
         tables["baseline"] = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
 
@@ -402,20 +400,6 @@ def _row_settings(table: pd.DataFrame, strategy: Any, treg: str, parent: str | N
         else:
             strategies[rec.sample] = chosen
     return panels, problems, strategies
-
-
-def _start_printer() -> Any:
-    """A headless Chromium for the PDF, started now so that its start-up overlaps the gating (None without one)."""
-    from cytopipe.printer import Printer, PrinterError, find_chromium, take_early
-
-    early = take_early()  # started by the CLI while this module was imported
-    if early is not None:
-        return early
-    chromium = find_chromium()
-    try:
-        return Printer(chromium) if chromium else None
-    except PrinterError:
-        return None
 
 
 def _draw_flagged(baseline: pd.DataFrame, tasks: list[SampleTask], settings: list[str], plots_dir: str,
