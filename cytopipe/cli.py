@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", metavar="RESULTS_DIR")
     _add_stats_options(report)
     report.add_argument("--no-pdf", action="store_true", help="skip the PDF rendering")
+    report.add_argument("--pdf-engine", choices=("native", "chromium"), default="native",
+                        help="native (default, no browser; characters outside WinAnsi shown as <U+XXXX> codes) or "
+                        "chromium (prints the HTML: names in any script the machine has fonts for)")
     report.add_argument("--no-plots", action="store_true", help="no time-course or overview figures (gating "
                         "figures already in RESULTS_DIR/plots are still shown)")
     return parser
@@ -333,7 +336,7 @@ def _report(args: argparse.Namespace) -> int:
     from .report import render_report
 
     path = render_report(args.results, clinical=args.clinical, cva=args.cva, cvi=args.cvi, z=args.z,
-                         pdf=not args.no_pdf, plots=not args.no_plots)
+                         pdf=not args.no_pdf, plots=not args.no_plots, pdf_engine=args.pdf_engine)
     pdf = path.with_name("report.pdf")
     print(f"wrote {path}" + (f" and {pdf}" if pdf.is_file() and not args.no_pdf else ""), file=sys.stderr)
     return 0

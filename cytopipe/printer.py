@@ -1,10 +1,11 @@
-"""PDF printing with a headless Chromium started ahead of time.
+"""PDF printing with headless Chromium, for the reports the native writer cannot set.
 
-Starting Chromium takes about a second, most of it waiting; printing a report takes a fraction of that. A batch run
-starts :class:`Printer` while its workers gate (the start-up overlaps the gating) and prints ``report.pdf`` at the
-end over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON messages separated by NUL bytes on file
-descriptors 3 and 4; no network port, no websocket). Chromium exits when the pipe closes, so it never outlives
-cytopipe.
+``report.pdf`` is written by :mod:`cytopipe.pdf` (no browser). Its standard Helvetica holds WinAnsi characters
+only, so a report whose names hold others (CJK, emoji, right-to-left scripts) is printed from the HTML by Chromium
+when it is installed (:func:`cytopipe.report.write_pdf`): it shows them as written. :class:`Printer` drives one
+headless Chromium over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON messages separated by
+NUL bytes on file descriptors 3 and 4; no network port, no websocket). Chromium exits when the pipe closes, so it
+never outlives cytopipe.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Printer", "PrinterError", "find_chromium", "start_early", "take_early"]
+__all__ = ["Printer", "PrinterError", "find_chromium"]
 
 
 class PrinterError(RuntimeError):
@@ -181,27 +182,3 @@ def find_chromium() -> str | None:
         if found:
             return found
     return None
-
-
-# A Chromium started by :func:`start_early` for the PDF of this process's run.
-_EARLY: list[Printer] = []
-
-
-def start_early() -> None:
-    """Start Chromium now for a PDF printed later in this process (:func:`take_early`).
-
-    ``cytopipe run`` calls it before importing the pipeline: Chromium's start-up (about half a second of CPU) then
-    runs on the core the imports leave idle instead of competing with the gating workers. Without Chromium, or
-    when it cannot start, nothing happens (the run then logs its usual warning).
-    """
-    chromium = find_chromium()
-    if chromium and not _EARLY:
-        try:
-            _EARLY.append(Printer(chromium))
-        except PrinterError:
-            pass
-
-
-def take_early() -> Printer | None:
-    """The Chromium :func:`start_early` started (once; ``None`` when there is none)."""
-    return _EARLY.pop() if _EARLY else None

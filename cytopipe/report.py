@@ -220,25 +220,26 @@ def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, time
     return pdf_path
 
 
-def _report_pdf(results: Path, template: jinja2.Template, context: dict[str, Any],
+def _report_pdf(results: Path, template: jinja2.Template, context: dict[str, Any], engine: str,
                 printer: Printer | None) -> Path | None:
-    """Write ``report.pdf`` natively (:mod:`cytopipe.pdf`); with Chromium when names hold characters the PDF's
-    standard font cannot show (it shows them as written; without it they become ``<U+XXXX>`` codes, noted in the
-    PDF). A warning and None when it cannot be written."""
-    from cytopipe.pdf import render_pdf
-
+    """Write ``report.pdf``: natively (:mod:`cytopipe.pdf`; characters outside WinAnsi become ``<U+XXXX>`` codes,
+    named in the PDF) or printed by Chromium (``engine="chromium"``). A warning and None when it cannot be
+    written."""
     target = results / "report.pdf"
-    data, replaced = render_pdf(context)
-    if replaced and (printer is not None or find_chromium() is not None):
-        log.info("names hold characters outside the PDF's standard font (%s): %s printed with Chromium",
-                 ", ".join(f"U+{ord(c):04X}" for c in replaced), target)
+    if engine == "chromium":
         printable = results / ".report-print.html"  # summary, QC and subjects, without the gating section
         atomic_write(printable, template.render(**context, for_print=True))
         try:
-            if write_pdf(printable, target, printer=printer):
-                return target
+            return write_pdf(printable, target, printer=printer)
         finally:
             printable.unlink(missing_ok=True)
+    from cytopipe.pdf import render_pdf
+
+    data, replaced = render_pdf(context)
+    if replaced:
+        log.warning("%s: characters the PDF's standard font cannot show (%s) are written as <U+XXXX> codes "
+                    "(report.html shows them; 'cytopipe report --pdf-engine chromium' prints them with Chromium)",
+                    target, ", ".join(f"U+{ord(c):04X}" for c in replaced))
     try:
         atomic_write(target, data)
     except OSError as err:
@@ -287,6 +288,7 @@ def render_report(
     min_treg_events: int = 100,
     min_cd4_events: int = 2000,
     printer: Printer | None = None,
+    pdf_engine: str = "native",
 ) -> Path:
     """Render ``report.html`` (and ``report.pdf``) from a results folder.
 
@@ -302,15 +304,20 @@ def render_report(
     cva, cvi, z : float
         Reference change value settings (percent, percent, normal quantile).
     pdf : bool
-        Also print ``report.pdf`` with headless Chromium (a warning, not an error, when Chromium is absent). The
-        PDF holds the summary, QC and subjects; the per-sample gating stays in the HTML.
+        Also write ``report.pdf`` (a warning, not an error, when it cannot be written). The PDF holds the
+        summary, QC and subjects; the per-sample gating stays in the HTML.
     plots : bool
         Draw the time-course and overview figures (``False``: tables only; gating figures already in
         ``plots/`` are still shown).
     min_treg_events, min_cd4_events : int
         Low-event flag thresholds.
     printer : cytopipe.printer.Printer, optional
-        A Chromium already started for the PDF (see :func:`write_pdf`).
+        A Chromium already started for ``pdf_engine="chromium"`` (see :func:`write_pdf`).
+    pdf_engine : {"native", "chromium"}
+        ``native`` (default): written by :mod:`cytopipe.pdf` in tens of milliseconds, no browser, byte-identical
+        for the same results; characters outside WinAnsiEncoding (CJK, emoji, right-to-left scripts) are written
+        as ``<U+XXXX>`` codes and named in a notice in the PDF. ``chromium``: the print rendering of the HTML by
+        headless Chromium (names in any script the machine has fonts for; about a second; dated).
 
     Returns
     -------
@@ -337,6 +344,8 @@ def render_report(
     treg_path = results / "treg.csv"
     if not treg_path.is_file():
         raise ConfigError(f"{treg_path}: not found (run 'cytopipe run' first to write the results)")
+    if pdf_engine not in ("native", "chromium"):
+        raise ConfigError(f"pdf_engine must be 'native' or 'chromium', not {pdf_engine!r}")
     rcv = reference_change_value(cva, cvi, z)
     treg = _read_table(treg_path)
     for column in ("day", "cd4_events", "treg_events", "treg_pct"):
@@ -378,9 +387,9 @@ def render_report(
     template = _environment().get_template("report.html.j2")
     out = results / "report.html"
     atomic_write(out, template.render(**context, for_print=False))
-    written = _report_pdf(results, template, context, printer) if pdf else None
+    written = _report_pdf(results, template, context, pdf_engine, printer) if pdf else None
     # A PDF from an earlier rendering would disagree with this HTML: replace it or remove it.
-    if not written and (results / "report.pdf").exists():
+    if not written and (results / "report.pdf").is_file():
         (results / "report.pdf").unlink()
         log.warning("removed %s from an earlier rendering (it no longer matches report.html)", results / "report.pdf")
     return out

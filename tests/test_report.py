@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
 from collections.abc import Callable
 from html.parser import HTMLParser
@@ -182,16 +181,6 @@ def test_report_errors(tmp_path: Path, results_folder: Callable[..., Path]) -> N
         render_report(out, clinical=bad, pdf=False)
     with pytest.raises(ConfigError, match="--cva"):
         render_report(out, cva=-1, pdf=False)
-
-
-def test_pdf_warns_without_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    caplog: pytest.LogCaptureFixture, results_folder: Callable[..., Path]) -> None:
-    out = results_folder(tmp_path, clinical=False)
-    monkeypatch.setenv("CYTOPIPE_CHROMIUM", "no-such-browser-cytopipe")
-    with caplog.at_level(logging.WARNING, logger="cytopipe.report"):
-        html = render_report(out, pdf=True)
-    assert html.is_file() and not (out / "report.pdf").exists()
-    assert "chromium not found" in caplog.text
 
 
 def test_report_edge_cases(tmp_path: Path) -> None:

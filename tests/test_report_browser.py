@@ -111,11 +111,13 @@ def test_embedded_figures_are_drawn(chromium: str, tmp_path: Path, results_folde
     assert orange > 200, "embedded figures were not drawn"
 
 
-def test_pdf_is_printed(chromium: str, tmp_path: Path, results_folder: Callable[..., Path]) -> None:
+def test_pdf_engine_chromium_prints_the_html(chromium: str, tmp_path: Path,
+                                            results_folder: Callable[..., Path]) -> None:
+    """``--pdf-engine chromium``: the print rendering of the HTML (names in any script the machine has fonts for)."""
     out = results_folder(tmp_path)
-    render_report(out, clinical=tmp_path / "clinical.csv", pdf=True)
+    render_report(out, clinical=tmp_path / "clinical.csv", pdf=True, pdf_engine="chromium")
     pdf = out / "report.pdf"
-    assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert pdf.read_bytes()[:5] == b"%PDF-" and b"/Producer (cytopipe" not in pdf.read_bytes()  # by Chromium
     pdftotext = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=False)
     if pdftotext.returncode == 0:
         assert "ITP-01" in pdftotext.stdout and "<script>alert(1)</script>" in pdftotext.stdout
@@ -123,8 +125,8 @@ def test_pdf_is_printed(chromium: str, tmp_path: Path, results_folder: Callable[
         assert "Gating of" not in pdftotext.stdout and "Gating per sample" in pdftotext.stdout
 
 
-def test_printer_started_early_prints_and_leaves_no_process(chromium: str, tmp_path: Path,
-                                                            results_folder: Callable[..., Path]) -> None:
+def test_printer_prints_and_leaves_no_process(chromium: str, tmp_path: Path,
+                                              results_folder: Callable[..., Path]) -> None:
     from cytopipe.printer import Printer
 
     out = results_folder(tmp_path)
@@ -135,37 +137,3 @@ def test_printer_started_early_prints_and_leaves_no_process(chromium: str, tmp_p
     printer.close()
     assert first[:5] == second[:5] == b"%PDF-"
     assert process.poll() is not None and not Path(printer._profile).exists()
-
-
-def test_printer_started_before_the_imports_is_taken_once(chromium: str, tmp_path: Path,
-                                                          results_folder: Callable[..., Path]) -> None:
-    """``cytopipe run`` starts Chromium before importing the pipeline; the run takes that one (once) and prints."""
-    from cytopipe import printer as module
-
-    module.start_early()
-    early = module.take_early()
-    assert early is not None and module.take_early() is None
-    try:
-        html = render_report(results_folder(tmp_path), clinical=tmp_path / "clinical.csv", pdf=False)
-        assert early.print_pdf(html)[:5] == b"%PDF-"
-    finally:
-        early.close()
-    assert early._process.poll() is not None
-
-
-def test_no_early_printer_without_chromium(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cytopipe import printer as module
-
-    monkeypatch.setenv("CYTOPIPE_CHROMIUM", "no-such-browser-cytopipe")
-    module.start_early()
-    assert module.take_early() is None
-
-
-def test_report_command_names_the_pdf_it_wrote(chromium: str, tmp_path: Path, results_folder: Callable[..., Path],
-                                               capsys: pytest.CaptureFixture) -> None:
-    from cytopipe.cli import main
-
-    out = results_folder(tmp_path)
-    assert main(["report", str(out), "--clinical", str(tmp_path / "clinical.csv")]) == 0
-    assert capsys.readouterr().err.strip() == f"wrote {out / 'report.html'} and {out / 'report.pdf'}"
-    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"

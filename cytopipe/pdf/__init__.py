@@ -21,8 +21,11 @@ reportlab most of it; the operators written are the same (benchmarks/pdf_engines
 reportlab's canvas for the comparison).
 
 Text outside WinAnsiEncoding (CJK, emoji, right-to-left scripts, control characters) is never dropped: it is written
-as ``<U+XXXX>`` codes with a notice under the title naming them (:func:`render_pdf` returns them, so
-:func:`cytopipe.report.render_report` can print that run's PDF with Chromium instead when it is installed).
+as ``<U+XXXX>`` codes with a notice under the title naming them (:func:`render_pdf` returns them; report.html shows
+them as written; ``cytopipe report --pdf-engine chromium`` prints the HTML with Chromium instead, which shows them
+when the machine has fonts for them, and drops or boxes them when it has not: on this machine, without CJK fonts,
+Chromium's PDF lost a CJK character from its text). Embedding a font that covers every script (CJK alone is tens of
+MB) would cost far more than the run's budget.
 The output has no date (no ``/CreationDate``, no rendering time in the text): the same results give identical bytes.
 """
 
