@@ -469,32 +469,71 @@ def test_out_read_only_file_system(tmp_path):
 # ------------------------------------------------------------------------------------------------ the cache
 
 
-def _entries(out: Path) -> list[Path]:
-    return sorted((out / ".cache" / "results").glob("*.json"))
+def _log(out: Path) -> Path:
+    return out / ".cache" / "entries.log"
+
+
+def _entries(out: Path) -> list[str]:
+    """The whole result lines of the cache log (a line being written may be torn: it is left out)."""
+    if not _log(out).is_file():
+        return []
+    return [line for line in _log(out).read_text().split("\n")[:-1] if line.startswith("R ")]
+
+
+def _rewrite(out: Path, change, rehash: bool = False) -> None:
+    """Apply ``change`` to the JSON text of every result line of the cache log (re-checksummed when ``rehash``)."""
+    from cytopipe.batch.cache import _sha_text
+
+    lines = []
+    for line in _log(out).read_text().split("\n"):
+        if line.startswith("R "):
+            _, key, checksum, text = line.split(" ", 3)
+            text = change(text)
+            line = f"R {key} {_sha_text(text) if rehash else checksum} {text}"
+        lines.append(line)
+    _log(out).write_text("\n".join(lines))
+
+
+def _edit(out: Path, change, rehash: bool = False) -> None:
+    from cytopipe.batch.cache import _entry_text
+
+    def edited(text: str) -> str:
+        record = json.loads(text)
+        change(record)
+        return _entry_text(record)
+
+    _rewrite(out, edited, rehash)
+
+
+def _directory(out: Path) -> None:
+    _log(out).unlink()
+    _log(out).mkdir()
+    (_log(out) / "f").write_text("x")
+
+
+def _torn(out: Path) -> None:
+    """As a run killed while writing its first result line leaves the log."""
+    text = _log(out).read_text()
+    first = text.index("\nR ") + 1 if not text.startswith("R ") else 0
+    _log(out).write_text(text[:first + (text.index("\n", first) - first) // 2])
 
 
 CORRUPTIONS = {
-    "deeply nested": lambda entry: entry.write_text("[" * 200_000 + "]" * 200_000),
-    "wrong types": lambda entry: entry.write_text(json.dumps({"result": {"sample": 5}, "sha256": "x"})),
-    "NaN": lambda entry: entry.write_text(entry.read_text().replace('"n_events": ', '"n_events": NaN, "x": ')),
-    "directory": lambda entry: (entry.unlink(), entry.mkdir(), (entry / "f").write_text("x")),
-    "no populations": lambda entry: _edit(entry, lambda r: r.pop("populations")),
-    "tampered count": lambda entry: _edit(entry, lambda r: r["populations"][-1].update(count=1)),
-    "tampered treg": lambda entry: _edit(entry, lambda r: r["treg"].update(treg_events=1, treg_pct=0.5)),
-    "checksum fixed": lambda entry: _edit(entry, lambda r: r["populations"][-1].update(count=1), rehash=True),
-    "empty": lambda entry: entry.write_text(""),
+    "deeply nested": lambda out: _rewrite(out, lambda text: "[" * 200_000 + "]" * 200_000, rehash=True),
+    "wrong types": lambda out: _rewrite(out, lambda text: json.dumps({"sample": 5}), rehash=True),
+    "not an object": lambda out: _rewrite(out, lambda text: "[1, 2]", rehash=True),
+    "NaN": lambda out: _rewrite(out, lambda text: text.replace('"n_events": ', '"n_events": NaN, "x": '),
+                                rehash=True),
+    "bad checksum": lambda out: _rewrite(out, lambda text: text.replace('"n_events": ', '"n_events": 1')),
+    "directory": _directory,
+    "no populations": lambda out: _edit(out, lambda r: r.pop("populations"), rehash=True),
+    "tampered count": lambda out: _edit(out, lambda r: r["populations"][-1].update(count=1)),
+    "tampered treg": lambda out: _edit(out, lambda r: r["treg"].update(treg_events=1, treg_pct=0.5)),
+    "checksum fixed": lambda out: _edit(out, lambda r: r["populations"][-1].update(count=1), rehash=True),
+    "empty": lambda out: _log(out).write_text(""),
+    "torn": _torn,
+    "binary": lambda out: _log(out).write_bytes(b"R \xff\xfe " * 1000 + b"\x00\n"),
 }
-
-
-def _edit(entry: Path, change, rehash: bool = False) -> None:
-    from cytopipe.batch.cache import _entry_text, _sha_text
-
-    data = json.loads(entry.read_text())
-    record = data["result"] if "result" in data else data
-    change(record)
-    if rehash:
-        data["sha256"] = _sha_text(_entry_text(record))
-    entry.write_text(json.dumps(data))
 
 
 @pytest.fixture(scope="module")
@@ -514,8 +553,8 @@ def test_corrupt_cache_entries_are_recomputed(tmp_path, cached_run, how):
     sheet, first = cached_run
     out = tmp_path / "out"
     shutil.copytree(first, out)
-    for entry in _entries(out):
-        CORRUPTIONS[how](entry)
+    assert len(_entries(out)) == 2
+    CORRUPTIONS[how](out)
     proc = capped("run", sheet, "--gates", FIXED, "--out", out, "--workers", "1", seconds=180)
     assert proc.returncode == 0, proc.stderr
     assert "(cached)" not in proc.stderr
@@ -676,7 +715,7 @@ def test_kill_9_leaves_no_worker_and_no_temporary_file(tmp_path):
     workers: list[int] = []
     while time.monotonic() < deadline:
         workers = [p for p in _children(proc.pid) if _alive(p)]
-        if len(workers) >= 2 and (out / ".cache" / "results").is_dir():
+        if len(workers) >= 2 and (out / ".cache").is_dir():
             break
         time.sleep(0.05)
     assert len(workers) >= 2, "the pool did not start"

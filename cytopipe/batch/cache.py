@@ -1,10 +1,11 @@
-"""The result cache under ``OUT/.cache/``: one whole JSON entry per finished sample, validated on read."""
+"""The result cache under ``OUT/.cache/``: one append-only log of checksummed entries, validated on read."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -20,26 +21,76 @@ from cytopipe.pipeline import (
 
 CACHE_DIR = ".cache"
 # Bump when the cached SampleResult layout or the meaning of its numbers changes.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
+#: The log of finished samples and file checksums inside ``OUT/.cache/``.
+LOG_NAME = "entries.log"
 
 
 class ResultCache:
-    """Finished samples under ``OUT/.cache/``.
+    """Finished samples under ``OUT/.cache/``, in one append-only log (``entries.log``).
 
-    An entry is ``results/<key>.json`` where the key hashes the file's SHA-256, the sample's identity, the gate
-    definitions (with any client-fitted parameters) and the settings. ``files/`` maps a file's path, size and
-    modification time to its SHA-256 so that unchanged files are not re-read to be recognised. Every entry is
-    written to a temporary name and renamed, so a run killed at any instant leaves only whole entries.
+    A line ``R <key> <sha256> <json>`` is a finished sample: the key hashes the file's SHA-256, the sample's
+    identity, the gate definitions (with any client-fitted parameters) and the settings; ``<sha256>`` is the
+    checksum of the JSON text. A line ``F <stat key> <sha256>`` maps a file's path, size and modification time to
+    its SHA-256, so that unchanged files are not re-read to be recognised. Each sample's lines are appended with
+    one ``write`` as soon as the sample finishes (a run killed at any instant leaves whole lines, and at most a
+    torn last line, which fails its checksum and is ignored); the log is synced to disk when the run closes it.
+    A later entry for the same key wins; a log mostly made of superseded or broken lines is compacted (rewritten
+    atomically) when opened.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.results = root / "results"
-        self.files = root / "files"
-        self.results.mkdir(parents=True, exist_ok=True)
-        self.files.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob("*/.*.tmp"):  # left by a killed run
+        self.log = root / LOG_NAME
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".*.tmp"):  # left by a killed compaction
             stale.unlink(missing_ok=True)
+        self._entries: dict[str, tuple[str, str]] = {}  # key -> (checksum, JSON text)
+        self._files: dict[str, str] = {}  # stat key -> SHA-256
+        self._fd: int | None = None
+        self._torn = False  # the log does not end with a newline (a killed writer): start the next line anew
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            if self.log.is_dir() and not self.log.is_symlink():
+                import shutil
+
+                shutil.rmtree(self.log)
+            data = self.log.read_bytes()
+        except OSError:
+            return
+        lines = data.split(b"\n")
+        tail = lines.pop()  # after the last newline: empty, or a line a killed run did not finish
+        self._torn = bool(tail)
+        kept = 0
+        for line in lines:
+            if len(line) > _MAX_ENTRY_BYTES:
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            parts = text.split(" ", 3)
+            if len(parts) == 4 and parts[0] == "R" and _is_hex(parts[1]) and _is_hex(parts[2]):
+                self._entries[parts[1]] = (parts[2], parts[3])
+                kept += 1
+            elif len(parts) == 3 and parts[0] == "F" and _is_hex(parts[1]) and _is_hex(parts[2]):
+                self._files[parts[1]] = parts[2]
+                kept += 1
+        live = len(self._entries) + len(self._files)
+        if self._torn or len(lines) > 2 * live + 64 or kept < len(lines) and len(lines) > 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the log with only its live lines (atomically: a kill leaves the old or the new log)."""
+        text = "".join([*(f"F {k} {v}\n" for k, v in self._files.items()),
+                        *(f"R {k} {s} {t}\n" for k, (s, t) in self._entries.items())])
+        try:
+            atomic_write(self.log, text.encode("utf-8"))
+            self._torn = False
+        except OSError:
+            pass  # a read-only cache: lookups still work, and appends are skipped
 
     @staticmethod
     def _stat_key(path: str) -> str | None:
@@ -52,18 +103,20 @@ class ResultCache:
     def known_sha(self, path: str) -> str | None:
         """The SHA-256 recorded for this file when its path, size and mtime are unchanged."""
         key = self._stat_key(path)
-        if key is None:
-            return None
-        try:
-            return (self.files / key).read_text().strip() or None
-        except OSError:
-            return None
+        return self._files.get(key) if key is not None else None
 
     def remember_sha(self, path: str, sha: str) -> None:
         """Record a file's SHA-256 under its path, size and mtime."""
+        line = self._file_line(path, sha)
+        if line:
+            self._append(line)
+
+    def _file_line(self, path: str, sha: str) -> str:
         key = self._stat_key(path)
-        if key is not None and sha:
-            atomic_write(self.files / key, sha)
+        if key is None or not _is_hex(sha) or self._files.get(key) == sha:
+            return ""
+        self._files[key] = sha
+        return f"F {key} {sha}\n"
 
     def get(self, key: str, task: SampleTask | None = None, sha: str = "") -> SampleResult | None:
         """The cached result, or ``None`` when the entry is absent or not exactly what :meth:`put` writes.
@@ -72,16 +125,18 @@ class ResultCache:
         this version writes (see :func:`_valid_result`) and it belongs to ``task`` and the file ``sha``; anything
         else (truncated, tampered, hand-edited, from another version) is recomputed.
         """
-        path = self.results / f"{key}.json"
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        checksum, text = entry
         try:
-            if path.stat().st_size > _MAX_ENTRY_BYTES:
+            if checksum != _sha_text(text):
                 return None
-            entry = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-            payload = entry["result"] if isinstance(entry, dict) and set(entry) == {"result", "sha256"} else None
-            if not isinstance(payload, dict) or entry["sha256"] != _sha_text(_entry_text(payload)):
+            payload = json.loads(text, parse_constant=_no_constant)
+            if not isinstance(payload, dict):
                 return None
             result = SampleResult.from_dict(payload)
-        except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             return None
         if not _valid_result(result, payload, task, sha):
             return None
@@ -89,20 +144,45 @@ class ResultCache:
         return result
 
     def put(self, key: str, result: SampleResult) -> None:
-        """Store a successful result with the checksum of its content (a cache that cannot be written is skipped)."""
-        payload = json.loads(_result_text(result))
-        path = self.results / f"{key}.json"
-        try:
-            if path.is_dir() and not path.is_symlink():
-                import shutil
+        """Store a successful result with the checksum of its content, and its file's SHA-256, in one append (a
+        cache that cannot be written is skipped)."""
+        text = _result_text(result)
+        checksum = _sha_text(text)
+        self._entries[key] = (checksum, text)
+        self._append(f"{self._file_line(result.file, result.sha256)}R {key} {checksum} {text}\n")
 
-                shutil.rmtree(path)
-            atomic_write(path, json.dumps({"result": payload, "sha256": _sha_text(_entry_text(payload))}))
+    def _append(self, text: str) -> None:
+        data = text.encode("utf-8")
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            if self._torn:
+                data = b"\n" + data
+            os.write(self._fd, data)  # one write: a concurrent run's lines never interleave with ours
+            self._torn = False
         except OSError:
             return  # a full or read-only cache costs a recomputation next time, not this run
 
+    def close(self) -> None:
+        """Sync the log to disk and close it (a later :meth:`put` reopens it)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
     def __len__(self) -> int:
-        return sum(1 for _ in self.results.glob("*.json"))
+        return len(self._entries)
+
+
+def _is_hex(text: str) -> bool:
+    return _HEX64.fullmatch(text) is not None
+
+
+_HEX64 = re.compile("[0-9a-f]{64}")
 
 
 # A cached result is a few kB per population; anything far bigger was not written by this version.

@@ -537,8 +537,10 @@ def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: in
         results = _run_in_process(tasks)
     else:
         results = _run_pool(tasks, workers)
-    for result in results:
-        if result.ok and result.sha256:
-            cache.remember_sha(result.file, result.sha256)
-            cache.put(task_key(task_of[result.sample], result.sha256, setting_of[result.sample]), result)
-        yield result
+    try:
+        for result in results:
+            if result.ok and result.sha256:
+                cache.put(task_key(task_of[result.sample], result.sha256, setting_of[result.sample]), result)
+            yield result
+    finally:
+        cache.close()

@@ -782,15 +782,10 @@ def _sample(out: _Writer, tree: dict, sample_id: int, gate_ids: Iterable[int]) -
     out.open("Sample")
     out.empty("DataSet", [("uri", tree["uri"]), ("sampleID", str(sample_id))])
     if tree["matrix"] is not None:
-        _matrix(out, tree["matrix"])
-    out.open("Transformations")
-    for record in tree["transforms"]:
-        attrs = [(f"transforms:{key}", _num(value)) for key, value in record["attrs"] if key != "gain"]
-        attrs += [(key, _num(value)) for key, value in record["attrs"] if key == "gain"]
-        out.open(f"transforms:{record['kind']}", attrs)
-        out.empty("data-type:parameter", [("data-type:name", record["param"])])
-        out.close(f"transforms:{record['kind']}")
-    out.close("Transformations")
+        matrix = tree["matrix"]
+        out.block(("matrix", matrix["name"], matrix["id"], *matrix["channels"], *map(tuple, matrix["rows"])),
+                  _matrix, matrix)
+    out.block(("transforms", repr(tree["transforms"])), _transforms, tree["transforms"])
     out.open("Keywords")
     for key, value in tree["keywords"]:
         out.empty("Keyword", [("name", key), ("value", value)])
@@ -801,6 +796,17 @@ def _sample(out: _Writer, tree: dict, sample_id: int, gate_ids: Iterable[int]) -
     _subpopulations(out, tree["populations"], None, iter(gate_ids))
     out.close("SampleNode")
     out.close("Sample")
+
+
+def _transforms(out: _Writer, transforms: list[dict]) -> None:
+    out.open("Transformations")
+    for record in transforms:
+        attrs = [(f"transforms:{key}", _num(value)) for key, value in record["attrs"] if key != "gain"]
+        attrs += [(key, _num(value)) for key, value in record["attrs"] if key == "gain"]
+        out.open(f"transforms:{record['kind']}", attrs)
+        out.empty("data-type:parameter", [("data-type:name", record["param"])])
+        out.close(f"transforms:{record['kind']}")
+    out.close("Transformations")
 
 
 def _axes(node: dict | None) -> list[str]:
@@ -895,21 +901,51 @@ def _escape(value: str) -> str:
 
 
 class _Writer:
-    """Indented XML, one element per line (names are literal; attribute values escaped)."""
+    """Indented XML, one element per line (names are literal; attribute values escaped).
+
+    A workspace repeats most of its lines from sample to sample (keywords, matrices, transforms, axes), so each
+    distinct opening or empty element is rendered once and reused (text attribute values only: ``1`` and ``1.0``
+    are equal keys but different texts).
+    """
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.depth = 0
+        self._memo: dict[tuple, Any] = {}
 
     @staticmethod
     def _tag(name: str, attrs: Sequence[tuple[str, Any]] | None) -> str:
-        return name + "".join(f' {key}="{_escape(value)}"' for key, value in (attrs or ()))
+        return name + "".join([f' {key}="{_escape(value)}"' for key, value in (attrs or ())])
+
+    def _element(self, name: str, attrs: Sequence[tuple[str, Any]] | None, end: str) -> str:
+        key = (self.depth, name, end, *attrs) if attrs else (self.depth, name, end)
+        line = self._memo.get(key)
+        if line is None:
+            line = "  " * self.depth + f"<{self._tag(name, attrs)}{end}>"
+            if all(type(value) is str for _, value in attrs or ()):
+                self._memo[key] = line
+        return line
 
     def text(self, line: str) -> None:
         self.lines.append(line)
 
+    def block(self, key: tuple, render: Any, *args: Any) -> None:
+        """Append ``render(self, *args)``'s lines, rendered once per ``key`` (and depth) and then reused: ``key``
+        must determine the lines (numbers compared as :func:`_num` writes them)."""
+        try:
+            lines = self._memo.get((self.depth, "\0block", *key))
+        except TypeError:  # an unhashable key: render every time
+            render(self, *args)
+            return
+        if lines is None:
+            start = len(self.lines)
+            render(self, *args)
+            self._memo[(self.depth, "\0block", *key)] = self.lines[start:]
+        else:
+            self.lines.extend(lines)
+
     def open(self, name: str, attrs: Sequence[tuple[str, Any]] | None = None) -> None:
-        self.lines.append("  " * self.depth + f"<{self._tag(name, attrs)}>")
+        self.lines.append(self._element(name, attrs, ""))
         self.depth += 1
 
     def close(self, name: str) -> None:
@@ -917,7 +953,7 @@ class _Writer:
         self.lines.append("  " * self.depth + f"</{name}>")
 
     def empty(self, name: str, attrs: Sequence[tuple[str, Any]] | None = None) -> None:
-        self.lines.append("  " * self.depth + f"<{self._tag(name, attrs)}/>")
+        self.lines.append(self._element(name, attrs, "/"))
 
     def result(self) -> str:
         return "\n".join(self.lines) + "\n"
