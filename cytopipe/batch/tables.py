@@ -191,6 +191,9 @@ def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLik
                     workspace: dict | None = None) -> None:
     """``manifest.json``: versions, inputs with their SHA-256, the sheet and gate texts, settings, command line."""
     controls = table[table["role"] != "sample"]
+    rows: dict[str, dict] = {}
+    for rec in table.to_dict("records"):
+        rows.setdefault(rec["sample"], rec)  # the first row of a sample name, as a lookup by name finds it
     manifest = {
         "cytopipe": __version__,
         "versions": _versions(),
@@ -201,7 +204,7 @@ def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLik
                   "text": getattr(strategy, "source", "") or repr(strategy)},
         "settings": settings,
         "inputs": [{"sample": r.sample, "file": r.file, "sha256": r.sha256, "events": r.n_events,
-                    "spillover": r.spillover_source, **_row_panel(table, r.sample, settings)}
+                    "spillover": r.spillover_source, **_row_panel(rows.get(r.sample), settings)}
                    for r in sorted(results, key=lambda r: r.sample)],
         "controls": [{"sample": rec.sample, "role": rec.role, "file": rec.file,
                       "sha256": file_sha256(rec.file) if Path(rec.file).is_file() else ""}
@@ -212,10 +215,8 @@ def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLik
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def _row_panel(table: pd.DataFrame, sample: str, settings: dict) -> dict[str, Any]:
+def _row_panel(rec: dict | None, settings: dict) -> dict[str, Any]:
     """The panel file and pre-gated population one sample was read with (sheet row, else the run's options)."""
-    rows = table[table["sample"] == sample]
-    rec = rows.iloc[0] if len(rows) else None
     own_panel = str(rec["panel"]) if rec is not None and rec.get("panel", "") else ""
     run_panel = (settings.get("panel") or {}).get("path") or ""
     own_pregated = str(rec["pregated"]) if rec is not None and rec.get("pregated", "") else ""
