@@ -6,19 +6,22 @@ widths, zlib-compressed content streams, indexed PNG rasters as image XObjects),
 figures as vector operators like the SVG template, :mod:`cytopipe.pdf.layout` flows headings, text, tables and
 figures over A4 pages.
 
-Why hand-written rather than a library (measured on this machine, 2 shared cores, medians of 5 runs; CPU times):
+Why hand-written rather than a library: measured with ``benchmarks/pdf_engines.py`` (the same report context,
+medians of 5-7 interleaved rounds on 2 shared cores, CPU including child processes; imports in a fresh interpreter
+that already imported :mod:`cytopipe.report`, bytecode cached):
 
-=========================================  =================  ==================  =====================
-                                           this package       reportlab 5.1       fpdf2 2.8.9
-=========================================  =================  ==================  =====================
-import                                     ~2 ms              39-51 ms (canvas)   315-395 ms
-render, bundled study (3 subjects)         see README         see README          not measured
-render, 100 subjects / 500 samples         see README         see README          not measured
-=========================================  =================  ==================  =====================
+==============================================  ===============  ==================  ===================  =========
+                                                this package     reportlab 5.1       Chromium (before)    fpdf2
+==============================================  ===============  ==================  ===================  =========
+import (marginal), CPU                          2.7 ms           25-29 ms            a process            270 ms
+bundled study, 2 subjects / 12 samples, wall    11 ms (7 CPU)    35 ms (27 CPU)      1,398 ms (545 CPU)   --
+84 subjects / 500 samples (90 pages), wall      106 ms (90 CPU)  437 ms (430 CPU)    3,628 ms (848 CPU)   --
+==============================================  ===============  ==================  ===================  =========
 
-The run's budget for the whole PDF is a few tens of milliseconds, so the import alone rules fpdf2 out and costs
-reportlab most of it; the operators written are the same (benchmarks/pdf_engines.py draws the same layout through
-reportlab's canvas for the comparison).
+The reportlab column draws the same layout through its canvas (text objects, rectangles, lines; the figures'
+path operators appended as they are), a lower bound of a reportlab implementation. The run's budget for the PDF is
+a few tens of milliseconds: fpdf2's import alone is ten times that, reportlab's import is most of it and its calls
+cost 4-5x these for the same page content.
 
 Text outside WinAnsiEncoding (CJK, emoji, right-to-left scripts, control characters) is never dropped: it is written
 as ``<U+XXXX>`` codes with a notice under the title naming them (:func:`render_pdf` returns them; report.html shows

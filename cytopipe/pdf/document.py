@@ -14,6 +14,7 @@ import re
 import struct
 import unicodedata
 import zlib
+from functools import cache
 from typing import Any
 
 __all__ = ["Document", "Page", "Text", "font_width", "wrap"]
@@ -70,10 +71,22 @@ _SHOWABLE = frozenset(_WIDTHS["F1"]) - {"\x7f"}
 _FAST_RE = re.compile(r"[ -~]*")
 
 
+_MEASURED: dict[str, dict[str, float]] = {font: {} for font in _WIDTHS}
+
+
 def font_width(text: str, font: str = "F1", size: float = 10.0) -> float:
     """Width in points of an already cleaned string (see :meth:`Text.clean`) in a font at a size."""
-    widths = _WIDTHS[font]
-    return sum(widths.get(c, 0.556) for c in text) * size
+    measured = _MEASURED[font]
+    width = measured.get(text)
+    if width is None:
+        widths = _WIDTHS[font]
+        try:
+            width = sum(map(widths.__getitem__, text))
+        except KeyError:  # superscript digits kept for a figure
+            width = sum(widths.get(c, 0.556) for c in text)
+        if len(measured) < 100_000:  # words and cells repeat: remember them (bounded)
+            measured[text] = width
+    return width * size
 
 
 class Text:
@@ -156,9 +169,8 @@ def wrap(text: str, width: float, font: str = "F1", size: float = 10.0) -> list[
 
 
 def num(value: float) -> str:
-    """A coordinate for an operator: at most two decimals, no trailing zeros."""
-    text = f"{value:.2f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    """A coordinate for an operator: two decimals (1/7200 inch)."""
+    return f"{value:.2f}"
 
 
 def rgb(colour: str) -> tuple[float, float, float] | None:
@@ -176,6 +188,7 @@ def rgb(colour: str) -> tuple[float, float, float] | None:
         return None
 
 
+@cache
 def _colour_op(colour: str, op: str) -> str:
     value = rgb(colour)
     if value is None:
@@ -216,8 +229,8 @@ class Page:
             matrix = f"0 -1 -1 0 {num(x - rise)} {num(y - along)}"
         else:
             matrix = f"0 1 1 0 {num(x + rise)} {num(y + along)}"
-        self.ops.append(f"BT {_colour_op(colour, 'rg')} /{font} {num(size)} Tf {matrix} Tm "
-                        f"{literal(text).decode('cp1252')} Tj ET")
+        escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+        self.ops.append(f"BT {_colour_op(colour, 'rg')} /{font} {num(size)} Tf {matrix} Tm ({escaped}) Tj ET")
         return width
 
     def raw(self, op: str) -> None:

@@ -125,10 +125,19 @@ class Writer:
             return [w + extra * w / total for w in natural]
         if sum(longest) > self.width:  # even single words do not fit: shrink (words are broken)
             return [w * self.width / sum(longest) for w in longest]
-        spare = self.width - sum(longest)
-        want = [max(a - b, 0.0) for a, b in zip(natural, longest, strict=True)]
-        total = sum(want) or 1.0
-        return [b + spare * w / total for b, w in zip(longest, want, strict=True)]
+        # Like a browser's automatic table layout: columns narrower than a fair share keep their natural width,
+        # the others share what is left in proportion to their natural width (never below their longest word).
+        widths: dict[int, float] = {}
+        left = sorted(range(n), key=natural.__getitem__)
+        while left and natural[left[0]] <= (self.width - sum(widths.values())) / len(left):
+            widths[left[0]] = natural[left[0]]
+            left.pop(0)
+        rest = self.width - sum(widths.values())
+        total = sum(natural[i] for i in left) or 1.0
+        for i in left:
+            widths[i] = max(longest[i], rest * natural[i] / total)
+        scale = min(1.0, self.width / sum(widths.values()))
+        return [widths[i] * scale for i in range(n)]
 
     def measure(self, table: Table) -> dict[str, Any]:
         """Column widths, wrapped lines and row heights of a table (``height``: all of it on one page)."""
