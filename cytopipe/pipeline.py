@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, CytopipeError, GateError
-from .fcs import file_sha256, read_fcs, write_fcs
+from .fcs import file_sha256, read_fcs, read_fcs_sha256, write_fcs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -306,8 +306,8 @@ def process_sample(task: SampleTask) -> SampleResult:
 
     Notes
     -----
-    1. read: SHA-256 of the bytes, then :func:`cytopipe.fcs.read_fcs` (float32 events, decoded as the gate file's
-       ``scale`` asks: ``$PnE`` always, ``$PnG`` for Gating-ML), then acquisition QC
+    1. read: :func:`cytopipe.fcs.read_fcs_sha256`, one pass over the file for its SHA-256 and its float32 events
+       (decoded as the gate file's ``scale`` asks: ``$PnE`` always, ``$PnG`` for Gating-ML), then acquisition QC
        (:mod:`cytopipe.qc`): corrupt data fail here; margin events and a missing spillover become flags.
     2. compensate: choose the spillover (:func:`choose_spillover`); the strategy compensates only the channels
        its gates use, so the full events matrix is never copied.
@@ -321,7 +321,7 @@ def process_sample(task: SampleTask) -> SampleResult:
     holds no reference cycles), so a worker holds one sample at a time without calling the garbage collector.
     """
     from .adapt import apply_widths, fallback_notes, fit_widths, resolve_optional
-    from .panel import read_sample
+    from .panel import apply_panel
     from .qc import check_acquisition, require_plausible
     from .reference import reference_medians
 
@@ -346,11 +346,18 @@ def process_sample(task: SampleTask) -> SampleResult:
     if task.failure is not None and task.failure_stage == "read":
         return fail("read", task.failure)
     try:
-        out.sha256 = file_sha256(task.file)
-        sample = read_sample(task.file, task.panels.get(task.file), scale=task.strategy.scale)
+        # One read of the file gives the events and the manifest's SHA-256 (the bytes hashed are the bytes gated).
+        raw, out.sha256 = read_fcs_sha256(task.file, scale=task.strategy.scale)
+        sample = apply_panel(raw, task.panels.get(task.file))
+        del raw
         qc = check_acquisition(sample)
         require_plausible(sample, qc)  # gating garbage would give numbers that mean nothing
     except Exception as err:  # noqa: BLE001 - any problem with one file must not stop the batch
+        if not out.sha256:  # the file could not be read: its hash as before (or the reason it has none)
+            try:
+                out.sha256 = file_sha256(task.file)
+            except Exception as unreadable:  # noqa: BLE001
+                return fail("read", unreadable)
         return fail("read", err)
     out.n_events = int(sample.n_events)
     lap("read")

@@ -505,3 +505,66 @@ def test_empty_population_round_trip(tmp_path: Path) -> None:
 def test_repr_is_short(written: tuple[Path, np.ndarray]) -> None:
     path, _ = written
     assert repr(read_fcs(path)) == f"Sample('{path}', FCS3.1, 2000 events x 6 channels)"
+
+
+def _same_sample(a: Sample, b: Sample) -> None:
+    assert a.events.dtype == b.events.dtype and a.events.shape == b.events.shape
+    assert a.events.tobytes() == b.events.tobytes()
+    assert (a.channels, a.markers, a.metadata, a.version, a.scale) == (b.channels, b.markers, b.metadata, b.version,
+                                                                       b.scale)
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("datatypes", [None, ["F", "I", "D", "F", "I", "F"]])
+def test_read_fcs_sha256_is_read_fcs_and_file_sha256_from_one_read(tmp_path: Path, pad: int, datatypes) -> None:
+    """The worker's read gives the same sample as read_fcs and the same digest as file_sha256, whatever the
+    alignment of DATA (keyword lengths shift it), for float, mixed integer/double and every decoding; the events
+    are aligned, writable and own no map."""
+    from cytopipe.fcs import file_sha256, read_fcs_sha256
+
+    path = tmp_path / "s.fcs"
+    events = np.abs(_events(n=3000))
+    write_fcs(path, events, CHANNELS, MARKERS, {"PAD": "x" * (pad + 1)}, version="3.2" if datatypes else "3.1",
+              datatypes=datatypes)
+    for scale in ("log", "gain", "raw"):
+        for exact in (False, True):
+            sample, digest = read_fcs_sha256(path, scale=scale, exact=exact)
+            _same_sample(sample, read_fcs(path, scale=scale, exact=exact))
+            assert digest == file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+            assert sample.events.flags.aligned and sample.events.flags.writeable
+    before = path.read_bytes()
+    sample.events[0, 0] = -1.0
+    assert path.read_bytes() == before
+
+
+def test_read_fcs_sha256_fails_like_read_fcs(tmp_path: Path) -> None:
+    from cytopipe.fcs import read_fcs_sha256
+
+    path = tmp_path / "cut.fcs"
+    write_fcs(path, _events(n=500), CHANNELS, MARKERS)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(FCSError) as expected:
+        read_fcs(path)
+    with pytest.raises(FCSError) as got:
+        read_fcs_sha256(path)
+    assert str(got.value) == str(expected.value)
+    with pytest.raises(FCSError, match="no such file"):
+        read_fcs_sha256(tmp_path / "missing.fcs")
+
+
+def test_read_fcs_sha256_on_the_reference_files(shared_data: Path) -> None:
+    """Every instrument file of the shared data (integer widths, big-endian, bit-packed, several data sets)."""
+    from cytopipe.fcs import file_sha256, read_fcs_sha256
+
+    files = sorted(p for p in (shared_data / "instruments").rglob("*") if p.suffix.lower() in (".fcs", ".lmd"))
+    assert files
+    for path in files:
+        try:
+            expected = read_fcs(path)
+        except FCSError as err:
+            with pytest.raises(FCSError, match=re.escape(str(err))):
+                read_fcs_sha256(path)
+            continue
+        sample, digest = read_fcs_sha256(path)
+        _same_sample(sample, expected)
+        assert digest == file_sha256(path)

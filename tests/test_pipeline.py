@@ -219,6 +219,11 @@ def test_unreadable_file_fails_at_read(tmp_path, strategy, fcs, damage):
     failure = result.failure
     assert failure["stage"] == "read" and failure["sample"] == "bad" and failure["file"] == str(path)
     assert failure["reason"] and "\n" not in failure["reason"]
+    if damage == "missing":  # the reason of the hash (the first thing a worker did with the file before)
+        assert result.sha256 == "" and failure["reason"] == f"{path}: No such file or directory"
+    else:  # a file that exists keeps its hash in the results, however damaged
+        assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert failure["reason"].startswith(f"{path}: ")
 
 
 def test_missing_marker_fails_at_gate(tmp_path, strategy):

@@ -14,13 +14,14 @@ Big-endian data are byte-swapped in place in that private buffer (or in the copy
 
 Modules: ``sample`` (:class:`Sample`, channel lookup by marker), ``text`` (HEADER and TEXT segments: offsets,
 delimiters, keywords, chained data sets), ``read`` (:func:`read_fcs`: DATA layout and decoding of stored integers
-and floats), ``scale`` (``$PnE``/``$PnG`` value decoding: :data:`SCALES`, :func:`channel_decoding`), ``write``
+and floats; :func:`read_fcs_sha256`, the worker's read: the file read and hashed in one pass into one private
+buffer), ``scale`` (``$PnE``/``$PnG`` value decoding: :data:`SCALES`, :func:`channel_decoding`), ``write``
 (:func:`write_fcs`) and ``info`` (:func:`describe` for ``cytopipe info``, :func:`file_sha256`). Everything public
 is re-exported here except ``MAP_THRESHOLD``: set it on :mod:`cytopipe.fcs.read`, where the reader looks it up.
 """
 
 from .info import describe, file_sha256, format_description
-from .read import read_fcs
+from .read import read_fcs, read_fcs_sha256
 from .sample import Sample
 from .scale import SCALES, channel_decoding, to_scale, top_of_scale
 from .text import HEADER_SIZE as HEADER_SIZE
@@ -31,6 +32,7 @@ __all__ = [
     "SCALES",
     "Sample",
     "read_fcs",
+    "read_fcs_sha256",
     "write_fcs",
     "describe",
     "format_description",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import mmap
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,14 +75,43 @@ def read_fcs(path: str | os.PathLike[str], *, scale: bool | str = "log", exact: 
 
     5. Decode values as ``scale`` asks (:func:`decode_values`); ``Sample.scale`` records which decoding was used.
     """
+    return _read(path, scale, exact, dataset, None)
+
+
+def read_fcs_sha256(path: str | os.PathLike[str], *, scale: bool | str = "log", exact: bool = False,
+                    dataset: int = 0) -> tuple[Sample, str]:
+    """:func:`read_fcs` and the SHA-256 of the file's bytes (:func:`cytopipe.fcs.file_sha256`), from one read.
+
+    The file is read once, in 1 MiB pieces each hashed while it is in the CPU cache, into one private buffer placed
+    so that DATA is aligned; the events are decoded in that buffer (float32 data are not copied at all). A worker
+    thus holds the event data once: no mapped file pages, no second copy, and the bytes hashed are the bytes
+    gated. Same parameters, result and errors as :func:`read_fcs`.
+
+    Returns
+    -------
+    tuple
+        ``(sample, sha256)``, the digest as 64 hexadecimal digits.
+    """
+    digest = hashlib.sha256()
+    sample = _read(path, scale, exact, dataset, digest)
+    return sample, digest.hexdigest()
+
+
+def _read(path: str | os.PathLike[str], scale: bool | str, exact: bool, dataset: int,
+          digest: Any) -> Sample:
+    """:func:`read_fcs`; with ``digest`` (a ``hashlib`` object), DATA comes from the whole file read into one private
+    buffer while ``digest`` hashes it (or, for layouts decoded from a plain read, from hashing the file apart)."""
     if isinstance(dataset, bool) or not isinstance(dataset, int) or dataset < 0:
         raise FCSError(f"{os.fspath(path)}: dataset must be a non-negative integer, got {dataset!r}")
     fcs = _File(path)
     try:
+        fcs.digest = digest
         segments, metadata = _locate_dataset(fcs, dataset)
         channels, markers = _channel_names(fcs, metadata)
         events = _read_data(fcs, segments, metadata, len(channels))
         mode = _scale_mode(fcs, scale)
+        if digest is not None and fcs.whole is None:
+            _hash_file(fcs, digest)  # DATA not taken from a whole-file read (no events, bit-packed values)
         events = _decode_values(fcs, events, metadata, mode, exact or scale is True)
     finally:
         fcs.close()
@@ -93,6 +124,35 @@ def read_fcs(path: str | os.PathLike[str], *, scale: bool | str = "log", exact: 
         version=segments.version,
         scale=mode,
     )
+
+
+_PIECE = 1 << 20  # bytes read and hashed at a time: small enough to be hashed from the CPU cache
+
+
+def _hash_file(fcs: _File, digest: Any) -> None:
+    """Feed the whole file to ``digest`` (a few pieces at a time, without keeping them)."""
+    fcs.handle.seek(0)
+    while piece := fcs.handle.read(_PIECE):
+        digest.update(piece)
+
+
+def _read_whole(fcs: _File, start: int) -> np.ndarray:
+    """The whole file in a private buffer whose byte ``start`` is 64-byte aligned, hashed into ``fcs.digest`` as it
+    is read."""
+    raw = np.empty(fcs.size + 64, dtype=np.uint8)  # uninitialised: a bytearray would be zero-filled first
+    pad = -(raw.ctypes.data + start) % 64
+    whole = raw[pad:pad + fcs.size]
+    view = memoryview(whole)
+    fcs.handle.seek(0)
+    done = 0
+    while done < fcs.size:
+        got = fcs.handle.readinto(view[done:min(done + _PIECE, fcs.size)])
+        if not got:
+            raise fcs.error(f"the file could not be read in full ({done} of {fcs.size} bytes)")
+        fcs.digest.update(view[done:done + got])
+        done += got
+    fcs.whole = whole
+    return whole
 
 
 @dataclass(frozen=True)
@@ -234,6 +294,8 @@ def _data_buffer(fcs: _File, start: int, nbytes: int) -> tuple[mmap.mmap | np.nd
     keeps a duplicate file descriptor open for as long as the events array lives, so small segments are read
     into memory instead: batches that hold many small samples then hold no open files.
     """
+    if fcs.digest is not None:
+        return _read_whole(fcs, start), start
     if nbytes >= MAP_THRESHOLD:
         return mmap.mmap(fcs.handle.fileno(), 0, access=mmap.ACCESS_COPY), start
     buffer = np.empty(nbytes, dtype=np.uint8)  # uninitialised: a bytearray would be zero-filled first
@@ -253,7 +315,7 @@ def _decode_bytes(fcs: _File, start: int, n_events: int, layout: _Layout, metada
         code = "f4" if kinds == {"F"} else "f8"
         view = np.frombuffer(buffer, dtype=order + code, count=n_events * n_par, offset=offset)
         view = view.reshape(n_events, n_par)
-        if offset % view.itemsize:  # unaligned (odd $BEGINDATA in a mapped file): one aligned copy
+        if not view.flags.aligned:  # unaligned (odd $BEGINDATA in a mapped file): one aligned copy
             return view.astype(np.dtype(code).newbyteorder("="))
         if np.dtype(order + code) != np.dtype(code):
             view.byteswap(inplace=True)  # the buffer is private (copy-on-write map or our own read)

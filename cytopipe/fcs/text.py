@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cytopipe.errors import FCSError
 
@@ -41,6 +42,8 @@ class _File:
         except OSError as err:
             raise FCSError(f"{self.name}: cannot open: {err.strerror}") from None
         self.size = os.fstat(self.handle.fileno()).st_size
+        self.digest: Any = None  # a hashlib object: DATA is then read with the whole file, hashed (fcs.read)
+        self.whole: Any = None  # that read (a numpy uint8 array of the file's bytes)
 
     def close(self) -> None:
         self.handle.close()
