@@ -713,6 +713,9 @@ class GatingResult:
     members : dict of str to numpy.ndarray
         Population -> its sorted event indices. ``values(gate, members[parent])`` returns the values the gate was
         evaluated on without computing or copying anything (what the gating figures draw).
+    kept : dict of str to numpy.ndarray
+        Population -> its gate's verdict on each event it was evaluated on (its parent's members, in order), packed
+        8 to a byte (:func:`numpy.packbits`); read with :meth:`kept_of`. Geometric gates only.
     """
 
     masks: dict[str, np.ndarray]
@@ -722,20 +725,38 @@ class GatingResult:
     timings: dict[str, float] = field(default_factory=dict)
     _columns: dict[Any, _Column] = field(default_factory=dict, repr=False)
     members: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
-    def values(self, gate: Gate, rows: np.ndarray | None = None) -> np.ndarray:
+    def kept_of(self, name: str, positions: np.ndarray) -> np.ndarray | None:
+        """Whether the gate of population ``name`` kept each of its parent's events at ``positions`` (indices into
+        the parent's members, or into all events for a root gate), or None when that was not recorded."""
+        bits = self.kept.get(name)
+        if bits is None:
+            return None
+        return ((bits[positions >> 3] >> (7 - (positions & 7)).astype(np.uint8)) & 1).astype(bool)
+
+    def values(self, gate: Gate, rows: np.ndarray | None = None, step: int = 1) -> np.ndarray:
         """The ``(n_events, ndim)`` transformed values ``gate`` was evaluated on (cached columns, for plotting);
-        with ``rows`` (an index array) only those rows, computing no other."""
+        with ``rows`` (an index array) only those rows, computing no other.
+
+        ``step > 1``: every ``step``-th of those rows (``rows[::step]``), read from the cache when the rows were
+        computed, else computed for those rows alone and not kept (a figure's subsample of a large parent).
+        """
         if isinstance(gate, BooleanGate):
-            return np.column_stack([self.masks[name] if rows is None else self.masks[name][rows]
+            chosen = None if rows is None and step == 1 else _every(rows, step, self.n_events)
+            return np.column_stack([self.masks[name] if chosen is None else self.masks[name][chosen]
                                     for name in gate.operands])
         columns = []
         for dim in gate.dimensions:
             column = self._columns.get(_column_key(dim))
             if column is None:
                 raise GateError(f"gate '{gate.name}': dimension {dim.label} was not evaluated on this sample")
-            columns.append(column.get(rows))
+            columns.append(column.get(rows) if step == 1 else column.peek(rows, step))
         return np.column_stack(columns)
+
+
+def _every(rows: np.ndarray | None, step: int, n: int) -> np.ndarray:
+    return np.arange(0, n, step) if rows is None else rows[::step]
 
 
 class _Column:
@@ -768,6 +789,21 @@ class _Column:
         else:
             values = parts[0].astype(self.dtype, copy=False)
         return dim.transform.apply(values) if dim.transform is not None else values
+
+    def peek(self, rows: np.ndarray | None, step: int) -> np.ndarray:
+        """Values of every ``step``-th of ``rows`` (``None`` = all rows): from the cache when it holds them, else
+        computed for those rows only and not kept."""
+        if self.complete:
+            assert self.values is not None
+            return self.values[::step] if rows is None else self.values[rows[::step]]
+        if self.first is not None and rows is not None and rows is self.first[0]:
+            return self.first[1][::step]
+        chosen = _every(rows, step, self.n)
+        if self.values is not None:
+            assert self.done is not None
+            if self.done[chosen].all():
+                return self.values[chosen]
+        return self.compute(chosen)
 
     def get(self, rows: np.ndarray | None) -> np.ndarray:
         if self.complete:
@@ -923,6 +959,7 @@ class _Evaluator:
         compensated = clock()
         n = self.sample.events.shape[0]
         members: dict[str, np.ndarray] = {}  # population -> sorted event indices
+        kept: dict[str, np.ndarray] = {}  # population -> its gate's verdict on each parent event, as bits
         masks: dict[str, np.ndarray] = {}
         stacking = 0.0
 
@@ -955,6 +992,7 @@ class _Evaluator:
             stacking += tock - tick
             inside = gate.mask(values)
             members[pop.name] = np.flatnonzero(inside) if rows is None else rows[inside]
+            kept[pop.name] = np.packbits(inside)  # 1 bit per parent event: what the figure shows as gated
             gating += clock() - tock
         tick = clock()
         for pop in self.strategy.populations:
@@ -965,7 +1003,7 @@ class _Evaluator:
         channels = {name: self.sample.channels[k] for name, k in self.channel_index.items() if name in named}
         timings = {"compensation": compensated - start, "transform": stacking, "gating": gating}
         ordered = {pop.name: masks[pop.name] for pop in self.strategy.populations}
-        return GatingResult(ordered, counts, n, channels, timings, self.columns, members)
+        return GatingResult(ordered, counts, n, channels, timings, self.columns, members, kept)
 
 
 def _matrix_output(matrix: SpectrumMatrix, channel: str) -> int | None:

@@ -143,21 +143,37 @@ def _is_scatter(channel: Any) -> bool:
 
 def _parent_values(result: Any, pop: Any, n_events: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Every k-th of the values the gate was evaluated on (its parent's events), which of them it kept, and the
-    parent's size. The values are the gating's own cached columns: nothing is transformed again."""
-    members = getattr(result, "members", {})
-    rows = members.get(pop.parent) if pop.parent else None
-    if pop.parent and rows is None:
-        rows = np.flatnonzero(result.masks[pop.parent])
+    parent's size. The values are the gating's own cached columns where it kept them (nothing is transformed
+    again), else those of the k-th events alone; membership is looked up for those events only."""
+    rows = _members(result, pop.parent) if pop.parent else None
     n_parent = n_events if rows is None else int(rows.size)
     step = max(1, -(-n_parent // _MAX_PLOT_EVENTS))
-    if rows is None:  # a root gate's columns hold every event: take every k-th only
-        rows = np.arange(0, n_events, step)
-        step = 1
+    chosen = np.arange(0, n_events, step) if rows is None else rows[::step]
     try:
-        values = np.asarray(result.values(pop.gate, rows))
+        values = np.asarray(result.values(pop.gate, rows, step=step))
     except TypeError:  # a result without row selection
-        values = np.asarray(result.values(pop.gate))[rows]
-    return values[::step], result.masks[pop.name][rows][::step], n_parent
+        values = np.asarray(result.values(pop.gate))[chosen]
+    kept_of = getattr(result, "kept_of", None)
+    inside = kept_of(pop.name, np.arange(0, n_parent, step)) if kept_of is not None else None
+    return values, _member_of(result, pop.name, chosen) if inside is None else inside, n_parent
+
+
+def _members(result: Any, name: str) -> np.ndarray:
+    """Sorted event indices of a population (the gating's own, else from its mask)."""
+    found = getattr(result, "members", {}).get(name)
+    return np.flatnonzero(result.masks[name]) if found is None else found
+
+
+def _member_of(result: Any, name: str, rows: np.ndarray) -> np.ndarray:
+    """Whether each of the (sorted) event indices ``rows`` is in population ``name``: a binary search in its sorted
+    members, so no full-length mask is built for a few thousand events."""
+    members = getattr(result, "members", {}).get(name)
+    if members is None:
+        return np.asarray(result.masks[name])[rows]
+    where = np.searchsorted(members, rows)
+    inside = where < members.size
+    inside[inside] = members[where[inside]] == rows[inside]
+    return inside
 
 
 def _panel_box(index: int) -> tuple[float, float]:
@@ -287,8 +303,7 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
         except TypeError:  # a result without row selection
             xy = np.asarray(result.values(scatter.gate))[every]
         # Every Treg event (every k-th above the cap) in red: a rare population must not vanish in the stride.
-        tregs = getattr(result, "members", {}).get(treg_name)
-        tregs = np.flatnonzero(result.masks[treg_name]) if tregs is None else tregs
+        tregs = _members(result, treg_name)
         n_treg = int(tregs.size)
         tregs = tregs[:: max(1, -(-n_treg // _MAX_PLOT_EVENTS))]
         try:
