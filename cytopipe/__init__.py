@@ -28,7 +28,7 @@ _EXPORTS = {
     "Hyperlog": "transforms",
     "Dimension": "gates", "Gate": "gates", "RectangleGate": "gates", "PolygonGate": "gates",
     "EllipsoidGate": "gates", "QuadrantGate": "gates", "BooleanGate": "gates", "Population": "gates",
-    "GatingStrategy": "gates", "GatingResult": "gates",
+    "GatingStrategy": "gates", "GatingResult": "evaluate",
     "load_gates": "gatefile", "load_strategy": "gatefile",
     "read_gatingml": "gatingml", "write_gatingml": "gatingml",
     "read_sample_sheet": "samplesheet",

@@ -1,0 +1,364 @@
+"""The gating engine: a :class:`GatingResult` from a strategy and a sample (:meth:`GatingStrategy.apply`).
+
+The gate models and the strategy live in :mod:`cytopipe.gates`; this module evaluates them. Children are gated
+only on their parent's events; each transformed column is computed once, on the rows a gate needs, and cached
+(:class:`_Column`). Large samples (at least :data:`LEAN_EVENTS` events) are gated a block of events at a time with
+nothing kept but each population's members (int32) and 1-bit verdicts: compensated and transformed values of a
+block are computed, gated and dropped, so a worker's memory stays close to the event data (the values are the
+same, bit for bit: the same products and transforms, on fewer rows at a time).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cytopipe.errors import GateError, MarkerError
+from cytopipe.gates import (
+    FCS,
+    UNCOMPENSATED,
+    AllEvents,
+    BooleanGate,
+    Dimension,
+    Gate,
+    GatingStrategy,
+    SpectrumMatrix,
+    _as_matrix,
+)
+
+__all__ = ["GatingResult", "LEAN_EVENTS", "evaluate"]
+
+#: Samples with at least this many events are gated block by block, keeping no per-event values (see module doc).
+LEAN_EVENTS = 1 << 21
+#: Events per block in that mode (and per compensation product on selected rows).
+BLOCK = 1 << 16
+
+
+def evaluate(strategy: GatingStrategy, sample: Any, spillover: Any = None, exact: bool = False) -> GatingResult:
+    """Gate ``sample`` with ``strategy`` (see :meth:`cytopipe.gates.GatingStrategy.apply`)."""
+    return _Evaluator(strategy, sample, spillover, exact).run()
+
+
+@dataclass(eq=False)
+class GatingResult:
+    """Per-population masks and counts for one sample.
+
+    Attributes
+    ----------
+    masks : dict of str to numpy.ndarray
+        Population -> ``(n_events,)`` bool membership (parent chain applied).
+    counts : dict of str to int
+        Population -> number of events.
+    n_events : int
+        Events in the sample.
+    channels : dict of str to str
+        Each channel name used by the gates -> the ``$PnN`` it resolved to in this sample.
+    timings : dict of str to float
+        Seconds spent per stage: ``compensation``, ``transform`` (of the rows each gate needs), ``gating``.
+    members : dict of str to numpy.ndarray
+        Population -> its sorted event indices. ``values(gate, members[parent])`` returns the values the gate was
+        evaluated on without computing or copying anything (what the gating figures draw).
+    kept : dict of str to numpy.ndarray
+        Population -> its gate's verdict on each event it was evaluated on (its parent's members, in order), packed
+        8 to a byte (:func:`numpy.packbits`); read with :meth:`kept_of`. Geometric gates only.
+    """
+
+    masks: dict[str, np.ndarray]
+    counts: dict[str, int]
+    n_events: int
+    channels: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    _columns: dict[Any, _Column] = field(default_factory=dict, repr=False)
+    members: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def kept_of(self, name: str, positions: np.ndarray) -> np.ndarray | None:
+        """Whether the gate of population ``name`` kept each of its parent's events at ``positions`` (indices into
+        the parent's members, or into all events for a root gate), or None when that was not recorded."""
+        bits = self.kept.get(name)
+        if bits is None:
+            return None
+        return ((bits[positions >> 3] >> (7 - (positions & 7)).astype(np.uint8)) & 1).astype(bool)
+
+    def values(self, gate: Gate, rows: np.ndarray | None = None, step: int = 1) -> np.ndarray:
+        """The ``(n_events, ndim)`` transformed values ``gate`` was evaluated on (cached columns, for plotting);
+        with ``rows`` (an index array) only those rows, computing no other.
+
+        ``step > 1``: every ``step``-th of those rows (``rows[::step]``), read from the cache when the rows were
+        computed, else computed for those rows alone and not kept (a figure's subsample of a large parent).
+        """
+        if isinstance(gate, BooleanGate):
+            chosen = None if rows is None and step == 1 else _every(rows, step, self.n_events)
+            return np.column_stack([self.masks[name] if chosen is None else self.masks[name][chosen]
+                                    for name in gate.operands])
+        columns = []
+        for dim in gate.dimensions:
+            column = self._columns.get(_column_key(dim))
+            if column is None:
+                raise GateError(f"gate '{gate.name}': dimension {dim.label} was not evaluated on this sample")
+            columns.append(column.get(rows) if step == 1 else column.peek(rows, step))
+        return np.column_stack(columns)
+
+
+def _every(rows: np.ndarray | None, step: int, n: int) -> np.ndarray:
+    return np.arange(0, n, step) if rows is None else rows[::step]
+
+
+class _Column:
+    """A transformed column filled on demand, a row subset at a time; rows are never computed twice.
+
+    Children are gated only on their parent's events, so most fluorescence columns are needed only on a small
+    subset; the remaining rows are filled if someone asks for the whole column (e.g. for a plot).
+    """
+
+    def __init__(self, n: int, dim: Dimension, raws: list[np.ndarray], dtype: type) -> None:
+        self.n = n
+        # The inputs, not a closure over the evaluator: a closure would form a reference cycle that keeps every
+        # compensated column (and the events) alive until the cyclic garbage collector happens to run.
+        self.dim = dim
+        self.raws = raws
+        self.dtype = dtype
+        self.values: np.ndarray | None = None  # full length once more than one row set was asked for
+        self.done: np.ndarray | None = None
+        self.first: tuple[np.ndarray, np.ndarray] | None = None  # (rows, values) of the only request so far
+        self.complete = False
+
+    def compute(self, rows: np.ndarray | None) -> np.ndarray:
+        """Transformed values of ``rows`` (an index array, or ``None`` for all rows)."""
+        dim = self.dim
+        parts = [r if rows is None else r[rows] for r in self.raws]
+        if dim.ratio is None and dim.transform is None:
+            return parts[0]
+        if dim.ratio is not None:
+            values = dim.ratio.apply(np.column_stack(parts).astype(self.dtype, copy=False))
+        else:
+            values = parts[0].astype(self.dtype, copy=False)
+        return dim.transform.apply(values) if dim.transform is not None else values
+
+    def peek(self, rows: np.ndarray | None, step: int) -> np.ndarray:
+        """Values of every ``step``-th of ``rows`` (``None`` = all rows): from the cache when it holds them, else
+        computed for those rows only and not kept."""
+        if self.complete:
+            assert self.values is not None
+            return self.values[::step] if rows is None else self.values[rows[::step]]
+        if self.first is not None and rows is not None and rows is self.first[0]:
+            return self.first[1][::step]
+        chosen = _every(rows, step, self.n)
+        if self.values is not None:
+            assert self.done is not None
+            if self.done[chosen].all():
+                return self.values[chosen]
+        return self.compute(chosen)
+
+    def get(self, rows: np.ndarray | None) -> np.ndarray:
+        if self.complete:
+            assert self.values is not None
+            return self.values if rows is None else self.values[rows]
+        if self.values is None and self.first is None:
+            fresh = self.compute(rows)
+            if rows is None:
+                self.values, self.complete = fresh, True
+            else:
+                self.first = (rows, fresh)  # the common case: one row set per column, kept without scatter
+            return fresh
+        if self.values is None:
+            assert self.first is not None
+            first_rows, first_values = self.first
+            if rows is not None and rows is first_rows:
+                return first_values
+            self.values = np.full(self.n, np.nan, dtype=first_values.dtype)
+            self.done = np.zeros(self.n, dtype=bool)
+            self.values[first_rows] = first_values
+            self.done[first_rows] = True
+            self.first = None
+        assert self.done is not None
+        missing = np.flatnonzero(~self.done) if rows is None else rows[~self.done[rows]]
+        if missing.size:
+            self.values[missing] = self.compute(missing)
+            self.done[missing] = True
+        if rows is None:
+            self.complete = True
+            return self.values
+        return self.values[rows]
+
+
+def _column_key(dim: Dimension) -> tuple:
+    return (dim.channels, dim.compensation, dim.ratio, dim.transform)
+
+
+class _Evaluator:
+    """One evaluation of a strategy on a sample (holds the per-sample caches)."""
+
+    def __init__(self, strategy: GatingStrategy, sample: Any, spillover: Any, exact: bool) -> None:
+        self.strategy = strategy
+        self.sample = sample
+        self.spillover = spillover
+        self.dtype = np.float64 if exact else np.float32
+        self.where = sample.path or "sample"
+        self.channel_index: dict[str, int] = {}
+        self.raw: dict[tuple[str, str], np.ndarray] = {}
+        self.columns: dict[tuple, _Column] = {}
+        self._fcs_matrix: SpectrumMatrix | None | bool = False
+
+    def find(self, name: str) -> int:
+        if name not in self.channel_index:
+            self.channel_index[name] = self.sample.find_channel(name)
+        return self.channel_index[name]
+
+    def fcs_matrix(self) -> SpectrumMatrix | None:
+        if self._fcs_matrix is False:
+            spill = self.spillover
+            if spill is None:
+                from cytopipe.compensate import spillover_from_metadata
+
+                spill = spillover_from_metadata(self.sample.metadata, self.sample.channels, path=self.sample.path)
+            self._fcs_matrix = None if spill is None else SpectrumMatrix.from_spillover(spill)
+        return self._fcs_matrix  # type: ignore[return-value]
+
+    def matrix(self, compensation: str) -> SpectrumMatrix | None:
+        if compensation == UNCOMPENSATED:
+            return None
+        if compensation == FCS:
+            return self.fcs_matrix()
+        return _as_matrix(self.strategy.matrices[compensation], compensation)
+
+    def matrix_output(self, matrix: SpectrumMatrix, channel: str) -> int | None:
+        """Which output of ``matrix`` a dimension's channel is, or None if the matrix does not compensate it.
+
+        A Gating-ML dimension names a matrix output directly (a fluorochrome such as ``Comp-PE``, or the detector
+        ``$PnN`` for a square spillover); a YAML gate may name a marker (``CD25``), resolved to its ``$PnN`` first.
+        """
+        k = _matrix_output(matrix, channel)
+        if k is None and channel not in matrix.fluorochromes:
+            try:
+                detector = self.sample.channels[self.find(channel)]
+            except MarkerError:
+                return None  # e.g. an output of another matrix; reported when the raw channel is looked up
+            k = _matrix_output(matrix, detector)
+        return k
+
+    def prepare_raw(self) -> None:
+        """Resolve channels and compensate every needed (channel, compensation) column in one product per matrix."""
+        needed: dict[str, list[str]] = {}
+        for pop in self.strategy.populations:
+            for dim in pop.gate.dimensions:
+                for channel in dim.channels:
+                    wanted = needed.setdefault(dim.compensation, [])
+                    if channel not in wanted:
+                        wanted.append(channel)
+        events = self.sample.events
+        for compensation, channels in needed.items():
+            matrix = self.matrix(compensation)
+            outputs: list[tuple[str, int]] = []
+            for channel in channels:
+                k = self.matrix_output(matrix, channel) if matrix is not None else None
+                if k is None:
+                    # Kept in the sample's precision: casting a column that is only compared loses information
+                    # for nothing; it is cast to the working precision where arithmetic starts (compute()).
+                    self.raw[(channel, compensation)] = events[:, self.find(channel)]
+                else:
+                    outputs.append((channel, k))
+            if outputs:
+                assert matrix is not None
+                detectors = [self.find(d) for d in matrix.detectors]
+                unmix = matrix.unmixing()[:, [k for _, k in outputs]].astype(self.dtype)
+                first = min(detectors)
+                if sorted(detectors) == list(range(first, first + len(detectors))):
+                    # Adjacent channels: read a slice (no gather), rows of U permuted to column order.
+                    raw = events[:, first:first + len(detectors)]
+                    permuted = np.empty_like(unmix)
+                    permuted[np.asarray(detectors) - first] = unmix
+                    unmix = permuted
+                else:
+                    raw = events[:, detectors]
+                # Channels-by-events layout: a GEMM (fast in BLAS even for 5 x 5 matrices, unlike a tall-skinny
+                # product) whose output rows are contiguous columns for later gathers. The transposed view of the
+                # events is already a column-major BLAS operand: copying it to C order would cost twice the GEMM.
+                operand = raw.T if raw.dtype == self.dtype else np.ascontiguousarray(raw.T, dtype=self.dtype)
+                block = unmix.T @ operand
+                for j, (channel, _) in enumerate(outputs):
+                    self.raw[(channel, compensation)] = block[j]
+
+    def column(self, dim: Dimension) -> _Column:
+        key = _column_key(dim)
+        column = self.columns.get(key)
+        if column is None:
+            raws = [self.raw[(c, dim.compensation)] for c in dim.channels]
+            column = self.columns[key] = _Column(self.sample.events.shape[0], dim, raws, self.dtype)
+        return column
+
+    def stack(self, dims: tuple[Dimension, ...], rows: np.ndarray | None) -> np.ndarray:
+        """``(n_rows, ndim)`` Fortran-ordered values, so each gate reads contiguous columns."""
+        parts = [self.column(dim).get(rows) for dim in dims]
+        if len(parts) == 1:
+            return parts[0].reshape(-1, 1)
+        out = np.empty((parts[0].shape[0], len(parts)), dtype=np.result_type(*parts), order="F")
+        for k, part in enumerate(parts):
+            out[:, k] = part
+        return out
+
+    def run(self) -> GatingResult:
+        clock = time.perf_counter
+        start = clock()
+        self.prepare_raw()
+        compensated = clock()
+        n = self.sample.events.shape[0]
+        members: dict[str, np.ndarray] = {}  # population -> sorted event indices
+        kept: dict[str, np.ndarray] = {}  # population -> its gate's verdict on each parent event, as bits
+        masks: dict[str, np.ndarray] = {}
+        stacking = 0.0
+
+        def full_mask(name: str) -> np.ndarray:
+            if name not in masks:
+                mask = np.zeros(n, dtype=bool)
+                mask[members[name]] = True
+                masks[name] = mask
+            return masks[name]
+
+        gating = 0.0
+        for pop in self.strategy.populations:
+            gate = pop.gate
+            rows = members[pop.parent] if pop.parent is not None else None
+            if isinstance(gate, BooleanGate):
+                tick = clock()
+                mask = gate.mask(np.column_stack([full_mask(name) for name in gate.operands]))
+                if pop.parent is not None:
+                    mask &= full_mask(pop.parent)
+                masks[pop.name] = mask
+                members[pop.name] = np.flatnonzero(mask)
+                gating += clock() - tick
+                continue
+            if isinstance(gate, AllEvents):
+                members[pop.name] = np.arange(n) if rows is None else rows
+                continue
+            tick = clock()
+            values = self.stack(gate.dimensions, rows)
+            tock = clock()
+            stacking += tock - tick
+            inside = gate.mask(values)
+            members[pop.name] = np.flatnonzero(inside) if rows is None else rows[inside]
+            kept[pop.name] = np.packbits(inside)  # 1 bit per parent event: what the figure shows as gated
+            gating += clock() - tock
+        tick = clock()
+        for pop in self.strategy.populations:
+            full_mask(pop.name)
+        gating += clock() - tick
+        counts = {pop.name: int(members[pop.name].size) for pop in self.strategy.populations}
+        named = {c for pop in self.strategy.populations for dim in pop.gate.dimensions for c in dim.channels}
+        channels = {name: self.sample.channels[k] for name, k in self.channel_index.items() if name in named}
+        timings = {"compensation": compensated - start, "transform": stacking, "gating": gating}
+        ordered = {pop.name: masks[pop.name] for pop in self.strategy.populations}
+        return GatingResult(ordered, counts, n, channels, timings, self.columns, members, kept)
+
+
+def _matrix_output(matrix: SpectrumMatrix, channel: str) -> int | None:
+    """Index of ``channel`` among a matrix's outputs (exact, then case-insensitive), or None if not compensated."""
+    if channel in matrix.fluorochromes:
+        return matrix.fluorochromes.index(channel)
+    lowered = [f.lower() for f in matrix.fluorochromes]
+    if lowered.count(channel.lower()) == 1:
+        return lowered.index(channel.lower())
+    return None
