@@ -11,6 +11,7 @@ same, bit for bit: the same products and transforms, on fewer rows at a time).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,9 @@ class GatingResult:
 
     Attributes
     ----------
-    masks : dict of str to numpy.ndarray
-        Population -> ``(n_events,)`` bool membership (parent chain applied).
+    masks : mapping of str to numpy.ndarray
+        Population -> ``(n_events,)`` bool membership (parent chain applied); from :meth:`GatingStrategy.apply`
+        each is built from ``members`` when asked for (a fresh array; none is kept).
     counts : dict of str to int
         Population -> number of events.
     n_events : int
@@ -66,7 +68,7 @@ class GatingResult:
         8 to a byte (:func:`numpy.packbits`); read with :meth:`kept_of`. Geometric gates only.
     """
 
-    masks: dict[str, np.ndarray]
+    masks: Mapping[str, np.ndarray]
     counts: dict[str, int]
     n_events: int
     channels: dict[str, str] = field(default_factory=dict)
@@ -114,8 +116,9 @@ class _Column:
     subset; the remaining rows are filled if someone asks for the whole column (e.g. for a plot).
     """
 
-    def __init__(self, n: int, dim: Dimension, raws: list[np.ndarray], dtype: type) -> None:
+    def __init__(self, n: int, dim: Dimension, raws: list[Any], dtype: type, keep: bool = True) -> None:
         self.n = n
+        self.keep = keep  # False (large samples): every request is computed for its rows and nothing is kept
         # The inputs, not a closure over the evaluator: a closure would form a reference cycle that keeps every
         # compensated column (and the events) alive until the cyclic garbage collector happens to run.
         self.dim = dim
@@ -129,7 +132,7 @@ class _Column:
     def compute(self, rows: np.ndarray | None) -> np.ndarray:
         """Transformed values of ``rows`` (an index array, or ``None`` for all rows)."""
         dim = self.dim
-        parts = [r if rows is None else r[rows] for r in self.raws]
+        parts = [_rows_of(r, rows) for r in self.raws]
         if dim.ratio is None and dim.transform is None:
             return parts[0]
         if dim.ratio is not None:
@@ -154,6 +157,8 @@ class _Column:
         return self.compute(chosen)
 
     def get(self, rows: np.ndarray | None) -> np.ndarray:
+        if not self.keep:
+            return self.compute(rows)
         if self.complete:
             assert self.values is not None
             return self.values if rows is None else self.values[rows]
@@ -185,6 +190,92 @@ class _Column:
         return self.values[rows]
 
 
+def _rows_of(raw: Any, rows: np.ndarray | slice | None) -> np.ndarray:
+    """``rows`` (an index array, a slice of events or None for all) of a raw column: a column of the events or a
+    compensated output computed on demand (:class:`_Compensated`)."""
+    if isinstance(raw, _Compensated):
+        return raw.take(rows)
+    return raw if rows is None else raw[rows]
+
+
+class _Compensation:
+    """One matrix's compensated outputs computed on demand for a set of rows (large samples).
+
+    Each request computes the same product as the whole-sample path, ``unmix.T @ raw.T``, on the requested rows
+    only, at most :data:`BLOCK` at a time: the same arithmetic per event (BLAS computes each output element from
+    the same products in the same order whatever the number of columns), without ever holding every event's
+    compensated values. The product of the last row set is kept, so the dimensions of one gate share it.
+    """
+
+    def __init__(self, events: np.ndarray, detectors: slice | list[int], unmix_t: np.ndarray, dtype: type) -> None:
+        self.events = events
+        self.detectors = detectors
+        self.unmix_t = unmix_t
+        self.dtype = dtype
+        self.last: tuple[Any, np.ndarray] | None = None
+
+    def product(self, rows: np.ndarray | slice) -> np.ndarray:
+        """``(n_outputs, len(rows))`` compensated values of at most :data:`BLOCK` rows."""
+        if self.last is not None and self.last[0] is rows:
+            return self.last[1]
+        if isinstance(self.detectors, slice):
+            raw = self.events[rows, self.detectors]
+        else:
+            raw = self.events[rows][:, self.detectors] if isinstance(rows, slice) \
+                else self.events[np.ix_(rows, self.detectors)]
+        operand = raw.T if raw.dtype == self.dtype else np.ascontiguousarray(raw.T, dtype=self.dtype)
+        block = self.unmix_t @ operand
+        self.last = (rows, block)
+        return block
+
+
+class _Compensated:
+    """Output ``index`` of a :class:`_Compensation`, as a raw column that computes the rows it is asked for."""
+
+    def __init__(self, compensation: _Compensation, index: int) -> None:
+        self.compensation = compensation
+        self.index = index
+
+    def take(self, rows: np.ndarray | slice | None) -> np.ndarray:
+        n = self.compensation.events.shape[0]
+        if rows is None:
+            rows = slice(0, n)
+        size = len(range(*rows.indices(n))) if isinstance(rows, slice) else rows.size
+        if size <= BLOCK:
+            return self.compensation.product(rows)[self.index]
+        out = np.empty(size, dtype=self.compensation.dtype)
+        start = rows.indices(n)[0] if isinstance(rows, slice) else 0
+        for b0 in range(0, size, BLOCK):
+            b1 = min(b0 + BLOCK, size)
+            part = slice(start + b0, start + b1) if isinstance(rows, slice) else rows[b0:b1]
+            out[b0:b1] = self.compensation.product(part)[self.index]
+        return out
+
+
+class _Masks(Mapping):
+    """Population -> ``(n_events,)`` bool membership, built from the members on each access: nothing is kept, so
+    a result holds its populations as sorted indices only."""
+
+    def __init__(self, members: dict[str, np.ndarray], n: int, names: list[str]) -> None:
+        self._members = members
+        self._n = n
+        self._names = names
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        mask = np.zeros(self._n, dtype=bool)
+        mask[self._members[name]] = True
+        return mask
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def _column_key(dim: Dimension) -> tuple:
     return (dim.channels, dim.compensation, dim.ratio, dim.transform)
 
@@ -202,6 +293,11 @@ class _Evaluator:
         self.raw: dict[tuple[str, str], np.ndarray] = {}
         self.columns: dict[tuple, _Column] = {}
         self._fcs_matrix: SpectrumMatrix | None | bool = False
+        self.stacking = 0.0  # seconds spent computing the values gates read
+        n = sample.events.shape[0]
+        # Read at call time, so a test may lower it. Exact (float64) evaluation always takes the whole-sample path.
+        self.lean = not exact and n >= LEAN_EVENTS
+        self.index_type = np.int32 if self.lean and n < 2**31 else np.intp
 
     def find(self, name: str) -> int:
         if name not in self.channel_index:
@@ -266,14 +362,19 @@ class _Evaluator:
                 detectors = [self.find(d) for d in matrix.detectors]
                 unmix = matrix.unmixing()[:, [k for _, k in outputs]].astype(self.dtype)
                 first = min(detectors)
-                if sorted(detectors) == list(range(first, first + len(detectors))):
+                adjacent = sorted(detectors) == list(range(first, first + len(detectors)))
+                if adjacent:
                     # Adjacent channels: read a slice (no gather), rows of U permuted to column order.
-                    raw = events[:, first:first + len(detectors)]
                     permuted = np.empty_like(unmix)
                     permuted[np.asarray(detectors) - first] = unmix
                     unmix = permuted
-                else:
-                    raw = events[:, detectors]
+                if self.lean:  # computed on the rows each gate needs, a block at a time
+                    where = slice(first, first + len(detectors)) if adjacent else detectors
+                    lazy = _Compensation(events, where, np.ascontiguousarray(unmix.T), self.dtype)
+                    for j, (channel, _) in enumerate(outputs):
+                        self.raw[(channel, compensation)] = _Compensated(lazy, j)
+                    continue
+                raw = events[:, first:first + len(detectors)] if adjacent else events[:, detectors]
                 # Channels-by-events layout: a GEMM (fast in BLAS even for 5 x 5 matrices, unlike a tall-skinny
                 # product) whose output rows are contiguous columns for later gathers. The transposed view of the
                 # events is already a column-major BLAS operand: copying it to C order would cost twice the GEMM.
@@ -287,18 +388,44 @@ class _Evaluator:
         column = self.columns.get(key)
         if column is None:
             raws = [self.raw[(c, dim.compensation)] for c in dim.channels]
-            column = self.columns[key] = _Column(self.sample.events.shape[0], dim, raws, self.dtype)
+            column = self.columns[key] = _Column(self.sample.events.shape[0], dim, raws, self.dtype,
+                                                 keep=not self.lean)
         return column
 
-    def stack(self, dims: tuple[Dimension, ...], rows: np.ndarray | None) -> np.ndarray:
+    def stack(self, dims: tuple[Dimension, ...], rows: np.ndarray | slice | None) -> np.ndarray:
         """``(n_rows, ndim)`` Fortran-ordered values, so each gate reads contiguous columns."""
+        tick = time.perf_counter()
         parts = [self.column(dim).get(rows) for dim in dims]
         if len(parts) == 1:
-            return parts[0].reshape(-1, 1)
-        out = np.empty((parts[0].shape[0], len(parts)), dtype=np.result_type(*parts), order="F")
-        for k, part in enumerate(parts):
-            out[:, k] = part
+            out = parts[0].reshape(-1, 1)
+        else:
+            out = np.empty((parts[0].shape[0], len(parts)), dtype=np.result_type(*parts), order="F")
+            for k, part in enumerate(parts):
+                out[:, k] = part
+        self.stacking += time.perf_counter() - tick
         return out
+
+    def verdict(self, gate: Gate, rows: np.ndarray | None) -> np.ndarray:
+        """The gate's mask over ``rows`` (its parent's events; None = all events). Large samples: a block of rows
+        at a time, the block's values computed, gated and dropped (gates decide each event on its own values)."""
+        size = self.sample.events.shape[0] if rows is None else rows.size
+        if not self.lean or size <= BLOCK:
+            return gate.mask(self.stack(gate.dimensions, rows))
+        inside = np.empty(size, dtype=bool)
+        for b0 in range(0, size, BLOCK):
+            b1 = min(b0 + BLOCK, size)
+            part = slice(b0, b1) if rows is None else rows[b0:b1]  # one object: the dimensions share its product
+            inside[b0:b1] = gate.mask(self.stack(gate.dimensions, part))
+        return inside
+
+    def selected(self, inside: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """Sorted indices of the events ``inside`` marks (over ``rows``, or over all events)."""
+        if rows is not None:
+            return rows[inside]
+        if self.index_type is np.intp:
+            return np.flatnonzero(inside)
+        return np.concatenate([np.flatnonzero(inside[b0:b0 + BLOCK * 16]).astype(self.index_type) + b0
+                               for b0 in range(0, inside.size, BLOCK * 16)] or [np.empty(0, self.index_type)])
 
     def run(self) -> GatingResult:
         clock = time.perf_counter
@@ -308,8 +435,7 @@ class _Evaluator:
         n = self.sample.events.shape[0]
         members: dict[str, np.ndarray] = {}  # population -> sorted event indices
         kept: dict[str, np.ndarray] = {}  # population -> its gate's verdict on each parent event, as bits
-        masks: dict[str, np.ndarray] = {}
-        stacking = 0.0
+        masks: dict[str, np.ndarray] = {}  # full-length masks of Boolean gates' operands, during evaluation only
 
         def full_mask(name: str) -> np.ndarray:
             if name not in masks:
@@ -328,30 +454,24 @@ class _Evaluator:
                 if pop.parent is not None:
                     mask &= full_mask(pop.parent)
                 masks[pop.name] = mask
-                members[pop.name] = np.flatnonzero(mask)
+                members[pop.name] = self.selected(mask, None)
                 gating += clock() - tick
                 continue
             if isinstance(gate, AllEvents):
-                members[pop.name] = np.arange(n) if rows is None else rows
+                members[pop.name] = np.arange(n, dtype=self.index_type) if rows is None else rows
                 continue
             tick = clock()
-            values = self.stack(gate.dimensions, rows)
-            tock = clock()
-            stacking += tock - tick
-            inside = gate.mask(values)
-            members[pop.name] = np.flatnonzero(inside) if rows is None else rows[inside]
+            inside = self.verdict(gate, rows)
+            members[pop.name] = self.selected(inside, rows)
             kept[pop.name] = np.packbits(inside)  # 1 bit per parent event: what the figure shows as gated
-            gating += clock() - tock
-        tick = clock()
-        for pop in self.strategy.populations:
-            full_mask(pop.name)
-        gating += clock() - tick
+            gating += clock() - tick
+        masks.clear()
         counts = {pop.name: int(members[pop.name].size) for pop in self.strategy.populations}
         named = {c for pop in self.strategy.populations for dim in pop.gate.dimensions for c in dim.channels}
         channels = {name: self.sample.channels[k] for name, k in self.channel_index.items() if name in named}
-        timings = {"compensation": compensated - start, "transform": stacking, "gating": gating}
-        ordered = {pop.name: masks[pop.name] for pop in self.strategy.populations}
-        return GatingResult(ordered, counts, n, channels, timings, self.columns, members, kept)
+        timings = {"compensation": compensated - start, "transform": self.stacking, "gating": gating - self.stacking}
+        masks_of = _Masks(members, n, [pop.name for pop in self.strategy.populations])
+        return GatingResult(masks_of, counts, n, channels, timings, self.columns, members, kept)
 
 
 def _matrix_output(matrix: SpectrumMatrix, channel: str) -> int | None:

@@ -51,8 +51,9 @@ def _median(sample: Any, marker: str, rows: np.ndarray) -> float | None:
         column = sample.events[:, sample.find_channel(marker)]
     except MarkerError:
         return None
-    # A gather by sorted event indices: cheaper than boolean indexing of a strided column.
-    return _median_of(column.take(rows)) if rows.size >= 50 else None
+    # A gather by sorted event indices: cheaper than boolean indexing of a strided column (and than take(), which
+    # would first copy int32 indices to intp).
+    return _median_of(column[rows]) if rows.size >= 50 else None
 
 
 #: From this many values on, :func:`_median_of` selects the middle from a band around a sampled median.
@@ -139,8 +140,13 @@ def reference_medians(sample: Any, result: Any, strategy: Any, cd4: str | None) 
 
     wanted: list[tuple[str, str, np.ndarray]] = [("CD4 T", "CD4", rows(cd4))]
     if len(chain) > 1 and chain[1] in masks:
-        not_cd4 = np.flatnonzero(masks[chain[1]] & ~masks[cd4])
-        wanted += [("CD8 T", "CD8", not_cd4), ("T cells", "CD3", rows(chain[1]))]
+        t_cells = rows(chain[1])
+        verdict = (getattr(result, "kept", None) or {}).get(cd4)
+        if verdict is not None and chain[1] in members:  # the CD4 gate's own verdict on each T cell (its parent)
+            not_cd4 = t_cells[~np.unpackbits(verdict, count=t_cells.size).view(bool)]
+        else:
+            not_cd4 = np.flatnonzero(masks[chain[1]] & ~masks[cd4])
+        wanted += [("CD8 T", "CD8", not_cd4), ("T cells", "CD3", t_cells)]
     if len(chain) > 2 and chain[-1] in masks:
         wanted += [("lymphocytes", channel, rows(chain[-1])) for channel in _SCATTER]
     out = {}
