@@ -13,15 +13,17 @@ that already imported :mod:`cytopipe.report`, bytecode cached):
 ==============================================  ===============  ==================  ===================  =========
                                                 this package     reportlab 5.1       Chromium (before)    fpdf2
 ==============================================  ===============  ==================  ===================  =========
-import (marginal), CPU                          2.7 ms           25-29 ms            a process            270 ms
-bundled study, 2 subjects / 12 samples, wall    11 ms (7 CPU)    35 ms (27 CPU)      1,398 ms (545 CPU)   --
-84 subjects / 500 samples (90 pages), wall      106 ms (90 CPU)  437 ms (430 CPU)    3,628 ms (848 CPU)   --
+import (marginal), CPU                          2.5-2.9 ms       23-29 ms            a process            270 ms
+bundled study, 2 subjects / 12 samples, wall    7-11 ms (7 CPU)  35-45 ms (27 CPU)   1.3-1.4 s (0.5 CPU)  --
+84 subjects / 500 samples (90 pages), wall      106-147 ms       440-610 ms          3.6-4.0 s            --
+  (CPU)                                         (86-90 ms)       (410-430 ms)        (0.82-0.85 s)
 ==============================================  ===============  ==================  ===================  =========
 
-The reportlab column draws the same layout through its canvas (text objects, rectangles, lines; the figures'
-path operators appended as they are), a lower bound of a reportlab implementation. The run's budget for the PDF is
-a few tens of milliseconds: fpdf2's import alone is ten times that, reportlab's import is most of it and its calls
-cost 4-5x these for the same page content.
+Chromium's column is start + print + stop; printing alone, with Chromium started seconds earlier (as runs did while
+their workers gated), took 0.40 s and 3.3 s wall. The reportlab column draws the same layout through its canvas
+(text objects, rectangles, lines; the figures' path operators appended as they are), a lower bound of a reportlab
+implementation. The run's budget for the PDF is a few tens of milliseconds: fpdf2's import alone is ten times that,
+reportlab's import is most of it and its calls cost 4-5x these for the same page content.
 
 Text outside WinAnsiEncoding (CJK, emoji, right-to-left scripts, control characters) is never dropped: it is written
 as ``<U+XXXX>`` codes with a notice under the title naming them (:func:`render_pdf` returns them; report.html shows
@@ -29,6 +31,7 @@ them as written; ``cytopipe report --pdf-engine chromium`` prints the HTML with 
 when the machine has fonts for them, and drops or boxes them when it has not: on this machine, without CJK fonts,
 Chromium's PDF lost a CJK character from its text). Embedding a font that covers every script (CJK alone is tens of
 MB) would cost far more than the run's budget.
+
 The output has no date (no ``/CreationDate``, no rendering time in the text): the same results give identical bytes.
 """
 
