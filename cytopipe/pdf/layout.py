@@ -113,37 +113,52 @@ class Writer:
 
     # ------------------------------------------------------------------------------------------ tables
 
-    def _column_widths(self, table: Table, pad: float) -> list[float]:
-        n = len(table.header)
-        cells = [table.header, *table.rows]
-        natural = [max(font_width(r[i].text, r[i].font, table.size) for r in cells) + 2 * pad for i in range(n)]
-        longest = [max(max((font_width(w, r[i].font, table.size) for w in r[i].text.split(" ")), default=0.0)
-                       for r in cells) + 2 * pad for i in range(n)]
+    def _column_widths(self, table: Table, pad: float) -> list[float] | None:
+        """Column widths at the table's font size, like a browser's automatic table layout; None when the longest
+        words of the body cells do not fit the width at that size (the caller tries a smaller font)."""
+        n, size = len(table.header), table.size
+
+        def longest_word(cell: Cell) -> float:
+            return max((font_width(w, cell.font, size) for w in cell.text.split(" ")), default=0.0) + 2 * pad
+
+        natural = [max(font_width(r[i].text, r[i].font, size) for r in [table.header, *table.rows]) + 2 * pad
+                   for i in range(n)]
+        floor = [max((longest_word(r[i]) for r in table.rows), default=2 * pad) for i in range(n)]
+        if sum(floor) > self.width:
+            return None if size > 5.0 else [w * self.width / sum(floor) for w in floor]
+        with_header = [max(f, longest_word(h)) for f, h in zip(floor, table.header, strict=True)]
+        if sum(with_header) <= self.width:  # headers break between words only, when there is room for that
+            floor = with_header
         if sum(natural) <= self.width:  # everything on one line: share the spare width like an HTML table
             extra = self.width - sum(natural)
-            total = sum(natural) or 1.0
-            return [w + extra * w / total for w in natural]
-        if sum(longest) > self.width:  # even single words do not fit: shrink (words are broken)
-            return [w * self.width / sum(longest) for w in longest]
-        # Like a browser's automatic table layout: columns narrower than a fair share keep their natural width,
-        # the others share what is left in proportion to their natural width (never below their longest word).
+            return [w + extra * w / sum(natural) for w in natural]
+        # Columns narrower than a fair share keep their natural width; the others share the rest in proportion
+        # to their natural width, never below their floor.
         widths: dict[int, float] = {}
         left = sorted(range(n), key=natural.__getitem__)
         while left and natural[left[0]] <= (self.width - sum(widths.values())) / len(left):
             widths[left[0]] = natural[left[0]]
             left.pop(0)
         rest = self.width - sum(widths.values())
-        total = sum(natural[i] for i in left) or 1.0
-        for i in left:
-            widths[i] = max(longest[i], rest * natural[i] / total)
-        scale = min(1.0, self.width / sum(widths.values()))
-        return [widths[i] * scale for i in range(n)]
+        if rest >= sum(floor[i] for i in left):
+            want = sum(natural[i] - floor[i] for i in left) or 1.0
+            extra = rest - sum(floor[i] for i in left)
+            for i in left:
+                widths[i] = floor[i] + extra * (natural[i] - floor[i]) / want
+            return [widths[i] for i in range(n)]
+        want = sum(natural[i] - floor[i] for i in range(n)) or 1.0  # every column from its floor
+        extra = self.width - sum(floor)
+        return [floor[i] + extra * (natural[i] - floor[i]) / want for i in range(n)]
 
     def measure(self, table: Table) -> dict[str, Any]:
         """Column widths, wrapped lines and row heights of a table (``height``: all of it on one page)."""
-        pad, size = 3.0, table.size
-        lead = size * 1.25
+        pad = 3.0
         widths = self._column_widths(table, pad)
+        while widths is None:  # a wide table: a smaller font rather than numbers broken across lines
+            table.size -= 0.5
+            widths = self._column_widths(table, pad)
+        size = table.size
+        lead = size * 1.25
 
         def lines_of(row: list[Cell]) -> list[list[str]]:
             return [wrap(c.text, w - 2 * pad, c.font, size) for c, w in zip(row, widths, strict=True)]
