@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cytopipe.errors import ConfigError
@@ -144,8 +144,10 @@ def _pool_context(drawing: bool) -> Any:
     return context
 
 
-def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
-    """Process tasks in a pool of ``workers`` processes; yields results as they finish.
+def _run_pool(tasks: list[SampleTask], workers: int, idle: Callable[[], None] | None = None
+              ) -> Iterator[SampleResult]:
+    """Process tasks in a pool of ``workers`` processes; yields results as they finish (``idle`` is called once
+    the first tasks are submitted, while this process would only wait).
 
     A worker that dies (e.g. killed for memory) breaks the pool; the unfinished tasks are retried once in a fresh
     pool and those lost again become failures, so one pathological file cannot sink the batch.
@@ -164,6 +166,9 @@ def _run_pool(tasks: list[SampleTask], workers: int) -> Iterator[SampleResult]:
                                    initializer=_limit_threads)
         try:
             futures = {pool.submit(process_one, task): task for task in pending}
+            if idle is not None:
+                idle()
+                idle = None
             for future in as_completed(futures):
                 try:
                     yield future.result()
@@ -191,8 +196,10 @@ def _lost(task: SampleTask, reason: str) -> SampleResult:
                                                "reason": reason})
 
 
-def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -> Iterator[SampleResult]:
-    """Process tasks on an existing Dask distributed cluster; yields results as they finish.
+def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0,
+              idle: Callable[[], None] | None = None) -> Iterator[SampleResult]:
+    """Process tasks on an existing Dask distributed cluster; yields results as they finish (``idle`` is called
+    once they are submitted).
 
     Raises
     ------
@@ -211,6 +218,8 @@ def _run_dask(tasks: list[SampleTask], scheduler: str, timeout: float = 300.0) -
         raise ConfigError(f"cannot connect to the Dask scheduler at {scheduler}: {first}") from None
     try:
         futures = client.map(process_one, tasks, pure=False)
+        if idle is not None:
+            idle()
         owner = {f.key: t for f, t in zip(futures, tasks, strict=True)}
         waiting = list(futures)
         alone_since: float | None = None  # when the cluster was last seen without a worker

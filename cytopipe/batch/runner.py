@@ -10,9 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
-
-import pandas as pd
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from cytopipe.errors import ConfigError, CytopipeError, GateError
 from cytopipe.fcs import SCALES
@@ -38,6 +36,9 @@ from .tables import (
     _write_tables,
     _write_workspace,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Seconds a Dask cluster may have no worker before a run gives up (``--scheduler-timeout``).
 DEFAULT_SCHEDULER_TIMEOUT = 300.0
@@ -80,7 +81,22 @@ class RunResult:
     n_events: int = 0
 
 
-def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str, tuple[tuple[str, str], ...]],
+class SheetRow(NamedTuple):
+    """The columns of a sample sheet row that plan the run (see :func:`cytopipe.samplesheet.read_sample_sheet`)."""
+
+    sample: str
+    file: str
+    subject: str
+    timepoint: str
+    day: float
+    baseline: bool
+    role: str
+    spillover: str
+    panel: str
+    pregated: str
+
+
+def _fit_shared_scopes(strategy: Any, samples: list[SheetRow], controls: dict[str, tuple[tuple[str, str], ...]],
                        spillover_for: Callable[[Any, str], Any], report: Progress,
                        panels: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict], dict[str, str]]:
     """Fit ``subject`` / ``baseline`` scope gates per subject on this machine.
@@ -90,7 +106,7 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
     strategy
         The gate file's strategy.
     samples
-        The sheet's ``role == "sample"`` rows.
+        The sheet's ``role == "sample"`` rows (to fit), in sheet order.
     controls
         Per subject, ``(role, file)`` of its control tubes.
     spillover_for
@@ -120,18 +136,20 @@ def _fit_shared_scopes(strategy: Any, samples: pd.DataFrame, controls: dict[str,
     fitted: dict[str, Any] = {}
     rows: list[dict] = []
     failed: dict[str, str] = {}
-    for subject, group in samples.groupby("subject", sort=True):
+    by_subject: dict[str, list[SheetRow]] = {}
+    for rec in samples:
+        by_subject.setdefault(rec.subject, []).append(rec)
+    for subject in sorted(by_subject):
+        group = by_subject[subject]
         # subject scope pools the subject's samples; baseline scope fits on its baseline sample alone.
-        chosen = group if "subject" in scopes else group[group["baseline"]]
-        flags = list(chosen["baseline"])
+        chosen = group if "subject" in scopes else [rec for rec in group if rec.baseline]
+        flags = [rec.baseline for rec in chosen]
         report.log(f"fitting {'/'.join(sorted(scopes))}-scope gates of subject {subject} on {len(chosen)} sample(s)")
         try:
             if "baseline" in scopes and True not in flags:
                 raise GateError(f"subject {subject} has no baseline sample to fit baseline-scope gates on")
-            loaded = [read_sample(rec.file, panels.get(rec.file), scale=strategy.scale)
-                      for rec in chosen.itertuples(index=False)]
-            spills = [spillover_for(sample, rec.spillover)
-                      for sample, rec in zip(loaded, chosen.itertuples(index=False), strict=True)]
+            loaded = [read_sample(rec.file, panels.get(rec.file), scale=strategy.scale) for rec in chosen]
+            spills = [spillover_for(sample, rec.spillover) for sample, rec in zip(loaded, chosen, strict=True)]
             tubes = {role: read_sample(path, panels.get(path), scale=strategy.scale)
                      for role, path in controls.get(subject, ())} or None
             resolved, _ = resolve_optional(strategy, loaded[0]) if loaded else (strategy, [])
@@ -226,7 +244,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     """
     from cytopipe.bundled import find_gate_file
     from cytopipe.gatefile import load_strategy
-    from cytopipe.samplesheet import read_sample_sheet
+    from cytopipe.samplesheet import read_sample_rows, sheet_frame
 
     started = time.perf_counter()
     stream = stream if stream is not None else sys.stderr
@@ -246,7 +264,9 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         raise ConfigError(f"--plots must be all, none or flagged (got {plots!r})")
     if scheduler is None and (workers or os.cpu_count() or 1) > 1:
         _pool_context(mode == "all")  # warm the worker processes' imports while this process does the set-up
-    table = read_sample_sheet(sheet)
+    # The sheet as plain rows: pandas (~0.3 s to import) is imported while the workers gate, not before.
+    sheet_rows, sheet_columns = read_sample_rows(sheet)
+    records = [SheetRow(*(row[name] for name in SheetRow._fields)) for row in sheet_rows]
     from cytopipe.adapt import pregate
     from cytopipe.panel import read_panel
 
@@ -254,12 +274,12 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     gates = find_gate_file(gates)  # the manifest records the file a strategy's name stands for
     own = wsp_sample == "own"  # FlowJo workspace: every file gated with its own sample's tree
     strategy = pregate(load_strategy(gates, None if own else wsp_sample), pregated, where=str(gates))
-    samples = table[table["role"] == "sample"].reset_index(drop=True)
+    samples = [rec for rec in records if rec.role == "sample"]
     trees: dict[str, Any] = {}
     if own:
         from cytopipe.flowjo import own_strategies
 
-        trees = own_strategies(gates, list(samples["file"]))
+        trees = own_strategies(gates, [rec.file for rec in samples])
         # Treg and parent names are resolved on the first file's own tree.
         strategy = next((pregate(t, pregated, where=str(gates)) for t in trees.values() if not isinstance(t, str)),
                         strategy)
@@ -282,7 +302,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     cache = ResultCache(out / CACHE_DIR)
     spill_path = str(Path(spillover).resolve()) if spillover is not None else None
     plots_dir = str((out / "plots").resolve()) if mode == "all" else None
-    tasks, settings, client_fitted = _plan(strategy, table, treg_name, parent_name, spill_path, plots_dir, log,
+    tasks, settings, client_fitted = _plan(strategy, records, treg_name, parent_name, spill_path, plots_dir, log,
                                            panel_file, pregated)
     if own:
         tasks = [replace(task, strategy=pregate(trees[task.file], pregated, where=str(gates)))
@@ -303,10 +323,15 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if todo:
         where = f"on {scheduler}" if scheduler else f"{min(n_workers, len(todo))} worker(s)"
         log.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache; {where}")
-    for result in _execute(todo, cache, n_workers, scheduler, scheduler_timeout):
+    for result in _execute(todo, cache, n_workers, scheduler, scheduler_timeout,
+                           idle=lambda: _prepare_outputs(report)):
         results.append(result)
         log.sample(result)
     log.finish()
+
+    import pandas as pd
+
+    table = sheet_frame(sheet_rows, sheet_columns)
 
     tables = _tables(results, strategy, table)
     if client_fitted:
@@ -346,7 +371,16 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
                      cached=cached, elapsed=elapsed, n_events=sum(r.n_events for r in results if not r.cached))
 
 
-def _row_settings(table: pd.DataFrame, strategy: Any, treg: str, parent: str | None, panel: Any,
+def _prepare_outputs(report: bool) -> None:
+    """Import what the tables and the report need while the workers gate (the client is idle then): pandas,
+    and Jinja2 with the report's modules."""
+    import pandas  # noqa: F401
+
+    if report:
+        import cytopipe.report  # noqa: F401
+
+
+def _row_settings(records: list[SheetRow], strategy: Any, treg: str, parent: str | None, panel: Any,
                   pregated: str | None) -> tuple[dict[str, Any], dict[str, tuple[str, str]], dict[str, Any]]:
     """Per sheet row: the panel to read the file with, a reason the row cannot run, the row's strategy.
 
@@ -366,7 +400,7 @@ def _row_settings(table: pd.DataFrame, strategy: Any, treg: str, parent: str | N
     problems: dict[str, tuple[str, str]] = {}
     strategies: dict[str, Any] = {}
     by_value: dict[str, Any] = {}
-    for rec in table.itertuples(index=False):
+    for rec in records:
         if rec.panel:
             if rec.panel not in read:
                 try:
@@ -418,7 +452,7 @@ def _draw_flagged(baseline: pd.DataFrame, tasks: list[SampleTask], settings: lis
             pass
 
 
-def _check_markers(strategy: Any, gates: str | os.PathLike, samples: pd.DataFrame, panel: Any) -> None:
+def _check_markers(strategy: Any, gates: str | os.PathLike, samples: list[SheetRow], panel: Any) -> None:
     """Stop before any work when the gates name a marker that no file of the study has (a typo such as CD52 for
     CD25 would otherwise fail every sample, one by one).
 
@@ -433,8 +467,7 @@ def _check_markers(strategy: Any, gates: str | os.PathLike, samples: pd.DataFram
     from cytopipe.gatefile import strategy_marker_problems
     from cytopipe.panel import read_sample
 
-    rows = [rec for rec in samples.itertuples(index=False) if Path(rec.file).is_file()
-            and not (getattr(rec, "panel", "") or getattr(rec, "pregated", ""))]
+    rows = [rec for rec in samples if Path(rec.file).is_file() and not (rec.panel or rec.pregated)]
     spread = sorted({round(i * (len(rows) - 1) / max(_MARKER_PROBES - 1, 1)) for i in range(_MARKER_PROBES)})
     first_problems: tuple[str, list[str]] | None = None
     for index in spread if rows else ():
@@ -458,7 +491,7 @@ def _check_markers(strategy: Any, gates: str | os.PathLike, samples: pd.DataFram
 _MARKER_PROBES = 8  # files read before a missing marker stops the run
 
 
-def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spill_path: str | None,
+def _plan(strategy: Any, records: list[SheetRow], treg: str, parent: str | None, spill_path: str | None,
           plots_dir: str | None, log: Progress, panel: Any = None, pregated: str | None = None
           ) -> tuple[list[SampleTask], list[str], list[dict]]:
     """One task per sample (after fitting shared-scope gates), its cache settings and the client-fitted rows."""
@@ -467,24 +500,23 @@ def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spi
     def spillover_for(sample: Any, row_spillover: str) -> Any:
         return choose_spillover(sample, strategy, row_spillover or spill_path)
 
-    panels, problems, row_strategy = _row_settings(table, strategy, treg, parent, panel, pregated)
-    samples = table[table["role"] == "sample"]
+    panels, problems, row_strategy = _row_settings(records, strategy, treg, parent, panel, pregated)
+    samples = [rec for rec in records if rec.role == "sample"]
     controls: dict[str, tuple[tuple[str, str], ...]] = {}
-    for rec in table[table["role"] != "sample"].itertuples(index=False):
-        if rec.sample not in problems:
+    for rec in records:
+        if rec.role != "sample" and rec.sample not in problems:
             controls[rec.subject] = (*controls.get(rec.subject, ()), (rec.role, rec.file))
     # Shared-scope gates are fitted once per subject for each pre-gated strategy its rows use.
     subject_strategies: dict[tuple[int, str], Any] = {}
     client_fitted: list[dict] = []
     subject_failed: dict[tuple[int, str], str] = {}
-    runnable = samples[~samples["sample"].isin(problems)]
-    groups: dict[int, list[str]] = {}
-    for rec in runnable.itertuples(index=False):
-        groups.setdefault(id(row_strategy[rec.sample]), []).append(rec.sample)
-    for key, names in groups.items():
-        own = row_strategy[names[0]]
-        fitted, rows, failed = _fit_shared_scopes(own, runnable[runnable["sample"].isin(names)], controls,
-                                                  spillover_for, log, panels)
+    runnable = [rec for rec in samples if rec.sample not in problems]
+    groups: dict[int, list[SheetRow]] = {}
+    for rec in runnable:
+        groups.setdefault(id(row_strategy[rec.sample]), []).append(rec)
+    for key, group in groups.items():
+        own = row_strategy[group[0].sample]
+        fitted, rows, failed = _fit_shared_scopes(own, group, controls, spillover_for, log, panels)
         subject_strategies.update({(key, subject): s for subject, s in fitted.items()})
         subject_failed.update({(key, subject): reason for subject, reason in failed.items()})
         client_fitted.extend(rows)
@@ -500,7 +532,7 @@ def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spi
 
     tasks: list[SampleTask] = []
     settings: list[str] = []
-    for rec in samples.itertuples(index=False):
+    for rec in samples:
         matrix = rec.spillover or spill_path
         own = row_strategy.get(rec.sample, strategy)
         data_driven = own if needs_fitting(own) else None
@@ -524,19 +556,22 @@ def _plan(strategy: Any, table: pd.DataFrame, treg: str, parent: str | None, spi
 
 
 def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: int, scheduler: str | None,
-             scheduler_timeout: float = 300.0) -> Iterator[SampleResult]:
-    """Run the tasks in process, in a pool or on Dask; cache each successful result as soon as it arrives."""
+             scheduler_timeout: float = 300.0, idle: Callable[[], None] | None = None) -> Iterator[SampleResult]:
+    """Run the tasks in process, in a pool or on Dask; cache each successful result as soon as it arrives.
+
+    ``idle`` is called once the tasks are with the workers (pool or Dask), while this process waits for them.
+    """
     tasks = [task for task, _ in todo]
     setting_of = {task.sample: setting for task, setting in todo}
     task_of = {task.sample: task for task in tasks}
     if not tasks:
         return
     if scheduler is not None:
-        results = _run_dask(tasks, scheduler, scheduler_timeout)
+        results = _run_dask(tasks, scheduler, scheduler_timeout, idle)
     elif workers == 1 or len(tasks) == 1:
         results = _run_in_process(tasks)
     else:
-        results = _run_pool(tasks, workers)
+        results = _run_pool(tasks, workers, idle)
     try:
         for result in results:
             if result.ok and result.sha256:

@@ -9,9 +9,7 @@ import sys
 from collections.abc import Iterable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from cytopipe import __version__
 from cytopipe.outputs import atomic_write, write_csv
@@ -24,6 +22,9 @@ from cytopipe.pipeline import (
 )
 
 from .progress import Progress
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _DEPENDENCIES = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "PyYAML", "Jinja2", "flowio",
                  "dask", "distributed")
@@ -67,12 +68,16 @@ def _sort_rows(table: pd.DataFrame, columns: Iterable[str], population_order: li
 
 def _per_sample(results: list[SampleResult], attribute: str) -> pd.DataFrame:
     """Concatenate a per-sample list of rows (fitted gates, sensitivity) in subject, day, sample order."""
+    import pandas as pd
+
     ordered = sorted(results, key=lambda r: (r.subject, r.day, r.sample))
     return pd.DataFrame([row for r in ordered for row in getattr(r, attribute)])
 
 
 def _tables(results: list[SampleResult], strategy: Any, sheet: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The result tables, sorted by subject, day, sample (and population order)."""
+    import pandas as pd
+
     order = [p.name for p in strategy.populations]
     extra = [c for c in sheet.columns if c not in ("sample", "file", "subject", "timepoint", "day", "baseline",
                                                    "role", "spillover", "panel", "pregated")]
@@ -97,6 +102,8 @@ def _drift(fitted: pd.DataFrame, sheet: pd.DataFrame) -> pd.DataFrame:
     nothing was fitted (fixed gates).
     """
     if fitted.empty:
+        import pandas as pd
+
         return pd.DataFrame()
     from cytopipe.autogate import gate_drift
 
@@ -114,6 +121,8 @@ def _reference_qc(tables: dict[str, pd.DataFrame], results: list[SampleResult], 
     widened by the sample's reference drift (NaN for fixed gates), which ``baseline.csv`` turns into the combined
     interval of the change.
     """
+    import pandas as pd
+
     from cytopipe.reference import DRIFT_COLUMNS, drift_decades, drift_flags, reference_drift
     from cytopipe.stats import gate_sd_from_sensitivity
 
