@@ -185,28 +185,45 @@ def reference_drift(rows: list[dict] | pd.DataFrame, limit_pct: float = DRIFT_LI
 
     if not (isinstance(limit_pct, int | float) and math.isfinite(limit_pct) and limit_pct > 0):
         raise ValueError(f"the reference drift limit must be a positive percentage, got {limit_pct!r}")
-    table = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
     out: list[dict] = []
-    if table.empty:
+    if not records:
         return pd.DataFrame(columns=list(DRIFT_COLUMNS))
-    table = table.sort_values(["subject", "day", "sample"], kind="mergesort")
-    for _, visits in table.groupby("subject", sort=True):
-        flagged = visits[visits["baseline"].astype(bool)] if "baseline" in visits else visits.iloc[:0]
-        base = flagged.iloc[0] if len(flagged) else visits.iloc[0]
+    for visits in _by_subject(records):  # plain lists: a frame selection per subject costs ~1 ms
+        flagged = [rec for rec in visits if bool(rec.get("baseline", False))]
+        base = flagged[0] if flagged else visits[0]
         base_refs: Mapping[str, float] = base["references"] or {}
-        for rec in visits.itertuples(index=False):
-            for key, value in (rec.references or {}).items():
+        for rec in visits:
+            for key, value in (rec["references"] or {}).items():
                 if key not in base_refs or not base_refs[key]:
                     continue
                 population, marker = key.split("|", 1)
                 ref = float(base_refs[key])
                 pct = 100.0 * (value - ref) / abs(ref)
                 qc = f"moved {pct:+.0f}% against baseline (limit {limit_pct:g}%)" if abs(pct) > limit_pct else ""
-                out.append({"subject": rec.subject, "sample": rec.sample, "timepoint": rec.timepoint,
-                            "day": rec.day, "population": population, "parameter": f"median {marker}",
+                out.append({"subject": rec["subject"], "sample": rec["sample"], "timepoint": rec["timepoint"],
+                            "day": rec["day"], "population": population, "parameter": f"median {marker}",
                             "value": value, "baseline_value": ref, "drift": value - ref, "drift_pct": pct,
                             "qc": qc})
     return pd.DataFrame(out, columns=list(DRIFT_COLUMNS))
+
+
+def _by_subject(records: list[dict]) -> list[list[dict]]:
+    """The rows of each subject in subject order, each subject's by day then sample (as a stable sort of the
+    frame by subject, day and sample orders them; pandas sorts rows whose keys Python cannot order)."""
+    try:
+        if not all(isinstance(rec["day"], int | float) and math.isfinite(rec["day"]) for rec in records):
+            raise TypeError("days that are not finite numbers")
+        ordered = sorted(records, key=lambda rec: (rec["subject"], rec["day"], rec["sample"]))
+    except TypeError:
+        import pandas as pd
+
+        frame = pd.DataFrame(records).sort_values(["subject", "day", "sample"], kind="mergesort")
+        return [group.to_dict("records") for _, group in frame.groupby("subject", sort=True)]
+    groups: dict[Any, list[dict]] = {}
+    for rec in ordered:
+        groups.setdefault(rec["subject"], []).append(rec)
+    return list(groups.values())
 
 
 def drift_flags(drift: pd.DataFrame) -> dict[str, str]:
