@@ -77,13 +77,17 @@ class GatingResult:
     members: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
-    def kept_of(self, name: str, positions: np.ndarray) -> np.ndarray | None:
+    def kept_of(self, name: str, positions: np.ndarray | slice) -> np.ndarray | None:
         """Whether the gate of population ``name`` kept each of its parent's events at ``positions`` (indices into
-        the parent's members, or into all events for a root gate), or None when that was not recorded."""
+        the parent's members, or into all events for a root gate; or a slice of them), or None when that was not
+        recorded."""
         bits = self.kept.get(name)
         if bits is None:
             return None
-        return ((bits[positions >> 3] >> (7 - (positions & 7)).astype(np.uint8)) & 1).astype(bool)
+        if isinstance(positions, slice):
+            return np.unpackbits(bits).view(bool)[positions]
+        count = int(positions.max()) + 1 if positions.size else 0
+        return np.unpackbits(bits, count=count).view(bool)[positions]
 
     def values(self, gate: Gate, rows: np.ndarray | None = None, step: int = 1) -> np.ndarray:
         """The ``(n_events, ndim)`` transformed values ``gate`` was evaluated on (cached columns, for plotting);

@@ -154,7 +154,7 @@ def _parent_values(result: Any, pop: Any, n_events: int) -> tuple[np.ndarray, np
     except TypeError:  # a result without row selection
         values = np.asarray(result.values(pop.gate))[chosen]
     kept_of = getattr(result, "kept_of", None)
-    inside = kept_of(pop.name, np.arange(0, n_parent, step)) if kept_of is not None else None
+    inside = kept_of(pop.name, slice(0, n_parent, step)) if kept_of is not None else None
     return values, _member_of(result, pop.name, chosen) if inside is None else inside, n_parent
 
 

@@ -68,17 +68,36 @@ def png_indexed(pixels: np.ndarray, palette: np.ndarray, transparent: Sequence[i
     bytes
         The PNG file (deterministic: no timestamp or other ancillary chunk).
     """
+    return _png(pixels, _colour_chunks(np.ascontiguousarray(palette, dtype=np.uint8).tobytes(), len(palette),
+                                       tuple(transparent)))
+
+
+def _colour_chunks(palette: bytes, size: int, transparent: tuple[int, ...]) -> bytes:
+    """The ``PLTE`` and ``tRNS`` chunks of a palette (RGB bytes) with the ``transparent`` entries."""
+    alpha = np.full(size, 255, dtype=np.uint8)
+    alpha[list(transparent)] = 0
+    return _chunk(b"PLTE", palette) + _chunk(b"tRNS", alpha.tobytes())
+
+
+_IEND = _chunk(b"IEND", b"")
+
+
+def _png(pixels: np.ndarray, colours: bytes) -> bytes:
+    """An indexed PNG of ``pixels`` with ready-made palette chunks (see :func:`png_indexed`)."""
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     height, width = pixels.shape
-    rows = np.zeros((height, width + 1), dtype=np.uint8)  # filter byte 0 (none) before every row
+    rows = np.empty((height, width + 1), dtype=np.uint8)
+    rows[:, 0] = 0  # filter byte 0 (none) before every row
     rows[:, 1:] = pixels
-    alpha = np.full(len(palette), 255, dtype=np.uint8)
-    alpha[list(transparent)] = 0
     header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-            + _chunk(b"PLTE", np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
-            + _chunk(b"tRNS", alpha.tobytes()) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
-            + _chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + colours
+            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + _IEND)
+
+
+@cache
+def _palette_chunks(cmap: str, highlight_cmap: str) -> bytes:
+    """:func:`_palette` as PNG chunks, empty bins transparent (built once per colour map pair)."""
+    return _colour_chunks(_palette(cmap, highlight_cmap).tobytes(), 256, (0,))
 
 
 @cache
@@ -126,7 +145,7 @@ def density_png(counts: np.ndarray, cmap: str = "viridis", highlight: np.ndarray
     if highlight is not None:
         hot = highlight > 0
         pixels[hot] = (index(highlight) + levels)[hot]
-    png = png_indexed(pixels.T[::-1], _palette(cmap, highlight_cmap if highlight is not None else ""))
+    png = _png(pixels.T[::-1], _palette_chunks(cmap, highlight_cmap if highlight is not None else ""))
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
