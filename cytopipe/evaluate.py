@@ -106,7 +106,12 @@ class GatingResult:
             if column is None:
                 raise GateError(f"gate '{gate.name}': dimension {dim.label} was not evaluated on this sample")
             columns.append(column.get(rows) if step == 1 else column.peek(rows, step))
-        return np.column_stack(columns)
+        if len(columns) == 1:
+            return columns[0].reshape(-1, 1)
+        out = np.empty((columns[0].shape[0], len(columns)), dtype=np.result_type(*columns), order="F")
+        for k, column in enumerate(columns):  # Fortran order: each dimension's values contiguous, as gated
+            out[:, k] = column
+        return out
 
 
 def _every(rows: np.ndarray | None, step: int, n: int) -> np.ndarray:
