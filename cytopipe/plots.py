@@ -91,18 +91,20 @@ def _dimension_label(dimension: Any) -> str:
 def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
     """Axis limits: the 0.2-99.8 % range of (at most 4,000 of) the values, stretched towards the gate outline."""
     some = values[:: max(1, -(-values.size // 2_000))]
-    some = some[np.isfinite(some)]
+    finite = np.isfinite(some)
+    if not finite.all():
+        some = some[finite]
     if some.size == 0:
         lo, hi = 0.0, 1.0
     else:
-        kth = (int(0.002 * (some.size - 1)), int(np.ceil(0.998 * (some.size - 1))))
-        lo, hi = (float(v) for v in np.partition(some, kth)[list(kth)])
-    if outline is not None:
-        corners = outline[np.isfinite(outline)]
+        kth = (int(0.002 * (some.size - 1)), math.ceil(0.998 * (some.size - 1)))
+        ends = np.partition(some, kth)
+        lo, hi = float(ends[kth[0]]), float(ends[kth[1]])
+    if outline is not None:  # a few vertices: plain floats are faster than arrays here
         span = hi - lo if hi > lo else 1.0
-        corners = corners[(corners > lo - 0.5 * span) & (corners < hi + 0.5 * span)]
-        if corners.size:
-            lo, hi = min(lo, float(corners.min())), max(hi, float(corners.max()))
+        corners = [v for v in outline.tolist() if math.isfinite(v) and lo - 0.5 * span < v < hi + 0.5 * span]
+        if corners:
+            lo, hi = min(lo, min(corners)), max(hi, max(corners))
     if not hi > lo:
         lo, hi = lo - 0.5, lo + 0.5
     pad = 0.04 * (hi - lo)
