@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import unicodedata
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +20,16 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from cytopipe.pdf import Document, Text
-from cytopipe.pdf.document import font_width, literal, wrap
+from cytopipe.pdf.document import _SUPERSCRIPTS, _TYPOGRAPHIC, font_width, literal, wrap
 from cytopipe.pdf.figure import draw_figure
 from cytopipe.report import render_report
 
 XSS = "<script>alert(1)</script>"
+_TYPOGRAPHIC_KEYS = [chr(code) for code in _TYPOGRAPHIC]
 HOSTILE = "P(1)\\x) 患者 😀 שלום\x07"  # PDF string delimiters, CJK, emoji, right-to-left, a control character
 
 
@@ -187,3 +191,25 @@ def test_report_command_names_the_pdf_it_wrote(tmp_path: Path, results_folder: C
     assert main(["report", str(out), "--clinical", str(tmp_path / "clinical.csv")]) == 0
     assert capsys.readouterr().err.strip() == f"wrote {out / 'report.html'} and {out / 'report.pdf'}"
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example("≥ x10⁹ −1 e\u0301 患者😀 \u202eevil")
+@given(st.text(alphabet=st.one_of(st.sampled_from("()\\<>&;%/[]{}\r\n\t\x00\x07\x1b"),
+                                  st.characters(codec="utf-8")), min_size=1, max_size=40))
+def test_any_text_is_escaped_and_read_back(tmp_path: Path, value: str) -> None:
+    """Whatever a name holds, the PDF stays valid and poppler reads back exactly what the page shows."""
+    text = Text()
+    shown = text.clean(value)
+    doc = Document()
+    page = doc.add_page()
+    for i, line in enumerate(wrap(shown, 500.0, "F1", 10.0)):  # on the page (poppler reads no further)
+        page.text(40, 60 + 12 * i, line, 10)
+    pdf = tmp_path / "any.pdf"
+    pdf.write_bytes(doc.tobytes())
+    assert "".join(_text(pdf).split()) == "".join(shown.split())
+    # Nothing dropped: every character (composed, NFC) is shown, spelled (≥ as >=, ⁹ as ^9), or listed as
+    # replaced and shown as its code point.
+    spelled = set(_TYPOGRAPHIC_KEYS) | set(_SUPERSCRIPTS)
+    for char in unicodedata.normalize("NFC", value):
+        assert char in shown or char in spelled or (char in text.replaced and f"<U+{ord(char):04X}>" in shown)

@@ -67,7 +67,7 @@ _SUPER_RE = re.compile(f"[{_SUPERSCRIPTS}]+")
 _PLAIN = str.maketrans(_SUPERSCRIPTS, "0123456789-")
 #: What the standard fonts show: printable WinAnsi characters (controls and the codes cp1252 leaves undefined are
 #: not among them).
-_SHOWABLE = frozenset(_WIDTHS["F1"]) - {"\x7f"}
+_SHOWABLE = frozenset(_WIDTHS["F1"]) - {"\x7f", "\xad"}  # DEL; the soft hyphen (invisible in HTML) as a code
 _FAST_RE = re.compile(r"[ -~]*")
 
 
