@@ -201,8 +201,8 @@ def _density_panel(panel: Panel, x: np.ndarray, y: np.ndarray, dims: Sequence[An
         d = path_d(ax(ax.clip(outline[:, 0])), ay(ay.clip(outline[:, 1])), close=True)
         panel.path(d, stroke=_GATE, fill=_GATE, width=1.5, gid="gate", fill_opacity=0.12)
     panel.limits = (*xlim, *ylim)
-    panel.xticks = [(round(float(ax(p)), 1), label) for p, label in transform_ticks(dims[0].transform, xlim)]
-    panel.yticks = [(round(float(ay(p)), 1), label) for p, label in transform_ticks(dims[1].transform, ylim)]
+    panel.xticks = _placed(ax, transform_ticks(dims[0].transform, xlim))
+    panel.yticks = _placed(ay, transform_ticks(dims[1].transform, ylim))
     panel.xlabel, panel.ylabel = _dimension_label(dims[0]), _dimension_label(dims[1])
 
 
@@ -224,9 +224,17 @@ def _histogram_panel(panel: Panel, x: np.ndarray, inside: np.ndarray, dim: Any, 
         px = float(ax(ax.clip(value)))
         panel.path(f"M{px:.1f},{panel.y:g}V{panel.y + panel.height:g}", stroke=_GATE, width=1.5, gid="gate")
     panel.limits = (*xlim, 0.0, top)
-    panel.xticks = [(round(float(ax(p)), 1), label) for p, label in transform_ticks(dim.transform, xlim)]
-    panel.yticks = [(round(float(ay(v)), 1), _count(v)) for v in nice_ticks(0.0, top, 3)]
+    panel.xticks = _placed(ax, transform_ticks(dim.transform, xlim))
+    panel.yticks = _placed(ay, [(v, _count(v)) for v in nice_ticks(0.0, top, 3)])
     panel.xlabel, panel.ylabel = _dimension_label(dim), "events"
+
+
+def _placed(axis: Axis, ticks: Sequence[tuple[float, str]]) -> list[tuple[float, str]]:
+    """``(pixel, label)`` of each ``(value, label)`` tick, pixels to 0.1 (one vectorised mapping per axis)."""
+    if not ticks:
+        return []
+    where = axis(np.array([value for value, _ in ticks], dtype=float)).tolist()
+    return [(round(w, 1), label) for w, (_, label) in zip(where, ticks, strict=True)]
 
 
 def _count(value: float) -> str:
