@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -106,11 +107,13 @@ class Sample:
         return f"{self.channels[i]} ({self.markers[i]})" if self.markers[i] else self.channels[i]
 
 
-def _marker_tokens(marker: str) -> set[str]:
+@lru_cache(maxsize=4096)
+def _marker_tokens(marker: str) -> frozenset[str]:
+    """The tokens a marker answers to (cached: every gate dimension looks its marker up in every sample)."""
     tokens = set()
     for token in _TOKEN_SPLIT_RE.split(marker.casefold()):
         if token:
             tokens.add(token)
             tokens.add(re.split(r"[-_]", token, maxsplit=1)[0])
     tokens.discard("")
-    return tokens
+    return frozenset(tokens)
