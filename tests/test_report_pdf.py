@@ -52,6 +52,27 @@ def _text(pdf: Path, *options: str) -> str:
     return done.stdout.decode("utf-8")
 
 
+def _outline(pdf: Path) -> list[tuple[int, str]]:
+    """The PDF's bookmarks as (level, title), read by poppler's pdftohtml."""
+    import xml.etree.ElementTree as ET
+
+    done = subprocess.run([_poppler("pdftohtml"), "-xml", "-stdout", "-i", "-q", str(pdf)], capture_output=True,
+                          timeout=60, check=True)
+    root = ET.fromstring(done.stdout)
+    found: list[tuple[int, str]] = []
+
+    def walk(node: ET.Element, level: int) -> None:
+        for child in node:
+            if child.tag == "item":
+                found.append((level, child.text or ""))
+            elif child.tag == "outline":
+                walk(child, level + 1)
+
+    for top in root.findall("outline"):
+        walk(top, 1)
+    return found
+
+
 @pytest.fixture
 def no_chromium(monkeypatch: pytest.MonkeyPatch) -> None:
     """The native PDF needs no browser: make sure none is found."""
@@ -88,6 +109,10 @@ def test_pdf_holds_every_subject_and_the_summary(tmp_path: Path, results_folder:
     info = subprocess.run([_poppler("pdfinfo"), str(pdf)], capture_output=True, text=True, check=True).stdout
     assert re.search(r"Pages:\s+[2-9]", info) and re.search(r"Page size:\s+595.28 x 841.89 pts \(A4\)", info)
     assert "CreationDate" not in info  # no date: the same results give the same bytes
+    # Bookmarks: the sections, and each subject under "Subjects".
+    outline = _outline(pdf)
+    assert [t for level, t in outline if level == 1] == ["Summary", "QC", "Subjects", "Methods", "Provenance"]
+    assert [t for level, t in outline if level == 2 and t in report_study] == sorted(report_study)
 
 
 def test_pdf_bytes_are_reproducible(tmp_path: Path, results_folder: Callable[..., Path], no_chromium: None) -> None:
@@ -123,6 +148,8 @@ def test_hostile_names_are_escaped_and_never_dropped(tmp_path: Path, results_fol
     assert shown in flat
     assert "U+0007, U+05D5, U+05DC, U+05DD, U+05E9, U+60A3, U+8005, U+1F600" in flat
     assert "written as their Unicode code points" in flat
+    # The bookmarks are Unicode text strings: there the name is written as it is (its control character as a code).
+    assert (2, "P(1)\\x) 患者 😀 שלום<U+0007>") in _outline(out / "report.pdf")
     assert XSS in flat
 
 

@@ -135,6 +135,11 @@ def literal(text: str) -> bytes:
     return b"(" + data.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)") + b")"
 
 
+def _utf16(text: str) -> bytes:
+    """A PDF text string of any Unicode text (UTF-16BE with its byte order mark, as hex: nothing to escape)."""
+    return b"<feff" + text.encode("utf-16-be", "surrogatepass").hex().encode() + b">"
+
+
 def wrap(text: str, width: float, font: str = "F1", size: float = 10.0) -> list[str]:
     """Cleaned text broken into lines no wider than ``width`` points: at spaces, inside words only when one word
     is wider than a line."""
@@ -277,6 +282,13 @@ class Document:
         self.pages: list[Page] = []
         self._gstates: dict[tuple[float, float], str] = {}
         self._images: dict[bytes, tuple[str, dict[str, Any]]] = {}
+        self.outline: list[tuple[int, str, int, float]] = []
+
+    def bookmark(self, title: str, level: int, y: float) -> None:
+        """A bookmark (level 1, or 2 under the last level-1 one) to the current page at ``y`` points from its top;
+        any Unicode title (bookmarks are UTF-16 text strings, not the page font)."""
+        if self.pages:
+            self.outline.append((level if self.outline else 1, title, len(self.pages) - 1, y))
 
     def add_page(self) -> Page:
         page = Page(self)
@@ -294,6 +306,38 @@ class Document:
             self._images[png] = (f"Im{len(self._images)}", _png_image(png))
         return self._images[png][0]
 
+    def _outline(self, root: int, page_ids: list[int]) -> list[bytes]:
+        """The outline (bookmarks) objects, numbered from ``root``: level-1 items, each with its level-2 children."""
+        items = [{"id": root + 1 + i, "level": level, "title": title, "page": page, "y": y, "kids": []}
+                 for i, (level, title, page, y) in enumerate(self.outline)]
+        top: list[dict[str, Any]] = []
+        for item in items:
+            if item["level"] == 2 and top:
+                item["parent"] = top[-1]["id"]
+                top[-1]["kids"].append(item)
+            else:
+                item["parent"] = root
+                top.append(item)
+
+        def links(siblings: list[dict[str, Any]]) -> None:
+            for k, item in enumerate(siblings):
+                item["prev"] = siblings[k - 1]["id"] if k else None
+                item["next"] = siblings[k + 1]["id"] if k + 1 < len(siblings) else None
+                links(item["kids"])
+
+        links(top)
+        out = [f"<< /Type /Outlines /First {top[0]['id']} 0 R /Last {top[-1]['id']} 0 R /Count {len(top)} >>"
+               .encode()]
+        for item in items:
+            fields = [f"/Parent {item['parent']} 0 R",
+                      f"/Dest [{page_ids[item['page']]} 0 R /XYZ 0 {num(self.height - item['y'])} 0]"]
+            fields += [f"/{key.capitalize()} {item[key]} 0 R" for key in ("prev", "next") if item[key]]
+            if item["kids"]:
+                fields.append(f"/First {item['kids'][0]['id']} 0 R /Last {item['kids'][-1]['id']} 0 R "
+                              f"/Count -{len(item['kids'])}")  # closed: a long report lists sections first
+            out.append(b"<< /Title " + _utf16(item["title"]) + (" " + " ".join(fields) + " >>").encode())
+        return out
+
     def tobytes(self, level: int = 6) -> bytes:
         """The PDF file (byte-identical for the same pages)."""
         n_fixed = 3 + len(_FONTS)  # catalog, pages, resources, fonts
@@ -303,7 +347,10 @@ class Document:
         info_id = first_page + 2 * len(self.pages)
         objects: list[bytes] = []
         kids = " ".join(f"{i} 0 R" for i in page_ids)
-        objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+        outline_id = info_id + 1
+        objects.append(b"<< /Type /Catalog /Pages 2 0 R"
+                       + (f" /Outlines {outline_id} 0 R /PageMode /UseOutlines".encode() if self.outline else b"")
+                       + b" >>")
         objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(self.pages)} >>".encode())
         fonts = " ".join(f"/{key} {4 + i} 0 R" for i, key in enumerate(_FONTS))
         states = " ".join(f"/{name} << /Type /ExtGState /ca {a} /CA {b} >>" for (a, b), name in self._gstates.items())
@@ -327,7 +374,9 @@ class Document:
             body = zlib.compress("\n".join(op for op in page.ops if op).encode("cp1252"), level)
             objects.append(f"<< /Length {len(body)} /Filter /FlateDecode >>\nstream\n".encode() + body
                            + b"\nendstream")
-        objects.append(b"<< /Title " + literal(self.title) + b" /Producer " + literal(self.producer) + b" >>")
+        objects.append(b"<< /Title " + _utf16(self.title) + b" /Producer " + literal(self.producer) + b" >>")
+        if self.outline:
+            objects.extend(self._outline(outline_id, page_ids))
         out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
         offsets = []
         for number, body in enumerate(objects, start=1):

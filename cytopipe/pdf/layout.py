@@ -80,7 +80,7 @@ class Writer:
             self.y += lead
         self.y += gap
 
-    def heading(self, value: str, level: int) -> None:
+    def heading(self, value: str, level: int, bookmark: bool = True) -> None:
         size = {1: 17.0, 2: 13.5, 3: 11.0}[level]
         if level == 2 and self.y > MARGIN_TOP + 0.55 * (self.bottom - MARGIN_TOP):
             self.new_page()  # a section starts in the upper half of a page
@@ -88,6 +88,8 @@ class Writer:
             self.y += 10
         self.ensure(size * 3)
         self.y += 4 if level == 3 else 0
+        if level > 1 and bookmark:
+            self.doc.bookmark(_visible(value), level - 1, self.y)
         self.page.text(MARGIN_X, self.y + size, self.t.clean(value), size, "F2")
         self.y += size * 1.35
         if level == 2:
@@ -206,6 +208,11 @@ class Writer:
 
 
 # ---------------------------------------------------------------------------------------------- the report
+
+
+def _visible(value: Any) -> str:
+    """A bookmark title: any printable Unicode as is (bookmarks are UTF-16), control characters as codes."""
+    return "".join(c if c.isprintable() else f"<U+{ord(c):04X}>" for c in str(value))
 
 
 def _c(text: Text, value: Any, **style: Any) -> Cell:
@@ -364,7 +371,7 @@ def _closing(w: Writer, ctx: dict[str, Any]) -> None:
     for block in ctx["provenance"]:
         if block["kind"] != "pairs":
             continue
-        w.heading(block["title"], 3)
+        w.heading(block["title"], 3, bookmark=False)
         w.table(Table([Cell("setting", "F2"), Cell("value", "F2")],
                       [[_c(w.t, k, colour=MUTED), _c(w.t, v)] for k, v in block["pairs"]], size=7.5))
 
