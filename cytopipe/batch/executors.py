@@ -18,8 +18,11 @@ from cytopipe.pipeline import (
 
 # What process_sample imports (plots only when drawing; autogate only for data-driven gates): numpy and cytopipe's
 # own modules, no pandas or scipy.
+# process_sample's own lazy imports (adapt, panel, qc, reference) are preloaded too: each forked worker would
+# otherwise import them before its first sample.
 _WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "cytopipe.gates", "cytopipe.stats",
-                   "cytopipe.flowjo.write", "cytopipe.plots")
+                   "cytopipe.flowjo.write", "cytopipe.plots", "cytopipe.adapt", "cytopipe.panel", "cytopipe.qc",
+                   "cytopipe.reference")
 
 
 def _limit_threads() -> None:
@@ -130,6 +133,10 @@ def _pool_context(drawing: bool) -> Any:
     if sys.platform == "linux" and "fork" in methods and threading.active_count() == 1:
         for name in modules:
             importlib.import_module(name)
+        try:  # what each worker's initializer imports (_limit_worker)
+            import threadpoolctl  # noqa: F401
+        except ImportError:
+            pass
         return multiprocessing.get_context("fork")
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     if main_file is not None and not os.path.isfile(main_file):

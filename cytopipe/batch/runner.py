@@ -32,6 +32,7 @@ from .tables import (
     _reference_qc,
     _remove_stale_temporaries,
     _tables,
+    _versions,
     _write_manifest,
     _write_tables,
     _write_workspace,
@@ -373,9 +374,10 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
 
 def _prepare_outputs(report: bool) -> None:
     """Import what the tables and the report need while the workers gate (the client is idle then): pandas,
-    and Jinja2 with the report's modules."""
+    the package metadata of the manifest, and Jinja2 with the report's modules."""
     import pandas  # noqa: F401
 
+    _versions()  # the package versions manifest.json records
     if report:
         import cytopipe.report  # noqa: F401
 

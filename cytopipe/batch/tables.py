@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -144,7 +145,10 @@ def _reference_qc(tables: dict[str, pd.DataFrame], results: list[SampleResult], 
                 treg["sample"].astype(str).map(gate_sd).astype(float))
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
+    """The versions ``manifest.json`` records (looked up once per process: ~25 ms of package metadata, which
+    :func:`cytopipe.batch.runner.run` reads while the workers gate)."""
     versions = {"cytopipe": __version__, "python": platform.python_version()}
     for name in _DEPENDENCIES:
         try:
@@ -205,7 +209,7 @@ def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLik
         rows.setdefault(rec["sample"], rec)  # the first row of a sample name, as a lookup by name finds it
     manifest = {
         "cytopipe": __version__,
-        "versions": _versions(),
+        "versions": dict(_versions()),
         "command": sys.argv,
         "sample_sheet": {"path": str(Path(sheet).resolve()), "sha256": file_sha256(sheet),
                          "text": Path(sheet).read_text(encoding="utf-8-sig")},
