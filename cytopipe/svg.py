@@ -18,7 +18,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -136,9 +136,10 @@ def density_png(counts: np.ndarray, cmap: str = "viridis", highlight: np.ndarray
 
     def index(c: np.ndarray) -> np.ndarray:
         top = math.log(max(float(c.max()), 2.0))
-        scaled = np.zeros(c.shape, dtype=np.uint8)
-        filled = c > 0
-        scaled[filled] = 1 + (np.log(c[filled]) * ((levels - 1) / top)).astype(np.uint8)
+        # Whole-array passes (log 1 = 0 in empty bins, zeroed after): no boolean gather and scatter.
+        scaled = (np.log(np.maximum(c, 1)) * ((levels - 1) / top)).astype(np.uint8)
+        scaled += 1
+        scaled *= c > 0
         return scaled
 
     pixels = index(counts)
@@ -255,6 +256,12 @@ class Axis:
         return np.clip(v, self.lo - 1000 * span, self.hi + 1000 * span)
 
 
+@lru_cache(maxsize=64)
+def _points(n: int) -> str:
+    """The format of ``n`` path points, ``%.1f,%.1fL...``: one formatting call per path."""
+    return "L".join(["%.1f,%.1f"] * n)
+
+
 def path_d(x: np.ndarray, y: np.ndarray, close: bool = False) -> str:
     """SVG path data through the points (pixels, one decimal); NaN points break the line."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -262,8 +269,9 @@ def path_d(x: np.ndarray, y: np.ndarray, close: bool = False) -> str:
     if not ok.any():
         return ""
     if ok.all():
-        points = "L".join(map("%.1f,%.1f".__mod__, zip(x.tolist(), y.tolist(), strict=True)))
-        return "M" + points + ("Z" if close else "")
+        xy = np.empty(2 * x.size)
+        xy[0::2], xy[1::2] = x, y
+        return "M" + _points(x.size) % tuple(xy.tolist()) + ("Z" if close else "")
     parts = []
     move = True
     for a, b, good in zip(x.tolist(), y.tolist(), ok.tolist(), strict=True):
