@@ -127,6 +127,11 @@ def _reportlab(ctx: dict[str, Any], target: Path) -> None:
         def __init__(self, title: str = "", producer: str = "") -> None:
             self.pages: list[_ReportlabPage] = []
 
+        def bookmark(self, title: str, level: int, y: float) -> None:
+            key = f"b{id(title)}{y}"
+            canvas.bookmarkHorizontal(key, 0, self.height - y)
+            canvas.addOutlineEntry(title, key, level=level - 1)
+
         def add_page(self) -> _ReportlabPage:
             if self.pages:
                 canvas.showPage()

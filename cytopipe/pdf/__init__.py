@@ -14,13 +14,13 @@ that already imported :mod:`cytopipe.report`, bytecode cached):
                                                 this package     reportlab 5.1       Chromium (before)    fpdf2
 ==============================================  ===============  ==================  ===================  =========
 import (marginal), CPU                          2.5-2.9 ms       23-29 ms            a process            270 ms
-bundled study, 2 subjects / 12 samples, wall    7-11 ms (7 CPU)  35-45 ms (27 CPU)   1.3-1.4 s (0.5 CPU)  --
-84 subjects / 500 samples (90 pages), wall      106-147 ms       440-610 ms          3.6-4.0 s            --
-  (CPU)                                         (86-90 ms)       (410-430 ms)        (0.82-0.85 s)
+bundled study, 2 subjects / 12 samples, wall    6-11 ms (7 CPU)  35-45 ms (27 CPU)   1.2-1.4 s (0.5 CPU)  --
+84 subjects / 500 samples (90 pages), wall      101-147 ms       440-610 ms          3.6-4.0 s            --
+  (CPU)                                         (85-90 ms)       (410-430 ms)        (0.82-0.85 s)
 ==============================================  ===============  ==================  ===================  =========
 
 Chromium's column is start + print + stop; printing alone, with Chromium started seconds earlier (as runs did while
-their workers gated), took 0.40 s and 3.3 s wall. The reportlab column draws the same layout through its canvas
+their workers gated), took 0.40-0.43 s and 2.9-3.3 s wall. The reportlab column draws the same layout through its canvas
 (text objects, rectangles, lines; the figures' path operators appended as they are), a lower bound of a reportlab
 implementation. The run's budget for the PDF is a few tens of milliseconds: fpdf2's import alone is ten times that,
 reportlab's import is most of it and its calls cost 4-5x these for the same page content.
