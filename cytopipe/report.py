@@ -41,7 +41,7 @@ from cytopipe.stats import (
     reference_change_value,
     subject_summary,
 )
-from cytopipe.svg import render, template_cache
+from cytopipe.svg import template_cache
 
 __all__ = ["find_chromium", "render_report", "write_pdf"]
 
@@ -423,8 +423,8 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
     overview = overview_figure = None
     if draw and len(table):
         overview_figure = fold_change_overview(table)
-        save_figure(overview_figure, results / "plots" / "fold_change_overview.svg")
-        overview = Markup(render(overview_figure, "overview"))
+        # Inlined from the file just written (its ids are unique in the page): one rendering per figure.
+        overview = _inline_svg(save_figure(overview_figure, results / "plots" / "fold_change_overview.svg"))
 
     records = table.to_dict("records")  # once: per-subject selections of the frame cost ~4 ms each
     by_subject: dict[str, list[dict[str, Any]]] = {}
@@ -455,8 +455,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         image = course = None
         if draw:
             course = time_course(table, subject, clinical)
-            save_figure(course, results / "plots" / f"timecourse_{stems[subject]}.svg")
-            image = Markup(render(course, f"tc{index + 1}"))
+            image = _inline_svg(save_figure(course, results / "plots" / f"timecourse_{stems[subject]}.svg"))
         sections.append({
             "anchor": anchor, "subject": subject, "verdict": row.treg_verdict, "clinical": row.clinical_verdict,
             "correlation": corr_text, "image": image, "figure": course,

@@ -142,6 +142,22 @@ def test_report_rewrites_tables_and_figures(rendered: tuple[Path, str], report_s
     assert not list(out.rglob("*.tmp*")), "temporary files left behind"
 
 
+def test_report_inlines_the_figure_files_it_writes(rendered: tuple[Path, str]) -> None:
+    """Each time-course and overview figure is drawn once: the report inlines the SVG file it wrote (without the
+    namespace and the style sheet, which the page carries once), and every element id stays unique in the page."""
+    out, html = rendered
+    figures = [out / "plots" / "fold_change_overview.svg", *sorted((out / "plots").glob("timecourse_*.svg"))]
+    assert len(figures) >= 3
+    for path in figures:
+        text = path.read_text(encoding="utf-8")
+        inline = text[text.index("<svg"):].replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)
+        head, _, rest = inline.partition("<style>")
+        inline = head + rest.split("</style>", 1)[1].lstrip("\n")
+        assert html.count(inline) == 1, path.name
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert ids and len(ids) == len(set(ids))
+
+
 def test_rcv_settings_change_the_call(tmp_path: Path, results_folder: Callable[..., Path]) -> None:
     out = results_folder(tmp_path)
     render_report(out, clinical=tmp_path / "clinical.csv", pdf=False, cva=60.0, cvi=60.0)
