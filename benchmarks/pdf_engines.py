@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/pdf_engines.py RESULTS_DIR [--rounds 5] [--no-chromium] [--no-reportlab]
 
-RESULTS_DIR is a folder written by ``cytopipe run`` (for example ``python -m cytopipe run --out /tmp/r``). The
+reportlab is not a cytopipe dependency: ``pip install reportlab`` for its column. RESULTS_DIR is a folder written by
+``cytopipe run`` (for example ``python -m cytopipe run --out /tmp/r``). The
 report context is computed once (one ``render_report`` call, with the native engine); then, in interleaved rounds:
 
 * ``native``: :func:`cytopipe.pdf.render_pdf` (layout, figures, compressed file) and the atomic write;
@@ -209,7 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = _context(results)
     engines: dict[str, Any] = {"native": lambda t: _native(ctx, t)}
     if not args.no_reportlab:
-        engines["reportlab"] = lambda t: _reportlab(ctx, t)
+        try:
+            import reportlab  # noqa: F401  (a comparison only: not a cytopipe dependency)
+        except ImportError:
+            print("reportlab is not installed (pip install reportlab): its column is left out", file=sys.stderr)
+            args.no_reportlab = True
+        else:
+            engines["reportlab"] = lambda t: _reportlab(ctx, t)
     if not args.no_chromium:
         engines["chromium"] = lambda t: _chromium(results, ctx, t)
         engines["chr-print"] = lambda t, printer: _chromium(results, ctx, t, printer)
