@@ -79,3 +79,31 @@ def test_binary_garbage_is_a_sheet_error(tmp_path):
     path.write_bytes(b"\xff\xfe\x00\x01garbage\x00\x00")
     with pytest.raises(SampleSheetError, match="study.csv"):
         read_sample_sheet(path)
+
+
+@pytest.mark.parametrize(("text", "plain"), [
+    ("file,subject,timepoint,day,batch\na/W1.fcs,S1,W1,7,b1\na/D0.fcs,S1,D0,0,b1\nb.fcs,S2,W1,7,b2\n", True),
+    ("\ufeffFile,Subject,Timepoint,Day,Baseline,Role,Sample\r\nx0.fcs,S1,screen,-7,false,sample,s-screen\r\n"
+     "x1.fcs,S1,D0,0,true,sample,s-d0\r\nx2.fcs,S1,FMO,0,,FMO:CD25,s-fmo\r\n", True),
+    ('file, subject ,timepoint,day,note\n"a.fcs", S1,"D 0",0,"multi\nline, ""quoted"""\n\nb.fcs,S1,W1,7,\n,,,,\n',
+     True),
+    ("file,subject,timepoint,day,pregated,panel,spillover\na.fcs,S1,D0,1e1,CD4,p.csv,s.csv\nb.fcs,S1,D1,0.5,,,\n",
+     True),
+    ("file,subject,timepoint,day,extra col,=evil\na.fcs,S1,D0,0,  v ,=1+1\nb.fcs,S2,D0,3,w,x\nc.fcs,S2,D2,3,w,x\n",
+     True),
+    ("file,subject,timepoint,day\na.fcs,NA,D0,0\nb.fcs,null,D1,1\n", True),
+    ("file,subject,timepoint,day,\na.fcs,S1,D0,0,x\n", False),  # an unnamed column: left to pandas
+    ("file,subject,timepoint,day\n   \na.fcs,S1,D0,0\n", False),  # a line of spaces: left to pandas
+])
+def test_sheet_read_without_pandas_is_the_pandas_reading(tmp_path, text, plain):
+    """The csv-module reading (what `cytopipe run` uses before its workers start) gives the frame pandas.read_csv
+    gives: quoting, BOM, CRLF, blank lines, whitespace, extra columns, text kept as written; sheets it cannot read
+    as a plain table are read by pandas."""
+    import pandas as pd
+
+    from cytopipe.samplesheet import _parse_plain, _read_with_pandas
+
+    path = tmp_path / "study.csv"
+    path.write_bytes(text.encode("utf-8"))
+    assert (_parse_plain(path) is not None) == plain
+    pd.testing.assert_frame_equal(read_sample_sheet(path), _read_with_pandas(path), check_exact=True)
