@@ -239,9 +239,11 @@ def _cached_samples(out: Path) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "workers"), [(signal.SIGKILL, 1), (signal.SIGINT, 2)])
 def test_killed_run_resumes(tmp_path, sig, workers):
-    # Enough files that the run cannot finish between the third cached result and the signal on a quiet machine.
-    n_files = 40
-    sheet, gates, _ = make_study(tmp_path / "study", n_files=n_files, n_events=40_000, subjects=2)
+    # Enough work that the run cannot finish between the third cached result and the signal: the client takes the
+    # workers' first results only after its own imports (the report's modules, pandas), so the results finished
+    # meanwhile reach the cache in one burst; the work left after that burst must outlast the signal.
+    n_files = 60
+    sheet, gates, _ = make_study(tmp_path / "study", n_files=n_files, n_events=150_000, subjects=2)
     out = tmp_path / "killed"
     # A shell that starts a job in the background (as CI may) leaves SIGINT ignored in its children, and Python
     # then installs no KeyboardInterrupt handler: the run is given the handler a terminal user's run has.

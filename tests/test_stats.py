@@ -26,6 +26,7 @@ from cytopipe.stats import (
     read_clinical,
     reference_change_value,
     subject_summary,
+    t_two_sided_p,
     wilson_interval,
 )
 
@@ -275,6 +276,57 @@ def test_clinical_correlation() -> None:
     assert 0.9 < corr.at["A", "pearson_r"] < 1.0  # but not linear
     assert corr.at["A", "n"] == 5 and corr.at["B", "n"] == 2 and math.isnan(corr.at["B", "pearson_r"])
     assert clinical_correlation(table.drop(columns=["platelets"])).empty
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 10, 25, 58])
+def test_t_two_sided_p_is_students(df: int) -> None:
+    """The closed-form t p-value against scipy's ``t.sf`` (absolute 1e-8: scipy's own error near t = 0 with 1
+    degree of freedom is 3e-9; elsewhere they agree to 1e-13) and against the exact forms for 1 and 2 degrees of
+    freedom (Cauchy: 1 - 2 atan(t) / pi; 2 df: 1 - t / sqrt(2 + t^2); 1e-14, a few ulp of the arithmetic)."""
+    from scipy.stats import t as student
+
+    for t in (0.0, 1e-8, 0.1, 0.7, 1.0, 2.0, 3.5, 10.0, 80.0, 1e4, -2.0):
+        ours = t_two_sided_p(t, df)
+        assert ours == pytest.approx(2 * student.sf(abs(t), df), abs=1e-8)
+        if df == 1:
+            assert ours == pytest.approx(1 - 2 * math.atan(abs(t)) / math.pi, abs=1e-14)
+        if df == 2:
+            assert ours == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), abs=1e-14)
+    assert t_two_sided_p(math.inf, df) == 0.0 and math.isnan(t_two_sided_p(math.nan, df))
+    with pytest.raises(ValueError):
+        t_two_sided_p(1.0, 0)
+
+
+def test_clinical_correlation_is_scipys() -> None:
+    """Spearman's and Pearson's coefficients and p-values are scipy's (``spearmanr``, ``pearsonr``), ties included:
+    coefficients to 1e-12 and p-values to 1e-10 absolute (float64 sums in another order)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for subject in range(40):
+        n = int(rng.integers(3, 12))
+        x = rng.normal(3, 1, n)
+        y = 50 + 20 * rng.normal() * x + rng.normal(0, 10, n)
+        if subject % 3 == 0:
+            x, y = np.round(x), np.round(y, -1)  # ties
+        rows += [{"subject": f"S{subject:02d}", "treg_pct": a, "platelets": b} for a, b in zip(x, y, strict=True)]
+    table = pd.DataFrame(rows)
+    corr = clinical_correlation(table).set_index("subject")
+    compared = 0
+    for subject, grp in table.groupby("subject"):
+        x, y = grp["treg_pct"].to_numpy(), grp["platelets"].to_numpy()
+        if len(set(x)) < 2 or len(set(y)) < 2:
+            assert math.isnan(corr.at[subject, "spearman_r"])
+            continue
+        sr, sp = spearmanr(x, y)
+        pr, pp = pearsonr(x, y)
+        assert corr.at[subject, "spearman_r"] == pytest.approx(sr, abs=1e-12)
+        assert corr.at[subject, "spearman_p"] == pytest.approx(sp, abs=1e-10)
+        assert corr.at[subject, "pearson_r"] == pytest.approx(pr, abs=1e-12)
+        assert corr.at[subject, "pearson_p"] == pytest.approx(pp, abs=1e-10)
+        compared += 1
+    assert compared >= 30
 
 
 def test_clinical_join_by_timepoint(tmp_path: Path) -> None:

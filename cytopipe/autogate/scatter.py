@@ -19,7 +19,7 @@ from .base import (
     _common,
     _number,
 )
-from .robust import _quantile
+from .robust import _chi2_2d, _quantile
 
 
 def gaussian_mixture(z: np.ndarray, n_components: int, *, random_state: int = 0, max_iter: int = 200,
@@ -196,9 +196,7 @@ def fit_scatter_ellipse(
     lowest = min(ratio[i] for i in candidates)
     near = [i for i in candidates if ratio[i] <= 1.25 * lowest]
     chosen = max(near, key=lambda i: weights[i])
-    from scipy import stats
-
-    d2 = float(stats.chi2.ppf(probability, 2))
+    d2 = _chi2_2d(probability)
     members = [chosen]
     inverse = np.linalg.inv(covs[chosen])
     for i in range(n_components):

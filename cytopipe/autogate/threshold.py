@@ -25,6 +25,7 @@ from .base import (
     pick_control,
     to_units,
 )
+from .peaks import find_peaks, gaussian_filter1d
 from .robust import _median, _quantile, _robust_sd, _sorted_quantile
 
 METHODS = ("valley", "reference", "control")
@@ -47,9 +48,7 @@ def _smoothed_density(x: np.ndarray, xs: np.ndarray, bins: int, adjust: float) -
     index[-1] = np.searchsorted(xs, edges[-1], side="right")
     counts = np.diff(index)
     width = edges[1] - edges[0]
-    from scipy import ndimage
-
-    density = ndimage.gaussian_filter1d(counts.astype(float), bandwidth / width, mode="constant")
+    density = gaussian_filter1d(counts.astype(float), bandwidth / width)
     density /= density.sum() * width
     return (edges[:-1] + edges[1:]) / 2, density
 
@@ -111,11 +110,9 @@ def density_valley(
     lo, hi = bounds if bounds is not None else (None, None)
     lo = -np.inf if lo is None else float(lo)
     hi = np.inf if hi is None else float(hi)
-    from scipy import signal
-
     xs = np.sort(x)
     grid, density = _smoothed_density(x, xs, bins, adjust)
-    peaks, _ = signal.find_peaks(np.concatenate(([0.0], density, [0.0])), prominence=min_prominence * density.max())
+    peaks = find_peaks(np.concatenate(([0.0], density, [0.0])), prominence=min_prominence * density.max())
     peaks = peaks - 1
     best: tuple[float, float] | None = None  # (depth, position)
     for left, right in zip(peaks[:-1], peaks[1:], strict=False):
