@@ -27,8 +27,9 @@ from .progress import Progress
 if TYPE_CHECKING:
     import pandas as pd
 
-_DEPENDENCIES = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "PyYAML", "Jinja2", "flowio",
-                 "dask", "distributed")
+#: The installed packages whose code computes or writes the results (scipy, scikit-learn and matplotlib are test
+#: oracles only and never imported by a run).
+_DEPENDENCIES = ("numpy", "pandas", "threadpoolctl", "PyYAML", "Jinja2", "dask", "distributed")
 
 
 def _remove_stale_temporaries(out: Path) -> None:
