@@ -65,7 +65,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, ident: str | None = None) 
         path = path.with_name(path.name + ".svg")
     path.parent.mkdir(parents=True, exist_ok=True)
     text = '<?xml version="1.0" encoding="utf-8"?>\n' + render(fig, ident or figure_id(path.stem), standalone=True)
-    atomic_write(path, text)
+    atomic_write(path, text.encode("utf-8"))  # bytes: one buffered write, no text layer
     return path
 
 
@@ -140,6 +140,22 @@ def histogram2d(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: t
     return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
 
 
+def _counts(xy: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], bins: int = _BINS) -> np.ndarray:
+    """:func:`histogram2d` of the two columns of ``xy`` (``(n, 2)``), both binned in the same whole-array passes
+    (the same float32 arithmetic per value, so the same bins)."""
+    lo = np.array([xlim[0], ylim[0]], dtype=np.float32)
+    scale = np.array([bins / (xlim[1] - xlim[0]), bins / (ylim[1] - ylim[0])], dtype=np.float32)
+    scaled = np.asarray(xy, dtype=np.float32) - lo
+    scaled *= scale
+    np.fmax(scaled, np.float32(-1), out=scaled)
+    np.minimum(scaled, np.float32(bins), out=scaled)
+    scaled += 1
+    cells = scaled.astype(np.intp)
+    flat = cells[:, 0] * (bins + 2)
+    flat += cells[:, 1]
+    return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
+
+
 def _treg_name(strategy: Any, treg: str | None) -> str | None:
     names = [p.name for p in strategy.populations]
     for candidate in (treg, getattr(strategy, "treg", None)):
@@ -192,18 +208,18 @@ def _panel_box(index: int) -> tuple[float, float]:
     return _LEFT + col * (_LEFT + _PLOT + _RIGHT), _HEAD + _TOP + row * (_TOP + _PLOT + _BOTTOM)
 
 
-def _density_panel(panel: Panel, x: np.ndarray, y: np.ndarray, dims: Sequence[Any], outline: np.ndarray | None,
+def _density_panel(panel: Panel, xy: np.ndarray, dims: Sequence[Any], outline: np.ndarray | None,
                    inside: np.ndarray | None, highlight_xy: np.ndarray | None = None) -> None:
-    """A 2-D density of the parent's events with the gate outline (or, without one, the gated events in red;
-    ``highlight_xy``: those events given apart, e.g. every Treg event for back-gating)."""
-    xlim = _limits(x, None if outline is None else outline[:, 0])
-    ylim = _limits(y, None if outline is None else outline[:, 1])
-    counts = histogram2d(x, y, xlim, ylim)
+    """A 2-D density of the parent's events (``xy``: ``(n, 2)``) with the gate outline (or, without one, the gated
+    events in red; ``highlight_xy``: those events given apart, e.g. every Treg event for back-gating)."""
+    xlim = _limits(xy[:, 0], None if outline is None else outline[:, 0])
+    ylim = _limits(xy[:, 1], None if outline is None else outline[:, 1])
+    counts = _counts(xy, xlim, ylim)
     highlight = None
     if highlight_xy is not None:
-        highlight = histogram2d(highlight_xy[:, 0], highlight_xy[:, 1], xlim, ylim)
+        highlight = _counts(highlight_xy, xlim, ylim)
     elif inside is not None:
-        highlight = histogram2d(x[inside], y[inside], xlim, ylim)
+        highlight = _counts(xy[inside], xlim, ylim)
     panel.image = density_png(counts, "viridis" if highlight is None else "greys", highlight=highlight)
     ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
     if outline is not None:
@@ -296,17 +312,20 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
                  label=f"Gating of {sample_name}")
     n_events = int(getattr(result, "n_events", 0)) or len(next(iter(result.masks.values())))
 
+    scatter_xy = None  # the root scatter gate's values on every k-th event: the back-gating panel's too
     for index, pop in enumerate(pops):
         x0, y0 = _panel_box(index)
         panel = Panel(x0, y0, _PLOT, _PLOT)
         values, inside, n_parent = _parent_values(result, pop, n_events)
+        if pop is scatter and not pop.parent:
+            scatter_xy = values
         n_in = int(result.counts[pop.name]) if pop.name in getattr(result, "counts", {}) \
             else int(np.count_nonzero(result.masks[pop.name]))  # masks carry the parent chain
         dims = pop.gate.dimensions
         if len(dims) >= 2:
             outline = pop.gate.outline() if len(dims) == 2 else None
             outline = None if outline is None else np.asarray(outline, dtype=float)
-            _density_panel(panel, values[:, 0], values[:, 1], dims, outline, None if outline is not None else inside)
+            _density_panel(panel, values[:, :2], dims, outline, None if outline is not None else inside)
         else:
             _histogram_panel(panel, values[:, 0], inside, dims[0], pop.gate, n_parent / max(values.shape[0], 1))
         pct = f"{100.0 * n_in / n_parent:.1f}%" if n_parent else "–"
@@ -317,10 +336,13 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
         x0, y0 = _panel_box(len(pops))
         panel = Panel(x0, y0, _PLOT, _PLOT)
         every = np.arange(0, n_events, max(1, -(-n_events // _MAX_PLOT_EVENTS)))
-        try:
-            xy = np.asarray(result.values(scatter.gate, every))
-        except TypeError:  # a result without row selection
-            xy = np.asarray(result.values(scatter.gate))[every]
+        if scatter_xy is not None:
+            xy = scatter_xy
+        else:
+            try:
+                xy = np.asarray(result.values(scatter.gate, every))
+            except TypeError:  # a result without row selection
+                xy = np.asarray(result.values(scatter.gate))[every]
         # Every Treg event (every k-th above the cap) in red: a rare population must not vanish in the stride.
         tregs = _members(result, treg_name)
         n_treg = int(tregs.size)
@@ -329,7 +351,7 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
             treg_xy = np.asarray(result.values(scatter.gate, tregs))
         except TypeError:  # a result without row selection
             treg_xy = np.asarray(result.values(scatter.gate))[tregs]
-        _density_panel(panel, xy[:, 0], xy[:, 1], scatter.gate.dimensions, None, None, treg_xy)
+        _density_panel(panel, xy[:, :2], scatter.gate.dimensions, None, None, treg_xy[:, :2])
         panel.title = [f"Back-gating: {_short(treg_name, 16)}", f"{n_treg:,} events (red) on scatter"]
         panel.tooltip = f"{treg_name} events (red) over all events (grey)"
         fig.panels.append(panel)
