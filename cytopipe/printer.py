@@ -38,8 +38,15 @@ def _stop(process: subprocess.Popen, fds: tuple[int, ...], profile: str) -> None
             pass
     if process.poll() is None:
         process.kill()  # a polite Browser.close takes most of a second; there is nothing to save
-    process.wait()  # a killed Chromium's helpers exit with it (tens of milliseconds)
-    shutil.rmtree(profile, ignore_errors=True)
+    process.wait()
+    # A killed Chromium's helper processes exit tens of milliseconds after it and may still write into the profile
+    # while it is removed: remove it again until it is gone (at most 5 s), never leaving a profile behind.
+    deadline = time.monotonic() + 5.0
+    while True:
+        shutil.rmtree(profile, ignore_errors=True)
+        if not os.path.exists(profile) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
 
 
 class Printer:
