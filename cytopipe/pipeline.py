@@ -104,8 +104,9 @@ class SampleResult:
     sensitivity
         One dict per data-driven threshold: how much the Treg % moves when it shifts (``sensitivity.csv`` rows).
     workspace
-        The sample's gates in FlowJo's terms for ``gates_fitted.wsp`` (:func:`cytopipe.flowjo.write.sample_tree`),
-        or ``{"error": reason}`` when FlowJo cannot hold them (the sample's counts stand); ``None`` before counting.
+        The sample's ``<Sample>`` element of ``gates_fitted.wsp``: its gates in FlowJo's terms
+        (:func:`cytopipe.flowjo.write.sample_tree`) rendered by :func:`cytopipe.flowjo.render.sample_fragment`; or
+        ``{"error": reason}`` when FlowJo cannot hold them (the sample's counts stand); ``None`` before counting.
     references
         Median raw detector value of each reference population (``"CD4 T|CD4" -> median``; see
         :func:`cytopipe.reference.reference_medians`), for the drift QC across visits.
@@ -407,9 +408,10 @@ def process_sample(task: SampleTask) -> SampleResult:
     lap("count")
 
     try:  # gates_fitted.wsp: a gate FlowJo cannot hold leaves the sample out of the workspace, not the study
-        from .flowjo.write import sample_tree
+        from .flowjo.write import sample_fragment, sample_tree
 
-        out.workspace = sample_tree(strategy, sample, result, spillover, name=task.sample)
+        # Rendered here, beside the gating (the workers run in parallel): the client only joins the samples.
+        out.workspace = sample_fragment(sample_tree(strategy, sample, result, spillover, name=task.sample))
     except Exception as err:  # noqa: BLE001
         out.workspace = {"error": one_line(err)}
     lap("workspace")

@@ -249,6 +249,8 @@ def _valid_result(result: SampleResult, payload: dict, task: SampleTask | None, 
         return False
     if result.plot is not None and not isinstance(result.plot, str):
         return False
+    if not _valid_workspace(result.workspace):
+        return False
     if not isinstance(result.timings, dict) or not all(isinstance(v, (int, float)) for v in result.timings.values()):
         return False
     for rows in (result.fitted, result.sensitivity, result.populations):
@@ -275,6 +277,24 @@ def _valid_result(result: SampleResult, payload: dict, task: SampleTask | None, 
             (treg["treg_events"], treg["cd4_events"]) == want and
             _close(treg["treg_pct"], treg["treg_events"], treg["cd4_events"]) and
             isinstance(treg["acquisition_qc"], str))
+
+
+def _valid_workspace(workspace: Any) -> bool:
+    """A result's ``workspace`` as :func:`cytopipe.pipeline.process_sample` writes it: ``None``, ``{"error": ...}``
+    or a :func:`cytopipe.flowjo.render.sample_fragment` whose markers number at most its own gates."""
+    if workspace is None:
+        return True
+    if not isinstance(workspace, dict):
+        return False
+    if "error" in workspace:
+        return isinstance(workspace["error"], str)
+    xml, gates, matrix = workspace.get("xml"), workspace.get("gates"), workspace.get("matrix")
+    if not (isinstance(xml, str) and isinstance(workspace.get("name"), str) and _is_int(gates)
+            and (matrix is None or isinstance(matrix, dict))):
+        return False
+    pieces = xml.split("\x00")
+    return len(pieces) % 2 == 1 and all(mark == "s" or (mark.isdigit() and 0 < int(mark) <= gates)
+                                        for mark in pieces[1::2])
 
 
 def _close(pct: Any, count: int, total: int) -> bool:

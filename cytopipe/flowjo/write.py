@@ -6,9 +6,11 @@ Writing happens in two steps, so that the data-dependent part runs where the eve
    description in FlowJo's terms: ``$PnN`` parameter names (``Comp-`` prefixed when compensated), coordinates in
    raw (untransformed) units, the spillover matrix, one transform per parameter, the file's keywords and cytopipe's
    count of every population. The batch runner caches it with the sample's other results.
-2. :func:`write_workspace` (on the client) renders the descriptions of all samples as one workspace and writes it
-   atomically. The text depends only on the descriptions (sorted names, shortest round-trip numbers, no dates), so
-   the same fitted gates give byte-identical files with any number of workers.
+2. :func:`cytopipe.flowjo.render.sample_fragment` (in the worker too) renders the description as the sample's
+   ``<Sample>`` element, and :func:`write_workspace` (on the client) joins the samples into one workspace
+   (:func:`cytopipe.flowjo.render.join_workspace`) and writes it atomically. The text depends only on the
+   descriptions and their order (sorted names, shortest round-trip numbers, no dates; sample and gate ids given at
+   the join), so the same fitted gates give byte-identical files with any number of workers.
 
 How cytopipe gates map onto FlowJo 10 (the conventions FlowJo itself writes, and FlowKit reads):
 
@@ -38,8 +40,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -65,14 +66,13 @@ from cytopipe.transforms import Arcsinh, Linear, Log, Logicle, Transform
 from .constants import (
     ALL_SAMPLES,
     COMP_PREFIX,
-    GATING_ML_20,
     TRANSFORM_ARCSINH,
     TRANSFORM_BIEX,
     TRANSFORM_LINEAR,
     TRANSFORM_LOG,
     TRANSFORM_LOGICLE,
-    WORKSPACE_VERSION_10,
 )
+from .render import join_workspace, render_workspace, sample_fragment
 from .transforms import FlowJoBiex, FlowJoLog
 
 __all__ = [
@@ -81,6 +81,8 @@ __all__ = [
     "ALL_SAMPLES",
     "sample_tree",
     "ellipse_polygon",
+    "sample_fragment",
+    "join_workspace",
     "render_workspace",
     "write_workspace",
     "workspace_for_files",
@@ -88,17 +90,9 @@ __all__ = [
 
 #: The file ``cytopipe run`` writes.
 WORKSPACE_NAME = "gates_fitted.wsp"
-#: The FlowJo release whose workspace layout is written (``Workspace version="20.0"``, FlowJo 10).
-FLOWJO_VERSION = "10.8.0"
 #: FlowJo's name for the matrix from the file's own ``$SPILLOVER``/``SPILL`` keyword.
 ACQUISITION_MATRIX = "Acquisition-defined"
 
-_NAMESPACES = (("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"),
-               *((f"xmlns:{prefix}", uri) for prefix, uri in GATING_ML_20.items()))
-# Characters XML 1.0 cannot hold at all, not even as character references (C0 controls, lone surrogates, U+FFFE/F).
-_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-# Text that needs no escaping at all in an attribute value.
-_PLAIN = re.compile("[^&<>\"\t\n\r\x00-\x1f\ud800-\udfff\ufffe\uffff]*")
 # Polygon resolution for ellipses: doubled from the first until no event of the sample lies between polygon and
 # ellipse; the last is a safety cap (~140 kB of XML for one gate).
 _ELLIPSE_VERTICES = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -661,69 +655,18 @@ def _shortest_between(low: float, high: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# step 2: the workspace (runs on the client)
-
-
-def render_workspace(trees: Sequence[dict], groups: dict[str, Sequence[str]] | None = None) -> str:
-    """The XML text of a FlowJo 10 workspace holding the given samples.
-
-    Parameters
-    ----------
-    trees : sequence of dict
-        :func:`sample_tree` descriptions, in the order FlowJo should list them (sample IDs 1, 2, ...).
-    groups : dict, optional
-        Extra groups besides "All Samples": group name -> sample names (e.g. one group per subject).
-
-    Returns
-    -------
-    str
-        The workspace, UTF-8 ready; every name and value escaped (characters XML cannot hold become U+FFFD).
-    """
-    out = _Writer()
-    out.text('<?xml version="1.0" encoding="UTF-8"?>')
-    out.text("<!-- Written by cytopipe: each sample with the gates cytopipe applied to it (fitted gates as fitted); "
-             "population counts are cytopipe's. -->")
-    out.open("Workspace", [("version", WORKSPACE_VERSION_10), ("flowJoVersion", FLOWJO_VERSION),
-                           ("curGroup", ALL_SAMPLES), *_NAMESPACES])
-    ids = {tree["name"]: k for k, tree in enumerate(trees, start=1)}
-    matrices = {}
-    for tree in trees:
-        if tree["matrix"] is not None:
-            matrices.setdefault(tree["matrix"]["id"], tree["matrix"])
-    if matrices:
-        out.open("Matrices")
-        for matrix in matrices.values():
-            _matrix(out, matrix)
-        out.close("Matrices")
-    else:
-        out.empty("Matrices")
-    out.open("Groups")
-    for group, names in [(ALL_SAMPLES, list(ids)), *(groups or {}).items()]:
-        out.open("GroupNode", [("name", group), ("annotation", ""), ("owningGroup", group), ("expanded", "1"),
-                               ("sortPriority", "10"), ("count", "-1")])
-        out.open("Group", [("name", group), ("live", "1"), ("role", "ws.group.dlog.test" if group == ALL_SAMPLES
-                                                                  else "ws.group.dlog.undefined")])
-        out.empty("Criteria")
-        out.open("SampleRefs")
-        for name in names:
-            out.empty("SampleRef", [("sampleID", str(ids[name]))])
-        out.close("SampleRefs")
-        out.close("Group")
-        out.close("GroupNode")
-    out.close("Groups")
-    out.open("SampleList")
-    gate_ids = iter(range(1, 1 << 62))
-    for tree in trees:
-        _sample(out, tree, ids[tree["name"]], gate_ids)
-    out.close("SampleList")
-    out.close("Workspace")
-    return out.result()
+# step 2: the workspace (rendering: cytopipe.flowjo.render; joined and written on the client)
 
 
 def write_workspace(path: str | os.PathLike[str], trees: Sequence[dict],
                     groups: dict[str, Sequence[str]] | None = None) -> int:
-    """Write :func:`render_workspace` atomically to ``path``; returns the number of bytes written."""
-    data = render_workspace(trees, groups).encode("utf-8")
+    """Write :func:`render_workspace` atomically to ``path``; returns the number of bytes written.
+
+    ``trees`` may hold :func:`sample_tree` descriptions or their :func:`sample_fragment` renderings (those with an
+    ``xml`` key are joined as they are).
+    """
+    fragments = [tree if "xml" in tree else sample_fragment(tree) for tree in trees]
+    data = join_workspace(fragments, groups).encode("utf-8")
     atomic_write(path, data)
     return len(data)
 
@@ -758,202 +701,3 @@ def workspace_for_files(gates: str | os.PathLike[str], fcs_files: Sequence[str |
         names.add(name)
         trees.append(sample_tree(strategy, sample, result, choose_spillover(sample, strategy), name=name))
     return write_workspace(out, trees)
-
-
-def _matrix(out: _Writer, matrix: dict) -> None:
-    out.open("transforms:spilloverMatrix", [("spectral", "0"), ("prefix", COMP_PREFIX), ("name", matrix["name"]),
-                                            ("editable", "0"), ("status", "FINALIZED"),
-                                            ("transforms:id", matrix["id"]), ("suffix", "")])
-    out.open("data-type:parameters")
-    for channel in matrix["channels"]:
-        out.empty("data-type:parameter", [("data-type:name", channel),
-                                          ("userProvidedCompInfix", COMP_PREFIX + channel)])
-    out.close("data-type:parameters")
-    for channel, row in zip(matrix["channels"], matrix["rows"], strict=True):
-        out.open("transforms:spillover", [("data-type:parameter", channel),
-                                          ("userProvidedCompInfix", COMP_PREFIX + channel)])
-        for other, value in zip(matrix["channels"], row, strict=True):
-            out.empty("transforms:coefficient", [("data-type:parameter", other), ("transforms:value", _num(value))])
-        out.close("transforms:spillover")
-    out.close("transforms:spilloverMatrix")
-
-
-def _sample(out: _Writer, tree: dict, sample_id: int, gate_ids: Iterable[int]) -> None:
-    out.open("Sample")
-    out.empty("DataSet", [("uri", tree["uri"]), ("sampleID", str(sample_id))])
-    if tree["matrix"] is not None:
-        matrix = tree["matrix"]
-        out.block(("matrix", matrix["name"], matrix["id"], *matrix["channels"], *map(tuple, matrix["rows"])),
-                  _matrix, matrix)
-    out.block(("transforms", repr(tree["transforms"])), _transforms, tree["transforms"])
-    out.open("Keywords")
-    for key, value in tree["keywords"]:
-        out.empty("Keyword", [("name", key), ("value", value)])
-    out.close("Keywords")
-    out.open("SampleNode", [("name", tree["name"]), ("annotation", ""), ("owningGroup", ""), ("expanded", "1"),
-                            ("sortPriority", "10"), ("count", str(tree["count"])), ("sampleID", str(sample_id))])
-    _graph(out, tree["populations"], None)
-    _subpopulations(out, tree["populations"], None, iter(gate_ids))
-    out.close("SampleNode")
-    out.close("Sample")
-
-
-def _transforms(out: _Writer, transforms: list[dict]) -> None:
-    out.open("Transformations")
-    for record in transforms:
-        attrs = [(f"transforms:{key}", _num(value)) for key, value in record["attrs"] if key != "gain"]
-        attrs += [(key, _num(value)) for key, value in record["attrs"] if key == "gain"]
-        out.open(f"transforms:{record['kind']}", attrs)
-        out.empty("data-type:parameter", [("data-type:name", record["param"])])
-        out.close(f"transforms:{record['kind']}")
-    out.close("Transformations")
-
-
-def _axes(node: dict | None) -> list[str]:
-    gate = node.get("gate") if node else None
-    if gate is None:
-        return []
-    if gate["type"] == "PolygonGate":
-        return list(gate["params"])
-    return [d["param"] for d in gate["dimensions"]]
-
-
-def _graph(out: _Writer, children: list[dict], own: dict | None) -> None:
-    """The node's default plot: the axes of its first gated child (where FlowJo draws the children's gates)."""
-    axes = next((a for a in (_axes(c) for c in children) if a), None) or _axes(own)
-    if not axes:
-        return
-    out.open("Graph", [("smoothing", "0"), ("backColor", "#ffffff"), ("foreColor", "#000000"),
-                       ("type", "Pseudocolor" if len(axes) > 1 else "Histogram"), ("fast", "1")])
-    out.empty("Axis", [("dimension", "x"), ("name", axes[0]), ("label", ""), ("auto", "auto")])
-    out.empty("Axis", [("dimension", "y"), ("name", axes[1] if len(axes) > 1 else ""), ("label", ""),
-                       ("auto", "auto")])
-    out.close("Graph")
-
-
-def _subpopulations(out: _Writer, nodes: list[dict], parent_id: str | None, gate_ids: Iterable[int]) -> None:
-    if not nodes:
-        return
-    out.open("Subpopulations")
-    for node in nodes:
-        out.open(node["node"], [("name", node["name"]), ("annotation", ""), ("owningGroup", ""), ("expanded", "1"),
-                                ("sortPriority", "10"), ("count", str(node["count"]))])
-        _graph(out, node.get("children", []), node)
-        gate_id = None
-        if "gate" in node:
-            gate_id = f"ID{next(iter(gate_ids))}"
-            ids = [("gating:id", gate_id)] + ([("gating:parent_id", parent_id)] if parent_id else [])
-            out.open("Gate", ids)
-            _gate(out, node["gate"], ids)
-            out.close("Gate")
-        else:
-            out.open("Dependents")
-            for dependent in node["dependents"]:
-                out.empty("Dependent", [("name", dependent)])
-            out.close("Dependents")
-        _subpopulations(out, node.get("children", []), gate_id or parent_id, gate_ids)
-        out.close(node["node"])
-    out.close("Subpopulations")
-
-
-def _gate(out: _Writer, gate: dict, ids: list[tuple[str, str]]) -> None:
-    common = [("eventsInside", "0" if gate.get("outside") else "1"), ("annoOffsetX", "0"), ("annoOffsetY", "0"),
-              ("tint", "#000000"), ("isTinted", "0"), ("lineWeight", "Normal"), ("userDefined", "1")]
-    if gate["type"] == "RectangleGate":
-        out.open("gating:RectangleGate", [*common, ("percentX", "0"), ("percentY", "0"), *ids])
-        for dim in gate["dimensions"]:
-            limits = [(f"gating:{key}", _num(dim[key])) for key in ("min", "max") if dim[key] is not None]
-            out.open("gating:dimension", limits)
-            out.empty("data-type:fcs-dimension", [("data-type:name", dim["param"])])
-            out.close("gating:dimension")
-        out.close("gating:RectangleGate")
-        return
-    out.open("gating:PolygonGate", [*common, ("quadId", "-1"), ("gateResolution", "256"), *ids])
-    for param in gate["params"]:
-        out.open("gating:dimension")
-        out.empty("data-type:fcs-dimension", [("data-type:name", param)])
-        out.close("gating:dimension")
-    indent = "  " * out.depth
-    out.lines.extend(f'{indent}<gating:vertex><gating:coordinate data-type:value="{_num(x)}"/>'
-                     f'<gating:coordinate data-type:value="{_num(y)}"/></gating:vertex>' for x, y in gate["vertices"])
-    out.close("gating:PolygonGate")
-
-
-def _num(value: Any) -> str:
-    """Shortest text that reads back as the same float (integral values without a fraction: ``262144``)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    value = float(value)
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    if not math.isfinite(value):
-        raise GateError(f"FlowJo workspace: cannot write the non-finite number {value}")
-    return repr(value)
-
-
-def _escape(value: str) -> str:
-    value = str(value)
-    if _PLAIN.fullmatch(value):  # the common case, e.g. numbers and channel names: nothing to replace
-        return value
-    value = _NOT_XML.sub("\ufffd", value)
-    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-            .replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;"))
-
-
-class _Writer:
-    """Indented XML, one element per line (names are literal; attribute values escaped).
-
-    A workspace repeats most of its lines from sample to sample (keywords, matrices, transforms, axes), so each
-    distinct opening or empty element is rendered once and reused (text attribute values only: ``1`` and ``1.0``
-    are equal keys but different texts).
-    """
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.depth = 0
-        self._memo: dict[tuple, Any] = {}
-
-    @staticmethod
-    def _tag(name: str, attrs: Sequence[tuple[str, Any]] | None) -> str:
-        return name + "".join([f' {key}="{_escape(value)}"' for key, value in (attrs or ())])
-
-    def _element(self, name: str, attrs: Sequence[tuple[str, Any]] | None, end: str) -> str:
-        key = (self.depth, name, end, *attrs) if attrs else (self.depth, name, end)
-        line = self._memo.get(key)
-        if line is None:
-            line = "  " * self.depth + f"<{self._tag(name, attrs)}{end}>"
-            if all(type(value) is str for _, value in attrs or ()):
-                self._memo[key] = line
-        return line
-
-    def text(self, line: str) -> None:
-        self.lines.append(line)
-
-    def block(self, key: tuple, render: Any, *args: Any) -> None:
-        """Append ``render(self, *args)``'s lines, rendered once per ``key`` (and depth) and then reused: ``key``
-        must determine the lines (numbers compared as :func:`_num` writes them)."""
-        try:
-            lines = self._memo.get((self.depth, "\0block", *key))
-        except TypeError:  # an unhashable key: render every time
-            render(self, *args)
-            return
-        if lines is None:
-            start = len(self.lines)
-            render(self, *args)
-            self._memo[(self.depth, "\0block", *key)] = self.lines[start:]
-        else:
-            self.lines.extend(lines)
-
-    def open(self, name: str, attrs: Sequence[tuple[str, Any]] | None = None) -> None:
-        self.lines.append(self._element(name, attrs, ""))
-        self.depth += 1
-
-    def close(self, name: str) -> None:
-        self.depth -= 1
-        self.lines.append("  " * self.depth + f"</{name}>")
-
-    def empty(self, name: str, attrs: Sequence[tuple[str, Any]] | None = None) -> None:
-        self.lines.append(self._element(name, attrs, "/"))
-
-    def result(self) -> str:
-        return "\n".join(self.lines) + "\n"
