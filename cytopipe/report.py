@@ -43,7 +43,7 @@ from cytopipe.stats import (
 )
 from cytopipe.svg import template_cache
 
-__all__ = ["find_chromium", "render_report", "write_pdf"]
+__all__ = ["find_chromium", "inline_svg", "render_report", "write_pdf"]
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,22 @@ def _safe_stem(name: str) -> str:
     return safe_stem(name)
 
 
-def _inline_svg(path: Path) -> Markup | None:
-    """An SVG file written by :func:`cytopipe.plots.save_figure`, for inlining (without its XML declaration)."""
+def inline_svg(path: str | os.PathLike) -> Markup | None:
+    """An SVG file written by :func:`cytopipe.plots.save_figure`, for inlining in ``report.html``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The SVG file.
+
+    Returns
+    -------
+    markupsafe.Markup or None
+        The ``<svg>`` element without the XML declaration, the SVG namespace and the figure style sheet (the
+        report carries it once); ``None`` when the file cannot be read or holds no ``<svg>``.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
     start = text.find("<svg")
@@ -293,6 +305,7 @@ def render_report(
     min_cd4_events: int = 2000,
     printer: Printer | None = None,
     pdf_engine: str = "native",
+    figures: dict[str, Markup] | None = None,
 ) -> Path:
     """Render ``report.html`` (and ``report.pdf``) from a results folder.
 
@@ -322,6 +335,10 @@ def render_report(
         for the same results; characters outside WinAnsiEncoding (CJK, emoji, right-to-left scripts) are written
         as ``<U+XXXX>`` codes and named in a notice in the PDF. ``chromium``: the print rendering of the HTML by
         headless Chromium (names in any script the machine has fonts for; about a second; dated).
+    figures : dict, optional
+        Sample -> its gating figure as :func:`inline_svg` read ``plots/gating_<sample>.svg``, prepared earlier (a
+        batch run reads each figure as its sample's result arrives, while the workers gate); the other samples'
+        figures are read here. The report is the same either way.
 
     Returns
     -------
@@ -387,7 +404,7 @@ def render_report(
     (results / "plots").mkdir(exist_ok=True)
     context = _context(results, table, summary, correlation, clinical_table, clinical_source, optional, manifest,
                        settings={"cva": cva, "cvi": cvi, "z": z, "rcv": rcv, "min_treg": min_treg_events,
-                                 "min_cd4": min_cd4_events}, draw=plots)
+                                 "min_cd4": min_cd4_events}, draw=plots, figures=figures)
     template = _environment().get_template("report.html.j2")
     out = results / "report.html"
     atomic_write(out, template.render(**context, for_print=False))
@@ -414,7 +431,8 @@ def _subject_stems(subjects: list[str]) -> dict[str, str]:
 
 def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlation: pd.DataFrame,
              clinical: pd.DataFrame | None, clinical_source: str, optional: dict[str, pd.DataFrame | None],
-             manifest: dict[str, Any], settings: dict[str, float], draw: bool = True) -> dict[str, Any]:
+             manifest: dict[str, Any], settings: dict[str, float], draw: bool = True,
+             figures: dict[str, Markup] | None = None) -> dict[str, Any]:
     plt_col = platelet_column(list(table.columns))
     clinical_cols = [c for c in table.columns if c not in _COMPUTED]
     subjects = [str(s) for s in summary["subject"]] if len(summary) else []
@@ -424,7 +442,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
     if draw and len(table):
         overview_figure = fold_change_overview(table)
         # Inlined from the file just written (its ids are unique in the page): one rendering per figure.
-        overview = _inline_svg(save_figure(overview_figure, results / "plots" / "fold_change_overview.svg"))
+        overview = inline_svg(save_figure(overview_figure, results / "plots" / "fold_change_overview.svg"))
 
     records = table.to_dict("records")  # once: per-subject selections of the frame cost ~4 ms each
     by_subject: dict[str, list[dict[str, Any]]] = {}
@@ -455,7 +473,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         image = course = None
         if draw:
             course = time_course(table, subject, clinical)
-            image = _inline_svg(save_figure(course, results / "plots" / f"timecourse_{stems[subject]}.svg"))
+            image = inline_svg(save_figure(course, results / "plots" / f"timecourse_{stems[subject]}.svg"))
         sections.append({
             "anchor": anchor, "subject": subject, "verdict": row.treg_verdict, "clinical": row.clinical_verdict,
             "correlation": corr_text, "image": image, "figure": course,
@@ -467,11 +485,12 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
     failures = optional["failures"]
     fitted = _per_sample(optional["gates_fitted"], _fitted_rows)
     sensitivity = _per_sample(optional["sensitivity"], _sensitivity_rows)
+    figures = figures or {}
     samples = [_sample_entry(results, r["sample"], r["subject"], r["timepoint"], r["qc_flags"], r["cd4_events"],
-                             r["treg_events"], fitted, sensitivity) for r in records]
+                             r["treg_events"], fitted, sensitivity, figures) for r in records]
     for f in (failures.to_dict("records") if failures is not None else []):
         entry = _sample_entry(results, f["sample"], "", "", f"failed at {f['stage']}: {f['reason']}", None, None,
-                              {}, {})
+                              {}, {}, {})
         entry["failed"] = True
         samples.append(entry)
     gating: dict[str, dict[str, Any]] = {}
@@ -585,12 +604,15 @@ def _timepoint_row(r: dict[str, Any], clinical_cols: list[str]) -> dict[str, Any
 
 
 def _sample_entry(results: Path, sample: Any, subject: Any, timepoint: Any, flags: Any, cd4: Any, treg: Any,
-                  fitted: dict[str, list[dict[str, str]]], sensitivity: dict[str, list[dict[str, str]]]
-                  ) -> dict[str, Any]:
-    plot = plot_path(results / "plots", str(sample))
+                  fitted: dict[str, list[dict[str, str]]], sensitivity: dict[str, list[dict[str, str]]],
+                  figures: dict[str, Markup]) -> dict[str, Any]:
+    svg = figures.get(str(sample))
+    if svg is None:
+        plot = plot_path(results / "plots", str(sample))
+        svg = inline_svg(plot) if plot.is_file() else None
     return {"sample": str(sample), "subject": str(subject), "timepoint": str(timepoint), "flags": str(flags or ""),
             "cd4": _int(cd4), "treg": _int(treg), "failed": False, "anchor": figure_id(str(sample)),
-            "svg": _inline_svg(plot) if plot.is_file() else None, "fitted": fitted.get(str(sample), []),
+            "svg": svg, "fitted": fitted.get(str(sample), []),
             "sensitivity": sensitivity.get(str(sample), [])}
 
 

@@ -66,6 +66,43 @@ def serial(study, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
+def test_report_rendered_again_from_the_folder_is_the_runs_report(serial):
+    """The run reads each gating figure as its sample's result arrives; ``cytopipe report DIR`` reads them all
+    from plots/ at the end: the same page (but for the time it was generated)."""
+    import re
+
+    from cytopipe.report import render_report
+
+    def page() -> str:
+        html = (serial.out / "report.html").read_text(encoding="utf-8")
+        return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "", html)
+
+    first = page()
+    assert first.count('<figure class="scroll"><svg') > len(serial.computed) > 0  # and the time courses
+    render_report(serial.out)
+    assert page() == first
+
+
+def test_figures_read_as_results_arrive_skip_a_shared_file(tmp_path):
+    """Two samples whose names differ only in unsafe characters write one figure file: the report reads that file
+    at the end, as it is then, rather than each sample's version as it arrived."""
+    from cytopipe.batch.runner import _Figures
+    from cytopipe.pipeline import SampleResult
+    from cytopipe.report import inline_svg
+
+    svg = '<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"><style>x</style>\n<g id="{}"/></svg>'
+    figures = _Figures()
+    for name, stem in (("a/b", "a_b"), ("a_b", "a_b"), ("c", "c"), ("d", None)):
+        path = tmp_path / f"gating_{stem}.svg"
+        path.write_text(svg.format(name), encoding="utf-8")
+        figures.add(SampleResult(sample=name, file="", plot=str(path) if stem else None))
+    assert set(figures.inlined) == {"c"}
+    assert figures.inlined["c"] == inline_svg(tmp_path / "gating_c.svg") == '<svg><g id="c"/></svg>'
+    figures.add(SampleResult(sample="a/b", file="", plot=str(tmp_path / "gating_a_b.svg")))
+    assert set(figures.inlined) == {"c"}
+
+
+@pytest.mark.slow
 def test_outputs_of_a_clean_run(study, serial):
     sheet, gates, labels = study
     out = serial.out

@@ -26,7 +26,9 @@ from cytopipe.flowjo.write import (
     COMP_PREFIX,
     WORKSPACE_NAME,
     ellipse_polygon,
+    join_workspace,
     render_workspace,
+    sample_fragment,
     sample_tree,
     write_workspace,
 )
@@ -255,6 +257,37 @@ def test_render_is_deterministic_and_groups_reference_samples(tmp_path: Path, fc
     assert groups == {"All Samples": ["1", "2"], "subject X": ["2"]}
     ids = [g.get("{http://www.isac-net.org/std/Gating-ML/v2.0/gating}id") for g in root.iter("Gate")]
     assert len(ids) == len(set(ids))
+
+
+def test_fragments_rendered_in_any_order_join_to_one_numbering(tmp_path: Path, fcs_path: Path) -> None:
+    """Workers render each sample's <Sample> element in whatever order samples finish; the join numbers sample and
+    gate ids in the workspace's sample order, so the text never depends on that order."""
+    from cytopipe.batch.cache import _valid_workspace
+    from cytopipe.flowjo import render
+
+    one, _ = _tree(EVERY_GATE, fcs_path, tmp_path, name="a")
+    trees = [json.loads(json.dumps({**one, "name": name})) for name in ("a", "b & <c>", "d")]
+    render._MEMO.clear()
+    reference = render_workspace(trees)
+    render._MEMO.clear()
+    backwards = [json.loads(json.dumps(sample_fragment(tree))) for tree in trees[::-1]]  # as the cache stores them
+    assert all(_valid_workspace(fragment) for fragment in backwards)
+    assert join_workspace(backwards[::-1]) == reference
+    assert write_workspace(tmp_path / "w.wsp", backwards[::-1]) == len(reference.encode())
+    assert (tmp_path / "w.wsp").read_text(encoding="utf-8") == reference
+    assert "\x00" not in reference
+    gating = "{http://www.isac-net.org/std/Gating-ML/v2.0/gating}"
+    root = ET.fromstring(reference.encode())
+    samples = list(root.iter("Sample"))
+    assert [s.find("DataSet").get("sampleID") for s in samples] == ["1", "2", "3"]
+    assert [s.find("SampleNode").get("sampleID") for s in samples] == ["1", "2", "3"]
+    per_sample = [[g.get(f"{gating}id") for g in s.iter("Gate")] for s in samples]
+    flat = [gate for ids in per_sample for gate in ids]
+    assert flat == [f"ID{k}" for k in range(1, len(flat) + 1)] and len(per_sample[0]) == len(flat) // 3
+    for ids, sample in zip(per_sample, samples, strict=True):  # a parent is a gate of the same sample
+        assert {g.get(f"{gating}parent_id") for g in sample.iter("Gate")} - {None} <= set(ids)
+    broken = {**backwards[0], "xml": backwards[0]["xml"].replace("\x001\x00", "\x0099\x00")}
+    assert not _valid_workspace(broken)  # a cached fragment whose markers do not add up is recomputed
 
 
 def test_polygon_vertices_are_raw_values_on_the_drawn_scale(tmp_path: Path, fcs_path: Path) -> None:

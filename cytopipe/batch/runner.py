@@ -324,10 +324,13 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if todo:
         where = f"on {scheduler}" if scheduler else f"{min(n_workers, len(todo))} worker(s)"
         log.log(f"{len(todo)} sample(s) to process, {len(results)} from the cache; {where}")
+    figures = _Figures() if report else None
     for result in _execute(todo, cache, n_workers, scheduler, scheduler_timeout,
                            idle=lambda: _prepare_outputs(report)):
         results.append(result)
         log.sample(result)
+        if figures is not None:
+            figures.add(result)
     log.finish()
 
     import pandas as pd
@@ -355,7 +358,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         from cytopipe.report import render_report
 
         # The PDF is written natively (cytopipe.pdf): no Chromium is started for it.
-        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none")
+        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
+                      figures=figures.inlined if figures is not None else None)
         # The report rewrites baseline.csv (same settings, plus columns from populations.csv): return that one.
         tables["baseline"] = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
 
@@ -380,6 +384,37 @@ def _prepare_outputs(report: bool) -> None:
     _versions()  # the package versions manifest.json records
     if report:
         import cytopipe.report  # noqa: F401
+
+
+class _Figures:
+    """The report's gating figures, read as each sample's result arrives (the client only waits for the workers
+    then), instead of all of them after the last sample.
+
+    A figure is taken as :func:`cytopipe.report.inline_svg` reads ``plots/gating_<sample>.svg`` just after the
+    worker wrote it. Samples whose names share one file (names that differ only in unsafe characters) are left to
+    the report, which reads the file as it is at the end, as without this.
+    """
+
+    def __init__(self) -> None:
+        self.inlined: dict[str, Any] = {}  # sample -> its figure, for render_report(figures=...)
+        self._owner: dict[str, str] = {}  # figure file -> the sample that wrote it
+        self._shared: set[str] = set()  # figure files written by two samples
+
+    def add(self, result: SampleResult) -> None:
+        """Read ``result``'s gating figure, if it drew one."""
+        path = result.plot
+        if path is None or path in self._shared:
+            return
+        owner = self._owner.setdefault(path, result.sample)
+        if owner != result.sample:
+            self._shared.add(path)
+            self.inlined.pop(owner, None)
+            return
+        from cytopipe.report import inline_svg
+
+        figure = inline_svg(path)
+        if figure is not None:
+            self.inlined[result.sample] = figure
 
 
 def _row_settings(records: list[SheetRow], strategy: Any, treg: str, parent: str | None, panel: Any,

@@ -146,6 +146,8 @@ def join_workspace(fragments: Sequence[dict], groups: dict[str, Sequence[str]] |
         out.close("GroupNode")
     out.close("Groups")
     out.open("SampleList")
+    parts = ["\n".join(out.lines)]  # one join at the end: the samples' text is copied once
+    out.lines = []
     gates = 0
     for fragment in fragments:
         pieces = fragment["xml"].split(_MARK)
@@ -153,11 +155,14 @@ def join_workspace(fragments: Sequence[dict], groups: dict[str, Sequence[str]] |
         for k in range(1, len(pieces), 2):  # the markers, between the text pieces
             mark = pieces[k]
             pieces[k] = sample_id if mark == "s" else str(gates + int(mark))
-        out.text("".join(pieces))
+        parts.append("\n")
+        parts.extend(pieces)
         gates += fragment["gates"]
     out.close("SampleList")
     out.close("Workspace")
-    return out.result()
+    parts.append("\n")
+    parts.append(out.result())
+    return "".join(parts)
 
 
 def _matrix(out: _Writer, matrix: dict) -> None:
