@@ -354,7 +354,22 @@ COMMANDS = {"run": _run, "info": _info, "export": _export, "gate": _gate, "gates
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``cytopipe`` command; returns the exit code."""
+    """Run the ``cytopipe`` command; returns the exit code.
+
+    Called without ``argv`` it is the program itself (``cytopipe``, ``python -m cytopipe``), which ends when this
+    returns: the objects left are then frozen out of the garbage collector's reach (:func:`gc.freeze`), so that the
+    interpreter's shutdown frees them by reference counting alone instead of collecting over every object pandas
+    and numpy created (~0.1 s of the run's end). Exit handlers still run and every output is already closed.
+    """
+    code = _main(argv)
+    if argv is None:
+        import gc
+
+        gc.freeze()
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_library_logs()
     try:
