@@ -5,6 +5,7 @@
 * :mod:`cytopipe.flowjo.reader` — workspace XML to plain objects and to a :class:`cytopipe.gates.GatingStrategy`.
 * :mod:`cytopipe.flowjo.check` — ``cytopipe flowjo check``: FlowJo's counts against cytopipe's.
 * :mod:`cytopipe.flowjo.write` — FlowJo 10 workspaces out (``gates_fitted.wsp``, ``cytopipe gates convert --to wsp``).
+* :mod:`cytopipe.flowjo.render` — their XML: each sample's ``<Sample>`` element (rendered in the worker), then joined.
 """
 
 from .reader import (
