@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,20 +46,26 @@ REPORT_STUDY = {
 _GATE_TEXT = "name: Treg <b>bold</b>\npopulations:\n  - name: Lymphocytes\n"
 
 
-def _gating_svg(path: Path) -> None:
-    """A gating figure as ``cytopipe run`` writes it: one density panel of a gate, titled with a hostile name."""
+def one_gate_scatter(name: str, n_events: int) -> tuple[Any, Any]:
+    """``(strategy, result)``: ``n_events`` normal FSC-A/SSC-A events (seed 3) gated by one rectangle named
+    ``name`` (40,000-60,000 on both axes), uncompensated: the smallest input of a gating figure."""
     from cytopipe.fcs import Sample
     from cytopipe.gates import Dimension, GatingStrategy, Population, RectangleGate
-    from cytopipe.pipeline import _draw_plot
 
     rng = np.random.default_rng(3)
-    events = rng.normal(50000, 9000, (2000, 2)).astype(np.float32)
+    events = rng.normal(50000, 9000, (n_events, 2)).astype(np.float32)
     sample = Sample("", events, ("FSC-A", "SSC-A"), ("", ""), {}, "FCS3.1")
-    gate = RectangleGate("<i>Lymphocytes</i>", (Dimension("FSC-A"), Dimension("SSC-A")), min=(40000, 40000),
-                         max=(60000, 60000))
-    strategy = GatingStrategy((Population("<i>Lymphocytes</i>", gate, None),), compensation="none")
-    assert Path(_draw_plot(strategy.apply(sample), strategy, path.stem[len("gating_"):], None,
-                           str(path.parent))) == path
+    gate = RectangleGate(name, (Dimension("FSC-A"), Dimension("SSC-A")), min=(40000, 40000), max=(60000, 60000))
+    strategy = GatingStrategy((Population(name, gate, None),), compensation="none")
+    return strategy, strategy.apply(sample)
+
+
+def _gating_svg(path: Path) -> None:
+    """A gating figure as ``cytopipe run`` writes it: one density panel of a gate, titled with a hostile name."""
+    from cytopipe.pipeline import _draw_plot
+
+    strategy, result = one_gate_scatter("<i>Lymphocytes</i>", 2000)
+    assert Path(_draw_plot(result, strategy, path.stem[len("gating_"):], None, str(path.parent))) == path
 
 
 def build_results_folder(root: Path, *, clinical: bool = True) -> Path:

@@ -169,17 +169,12 @@ def test_literal_escaping_and_text_cleaning() -> None:
 
 def test_figures_are_drawn_with_their_rasters(tmp_path: Path) -> None:
     """A gating figure (density raster, gate path, texts) drawn on a page: poppler shows its colours."""
-    from cytopipe.fcs import Sample
-    from cytopipe.gates import Dimension, GatingStrategy, Population, RectangleGate
+    from conftest import one_gate_scatter
+
     from cytopipe.plots import gating_hierarchy
 
-    rng = np.random.default_rng(3)
-    events = rng.normal(50000, 9000, (4000, 2)).astype(np.float32)
-    sample = Sample("", events, ("FSC-A", "SSC-A"), ("", ""), {}, "FCS3.1")
-    gate = RectangleGate("Lymphocytes", (Dimension("FSC-A"), Dimension("SSC-A")), min=(40000, 40000),
-                         max=(60000, 60000))
-    strategy = GatingStrategy((Population("Lymphocytes", gate, None),), compensation="none")
-    figure = gating_hierarchy(strategy.apply(sample), strategy, "S1")
+    strategy, result = one_gate_scatter("Lymphocytes", 4000)
+    figure = gating_hierarchy(result, strategy, "S1")
     assert figure.panels[0].image  # the density is an embedded PNG
     doc = Document()
     draw_figure(doc.add_page(), Text(), figure, 30.0, 30.0, 1.0)
