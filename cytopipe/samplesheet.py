@@ -76,8 +76,8 @@ def read_sample_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]
 
     A sheet that Python's :mod:`csv` reads as a plain table (a unique, non-empty name per column, every row as
     many cells as the header, UTF-8) is read without importing pandas (~0.3 s: the batch runner reads the sheet
-    before its workers start); any other sheet is read by :func:`pandas.read_csv` exactly as before, so its
-    readings and error messages do not change.
+    before its workers start); any other sheet is parsed by :func:`pandas.read_csv`. Both parsings go through the
+    same checks, so readings and error messages do not depend on the parser.
 
     Raises
     ------
@@ -87,12 +87,13 @@ def read_sample_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]
     path = Path(path)
     if not path.is_file():
         raise SampleSheetError(f"{path}: sample sheet not found")
-    parsed = _parse_plain(path)
-    if parsed is None:
-        table = _read_with_pandas(path)
-        return table.to_dict("records"), [str(c) for c in table.columns]
-    header, cells = parsed
-    columns = [c.strip() for c in header]
+    header, cells = _parse_plain(path) or _parse_with_pandas(path)
+    return _sheet_rows(path, header, cells)
+
+
+def _sheet_rows(path: Path, header: list[str], cells: list[list[Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Validate a parsed sheet (header and rows of cells, from :mod:`csv` or pandas): records and column order."""
+    columns = [str(c).strip() for c in header]
     _check_column_names(path, columns)
     lower = {c.lower(): c for c in columns}
     canonical = {lower[k]: k for k in (*REQUIRED, *KNOWN) if k in lower}
@@ -103,7 +104,8 @@ def read_sample_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]
             f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)} "
             f"(a sample sheet needs {', '.join(REQUIRED)}; found {', '.join(columns) or 'none'})"
         )
-    records = [dict(zip(columns, (v.strip() for v in row), strict=True)) for row in cells]
+    records = [dict(zip(columns, (v.strip() if isinstance(v, str) else v for v in row), strict=True))
+               for row in cells]
     records = [rec for rec in records if not all(rec[c] == "" for c in REQUIRED)]
     if not records:
         raise SampleSheetError(f"{path}: the sample sheet has no rows")
@@ -118,7 +120,7 @@ def read_sample_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]
             raise SampleSheetError(f"{path}: sample name {row['sample']!r} appears more than once "
                                    "(add a 'sample' column with unique names)")
         seen.add(row["sample"])
-    _assign_row_baselines(rows, path)
+    _assign_baselines(rows, path)
     return rows, [*_ROW_COLUMNS, *extra]
 
 
@@ -184,8 +186,9 @@ def _row(path: Path, base: Path, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _assign_row_baselines(rows: list[dict[str, Any]], path: Path) -> None:
-    """:func:`_assign_baselines` on records."""
+def _assign_baselines(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mark one baseline per subject: the row flagged ``baseline`` or else the subject's earliest day (the first
+    such row); control tubes are never baselines."""
     by_subject: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
         if row["role"] == "sample":
@@ -202,8 +205,9 @@ def _assign_row_baselines(rows: list[dict[str, Any]], path: Path) -> None:
             row["baseline"] = False
 
 
-def _read_with_pandas(path: Path) -> pd.DataFrame:
-    """The sheet read by :func:`pandas.read_csv` (what :func:`read_sample_rows` does with unusual sheets)."""
+def _parse_with_pandas(path: Path) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of a sheet :func:`_parse_plain` leaves out (unnamed or repeated columns, ragged rows...),
+    as :func:`pandas.read_csv` reads it; its parse errors become one line."""
     import pandas as pd
 
     try:
@@ -211,33 +215,7 @@ def _read_with_pandas(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SampleSheetError(f"{path}: not a readable CSV file ({first})") from None
-    sheet.columns = [str(c).strip() for c in sheet.columns]
-    _check_column_names(path, list(sheet.columns))
-    lower = {c.lower(): c for c in sheet.columns}
-    sheet = sheet.rename(columns={lower[k]: k for k in (*REQUIRED, *KNOWN)
-                                  if k in lower})
-    missing = [c for c in REQUIRED if c not in sheet.columns]
-    if missing:
-        raise SampleSheetError(
-            f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)} "
-            f"(a sample sheet needs {', '.join(REQUIRED)}; found {', '.join(sheet.columns) or 'none'})"
-        )
-    sheet = sheet.map(lambda v: v.strip() if isinstance(v, str) else v)
-    sheet = sheet[~(sheet[list(REQUIRED)] == "").all(axis=1)].reset_index(drop=True)
-    if sheet.empty:
-        raise SampleSheetError(f"{path}: the sample sheet has no rows")
-
-    base = path.resolve().parent
-    rows = [_row(path, base, i, rec) for i, rec in sheet.iterrows()]
-    extra = [c for c in sheet.columns if c not in (*REQUIRED, *KNOWN)]
-    table = pd.concat([pd.DataFrame(rows), sheet[extra]], axis=1)
-
-    duplicated = table["sample"][table["sample"].duplicated()]
-    if not duplicated.empty:
-        raise SampleSheetError(f"{path}: sample name {duplicated.iloc[0]!r} appears more than once "
-                               "(add a 'sample' column with unique names)")
-    _assign_baselines(table, path)
-    return table
+    return [str(c) for c in sheet.columns], sheet.to_numpy(dtype=object).tolist()
 
 
 def _output_columns() -> frozenset[str]:
@@ -270,17 +248,3 @@ def _normalise_role(role: str) -> str:
     """``FMO:CD25`` -> ``fmo:CD25``: the kind is case-insensitive, the marker is kept as written."""
     kind, sep, marker = role.partition(":")
     return kind.lower() + sep + marker
-
-
-def _assign_baselines(table: pd.DataFrame, path: Path) -> None:
-    """Mark one baseline per subject: the row flagged ``baseline`` or else the subject's earliest day."""
-    samples = table["role"] == "sample"
-    for subject, rows in table[samples].groupby("subject", sort=False):
-        flagged = rows.index[rows["baseline"]]
-        if len(flagged) > 1:
-            names = ", ".join(table.loc[flagged, "sample"])
-            raise SampleSheetError(f"{path}: subject {subject!r} has {len(flagged)} baselines ({names}); mark one")
-        if len(flagged) == 0:
-            earliest = rows["day"].idxmin()
-            table.loc[earliest, "baseline"] = True
-    table.loc[~samples, "baseline"] = False

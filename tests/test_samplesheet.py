@@ -101,9 +101,10 @@ def test_sheet_read_without_pandas_is_the_pandas_reading(tmp_path, text, plain):
     as a plain table are read by pandas."""
     import pandas as pd
 
-    from cytopipe.samplesheet import _parse_plain, _read_with_pandas
+    from cytopipe.samplesheet import _parse_plain, _parse_with_pandas, _sheet_rows, sheet_frame
 
     path = tmp_path / "study.csv"
     path.write_bytes(text.encode("utf-8"))
     assert (_parse_plain(path) is not None) == plain
-    pd.testing.assert_frame_equal(read_sample_sheet(path), _read_with_pandas(path), check_exact=True)
+    by_pandas = sheet_frame(*_sheet_rows(path, *_parse_with_pandas(path)))
+    pd.testing.assert_frame_equal(read_sample_sheet(path), by_pandas, check_exact=True)
