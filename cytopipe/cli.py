@@ -73,23 +73,17 @@ def _add_wsp_option(parser: argparse.ArgumentParser) -> None:
 
 def _wsp_notice(gates: str, wsp_sample: str | None, quiet: bool = False) -> None:
     """Say which tree a workspace applies when --wsp-sample does not choose one."""
-    if wsp_sample is not None or quiet or not _may_be_workspace(gates):
-        return  # the FlowJo reader (and its imports) only for a workspace
+    if wsp_sample is not None or quiet:
+        return
     from .flowjo import default_tree_notice, is_workspace
+    from .gatefile import find_gate_file
 
-    if is_workspace(gates):
-        print(f"cytopipe: {default_tree_notice(gates)}", file=sys.stderr)
-
-
-def _may_be_workspace(gates: str) -> bool:
-    """An existing file named ``.wsp`` or whose start names a ``Workspace`` element (shipped strategies, the other
-    values of --gates, are YAML; a missing file is reported by the command itself)."""
     try:
-        with open(gates, "rb") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return False
-    return str(gates).lower().endswith(".wsp") or b"<Workspace" in head
+        where = find_gate_file(gates)
+    except CytopipeError:
+        return  # reported by the command itself
+    if is_workspace(where):
+        print(f"cytopipe: {default_tree_notice(where)}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
