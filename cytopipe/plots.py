@@ -120,12 +120,14 @@ def _nth_smallest(values: np.ndarray, rank: int) -> float:
     return float(values.min())
 
 
-def _bin(values: np.ndarray, limits: tuple[float, float], bins: int) -> np.ndarray:
+def _bin(values: np.ndarray, limits: Any, bins: int) -> np.ndarray:
     """Bin index of each value on ``bins`` equal cells over ``limits``, shifted by one: 1..bins inside, 0 below
-    (and NaN), bins + 1 above. A few whole-array passes, no boolean indexing."""
-    lo, hi = limits
-    scaled = np.asarray(values, dtype=np.float32) - np.float32(lo)
-    scaled *= np.float32(bins / (hi - lo))
+    (and NaN), bins + 1 above. ``limits`` is ``(lo, hi)``, or one ``(lo, hi)`` per column of an ``(n, k)`` array
+    (all columns binned in the same passes). A few whole-array passes, no boolean indexing."""
+    limits = np.asarray(limits, dtype=float)
+    lo, hi = limits[..., 0], limits[..., 1]
+    scaled = np.asarray(values, dtype=np.float32) - lo.astype(np.float32)
+    scaled *= (bins / (hi - lo)).astype(np.float32)
     np.fmax(scaled, np.float32(-1), out=scaled)  # fmax also turns NaN into -1
     np.minimum(scaled, np.float32(bins), out=scaled)
     scaled += 1  # truncation towards zero now puts (lo - one bin, lo) in the "below" cell 0
@@ -136,21 +138,12 @@ def histogram2d(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: t
                 bins: int = _BINS) -> np.ndarray:
     """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal half-open bins
     but in one :func:`numpy.bincount` (values outside the limits land in border cells, dropped)."""
-    flat = _bin(x, xlim, bins) * (bins + 2) + _bin(y, ylim, bins)
-    return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
+    return _counts(np.column_stack([x, y]), xlim, ylim, bins)
 
 
 def _counts(xy: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], bins: int = _BINS) -> np.ndarray:
-    """:func:`histogram2d` of the two columns of ``xy`` (``(n, 2)``), both binned in the same whole-array passes
-    (the same float32 arithmetic per value, so the same bins)."""
-    lo = np.array([xlim[0], ylim[0]], dtype=np.float32)
-    scale = np.array([bins / (xlim[1] - xlim[0]), bins / (ylim[1] - ylim[0])], dtype=np.float32)
-    scaled = np.asarray(xy, dtype=np.float32) - lo
-    scaled *= scale
-    np.fmax(scaled, np.float32(-1), out=scaled)
-    np.minimum(scaled, np.float32(bins), out=scaled)
-    scaled += 1
-    cells = scaled.astype(np.intp)
+    """:func:`histogram2d` of the two columns of ``xy`` (``(n, 2)``), both binned in the same whole-array passes."""
+    cells = _bin(xy, (xlim, ylim), bins)
     flat = cells[:, 0] * (bins + 2)
     flat += cells[:, 1]
     return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
