@@ -105,13 +105,8 @@ class ResultCache:
         key = self._stat_key(path)
         return self._files.get(key) if key is not None else None
 
-    def remember_sha(self, path: str, sha: str) -> None:
-        """Record a file's SHA-256 under its path, size and mtime."""
-        line = self._file_line(path, sha)
-        if line:
-            self._append(line)
-
     def _file_line(self, path: str, sha: str) -> str:
+        """The ``F`` line recording a file's SHA-256 under its path, size and mtime (empty when already known)."""
         key = self._stat_key(path)
         if key is None or not _is_hex(sha) or self._files.get(key) == sha:
             return ""
