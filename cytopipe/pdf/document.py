@@ -129,10 +129,14 @@ class Text:
         return done
 
 
+def _escaped(text: str) -> str:
+    """Cleaned text with ``\\``, ``(`` and ``)`` escaped, for the inside of a PDF literal string."""
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
 def literal(text: str) -> bytes:
     """A PDF literal string of cleaned text: WinAnsi bytes with ``(``, ``)`` and ``\\`` escaped."""
-    data = text.encode("cp1252")
-    return b"(" + data.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)") + b")"
+    return b"(" + _escaped(text).encode("cp1252") + b")"
 
 
 def _utf16(text: str) -> bytes:
@@ -234,8 +238,7 @@ class Page:
             matrix = f"0 -1 -1 0 {num(x - rise)} {num(y - along)}"
         else:
             matrix = f"0 1 1 0 {num(x + rise)} {num(y + along)}"
-        escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-        self.ops.append(f"BT {_colour_op(colour, 'rg')} /{font} {num(size)} Tf {matrix} Tm ({escaped}) Tj ET")
+        self.ops.append(f"BT {_colour_op(colour, 'rg')} /{font} {num(size)} Tf {matrix} Tm ({_escaped(text)}) Tj ET")
         return width
 
     def raw(self, op: str) -> None:
