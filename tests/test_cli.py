@@ -179,3 +179,17 @@ def test_run_and_report_figure_and_pdf_switches(tmp_path, results_folder, capsys
     assert capsys.readouterr().err.strip() == f"wrote {out / 'report.html'}"
     assert not (out / "plots" / "fold_change_overview.svg").exists()
 
+
+
+def test_the_program_loads_numpy_blas_with_one_thread_unless_the_user_sets_a_count():
+    # A BLAS thread pool started at import only spins (every computation runs on one thread): the program asks
+    # for one thread before numpy loads, and an explicit count in the environment still wins.
+    code = ("import sys\nfrom cytopipe.cli import main\nsys.argv = ['cytopipe', 'gates', 'list']\nmain()\n"
+            "import threadpoolctl\n"
+            "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                            "OMP_NUM_THREADS")}
+    chosen = {**env, "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    counts = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=e,
+                             timeout=120, check=True).stdout.splitlines()[-1] for e in (env, chosen)]
+    assert counts == ["[1]", "[2]"]
