@@ -5,7 +5,7 @@ Every figure is a :class:`cytopipe.svg.Figure` (a plain description of panels) r
 rest (axes in intensities, gates, counts, labels) is vector text and paths that the HTML report inlines. One style:
 text of at least 10 CSS px, the colour-blind-safe Okabe-Ito palette. :func:`save_figure` writes the SVG atomically.
 
-User text (subject, timepoint, sample and population names) goes through the template's autoescaping.
+User text (subject, timepoint, sample and population names) is escaped by :func:`cytopipe.svg.render`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Small vector-figure toolkit: axes geometry, ticks in intensities, density rasters as PNG, SVG through a template.
+"""Small vector-figure toolkit: axes geometry, ticks in intensities, density rasters as PNG, SVG text.
 
 cytopipe's figures are drawn without matplotlib: a figure is a plain description (panels with ticks, paths,
-markers, texts and an embedded raster) rendered by one Jinja2 template (``templates/figure.svg.j2``) into an SVG
-that the HTML report inlines. Densities are 2-D histograms computed with :func:`numpy.bincount` and embedded as
-small indexed PNG images (:func:`png_indexed`, written with :mod:`zlib`); axes, labels and gates stay vectors, so a
-browser draws them crisply at any zoom. Drawing a six-panel gating figure costs a few milliseconds.
+markers, texts and an embedded raster) written by :func:`render` as an SVG that the HTML report inlines. Densities
+are 2-D histograms computed with :func:`numpy.bincount` and embedded as small indexed PNG images
+(:func:`png_indexed`, written with :mod:`zlib`); axes, labels and gates stay vectors, so a browser draws them
+crisply at any zoom.
 
 Sizes are CSS pixels: the SVG's ``width`` equals its ``viewBox`` width, so text set at 10 px is 10 px on screen at
 100 % zoom (never scaled down to fit).
@@ -13,12 +13,14 @@ Sizes are CSS pixels: the SVG's ``width`` equals its ``viewBox`` width, so text 
 from __future__ import annotations
 
 import base64
+import html
 import math
 import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
+from importlib.resources import files
 from typing import Any
 
 import numpy as np
@@ -345,29 +347,147 @@ class Figure:
 
 def template_cache() -> Any:
     """Jinja2's cache of compiled templates (in the user's temporary folder, checked against the template's
-    modification time): compiling the report and figure templates costs more than rendering them."""
+    modification time): compiling the report templates costs more than rendering them."""
     import jinja2
 
     return jinja2.FileSystemBytecodeCache(pattern="cytopipe-%s.cache")
 
 
-def _template() -> Any:
-    import jinja2
+# ---------------------------------------------------------------------------------------------- SVG text
+#
+# A figure is written with small format strings, one per kind of element: a gating figure is a few hundred
+# elements, which a template engine would cost a millisecond to lay out. Numbers are written as Python writes
+# them (``str``); every string that is not a constant of this module goes through :func:`escape`.
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("cytopipe", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             bytecode_cache=template_cache(), auto_reload=False)  # no stat of the file per render
-    return env.get_template("figure.svg.j2")
+#: The figure style sheet, embedded in standalone files (the HTML report carries it once for all figures).
+_STYLE = (files("cytopipe") / "templates" / "figure.css").read_text(encoding="utf-8").removesuffix("\n")
+_FONT = 'font-family="DejaVu Sans, Segoe UI, Helvetica, Arial, sans-serif" font-size="10"'
+_SVG_NS = ' xmlns="http://www.w3.org/2000/svg"'
+_BOLD = ("", ' class="b"')  # a panel title's first line is bold
 
 
-#: Compiled once at import: worker processes forked (or preloaded by the fork server) after this module was
-#: imported start drawing without compiling it again.
-_TEMPLATE = _template()
+def escape(text: object) -> str:
+    """``text`` safe in SVG/HTML text and attribute values (``& < > " '`` as entities)."""
+    return html.escape(str(text), quote=True)
 
 
 def render(figure: Figure, ident: str = "f", standalone: bool = False) -> str:
-    """The SVG element of a figure, for inlining in HTML (``standalone``: with the SVG namespace, for a file).
+    """The SVG element of a figure, for inlining in HTML (``standalone``: with the SVG namespace and the figure
+    style sheet, for a file).
 
     ``ident`` prefixes the element ids (clip paths), which must be unique in the HTML page.
     """
-    return _TEMPLATE.render(fig=figure, ident=ident, standalone=standalone)
+    fig = figure
+    out = [f'<svg{_SVG_NS if standalone else ""} width="{fig.width}" height="{fig.height}" '
+           f'viewBox="0 0 {fig.width} {fig.height}" class="fig {escape(fig.kind)}" role="img" '
+           f'aria-label="{escape(fig.label or fig.title)}" {_FONT}>\n']
+    if standalone:
+        out.append(f"<style>{_STYLE}</style>\n")
+    if fig.title:
+        out.append(f'<text class="head" x="8" y="16">{escape(fig.title)}</text>\n')
+    ident = escape(ident)
+    for index, panel in enumerate(fig.panels, 1):
+        _panel(out, panel, f"{ident}-c{index}")
+    if fig.legend:
+        out.append('<g class="legend">\n')
+        out.extend(_legend_item(item) for item in fig.legend)
+        out.append("</g>\n")
+    out.append("</svg>")
+    return "".join(out)
+
+
+
+
+def _panel(out: list[str], p: Panel, cid: str) -> None:
+    """Append one panel's elements: clip box, title, background, clipped content, axes, ticks, labels."""
+    box = f'x="{p.x}" y="{p.y}" width="{p.width}" height="{p.height}"'
+    bottom, right = p.y + p.height, p.x + p.width
+    limits = f' data-limits="{" ".join(map(str, p.limits))}"' if p.limits else ""
+    out.append(f'<g class="panel"{limits}>\n<clipPath id="{cid}"><rect {box}/></clipPath>\n')
+    if p.title:
+        tooltip = f"<title>{escape(p.tooltip)}</title>" if p.tooltip else ""
+        lines = "".join(f'<tspan x="{p.x}" dy="{13 if k else 0}"{_BOLD[k == 0]}>{escape(line)}</tspan>'
+                        for k, line in enumerate(p.title))
+        out.append(f'<text class="ttl" x="{p.x}" y="{p.y - 6 - 13 * (len(p.title) - 1)}">{tooltip}{lines}</text>\n')
+    out.append(f'<rect {box} fill="#ffffff" stroke="none"/>\n')
+    if p.grid:
+        out.extend(f'<line x1="{p.x}" x2="{right}" y1="{t[0]}" y2="{t[0]}" stroke="#e3e3e3" stroke-width="0.6"/>'
+                   for t in p.yticks)
+    out.append(f'<g clip-path="url(#{cid})">\n')
+    if p.image:
+        out.append(f'<image {box} preserveAspectRatio="none" href="{escape(p.image)}"/>\n')
+    out.extend(_path(s) for s in p.paths)
+    out.extend(_marker(m) for m in p.markers)
+    out.extend(_text(t) for t in p.texts)
+    out.append(f'</g>\n<path d="M{p.x},{p.y}V{bottom}H{right}" fill="none" stroke="#333" stroke-width="1"/>\n')
+    below, label_y, tick_x, label_x = bottom + 4, bottom + 14, p.x - 4, p.x - 6
+    out.extend(f'<line x1="{x}" x2="{x}" y1="{bottom}" y2="{below}" stroke="#333"/>'
+               f'<text class="tick" x="{x}" y="{label_y}" text-anchor="middle">{escape(label)}</text>\n'
+               for x, label in p.xticks)
+    out.extend(f'<line x1="{tick_x}" x2="{p.x}" y1="{y}" y2="{y}" stroke="#333"/>'
+               f'<text class="tick" x="{label_x}" y="{y + 3.5}" text-anchor="end">{escape(label)}</text>\n'
+               for y, label in p.yticks)
+    if p.yticks_right:
+        colour = escape(p.right_colour)
+        out.append(f'<path d="M{right},{p.y}V{bottom}" stroke="{colour}" stroke-width="1"/>\n')
+        out.extend(f'<line x1="{right}" x2="{right + 4}" y1="{y}" y2="{y}" stroke="{colour}"/>'
+                   f'<text class="tick" x="{right + 6}" y="{y + 3.5}" style="fill: {colour}">{escape(label)}</text>\n'
+                   for y, label in p.yticks_right)
+    if p.xlabel:
+        out.append(f'<text class="lab" x="{p.x + p.width / 2}" y="{bottom + 28}" text-anchor="middle">'
+                   f"{escape(p.xlabel)}</text>\n")
+    if p.ylabel:
+        out.append(f'<text class="lab" transform="translate({p.x - 34},{p.y + p.height / 2}) rotate(-90)" '
+                   f'text-anchor="middle">{escape(p.ylabel)}</text>\n')
+    if p.ylabel_right:
+        out.append(f'<text class="lab" transform="translate({right + 40},{p.y + p.height / 2}) rotate(90)" '
+                   f'text-anchor="middle" style="fill: {escape(p.right_colour)}">{escape(p.ylabel_right)}</text>\n')
+    out.extend(_text(t) for t in p.outside)
+    out.append("</g>\n")
+
+
+def _path(s: dict[str, Any]) -> str:
+    dash = f' stroke-dasharray="{escape(s["dash"])}"' if s["dash"] else ""
+    opacity = f' opacity="{s["opacity"]}"' if s["opacity"] < 1 else ""
+    fill_opacity = f' fill-opacity="{s["fill_opacity"]}"' if s["fill_opacity"] < 1 else ""
+    gid = f' class="{escape(s["gid"])}"' if s["gid"] else ""
+    return (f'<path d="{escape(s["d"])}" fill="{escape(s["fill"])}" stroke="{escape(s["stroke"])}" '
+            f'stroke-width="{s["width"]}"{dash}{opacity}{fill_opacity}{gid} stroke-linejoin="round"/>\n')
+
+
+def _marker(m: dict[str, Any]) -> str:
+    x, y, size = m["x"], m["y"], m["size"]
+    paint = f'fill="{escape(m["fill"])}" stroke="{escape(m["stroke"])}"'
+    title = f"<title>{escape(m['title'])}</title>" if m["title"] else ""
+    if m["shape"] == "square":
+        return (f'<rect x="{x - size}" y="{y - size}" width="{2 * size}" height="{2 * size}" {paint} '
+                f'stroke-width="1.2">{title}</rect>')
+    if m["shape"] == "diamond":
+        r = size * 1.4
+        return f'<path d="M{x},{y - r}L{x + r},{y}L{x},{y + r}L{x - r},{y}Z" {paint} stroke-width="1.2">{title}</path>'
+    return f'<circle cx="{x}" cy="{y}" r="{size}" {paint} stroke-width="1.4">{title}</circle>'
+
+
+def _text(t: dict[str, Any]) -> str:
+    fill = f' style="fill: {escape(t["fill"])}"' if t.get("fill") else ""
+    return (f'<text x="{t["x"]}" y="{t["y"]}" text-anchor="{escape(t.get("anchor", "start"))}" '
+            f'class="{escape(t.get("cls", "lab"))}"{fill}>{escape(t["text"])}</text>\n')
+
+
+def _legend_item(item: dict[str, Any]) -> str:
+    x, y, colour, kind = item["x"], item["y"], escape(item["colour"]), item["kind"]
+    if kind == "line":
+        dash = f' stroke-dasharray="{escape(item["dash"])}"' if item.get("dash") else ""
+        mark = f'<line x1="{x}" x2="{x + 18}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="1.6"{dash}/>'
+    elif kind == "band":
+        mark = (f'<rect x="{x}" y="{y - 5}" width="18" height="10" fill="{colour}" '
+                f'opacity="{escape(item.get("opacity", 0.25))}"/>')
+    elif kind == "open":
+        mark = f'<circle cx="{x + 9}" cy="{y}" r="3.5" fill="#ffffff" stroke="{colour}" stroke-width="1.4"/>'
+    elif kind == "square":
+        mark = f'<rect x="{x + 5.5}" y="{y - 3.5}" width="7" height="7" fill="{colour}"/>'
+    elif kind == "diamond":
+        mark = f'<path d="M{x + 9},{y - 5}L{x + 14},{y}L{x + 9},{y + 5}L{x + 4},{y}Z" fill="{colour}"/>'
+    else:
+        mark = f'<circle cx="{x + 9}" cy="{y}" r="3.5" fill="{colour}"/>'
+    return f'{mark}\n<text class="leg" x="{x + 23}" y="{y + 3.5}">{escape(item["label"])}</text>\n'

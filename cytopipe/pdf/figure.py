@@ -1,4 +1,4 @@
-"""A :class:`cytopipe.svg.Figure` drawn as PDF vector operators, the way ``templates/figure.svg.j2`` draws it.
+"""A :class:`cytopipe.svg.Figure` drawn as PDF vector operators, the way :func:`cytopipe.svg.render` draws it.
 
 Same geometry, colours, dashes, opacities, marker shapes and text classes as the SVG (sizes in CSS pixels, scaled
 as a whole to the page); densities embedded as indexed PNG become indexed image XObjects; paths keep their clip

@@ -1,0 +1,56 @@
+"""SVG text of a figure (cytopipe.svg.render): every user string escaped wherever it lands, the document parses,
+the numbers written are the figure's."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from cytopipe.svg import Figure, Panel, render
+
+NS = "{http://www.w3.org/2000/svg}"
+HOSTILE = "<script>alert('x')</script> & \"q\""
+
+
+def _every_slot(name: str) -> Figure:
+    """A figure with ``name`` in every string a caller can set."""
+    panel = Panel(60.0, 40.0, 200.0, 100.0, title=[name, f"2 of {name}"], tooltip=name, xlabel=name, ylabel=name,
+                  ylabel_right=name, xticks=[(70.0, name)], yticks=[(90.0, name)], yticks_right=[(80.0, name)],
+                  right_colour="#9a6700", grid=True, limits=(0.0, 1.0, 0.0, 2.0))
+    panel.path("M60,40L100,100Z", stroke="#333333", dash="2 3", opacity=0.5, gid="gate", fill_opacity=0.2)
+    for shape in ("circle", "square", "diamond"):
+        panel.marker(100.0, 80.0, shape, title=name)
+    panel.texts.append({"x": 70, "y": 60, "text": name, "fill": "#111111"})
+    panel.outside.append({"x": 10, "y": 160, "text": name, "anchor": "end", "cls": "tick"})
+    legend = [{"kind": kind, "colour": "#0072B2", "label": name, "x": 10.0, "y": 180.0, "dash": "5 3"}
+              for kind in ("line", "band", "open", "square", "diamond", "dot")]
+    return Figure(300.0, 200.0, title=name, panels=[panel], legend=legend, label=name)
+
+
+def test_render_escapes_user_strings_everywhere() -> None:
+    for standalone in (False, True):
+        text = render(_every_slot(HOSTILE), ident="f1", standalone=standalone)
+        assert "<script" not in text and "'x'" not in text and '"q"' not in text
+        root = ET.fromstring(text if standalone else text.replace("<svg", f'<svg xmlns="{NS[1:-1]}"', 1))
+        assert root.get("aria-label") == HOSTILE
+        texts = [e for e in root.iter() if e.tag in (f"{NS}text", f"{NS}tspan", f"{NS}title")]
+        found = ["".join(e.itertext()) for e in texts if e.text]
+        # head, 2 title lines (+ tooltip), 3 labels, 3 ticks, 3 marker titles, inside and outside text, 6 legend labels
+        assert sum(HOSTILE in t for t in found) >= 19
+        assert root.find(f".//{NS}style") is not None if standalone else root.find(f".//{NS}style") is None
+
+
+def test_render_writes_the_figures_numbers() -> None:
+    text = render(_every_slot("a"), ident="p<1>")
+    root = ET.fromstring(text.replace("<svg", f'<svg xmlns="{NS[1:-1]}"', 1))
+    assert root.get("viewBox") == "0 0 300.0 200.0" and root.get("width") == "300.0"
+    (g,) = [g for g in root.iter(f"{NS}g") if g.get("class") == "panel"]
+    assert g.get("data-limits") == "0.0 1.0 0.0 2.0"
+    clip = g.find(f"{NS}clipPath")
+    assert clip.get("id") == "p<1>-c1"  # the id prefix escaped in the file, intact once parsed
+    assert [clip[0].get(k) for k in ("x", "y", "width", "height")] == ["60.0", "40.0", "200.0", "100.0"]
+    (gate,) = [p for p in g.iter(f"{NS}path") if p.get("class") == "gate"]
+    assert (gate.get("d"), gate.get("stroke-dasharray"), gate.get("opacity"), gate.get("fill-opacity")) == \
+        ("M60,40L100,100Z", "2 3", "0.5", "0.2")
+    ticks = {(t.get("x"), t.get("y"), t.get("text-anchor")) for t in g.iter(f"{NS}text") if t.get("class") == "tick"}
+    assert {("70.0", "154.0", "middle"), ("54.0", "93.5", "end"), ("266.0", "83.5", None)} <= ticks
+    assert render(_every_slot("a"), ident="p<1>") == text  # deterministic
