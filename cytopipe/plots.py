@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from cytopipe.svg import Axis, Figure, Panel, density_png, nice_ticks, path_d, r
 if TYPE_CHECKING:  # pandas only for the per-subject figures: worker processes draw gating figures without it
     import pandas as pd
 
-__all__ = ["PALETTE", "fold_change_overview", "gating_hierarchy", "save_figure", "time_course"]
+__all__ = ["PALETTE", "fold_change_overview", "gating_hierarchy", "save_figure", "time_course", "time_courses"]
 
 #: Okabe & Ito (2008) colour-blind-safe palette.
 PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -63,10 +63,16 @@ def save_figure(fig: Figure, path: str | os.PathLike, ident: str | None = None) 
     path = Path(path)
     if path.suffix.lower() != ".svg":
         path = path.with_name(path.name + ".svg")
+    write_figure(fig, path, ident)
+    return path
+
+
+def write_figure(fig: Figure, path: Path, ident: str | None = None) -> str:
+    """:func:`save_figure` to exactly ``path``, returning the SVG text written (the report inlines it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = '<?xml version="1.0" encoding="utf-8"?>\n' + render(fig, ident or figure_id(path.stem), standalone=True)
     atomic_write(path, text.encode("utf-8"))  # bytes: one buffered write, no text layer
-    return path
+    return text
 
 
 def _short(text: object, limit: int = 28) -> str:
@@ -358,41 +364,94 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
 # ---------------------------------------------------------------------------------------------- time course
 
 
-def _subject_rows(table: pd.DataFrame, subject: str) -> pd.DataFrame:
-    rows = table[table["subject"].astype(str) == str(subject)].sort_values("day", kind="stable")
-    if rows.empty:
-        raise ValueError(f"subject {subject!r} is not in the baseline table")
-    return rows
+class _Series(NamedTuple):
+    """One subject's rows of a baseline table as plain arrays (sorted by day), and its platelet counts."""
+
+    day: np.ndarray
+    pct: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    low: np.ndarray
+    significant: np.ndarray
+    timepoint: list[str]
+    baseline_pct: float
+    rcv_pct: float
+    platelets: tuple[np.ndarray, np.ndarray] | None  # (day, value), finite, sorted by day
 
 
-def _platelets(table_rows: pd.DataFrame, clinical: pd.DataFrame | None, subject: str) -> pd.DataFrame | None:
-    """Platelet series (day, value) of a subject: all clinical rows when given, else the joined column; finite
-    values only."""
+def _floats(frame: pd.DataFrame, column: str) -> np.ndarray:
     import pandas as pd
 
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+
+
+def _groups(subjects: Any) -> dict[str, np.ndarray]:
+    """Row positions of each subject (as text), in table order."""
+    groups: dict[str, list[int]] = {}
+    for i, subject in enumerate(subjects):
+        groups.setdefault(str(subject), []).append(i)
+    return {subject: np.asarray(rows, dtype=np.intp) for subject, rows in groups.items()}
+
+
+def _by_day(day: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` ordered by ``day[rows]``, stably, NaN last (pandas' ``sort_values("day", kind="stable")``)."""
+    return rows[np.argsort(day[rows], kind="stable")]
+
+
+def _subject_series(baseline_df: pd.DataFrame, clinical: pd.DataFrame | None = None) -> dict[str, _Series]:
+    """Every subject's time-course data, from one pass over the table (not one selection per subject).
+
+    Platelets: the clinical table's rows of the subject (all days) when it has a day and a platelet column,
+    else a platelet column joined into ``baseline_df``; finite values only, by day.
+    """
     from cytopipe.stats import platelet_column
 
-    series = None
-    if clinical is not None and "day" in clinical:
-        col = platelet_column(list(clinical.columns))
-        if col is not None:
-            rows = clinical[clinical["subject"].astype(str) == str(subject)]
-            series = pd.DataFrame({"day": pd.to_numeric(rows["day"], errors="coerce"),
-                                   "value": pd.to_numeric(rows[col], errors="coerce")})
-    if series is None:
-        col = platelet_column(list(table_rows.columns))
-        if col is None:
-            return None
-        series = pd.DataFrame({"day": pd.to_numeric(table_rows["day"], errors="coerce"),
-                               "value": pd.to_numeric(table_rows[col], errors="coerce")})
-    series = series[np.isfinite(series["day"]) & np.isfinite(series["value"])].sort_values("day", kind="stable")
-    return series if len(series) else None
+    day = _floats(baseline_df, "day")
+    columns = {name: _floats(baseline_df, name) for name in ("treg_pct", "ci_low", "ci_high")}
+    low = baseline_df["low_events"].to_numpy(dtype=bool)
+    significant = baseline_df["significant"].to_numpy(dtype=bool)
+    timepoint = baseline_df["timepoint"].tolist()
+    base = _floats(baseline_df, "baseline_pct") if "baseline_pct" in baseline_df else None
+    rcv = _floats(baseline_df, "rcv_pct") if "rcv_pct" in baseline_df else None
+    plt_day = plt_value = plt_groups = None
+    if clinical is not None and "day" in clinical and platelet_column(list(clinical.columns)) is not None:
+        plt_day, plt_value = _floats(clinical, "day"), _floats(clinical, platelet_column(list(clinical.columns)))
+        plt_groups = _groups(clinical["subject"].astype(str))
+    elif platelet_column(list(baseline_df.columns)) is not None:
+        plt_day, plt_value = day, _floats(baseline_df, platelet_column(list(baseline_df.columns)))
+    series = {}
+    for subject, rows in _groups(baseline_df["subject"].astype(str)).items():
+        rows = _by_day(day, rows)
+        platelets = None
+        if plt_day is not None and plt_value is not None:
+            own = rows if plt_groups is None else plt_groups.get(subject, np.zeros(0, dtype=np.intp))
+            own = own[np.isfinite(plt_day[own]) & np.isfinite(plt_value[own])]
+            own = _by_day(plt_day, own)
+            platelets = (plt_day[own], plt_value[own]) if own.size else None
+        series[subject] = _Series(
+            day[rows], columns["treg_pct"][rows], columns["ci_low"][rows], columns["ci_high"][rows], low[rows],
+            significant[rows], [timepoint[i] for i in rows],
+            float(base[rows[0]]) if base is not None else float("nan"),
+            float(rcv[rows[0]]) if rcv is not None else float("nan"), platelets)
+    return series
 
 
-def _floats(rows: pd.DataFrame, column: str) -> np.ndarray:
-    import pandas as pd
+def time_courses(baseline_df: pd.DataFrame, clinical: pd.DataFrame | None = None) -> dict[str, Figure]:
+    """:func:`time_course` of every subject of the table (grouped once), by subject (as text, table order).
 
-    return pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+    Parameters
+    ----------
+    baseline_df : pandas.DataFrame
+        A :func:`cytopipe.stats.baseline_table` result.
+    clinical : pandas.DataFrame, optional
+        As for :func:`time_course`.
+
+    Returns
+    -------
+    dict of str to cytopipe.svg.Figure
+        The figure of each subject, as :func:`time_course` draws it.
+    """
+    return {subject: _time_course(subject, s) for subject, s in _subject_series(baseline_df, clinical).items()}
 
 
 def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame | None = None) -> Figure:
@@ -422,25 +481,26 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
     ValueError
         When the subject is not in the table.
     """
-    rows = _subject_rows(baseline_df, subject)
-    day = _floats(rows, "day")
-    pct = _floats(rows, "treg_pct")
-    lo_ci, hi_ci = _floats(rows, "ci_low"), _floats(rows, "ci_high")
-    low = rows["low_events"].to_numpy(dtype=bool)
-    sig = rows["significant"].to_numpy(dtype=bool)
-    platelets = _platelets(rows, clinical, subject)
+    series = _subject_series(baseline_df, clinical).get(str(subject))
+    if series is None:
+        raise ValueError(f"subject {subject!r} is not in the baseline table")
+    return _time_course(subject, series)
+
+
+def _time_course(subject: Any, s: _Series) -> Figure:
+    """The time course of one subject from its plain arrays (see :func:`time_course`)."""
+    day, pct, lo_ci, hi_ci, low, sig = s.day, s.pct, s.ci_low, s.ci_high, s.low, s.significant
+    base, rcv = s.baseline_pct, s.rcv_pct
     width, height = 660.0, 330.0
     panel = Panel(64.0, 40.0, 500.0, 190.0, grid=True)
     fig = Figure(width=width, height=height, title=f"{_short(subject, 50)}: Treg % of CD4 against baseline",
                  kind="timecourse", label=f"Treg % over time for {subject}")
     days = day[np.isfinite(day)]
-    if platelets is not None:
-        days = np.concatenate([days, platelets["day"].to_numpy(float)])
+    if s.platelets is not None:
+        days = np.concatenate([days, s.platelets[0]])
     d_lo, d_hi = (float(days.min()), float(days.max())) if days.size else (0.0, 1.0)
     pad = 0.04 * (d_hi - d_lo if d_hi > d_lo else 10.0)
     ax = Axis(d_lo - pad, d_hi + pad, panel.x, panel.x + panel.width)
-    base = float(rows["baseline_pct"].iloc[0]) if "baseline_pct" in rows else float("nan")
-    rcv = float(rows["rcv_pct"].iloc[0]) if "rcv_pct" in rows else float("nan")
     candidates = np.concatenate([pct, hi_ci, [base * (1 + rcv / 100) if math.isfinite(base * rcv) else np.nan]])
     top = float(np.nanmax(candidates)) if np.isfinite(candidates).any() else 1.0
     top = top * 1.1 if top > 0 else 1.0
@@ -463,7 +523,7 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
         panel.path(path_d(np.concatenate([xs, xs[::-1]]), np.concatenate([ay(lo_ci[ok]), ay(hi_ci[ok])[::-1]]),
                           close=True), fill=_TREG, opacity=0.2)
     panel.path(path_d(ax(day), ay(pct)), stroke=_TREG, width=1.6, gid="treg_pct")
-    for d, p, is_low, is_sig, tp, a, b in zip(day, pct, low, sig, rows["timepoint"], lo_ci, hi_ci, strict=True):
+    for d, p, is_low, is_sig, tp, a, b in zip(day, pct, low, sig, s.timepoint, lo_ci, hi_ci, strict=True):
         note = f"{tp} (day {d:g}): {p:.2f}% [{a:.2f}, {b:.2f}]" + ("; significant change" if is_sig else "") \
             + ("; low events" if is_low else "")
         if is_sig:
@@ -474,13 +534,14 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
         legend.append({"kind": "diamond", "colour": _SIGNIFICANT, "label": "significant change"})
     if low.any():
         legend.append({"kind": "open", "colour": _TREG, "label": "low events"})
-    if platelets is not None:
-        p_top = max(110.0, float(platelets["value"].max()) * 1.15)
+    if s.platelets is not None:
+        p_day, p_value = s.platelets
+        p_top = max(110.0, float(p_value.max()) * 1.15)
         ap = Axis(0.0, p_top, panel.y + panel.height, panel.y)
-        panel.path(path_d(ax(platelets["day"]), ap(platelets["value"])), stroke=_PLATELET, width=1.3, dash="2 3")
+        panel.path(path_d(ax(p_day), ap(p_value)), stroke=_PLATELET, width=1.3, dash="2 3")
         y100 = ap(100.0)
         panel.path(f"M{panel.x},{y100:.1f}H{panel.x + panel.width}", stroke=_PLATELET, width=0.9, dash="1 3")
-        for d, v in zip(platelets["day"], platelets["value"], strict=True):
+        for d, v in zip(p_day, p_value, strict=True):
             panel.marker(float(ax(d)), float(ap(v)), "square", _PLATELET, _PLATELET, 3.0,
                          f"platelets day {d:g}: {v:g} x10⁹/L")
         panel.yticks_right = [(round(float(ap(v)), 1), f"{v:g}") for v in nice_ticks(0.0, p_top, 4)]
@@ -490,7 +551,7 @@ def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame 
     panel.yticks = [(round(float(ay(v)), 1), f"{v:g}") for v in nice_ticks(0.0, top, 4)]
     panel.ylabel = "Treg % of CD4+ T cells"
     panel.xticks = [(round(float(ax(d)), 1), f"d{d:g}") for d in np.unique(day[np.isfinite(day)])]
-    for d, tp in zip(day, rows["timepoint"], strict=True):
+    for d, tp in zip(day, s.timepoint, strict=True):
         if math.isfinite(d):
             panel.outside.append({"x": round(float(ax(d)), 1), "y": panel.y + panel.height + 27, "anchor": "middle",
                                   "text": _short(tp, 10), "cls": "tick"})

@@ -30,7 +30,7 @@ from cytopipe import __version__
 from cytopipe.errors import ConfigError
 from cytopipe.outputs import atomic_write, restore, write_csv
 from cytopipe.pipeline import plot_path, safe_stem
-from cytopipe.plots import figure_id, fold_change_overview, save_figure, time_course
+from cytopipe.plots import figure_id, fold_change_overview, time_courses, write_figure
 from cytopipe.printer import Printer, find_chromium
 from cytopipe.stats import (
     BASELINE_COLUMNS,
@@ -105,6 +105,19 @@ def inline_svg(path: str | os.PathLike) -> Markup | None:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+    return _inline(text)
+
+
+def _saved_inline(fig: Any, path: Path) -> Markup | None:
+    """Write a figure as :func:`cytopipe.plots.save_figure` does and return it as :func:`inline_svg` would read
+    the file back (from the text written, not from the file)."""
+    text = write_figure(fig, path)
+    # Reading in text mode turns "\r\n" and "\r" (in user text) into "\n".
+    return _inline(text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _inline(text: str) -> Markup | None:
+    """:func:`inline_svg` of an SVG file's text."""
     start = text.find("<svg")
     if start < 0:
         return None
@@ -439,10 +452,12 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
     stems = _subject_stems(subjects)
 
     overview = overview_figure = None
+    courses: dict[str, Any] = {}
     if draw and len(table):
         overview_figure = fold_change_overview(table)
-        # Inlined from the file just written (its ids are unique in the page): one rendering per figure.
-        overview = inline_svg(save_figure(overview_figure, results / "plots" / "fold_change_overview.svg"))
+        # Inlined as written (its ids are unique in the page): one rendering per figure.
+        overview = _saved_inline(overview_figure, results / "plots" / "fold_change_overview.svg")
+        courses = time_courses(table, clinical)  # every subject from one grouping of the table
 
     records = table.to_dict("records")  # once: per-subject selections of the frame cost ~4 ms each
     by_subject: dict[str, list[dict[str, Any]]] = {}
@@ -472,8 +487,8 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         rows = by_subject.get(subject, [])
         image = course = None
         if draw:
-            course = time_course(table, subject, clinical)
-            image = inline_svg(save_figure(course, results / "plots" / f"timecourse_{stems[subject]}.svg"))
+            course = courses[subject]
+            image = _saved_inline(course, results / "plots" / f"timecourse_{stems[subject]}.svg")
         sections.append({
             "anchor": anchor, "subject": subject, "verdict": row.treg_verdict, "clinical": row.clinical_verdict,
             "correlation": corr_text, "image": image, "figure": course,

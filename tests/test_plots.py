@@ -17,7 +17,14 @@ from PIL import Image
 
 from cytopipe.fcs import Sample
 from cytopipe.gates import BooleanGate, Dimension, GatingStrategy, PolygonGate, Population, RectangleGate
-from cytopipe.plots import fold_change_overview, gating_hierarchy, histogram2d, save_figure, time_course
+from cytopipe.plots import (
+    fold_change_overview,
+    gating_hierarchy,
+    histogram2d,
+    save_figure,
+    time_course,
+    time_courses,
+)
 from cytopipe.stats import baseline_table
 from cytopipe.svg import colormap, png_indexed, render, transform_ticks
 from cytopipe.transforms import Logicle
@@ -177,6 +184,25 @@ def test_time_course_without_clinical_and_escaping(tmp_path: Path) -> None:
     ET.fromstring(text.split("\n", 1)[1])
     with pytest.raises(ValueError, match="not in the baseline table"):
         time_course(table, "nobody")
+
+
+def test_time_courses_group_the_table_once_and_draw_each_subject_by_day() -> None:
+    """The report's one-pass grouping draws what time_course draws for each subject, in day order whatever the
+    table's row order (also a missing day, and platelets joined into the table instead of a clinical table)."""
+    table = _table(STUDY, CLINICAL)
+    shuffled = table.iloc[::-1].reset_index(drop=True)
+    shuffled.loc[shuffled["timepoint"] == "W3", "platelets"] = np.nan
+    shuffled.loc[(shuffled["subject"] == "ITP-01") & (shuffled["timepoint"] == "W6"), "day"] = np.nan
+    for clinical in (CLINICAL, None):
+        figures = time_courses(shuffled, clinical)
+        assert list(figures) == ["P $1$ <x>", "ITP-01"]
+        for subject, figure in figures.items():
+            text = render(figure, standalone=True)
+            assert text == render(time_course(shuffled, subject, clinical), standalone=True)
+            (line,) = Drawn(text).panels[0].paths("treg_pct")
+            assert (np.diff(line[:, 0]) > 0).all()  # by day, the visit without a day left out
+    drawn = Drawn(render(time_courses(shuffled)["ITP-01"], standalone=True))
+    assert len(drawn.panels[0].markers("rect")[2:]) == 2  # platelets of the table: D0 and W1 (W3 NaN, W6 no day)
 
 
 def test_fold_change_overview_rows() -> None:
