@@ -22,6 +22,7 @@ Any other column is carried through to the outputs unchanged.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,7 +110,7 @@ def _sheet_rows(path: Path, header: list[str], cells: list[list[Any]]) -> tuple[
     records = [rec for rec in records if not all(rec[c] == "" for c in REQUIRED)]
     if not records:
         raise SampleSheetError(f"{path}: the sample sheet has no rows")
-    base = path.resolve().parent
+    base = str(path.resolve().parent)
     extra = [c for c in columns if c not in (*REQUIRED, *KNOWN)]
     rows = []
     for i, rec in enumerate(records):
@@ -151,7 +152,7 @@ def _parse_plain(path: Path) -> tuple[list[str], list[list[str]]] | None:
     return header, rows[1:]
 
 
-def _row(path: Path, base: Path, i: int, rec: dict[str, Any]) -> dict[str, Any]:
+def _row(path: Path, base: str, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     """One validated sheet row (``i`` counts the rows kept, as the messages number them)."""
     where = f"{path}: row {i + 2}"  # +1 for the header, +1 for 1-based numbering
     for col in ("file", "subject", "timepoint"):
@@ -174,16 +175,29 @@ def _row(path: Path, base: Path, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     panel = rec.get("panel", "") or ""
     return {
         "sample": rec.get("sample", "") or Path(rec["file"]).stem,
-        "file": str((base / rec["file"]).resolve()),
+        "file": _resolved(base, rec["file"]),
         "subject": rec["subject"],
         "timepoint": rec["timepoint"],
         "day": day,
         "baseline": flag in _TRUE,
         "role": _normalise_role(role),
-        "spillover": str((base / spill).resolve()) if spill else "",
-        "panel": str((base / panel).resolve()) if panel else "",
+        "spillover": _resolved(base, spill) if spill else "",
+        "panel": _resolved(base, panel) if panel else "",
         "pregated": rec.get("pregated", "") or "",
     }
+
+
+def _resolved(base: str, name: str) -> str:
+    """``str((Path(base) / name).resolve())`` for the resolved folder ``base``.
+
+    A plain file name that is not a symbolic link is ``base/name`` as it is: one ``lstat`` instead of one per folder
+    on the path, for each row of the sheet before the first sample can start (~10 ms on 500 rows).
+    """
+    if name not in (".", "..") and not any(sep and sep in name for sep in (os.sep, os.altsep, ":")):
+        joined = os.path.join(base, name)
+        if not os.path.islink(joined):
+            return joined
+    return str((Path(base) / name).resolve())
 
 
 def _assign_baselines(rows: list[dict[str, Any]], path: Path) -> None:

@@ -108,3 +108,26 @@ def test_sheet_read_without_pandas_is_the_pandas_reading(tmp_path, text, plain):
     assert (_parse_plain(path) is not None) == plain
     by_pandas = sheet_frame(*_sheet_rows(path, *_parse_with_pandas(path)))
     pd.testing.assert_frame_equal(read_sample_sheet(path), by_pandas, check_exact=True)
+
+
+def test_paths_are_resolved_as_pathlib_resolves_them_symlinks_included(tmp_path):
+    # Plain file names take a shortcut (one lstat): a symbolic link, a link to a folder, "..", a subfolder and an
+    # absolute path must still come out as Path.resolve() gives them.
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    for name in ("real.fcs", "sub/deep.fcs", "spill.csv"):
+        (data / name).write_bytes(b"x")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "link.fcs").symlink_to(data / "real.fcs")
+    (study / "linked").symlink_to(data / "sub")
+    (study / "plain.fcs").write_bytes(b"x")
+    (study / "spill.csv").symlink_to(data / "spill.csv")
+    files = ["link.fcs", "linked/deep.fcs", "plain.fcs", "missing.fcs", "../data/real.fcs", str(data / "sub" /
+             "deep.fcs"), "linked"]
+    rows = "".join(f"s{i},{f},S1,T{i},{i},spill.csv\n" for i, f in enumerate(files))
+    sheet = read_sample_sheet(_sheet(study, "sample,file,subject,timepoint,day,spillover\n" + rows))
+    assert list(sheet["file"]) == [str((study / f).resolve()) for f in files]
+    assert list(sheet["file"])[:3] == [str(data / "real.fcs"), str(data / "sub" / "deep.fcs"),
+                                       str(study.resolve() / "plain.fcs")]
+    assert set(sheet["spillover"]) == {str(data / "spill.csv")}
