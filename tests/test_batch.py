@@ -489,3 +489,26 @@ def test_cache_entry_text_without_deep_copy_is_the_deep_copys():
         assert _result_text(result) == expected
         assert _entry_text(json.loads(expected)) == expected
     assert '"pct": null' in _result_text(odd) and '"note": "NaN"' in _result_text(odd)
+
+
+def test_marker_check_skips_missing_files_and_names_the_first_file_it_read(study, tmp_path):
+    # The check looks for files lazily (the first existing one, then the spread over the sheet only when it lacks a
+    # marker): a missing first row is skipped, and the message names the first file read.
+    from cytopipe.errors import MarkerError
+
+    sheet, gates, _ = study
+    rows = pd.read_csv(sheet)
+    rows = pd.concat([pd.DataFrame({"file": ["gone.fcs"], "subject": ["P9"], "timepoint": ["W0"], "day": [0],
+                                    "batch": ["B1"]}), rows], ignore_index=True)
+    rows["file"] = [str(sheet.parent / f) for f in rows["file"]]
+    moved = tmp_path / "study.csv"
+    rows.to_csv(moved, index=False)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(Path(gates).read_text().replace("CD25", "CD52"))
+    assert "CD52" in typo.read_text()
+    with pytest.raises(MarkerError) as info:
+        quiet_run(sheet=moved, gates=typo, out=tmp_path / "out", workers=1, plots=False, report=False)
+    message = str(info.value)
+    assert "CD52" in message and f"in {rows['file'][1]}" in message, message
+    assert f"none of {min(8, len(rows) - 1)} files checked has it" in message, message
+    assert not (tmp_path / "out" / "treg.csv").exists()
