@@ -28,7 +28,7 @@ from markupsafe import Markup
 
 from cytopipe import __version__
 from cytopipe.errors import ConfigError
-from cytopipe.outputs import atomic_write, restore, write_csv
+from cytopipe.outputs import FLOAT_FORMAT, atomic_write, restore, write_csv
 from cytopipe.pipeline import plot_path, safe_stem
 from cytopipe.plots import figure_id, fold_change_overview, time_courses, write_figure
 from cytopipe.printer import Printer, find_chromium
@@ -43,7 +43,7 @@ from cytopipe.stats import (
 )
 from cytopipe.svg import template_cache
 
-__all__ = ["find_chromium", "inline_svg", "render_report", "write_pdf"]
+__all__ = ["find_chromium", "inline_svg", "render_from_tables", "render_report", "write_pdf"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,30 @@ def _read_table(path: Path) -> pd.DataFrame:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read results table: {err}") from None
+    return _typed(table)
+
+
+def _as_read(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table :func:`_read_table` reads from the file :func:`cytopipe.outputs.write_csv` writes of ``frame``,
+    without the file: each cell as the text written (floats as :data:`cytopipe.outputs.FLOAT_FORMAT`, missing
+    values empty), then typed as :func:`_read_table` types it. A run's report thus computes from
+    exactly the numbers a later ``cytopipe report`` reads from the folder."""
+    cells = {}
+    for column in frame.columns:
+        values = frame[column]
+        missing = values.isna().to_numpy()
+        if isinstance(values.dtype, np.dtype) and values.dtype.kind == "f":
+            text = [FLOAT_FORMAT % v for v in values.tolist()]
+        else:  # a neutralised cell reads back as it was (restored), so it is taken as it is
+            text = [str(v) for v in values.tolist()]
+        if missing.any():
+            text = ["" if gone else cell for cell, gone in zip(text, missing.tolist(), strict=True)]
+        cells[str(column)] = text
+    return _typed(pd.DataFrame(cells, columns=list(cells), dtype=object))
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """A results table read as text, typed: formula-neutralised cells restored, numeric columns as numbers."""
     # Cells write_csv kept from reading as formulas (only columns holding a quoted cell are mapped: a per-cell
     # map over populations.csv costs ~0.1 s for 500 samples).
     for col in [c for c in table.columns if table[c].str.startswith("'").any()]:
@@ -294,11 +318,16 @@ def _load_clinical(clinical: str | os.PathLike | pd.DataFrame | None, results: P
     return None, ""
 
 
+def _lymphocyte_rows(populations: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the lymphocyte gate (``Lymphocytes`` or ``Lymphs``, any case) in ``populations.csv``."""
+    return populations[populations["population"].astype(str).str.lower().isin(("lymphocytes", "lymphs"))]
+
+
 def _lymphocyte_events(treg: pd.DataFrame, populations: pd.DataFrame | None) -> pd.DataFrame:
     """Join the lymphocyte gate's count (for absolute Tregs/uL) when populations.csv has a Lymphocytes row."""
     if populations is None or "lymphocyte_events" in treg or "population" not in populations:
         return treg
-    lym = populations[populations["population"].astype(str).str.lower().isin(("lymphocytes", "lymphs"))]
+    lym = _lymphocyte_rows(populations)
     if lym.empty or lym["sample"].duplicated().any():
         return treg
     return treg.merge(lym[["sample", "count"]].rename(columns={"count": "lymphocyte_events"}), on="sample",
@@ -378,17 +407,64 @@ def render_report(
     treg_path = results / "treg.csv"
     if not treg_path.is_file():
         raise ConfigError(f"{treg_path}: not found (run 'cytopipe run' first to write the results)")
+    tables = {name: _read_table(results / f"{name}.csv") for name in ("treg", *_OPTIONAL)
+              if name == "treg" or (results / f"{name}.csv").is_file()}
+    return _render(results, tables, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=plots,
+                   min_treg_events=min_treg_events, min_cd4_events=min_cd4_events, printer=printer,
+                   pdf_engine=pdf_engine, figures=figures)[0]
+
+
+def render_from_tables(results_dir: str | os.PathLike, tables: dict[str, pd.DataFrame], **options: Any
+                       ) -> dict[str, pd.DataFrame]:
+    """:func:`render_report` of the tables a run has just written, from memory instead of reading them back.
+
+    Parameters
+    ----------
+    results_dir : str or os.PathLike
+        The results folder (``manifest.json`` and the gating figures are read from it; the report's files are
+        written into it).
+    tables : dict of str to pandas.DataFrame
+        By file stem, each table as written to ``<stem>.csv`` in ``results_dir`` (``treg``, and those of
+        ``populations``, ``failures``, ``gates_fitted``, ``sensitivity``, ``gate_drift`` that were written). Each is
+        taken as a reading of its file would give it (:func:`_as_read`), so the report and ``baseline.csv`` are
+        the bytes ``cytopipe report`` writes from the folder.
+    **options
+        The keyword arguments of :func:`render_report`.
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        The tables written: ``baseline`` (``baseline.csv``), ``summary`` and ``correlation`` (empty without
+        clinical data; ``correlation.csv`` is then not written).
+    """
+    results = Path(results_dir)
+    populations = tables.get("populations")
+    if populations is not None and "population" in populations:
+        # The report uses only the lymphocyte gate's rows (a neutralised name is never one of them).
+        tables = {**tables, "populations": _lymphocyte_rows(populations)}
+    return _render(results, {name: _as_read(table) for name, table in tables.items()}, **options)[1]
+
+
+_OPTIONAL = ("populations", "failures", "gates_fitted", "sensitivity", "gate_drift")
+
+
+def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | os.PathLike | pd.DataFrame | None = None,
+            cva: float = 10.0, cvi: float = 10.0, z: float = 1.96, pdf: bool = True, plots: bool = True,
+            min_treg_events: int = 100, min_cd4_events: int = 2000, printer: Printer | None = None,
+            pdf_engine: str = "native", figures: dict[str, Markup] | None = None
+            ) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """:func:`render_report` of tables as :func:`_read_table` reads them: ``report.html`` and the tables written."""
+    treg_path = results / "treg.csv"
     if pdf_engine not in ("native", "chromium"):
         raise ConfigError(f"pdf_engine must be 'native' or 'chromium', not {pdf_engine!r}")
     rcv = reference_change_value(cva, cvi, z)
-    treg = _read_table(treg_path)
+    treg = tables["treg"]
     for column in ("day", "cd4_events", "treg_events", "treg_pct"):
         if column in treg and treg[column].dtype == object and (treg[column] != "").any():
             bad = treg[column][treg[column] != ""].iloc[0]
             raise ConfigError(f"{treg_path}: column {column!r} holds {str(bad)[:40]!r}, not a number (the file is "
                               "not a treg.csv written by cytopipe run)")
-    optional = {name: _read_table(results / f"{name}.csv") if (results / f"{name}.csv").is_file() else None
-                for name in ("populations", "failures", "gates_fitted", "sensitivity", "gate_drift")}
+    optional = {name: tables.get(name) for name in _OPTIONAL}
     manifest: dict[str, Any] = {}
     manifest_path = results / "manifest.json"
     if manifest_path.is_file():
@@ -426,7 +502,7 @@ def render_report(
     if not written and (results / "report.pdf").is_file():
         (results / "report.pdf").unlink()
         log.warning("removed %s from an earlier rendering (it no longer matches report.html)", results / "report.pdf")
-    return out
+    return out, {"baseline": table, "summary": summary, "correlation": correlation}
 
 
 def _subject_stems(subjects: list[str]) -> dict[str, str]:

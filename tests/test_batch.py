@@ -512,3 +512,40 @@ def test_marker_check_skips_missing_files_and_names_the_first_file_it_read(study
     assert "CD52" in message and f"in {rows['file'][1]}" in message, message
     assert f"none of {min(8, len(rows) - 1)} files checked has it" in message, message
     assert not (tmp_path / "out" / "treg.csv").exists()
+
+
+def test_report_from_the_runs_tables_is_the_report_from_the_folder(tmp_path):
+    """The run renders its report from the tables in memory, taken as a reading of their files gives them;
+    ``cytopipe report DIR`` reads the folder: the same baseline.csv, summary, correlation, PDF and page (but for the
+    time it was generated), with data-driven gates, clinical data, hostile names and numeric-looking text."""
+    import re
+
+    from cytopipe.report import render_report
+
+    sheet = pd.read_csv(REPO / "sample_fcs" / "study.csv", dtype=str).iloc[[0, 1, 3, 6, 7, 9]]
+    sheet["file"] = [str(REPO / "sample_fcs" / name) for name in sheet["file"]]
+    subjects = {"ITP-01": "=cmd|' /C calc'!A0", "ITP-02": "'=P2 <b>&"}
+    sheet["subject"] = sheet["subject"].map(subjects)
+    sheet["sample"] = ["@SUM(1+1)", "'=x", "NA", "12", "a,b \"q\"\nc", "-3.5"]
+    sheet["note"] = ["-3.5", "12", "", "x", "0.1", "1e3"]
+    sheet.to_csv(tmp_path / "study.csv", index=False)
+    clinical = pd.read_csv(REPO / "sample_fcs" / "clinical.csv", dtype=str)
+    clinical["subject"] = clinical["subject"].map(subjects)
+    clinical.to_csv(tmp_path / "clinical.csv", index=False)
+    out = tmp_path / "out"
+    result = quiet_run(sheet=tmp_path / "study.csv", out=out, workers=1, pdf=True)
+    assert result.exit_code == 0
+    names = ("baseline.csv", "summary.csv", "correlation.csv", "report.pdf")
+
+    def outputs() -> dict[str, bytes]:
+        page = re.sub(rb"\d{4}-\d\d-\d\d \d\d:\d\d UTC", b"", (out / "report.html").read_bytes())
+        return {"report.html": page, **{name: (out / name).read_bytes() for name in names}}
+
+    first = outputs()
+    assert b"tregs_per_ul" in first["baseline.csv"] and b"sensitivity" not in first["baseline.csv"]
+    assert (out / "gates_fitted.csv").is_file() and (out / "sensitivity.csv").is_file()
+    render_report(out)
+    assert outputs() == first
+    written = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
+    assert list(result.baseline.columns) == list(written.columns)
+    assert result.baseline["treg_pct"].to_numpy() == pytest.approx(written["treg_pct"].to_numpy(), rel=1e-9)

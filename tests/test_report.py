@@ -228,3 +228,33 @@ def test_gating_noise_columns_are_shown(tmp_path: Path, results_folder: Callable
     assert {"gate_sd_pp", "delta_ci_low_total", "delta_ci_high_total"} <= set(baseline.columns)
     assert "&Delta; pp [interval incl. gating]" in html and "(gating SD 0.25)" in html
     assert "<th class=\"num\">gate_sd_pp" not in html  # not mistaken for a clinical column
+
+
+def test_tables_taken_from_memory_are_the_tables_read_from_their_files(tmp_path: Path) -> None:
+    """_as_read (a run's tables, for its report) gives what _read_table reads from write_csv's file: floats at
+    the file's 10 digits, neutralised formulas restored, numeric text as numbers, identity columns as text."""
+    import numpy as np
+    from pandas.testing import assert_frame_equal
+
+    from cytopipe.outputs import write_csv
+    from cytopipe.report import _as_read, _read_table
+
+    frame = pd.DataFrame({
+        "sample": ["=cmd|' /C calc'!A0", "'=x", "NA", "12", 'a,b "q"\nnext'],
+        "subject": ["-3.5", "@SUM(1)", "", "x\r\ny", "\tz"],
+        "day": [0.0, 7.0, np.nan, np.inf, -0.0],
+        "treg_pct": [0.1 + 0.2, 1e-300, 123456.789012345, 2 / 3, -np.inf],
+        "count": [1, 2, 3, 4, 5],
+        "flag": [True, False, True, True, False],
+        "events": pd.array([1, None, 3, 4, 5], dtype="Int64"),
+        "mixed": ["1", 2, 3.25, None, True],
+        "note": ["1", "2.5", "", "1e3", "-4"],
+        "=evil": ["'+x", "+x", "-", "-1", "'"],
+        "baseline": [True, False, False, True, False],
+        "nothing": [np.nan] * 5,
+        "empty": [""] * 5,
+    })
+    for rows in (frame, frame.iloc[:0]):
+        write_csv(rows, tmp_path / "t.csv")
+        assert_frame_equal(_as_read(rows), _read_table(tmp_path / "t.csv"), check_exact=True)
+    assert _as_read(frame)["treg_pct"].iloc[2] == 123456.789  # the file's digits, not the frame's

@@ -342,11 +342,12 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         tables["fitted"] = pd.concat([pd.DataFrame(client_fitted), tables["fitted"]], ignore_index=True)
     tables["drift"] = _drift(tables["fitted"], table)
     _reference_qc(tables, results, table, drift_limit)
-    tables["baseline"] = _baseline(tables["treg"], clinical=clinical_table, cva=cva, cvi=cvi, z=z)
+    if not report or mode == "flagged":  # the report computes baseline.csv itself (with more columns)
+        tables["baseline"] = _baseline(tables["treg"], clinical=clinical_table, cva=cva, cvi=cvi, z=z)
     if mode == "flagged":
         _draw_flagged(tables["baseline"], tasks, settings, str((out / "plots").resolve()), cache, n_workers,
                       scheduler, log)
-    _write_tables(tables, out)
+    written = _write_tables(tables, out, baseline=not report)
     workspace = _write_workspace(out, results, log)
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
                        "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
@@ -355,13 +356,14 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
                        "values": {"scale": strategy.scale, "decoding": SCALES[strategy.scale], "precision": "float32"}}
     _write_manifest(out, sheet, gates, strategy, table, results, settings_record, workspace)
     if report:
-        from cytopipe.report import render_report
+        from cytopipe.report import render_from_tables
 
-        # The PDF is written natively (cytopipe.pdf): no Chromium is started for it.
-        render_report(out, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
-                      figures=figures.inlined if figures is not None else None)
-        # The report rewrites baseline.csv (same settings, plus columns from populations.csv): return that one.
-        tables["baseline"] = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
+        # The report renders from the tables just written (not re-read from the folder) and writes baseline.csv
+        # (same settings, plus columns from populations.csv): return that one. The PDF is written natively
+        # (cytopipe.pdf): no Chromium is started for it.
+        tables["baseline"] = render_from_tables(
+            out, written, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
+            figures=figures.inlined if figures is not None else None)["baseline"]
 
     computed = [task.sample for task, _ in todo]
     done_here = set(computed)

@@ -161,19 +161,29 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
+def _write_tables(tables: dict[str, pd.DataFrame], out: Path, baseline: bool = True) -> dict[str, pd.DataFrame]:
+    """Write the result tables; return those written by file stem (what the report renders from).
+
+    ``baseline=False`` leaves ``baseline.csv`` to the report, which writes it with the columns that need
+    ``populations.csv`` (the file is written once, not twice).
+    """
+    written = {}
     for name in ("populations", "treg", "baseline", "failures"):
-        write_csv(tables[name], out / f"{name}.csv")
+        if name != "baseline" or baseline:
+            write_csv(tables[name], out / f"{name}.csv")
+            written[name] = tables[name]
     # Tables that exist only for data-driven gates: a stale one from an earlier run with other gates would mislead.
     # gate_drift.csv is written whenever gates were fitted (only its header when none was fitted per sample).
     fitted = not tables["fitted"].empty
-    for name, key, wanted in (("gates_fitted.csv", "fitted", fitted),
-                              ("sensitivity.csv", "sensitivity", not tables["sensitivity"].empty),
-                              ("gate_drift.csv", "drift", fitted or not tables["drift"].empty)):
+    for name, key, wanted in (("gates_fitted", "fitted", fitted),
+                              ("sensitivity", "sensitivity", not tables["sensitivity"].empty),
+                              ("gate_drift", "drift", fitted or not tables["drift"].empty)):
         if wanted:
-            write_csv(tables[key], out / name)
+            write_csv(tables[key], out / f"{name}.csv")
+            written[name] = tables[key]
         else:
-            (out / name).unlink(missing_ok=True)
+            (out / f"{name}.csv").unlink(missing_ok=True)
+    return written
 
 
 def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> dict:
