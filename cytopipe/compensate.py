@@ -117,8 +117,7 @@ def spillover_from_metadata(
     for keyword in SPILLOVER_KEYWORDS:
         value = upper.get(keyword, "")
         if value.strip() and _starts_with_count(value):
-            names, matrix = _parse_matrix_keyword(value, channels, f"{where}: {keyword}")
-            return Spillover(names, matrix, keyword)
+            return _keyword_spillover(keyword, value, tuple(channels), where)
     value = upper.get("$COMP", "")
     if value.strip() and _starts_with_count(value):
         names, matrix = _parse_matrix_keyword(value, channels, f"{where}: $COMP")
@@ -126,6 +125,26 @@ def spillover_from_metadata(
             raise FCSError(f"{where}: $COMP compensation matrix is singular")
         return Spillover(names, np.linalg.inv(matrix), "$COMP (inverted)")
     return _beckman_spillover(upper, channels)
+
+
+# Spillovers parsed from keywords, by (keyword, text, channels): the files of a study carry the same matrix, read
+# once per sample by the QC, the compensation and the workspace (a worker keeps at most _PARSED_LIMIT of them).
+_PARSED: dict[tuple[str, str, tuple[str, ...]], Spillover] = {}
+_PARSED_LIMIT = 64
+
+
+def _keyword_spillover(keyword: str, value: str, channels: tuple[str, ...], where: str) -> Spillover:
+    """The :class:`Spillover` of a ``$SPILLOVER``-style keyword, parsed once per distinct text and channels (the
+    object is immutable: its matrix is read-only). A malformed keyword raises each time, naming ``where``."""
+    key = (keyword, value, channels)
+    found = _PARSED.get(key)
+    if found is None:
+        names, matrix = _parse_matrix_keyword(value, channels, f"{where}: {keyword}")
+        found = Spillover(names, matrix, keyword)
+        if len(_PARSED) >= _PARSED_LIMIT:
+            _PARSED.clear()
+        _PARSED[key] = found
+    return found
 
 
 def _starts_with_count(value: str) -> bool:

@@ -199,6 +199,43 @@ class _Column:
         return self.values[rows]
 
 
+def _compensate(raw: np.ndarray, unmix: np.ndarray, dtype: type) -> np.ndarray:
+    """``unmix.T @ raw.T``: the ``(n_outputs, n_events)`` compensated values of ``(n_events, n_detectors)`` raw ones.
+
+    With two outputs or more, a GEMM per :data:`BLOCK` events whose operand and output stay in the CPU cache (about
+    1.5x faster than one product over a million events), element for element the same products as one GEMM (see
+    :class:`_Compensation`). A single output is one matrix-vector product over all events, as before: BLAS
+    computes the last few elements of a GEMV apart, so cutting it into blocks would move bits.
+    """
+    n = raw.shape[0]
+    if unmix.shape[1] < 2 or n <= BLOCK:
+        return unmix.T @ (raw.T if raw.dtype == dtype else np.ascontiguousarray(raw.T, dtype=dtype))
+    out = np.empty((unmix.shape[1], n), dtype=dtype)
+    for b0 in range(0, n, BLOCK):
+        part = raw[b0:b0 + BLOCK]
+        operand = part.T if part.dtype == dtype else np.ascontiguousarray(part.T, dtype=dtype)
+        np.matmul(unmix.T, operand, out=out[:, b0:b0 + BLOCK])
+    return out
+
+
+# Unmixing matrices by matrix: the files of a study share their spillover, inverted once per worker.
+_UNMIXINGS: dict[tuple, np.ndarray] = {}
+_UNMIXINGS_LIMIT = 64
+
+
+def _unmixing(matrix: SpectrumMatrix) -> np.ndarray:
+    """``matrix.unmixing()`` (read-only), computed once per distinct matrix."""
+    key = (matrix.fluorochromes, matrix.detectors, matrix.inverted, matrix.matrix.shape, matrix.matrix.tobytes())
+    found = _UNMIXINGS.get(key)
+    if found is None:
+        found = np.array(matrix.unmixing(), dtype=np.float64)  # a copy: an inverted matrix is returned as is
+        found.setflags(write=False)
+        if len(_UNMIXINGS) >= _UNMIXINGS_LIMIT:
+            _UNMIXINGS.clear()
+        _UNMIXINGS[key] = found
+    return found
+
+
 def _rows_of(raw: Any, rows: np.ndarray | slice | None) -> np.ndarray:
     """``rows`` (an index array, a slice of events or None for all) of a raw column: a column of the events or a
     compensated output computed on demand (:class:`_Compensated`)."""
@@ -369,7 +406,7 @@ class _Evaluator:
             if outputs:
                 assert matrix is not None
                 detectors = [self.find(d) for d in matrix.detectors]
-                unmix = matrix.unmixing()[:, [k for _, k in outputs]].astype(self.dtype)
+                unmix = _unmixing(matrix)[:, [k for _, k in outputs]].astype(self.dtype)
                 first = min(detectors)
                 adjacent = sorted(detectors) == list(range(first, first + len(detectors)))
                 if adjacent:
@@ -387,8 +424,7 @@ class _Evaluator:
                 # Channels-by-events layout: a GEMM (fast in BLAS even for 5 x 5 matrices, unlike a tall-skinny
                 # product) whose output rows are contiguous columns for later gathers. The transposed view of the
                 # events is already a column-major BLAS operand: copying it to C order would cost twice the GEMM.
-                operand = raw.T if raw.dtype == self.dtype else np.ascontiguousarray(raw.T, dtype=self.dtype)
-                block = unmix.T @ operand
+                block = _compensate(raw, unmix, self.dtype)
                 for j, (channel, _) in enumerate(outputs):
                     self.raw[(channel, compensation)] = block[j]
 

@@ -115,19 +115,15 @@ def check_acquisition(sample: Sample) -> AcquisitionQC:
     bad: np.ndarray | None = None
     margin: dict[str, float] = {}
     with np.errstate(invalid="ignore", over="ignore"):
-        for j, channel in enumerate(sample.channels):
-            limit = _range(sample, j)
-            # Ranges in the units the events were decoded to ($PnE log channels reach 10**decades, not $PnR).
-            bound = np.inf if limit is None else IMPLAUSIBLE_RANGE_FACTOR * (
-                top_of_scale(sample.metadata, j, sample.scale) or limit)
+        for j, (channel, limit, bound, top) in enumerate(_channel_limits(sample)):
             # Most channels need no pass of their own: their extremes are finite and within range.
             if n and not (np.isfinite(lowest[j]) and np.isfinite(highest[j])
                           and max(-float(lowest[j]), float(highest[j])) <= bound):
                 column = events[:, j]
                 wrong = ~(np.abs(column) <= bound) if limit is not None else ~np.isfinite(column)
                 bad = wrong if bad is None else bad | wrong
-            if limit is not None and _is_fluorescence_or_scatter(channel) and not _is_width(channel) and n:
-                at = events.dtype.type(to_scale(sample.metadata, j, sample.scale, limit - 1))
+            if top is not None and n:
+                at = events.dtype.type(top)
                 # NaN extremes: count (NaN compares false, as before); otherwise only when the top is reached.
                 reached = not (highest[j] < at)
                 margin[channel] = 100.0 * np.count_nonzero(events[:, j] >= at) / n if reached else 0.0
@@ -140,6 +136,38 @@ def check_acquisition(sample: Sample) -> AcquisitionQC:
     return AcquisitionQC(n_events=n, corrupt_events=0 if bad is None else int(np.count_nonzero(bad)),
                          margin_pct=margin,
                          spillover=has_spillover, n_fluorescence=n_fluorescence)
+
+
+# Each channel's limits by the keywords they depend on: the files of a study share them (see _channel_limits).
+_LIMITS: dict[tuple, list[tuple[str, float | None, float, float | None]]] = {}
+_LIMITS_MAX = 256
+
+
+def _channel_limits(sample: Sample) -> list[tuple[str, float | None, float, float | None]]:
+    """Per channel: ``(name, $PnR or None, implausibility bound, top-of-scale value or None)``, the bound and the top
+    in the units the events were decoded to (``$PnE`` log channels reach ``10**decades``, not ``$PnR``); the top is
+    None for channels not checked for margin events (Time, pulse widths, no ``$PnR``).
+
+    Computed once per distinct set of the keywords they depend on (``$PnR``, ``$PnE``, ``$PnG``) and kept.
+    """
+    metadata = sample.metadata
+    key = (sample.scale, tuple(sample.channels),
+           *(metadata.get(f"$P{j}{k}") for j in range(1, len(sample.channels) + 1) for k in "REG"))
+    found = _LIMITS.get(key)
+    if found is None:
+        found = []
+        for j, channel in enumerate(sample.channels):
+            limit = _range(sample, j)
+            bound = np.inf if limit is None else IMPLAUSIBLE_RANGE_FACTOR * (
+                top_of_scale(metadata, j, sample.scale) or limit)
+            top = None
+            if limit is not None and _is_fluorescence_or_scatter(channel) and not _is_width(channel):
+                top = to_scale(metadata, j, sample.scale, limit - 1)
+            found.append((channel, limit, bound, top))
+        if len(_LIMITS) >= _LIMITS_MAX:
+            _LIMITS.clear()
+        _LIMITS[key] = found
+    return found
 
 
 def _column_extremes(events: np.ndarray, block: int = 64) -> tuple[np.ndarray, np.ndarray]:

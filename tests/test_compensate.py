@@ -213,3 +213,14 @@ def test_columns_between_detectors_are_untouched_even_next_to_inf() -> None:
     work = raw.copy()
     compensate(work, CHANNELS, spill, out=work)
     np.testing.assert_array_equal(work[:, 2], raw[:, 2])
+
+
+def test_a_keyword_is_parsed_once_and_a_malformed_one_fails_every_time() -> None:
+    value = "2,FITC-A,PE-A,1,0.1,0.02,1"
+    first = spillover_from_metadata({"$SPILLOVER": value, "$FIL": "a.fcs"}, CHANNELS)
+    again = spillover_from_metadata({"$SPILLOVER": value, "$FIL": "b.fcs"}, CHANNELS)
+    assert again is first and not first.matrix.flags.writeable
+    assert spillover_from_metadata({"$SPILLOVER": value}, (*CHANNELS, "Time")) is not first  # other channels
+    for name in ("a.fcs", "b.fcs"):
+        with pytest.raises(FCSError, match=f"^{name}: SPILL: .*not a number"):
+            spillover_from_metadata({"SPILL": "2,FITC-A,PE-A,1,x,0,1", "$FIL": name}, CHANNELS)

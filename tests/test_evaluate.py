@@ -105,3 +105,27 @@ def test_kept_bits_are_the_gate_verdict_on_the_parent_events() -> None:
     positions = np.arange(parent.size)
     assert np.array_equal(result.kept_of("poly", positions), inside)
     assert result.kept_of("both", positions) is None  # Boolean gates record no verdict
+
+
+def test_whole_sample_compensation_in_blocks_gives_the_bits_of_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    sample = _sample(30_011, True)
+    strategy = _strategy()
+    one = strategy.apply(sample)  # fewer events than BLOCK: one product over all of them
+    monkeypatch.setattr(engine, "BLOCK", 997)  # many blocks, none a round size
+    blocks = strategy.apply(sample)
+    assert blocks.counts == one.counts
+    for pop in strategy.populations:
+        if isinstance(pop.gate, BooleanGate):
+            continue
+        rows = one.members.get(pop.parent) if pop.parent else None
+        assert blocks.values(pop.gate, rows).tobytes() == one.values(pop.gate, rows).tobytes(), pop.name
+
+
+def test_unmixing_is_computed_once_per_matrix_and_read_only() -> None:
+    spill = engine.SpectrumMatrix(FLUOR, FLUOR, SPILL)
+    first = engine._unmixing(spill)
+    assert engine._unmixing(engine.SpectrumMatrix(FLUOR, FLUOR, SPILL.copy())) is first
+    assert not first.flags.writeable and np.array_equal(first, np.linalg.inv(SPILL))
+    inverted = engine.SpectrumMatrix(FLUOR, FLUOR, np.linalg.inv(SPILL), inverted=True)
+    engine._unmixing(inverted)
+    assert inverted.matrix.flags.writeable  # the matrix it was given is not frozen in passing

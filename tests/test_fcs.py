@@ -275,6 +275,19 @@ def test_ambiguous_marker_lists_candidates() -> None:
     assert sample.find_channel("CD4 PE") == 1  # the full $PnS resolves it
 
 
+def test_channel_lookups_are_remembered_per_channels_and_markers() -> None:
+    markers, channels = ["CD4 FITC", "CD4 PE", "CD8"], ["FITC-A", "PE-A", "APC-A"]
+    for _ in range(2):  # the second round is answered from the cache: same answers, same errors
+        sample = _sample(markers, channels)
+        assert sample.find_channel("CD8") == 2 and sample.find_channel("pe-a") == 1
+        with pytest.raises(MarkerError, match="ambiguous"):
+            sample.find_channel("CD4")
+    other = _sample(["CD4 FITC", "CD25 PE", "CD8"], channels)  # other markers: looked up afresh
+    assert other.find_channel("CD4") == 0
+    listed = Sample("", other.events, list(channels), list(other.markers), {}, "FCS3.1")  # lists, not tuples
+    assert listed.find_channel("CD25") == 1
+
+
 # ---- reader errors and describe ------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from cytopipe.flowjo.write import (
     COMP_PREFIX,
     WORKSPACE_NAME,
     ellipse_polygon,
+    file_uri,
     join_workspace,
     render_workspace,
     sample_fragment,
@@ -472,3 +473,12 @@ def test_flowjo_7_and_10_trees_round_trip_through_cytopipes_reader(shared_data: 
     check = check_workspace(wsp, fcs_dir=folder / "fcs", tolerance=0.0)
     assert check.ok and check.table["sample"].nunique() == 32 and len(check.compared) > 300
     assert (check.compared["difference"].astype(int) == 0).all()
+
+
+@pytest.mark.parametrize(("path", "uri"), [
+    ("/data/run_1/A01-CD4.fcs", "file:/data/run_1/A01-CD4.fcs"),
+    ("/data/run 1/A01 50%.fcs", "file:/data/run%201/A01%2050%25.fcs"),
+    ("/data/Étude/tube#2?.fcs", "file:/data/%C3%89tude/tube%232%3F.fcs"),
+])
+def test_file_uri_quotes_only_what_needs_quoting(path: str, uri: str) -> None:
+    assert file_uri(path) == uri

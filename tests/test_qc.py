@@ -127,3 +127,13 @@ def test_one_pass_counts_what_a_per_channel_scan_counts(n):
                 margin[channel] = 100.0 * np.count_nonzero(column >= 1023) / n
     assert qc.corrupt_events == int(bad.sum())
     assert qc.margin_pct == pytest.approx(margin)
+
+
+def test_channel_limits_follow_each_files_keywords():
+    events = np.full((100, 2), 900.0, dtype=np.float32)
+    events[:10, 1] = 1023  # 10% at the top of a 1024 range, nowhere near the top of a 262144 one
+    seen = []
+    for prange in ("1024", "262144", "1024"):  # the limits of the first file are remembered, not reused blindly
+        sample = Sample("", events, ("FSC-A", "FITC-A"), ("", "CD4"), {"$P1R": "1024", "$P2R": prange}, "FCS3.1")
+        seen.append(check_acquisition(sample).margin_pct["FITC-A"])
+    assert seen == [pytest.approx(10.0), 0.0, pytest.approx(10.0)]

@@ -430,3 +430,13 @@ def test_gating_sd_decides_significance(tmp_path):
     assert not noisy.loc["W1", "significant"]  # the gates alone could move Treg % by that much
     assert noisy.loc["W1", "delta_ci_low_total"] < 0 < noisy.loc["W1", "delta_ci_low"]
     assert noisy.loc["W1", "gate_sd_pp"] == 0.6 and np.isnan(noisy.loc["baseline", "delta_ci_low_total"])
+
+
+def test_wilson_of_one_count_is_the_vectorised_interval_bit_for_bit() -> None:
+    rng = np.random.default_rng(5)
+    n = np.concatenate([[1, 2, 3, 7, 10, 20000], rng.integers(1, 10**8, 3000)])
+    k = np.concatenate([[0, 2, 1, 7, 0, 1800], [int(rng.integers(0, m + 1)) for m in n[6:]]])
+    low, high = wilson_interval(k, n)  # the array path
+    for i in range(n.size):
+        one = wilson_interval(int(k[i]), int(n[i]))  # the path treg.csv takes
+        assert np.array(one).tobytes() == np.array([low[i], high[i]]).tobytes(), (k[i], n[i])

@@ -83,6 +83,12 @@ class Sample:
            ``"CD45"``.
         """
         query = str(name).strip().casefold()
+        try:
+            found = _unique_match(self.channels, self.markers, query)
+        except TypeError:  # channels or markers given as lists: looked up below
+            found = None
+        if found is not None:
+            return found
         rules = (
             [i for i, c in enumerate(self.channels) if c.casefold() == query],
             [i for i, m in enumerate(self.markers) if m and m.casefold() == query],
@@ -105,6 +111,23 @@ class Sample:
 
     def _label(self, i: int) -> str:
         return f"{self.channels[i]} ({self.markers[i]})" if self.markers[i] else self.channels[i]
+
+
+@lru_cache(maxsize=4096)
+def _unique_match(channels: tuple[str, ...], markers: tuple[str, ...], query: str) -> int | None:
+    """The channel the first rule of :meth:`Sample.find_channel` with exactly one hit gives, or None (no channel, or
+    an ambiguous rule first: the caller then raises). Cached: the files of a study share their channels and markers,
+    and every gate dimension and reference population looks its channel up in every sample."""
+    rules = (
+        lambda: [i for i, c in enumerate(channels) if c.casefold() == query],
+        lambda: [i for i, m in enumerate(markers) if m and m.casefold() == query],
+        lambda: [i for i, m in enumerate(markers) if query in _marker_tokens(m)],
+    )
+    for rule in rules:
+        hits = rule()
+        if len(hits) == 1:
+            return hits[0]
+    return None
 
 
 @lru_cache(maxsize=4096)

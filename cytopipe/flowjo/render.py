@@ -192,8 +192,7 @@ def _sample(out: _Writer, tree: dict, sample_id: str, gate_ids: Iterator[str]) -
                   _matrix, matrix)
     out.block(("transforms", repr(tree["transforms"])), _transforms, tree["transforms"])
     out.open("Keywords")
-    for key, value in tree["keywords"]:
-        out.empty("Keyword", [("name", key), ("value", value)])
+    out.empties("Keyword", ("name", "value"), tree["keywords"])
     out.close("Keywords")
     out.open("SampleNode", [("name", tree["name"]), ("annotation", ""), ("owningGroup", ""), ("expanded", "1"),
                             ("sortPriority", "10"), ("count", str(tree["count"])), ("sampleID", sample_id)])
@@ -360,6 +359,15 @@ class _Writer:
 
     def empty(self, name: str, attrs: Sequence[tuple[str, Any]] | None = None) -> None:
         self.lines.append(self._element(name, attrs, "/"))
+
+    def empties(self, name: str, keys: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> None:
+        """``empty(name, list(zip(keys, row)))`` for each row: the same lines, looked up with one key each (a
+        sample's ~100 keywords, most of them repeated from the worker's previous samples)."""
+        memo, depth, lines = self._memo, self.depth, self.lines
+        for row in rows:
+            attrs = tuple(zip(keys, row, strict=True))
+            line = memo.get((depth, name, "/", *attrs))
+            lines.append(line if line is not None else self._element(name, attrs, "/"))
 
     def result(self) -> str:
         return "\n".join(self.lines) + "\n"

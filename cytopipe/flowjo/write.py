@@ -40,7 +40,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -92,6 +94,9 @@ __all__ = [
 WORKSPACE_NAME = "gates_fitted.wsp"
 #: FlowJo's name for the matrix from the file's own ``$SPILLOVER``/``SPILL`` keyword.
 ACQUISITION_MATRIX = "Acquisition-defined"
+
+# Matrix records by matrix (name, detectors, coefficients): the samples of a study share one (see matrix_record).
+_MATRIX_RECORDS: dict[tuple, dict] = {}
 
 # Polygon resolution for ellipses: doubled from the first until no event of the sample lies between polygon and
 # ellipse; the last is a safety cap (~140 kB of XML for one gate).
@@ -151,10 +156,15 @@ def sample_tree(strategy: Any, sample: Any, result: Any, spillover: Any = None, 
 
 def file_uri(path: str | os.PathLike[str]) -> str:
     """FlowJo's ``DataSet uri`` of a file: ``file:`` and the absolute path, percent-encoded (``file:/a/b%20c.fcs``)."""
-    posix = Path(os.path.abspath(path)).as_posix()
+    absolute = os.path.abspath(path)
+    posix = absolute if os.sep == "/" else Path(absolute).as_posix()
     if not posix.startswith("/"):
         posix = "/" + posix  # Windows drive: file:/C:/...
-    return "file:" + quote(posix, safe="/:")
+    return "file:" + (posix if _URI_SAFE.fullmatch(posix) else quote(posix, safe="/:"))
+
+
+# Characters quote(..., safe="/:") leaves as they are: a path made of them alone needs no quoting.
+_URI_SAFE = re.compile(r"[A-Za-z0-9_.\-~/:]*")
 
 
 class _TreeBuilder:
@@ -230,10 +240,18 @@ class _TreeBuilder:
         if self.matrix is None:
             return None
         name, channels, spill = self.matrix
-        rows = [[float(v) for v in row] for row in spill]
-        digest = hashlib.sha256(repr((name, channels, rows)).encode()).hexdigest()
-        ident = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
-        return {"name": name, "id": ident, "channels": list(channels), "rows": rows}
+        key = (name, channels, spill.shape, spill.tobytes())
+        found = _MATRIX_RECORDS.get(key)
+        if found is None:
+            rows = [[float(v) for v in row] for row in spill]
+            digest = hashlib.sha256(repr((name, channels, rows)).encode()).hexdigest()
+            ident = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+            found = {"name": name, "id": ident, "channels": list(channels), "rows": rows}
+            if len(_MATRIX_RECORDS) >= 64:
+                _MATRIX_RECORDS.clear()
+            _MATRIX_RECORDS[key] = found
+        # A copy for each sample: the record travels in its result and may be changed by whoever receives it.
+        return {**found, "channels": list(found["channels"]), "rows": [list(row) for row in found["rows"]]}
 
     def transform_records(self) -> list[dict]:
         records = []
@@ -427,10 +445,16 @@ def _raw(dim: Dimension, value: float | None, where: str, name: str) -> float | 
     if dim.transform is not None and dim.transform.bounded:
         raise GateError(f"{where}: population '{name}': transform '{dim.transform.name}' has boundMin/boundMax, "
                         f"which FlowJo transforms cannot hold")
-    raw = float(_raw_array(dim, np.array([value]))[0])
+    raw = float(value) if dim.transform is None else _inverse(dim.transform, float(value))
     if not math.isfinite(raw):
         raise GateError(f"{where}: population '{name}': limit {value} has no raw value on {dim.label}")
     return raw
+
+
+@lru_cache(maxsize=1024)
+def _inverse(transform: Transform, value: float) -> float:
+    """``transform.inverse`` of one limit in float64, once per worker: the samples of a study share their gates."""
+    return float(np.asarray(transform.inverse(np.array([value])), dtype=np.float64)[0])
 
 
 def _square_matrix(matrix: Any, key: str, where: str) -> tuple[str, tuple[str, ...], np.ndarray]:
