@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -83,6 +84,7 @@ def _short(text: object, limit: int = 28) -> str:
 # ---------------------------------------------------------------------------------------------- gating
 
 
+@lru_cache(maxsize=256)
 def _dimension_label(dimension: Any) -> str:
     """``"CD4 (logicle)"``: the channel (or ratio) and the transform kind; raw scatter has no suffix."""
     channel = dimension.channel
@@ -94,20 +96,28 @@ def _dimension_label(dimension: Any) -> str:
     return _short(f"{name} ({kind})" if transform is not None and kind else name, 30)
 
 
-def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, float]:
-    """Axis limits: the 0.2-99.8 % range of (at most 4,000 of) the values, stretched towards the gate outline."""
-    some = values[:: max(1, -(-values.size // 2_000))]
-    finite = np.isfinite(some)
-    if not finite.all():
-        some = some[finite]
-    if some.size == 0:
-        lo, hi = 0.0, 1.0
-    else:
-        low_rank, high_rank = int(0.002 * (some.size - 1)), math.ceil(0.998 * (some.size - 1))
-        lo, hi = _nth_smallest(some, low_rank), -_nth_smallest(-some, some.size - 1 - high_rank)
-    if outline is not None:  # a few vertices: plain floats are faster than arrays here
+def _ranges(values: np.ndarray) -> list[tuple[float, float]]:
+    """Per column of ``values`` (``(n, k)``): the 0.2 and 99.8 % points of (at most 2,000 of) its finite values,
+    all columns in one partition; ``(0, 1)`` for a column without any."""
+    some = values[:: max(1, -(-values.shape[0] // 2_000))]
+    if some.shape[0] and np.isfinite(some).all():
+        n = some.shape[0]
+        ranks = (int(0.002 * (n - 1)), math.ceil(0.998 * (n - 1)))
+        return [tuple(column) for column in np.partition(some, ranks, axis=0)[list(ranks)].T.tolist()]
+    out = []
+    for k in range(some.shape[1]):  # NaN or infinite values (a ratio of zeros): each column on its finite values
+        column = some[:, k][np.isfinite(some[:, k])]
+        out.append(_ranges(column[:, None])[0] if column.size else (0.0, 1.0))
+    return out
+
+
+def _limits(low_high: tuple[float, float], outline: Sequence[float] | None) -> tuple[float, float]:
+    """Axis limits: the data's range (:func:`_ranges`) stretched towards the gate outline's vertices (those within
+    half a range of it) and padded by 4 %."""
+    lo, hi = low_high
+    if outline:
         span = hi - lo if hi > lo else 1.0
-        corners = [v for v in outline.tolist() if math.isfinite(v) and lo - 0.5 * span < v < hi + 0.5 * span]
+        corners = [v for v in outline if math.isfinite(v) and lo - 0.5 * span < v < hi + 0.5 * span]
         if corners:
             lo, hi = min(lo, min(corners)), max(hi, max(corners))
     if not hi > lo:
@@ -116,43 +126,33 @@ def _limits(values: np.ndarray, outline: np.ndarray | None) -> tuple[float, floa
     return lo - pad, hi + pad
 
 
-def _nth_smallest(values: np.ndarray, rank: int) -> float:
-    """The value of 0-based ``rank`` in sorted order, for the few lowest ranks the limits read (at most 3 of 2,000
-    values): that many minima set aside, then a minimum; whole-array passes, cheaper than a partition."""
-    if rank:
-        values = values.copy()
-        for _ in range(rank):
-            values[np.argmin(values)] = np.inf
-    return float(values.min())
+def _bin(values: np.ndarray, origin: float, scale: float, bins: int) -> np.ndarray:
+    """Cell of each value, ``1 + floor((value - origin) * scale)`` kept within ``0..bins + 1`` (NaN in 0): with
+    ``origin = lo, scale = bins / (hi - lo)``, cells 1..bins are the equal bins over ``[lo, hi)``, 0 is below and
+    bins + 1 above; ``origin = hi`` and a negative scale count the bins from the top. Float32 whole-array passes."""
+    cells = np.subtract(values, np.float32(origin), dtype=np.float32)
+    cells *= np.float32(scale)
+    np.fmax(cells, np.float32(-1), out=cells)  # fmax also turns NaN into -1
+    np.minimum(cells, np.float32(bins), out=cells)
+    cells += np.float32(1)  # truncation towards zero now puts (origin - one bin, origin) in cell 0
+    return cells.astype(np.int32)
 
 
-def _bin(values: np.ndarray, limits: Any, bins: int) -> np.ndarray:
-    """Bin index of each value on ``bins`` equal cells over ``limits``, shifted by one: 1..bins inside, 0 below
-    (and NaN), bins + 1 above. ``limits`` is ``(lo, hi)``, or one ``(lo, hi)`` per column of an ``(n, k)`` array
-    (all columns binned in the same passes). A few whole-array passes, no boolean indexing."""
-    limits = np.asarray(limits, dtype=float)
-    lo, hi = limits[..., 0], limits[..., 1]
-    scaled = np.asarray(values, dtype=np.float32) - lo.astype(np.float32)
-    scaled *= (bins / (hi - lo)).astype(np.float32)
-    np.fmax(scaled, np.float32(-1), out=scaled)  # fmax also turns NaN into -1
-    np.minimum(scaled, np.float32(bins), out=scaled)
-    scaled += 1  # truncation towards zero now puts (lo - one bin, lo) in the "below" cell 0
-    return scaled.astype(np.intp)
+def _counts(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
+            bins: int = _BINS) -> np.ndarray:
+    """``(bins, bins)`` event counts as an image: rows are y bins from the top, columns x bins from the left (the
+    values outside the limits land in border cells, dropped). One :func:`numpy.bincount`."""
+    flat = _bin(y, ylim[1], -bins / (ylim[1] - ylim[0]), bins)
+    flat *= bins + 2
+    flat += _bin(x, xlim[0], bins / (xlim[1] - xlim[0]), bins)
+    return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
 
 
 def histogram2d(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
                 bins: int = _BINS) -> np.ndarray:
-    """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal half-open bins
-    but in one :func:`numpy.bincount` (values outside the limits land in border cells, dropped)."""
-    return _counts(np.column_stack([x, y]), xlim, ylim, bins)
-
-
-def _counts(xy: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], bins: int = _BINS) -> np.ndarray:
-    """:func:`histogram2d` of the two columns of ``xy`` (``(n, 2)``), both binned in the same whole-array passes."""
-    cells = _bin(xy, (xlim, ylim), bins)
-    flat = cells[:, 0] * (bins + 2)
-    flat += cells[:, 1]
-    return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
+    """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal half-open bins:
+    the figures' own binning (:func:`_counts`), turned from image rows to numpy's layout."""
+    return _counts(np.asarray(x), np.asarray(y), xlim, ylim, bins)[::-1].T
 
 
 def _treg_name(strategy: Any, treg: str | None) -> str | None:
@@ -167,10 +167,11 @@ def _is_scatter(channel: Any) -> bool:
     return isinstance(channel, str) and channel.upper().startswith(("FSC", "SSC"))
 
 
-def _parent_values(result: Any, pop: Any, n_events: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Every k-th of the values the gate was evaluated on (its parent's events), which of them it kept, and the
-    parent's size. The values are the gating's own cached columns where it kept them (nothing is transformed
-    again), else those of the k-th events alone; membership is looked up for those events only."""
+def _parent_values(result: Any, pop: Any, n_events: int, kept: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Every k-th of the values the gate was evaluated on (its parent's events), which of them it kept (``kept``;
+    else None), and the parent's size. The values are the gating's own cached columns where it kept them (nothing
+    is transformed again), else those of the k-th events alone; membership is looked up for those events only."""
     rows = _members(result, pop.parent) if pop.parent else None
     n_parent = n_events if rows is None else int(rows.size)
     step = max(1, -(-n_parent // _MAX_PLOT_EVENTS))
@@ -179,6 +180,8 @@ def _parent_values(result: Any, pop: Any, n_events: int) -> tuple[np.ndarray, np
         values = np.asarray(result.values(pop.gate, rows, step=step))
     except TypeError:  # a result without row selection
         values = np.asarray(result.values(pop.gate))[chosen]
+    if not kept:
+        return values, None, n_parent
     kept_of = getattr(result, "kept_of", None)
     inside = kept_of(pop.name, slice(0, n_parent, step)) if kept_of is not None else None
     return values, _member_of(result, pop.name, chosen) if inside is None else inside, n_parent
@@ -207,58 +210,85 @@ def _panel_box(index: int) -> tuple[float, float]:
     return _LEFT + col * (_LEFT + _PLOT + _RIGHT), _HEAD + _TOP + row * (_TOP + _PLOT + _BOTTOM)
 
 
-def _density_panel(panel: Panel, xy: np.ndarray, dims: Sequence[Any], outline: np.ndarray | None,
-                   inside: np.ndarray | None, highlight_xy: np.ndarray | None = None) -> None:
+class _Density:
+    """A density panel's axes and counts, kept so the back-gating panel can draw on the root scatter gate's."""
+
+    def __init__(self, xlim: tuple[float, float], ylim: tuple[float, float], counts: np.ndarray) -> None:
+        self.xlim, self.ylim, self.counts = xlim, ylim, counts
+
+
+def _density_panel(panel: Panel, xy: np.ndarray | None, dims: Sequence[Any], outline: np.ndarray | None,
+                   inside: np.ndarray | None, highlight_xy: np.ndarray | None = None,
+                   on: _Density | None = None) -> _Density:
     """A 2-D density of the parent's events (``xy``: ``(n, 2)``) with the gate outline (or, without one, the gated
-    events in red; ``highlight_xy``: those events given apart, e.g. every Treg event for back-gating)."""
-    xlim = _limits(xy[:, 0], None if outline is None else outline[:, 0])
-    ylim = _limits(xy[:, 1], None if outline is None else outline[:, 1])
-    counts = _counts(xy, xlim, ylim)
+    events in red; ``highlight_xy``: those events given apart, e.g. every Treg event for back-gating). ``on``: the
+    axes and counts of ``xy`` already binned (the root scatter gate's panel)."""
+    if on is None:
+        x_range, y_range = _ranges(xy)
+        xlim = _limits(x_range, None if outline is None else outline[:, 0].tolist())
+        ylim = _limits(y_range, None if outline is None else outline[:, 1].tolist())
+        on = _Density(xlim, ylim, _counts(xy[:, 0], xy[:, 1], xlim, ylim))
+    xlim, ylim = on.xlim, on.ylim
     highlight = None
     if highlight_xy is not None:
-        highlight = _counts(highlight_xy, xlim, ylim)
+        highlight = _counts(highlight_xy[:, 0], highlight_xy[:, 1], xlim, ylim)
     elif inside is not None:
-        highlight = _counts(xy[inside], xlim, ylim)
-    panel.image = density_png(counts, "viridis" if highlight is None else "greys", highlight=highlight)
-    ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
+        highlight = _counts(xy[inside, 0], xy[inside, 1], xlim, ylim)
+    panel.image = density_png(on.counts, "viridis" if highlight is None else "greys", highlight=highlight)
     if outline is not None:
-        d = path_d(ax(ax.clip(outline[:, 0])), ay(ay.clip(outline[:, 1])), close=True)
-        panel.path(d, stroke=_GATE, fill=_GATE, width=1.5, gid="gate", fill_opacity=0.12)
-    panel.limits = (*xlim, *ylim)
-    panel.xticks = _placed(ax, transform_ticks(dims[0].transform, xlim))
-    panel.yticks = _placed(ay, transform_ticks(dims[1].transform, ylim))
+        panel.path(_outline_d(outline, xlim, ylim, panel), stroke=_GATE, fill=_GATE, width=1.5, gid="gate",
+                   fill_opacity=0.12)
+    _axes(panel, xlim, ylim, transform_ticks(dims[0].transform, xlim), transform_ticks(dims[1].transform, ylim))
     panel.xlabel, panel.ylabel = _dimension_label(dims[0]), _dimension_label(dims[1])
+    return on
+
+
+def _outline_d(outline: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], panel: Panel) -> str:
+    """Path data of a closed gate outline (``(m, 2)`` data units) in the panel's pixels, open sides clipped
+    (:meth:`cytopipe.svg.Axis.clip`)."""
+    ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
+    return path_d([ax.place(ax.clip(v)) for v in outline[:, 0].tolist()],
+                  [ay.place(ay.clip(v)) for v in outline[:, 1].tolist()], close=True)
+
+
+def _axes(panel: Panel, xlim: tuple[float, float], ylim: tuple[float, float], xticks: Sequence[tuple[float, str]],
+          yticks: Sequence[tuple[float, str]]) -> None:
+    """Set a panel's data limits and its ticks (``(value, label)``) placed in pixels (to 0.1 px)."""
+    panel.limits = (*xlim, *ylim)
+    ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
+    panel.xticks = [(round(ax.place(v), 1), label) for v, label in xticks]
+    panel.yticks = [(round(ay.place(v), 1), label) for v, label in yticks]
+
+
+@lru_cache(maxsize=64)
+def _steps(x0: float, width: float, bins: int) -> str:
+    """The path format of a histogram's outline on ``bins`` equal bins from ``x0``: ``%`` the base line, each bin's
+    top and the base line again (pixels)."""
+    edges = [f"{x0 + k * width / bins:.1f}" for k in range(bins + 1)]
+    return f"M{edges[0]},%.1f" + "".join(f"V%.1fH{e}" for e in edges[1:]) + "V%.1fZ"
 
 
 def _histogram_panel(panel: Panel, x: np.ndarray, inside: np.ndarray, dim: Any, gate: Any, scale: float) -> None:
     """Parent's events in grey, the gated ones shaded red; counts scaled by the sampling stride."""
     bounds = [v for v in (*getattr(gate, "min", ()), *getattr(gate, "max", ())) if v is not None]
-    xlim = _limits(x, np.array(bounds, dtype=float) if bounds else None)
-    index = _bin(x, xlim, _BINS)
-    every = np.bincount(index, minlength=_BINS + 2)[1:-1] * scale
-    gated = np.bincount(index[inside], minlength=_BINS + 2)[1:-1] * scale
+    (x_range,) = _ranges(x[:, None])
+    xlim = _limits(x_range, bounds)
+    cells = _bin(x, xlim[0], _BINS / (xlim[1] - xlim[0]), _BINS)
+    every = np.bincount(cells, minlength=_BINS + 2)[1:-1] * scale
+    gated = np.bincount(cells[inside], minlength=_BINS + 2)[1:-1] * scale
     top = max(float(every.max()) * 1.08, 1.0)
-    ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(0.0, top, panel.y + panel.height, panel.y)
-    edges = ax(np.linspace(*xlim, _BINS + 1))
+    bottom = panel.y + panel.height
+    steps = _steps(panel.x, panel.width, _BINS)
     for heights, colour, opacity in ((every, "#9a9a9a", 1.0), (gated, _GATE, 0.65)):
-        xs = np.concatenate([[edges[0]], np.repeat(edges, 2)[1:-1], [edges[-1]]])
-        ys = np.concatenate([[0.0], np.repeat(heights, 2), [0.0]])
-        panel.path(path_d(xs, ay(ys), close=True), fill=colour, opacity=opacity)
+        tops = (bottom - heights * (panel.height / top)).tolist()
+        panel.path(steps % (bottom, *tops, bottom), fill=colour, opacity=opacity)
+    ax = Axis(*xlim, panel.x, panel.x + panel.width)
     for value in bounds:  # the cut itself, where it selects
-        px = float(ax(ax.clip(value)))
-        panel.path(f"M{px:.1f},{panel.y:g}V{panel.y + panel.height:g}", stroke=_GATE, width=1.5, gid="gate")
-    panel.limits = (*xlim, 0.0, top)
-    panel.xticks = _placed(ax, transform_ticks(dim.transform, xlim))
-    panel.yticks = _placed(ay, [(v, _count(v)) for v in nice_ticks(0.0, top, 3)])
+        px = ax.place(ax.clip(value))
+        panel.path(f"M{px:.1f},{panel.y:g}V{bottom:g}", stroke=_GATE, width=1.5, gid="gate")
+    _axes(panel, xlim, (0.0, top), transform_ticks(dim.transform, xlim),
+          [(v, _count(v)) for v in nice_ticks(0.0, top, 3)])
     panel.xlabel, panel.ylabel = _dimension_label(dim), "events"
-
-
-def _placed(axis: Axis, ticks: Sequence[tuple[float, str]]) -> list[tuple[float, str]]:
-    """``(pixel, label)`` of each ``(value, label)`` tick, pixels to 0.1 (one vectorised mapping per axis)."""
-    if not ticks:
-        return []
-    where = axis(np.array([value for value, _ in ticks], dtype=float)).tolist()
-    return [(round(w, 1), label) for w, (_, label) in zip(where, ticks, strict=True)]
 
 
 def _count(value: float) -> str:
@@ -266,6 +296,37 @@ def _count(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:g}{suffix}"
     return f"{value:g}"
+
+
+def _backgating_panel(result: Any, scatter: Any, treg_name: str, n_events: int, on: _Density | None,
+                      outline: np.ndarray | None, index: int) -> Panel:
+    """Every event (every k-th) on the scatter gate's axes in grey, the Treg events in red. ``on``: the root
+    scatter gate's panel, whose axes and counts (the same events) are reused, with its gate dashed."""
+    panel = Panel(*_panel_box(index), _PLOT, _PLOT)
+    if on is None:
+        every = np.arange(0, n_events, max(1, -(-n_events // _MAX_PLOT_EVENTS)))
+        try:
+            xy = np.asarray(result.values(scatter.gate, every))
+        except TypeError:  # a result without row selection
+            xy = np.asarray(result.values(scatter.gate))[every]
+    else:
+        xy = None
+    # Every Treg event (every k-th above the cap) in red: a rare population must not vanish in the stride.
+    tregs = _members(result, treg_name)
+    n_treg = int(tregs.size)
+    tregs = tregs[:: max(1, -(-n_treg // _MAX_PLOT_EVENTS))]
+    try:
+        treg_xy = np.asarray(result.values(scatter.gate, tregs))
+    except TypeError:  # a result without row selection
+        treg_xy = np.asarray(result.values(scatter.gate))[tregs]
+    on = _density_panel(panel, None if xy is None else xy[:, :2], scatter.gate.dimensions, None, None,
+                        treg_xy[:, :2], on=on)
+    panel.title = [f"Back-gating: {_short(treg_name, 16)}", f"{n_treg:,} events (red) on scatter"]
+    panel.tooltip = f"{treg_name} events (red) over all events (grey)"
+    if outline is not None:
+        panel.path(_outline_d(outline, on.xlim, on.ylim, panel), stroke="#333333", width=1.0, dash="4 3")
+        panel.tooltip += f"; dashed: the {scatter.name} gate"
+    return panel
 
 
 def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | None = None) -> Figure:
@@ -311,49 +372,31 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
                  label=f"Gating of {sample_name}")
     n_events = int(getattr(result, "n_events", 0)) or len(next(iter(result.masks.values())))
 
-    scatter_xy = None  # the root scatter gate's values on every k-th event: the back-gating panel's too
+    scatter_density = None  # the root scatter gate's panel: the back-gating panel draws on its axes and counts
+    scatter_outline = None
     for index, pop in enumerate(pops):
         x0, y0 = _panel_box(index)
         panel = Panel(x0, y0, _PLOT, _PLOT)
-        values, inside, n_parent = _parent_values(result, pop, n_events)
-        if pop is scatter and not pop.parent:
-            scatter_xy = values
+        dims = pop.gate.dimensions
+        outline = pop.gate.outline() if len(dims) == 2 else None
+        outline = None if outline is None else np.asarray(outline, dtype=float)
+        values, inside, n_parent = _parent_values(result, pop, n_events, kept=outline is None)
         n_in = int(result.counts[pop.name]) if pop.name in getattr(result, "counts", {}) \
             else int(np.count_nonzero(result.masks[pop.name]))  # masks carry the parent chain
-        dims = pop.gate.dimensions
         if len(dims) >= 2:
-            outline = pop.gate.outline() if len(dims) == 2 else None
-            outline = None if outline is None else np.asarray(outline, dtype=float)
-            _density_panel(panel, values[:, :2], dims, outline, None if outline is not None else inside)
+            density = _density_panel(panel, values[:, :2], dims, outline, inside)
+            if pop is scatter and not pop.parent:
+                scatter_density, scatter_outline = density, outline
         else:
+            assert inside is not None
             _histogram_panel(panel, values[:, 0], inside, dims[0], pop.gate, n_parent / max(values.shape[0], 1))
         pct = f"{100.0 * n_in / n_parent:.1f}%" if n_parent else "–"
         panel.title = [_short(pop.name), f"{n_in:,} = {pct} of {_short(pop.parent or 'all events', 16)}"]
         panel.tooltip = f"{pop.name}: {n_in:,} events = {pct} of {pop.parent or 'all events'} ({n_parent:,})"
         fig.panels.append(panel)
     if treg_name and scatter is not None:
-        x0, y0 = _panel_box(len(pops))
-        panel = Panel(x0, y0, _PLOT, _PLOT)
-        every = np.arange(0, n_events, max(1, -(-n_events // _MAX_PLOT_EVENTS)))
-        if scatter_xy is not None:
-            xy = scatter_xy
-        else:
-            try:
-                xy = np.asarray(result.values(scatter.gate, every))
-            except TypeError:  # a result without row selection
-                xy = np.asarray(result.values(scatter.gate))[every]
-        # Every Treg event (every k-th above the cap) in red: a rare population must not vanish in the stride.
-        tregs = _members(result, treg_name)
-        n_treg = int(tregs.size)
-        tregs = tregs[:: max(1, -(-n_treg // _MAX_PLOT_EVENTS))]
-        try:
-            treg_xy = np.asarray(result.values(scatter.gate, tregs))
-        except TypeError:  # a result without row selection
-            treg_xy = np.asarray(result.values(scatter.gate))[tregs]
-        _density_panel(panel, xy[:, :2], scatter.gate.dimensions, None, None, treg_xy[:, :2])
-        panel.title = [f"Back-gating: {_short(treg_name, 16)}", f"{n_treg:,} events (red) on scatter"]
-        panel.tooltip = f"{treg_name} events (red) over all events (grey)"
-        fig.panels.append(panel)
+        fig.panels.append(_backgating_panel(result, scatter, treg_name, n_events, scatter_density, scatter_outline,
+                                            len(pops)))
     if not fig.panels:
         panel = Panel(*_panel_box(0), _PLOT, _PLOT)
         panel.texts.append({"x": panel.x + 8, "y": panel.y + 20, "text": "no gate with dimensions to draw"})

@@ -102,7 +102,18 @@ class _Panel:
 
 
 def _points(d: str) -> np.ndarray:
-    return np.array([[float(a), float(b)] for a, b in re.findall(r"[ML](-?[0-9.]+),(-?[0-9.]+)", d)])
+    """The vertices of SVG path data made of absolute M, L, H, V and Z commands."""
+    points: list[tuple[float, float]] = []
+    x = y = 0.0
+    for command, args in re.findall(r"([MLHVZ])([^MLHVZ]*)", d):
+        values = [float(v) for v in re.findall(r"-?[0-9.]+", args)]
+        if command in "ML":
+            points += list(zip(values[::2], values[1::2], strict=True))
+            x, y = points[-1]
+        for value in values if command in "HV" else ():
+            x, y = (value, y) if command == "H" else (x, value)
+            points.append((x, y))
+    return np.array(points)
 
 
 def test_png_writer_round_trips() -> None:
@@ -284,7 +295,7 @@ def test_gating_hierarchy_panels_follow_the_strategy() -> None:
     assert ys[:4] == pytest.approx([2000, 2000, 30000, 30000], rel=0.01)
     # The 1-D CD4 gate: a histogram with the cut drawn at 0.5 in logicle units, the axis labelled in intensities.
     (cut,) = drawn.panels[1].paths("gate")
-    assert drawn.panels[1].data(cut[:, 0], cut[:, 1])[0] == pytest.approx([0.5], abs=0.005)  # "M x,top V bottom"
+    assert drawn.panels[1].data(cut[:, 0], cut[:, 1])[0] == pytest.approx([0.5, 0.5], abs=0.005)  # top to bottom
     labels = [label for _, label in drawn.panels[1].ticks("x")]
     assert "10³" in labels and "0" in labels
     # The open Treg rectangle: its closed corner at (0.5, 0.55), open sides beyond the axes.
