@@ -193,3 +193,12 @@ def test_the_program_loads_numpy_blas_with_one_thread_unless_the_user_sets_a_cou
     counts = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=e,
                              timeout=120, check=True).stdout.splitlines()[-1] for e in (env, chosen)]
     assert counts == ["[1]", "[2]"]
+
+
+def test_the_program_imports_pandas_without_pyarrow():
+    # pandas imports pyarrow when installed (~45 ms per run); cytopipe uses no Arrow data, so the program hides it.
+    code = ("import sys\nfrom cytopipe.cli import main\nsys.argv = ['cytopipe', 'gates', 'list']\nmain()\n"
+            "import pandas\nprint(sys.modules.get('pyarrow', 'absent'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          check=True)
+    assert done.stdout.splitlines()[-1] == "None"
