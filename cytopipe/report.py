@@ -126,9 +126,12 @@ def inline_svg(path: str | os.PathLike) -> Markup | None:
         report carries it once); ``None`` when the file cannot be read or holds no ``<svg>``.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:  # bytes, decoded once: cheaper than a text-mode read
+            text = handle.read().decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+    if "\r" in text:  # as a text-mode read: "\r\n" and "\r" (in user text) become "\n"
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     return _inline(text)
 
 
@@ -148,9 +151,10 @@ def _inline(text: str) -> Markup | None:
     # HTML knows inline SVG: the namespace (an http:// URI that only names it) is dropped, and so is the figure
     # style sheet, which the report carries once (hundreds of copies slow a browser's style resolution down).
     text = text[start:].replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)
-    head, sep, rest = text.partition("<style>")
-    if sep and "</style>" in rest[:4000]:
-        text = head + rest.split("</style>", 1)[1].lstrip("\n")
+    style = text.find("<style>")
+    end = text.find("</style>", style + 7, style + 4007) if style >= 0 else -1
+    if end >= 0:
+        text = text[:style] + text[end + 8:].lstrip("\n")
     return Markup(text)
 
 

@@ -54,3 +54,19 @@ def test_render_writes_the_figures_numbers() -> None:
     ticks = {(t.get("x"), t.get("y"), t.get("text-anchor")) for t in g.iter(f"{NS}text") if t.get("class") == "tick"}
     assert {("70.0", "154.0", "middle"), ("54.0", "93.5", "end"), ("266.0", "83.5", None)} <= ticks
     assert render(_every_slot("a"), ident="p<1>") == text  # deterministic
+
+
+def test_a_saved_figure_inlines_as_its_render(tmp_path) -> None:
+    """What the report inlines from a figure file (report.inline_svg, read as each sample's result arrives) is the
+    figure's own SVG element: no namespace, no style sheet, nothing else lost; line breaks in user text read as a
+    text-mode read gives them."""
+    from cytopipe.plots import figure_id, save_figure
+    from cytopipe.report import inline_svg
+
+    for name in ("S1", HOSTILE, "a\r\nb\rc"):
+        figure = _every_slot(name)
+        path = save_figure(figure, tmp_path / "g.svg", ident=figure_id(name))
+        expected = render(figure, figure_id(name)).replace("\r\n", "\n").replace("\r", "\n")
+        assert inline_svg(path) == expected
+    (tmp_path / "bad.svg").write_bytes(b"<svg>\xff</svg>")
+    assert inline_svg(tmp_path / "bad.svg") is None and inline_svg(tmp_path / "missing.svg") is None
