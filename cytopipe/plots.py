@@ -126,25 +126,28 @@ def _limits(low_high: tuple[float, float], outline: Sequence[float] | None) -> t
     return lo - pad, hi + pad
 
 
-def _bin(values: np.ndarray, origin: float, scale: float, bins: int) -> np.ndarray:
+def _bin(values: np.ndarray, origin: Any, scale: Any, bins: int) -> np.ndarray:
     """Cell of each value, ``1 + floor((value - origin) * scale)`` kept within ``0..bins + 1`` (NaN in 0): with
     ``origin = lo, scale = bins / (hi - lo)``, cells 1..bins are the equal bins over ``[lo, hi)``, 0 is below and
-    bins + 1 above; ``origin = hi`` and a negative scale count the bins from the top. Float32 whole-array passes."""
-    cells = np.subtract(values, np.float32(origin), dtype=np.float32)
-    cells *= np.float32(scale)
+    bins + 1 above; ``origin = hi`` and a negative scale count the bins from the top. ``origin`` and ``scale`` may
+    give one value per column of an ``(n, k)`` array (best in Fortran order: each column's values contiguous).
+    Float32 whole-array passes."""
+    cells = np.subtract(values, np.asarray(origin, dtype=np.float32), dtype=np.float32)
+    cells *= np.asarray(scale, dtype=np.float32)
     np.fmax(cells, np.float32(-1), out=cells)  # fmax also turns NaN into -1
     np.minimum(cells, np.float32(bins), out=cells)
     cells += np.float32(1)  # truncation towards zero now puts (origin - one bin, origin) in cell 0
     return cells.astype(np.int32)
 
 
-def _counts(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
-            bins: int = _BINS) -> np.ndarray:
-    """``(bins, bins)`` event counts as an image: rows are y bins from the top, columns x bins from the left (the
-    values outside the limits land in border cells, dropped). One :func:`numpy.bincount`."""
-    flat = _bin(y, ylim[1], -bins / (ylim[1] - ylim[0]), bins)
-    flat *= bins + 2
-    flat += _bin(x, xlim[0], bins / (xlim[1] - xlim[0]), bins)
+def _counts(xy: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], bins: int = _BINS) -> np.ndarray:
+    """``(bins, bins)`` event counts of the two columns of ``xy`` as an image: rows are y bins from the top,
+    columns x bins from the left (the values outside the limits land in border cells, dropped). Both columns in
+    the same passes (the gating's values are in Fortran order), one :func:`numpy.bincount`."""
+    cells = _bin(np.asfortranarray(xy), (xlim[0], ylim[1]), (bins / (xlim[1] - xlim[0]), -bins / (ylim[1] - ylim[0])),
+                 bins)
+    flat = cells[:, 1] * (bins + 2)
+    flat += cells[:, 0]
     return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
 
 
@@ -152,7 +155,7 @@ def histogram2d(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: t
                 bins: int = _BINS) -> np.ndarray:
     """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal half-open bins:
     the figures' own binning (:func:`_counts`), turned from image rows to numpy's layout."""
-    return _counts(np.asarray(x), np.asarray(y), xlim, ylim, bins)[::-1].T
+    return _counts(np.column_stack([x, y]), xlim, ylim, bins)[::-1].T
 
 
 def _treg_name(strategy: Any, treg: str | None) -> str | None:
@@ -175,16 +178,20 @@ def _parent_values(result: Any, pop: Any, n_events: int, kept: bool = True
     rows = _members(result, pop.parent) if pop.parent else None
     n_parent = n_events if rows is None else int(rows.size)
     step = max(1, -(-n_parent // _MAX_PLOT_EVENTS))
-    chosen = np.arange(0, n_events, step) if rows is None else rows[::step]
     try:
         values = np.asarray(result.values(pop.gate, rows, step=step))
     except TypeError:  # a result without row selection
-        values = np.asarray(result.values(pop.gate))[chosen]
+        values = np.asarray(result.values(pop.gate))[_every(rows, step, n_events)]
     if not kept:
         return values, None, n_parent
     kept_of = getattr(result, "kept_of", None)
     inside = kept_of(pop.name, slice(0, n_parent, step)) if kept_of is not None else None
-    return values, _member_of(result, pop.name, chosen) if inside is None else inside, n_parent
+    return values, _member_of(result, pop.name, _every(rows, step, n_events)) if inside is None else inside, n_parent
+
+
+def _every(rows: np.ndarray | None, step: int, n_events: int) -> np.ndarray:
+    """Every ``step``-th of the event indices ``rows`` (``None``: of all events)."""
+    return np.arange(0, n_events, step) if rows is None else rows[::step]
 
 
 def _members(result: Any, name: str) -> np.ndarray:
@@ -227,13 +234,13 @@ def _density_panel(panel: Panel, xy: np.ndarray | None, dims: Sequence[Any], out
         x_range, y_range = _ranges(xy)
         xlim = _limits(x_range, None if outline is None else outline[:, 0].tolist())
         ylim = _limits(y_range, None if outline is None else outline[:, 1].tolist())
-        on = _Density(xlim, ylim, _counts(xy[:, 0], xy[:, 1], xlim, ylim))
+        on = _Density(xlim, ylim, _counts(xy, xlim, ylim))
     xlim, ylim = on.xlim, on.ylim
     highlight = None
     if highlight_xy is not None:
-        highlight = _counts(highlight_xy[:, 0], highlight_xy[:, 1], xlim, ylim)
+        highlight = _counts(highlight_xy, xlim, ylim)
     elif inside is not None:
-        highlight = _counts(xy[inside, 0], xy[inside, 1], xlim, ylim)
+        highlight = _counts(xy[inside], xlim, ylim)
     panel.image = density_png(on.counts, "viridis" if highlight is None else "greys", highlight=highlight)
     if outline is not None:
         panel.path(_outline_d(outline, xlim, ylim, panel), stroke=_GATE, fill=_GATE, width=1.5, gid="gate",
@@ -247,8 +254,7 @@ def _outline_d(outline: np.ndarray, xlim: tuple[float, float], ylim: tuple[float
     """Path data of a closed gate outline (``(m, 2)`` data units) in the panel's pixels, open sides clipped
     (:meth:`cytopipe.svg.Axis.clip`)."""
     ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
-    return path_d([ax.place(ax.clip(v)) for v in outline[:, 0].tolist()],
-                  [ay.place(ay.clip(v)) for v in outline[:, 1].tolist()], close=True)
+    return path_d(ax.trace(outline[:, 0].tolist()), ay.trace(outline[:, 1].tolist()), close=True)
 
 
 def _axes(panel: Panel, xlim: tuple[float, float], ylim: tuple[float, float], xticks: Sequence[tuple[float, str]],

@@ -277,6 +277,11 @@ class Axis:
             return self.hi + span if value > 0 else self.lo - span
         return min(max(value, self.lo - 1000 * span), self.hi + 1000 * span)  # NaN stays NaN (breaks a path)
 
+    def trace(self, values: Sequence[float]) -> list[float]:
+        """``place(clip(v))`` of each value (a gate's vertices), in one loop."""
+        place, clip = self.place, self.clip
+        return [place(clip(v)) for v in values]
+
 
 @lru_cache(maxsize=64)
 def _points(n: int) -> str:
