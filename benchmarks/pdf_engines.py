@@ -38,20 +38,22 @@ from typing import Any
 def _context(results: Path) -> dict[str, Any]:
     """The report context render_report hands the PDF writer (captured from one rendering)."""
     import cytopipe.pdf as pdf
+    from cytopipe import forked
     from cytopipe.report import render_report
 
     captured: dict[str, Any] = {}
-    original = pdf.render_pdf
+    original, fork = pdf.render_pdf, forked.start
 
     def capture(ctx: dict[str, Any]) -> tuple[bytes, list[str]]:
         captured.update(ctx)
         return original(ctx)
 
     pdf.render_pdf = capture  # type: ignore[assignment]
+    forked.start = lambda work: None  # type: ignore[assignment]  # the PDF laid out in this process, not a child
     try:
         render_report(results, pdf=True)
     finally:
-        pdf.render_pdf = original  # type: ignore[assignment]
+        pdf.render_pdf, forked.start = original, fork  # type: ignore[assignment]
     return captured
 
 

@@ -64,16 +64,14 @@ def save_figure(fig: Figure, path: str | os.PathLike, ident: str | None = None) 
     path = Path(path)
     if path.suffix.lower() != ".svg":
         path = path.with_name(path.name + ".svg")
-    write_figure(fig, path, ident)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, figure_file_text(fig, path, ident).encode("utf-8"))  # bytes: one buffered write
     return path
 
 
-def write_figure(fig: Figure, path: Path, ident: str | None = None) -> str:
-    """:func:`save_figure` to exactly ``path``, returning the SVG text written (the report inlines it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = '<?xml version="1.0" encoding="utf-8"?>\n' + render(fig, ident or figure_id(path.stem), standalone=True)
-    atomic_write(path, text.encode("utf-8"))  # bytes: one buffered write, no text layer
-    return text
+def figure_file_text(fig: Figure, path: Path, ident: str | None = None) -> str:
+    """The text :func:`save_figure` writes to ``path`` (the report inlines it and writes the file later)."""
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + render(fig, ident or figure_id(path.stem), standalone=True)
 
 
 def _short(text: object, limit: int = 28) -> str:

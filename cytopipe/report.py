@@ -24,13 +24,13 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
-from cytopipe import __version__
+from cytopipe import __version__, forked
 from cytopipe.errors import ConfigError
-from cytopipe.outputs import FLOAT_FORMAT, atomic_write, restore, write_csv
+from cytopipe.outputs import FLOAT_FORMAT, atomic_open, atomic_write, restore, write_csv
 from cytopipe.pipeline import plot_path, safe_stem
-from cytopipe.plots import figure_id, fold_change_overview, time_courses, write_figure
+from cytopipe.plots import figure_file_text, figure_id, fold_change_overview, time_courses
 from cytopipe.printer import Printer, find_chromium
 from cytopipe.stats import (
     BASELINE_COLUMNS,
@@ -135,12 +135,19 @@ def inline_svg(path: str | os.PathLike) -> Markup | None:
     return _inline(text)
 
 
-def _saved_inline(fig: Any, path: Path) -> Markup | None:
-    """Write a figure as :func:`cytopipe.plots.save_figure` does and return it as :func:`inline_svg` would read
-    the file back (from the text written, not from the file)."""
-    text = write_figure(fig, path)
+def _figure_inline(fig: Any, path: Path, files: list[tuple[Path, str]]) -> Markup | None:
+    """A figure as :func:`inline_svg` reads the file :func:`cytopipe.plots.save_figure` writes to ``path`` (from
+    its text, not from the file); ``(path, text)`` is added to ``files``, for :func:`_write_files`."""
+    text = figure_file_text(fig, path)
+    files.append((path, text))
     # Reading in text mode turns "\r\n" and "\r" (in user text) into "\n".
     return _inline(text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _write_files(files: list[tuple[Path, str]]) -> None:
+    """Write each ``(path, text)`` atomically, as UTF-8."""
+    for path, text in files:
+        atomic_write(path, text.encode("utf-8"))
 
 
 def _inline(text: str) -> Markup | None:
@@ -198,8 +205,35 @@ def _cell(x: Any) -> str:
 
 
 def _table(frame: pd.DataFrame) -> dict[str, Any]:
-    return {"columns": [str(c) for c in frame.columns],
-            "rows": [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]}
+    columns = [_cells(frame.iloc[:, k]) for k in range(frame.shape[1])]
+    rows = [list(row) for row in zip(*columns, strict=True)] if columns else [[] for _ in range(len(frame))]
+    return {"columns": [str(c) for c in frame.columns], "rows": rows, "body": _body(rows)}
+
+
+def _cells(values: pd.Series) -> list[str]:
+    """:func:`_cell` of each value of a column, a column of numbers at once (a QC table has 33,000 cells)."""
+    kind = values.dtype.kind if isinstance(values.dtype, np.dtype) else ""
+    if kind == "f":
+        return ["–" if not math.isfinite(x) else f"{x:.4g}" for x in values.tolist()]
+    if kind in ("i", "u"):
+        return [f"{x:,}" for x in values.tolist()]
+    if kind == "b":
+        return ["yes" if x else "no" for x in values.tolist()]
+    return [_cell(v) for v in values]
+
+
+def _body(rows: list[list[str]]) -> Markup:
+    """``<tr><td>cell</td>...</tr>`` of every row, each cell escaped as the template's ``{{ v }}`` escapes it.
+
+    The cells are escaped in one call, joined by two control characters that no cell holds (checked), instead of
+    one call per cell: a 3,000-row QC table has 33,000 cells.
+    """
+    cells = [cell for row in rows for cell in row]
+    if all(rows) and not any("\x1e" in c or "\x1f" in c for c in cells):
+        text = str(escape("\x1e".join("\x1f".join(row) for row in rows)))
+        return Markup("".join(("<tr><td>", text.replace("\x1f", "</td><td>").replace("\x1e", "</td></tr><tr><td>"),
+                               "</td></tr>"))) if rows else Markup("")
+    return Markup("".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows))
 
 
 # ---------------------------------------------------------------------------------------------- provenance
@@ -290,17 +324,35 @@ def _report_pdf(results: Path, template: jinja2.Template, context: dict[str, Any
             return write_pdf(printable, target, printer=printer)
         finally:
             printable.unlink(missing_ok=True)
+    return _native_pdf_written(target, *_native_pdf(target, context))
+
+
+def _native_pdf(target: Path, context: dict[str, Any]) -> tuple[list[str], str | None]:
+    """Write ``report.pdf`` with :mod:`cytopipe.pdf` (no logging: this may run in a forked child).
+
+    Returns
+    -------
+    tuple
+        The characters written as ``<U+XXXX>`` codes, and why the file could not be written (None when it was).
+    """
     from cytopipe.pdf import render_pdf
 
     data, replaced = render_pdf(context)
+    try:
+        atomic_write(target, data)
+    except OSError as err:
+        return replaced, str(err)
+    return replaced, None
+
+
+def _native_pdf_written(target: Path, replaced: list[str], error: str | None) -> Path | None:
+    """Log what :func:`_native_pdf` reported; ``target`` when it was written."""
     if replaced:
         log.warning("%s: characters the PDF's standard font cannot show (%s) are written as <U+XXXX> codes "
                     "(report.html shows them; 'cytopipe report --pdf-engine chromium' prints them with Chromium)",
                     target, ", ".join(f"U+{ord(c):04X}" for c in replaced))
-    try:
-        atomic_write(target, data)
-    except OSError as err:
-        log.warning("%s not written (%s)", target, err)
+    if error is not None:
+        log.warning("%s not written (%s)", target, error)
         return None
     return target
 
@@ -487,21 +539,33 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
     summary = subject_summary(table)
     correlation = clinical_correlation(table)
 
-    write_csv(table, results / "baseline.csv")
-    write_csv(summary, results / "summary.csv")
-    if len(correlation):
-        write_csv(correlation, results / "correlation.csv")
-    else:
-        (results / "correlation.csv").unlink(missing_ok=True)  # from an earlier rendering with clinical data
-
     (results / "plots").mkdir(exist_ok=True)
+    files: list[tuple[Path, str]] = []  # the figures, written below
     context = _context(results, table, summary, correlation, clinical_table, clinical_source, optional, manifest,
                        settings={"cva": cva, "cvi": cvi, "z": z, "rcv": rcv, "min_treg": min_treg_events,
-                                 "min_cd4": min_cd4_events}, draw=plots, figures=figures)
+                                 "min_cd4": min_cd4_events}, draw=plots, figures=figures, files=files)
     template = _environment().get_template("report.html.j2")
     out = results / "report.html"
-    atomic_write(out, template.render(**context, for_print=False))
-    written = _report_pdf(results, template, context, pdf_engine, printer) if pdf else None
+    # The native PDF is laid out and written by a forked child while this process writes the tables, the figures
+    # and the HTML (a run's workers are idle by then); without a child (other threads run), by this process after.
+    child = forked.start(lambda: _native_pdf(results / "report.pdf", context)) if pdf and pdf_engine == "native" \
+        else None
+    try:
+        write_csv(table, results / "baseline.csv")
+        write_csv(summary, results / "summary.csv")
+        if len(correlation):
+            write_csv(correlation, results / "correlation.csv")
+        else:
+            (results / "correlation.csv").unlink(missing_ok=True)  # from an earlier rendering with clinical data
+        _write_files(files)
+        with atomic_open(out, "w") as handle:  # streamed: no 17 MB page held in memory for 500 samples
+            handle.writelines(template.generate(**context, for_print=False))
+    finally:
+        done = child.result() if child is not None else (False, None)
+    if done[0]:
+        written = _native_pdf_written(results / "report.pdf", *done[1])
+    else:
+        written = _report_pdf(results, template, context, pdf_engine, printer) if pdf else None
     # A PDF from an earlier rendering would disagree with this HTML: replace it or remove it.
     if not written and (results / "report.pdf").is_file():
         (results / "report.pdf").unlink()
@@ -525,7 +589,11 @@ def _subject_stems(subjects: list[str]) -> dict[str, str]:
 def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlation: pd.DataFrame,
              clinical: pd.DataFrame | None, clinical_source: str, optional: dict[str, pd.DataFrame | None],
              manifest: dict[str, Any], settings: dict[str, float], draw: bool = True,
-             figures: dict[str, Markup] | None = None) -> dict[str, Any]:
+             figures: dict[str, Markup] | None = None, files: list[tuple[Path, str]] | None = None
+             ) -> dict[str, Any]:
+    """The report template's context (also :mod:`cytopipe.pdf`'s); the figure files to write are added to
+    ``files`` as ``(path, text)``."""
+    files = files if files is not None else []
     plt_col = platelet_column(list(table.columns))
     clinical_cols = [c for c in table.columns if c not in _COMPUTED]
     subjects = [str(s) for s in summary["subject"]] if len(summary) else []
@@ -536,7 +604,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
     if draw and len(table):
         overview_figure = fold_change_overview(table)
         # Inlined as written (its ids are unique in the page): one rendering per figure.
-        overview = _saved_inline(overview_figure, results / "plots" / "fold_change_overview.svg")
+        overview = _figure_inline(overview_figure, results / "plots" / "fold_change_overview.svg", files)
         courses = time_courses(table, clinical)  # every subject from one grouping of the table
 
     records = table.to_dict("records")  # once: per-subject selections of the frame cost ~4 ms each
@@ -568,7 +636,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         image = course = None
         if draw:
             course = courses[subject]
-            image = _saved_inline(course, results / "plots" / f"timecourse_{stems[subject]}.svg")
+            image = _figure_inline(course, results / "plots" / f"timecourse_{stems[subject]}.svg", files)
         sections.append({
             "anchor": anchor, "subject": subject, "verdict": row.treg_verdict, "clinical": row.clinical_verdict,
             "correlation": corr_text, "image": image, "figure": course,

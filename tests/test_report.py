@@ -258,3 +258,32 @@ def test_tables_taken_from_memory_are_the_tables_read_from_their_files(tmp_path:
         write_csv(rows, tmp_path / "t.csv")
         assert_frame_equal(_as_read(rows), _read_table(tmp_path / "t.csv"), check_exact=True)
     assert _as_read(frame)["treg_pct"].iloc[2] == 123456.789  # the file's digits, not the frame's
+
+
+def test_table_bodies_escaped_at_once_are_the_templates_cells() -> None:
+    """_body escapes a whole table in one call; it writes what the template's loop of ``<td>{{ v }}</td>`` wrote,
+    also for hostile text, rows holding its separator characters and empty rows or tables."""
+    import jinja2
+
+    from cytopipe.report import _body
+
+    loop = jinja2.Environment(autoescape=True).from_string(
+        "{% for row in rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}")
+    hostile = [[XSS, "a & b", "'q' \"d\"", ""], ["x\ny", "=1+1", "<", ">"]]
+    for rows in (hostile, [*hostile, ["\x1e", "\x1f"]], [*hostile, []], [], [[]]):
+        assert str(_body(rows)) == loop.render(rows=rows)
+
+
+def test_table_cells_formatted_by_column_are_each_cells_format() -> None:
+    """_table formats a column of numbers at once; every cell is what _cell gives it alone."""
+    import numpy as np
+
+    from cytopipe.report import _cell, _table
+
+    frame = pd.DataFrame({"f": [1234.5678, np.nan, -np.inf, 1e-7], "i": [1, 1000, -12345, 0],
+                          "b": [True, False, True, False], "e": pd.array([1, None, 3, 4], dtype="Int64"),
+                          "o": ["x", 2.5, None, True], "u": np.array([1, 2, 3, 2**40], dtype=np.uint64)})
+    table = _table(frame)
+    assert table["rows"] == [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    assert table["rows"][0][:3] == ["1235", "1", "yes"] and table["rows"][2][1] == "-12,345"
+    assert _table(frame[[]])["rows"] == [[], [], [], []]

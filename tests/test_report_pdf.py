@@ -235,3 +235,41 @@ def test_any_text_is_escaped_and_read_back(tmp_path: Path, value: str) -> None:
     spelled = set(_TYPOGRAPHIC_KEYS) | set(_SUPERSCRIPTS)
     for char in unicodedata.normalize("NFC", value):
         assert char in shown or char in spelled or (char in text.replaced and f"<U+{ord(char):04X}>" in shown)
+
+
+def test_pdf_laid_out_in_a_forked_child_is_the_one_laid_out_here(tmp_path: Path, results_folder: Callable[..., Path],
+                                                                  caplog: pytest.LogCaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report forks a child to write the PDF while it writes the HTML: same bytes and the same warning (logged
+    here) as without a child, also when the child dies."""
+    import threading
+
+    from cytopipe import forked
+
+    if threading.active_count() != 1:
+        pytest.skip("another thread runs in this test process: no child is forked")
+    out = results_folder(tmp_path)
+    treg = pd.read_csv(out / "treg.csv", keep_default_na=False)
+    treg["subject"] = treg["subject"].replace({"ITP-02": HOSTILE})
+    treg.to_csv(out / "treg.csv", index=False)
+    children = []
+    start = forked.start
+
+    def counted(work: Callable[[], object]) -> forked.Child | None:
+        children.append(start(work))
+        return children[-1]
+
+    def dying(work: Callable[[], object]) -> forked.Child | None:
+        return start(lambda: os._exit(1))
+
+    runs = {}
+    for how, fork in (("child", counted), ("here", lambda work: None), ("dead child", dying)):
+        monkeypatch.setattr(forked, "start", fork)
+        (out / "report.pdf").unlink(missing_ok=True)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cytopipe.report"):
+            render_report(out, pdf=True)
+        runs[how] = ((out / "report.pdf").read_bytes(), [r.getMessage() for r in caplog.records])
+    assert len(children) == 1 and children[0] is not None
+    assert runs["child"] == runs["here"] == runs["dead child"]
+    assert "U+60A3" in runs["child"][1][0]
