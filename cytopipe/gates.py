@@ -251,6 +251,14 @@ class PolygonGate(Gate):
         values = self._check_values(values)
         x = values[:, 0]
         y = values[:, 1]
+        if x.dtype == np.float32 and x.size >= _GRID_MIN_EVENTS:
+            grid = _polygon_grid(self)
+            if grid is not None:
+                return grid.mask(self, x, y)
+        return self._exact_mask(x, y)
+
+    def _exact_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The test of every event on its own (see Notes); :meth:`mask` without the grid."""
         v = np.asarray(self.vertices, dtype=np.float64)
         box = (x >= v[:, 0].min()) & (x <= v[:, 0].max()) & (y >= v[:, 1].min()) & (y <= v[:, 1].max())
         if self._core is not None:
@@ -258,7 +266,7 @@ class PolygonGate(Gate):
             out = (x > x0) & (x < x1) & (y > y0) & (y < y1)
             box ^= out  # the square lies inside the bounding box
         else:
-            out = np.zeros(values.shape[0], dtype=bool)
+            out = np.zeros(x.shape[0], dtype=bool)
         index = np.flatnonzero(box)
         if index.size == 0:
             return out
@@ -270,6 +278,8 @@ class PolygonGate(Gate):
     def _edge_test(self, px: np.ndarray, py: np.ndarray, dtype: type) -> np.ndarray:
         """Even-odd parity or on an edge, for each event (see Notes)."""
         v = np.asarray(self.vertices, dtype=np.float64)
+        if px.size * len(v) <= _EDGES_AT_ONCE:
+            return _edge_test_at_once(v, px, py, dtype)
         # Preallocated buffers and in-place ufuncs: ~12 passes over the events per edge, without allocation.
         m = px.size
         inside = np.zeros(m, dtype=bool)
@@ -302,6 +312,144 @@ class PolygonGate(Gate):
     def outline(self) -> np.ndarray:
         v = np.asarray(self.vertices, dtype=float)
         return np.vstack([v, v[:1]])
+
+
+#: Events x edges up to which :meth:`PolygonGate._edge_test` tests every edge in one array operation (a few hundred
+#: events near the boundary: a dozen numpy calls instead of a dozen per edge).
+_EDGES_AT_ONCE = 1 << 15
+
+
+def _edge_test_at_once(v: np.ndarray, px: np.ndarray, py: np.ndarray, dtype: type) -> np.ndarray:
+    """:meth:`PolygonGate._edge_test` with every edge as a row of one ``(edges, events)`` array: the same
+    operations on the same operands for each event and edge, so the same bits."""
+    nxt = np.roll(v, -1, axis=0)
+    sloped = v[:, 1] != nxt[:, 1]  # horizontal edges never count
+    (x1, y1), (x2, y2) = v[sloped].T, nxt[sloped].T
+    if not x1.size:
+        return np.zeros(px.size, dtype=bool)
+    edge, event = (slice(None), None), (None, slice(None))
+    spans = py[event] >= np.minimum(y1, y2).astype(dtype)[edge]
+    spans &= py[event] < np.maximum(y1, y2).astype(dtype)[edge]
+    cross = py[event] - y1.astype(dtype)[edge]
+    cross *= (x2 - x1).astype(dtype)[edge]
+    other = px[event] - x1.astype(dtype)[edge]
+    other *= (y2 - y1).astype(dtype)[edge]
+    cross -= other
+    hit = np.where((y2 > y1)[edge], cross > 0, cross < 0)
+    hit &= spans
+    inside = np.logical_xor.reduce(hit, axis=0)
+    np.equal(cross, 0, out=hit)
+    hit &= spans
+    inside |= np.logical_or.reduce(hit, axis=0)
+    return inside
+
+
+#: A polygon applied to at least this many float32 events is first looked up in its grid (:class:`_PolygonGrid`).
+_GRID_MIN_EVENTS = 2048
+_GRID_CELLS = 64  # cells per axis over the bounding box (plus one ring outside it)
+_GRID_MAX_VERTICES = 256  # more edges: the grid costs more to build than it saves
+_GRIDS: dict[tuple, _PolygonGrid | None] = {}  # by vertices: built once per worker, whatever object holds them
+
+
+@dataclass(frozen=True)
+class _PolygonGrid:
+    """A polygon gate compiled to a grid of cells, each wholly inside, wholly outside or near the boundary.
+
+    Built once per polygon (:func:`_polygon_grid`); :meth:`mask` gives the verdict of
+    :meth:`PolygonGate._exact_mask` for every event, computing it only for the events in boundary cells.
+
+    Notes
+    -----
+    The float32 test of an event far enough from every edge is decided by the geometry alone: its crossing count
+    changes only across the boundary, and every cross product it computes has the sign of the exact one when the
+    event lies, horizontally, further from the edge than the product's rounding error over the edge's slope
+    (``1e-5 x`` the coordinates' magnitude, ~10x the error bound of the few float32 operations). A cell whose
+    rectangle, widened by its index rounding and vertex rounding margins, comes no closer to any edge than that
+    takes the verdict of the exact test at its centre; every other cell (and each cell a horizontal edge passes
+    near) is a boundary cell. Events beyond the grid are clamped into its outer ring, which lies outside the
+    bounding box and is never inside. Polygons whose coordinates exceed 1000x their extent, or with more than
+    :data:`_GRID_MAX_VERTICES` vertices, are not compiled.
+    """
+
+    origin: tuple[np.float32, np.float32]
+    scale: tuple[np.float32, np.float32]
+    classes: np.ndarray  # uint8 per cell, row-major in y: 0 outside, 1 inside, 2 boundary
+
+    def mask(self, gate: PolygonGate, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        n = _GRID_CELLS + 2
+        cells = None
+        for values, origin, scale in ((y, self.origin[1], self.scale[1]), (x, self.origin[0], self.scale[0])):
+            u = values - origin
+            u *= scale
+            np.fmax(u, 0, out=u)  # NaN too: a NaN event lands in the outer ring
+            np.fmin(u, n - 1, out=u)
+            index = u.astype(np.int16)  # (n * n < 2**15) half the memory of int32 indices
+            if cells is None:
+                cells = index
+                cells *= n
+            else:
+                cells += index
+        assert cells is not None
+        kind = self.classes.take(cells)
+        out = kind == 1
+        near = np.flatnonzero(kind == 2)
+        if near.size:
+            out[near] = gate._exact_mask(x[near], y[near])
+        return out
+
+
+def _polygon_grid(gate: PolygonGate) -> _PolygonGrid | None:
+    """The grid of a polygon (None when it is not compiled), built once per distinct list of vertices."""
+    key = gate.vertices
+    if key not in _GRIDS:
+        if len(_GRIDS) >= 256:
+            _GRIDS.clear()
+        _GRIDS[key] = _build_grid(gate)
+    return _GRIDS[key]
+
+
+def _build_grid(gate: PolygonGate) -> _PolygonGrid | None:
+    v = np.asarray(gate.vertices, dtype=np.float64)
+    if len(v) > _GRID_MAX_VERTICES:
+        return None
+    low, high = v.min(axis=0), v.max(axis=0)
+    extent = high - low
+    if not np.all(extent > 0):
+        return None
+    magnitude = np.maximum(np.abs(low), np.abs(high)) + extent
+    if np.any(magnitude > 1e3 * extent):
+        return None  # the float32 cell index of an event could miss its cell by more than the margin
+    g = _GRID_CELLS
+    n = g + 2
+    step = extent / g
+    origin = low - step
+    # Each cell widened by 5% of a cell (index rounding: under 1% here) and by the vertices' float32 rounding.
+    margin = 0.05 * step + 1e-5 * magnitude
+    edges = np.arange(n + 1) * step[:, None] + origin[:, None]  # cell borders per axis
+    cx0, cx1 = edges[0, :-1] - margin[0], edges[0, 1:] + margin[0]
+    cy0, cy1 = edges[1, :-1] - margin[1], edges[1, 1:] + margin[1]
+    near = np.zeros((n, n), dtype=bool)  # [row (y), column (x)]
+    for (x1, y1), (x2, y2) in zip(v, np.roll(v, -1, axis=0), strict=True):
+        ylo, yhi = min(y1, y2), max(y1, y2)
+        band_lo, band_hi = np.maximum(cy0, ylo - margin[1]), np.minimum(cy1, yhi + margin[1])
+        rows = band_hi >= band_lo
+        if y1 == y2:  # skipped by the parity test, but the verdict changes across it
+            lo = np.full(n, min(x1, x2) - margin[0])
+            hi = np.full(n, max(x1, x2) + margin[0])
+        else:
+            slope = (x2 - x1) / (y2 - y1)
+            xa = x1 + (np.clip(band_lo, ylo, yhi) - y1) * slope
+            xb = x1 + (np.clip(band_hi, ylo, yhi) - y1) * slope
+            reach = margin[0] + 1e-5 * (magnitude[1] * abs(slope) + magnitude[0] + extent[0])
+            lo, hi = np.minimum(xa, xb) - reach, np.maximum(xa, xb) + reach
+        near |= rows[:, None] & (cx0[None, :] <= hi[:, None]) & (cx1[None, :] >= lo[:, None])
+    centres = (edges[:, :-1] + edges[:, 1:]) / 2
+    cx, cy = np.meshgrid(centres[0], centres[1])
+    inside = gate._exact_mask(cx.ravel().astype(np.float32), cy.ravel().astype(np.float32)).reshape(n, n)
+    classes = np.where(near, 2, inside.astype(np.uint8)).astype(np.uint8).ravel()
+    classes.setflags(write=False)
+    return _PolygonGrid((np.float32(origin[0]), np.float32(origin[1])),
+                        (np.float32(1 / step[0]), np.float32(1 / step[1])), classes)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import matplotlib.path
 import numpy as np
 import pytest
 
+import cytopipe.gates as gates_module
 from cytopipe.compensate import Spillover, compensate, spillover_from_metadata
 from cytopipe.errors import GateError, MarkerError
 from cytopipe.fcs import Sample, read_fcs, write_fcs
@@ -102,6 +103,74 @@ def test_polygon_inner_square_shortcut_never_changes_the_result(vertices) -> Non
         p = points.astype(dtype)
         assert np.array_equal(gate.mask(p), gate._edge_test(p[:, 0], p[:, 1], dtype))
     assert (gate._core is not None) == (len(vertices) == 6)
+
+
+def _events_around(v: np.ndarray, rng: np.random.Generator, n: int = 20_000) -> np.ndarray:
+    """Events around a polygon where a shortcut could go wrong: on and just off its edges and vertices, on the
+    horizontal lines through its vertices, far outside, NaN and infinite."""
+    low, high = v.min(0), v.max(0)
+    extent = high - low
+    k = len(v)
+    i = rng.integers(0, k, n // 4)
+    on = v[i] + (v[(i + 1) % k] - v[i]) * rng.random(n // 4)[:, None]
+    through = np.column_stack([rng.uniform(low[0] - extent[0], high[0] + extent[0], 500),
+                               v[rng.integers(0, k, 500), 1]])
+    points = np.vstack([rng.uniform(low - extent, high + extent, size=(n, 2)), on,
+                        on + rng.normal(0, 1e-6, on.shape) * extent, on + rng.normal(0, 1e-3, on.shape) * extent,
+                        v, through, [[np.nan, low[1]], [low[0], np.nan], [np.inf, low[1]], [-np.inf, high[1]]]])
+    return points.astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", ["star", "random", "staircase", "shallow edges", "scatter units", "mixed units"])
+def test_polygon_grid_gives_the_exact_verdict_of_every_event(shape: str) -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        k = int(rng.integers(3, 30))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+        if shape == "star":
+            size = 10.0 ** rng.uniform(-3, 3)
+            v = np.column_stack([np.cos(angles), np.sin(angles)]) * rng.uniform(0.3, 1, (k, 1)) * size
+        elif shape == "random":  # self-intersecting
+            v = rng.uniform(-1, 1, (k, 2))
+        elif shape == "staircase":  # horizontal edges
+            xs, ys = np.sort(rng.uniform(0, 1, k)), rng.uniform(0, 1, k)
+            v = np.array([p for j in range(k) for p in ((xs[j], ys[j]), (xs[(j + 1) % k], ys[j]))])
+        elif shape == "shallow edges":  # edges a rounding error away from horizontal
+            v = rng.uniform(-1, 1, (2 * k, 2))
+            v[1::2, 1] = v[0::2, 1] + rng.normal(0, 1e-7, k)
+        elif shape == "scatter units":
+            v = np.column_stack([5e4 + 3e4 * np.cos(angles), 2e4 + 1e4 * np.sin(angles)])
+        else:  # a transformed axis against a raw one, far from the origin
+            v = np.column_stack([0.5 + 0.2 * np.cos(angles), 1e5 + 3e3 * np.sin(angles)])
+        gate = PolygonGate("p", (X, Y), tuple(map(tuple, v)))
+        points = _events_around(np.asarray(gate.vertices), rng)
+        assert gates_module._polygon_grid(gate) is not None
+        assert np.array_equal(gate.mask(points), gate._exact_mask(points[:, 0], points[:, 1]))
+
+
+def test_polygon_grid_is_not_built_where_float32_cells_would_be_too_coarse() -> None:
+    far = PolygonGate("far", (X, Y), ((1e7, 0), (1e7 + 1, 0), (1e7 + 1, 1)))  # 1e7 from the origin, 1 wide
+    assert gates_module._polygon_grid(far) is None
+    points = np.array([[1e7 + 0.5, 0.25], [1e7 + 0.5, 0.75], [1e7, 0]] * 1000, dtype=np.float32)
+    assert gates_module._GRID_MIN_EVENTS <= len(points)
+    assert np.array_equal(far.mask(points), far._exact_mask(points[:, 0], points[:, 1]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_polygon_edges_tested_at_once_give_the_bits_of_the_edge_loop(monkeypatch, dtype) -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        k = int(rng.integers(3, 12))
+        v = rng.integers(0, 5, (k, 2)).astype(float)  # integer corners: events on edges, vertices, horizontals
+        try:
+            gate = PolygonGate("p", (X, Y), tuple(map(tuple, v)))
+        except GateError:
+            continue
+        points = (rng.integers(-1, 6, (300, 2)) + rng.choice([0, 0.5], (300, 2))).astype(dtype)
+        at_once = gate._edge_test(points[:, 0], points[:, 1], dtype)
+        monkeypatch.setattr(gates_module, "_EDGES_AT_ONCE", 0)
+        assert np.array_equal(gate._edge_test(points[:, 0], points[:, 1], dtype), at_once)
+        monkeypatch.undo()
 
 
 def test_polygon_validation() -> None:
