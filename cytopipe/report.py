@@ -74,20 +74,44 @@ def _read_table(path: Path) -> pd.DataFrame:
 def _as_read(frame: pd.DataFrame) -> pd.DataFrame:
     """The table :func:`_read_table` reads from the file :func:`cytopipe.outputs.write_csv` writes of ``frame``,
     without the file: each cell as the text written (floats as :data:`cytopipe.outputs.FLOAT_FORMAT`, missing
-    values empty), then typed as :func:`_read_table` types it. A run's report thus computes from
-    exactly the numbers a later ``cytopipe report`` reads from the folder."""
-    cells = {}
-    for column in frame.columns:
-        values = frame[column]
-        missing = values.isna().to_numpy()
-        if isinstance(values.dtype, np.dtype) and values.dtype.kind == "f":
-            text = [FLOAT_FORMAT % v for v in values.tolist()]
-        else:  # a neutralised cell reads back as it was (restored), so it is taken as it is
-            text = [str(v) for v in values.tolist()]
-        if missing.any():
-            text = ["" if gone else cell for cell, gone in zip(text, missing.tolist(), strict=True)]
-        cells[str(column)] = text
-    return _typed(pd.DataFrame(cells, columns=list(cells), dtype=object))
+    values empty), then typed as :func:`_read_table` types it. A run's report thus computes from exactly the numbers
+    a later ``cytopipe report`` reads from the folder.
+
+    Typed column by column on plain lists (:func:`_typed_cells`), the tables of 500 samples in ~10 instead of ~33 ms.
+    """
+    names = [restore(str(c)) for c in frame.columns]
+    if len(set(names)) < len(names):  # names that read back alike: typed as the reading types them
+        return _typed(pd.DataFrame({str(c): _written(frame.iloc[:, k]) for k, c in enumerate(frame.columns)},
+                                   columns=[str(c) for c in frame.columns], dtype=object))
+    typed: dict[str, Any] = {}
+    for k, name in enumerate(names):
+        values = frame.iloc[:, k]
+        if values.dtype == np.int64 and len(values) and name not in _TEXT_COLUMNS and name != "baseline":
+            typed[name] = values.to_numpy(copy=True)  # written as integers, read back as the same integers
+        else:
+            typed[name] = _typed_cells(name, _written(values), values.dtype.kind != "f")
+    return pd.DataFrame(typed, columns=names)
+
+
+def _written(values: pd.Series) -> list[str]:
+    """The cells :func:`cytopipe.outputs.write_csv` writes for a column, as a reading gives them back (neutralised
+    formulas are restored by the typing, like a reading's)."""
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind == "f":
+        return [FLOAT_FORMAT % v if v == v else "" for v in values.to_numpy().tolist()]
+    missing = pd.isna(values.to_numpy()).tolist()
+    return ["" if gone else str(v) for v, gone in zip(values.tolist(), missing, strict=True)]
+
+
+def _typed_cells(name: str, cells: list[str], quoted: bool = True) -> Any:
+    """One column of :func:`_typed`, from its cells as a list (``quoted=False``: no cell starts with a quote)."""
+    if quoted and any(cell[:1] == "'" for cell in cells):
+        cells = [restore(cell) for cell in cells]
+    if name in _TEXT_COLUMNS or name == "baseline":
+        return np.array(cells, dtype=object)
+    filled = [cell != "" for cell in cells]
+    numbers = pd.to_numeric(np.array([c if f else np.nan for c, f in zip(cells, filled, strict=True)], dtype=object),
+                            errors="coerce")
+    return numbers if int(pd.notna(numbers).sum()) == sum(filled) else np.array(cells, dtype=object)
 
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
@@ -546,10 +570,12 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
                                  "min_cd4": min_cd4_events}, draw=plots, figures=figures, files=files)
     template = _environment().get_template("report.html.j2")
     out = results / "report.html"
-    # The native PDF is laid out and written by a forked child while this process writes the tables, the figures
-    # and the HTML (a run's workers are idle by then); without a child (other threads run), by this process after.
+    # The native PDF is laid out and written by a forked child, and the figure files by another (creating files
+    # costs ~0.5 ms each in the kernel after a run wrote hundreds), while this process writes the tables and the
+    # HTML (a run's workers are idle by then); without children (other threads run), by this process after.
     child = forked.start(lambda: _native_pdf(results / "report.pdf", context)) if pdf and pdf_engine == "native" \
         else None
+    writer = forked.start(lambda: _write_files(files)) if files else None
     try:
         write_csv(table, results / "baseline.csv")
         write_csv(summary, results / "summary.csv")
@@ -557,10 +583,11 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
             write_csv(correlation, results / "correlation.csv")
         else:
             (results / "correlation.csv").unlink(missing_ok=True)  # from an earlier rendering with clinical data
-        _write_files(files)
         with atomic_open(out, "w") as handle:  # streamed: no 17 MB page held in memory for 500 samples
             handle.writelines(template.generate(**context, for_print=False))
     finally:
+        if writer is None or not writer.result()[0]:
+            _write_files(files)  # here, so that a failure raises its error here
         done = child.result() if child is not None else (False, None)
     if done[0]:
         written = _native_pdf_written(results / "report.pdf", *done[1])

@@ -240,8 +240,8 @@ def test_any_text_is_escaped_and_read_back(tmp_path: Path, value: str) -> None:
 def test_pdf_laid_out_in_a_forked_child_is_the_one_laid_out_here(tmp_path: Path, results_folder: Callable[..., Path],
                                                                   caplog: pytest.LogCaptureFixture,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """The report forks a child to write the PDF while it writes the HTML: same bytes and the same warning (logged
-    here) as without a child, also when the child dies."""
+    """The report forks children to write the PDF and the figure files while it writes the HTML: same bytes and the
+    same warning (logged here) as without children, also when they die."""
     import threading
 
     from cytopipe import forked
@@ -266,10 +266,14 @@ def test_pdf_laid_out_in_a_forked_child_is_the_one_laid_out_here(tmp_path: Path,
     for how, fork in (("child", counted), ("here", lambda work: None), ("dead child", dying)):
         monkeypatch.setattr(forked, "start", fork)
         (out / "report.pdf").unlink(missing_ok=True)
+        for figure in (out / "plots").glob("timecourse_*.svg"):
+            figure.unlink()
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="cytopipe.report"):
             render_report(out, pdf=True)
-        runs[how] = ((out / "report.pdf").read_bytes(), [r.getMessage() for r in caplog.records])
-    assert len(children) == 1 and children[0] is not None
+        figures = {f.name: f.read_bytes() for f in sorted((out / "plots").glob("timecourse_*.svg"))}
+        runs[how] = ((out / "report.pdf").read_bytes(), [r.getMessage() for r in caplog.records], figures)
+    assert len(children) == 2 and None not in children
+    assert len(runs["child"][2]) == 3  # a time course per subject
     assert runs["child"] == runs["here"] == runs["dead child"]
     assert "U+60A3" in runs["child"][1][0]
