@@ -581,3 +581,28 @@ def test_read_fcs_sha256_on_the_reference_files(shared_data: Path) -> None:
         sample, digest = read_fcs_sha256(path)
         _same_sample(sample, expected)
         assert digest == file_sha256(path)
+
+
+@pytest.mark.parametrize("delimiter", [b"/", b"|", b"\x0c", b"\xa7"])
+def test_text_tokens_decode_as_utf8_each_or_latin1_each(delimiter: bytes) -> None:
+    from cytopipe.fcs.text import _File, _parse_text
+
+    d = delimiter
+    pairs = [(b"$FIL", "tübe 7.fcs".encode()), (b"$P1S", b"CD4 FITC"),
+             (b"NOTE", b"a" + d + d + b"b"), (b"$OP", "Ærø".encode("latin-1")), (b"$SRC", "µ-β".encode())]
+    for keep in ([0, 1, 2, 4], [0, 1, 2, 3, 4]):  # all UTF-8; one latin-1 value among UTF-8 ones
+        raw = d + d.join(k + d + v for k, v in (pairs[i] for i in keep)) + d
+        fcs = _File(__file__)
+        try:
+            parsed = _parse_text(fcs, raw, "TEXT")
+        finally:
+            fcs.close()
+
+        def token(value: bytes) -> str:
+            value = value.replace(d + d, d)
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                return value.decode("latin-1")
+
+        assert parsed == {token(k).upper(): token(v) for k, v in (pairs[i] for i in keep)}

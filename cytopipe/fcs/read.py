@@ -174,7 +174,25 @@ class _Layout:
         return _Layout(self.kinds, words, self.order, self.bits)
 
 
+# Layouts by the keywords they are read from: the files of a study share them (see _layout).
+_LAYOUTS: dict[tuple, _Layout] = {}
+
+
 def _layout(fcs: _File, metadata: Mapping[str, str], n_par: int) -> _Layout:
+    """How events are stored, from ``$DATATYPE``, ``$MODE``, ``$BYTEORD``, ``$PnDATATYPE`` and ``$PnB`` (once per
+    distinct set of them; a file whose keywords are invalid raises every time)."""
+    key = (n_par, metadata.get("$DATATYPE"), metadata.get("$MODE"), metadata.get("$BYTEORD"),
+           *(metadata.get(f"$P{i}{k}") for i in range(1, n_par + 1) for k in ("DATATYPE", "B")))
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _read_layout(fcs, metadata, n_par)
+        if len(_LAYOUTS) >= 256:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
+def _read_layout(fcs: _File, metadata: Mapping[str, str], n_par: int) -> _Layout:
     datatype = metadata.get("$DATATYPE", "").strip().upper()
     mode = metadata.get("$MODE", "L").strip().upper() or "L"
     if mode != "L":

@@ -87,8 +87,7 @@ def to_scale(metadata: Mapping[str, str], index: int, scale: str, value: float) 
 def _decode_values(fcs: _File, events: np.ndarray, metadata: Mapping[str, str], scale: str,
                    exact: bool) -> np.ndarray:
     """Apply the ``scale`` decoding: float32 in place (copy-on-write pages are private), float64 when ``exact``."""
-    plan = [(i, channel_decoding(metadata, i, scale)) for i in range(events.shape[1])]
-    plan = [(i, d) for i, d in plan if d is not None]
+    plan = _decoding_plan(metadata, events.shape[1], scale)
     if exact and scale != "raw":
         with np.errstate(invalid="ignore"):  # signalling NaNs, see _decode_bytes
             out = np.array(events, dtype=np.float64, order="C")
@@ -111,6 +110,24 @@ def _decode_values(fcs: _File, events: np.ndarray, metadata: Mapping[str, str], 
             column /= gain
         out[:, i] = column
     return out
+
+
+# Decoding plans by the keywords they depend on: the files of a study share them (see _decoding_plan).
+_PLANS: dict[tuple, list[tuple[int, tuple[float, float, float]]]] = {}
+
+
+def _decoding_plan(metadata: Mapping[str, str], n_channels: int, scale: str) -> list[tuple[int, tuple]]:
+    """``(channel index, channel_decoding)`` of every channel that is decoded, once per set of ``$PnE``/``$PnG``."""
+    if scale == "raw":
+        return []
+    key = (scale, *(metadata.get(f"$P{i}{k}") for i in range(1, n_channels + 1) for k in "EG"))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = [(i, d) for i in range(n_channels) if (d := channel_decoding(metadata, i, scale)) is not None]
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 _MAX_DECADES = 300  # 10**300 is still a finite float64

@@ -157,6 +157,12 @@ def _parse_text(fcs: _File, raw: bytes, what: str) -> dict[str, str]:
     # so TEXT parses in linear time however many escaped delimiters a value holds.
     body = raw[1:].rstrip(delimiter)  # the closing delimiter (and any padding after the last value)
     spare = next((bytes([b]) for b in range(256) if bytes([b]) != delimiter and bytes([b]) not in body), None)
+    text = _utf8(body) if spare is not None and delimiter < b"\x80" and spare < b"\x80" else None
+    if text is not None:
+        # Valid UTF-8 split at an ASCII delimiter gives valid UTF-8 tokens: decoding the whole segment once gives
+        # the strings each token's own decoding would.
+        sep, free = delimiter.decode("ascii"), spare.decode("ascii")
+        return _pairs(fcs, [t.replace(free, sep) for t in text.replace(sep * 2, free).split(sep)], what, str)
     if spare is not None:
         tokens = [t.replace(spare, delimiter) for t in body.replace(delimiter * 2, spare).split(delimiter)]
     else:  # every byte value occurs: find the separators with one regular-expression scan instead
@@ -166,16 +172,28 @@ def _parse_text(fcs: _File, raw: bytes, what: str) -> dict[str, str]:
             tokens.append(body[start : match.end() - 1].replace(delimiter * 2, delimiter))
             start = match.end()
         tokens.append(body[start:].replace(delimiter * 2, delimiter))
-    if tokens == [b""]:
+    return _pairs(fcs, tokens, what, _decode)
+
+
+def _pairs(fcs: _File, tokens: list, what: str, decode: Any) -> dict[str, str]:
+    """``{KEYWORD: value}`` from alternating key and value tokens (``decode`` makes each a string)."""
+    if len(tokens) == 1 and not tokens[0]:
         tokens = []
     if len(tokens) < 2:
         raise fcs.error(f"{what} segment holds no keyword/value pairs")
     metadata: dict[str, str] = {}
     for key, value in zip(tokens[0::2], tokens[1::2], strict=False):
-        name = _decode(key).strip().upper()
+        name = decode(key).strip().upper()
         if name and name not in metadata:
-            metadata[name] = _decode(value)
+            metadata[name] = decode(value)
     return metadata
+
+
+def _utf8(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _decode(raw: bytes) -> str:

@@ -247,9 +247,11 @@ def _subpopulations(out: _Writer, nodes: list[dict], parent_id: str | None, gate
         if "gate" in node:
             gate_id = next(gate_ids)
             ids = [("gating:id", gate_id)] + ([("gating:parent_id", parent_id)] if parent_id else [])
-            out.open("Gate", ids)
-            _gate(out, node["gate"], ids)
-            out.close("Gate")
+            shape = _gate_key(node["gate"])
+            if shape is None:
+                _gate_element(out, node["gate"], ids)
+            else:  # the samples of a study repeat their gates: rendered once per worker
+                out.block(("gate", gate_id, parent_id, shape), _gate_element, node["gate"], ids)
         else:
             out.open("Dependents")
             for dependent in node["dependents"]:
@@ -258,6 +260,26 @@ def _subpopulations(out: _Writer, nodes: list[dict], parent_id: str | None, gate
         _subpopulations(out, node.get("children", []), gate_id or parent_id, gate_ids)
         out.close(node["node"])
     out.close("Subpopulations")
+
+
+def _gate_key(gate: dict) -> tuple | None:
+    """What a gate's lines depend on, as a key for :meth:`_Writer.block`; None when a number is not a float (an
+    int and a float can be equal and written differently)."""
+    if gate["type"] == "RectangleGate":
+        numbers = [dim[key] for dim in gate["dimensions"] for key in ("min", "max")]
+        shape: tuple = tuple((dim["param"], dim["min"], dim["max"]) for dim in gate["dimensions"])
+    else:
+        numbers = [value for vertex in gate["vertices"] for value in vertex]
+        shape = (*gate["params"], *(tuple(vertex) for vertex in gate["vertices"]))
+    if not all(type(value) is float or value is None for value in numbers):
+        return None
+    return (gate["type"], bool(gate.get("outside")), *shape)
+
+
+def _gate_element(out: _Writer, gate: dict, ids: list[tuple[str, str]]) -> None:
+    out.open("Gate", ids)
+    _gate(out, gate, ids)
+    out.close("Gate")
 
 
 def _gate(out: _Writer, gate: dict, ids: list[tuple[str, str]]) -> None:
@@ -365,9 +387,14 @@ class _Writer:
         sample's ~100 keywords, most of them repeated from the worker's previous samples)."""
         memo, depth, lines = self._memo, self.depth, self.lines
         for row in rows:
-            attrs = tuple(zip(keys, row, strict=True))
-            line = memo.get((depth, name, "/", *attrs))
-            lines.append(line if line is not None else self._element(name, attrs, "/"))
+            key = (depth, name, "\0row", *row)  # flat: hashed faster than the nested (key, value) pairs
+            line = memo.get(key)
+            if line is None:
+                attrs = tuple(zip(keys, row, strict=True))
+                line = self._element(name, attrs, "/")
+                if all(type(value) is str for value in row):
+                    memo[key] = line
+            lines.append(line)
 
     def result(self) -> str:
         return "\n".join(self.lines) + "\n"
