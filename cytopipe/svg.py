@@ -383,7 +383,17 @@ _BOLD = ("", ' class="b"')  # a panel title's first line is bold
 
 def escape(text: object) -> str:
     """``text`` safe in SVG/HTML text and attribute values (``& < > " '`` as entities)."""
-    return html.escape(str(text), quote=True)
+    text = str(text)
+    # A figure repeats short strings (tick labels, colours, names) across panels and samples: escaped once each.
+    return _escape_short(text) if len(text) <= 80 else _escape_long(text)
+
+
+_escape_short = lru_cache(maxsize=4096)(html.escape)
+
+
+def _escape_long(text: str) -> str:
+    """:func:`html.escape` of long text, skipped when nothing needs it (path data, base64 images: a few scans)."""
+    return html.escape(text) if any(c in text for c in "&<>\"'") else text
 
 
 def render(figure: Figure, ident: str = "f", standalone: bool = False) -> str:
@@ -434,13 +444,13 @@ def _panel(out: list[str], p: Panel, cid: str) -> None:
     out.extend(_path(s) for s in p.paths)
     out.extend(_marker(m) for m in p.markers)
     out.extend(_text(t) for t in p.texts)
-    out.append(f'</g>\n<path d="M{p.x},{p.y}V{bottom}H{right}" fill="none" stroke="#333" stroke-width="1"/>\n')
-    below, label_y, tick_x, label_x = bottom + 4, bottom + 14, p.x - 4, p.x - 6
-    out.extend(f'<line x1="{x}" x2="{x}" y1="{bottom}" y2="{below}" stroke="#333"/>'
-               f'<text class="tick" x="{x}" y="{label_y}" text-anchor="middle">{escape(label)}</text>\n'
+    # The axes and every tick mark of both: one path.
+    marks = "".join([f"M{x},{bottom}v4" for x, _ in p.xticks] + [f"M{p.x - 4},{y}h4" for y, _ in p.yticks])
+    out.append(f'</g>\n<path d="M{p.x},{p.y}V{bottom}H{right}{marks}" fill="none" stroke="#333" stroke-width="1"/>\n')
+    label_y, label_x = bottom + 14, p.x - 6
+    out.extend(f'<text class="tick" x="{x}" y="{label_y}" text-anchor="middle">{escape(label)}</text>\n'
                for x, label in p.xticks)
-    out.extend(f'<line x1="{tick_x}" x2="{p.x}" y1="{y}" y2="{y}" stroke="#333"/>'
-               f'<text class="tick" x="{label_x}" y="{y + 3.5}" text-anchor="end">{escape(label)}</text>\n'
+    out.extend(f'<text class="tick" x="{label_x}" y="{y + 3.5}" text-anchor="end">{escape(label)}</text>\n'
                for y, label in p.yticks)
     if p.yticks_right:
         colour = escape(p.right_colour)
