@@ -210,6 +210,23 @@ def _member_of(result: Any, name: str, rows: np.ndarray) -> np.ndarray:
     return inside
 
 
+def _outline(gate: Any) -> np.ndarray | None:
+    """``gate.outline()`` as floats, computed once per gate in a worker (a fixed gate is the same object for every
+    sample; its outline never changes)."""
+    try:
+        return _cached_outline(gate)
+    except TypeError:  # an unhashable gate
+        return _outline_of(gate)
+
+
+def _outline_of(gate: Any) -> np.ndarray | None:
+    outline = gate.outline()
+    return None if outline is None else np.asarray(outline, dtype=float)
+
+
+_cached_outline = lru_cache(maxsize=256)(_outline_of)
+
+
 def _panel_box(index: int) -> tuple[float, float]:
     row, col = divmod(index, _PER_ROW)
     return _LEFT + col * (_LEFT + _PLOT + _RIGHT), _HEAD + _TOP + row * (_TOP + _PLOT + _BOTTOM)
@@ -382,8 +399,7 @@ def gating_hierarchy(result: Any, strategy: Any, sample_name: str, treg: str | N
         x0, y0 = _panel_box(index)
         panel = Panel(x0, y0, _PLOT, _PLOT)
         dims = pop.gate.dimensions
-        outline = pop.gate.outline() if len(dims) == 2 else None
-        outline = None if outline is None else np.asarray(outline, dtype=float)
+        outline = _outline(pop.gate) if len(dims) == 2 else None
         values, inside, n_parent = _parent_values(result, pop, n_events, kept=outline is None)
         n_in = int(result.counts[pop.name]) if pop.name in getattr(result, "counts", {}) \
             else int(np.count_nonzero(result.masks[pop.name]))  # masks carry the parent chain

@@ -86,19 +86,16 @@ _IEND = _chunk(b"IEND", b"")
 
 def _png(pixels: np.ndarray, colours: bytes) -> bytes:
     """An indexed PNG of ``pixels`` with ready-made palette chunks (see :func:`png_indexed`)."""
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     height, width = pixels.shape
-    rows = np.empty((height, width + 1), dtype=np.uint8)
-    rows[:, 0] = 0  # filter byte 0 (none) before every row
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # filter byte 0 (none) before every row
     rows[:, 1:] = pixels
     header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
-    data = rows.tobytes()
     # Fastest level, run-length matches only (a density's rows are runs of empty and equal bins: as fast as the
     # general search and ~20 % smaller); a window just covering the data (less memory to set up).
-    window = min(max((len(data) - 1).bit_length(), 9), 15)
+    window = min(max((rows.size - 1).bit_length(), 9), 15)
     deflate = zlib.compressobj(1, zlib.DEFLATED, window, 8, zlib.Z_RLE)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + colours
-            + _chunk(b"IDAT", deflate.compress(data) + deflate.flush()) + _IEND)
+            + _chunk(b"IDAT", deflate.compress(rows) + deflate.flush()) + _IEND)
 
 
 @cache
@@ -382,18 +379,33 @@ _BOLD = ("", ' class="b"')  # a panel title's first line is bold
 
 
 def escape(text: object) -> str:
-    """``text`` safe in SVG/HTML text and attribute values (``& < > " '`` as entities)."""
+    """``text`` safe in SVG/HTML text and attribute values: ``& < > " '`` and every non-ASCII character as
+    entities (an all-ASCII figure is joined, encoded and read back at memory speed; lone surrogates, which no XML
+    document may hold, as U+FFFD)."""
     text = str(text)
     # A figure repeats short strings (tick labels, colours, names) across panels and samples: escaped once each.
-    return _escape_short(text) if len(text) <= 80 else _escape_long(text)
+    return _escape_short(text) if len(text) <= 80 else _escape(text)
 
 
-_escape_short = lru_cache(maxsize=4096)(html.escape)
+def _escape(text: str) -> str:
+    if not any(c in text for c in "&<>\"'"):  # path data, base64 images: a few scans, no copy
+        return text if text.isascii() else _ascii(text)
+    return _ascii(html.escape(text))
 
 
-def _escape_long(text: str) -> str:
-    """:func:`html.escape` of long text, skipped when nothing needs it (path data, base64 images: a few scans)."""
-    return html.escape(text) if any(c in text for c in "&<>\"'") else text
+def _ascii(text: str) -> str:
+    if text.isascii():
+        return text
+    return "".join(c if c.isascii() else f"&#{_code(c)};" for c in text)
+
+
+def _code(character: str) -> int:
+    """The code point a character reference names: U+FFFD for a lone surrogate."""
+    code = ord(character)
+    return 0xFFFD if 0xD800 <= code < 0xE000 else code
+
+
+_escape_short = lru_cache(maxsize=4096)(_escape)
 
 
 def render(figure: Figure, ident: str = "f", standalone: bool = False) -> str:

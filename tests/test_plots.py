@@ -181,7 +181,7 @@ def test_time_course_draws_the_table() -> None:
     assert [c.get("fill") for c in circles] == ["#0072B2", "#ffffff"]  # D0 filled, W6 (low events) open
     squares = panel.markers("rect")[2:]  # after the clip and background rectangles
     assert len(squares) == 5  # every clinical platelet count, also day 28 without a blood draw
-    assert "platelets (×10⁹/L)" in drawn.text
+    assert "platelets (×10⁹/L)" in [e.text for e in drawn.root.iter()]
     assert [label for _, label in panel.ticks("x")] == ["d0", "d7", "d21", "d42"]
     assert min(drawn.font_sizes()) >= 10
 

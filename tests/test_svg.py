@@ -39,6 +39,16 @@ def test_render_escapes_user_strings_everywhere() -> None:
         assert root.find(f".//{NS}style") is not None if standalone else root.find(f".//{NS}style") is None
 
 
+def test_render_writes_ascii_and_every_character_reads_back() -> None:
+    """Non-ASCII text (superscripts, accents, a name's emoji) is written as character references, so the file is
+    ASCII; a parser reads the same text back. A lone surrogate (no XML document may hold one) reads as U+FFFD."""
+    name = "Müller−10³ 🧪 \ud800<x>"
+    text = render(_every_slot(name), ident="f1", standalone=True)
+    assert text.isascii()
+    root = ET.fromstring(text)
+    assert root.get("aria-label") == name.replace("\ud800", "\ufffd")
+
+
 def test_render_writes_the_figures_numbers() -> None:
     text = render(_every_slot("a"), ident="p<1>")
     root = ET.fromstring(text.replace("<svg", f'<svg xmlns="{NS[1:-1]}"', 1))
