@@ -129,12 +129,14 @@ def _bin(values: np.ndarray, origin: Any, scale: Any, bins: int) -> np.ndarray:
     ``origin = lo, scale = bins / (hi - lo)``, cells 1..bins are the equal bins over ``[lo, hi)``, 0 is below and
     bins + 1 above; ``origin = hi`` and a negative scale count the bins from the top. ``origin`` and ``scale`` may
     give one value per column of an ``(n, k)`` array (best in Fortran order: each column's values contiguous).
-    Float32 whole-array passes."""
-    cells = np.subtract(values, np.asarray(origin, dtype=np.float32), dtype=np.float32)
-    cells *= np.asarray(scale, dtype=np.float32)
-    np.fmax(cells, np.float32(-1), out=cells)  # fmax also turns NaN into -1
-    np.minimum(cells, np.float32(bins), out=cells)
-    cells += np.float32(1)  # truncation towards zero now puts (origin - one bin, origin) in cell 0
+    Four float32 whole-array passes."""
+    origin, scale = np.asarray(origin, dtype=float), np.asarray(scale, dtype=float)
+    # (value - (origin - 1 / scale)) * scale is 1 + (value - origin) * scale: the shift by one cell rides along,
+    # and truncation towards zero then puts (origin - one bin, origin) in cell 0.
+    cells = np.subtract(values, (origin - 1 / scale).astype(np.float32), dtype=np.float32)
+    cells *= scale.astype(np.float32)
+    np.fmax(cells, np.float32(0), out=cells)  # fmax also turns NaN into 0
+    np.minimum(cells, np.float32(bins + 1), out=cells)
     return cells.astype(np.int32)
 
 
