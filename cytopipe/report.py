@@ -252,11 +252,11 @@ def _body(rows: list[list[str]]) -> Markup:
     The cells are escaped in one call, joined by two control characters that no cell holds (checked), instead of
     one call per cell: a 3,000-row QC table has 33,000 cells.
     """
-    cells = [cell for row in rows for cell in row]
-    if all(rows) and not any("\x1e" in c or "\x1f" in c for c in cells):
-        text = str(escape("\x1e".join("\x1f".join(row) for row in rows)))
-        return Markup("".join(("<tr><td>", text.replace("\x1f", "</td><td>").replace("\x1e", "</td></tr><tr><td>"),
-                               "</td></tr>"))) if rows else Markup("")
+    joined = "\x1e".join("\x1f".join(row) for row in rows)
+    if rows and all(rows) and joined.count("\x1e") == len(rows) - 1 \
+            and joined.count("\x1f") == sum(len(row) - 1 for row in rows):  # no cell holds a separator
+        text = str(escape(joined)).replace("\x1f", "</td><td>").replace("\x1e", "</td></tr><tr><td>")
+        return Markup(f"<tr><td>{text}</td></tr>")
     return Markup("".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows))
 
 

@@ -485,18 +485,26 @@ def _as_bool(values: pd.Series) -> pd.Series:
 
 def _baseline_rows(treg: pd.DataFrame, source: str) -> dict[str, int | None]:
     """Index of each subject's baseline row: the flagged one, else (no ``baseline`` column) the earliest day."""
+    # One pass over plain lists (a groupby with per-subject selections costs ~10 ms for 84 subjects); ``treg`` has a
+    # default index, so positions are its labels.
+    rows: dict[str, list[int]] = {}
+    for i, subject in enumerate(treg["subject"].tolist()):
+        rows.setdefault(subject, []).append(i)
     chosen: dict[str, int | None] = {}
-    flags = _as_bool(treg["baseline"]) if "baseline" in treg else None
-    for subject, rows in treg.groupby("subject", sort=False):
-        if flags is not None:
-            flagged = rows.index[flags.loc[rows.index].to_numpy()]
+    if "baseline" in treg:
+        flags = _as_bool(treg["baseline"]).tolist()
+        for subject, positions in rows.items():
+            flagged = [i for i in positions if flags[i]]
             if len(flagged) > 1:
                 names = ", ".join(str(treg.at[i, "sample"]) for i in flagged)
                 raise SampleSheetError(f"{source}: subject {subject!r} has {len(flagged)} baseline samples ({names})")
             # A flagged baseline that is missing here failed upstream: never promote a later sample to baseline.
-            chosen[str(subject)] = int(flagged[0]) if len(flagged) else None
-        else:
-            chosen[str(subject)] = int(rows["day"].astype(float).idxmin()) if rows["day"].notna().any() else None
+            chosen[str(subject)] = flagged[0] if flagged else None
+        return chosen
+    day = treg["day"].astype(float).tolist()
+    for subject, positions in rows.items():
+        known = [i for i in positions if day[i] == day[i]]  # the first of the earliest days; None without days
+        chosen[str(subject)] = min(known, key=day.__getitem__) if known else None
     return chosen
 
 

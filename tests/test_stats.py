@@ -440,3 +440,32 @@ def test_wilson_of_one_count_is_the_vectorised_interval_bit_for_bit() -> None:
     for i in range(n.size):
         one = wilson_interval(int(k[i]), int(n[i]))  # the path treg.csv takes
         assert np.array(one).tobytes() == np.array([low[i], high[i]]).tobytes(), (k[i], n[i])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.one_of(st.none(), st.integers(0, 3)),
+                          st.booleans()), min_size=1, max_size=12),
+       st.booleans())
+def test_baseline_rows_are_pandas_groupby_choices(rows, flagged) -> None:
+    """Each subject's baseline row: its flagged row (an error for two), or without flags its first earliest day (None
+    without days), as a pandas groupby picks them."""
+    from cytopipe.stats import _as_bool, _baseline_rows
+
+    treg = pd.DataFrame({"sample": [f"s{i}" for i in range(len(rows))], "subject": [r[0] for r in rows],
+                         "day": [np.nan if r[1] is None else float(r[1]) for r in rows]})
+    if flagged:
+        treg["baseline"] = [r[2] for r in rows]
+    expected: dict[str, int | None] = {}
+    problem = None
+    for subject, group in treg.groupby("subject", sort=False):
+        if flagged:
+            picked = group.index[_as_bool(group["baseline"]).to_numpy()]
+            problem = problem or (subject if len(picked) > 1 else None)
+            expected[subject] = int(picked[0]) if len(picked) else None
+        else:
+            expected[subject] = int(group["day"].idxmin()) if group["day"].notna().any() else None
+    if problem is not None:
+        with pytest.raises(SampleSheetError, match=f"subject '{problem}' has"):
+            _baseline_rows(treg, "treg.csv")
+    else:
+        assert _baseline_rows(treg, "treg.csv") == expected
