@@ -549,3 +549,46 @@ def test_report_from_the_runs_tables_is_the_report_from_the_folder(tmp_path):
     written = pd.read_csv(out / "baseline.csv", keep_default_na=False, na_values=[""])
     assert list(result.baseline.columns) == list(written.columns)
     assert result.baseline["treg_pct"].to_numpy() == pytest.approx(written["treg_pct"].to_numpy(), rel=1e-9)
+
+
+def test_a_worker_killed_mid_run_loses_no_sample(tmp_path):
+    # Small files go to the pool in chunks; a worker killed while it gates (as by the OOM killer) breaks the pool,
+    # and every task of the unfinished chunks runs again in a fresh pool, one at a time: each sample comes back
+    # once, ok. The sheet starts with a small file, then two large ones: when the small file's result arrives,
+    # both workers are gating a large file, and one of them is killed.
+    import multiprocessing
+    import signal
+
+    from cytopipe.batch.executors import _chunks, _run_pool
+    from cytopipe.gatefile import load_strategy
+    from cytopipe.pipeline import SampleTask, resolve_treg
+    from cytopipe.samplesheet import read_sample_rows
+
+    sheet, gates, labels = make_study(tmp_path, n_files=24, n_events=8_000)
+    rows = pd.read_csv(sheet)
+    for name in ("P1_big", "P2_big"):
+        write_sample(tmp_path / f"{name}.fcs", n=400_000, seed=7)
+        labels[name] = None
+    big = pd.DataFrame({"file": ["P1_big.fcs", "P2_big.fcs"], "subject": ["P1", "P2"], "timepoint": ["Wx", "Wx"],
+                        "day": [99, 99], "batch": ["B1", "B1"]})
+    pd.concat([rows[:1], big, rows[1:]], ignore_index=True).to_csv(sheet, index=False)
+    strategy = load_strategy(gates)
+    treg, parent = resolve_treg(strategy, None, None)
+    records, _ = read_sample_rows(sheet)
+    tasks = [SampleTask(sample=r["sample"], file=r["file"], subject=r["subject"], timepoint=r["timepoint"],
+                        day=r["day"], strategy=strategy, treg=treg, parent=parent) for r in records]
+    assert [len(chunk) for chunk in _chunks(tasks, 2)][:3] == [1, 1, 1]
+    assert max(len(chunk) for chunk in _chunks(tasks, 2)) > 1  # the small files go in chunks
+    others = {p.pid for p in multiprocessing.active_children()}
+    seen, killed = [], []
+    for result in _run_pool(tasks, 2):
+        seen.append(result)
+        if not killed:
+            workers = [p for p in multiprocessing.active_children() if p.pid not in others]
+            if not workers:
+                pytest.skip("the pool's workers are not children of this process (fork server)")
+            os.kill(workers[0].pid, signal.SIGKILL)
+            killed.append(workers[0].pid)
+    assert seen[0].sample == tasks[0].sample
+    assert sorted(r.sample for r in seen) == sorted(labels)
+    assert all(r.ok for r in seen), [r.failure for r in seen if not r.ok]
