@@ -26,11 +26,13 @@ from cytopipe.gates import (
     Dimension,
     Gate,
     GatingStrategy,
+    PolygonGate,
     SpectrumMatrix,
     _as_matrix,
+    _polygon_grid,
 )
 
-__all__ = ["GatingResult", "LEAN_EVENTS", "evaluate"]
+__all__ = ["GatingResult", "LEAN_EVENTS", "evaluate", "prepare"]
 
 #: Samples with at least this many events are gated block by block, keeping no per-event values (see module doc).
 LEAN_EVENTS = 1 << 21
@@ -41,6 +43,18 @@ BLOCK = 1 << 16
 def evaluate(strategy: GatingStrategy, sample: Any, spillover: Any = None, exact: bool = False) -> GatingResult:
     """Gate ``sample`` with ``strategy`` (see :meth:`cytopipe.gates.GatingStrategy.apply`)."""
     return _Evaluator(strategy, sample, spillover, exact).run()
+
+
+def prepare(strategy: GatingStrategy) -> None:
+    """Build in this process what gating with ``strategy`` builds once per process: the lookup tables of its
+    logicle and hyperlog transforms (~40 ms each) and the grids of its polygons. Worker processes forked afterwards
+    share them instead of each building its own; the results are the same either way."""
+    for pop in strategy.populations:
+        for dim in getattr(pop.gate, "dimensions", ()):
+            if dim.transform is not None:
+                dim.transform.prepare()
+        if isinstance(pop.gate, PolygonGate):
+            _polygon_grid(pop.gate)
 
 
 @dataclass(eq=False)

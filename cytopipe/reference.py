@@ -57,7 +57,10 @@ def _median(sample: Any, marker: str, rows: np.ndarray) -> float | None:
 
 
 #: From this many values on, :func:`_median_of` selects the middle from a band around a sampled median.
-_SELECT_MIN = 20_000
+_SELECT_MIN = 5_000
+#: Values sorted to place the band: about 1,000 below 20,000 values (a 20,000-event sample's populations: 30 against
+#: 85 us for 13,000 values), about 4,000 above, where the narrower band pays for the larger sort.
+_SAMPLE_SMALL, _SAMPLE_LARGE = 1024, 4096
 
 
 def _median_of(values: np.ndarray) -> float:
@@ -87,7 +90,7 @@ def _middle_by_band(values: np.ndarray) -> float | None:
     n = values.size
     half = n // 2
     first = half if n % 2 else half - 1
-    sample = np.sort(values[:: max(1, n // 4096)])
+    sample = np.sort(values[:: max(1, n // (_SAMPLE_SMALL if n < 20_000 else _SAMPLE_LARGE))])
     centre, spread = sample.size // 2, 2 * int(math.sqrt(sample.size)) + 4  # ~4 standard deviations of its rank
     lo, hi = sample[max(centre - spread, 0)], sample[min(centre + spread, sample.size - 1)]
     below = int(np.count_nonzero(values < lo))

@@ -129,6 +129,10 @@ class Transform:
         y = _as_array(y)
         return np.asarray(self._f_inv(y), dtype=y.dtype)
 
+    def prepare(self) -> None:
+        """Build now what :meth:`apply` builds on first use in this process (nothing, but for logicle and
+        hyperlog: the float32 lookup table), e.g. before worker processes are forked, so that they share it."""
+
     def params(self) -> dict[str, float]:
         """The Gating-ML parameters of this transform, e.g. ``{"T": 262144, "W": 0.5, "M": 4.5, "A": 0}``."""
         return {k: getattr(self, k) for k in ("T", "W", "M", "A", "B", "C") if hasattr(self, k)}
@@ -334,8 +338,10 @@ class _Biexponential(Transform):
             y = np.maximum(x1 + ax / (s * b), 1.0 + np.log(ax / top) / b)
         y = np.clip(y, lo, hi)
         # A value stops at its own convergence, so its root never depends on the other values solved with it:
-        # the table and a partial evaluation of it (_interpolate) then agree to the last bit.
-        active = np.ones(y.shape, dtype=bool)
+        # the table and a partial evaluation of it (_interpolate) then agree to the last bit. Values that have
+        # converged are set aside (the rest are iterated alone, by the same operations).
+        roots = y.copy()
+        where = np.arange(y.size)
         for _ in range(200):
             value = self._B_upper(y)
             r = np.arcsinh(value / s) - target
@@ -346,12 +352,17 @@ class _Biexponential(Transform):
             outside = ~((y_new >= lo) & (y_new <= hi))
             y_new = np.where(outside, 0.5 * (lo + hi), y_new)
             done = np.abs(y_new - y) <= 1e-15 * (1.0 + np.abs(y))
-            y = np.where(active, y_new, y)
-            active &= ~done
-            if not active.any():
+            roots[where] = y_new
+            if done.all():
                 break
+            going = ~done
+            where, y, lo, hi, target = where[going], y_new[going], lo[going], hi[going], target[going]
+        y = roots
         out[finite] = np.where(x[finite] < 0, 2 * x1 - y, y)
         return out
+
+    def prepare(self) -> None:
+        self._table()
 
     def _table(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact values at every float32 cell edge and the per-cell slope (built once per parameter set)."""
@@ -529,6 +540,9 @@ class AutoWidthLogicle(Logicle):
     Until :func:`cytopipe.adapt.fit_widths` replaces it by a plain :class:`Logicle`, it transforms with the
     placeholder ``W`` it was built with; the pipeline always resolves it before gating.
     """
+
+    def prepare(self) -> None:
+        """Nothing: each file gets its own width, hence its own table."""
 
 
 @dataclass(frozen=True)

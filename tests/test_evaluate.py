@@ -129,3 +129,26 @@ def test_unmixing_is_computed_once_per_matrix_and_read_only() -> None:
     inverted = engine.SpectrumMatrix(FLUOR, FLUOR, np.linalg.inv(SPILL), inverted=True)
     engine._unmixing(inverted)
     assert inverted.matrix.flags.writeable  # the matrix it was given is not frozen in passing
+
+
+def test_prepare_builds_the_tables_and_grids_gating_would_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cytopipe.gates as gates_module
+    import cytopipe.transforms as transforms_module
+
+    monkeypatch.setattr(transforms_module, "_TABLES", {})
+    monkeypatch.setattr(transforms_module, "_APPLIED", {})
+    monkeypatch.setattr(gates_module, "_GRIDS", {})
+    sample = _sample(20_000, True)
+    strategy = _strategy()
+    unprepared = strategy.apply(sample)  # too few values for a table: the cells it meets are solved alone
+    assert not transforms_module._TABLES
+    engine.prepare(strategy)
+    assert Logicle()._key() in transforms_module._TABLES
+    assert all(vertices in gates_module._GRIDS for vertices in
+               (p.gate.vertices for p in strategy.populations if isinstance(p.gate, PolygonGate)))
+    prepared = strategy.apply(sample)
+    for pop in strategy.populations:
+        assert np.array_equal(prepared.members[pop.name], unprepared.members[pop.name])
+        if not isinstance(pop.gate, BooleanGate):
+            rows = prepared.members.get(pop.parent) if pop.parent else None
+            assert prepared.values(pop.gate, rows).tobytes() == unprepared.values(pop.gate, rows).tobytes()

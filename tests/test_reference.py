@@ -147,8 +147,10 @@ def test_median_of_is_numpys_median_bit_for_bit(dtype):
     from cytopipe.reference import _median_of
 
     rng = np.random.default_rng(7)
-    for n in (1, 2, 3, 50, 51, 1000, 1001):
-        for values in (rng.normal(100, 30, n), rng.integers(0, 4, n)):
+    # Sizes on both sides of the sampled-band selection (5,000 and 20,000 values) and of its two sample sizes.
+    for n in (1, 2, 3, 50, 51, 1000, 1001, 4999, 5000, 5001, 13205, 19999, 20000, 20001, 60001):
+        for values in (rng.normal(100, 30, n), rng.integers(0, 4, n), rng.lognormal(5, 2, n) - 40,
+                       np.where(rng.random(n) < 0.5, 0.0, -0.0)):
             values = values.astype(dtype)
             expected = np.float64(np.median(values)).tobytes()
             assert np.float64(_median_of(values.copy())).tobytes() == expected, (n, values[:5])
