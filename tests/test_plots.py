@@ -358,6 +358,25 @@ def test_gating_densities_are_the_parents_events() -> None:
     assert np.array_equal(red, expected)
 
 
+def test_back_gating_is_drawn_on_the_scatter_gate_panel() -> None:
+    """The back-gating panel shows every event where the root scatter panel shows it (same axes, same bins: grey
+    wherever the root density has events), the scatter gate dashed at its vertices, and the Treg bins red."""
+    sample, strategy = _sample_and_strategy(20000)
+    result = strategy.apply(sample)
+    drawn = Drawn(render(gating_hierarchy(result, strategy, "S1")))
+    root, back = drawn.panels[0], drawn.panels[3]
+    assert back.limits == root.limits
+    (dashed,) = [p for p in back.g.iter(f"{{{NS['s']}}}path") if p.get("stroke-dasharray")]
+    xs, ys = back.data(*_points(dashed.get("d")).T)
+    assert xs[:4] == pytest.approx([30000, 75000, 75000, 30000], rel=0.005)
+    assert ys[:4] == pytest.approx([2000, 2000, 30000, 30000], rel=0.01)
+    image = back.image()
+    red = (image[..., 3] > 0) & (image[..., 0].astype(int) > image[..., 2].astype(int) + 60)
+    assert 0 < red.sum() < (image[..., 3] > 0).sum()
+    # Every Treg event is red, also one whose bin the every-k-th events of the grey density left empty.
+    assert np.array_equal(image[..., 3] > 0, (root.image()[..., 3] > 0) | red)
+
+
 def test_gating_text_is_legible_and_unscaled() -> None:
     sample, strategy = _sample_and_strategy()
     text = render(gating_hierarchy(strategy.apply(sample), strategy, "S1"), standalone=True)
