@@ -400,6 +400,12 @@ def test_gating_hierarchy_of_a_large_sample_bins_a_sample_of_events_and_gives_ex
     x, y = drawn.panels[1].data(pts[:, 0], pts[:, 1])
     heights = y[1:-1:2]
     assert heights.sum() == pytest.approx(result.counts["Lymphocytes"], rel=0.02)
+    # The gated events shaded (every k-th event's own verdict, read from the gating's packed bits): CD4+ count.
+    red = [p for p in drawn.panels[1].g.iter(f"{{{NS['s']}}}path") if p.get("fill") == "#C8102E"][0]
+    pts = _points(red.get("d"))
+    x, y = drawn.panels[1].data(pts[:, 0], pts[:, 1])
+    assert y[1:-1:2].sum() == pytest.approx(result.counts["CD4+"], rel=0.02)
+    assert np.all(y[1:-1:2][x[2::2] < 0.49] < 1)  # nothing shaded below the cut at 0.5
     assert plots._MAX_PLOT_EVENTS < result.counts["Lymphocytes"]
 
 
