@@ -102,6 +102,8 @@ class ResultCache:
 
     def known_sha(self, path: str) -> str | None:
         """The SHA-256 recorded for this file when its path, size and mtime are unchanged."""
+        if not self._files:  # a new cache: no stat and checksum of the path per sample before the run starts
+            return None
         key = self._stat_key(path)
         return self._files.get(key) if key is not None else None
 

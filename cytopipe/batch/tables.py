@@ -127,7 +127,7 @@ def _reference_qc(tables: dict[str, pd.DataFrame], results: list[SampleResult], 
     from cytopipe.reference import DRIFT_COLUMNS, drift_decades, drift_flags, reference_drift
     from cytopipe.stats import gate_sd_from_sensitivity
 
-    flags = sheet.set_index("sample")["baseline"]
+    flags = dict(zip(sheet["sample"].tolist(), sheet["baseline"].tolist(), strict=True))  # names are unique
     rows = [{"sample": r.sample, "subject": r.subject, "timepoint": r.timepoint, "day": r.day,
              "baseline": bool(flags.get(r.sample, False)), "references": r.references}
             for r in results if r.treg is not None]
