@@ -177,11 +177,6 @@ def wrap(text: str, width: float, font: str = "F1", size: float = 10.0) -> list[
     return lines
 
 
-def num(value: float) -> str:
-    """A coordinate for an operator: two decimals (1/7200 inch)."""
-    return f"{value:.2f}"
-
-
 def rgb(colour: str) -> tuple[float, float, float] | None:
     """``#rrggbb``, ``#rgb`` or a few names as 0-1 RGB; ``none`` (or unknown) -> None."""
     colour = colour.strip().lower()
@@ -206,11 +201,12 @@ def _colour_op(colour: str, op: str) -> str:
 
 
 class Page:
-    """One page: a list of content operators in top-down point coordinates."""
+    """One page: a list of content operators in top-down point coordinates (written with two decimals, 1/7200
+    inch)."""
 
     def __init__(self, doc: Document) -> None:
         self.doc = doc
-        self.ops: list[str] = [f"1 0 0 -1 0 {num(doc.height)} cm 1 j"]
+        self.ops: list[str] = [f"1 0 0 -1 0 {doc.height:.2f} cm 1 j"]
 
     def fill(self, colour: str) -> None:
         self.ops.append(_colour_op(colour, "rg"))
@@ -219,10 +215,10 @@ class Page:
         self.ops.append(_colour_op(colour, "RG"))
 
     def rect(self, x: float, y: float, w: float, h: float, fill: str) -> None:
-        self.ops.append(f"{_colour_op(fill, 'rg')} {num(x)} {num(y)} {num(w)} {num(h)} re f")
+        self.ops.append(f"{_colour_op(fill, 'rg')} {x:.2f} {y:.2f} {w:.2f} {h:.2f} re f")
 
     def line(self, x1: float, y1: float, x2: float, y2: float, colour: str, width: float = 0.5) -> None:
-        self.ops.append(f"{_colour_op(colour, 'RG')} {num(width)} w {num(x1)} {num(y1)} m {num(x2)} {num(y2)} l S")
+        self.ops.append(f"{_colour_op(colour, 'RG')} {width:.2f} w {x1:.2f} {y1:.2f} m {x2:.2f} {y2:.2f} l S")
 
     def text(self, x: float, y: float, text: str, size: float, font: str = "F1", colour: str = "#1d2330",
              anchor: str = "start", rotate: int = 0, rise: float = 0.0, offset: float = 0.0) -> float:
@@ -233,12 +229,12 @@ class Page:
         width = font_width(text, font, size)
         along = offset - {"middle": width / 2, "end": width}.get(anchor, 0.0)
         if rotate == 0:
-            matrix = f"1 0 0 -1 {num(x + along)} {num(y - rise)}"
+            matrix = f"1 0 0 -1 {x + along:.2f} {y - rise:.2f}"
         elif rotate == -90:
-            matrix = f"0 -1 -1 0 {num(x - rise)} {num(y - along)}"
+            matrix = f"0 -1 -1 0 {x - rise:.2f} {y - along:.2f}"
         else:
-            matrix = f"0 1 1 0 {num(x + rise)} {num(y + along)}"
-        self.ops.append(f"BT {_colour_op(colour, 'rg')} /{font} {num(size)} Tf {matrix} Tm ({_escaped(text)}) Tj ET")
+            matrix = f"0 1 1 0 {x + rise:.2f} {y + along:.2f}"
+        self.ops.append(f"BT {_colour_op(colour, 'rg')} /{font} {size:.2f} Tf {matrix} Tm ({_escaped(text)}) Tj ET")
         return width
 
     def raw(self, op: str) -> None:
@@ -251,7 +247,7 @@ class Page:
     def image(self, png: bytes, x: float, y: float, w: float, h: float) -> None:
         """Draw an 8-bit indexed PNG (as :func:`cytopipe.svg.png_indexed` writes) stretched over a box."""
         name = self.doc.image(png)
-        self.ops.append(f"q {num(w)} 0 0 {num(-h)} {num(x)} {num(y + h)} cm /{name} Do Q")
+        self.ops.append(f"q {w:.2f} 0 0 {-h:.2f} {x:.2f} {y + h:.2f} cm /{name} Do Q")
 
 
 def _png_image(png: bytes) -> dict[str, Any]:
@@ -333,7 +329,7 @@ class Document:
                .encode()]
         for item in items:
             fields = [f"/Parent {item['parent']} 0 R",
-                      f"/Dest [{page_ids[item['page']]} 0 R /XYZ 0 {num(self.height - item['y'])} 0]"]
+                      f"/Dest [{page_ids[item['page']]} 0 R /XYZ 0 {self.height - item['y']:.2f} 0]"]
             fields += [f"/{key.capitalize()} {item[key]} 0 R" for key in ("prev", "next") if item[key]]
             if item["kids"]:
                 fields.append(f"/First {item['kids'][0]['id']} 0 R /Last {item['kids'][-1]['id']} 0 R "
@@ -372,7 +368,7 @@ class Document:
                     + (f" /Mask [{mask}]" if mask else "") + f" /Length {len(image['data'])} >>")
             objects.append(head.encode() + b"\nstream\n" + image["data"] + b"\nendstream")
         for page, page_id in zip(self.pages, page_ids, strict=True):
-            objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {num(self.width)} {num(self.height)}] "
+            objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {self.width:.2f} {self.height:.2f}] "
                            f"/Resources 3 0 R /Contents {page_id + 1} 0 R >>".encode())
             body = zlib.compress("\n".join(op for op in page.ops if op).encode("cp1252"), level)
             objects.append(f"<< /Length {len(body)} /Filter /FlateDecode >>\nstream\n".encode() + body

@@ -11,7 +11,7 @@ import base64
 import re
 from typing import Any
 
-from cytopipe.pdf.document import _SUPERSCRIPTS, Page, Text, font_width, num
+from cytopipe.pdf.document import _SUPERSCRIPTS, Page, Text, font_width
 from cytopipe.svg import Figure, Panel
 
 __all__ = ["draw_figure"]
@@ -36,13 +36,13 @@ def _path_ops(d: str) -> str:
         if command in "ML":
             for i in range(0, len(values) - 1, 2):
                 x, y = values[i], values[i + 1]
-                ops.append(f"{num(x)} {num(y)} {'m' if command == 'M' and i == 0 else 'l'}")
+                ops.append(f"{x:.2f} {y:.2f} {'m' if command == 'M' and i == 0 else 'l'}")
         elif command == "H":
             for x in values:
-                ops.append(f"{num(x)} {num(y)} l")
+                ops.append(f"{x:.2f} {y:.2f} l")
         elif command == "V":
             for y in values:
-                ops.append(f"{num(x)} {num(y)} l")
+                ops.append(f"{x:.2f} {y:.2f} l")
         numbers.clear()
 
     for token in _TOKEN.findall(d):
@@ -82,25 +82,25 @@ def _text(page: Page, text: Text, x: float, y: float, value: Any, cls: str = "la
 
 def _circle(x: float, y: float, r: float) -> str:
     k = _K * r
-    return (f"{num(x + r)} {num(y)} m {num(x + r)} {num(y + k)} {num(x + k)} {num(y + r)} {num(x)} {num(y + r)} c "
-            f"{num(x - k)} {num(y + r)} {num(x - r)} {num(y + k)} {num(x - r)} {num(y)} c "
-            f"{num(x - r)} {num(y - k)} {num(x - k)} {num(y - r)} {num(x)} {num(y - r)} c "
-            f"{num(x + k)} {num(y - r)} {num(x + r)} {num(y - k)} {num(x + r)} {num(y)} c h")
+    return (f"{x + r:.2f} {y:.2f} m {x + r:.2f} {y + k:.2f} {x + k:.2f} {y + r:.2f} {x:.2f} {y + r:.2f} c "
+            f"{x - k:.2f} {y + r:.2f} {x - r:.2f} {y + k:.2f} {x - r:.2f} {y:.2f} c "
+            f"{x - r:.2f} {y - k:.2f} {x - k:.2f} {y - r:.2f} {x:.2f} {y - r:.2f} c "
+            f"{x + k:.2f} {y - r:.2f} {x + r:.2f} {y - k:.2f} {x + r:.2f} {y:.2f} c h")
 
 
 def _marker(page: Page, m: dict[str, Any]) -> None:
     x, y, s = float(m["x"]), float(m["y"]), float(m["size"])
     if m["shape"] == "square":
-        shape, width = f"{num(x - s)} {num(y - s)} {num(2 * s)} {num(2 * s)} re", 1.2
+        shape, width = f"{x - s:.2f} {y - s:.2f} {2 * s:.2f} {2 * s:.2f} re", 1.2
     elif m["shape"] == "diamond":
         r = s * 1.4
-        shape = f"{num(x)} {num(y - r)} m {num(x + r)} {num(y)} l {num(x)} {num(y + r)} l {num(x - r)} {num(y)} l h"
+        shape = f"{x:.2f} {y - r:.2f} m {x + r:.2f} {y:.2f} l {x:.2f} {y + r:.2f} l {x - r:.2f} {y:.2f} l h"
         width = 1.2
     else:
         shape, width = _circle(x, y, s), 1.4
     page.fill(m["fill"])
     page.stroke(m["stroke"])
-    page.raw(f"{num(width)} w {shape} {'B' if m['fill'] != 'none' else 'S'}")
+    page.raw(f"{width:.2f} w {shape} {'B' if m['fill'] != 'none' else 'S'}")
 
 
 def _paint(page: Page, p: dict[str, Any]) -> None:
@@ -116,7 +116,7 @@ def _paint(page: Page, p: dict[str, Any]) -> None:
         page.fill(p["fill"])
     if stroke:
         page.stroke(p["stroke"])
-        page.raw(f"{num(float(p['width']))} w {_dash(p['dash']) if p.get('dash') else ''}")
+        page.raw(f"{float(p['width']):.2f} w {_dash(p['dash']) if p.get('dash') else ''}")
     page.raw(_path_ops(p["d"]) + (" B" if fill and stroke else " f" if fill else " S"))
     page.raw("Q")
 
@@ -130,7 +130,7 @@ def _panel(page: Page, text: Text, p: Panel) -> None:
     if p.grid:
         for t, _ in p.yticks:
             page.line(p.x, t, p.x + p.width, t, "#e3e3e3", 0.6)
-    page.raw(f"q {num(p.x)} {num(p.y)} {num(p.width)} {num(p.height)} re W n")
+    page.raw(f"q {p.x:.2f} {p.y:.2f} {p.width:.2f} {p.height:.2f} re W n")
     if p.image and p.image.startswith("data:image/png;base64,"):
         page.image(base64.b64decode(p.image.split(",", 1)[1]), p.x, p.y, p.width, p.height)
     for path in p.paths:
@@ -142,8 +142,8 @@ def _panel(page: Page, text: Text, p: Panel) -> None:
               t.get("fill", ""))
     page.raw("Q")
     bottom = p.y + p.height
-    page.raw(f"0.2 0.2 0.2 RG 1 w [] 0 d {num(p.x)} {num(p.y)} m {num(p.x)} {num(bottom)} l "
-             f"{num(p.x + p.width)} {num(bottom)} l S")
+    page.raw(f"0.2 0.2 0.2 RG 1 w [] 0 d {p.x:.2f} {p.y:.2f} m {p.x:.2f} {bottom:.2f} l "
+             f"{p.x + p.width:.2f} {bottom:.2f} l S")
     for t, label in p.xticks:
         page.line(t, bottom, t, bottom + 4, "#333333", 1)
         _text(page, text, t, bottom + 14, label, "tick", "middle")
@@ -174,7 +174,7 @@ def _legend(page: Page, text: Text, item: dict[str, Any]) -> None:
     if kind == "line":
         dash = _dash(item["dash"]) if item.get("dash") else "[] 0 d"
         page.stroke(colour)
-        page.raw(f"1.6 w {dash} {num(x)} {num(y)} m {num(x + 18)} {num(y)} l S [] 0 d")
+        page.raw(f"1.6 w {dash} {x:.2f} {y:.2f} m {x + 18:.2f} {y:.2f} l S [] 0 d")
     elif kind == "band":
         page.raw("q")
         page.alpha(float(item.get("opacity", 0.25)), 1.0)
@@ -186,8 +186,8 @@ def _legend(page: Page, text: Text, item: dict[str, Any]) -> None:
         page.rect(x + 5.5, y - 3.5, 7, 7, colour)
     elif kind == "diamond":
         page.fill(colour)
-        page.raw(f"{num(x + 9)} {num(y - 5)} m {num(x + 14)} {num(y)} l {num(x + 9)} {num(y + 5)} l "
-                 f"{num(x + 4)} {num(y)} l h f")
+        page.raw(f"{x + 9:.2f} {y - 5:.2f} m {x + 14:.2f} {y:.2f} l {x + 9:.2f} {y + 5:.2f} l "
+                 f"{x + 4:.2f} {y:.2f} l h f")
     else:
         page.fill(colour)
         page.raw(_circle(x + 9, y, 3.5) + " f")
@@ -208,8 +208,8 @@ def draw_figure(page: Page, text: Text, figure: Figure, x: float, y: float, scal
     x, y, scale : float
         Placement.
     """
-    page.raw(f"q {num(scale)} 0 0 {num(scale)} {num(x)} {num(y)} cm")
-    page.raw(f"q 0.851 0.867 0.898 RG 0.8 w 0 0 {num(figure.width)} {num(figure.height)} re S Q")
+    page.raw(f"q {scale:.2f} 0 0 {scale:.2f} {x:.2f} {y:.2f} cm")
+    page.raw(f"q 0.851 0.867 0.898 RG 0.8 w 0 0 {figure.width:.2f} {figure.height:.2f} re S Q")
     if figure.title:
         _text(page, text, 8, 16, figure.title, "head")
     for panel in figure.panels:

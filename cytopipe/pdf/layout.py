@@ -9,6 +9,7 @@ starts a new page when its figure and table would otherwise be split.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,7 +122,7 @@ class Writer:
         n, size = len(table.header), table.size
 
         def longest_word(cell: Cell) -> float:
-            return max((font_width(w, cell.font, size) for w in cell.text.split(" ")), default=0.0) + 2 * pad
+            return _longest_word(cell.text, cell.font) * size + 2 * pad
 
         natural = [max(font_width(r[i].text, r[i].font, size) for r in [table.header, *table.rows]) + 2 * pad
                    for i in range(n)]
@@ -205,6 +206,12 @@ class Writer:
         draw_figure(self.page, self.t, figure, MARGIN_X, self.y, scale)
         self.y += height + 4
         self.para(caption, size=7.5, colour=MUTED, gap=6)
+
+
+@functools.lru_cache(maxsize=65536)
+def _longest_word(text: str, font: str) -> float:
+    """Width of the widest word of a cell's text at 1 pt (cells repeat across a report's tables)."""
+    return max((font_width(w, font, 1.0) for w in text.split(" ")), default=0.0)
 
 
 # ---------------------------------------------------------------------------------------------- the report
