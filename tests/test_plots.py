@@ -377,6 +377,33 @@ def test_back_gating_is_drawn_on_the_scatter_gate_panel() -> None:
     assert np.array_equal(image[..., 3] > 0, (root.image()[..., 3] > 0) | red)
 
 
+def test_a_worker_s_caches_never_change_a_figure(tmp_path: Path) -> None:
+    """A worker keeps what repeats between samples (escaped strings, gate outlines, colour-level tables, histogram
+    path formats, axis labels): a figure drawn after many others is byte-identical to one drawn from empty caches,
+    and to the same figure drawn in a fresh process (so the number of workers never changes a file)."""
+    import subprocess
+    import sys
+
+    from cytopipe import plots, svg
+
+    def clear() -> None:
+        for cached in (svg._escape_short, svg._level_table, plots._cached_outline, plots._steps,
+                       plots._dimension_label):
+            cached.cache_clear()
+
+    samples = [_sample_and_strategy(n) for n in (300_000, 20_000, 6000)]
+    results = [(strategy.apply(sample), strategy) for sample, strategy in samples]
+    clear()
+    fresh = [save_figure(gating_hierarchy(r, s, f"S{k} é<"), tmp_path / f"a{k}.svg", "g").read_bytes()
+             for k, (r, s) in enumerate(results)]
+    for k, (r, s) in reversed(list(enumerate(results))):  # caches full, other order
+        assert save_figure(gating_hierarchy(r, s, f"S{k} é<"), tmp_path / f"b{k}.svg", "g").read_bytes() == fresh[k]
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_plots import _sample_and_strategy; "
+            "from cytopipe.plots import gating_hierarchy, save_figure; sample, s = _sample_and_strategy(6000); "
+            "save_figure(gating_hierarchy(s.apply(sample), s, 'S2 é<'), sys.argv[2], 'g')")
+    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "c2.svg")], check=True)
+    assert (tmp_path / "c2.svg").read_bytes() == fresh[2]
+
 def test_gating_text_is_legible_and_unscaled() -> None:
     sample, strategy = _sample_and_strategy()
     text = render(gating_hierarchy(strategy.apply(sample), strategy, "S1"), standalone=True)
