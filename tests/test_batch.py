@@ -592,3 +592,19 @@ def test_a_worker_killed_mid_run_loses_no_sample(tmp_path):
     assert seen[0].sample == tasks[0].sample
     assert sorted(r.sample for r in seen) == sorted(labels)
     assert all(r.ok for r in seen), [r.failure for r in seen if not r.ok]
+
+
+def test_the_terminal_bar_is_redrawn_a_few_times_a_second_and_ends_on_the_last_sample():
+    from cytopipe.batch.progress import TTY_REDRAW, Progress
+    from cytopipe.pipeline import SampleResult
+
+    stream = io.StringIO()
+    bar = Progress(300, "tty", stream)
+    started = time.perf_counter()
+    for i in range(300):
+        bar.sample(SampleResult(sample=f"s{i}", file="f.fcs", subject="S", timepoint="T", day=0.0, n_events=10))
+    bar.finish()
+    seconds = time.perf_counter() - started
+    draws = stream.getvalue().split("\r")[1:]
+    assert 2 <= len(draws) <= 2 + seconds / TTY_REDRAW, len(draws)
+    assert draws[-1].startswith("\x1b[K300/300 samples") and draws[-1].endswith("\n")

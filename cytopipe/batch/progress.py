@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from typing import IO, Any
@@ -11,6 +12,9 @@ from cytopipe.outputs import printable
 from cytopipe.pipeline import (
     SampleResult,
 )
+
+#: Seconds between two redraws of the progress bar on a terminal (the last sample is always drawn).
+TTY_REDRAW = 0.1
 
 
 class Progress:
@@ -34,6 +38,7 @@ class Progress:
         self.processed = 0  # samples computed in this run (cached ones take no time and would skew the ETA)
         self.events = 0
         self.start = time.perf_counter()
+        self._drawn = -math.inf  # when the tty line was last drawn
 
     def log(self, message: str, **fields: Any) -> None:
         """An informational message (not shown with ``quiet``)."""
@@ -76,7 +81,9 @@ class Progress:
             how = "cached" if result.cached else f"{result.n_events} events in {result.timings.get('total', 0):.2f} s"
             status = "ok" if result.ok else "FAILED"
             self._line(f"cytopipe: [{self.done}/{self.total}] {result.sample} {status} ({how})")
-        elif self.mode == "tty":
+        elif self.mode == "tty" and (elapsed - self._drawn >= TTY_REDRAW or self.done == self.total):
+            # Redrawn a few times a second, not per sample: 500 samples in 2 s were 500 terminal writes.
+            self._drawn = elapsed
             eta = elapsed / self.processed * (self.total - self.done) if self.processed else 0.0
             self.stream.write(f"\r\x1b[K{self.done}/{self.total} samples  {rate / 1e6:6.2f} M events/s  "
                               f"ETA {int(eta) // 60:d}:{int(eta) % 60:02d}")
