@@ -80,6 +80,9 @@ class GatingResult:
     kept : dict of str to numpy.ndarray
         Population -> its gate's verdict on each event it was evaluated on (its parent's members, in order), packed
         8 to a byte (:func:`numpy.packbits`); read with :meth:`kept_of`. Geometric gates only.
+    whole : dict of int to numpy.ndarray
+        Events column -> a contiguous copy of it that the gating made (a root gate's untransformed,
+        uncompensated scatter channels): reading rows of it is cheaper than reading the events' strided column.
     """
 
     masks: Mapping[str, np.ndarray]
@@ -90,6 +93,7 @@ class GatingResult:
     _columns: dict[Any, _Column] = field(default_factory=dict, repr=False)
     members: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    whole: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def kept_of(self, name: str, positions: np.ndarray | slice) -> np.ndarray | None:
         """Whether the gate of population ``name`` kept each of its parent's events at ``positions`` (indices into
@@ -151,6 +155,13 @@ class _Column:
         self.done: np.ndarray | None = None
         self.first: tuple[np.ndarray, np.ndarray] | None = None  # (rows, values) of the only request so far
         self.complete = False
+        self.index: int | None = None  # the events column it is, for a plain (untransformed, uncompensated) one
+
+    def adopt(self, values: np.ndarray) -> None:
+        """Hold ``values`` -- the same values as the whole column, contiguous (a gate's stacked copy) -- in place of
+        a strided view of the events, so later row reads gather from contiguous memory."""
+        if self.keep and self.complete and self.values is not None and not self.values.flags.c_contiguous:
+            self.values = values
 
     def compute(self, rows: np.ndarray | None) -> np.ndarray:
         """Transformed values of ``rows`` (an index array, or ``None`` for all rows)."""
@@ -351,6 +362,7 @@ class _Evaluator:
         self.where = sample.path or "sample"
         self.channel_index: dict[str, int] = {}
         self.raw: dict[tuple[str, str], np.ndarray] = {}
+        self.plain: dict[tuple[str, str], int] = {}  # the raw columns that are columns of the events as they are
         self.columns: dict[tuple, _Column] = {}
         self._fcs_matrix: SpectrumMatrix | None | bool = False
         self.stacking = 0.0  # seconds spent computing the values gates read
@@ -415,6 +427,7 @@ class _Evaluator:
                     # Kept in the sample's precision: casting a column that is only compared loses information
                     # for nothing; it is cast to the working precision where arithmetic starts (compute()).
                     self.raw[(channel, compensation)] = events[:, self.find(channel)]
+                    self.plain[(channel, compensation)] = self.find(channel)
                 else:
                     outputs.append((channel, k))
             if outputs:
@@ -449,6 +462,8 @@ class _Evaluator:
             raws = [self.raw[(c, dim.compensation)] for c in dim.channels]
             column = self.columns[key] = _Column(self.sample.events.shape[0], dim, raws, self.dtype,
                                                  keep=not self.lean)
+            if dim.transform is None and dim.ratio is None and len(dim.channels) == 1:
+                column.index = self.plain.get((dim.channels[0], dim.compensation))
         return column
 
     def stack(self, dims: tuple[Dimension, ...], rows: np.ndarray | slice | None) -> np.ndarray:
@@ -461,6 +476,8 @@ class _Evaluator:
             out = np.empty((parts[0].shape[0], len(parts)), dtype=np.result_type(*parts), order="F")
             for k, part in enumerate(parts):
                 out[:, k] = part
+                if rows is None and out.dtype == part.dtype:
+                    self.column(dims[k]).adopt(out[:, k])  # the copy just made serves later gathers too
         self.stacking += time.perf_counter() - tick
         return out
 
@@ -530,7 +547,9 @@ class _Evaluator:
         channels = {name: self.sample.channels[k] for name, k in self.channel_index.items() if name in named}
         timings = {"compensation": compensated - start, "transform": self.stacking, "gating": gating - self.stacking}
         masks_of = _Masks(members, n, [pop.name for pop in self.strategy.populations])
-        return GatingResult(masks_of, counts, n, channels, timings, self.columns, members, kept)
+        whole = {c.index: c.values for c in self.columns.values()
+                 if c.index is not None and c.complete and c.values is not None and c.values.flags.c_contiguous}
+        return GatingResult(masks_of, counts, n, channels, timings, self.columns, members, kept, whole)
 
 
 def _matrix_output(matrix: SpectrumMatrix, channel: str) -> int | None:

@@ -46,11 +46,14 @@ def _ancestors(strategy: Any, name: str) -> list[str]:
     return chain
 
 
-def _median(sample: Any, marker: str, rows: np.ndarray) -> float | None:
+def _median(sample: Any, marker: str, rows: np.ndarray, whole: Mapping[int, np.ndarray]) -> float | None:
     try:
-        column = sample.events[:, sample.find_channel(marker)]
+        index = sample.find_channel(marker)
     except MarkerError:
         return None
+    column = whole.get(index)  # the gating's contiguous copy of the column, when it made one
+    if column is None:
+        column = sample.events[:, index]
     # A gather by sorted event indices: cheaper than boolean indexing of a strided column (and than take(), which
     # would first copy int32 indices to intp).
     return _median_of(column[rows]) if rows.size >= 50 else None
@@ -93,8 +96,8 @@ def _middle_by_band(values: np.ndarray) -> float | None:
     sample = np.sort(values[:: max(1, n // (_SAMPLE_SMALL if n < 20_000 else _SAMPLE_LARGE))])
     centre, spread = sample.size // 2, 2 * int(math.sqrt(sample.size)) + 4  # ~4 standard deviations of its rank
     lo, hi = sample[max(centre - spread, 0)], sample[min(centre + spread, sample.size - 1)]
-    below = int(np.count_nonzero(values < lo))
     inside = values >= lo
+    below = n - int(np.count_nonzero(inside))  # no NaN here (checked by _median_of)
     inside &= values <= hi
     band = values[inside]
     if not below <= first or half - below >= band.size:
@@ -153,8 +156,9 @@ def reference_medians(sample: Any, result: Any, strategy: Any, cd4: str | None) 
     if len(chain) > 2 and chain[-1] in masks:
         wanted += [("lymphocytes", channel, rows(chain[-1])) for channel in _SCATTER]
     out = {}
+    whole = getattr(result, "whole", None) or {}
     for population, marker, index in wanted:
-        value = _median(sample, marker, index)
+        value = _median(sample, marker, index, whole)
         if value is not None:
             out[f"{population}|{marker}"] = value
     return out

@@ -608,3 +608,25 @@ def test_the_terminal_bar_is_redrawn_a_few_times_a_second_and_ends_on_the_last_s
     draws = stream.getvalue().split("\r")[1:]
     assert 2 <= len(draws) <= 2 + seconds / TTY_REDRAW, len(draws)
     assert draws[-1].startswith("\x1b[K300/300 samples") and draws[-1].endswith("\n")
+
+
+_FREED = """
+import resource, sys
+import numpy as np
+from cytopipe.batch.executors import _keep_freed_memory
+if sys.argv[1] == "keep":
+    _keep_freed_memory()
+np.ones(4 << 20).sum()  # 32 MiB, freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+np.ones(4 << 20).sum()  # the same again, as the next sample's arrays would be
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_workers_keep_freed_memory_for_the_next_sample() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    faults = {mode: int(subprocess.run([sys.executable, "-c", _FREED, mode], capture_output=True, text=True,
+                                       env=env, check=True).stdout) for mode in ("keep", "default")}
+    # 32 MiB is 8,192 pages (16 huge pages): faulted in again by default, reused when kept.
+    assert faults["keep"] < 100 and faults["default"] >= 16, faults

@@ -152,3 +152,16 @@ def test_prepare_builds_the_tables_and_grids_gating_would_build(monkeypatch: pyt
         if not isinstance(pop.gate, BooleanGate):
             rows = prepared.members.get(pop.parent) if pop.parent else None
             assert prepared.values(pop.gate, rows).tobytes() == unprepared.values(pop.gate, rows).tobytes()
+
+
+def test_root_scatter_columns_are_kept_contiguous_for_later_reads() -> None:
+    sample = _sample(5_000, True)
+    result = _strategy().apply(sample)
+    assert sorted(result.whole) == [0, 1]  # FSC-A and SSC-A of the root polygon; SSC-A under logicle is not plain
+    for index, column in result.whole.items():
+        assert column.flags.c_contiguous and np.array_equal(column, sample.events[:, index])
+    cells = _strategy().populations[0].gate
+    assert np.array_equal(result.values(cells), sample.events[:, :2])
+    rows = result.members["cells"]
+    scatter = _strategy().populations[1].gate  # log scatter, read on the cells' rows
+    assert np.array_equal(result.values(scatter, rows)[:, 0], Logicle().apply(sample.events[rows, 1]))

@@ -81,6 +81,11 @@ def test_reference_medians_read_the_masked_raw_detector_values():
     assert medians["T cells|CD3"] == pytest.approx(float(np.median(events[t_cells, 4])))
     assert medians["lymphocytes|FSC-A"] == pytest.approx(float(np.median(events[lymph, 0])))
     assert reference_medians(sample, result, Strategy(), None) == {}
+    result.whole = {0: np.ascontiguousarray(events[:, 0])}  # the gating's contiguous copy of a column, when made
+    assert reference_medians(sample, result, Strategy(), "CD4+") == medians
+    result.whole = {0: 2 * events[:, 0]}  # read from the copy, not the events
+    doubled = reference_medians(sample, result, Strategy(), "CD4+")
+    assert doubled["lymphocytes|FSC-A"] == 2 * medians["lymphocytes|FSC-A"]
 
 
 def test_drifting_visits_state_a_spillover_15_percent_too_small_and_apply_their_gains():
