@@ -140,9 +140,13 @@ class Gate:
 def _box_mask(values: np.ndarray, bounds: Any) -> np.ndarray:
     """``lo <= x < hi`` on every column; an open side is +-inf, so +inf is outside an open top (as in flowCore)
     and NaN is outside everything."""
-    out = np.ones(values.shape[0], dtype=bool)
-    for k, (lo, hi) in enumerate(bounds):
-        column = values[:, k]
+    return _box_mask_columns([values[:, k] for k in range(values.shape[1])], bounds)
+
+
+def _box_mask_columns(columns: Sequence[np.ndarray], bounds: Any) -> np.ndarray:
+    """:func:`_box_mask` of the columns given apart (the gating engine's own columns, not stacked first)."""
+    out = np.ones(columns[0].shape[0], dtype=bool)
+    for column, (lo, hi) in zip(columns, bounds, strict=False):
         out &= column >= (-np.inf if lo is None else lo)
         out &= column < (np.inf if hi is None else hi)
     return out
