@@ -27,7 +27,18 @@ _WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "
 
 def _limit_threads() -> None:
     """Worker initializer: die with the parent; one BLAS/OpenMP thread per worker process (the pool is the
-    parallelism); freed memory kept for the next sample."""
+    parallelism); freed memory kept for the next sample; the garbage collector on, for this process's own objects
+    only.
+
+    The objects a forked worker inherits are frozen out of its collections (:func:`gc.freeze` moves them in O(1)):
+    collecting over them would write to every one of them, copying the parent's memory pages into the worker, and
+    none of them is the worker's garbage. The ``cytopipe`` command runs its client without collections
+    (:func:`cytopipe.cli._no_collections`); its workers collect.
+    """
+    import gc
+
+    gc.freeze()
+    gc.enable()
     _die_with_parent()
     _limit_worker()
     _keep_freed_memory()
