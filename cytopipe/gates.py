@@ -352,6 +352,7 @@ def _edge_test_at_once(v: np.ndarray, px: np.ndarray, py: np.ndarray, dtype: typ
 _GRID_MIN_EVENTS = 2048
 _GRID_CELLS = 64  # cells per axis over the bounding box (plus one ring outside it)
 _GRID_MAX_VERTICES = 256  # more edges: the grid costs more to build than it saves
+_GRID_BLOCK = 1 << 16  # events looked up at a time
 _GRIDS: dict[tuple, _PolygonGrid | None] = {}  # by vertices: built once per worker, whatever object holds them
 
 
@@ -381,24 +382,30 @@ class _PolygonGrid:
 
     def mask(self, gate: PolygonGate, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         n = _GRID_CELLS + 2
-        cells = None
-        for values, origin, scale in ((y, self.origin[1], self.scale[1]), (x, self.origin[0], self.scale[0])):
-            u = values - origin
-            u *= scale
-            np.fmax(u, 0, out=u)  # NaN too: a NaN event lands in the outer ring
-            np.fmin(u, n - 1, out=u)
-            index = u.astype(np.int16)  # (n * n < 2**15) half the memory of int32 indices
-            if cells is None:
-                cells = index
-                cells *= n
-            else:
-                cells += index
-        assert cells is not None
-        kind = self.classes.take(cells)
-        out = kind == 1
-        near = np.flatnonzero(kind == 2)
-        if near.size:
-            out[near] = gate._exact_mask(x[near], y[near])
+        out = np.empty(x.size, dtype=bool)
+        near = []
+        # A block of events at a time: its temporaries stay in the CPU cache (and in the allocator's free lists).
+        for b0 in range(0, x.size, _GRID_BLOCK):
+            cells = None
+            for values, origin, scale in ((y, self.origin[1], self.scale[1]), (x, self.origin[0], self.scale[0])):
+                u = values[b0:b0 + _GRID_BLOCK] - origin
+                u *= scale
+                np.fmax(u, 0, out=u)  # NaN too: a NaN event lands in the outer ring
+                np.fmin(u, n - 1, out=u)
+                index = u.astype(np.int16)  # (n * n < 2**15) half the memory of int32 indices
+                if cells is None:
+                    cells = index
+                    cells *= n
+                else:
+                    cells += index
+            assert cells is not None
+            kind = self.classes.take(cells)
+            np.equal(kind, 1, out=out[b0:b0 + _GRID_BLOCK])
+            if (found := np.flatnonzero(kind == 2)).size:
+                near.append(found + b0 if b0 else found)
+        if near:
+            index = np.concatenate(near) if len(near) > 1 else near[0]
+            out[index] = gate._exact_mask(x[index], y[index])
         return out
 
 

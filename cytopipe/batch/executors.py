@@ -27,8 +27,7 @@ _WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "
 
 def _limit_threads() -> None:
     """Worker initializer: die with the parent; one BLAS/OpenMP thread per worker process (the pool is the
-    parallelism); freed memory kept for the next sample; the garbage collector on, for this process's own objects
-    only.
+    parallelism); the garbage collector on, for this process's own objects only.
 
     The objects a forked worker inherits are frozen out of its collections (:func:`gc.freeze` moves them in O(1)):
     collecting over them would write to every one of them, copying the parent's memory pages into the worker, and
@@ -41,23 +40,6 @@ def _limit_threads() -> None:
     gc.enable()
     _die_with_parent()
     _limit_worker()
-    _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    """glibc: keep freed blocks below 64 MiB in this worker for its next sample instead of handing them back to the
-    system, which would fault them in and zero them again for every file (~3 ms per million events). A file's
-    event buffer above that size is mapped and unmapped as before, so the peak memory does not change."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-    mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
 
 
 # In a pool worker: len(sys.modules) when its BLAS/OpenMP pools were last limited to one thread (None elsewhere).
@@ -170,11 +152,9 @@ def _die_with_parent() -> None:
 
 def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
     """:func:`process_one` for each task in this process, limiting the BLAS/OpenMP pools once for the whole run
-    (finding the libraries costs ~1.5 ms) and again only after an import may have loaded another one; freed memory
-    is kept for the next sample as in a pool worker (:func:`_keep_freed_memory`)."""
+    (finding the libraries costs ~1.5 ms) and again only after an import may have loaded another one."""
     from contextlib import ExitStack
 
-    _keep_freed_memory()
     with ExitStack() as limits:
         limited_at = None
         for task in tasks:
