@@ -168,6 +168,19 @@ def _figure_inline(fig: Any, path: Path, files: list[tuple[Path, str]]) -> Marku
     return _inline(text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
+def _html_parts(context: dict[str, Any], files: list[tuple[Path, str]]) -> None:
+    """Add to a report context (:func:`_context`) what only the HTML shows, while a child lays the PDF out: each
+    figure inlined as its file's text (the files to write added to ``files`` as ``(path, text)``; ids unique in the
+    page: one rendering per figure) and the cells of the QC tables."""
+    if context["overview_figure"] is not None:
+        context["overview"] = _figure_inline(context["overview_figure"], context["overview_file"], files)
+    for section in context["sections"]:
+        if section["figure"] is not None:
+            section["image"] = _figure_inline(section["figure"], section["figure_file"], files)
+    for table in context["qc_tables"]:
+        table.update(_table(table["frame"]))
+
+
 def _write_files(files: list[tuple[Path, str]]) -> None:
     """Write each ``(path, text)`` atomically, as UTF-8."""
     for path, text in files:
@@ -565,17 +578,19 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
     correlation = clinical_correlation(table)
 
     (results / "plots").mkdir(exist_ok=True)
-    files: list[tuple[Path, str]] = []  # the figures, written below
     context = _context(results, table, summary, correlation, clinical_table, clinical_source, optional, manifest,
                        settings={"cva": cva, "cvi": cvi, "z": z, "rcv": rcv, "min_treg": min_treg_events,
-                                 "min_cd4": min_cd4_events}, draw=plots, figures=figures, files=files)
+                                 "min_cd4": min_cd4_events}, draw=plots, figures=figures)
     template = _environment().get_template("report.html.j2")
     out = results / "report.html"
     # The native PDF is laid out and written by a forked child, and the figure files by another (creating files
-    # costs ~0.5 ms each in the kernel after a run wrote hundreds), while this process writes the tables and the
-    # HTML (a run's workers are idle by then); without children (other threads run), by this process after.
+    # costs ~0.5 ms each in the kernel after a run wrote hundreds), while this process prepares and writes the
+    # HTML and the tables (a run's workers are idle by then); without children (other threads run), by this
+    # process after.
     child = forked.start(lambda: _native_pdf(results / "report.pdf", context)) if pdf and pdf_engine == "native" \
         else None
+    files: list[tuple[Path, str]] = []  # the figures
+    _html_parts(context, files)
     writer = forked.start(lambda: _write_files(files)) if files else None
     try:
         write_csv(table, results / "baseline.csv")
@@ -618,22 +633,17 @@ def _subject_stems(subjects: list[str]) -> dict[str, str]:
 def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlation: pd.DataFrame,
              clinical: pd.DataFrame | None, clinical_source: str, optional: dict[str, pd.DataFrame | None],
              manifest: dict[str, Any], settings: dict[str, float], draw: bool = True,
-             figures: dict[str, Markup] | None = None, files: list[tuple[Path, str]] | None = None
-             ) -> dict[str, Any]:
-    """The report template's context (also :mod:`cytopipe.pdf`'s); the figure files to write are added to
-    ``files`` as ``(path, text)``."""
-    files = files if files is not None else []
+             figures: dict[str, Markup] | None = None) -> dict[str, Any]:
+    """The report's context: all :mod:`cytopipe.pdf` needs; :func:`_html_parts` adds what only the HTML shows."""
     plt_col = platelet_column(list(table.columns))
     clinical_cols = [c for c in table.columns if c not in _COMPUTED]
     subjects = [str(s) for s in summary["subject"]] if len(summary) else []
     stems = _subject_stems(subjects)
 
-    overview = overview_figure = None
+    overview_figure = None
     courses: dict[str, Any] = {}
     if draw and len(table):
         overview_figure = fold_change_overview(table)
-        # Inlined as written (its ids are unique in the page): one rendering per figure.
-        overview = _figure_inline(overview_figure, results / "plots" / "fold_change_overview.svg", files)
         courses = time_courses(table, clinical)  # every subject from one grouping of the table
 
     records = table.to_dict("records")  # once: per-subject selections of the frame cost ~4 ms each
@@ -662,13 +672,10 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
                              "direction": row.direction, "verdict": row.treg_verdict,
                              "clinical": row.clinical_verdict, "correlation": corr_text})
         rows = by_subject.get(subject, [])
-        image = course = None
-        if draw:
-            course = courses[subject]
-            image = _figure_inline(course, results / "plots" / f"timecourse_{stems[subject]}.svg", files)
         sections.append({
             "anchor": anchor, "subject": subject, "verdict": row.treg_verdict, "clinical": row.clinical_verdict,
-            "correlation": corr_text, "image": image, "figure": course,
+            "correlation": corr_text, "image": None, "figure": courses.get(subject) if draw else None,
+            "figure_file": results / "plots" / f"timecourse_{stems[subject]}.svg",
             "clinical_columns": clinical_cols,
             "rows": [_timepoint_row(r, clinical_cols) for r in rows],
             "any_flags": any(str(r["qc_flags"]) != "" for r in rows),
@@ -698,7 +705,8 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
     qc_tables = []
     drift = optional["gate_drift"]
     if drift is not None and len(drift):
-        qc_tables.append({"title": "Gate drift against baseline (gate_drift.csv)", **_table(drift)})
+        qc_tables.append({"title": "Gate drift against baseline (gate_drift.csv)", "n_rows": len(drift),
+                          "frame": drift})  # its cells: _html_parts
 
     return {
         "title": "cytopipe report: Tregs against baseline",
@@ -707,7 +715,8 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         "version": __version__,
         "settings": settings,
         "summary": summary_rows,
-        "overview": overview,
+        "overview": None,  # _html_parts
+        "overview_file": results / "plots" / "fold_change_overview.svg",
         "overview_figure": overview_figure,  # the descriptions, for the PDF (cytopipe.pdf)
         "overview_rows": int((~table["is_baseline"].astype(bool)).sum()) if len(table) else 0,
         "sections": sections,

@@ -283,7 +283,7 @@ def _qc(w: Writer, ctx: dict[str, Any]) -> None:
                         _c(t, f"{s['treg']} / {s['cd4']}", right=True), _c(t, s["flags"], colour=WARN)]
                        for s in ctx["flagged"]]))
     for q in ctx["qc_tables"]:
-        w.para(f"{q['title']}: {len(q['rows'])} rows, in report.html.", size=8.0, colour=MUTED)
+        w.para(f"{q['title']}: {q['n_rows']} rows, in report.html.", size=8.0, colour=MUTED)
 
 
 def _timepoints(t: Text, ctx: dict[str, Any], sec: dict[str, Any]) -> Table:
