@@ -297,8 +297,10 @@ _FREED_MEMORY_KEPT = False
 def keep_freed_memory() -> None:
     """glibc: keep freed blocks below 64 MiB in this process for the next sample instead of handing them back to the
     system, which would fault them in and zero them again for every file (up to ~6,000 page faults, ~10 ms, per
-    million events). Called once by :func:`process_sample`. A file's event buffer above that size is still mapped
-    and unmapped, so the peak memory does not change; no effect without glibc."""
+    million events). Called once per process by the executors of a batch (pool and Dask workers, and a run in the
+    calling process), not by :func:`process_sample` itself: a program calling it directly keeps its own allocator
+    settings. A file's event buffer above that size is still mapped and unmapped, so the peak memory does not
+    change; no effect without glibc."""
     global _FREED_MEMORY_KEPT
     _FREED_MEMORY_KEPT = True
     if not sys.platform.startswith("linux"):
@@ -348,8 +350,6 @@ def process_sample(task: SampleTask) -> SampleResult:
     from .qc import check_acquisition, require_plausible
     from .reference import reference_medians
 
-    if not _FREED_MEMORY_KEPT:
-        keep_freed_memory()
     ident = {"sample": task.sample, "subject": task.subject, "timepoint": task.timepoint, "day": task.day}
     out = SampleResult(sample=task.sample, file=task.file, subject=task.subject, timepoint=task.timepoint,
                        day=task.day)

@@ -630,3 +630,24 @@ def test_process_sample_keeps_freed_memory_for_the_next_sample() -> None:
                                        env=env, check=True).stdout) for mode in ("keep", "default")}
     # 32 MiB is 8,192 pages (16 huge pages): faulted in again by default, reused when kept.
     assert faults["keep"] < 100 and faults["default"] >= 16, faults
+
+
+def test_allocator_setting_is_left_to_batch_executors():
+    """A program calling process_sample itself keeps its own malloc settings; the executors of a batch (pool and Dask
+    workers, a run in this process) set them once. Fresh interpreter: the flag is per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "from cytopipe import pipeline\n"
+        "from cytopipe.batch import executors\n"
+        "task = pipeline.SampleTask(sample='s', file='/nonexistent.fcs', strategy=None, failure='x', "
+        "failure_stage='read')\n"
+        "result = pipeline.process_sample(task)\n"
+        "assert result.failure is not None\n"
+        "print(pipeline._FREED_MEMORY_KEPT)\n"
+        "list(executors._run_in_process([]))\n"
+        "print(pipeline._FREED_MEMORY_KEPT)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]

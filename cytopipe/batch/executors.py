@@ -72,13 +72,24 @@ def _one_thread() -> Any:
 
 
 def process_one(task: SampleTask) -> SampleResult:
-    """:func:`cytopipe.pipeline.process_sample` with one BLAS thread (what every executor runs)."""
+    """:func:`cytopipe.pipeline.process_sample` with one BLAS thread (what every executor runs), in a process that
+    keeps freed memory for the next sample (:func:`cytopipe.pipeline.keep_freed_memory`)."""
+    _keep_freed_memory()
     if _LIMITED_AT is not None:  # a pool worker, limited for good by its initializer
         if len(sys.modules) != _LIMITED_AT:  # a library loaded since (scipy's BLAS in the first fit) is limited too
             _limit_worker()
         return process_sample(task)
     with _one_thread():
         return process_sample(task)
+
+
+def _keep_freed_memory() -> None:
+    """Once per process: glibc keeps freed blocks for the next sample
+    (:func:`cytopipe.pipeline.keep_freed_memory`)."""
+    from cytopipe import pipeline
+
+    if not pipeline._FREED_MEMORY_KEPT:
+        pipeline.keep_freed_memory()
 
 
 def _process_chunk(tasks: list[SampleTask]) -> list[SampleResult]:
@@ -155,6 +166,7 @@ def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
     (finding the libraries costs ~1.5 ms) and again only after an import may have loaded another one."""
     from contextlib import ExitStack
 
+    _keep_freed_memory()
     with ExitStack() as limits:
         limited_at = None
         for task in tasks:
