@@ -94,10 +94,37 @@ def to_csv(table: pd.DataFrame, handle: IO[str]) -> None:
         safe_table(table).to_csv(handle, index=False, lineterminator="\n", float_format=FLOAT_FORMAT)
         return
     writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow([neutralise(name) for name in table.columns])
+    _write_rows(writer, handle, [[neutralise(name) for name in table.columns]], [0])
+    text = [i for i, column in enumerate(columns) if column.dtype == object]
     for start in range(0, len(table), _CSV_ROWS):  # in chunks, as pandas: a membership table has millions of rows
         stop = min(start + _CSV_ROWS, len(table))
-        writer.writerows(zip(*(_column_cells(column, start, stop) for column in columns), strict=True))
+        cells = [_column_cells(column, start, stop) for column in columns]
+        returns = sorted({row for i in text for row, cell in enumerate(cells[i])
+                          if cell.__class__ is str and "\r" in cell})
+        _write_rows(writer, handle, list(zip(*cells, strict=True)), returns)
+
+
+def _write_rows(writer: Any, handle: IO[str], rows: list[Any], returns: list[int]) -> None:
+    """Write ``rows`` with ``writer`` (``\\n`` line ends), quoting the cells with a carriage return in the rows
+    ``returns`` (sorted indices; the header row is always checked).
+
+    :mod:`csv` quotes a cell holding a character of its line terminator only: with ``\\n`` ends, a lone ``\\r`` in
+    a sample name would be written bare, and readers that take ``\\r`` as a line end (pandas, spreadsheets) would
+    split the row there. Such rows are written with ``\\r\\n`` ends (so their cells with ``\\r`` or ``\\n`` are
+    quoted) and their end turned back into ``\\n``; every other row is written as before.
+    """
+    import csv
+    import io
+
+    returns = [i for i in returns if any(isinstance(cell, str) and "\r" in cell for cell in rows[i])]
+    done = 0
+    for i in returns:
+        writer.writerows(rows[done:i])
+        line = io.StringIO()
+        csv.writer(line, lineterminator="\r\n").writerow(rows[i])
+        handle.write(line.getvalue()[:-2] + "\n")
+        done = i + 1
+    writer.writerows(rows[done:] if done else rows)
 
 
 _CSV_ROWS = 20_000  # rows prepared at a time by to_csv

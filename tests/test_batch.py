@@ -613,9 +613,10 @@ def test_the_terminal_bar_is_redrawn_a_few_times_a_second_and_ends_on_the_last_s
 _FREED = """
 import resource, sys
 import numpy as np
-from cytopipe.pipeline import SampleTask, process_sample
-if sys.argv[1] == "keep":  # the first sample a process handles sets it up (even a sample that fails)
-    assert process_sample(SampleTask(sample="x", file="/nonexistent/x.fcs", strategy=None)).failure
+from cytopipe.batch.executors import process_one
+from cytopipe.pipeline import SampleTask
+if sys.argv[1] == "keep":  # the first sample a batch's executor handles sets it up (even a sample that fails)
+    assert process_one(SampleTask(sample="x", file="/nonexistent/x.fcs", strategy=None)).failure
 np.ones(4 << 20).sum()  # 32 MiB, freed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 np.ones(4 << 20).sum()  # the same again, as the next sample's arrays would be
@@ -624,7 +625,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
-def test_process_sample_keeps_freed_memory_for_the_next_sample() -> None:
+def test_batch_worker_keeps_freed_memory_for_the_next_sample() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     faults = {mode: int(subprocess.run([sys.executable, "-c", _FREED, mode], capture_output=True, text=True,
                                        env=env, check=True).stdout) for mode in ("keep", "default")}

@@ -66,3 +66,21 @@ def test_other_column_types_are_left_to_pandas(table):
 def test_a_formula_in_a_cell_or_header_is_neutralised():
     text = _text(pd.DataFrame({"=h": ["=1+1", "-2", "ok"], "v": [1.0, np.nan, 2.5]}))
     assert text == "'=h,v\n'=1+1,1\n-2,\nok,2.5\n"
+
+
+def test_a_carriage_return_in_a_cell_or_header_is_quoted_and_reads_back():
+    """csv quotes only its line terminator's characters: a bare \\r would split the row for pandas and
+    spreadsheets. Rows with one are quoted; the others are written exactly as before."""
+    import csv
+
+    table = pd.DataFrame({"sample": ["ok", "a\rb", "c\r\nd", "=x\r", "last"], "treg\rpct": [1.5, 2.0, 3.0, 4.0, 5.0],
+                          "n": [1, 2, 3, 4, 5]})
+    handle = io.StringIO()
+    to_csv(table, handle)
+    text = handle.getvalue()
+    assert text.startswith('"treg\rpct"'.join(["sample,", ",n\nok,1.5,1\n"]))
+    assert text.endswith("\nlast,5,5\n") and "\r\n" not in text.replace('c\r\nd', "")
+    back = pd.read_csv(io.StringIO(text), keep_default_na=False)
+    assert list(back.columns) == ["sample", "treg\rpct", "n"]
+    assert back["sample"].tolist() == ["ok", "a\rb", "c\r\nd", "'=x\r", "last"]
+    assert list(csv.reader(io.StringIO(text, newline="")))[2] == ["a\rb", "2", "2"]
