@@ -19,6 +19,7 @@ from functools import cached_property
 import numpy as np
 
 from cytopipe.errors import FCSError, MarkerError
+from cytopipe.memo import Memo
 
 __all__ = ["Spillover", "spillover_from_metadata", "read_spillover_file", "compensate", "SPILLOVER_KEYWORDS"]
 
@@ -129,22 +130,14 @@ def spillover_from_metadata(
 
 # Spillovers parsed from keywords, by (keyword, text, channels): the files of a study carry the same matrix, read
 # once per sample by the QC, the compensation and the workspace (a worker keeps at most _PARSED_LIMIT of them).
-_PARSED: dict[tuple[str, str, tuple[str, ...]], Spillover] = {}
-_PARSED_LIMIT = 64
+_PARSED: Memo[Spillover] = Memo(64)
 
 
 def _keyword_spillover(keyword: str, value: str, channels: tuple[str, ...], where: str) -> Spillover:
     """The :class:`Spillover` of a ``$SPILLOVER``-style keyword, parsed once per distinct text and channels (the
     object is immutable: its matrix is read-only). A malformed keyword raises each time, naming ``where``."""
-    key = (keyword, value, channels)
-    found = _PARSED.get(key)
-    if found is None:
-        names, matrix = _parse_matrix_keyword(value, channels, f"{where}: {keyword}")
-        found = Spillover(names, matrix, keyword)
-        if len(_PARSED) >= _PARSED_LIMIT:
-            _PARSED.clear()
-        _PARSED[key] = found
-    return found
+    return _PARSED.get((keyword, value, channels),
+                       lambda: Spillover(*_parse_matrix_keyword(value, channels, f"{where}: {keyword}"), keyword))
 
 
 def _starts_with_count(value: str) -> bool:

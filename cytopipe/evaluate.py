@@ -33,6 +33,7 @@ from cytopipe.gates import (
     _box_mask_columns,
     _polygon_grid,
 )
+from cytopipe.memo import Memo
 
 __all__ = ["GatingResult", "LEAN_EVENTS", "evaluate", "prepare"]
 
@@ -246,20 +247,18 @@ def _compensate(raw: np.ndarray, unmix: np.ndarray, dtype: type) -> np.ndarray:
 
 
 # Unmixing matrices by matrix: the files of a study share their spillover, inverted once per worker.
-_UNMIXINGS: dict[tuple, np.ndarray] = {}
-_UNMIXINGS_LIMIT = 64
+_UNMIXINGS: Memo[np.ndarray] = Memo(64)
 
 
 def _unmixing(matrix: SpectrumMatrix) -> np.ndarray:
     """``matrix.unmixing()`` (read-only), computed once per distinct matrix."""
     key = (matrix.fluorochromes, matrix.detectors, matrix.inverted, matrix.matrix.shape, matrix.matrix.tobytes())
-    found = _UNMIXINGS.get(key)
-    if found is None:
-        found = np.array(matrix.unmixing(), dtype=np.float64)  # a copy: an inverted matrix is returned as is
-        found.setflags(write=False)
-        if len(_UNMIXINGS) >= _UNMIXINGS_LIMIT:
-            _UNMIXINGS.clear()
-        _UNMIXINGS[key] = found
+    return _UNMIXINGS.get(key, lambda: _read_only(matrix.unmixing()))
+
+
+def _read_only(matrix: np.ndarray) -> np.ndarray:
+    found = np.array(matrix, dtype=np.float64)  # a copy: an inverted matrix is returned as is
+    found.setflags(write=False)
     return found
 
 

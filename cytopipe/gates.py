@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cytopipe.errors import GateError
+from cytopipe.memo import Memo
 from cytopipe.transforms import Ratio, Transform
 
 if TYPE_CHECKING:
@@ -353,7 +354,7 @@ _GRID_MIN_EVENTS = 2048
 _GRID_CELLS = 64  # cells per axis over the bounding box (plus one ring outside it)
 _GRID_MAX_VERTICES = 256  # more edges: the grid costs more to build than it saves
 _GRID_BLOCK = 1 << 16  # events looked up at a time
-_GRIDS: dict[tuple, _PolygonGrid | None] = {}  # by vertices: built once per worker, whatever object holds them
+_GRIDS: Memo[_PolygonGrid | None] = Memo(256)  # by vertices: built once per worker, whatever object holds them
 
 
 @dataclass(frozen=True)
@@ -411,12 +412,7 @@ class _PolygonGrid:
 
 def _polygon_grid(gate: PolygonGate) -> _PolygonGrid | None:
     """The grid of a polygon (None when it is not compiled), built once per distinct list of vertices."""
-    key = gate.vertices
-    if key not in _GRIDS:
-        if len(_GRIDS) >= 256:
-            _GRIDS.clear()
-        _GRIDS[key] = _build_grid(gate)
-    return _GRIDS[key]
+    return _GRIDS.get(gate.vertices, lambda: _build_grid(gate))
 
 
 def _build_grid(gate: PolygonGate) -> _PolygonGrid | None:

@@ -22,6 +22,7 @@ import numpy as np
 from .compensate import spillover_from_metadata
 from .errors import CytopipeError, FCSError
 from .fcs import Sample, to_scale, top_of_scale
+from .memo import Memo
 
 #: Values beyond this multiple of ``$PnR`` cannot come from the detector. Generous on purpose: some instruments
 #: write derived channels (MACSQuant pulse widths reach ~125 x their ``$PnR`` of 1000); damaged files reach 1e20+.
@@ -139,8 +140,7 @@ def check_acquisition(sample: Sample) -> AcquisitionQC:
 
 
 # Each channel's limits by the keywords they depend on: the files of a study share them (see _channel_limits).
-_LIMITS: dict[tuple, list[tuple[str, float | None, float, float | None]]] = {}
-_LIMITS_MAX = 256
+_LIMITS: Memo[list[tuple[str, float | None, float, float | None]]] = Memo(256)
 
 
 def _channel_limits(sample: Sample) -> list[tuple[str, float | None, float, float | None]]:
@@ -153,20 +153,19 @@ def _channel_limits(sample: Sample) -> list[tuple[str, float | None, float, floa
     metadata = sample.metadata
     key = (sample.scale, tuple(sample.channels),
            *(metadata.get(f"$P{j}{k}") for j in range(1, len(sample.channels) + 1) for k in "REG"))
-    found = _LIMITS.get(key)
-    if found is None:
-        found = []
-        for j, channel in enumerate(sample.channels):
-            limit = _range(sample, j)
-            bound = np.inf if limit is None else IMPLAUSIBLE_RANGE_FACTOR * (
-                top_of_scale(metadata, j, sample.scale) or limit)
-            top = None
-            if limit is not None and _is_fluorescence_or_scatter(channel) and not _is_width(channel):
-                top = to_scale(metadata, j, sample.scale, limit - 1)
-            found.append((channel, limit, bound, top))
-        if len(_LIMITS) >= _LIMITS_MAX:
-            _LIMITS.clear()
-        _LIMITS[key] = found
+    return _LIMITS.get(key, lambda: _build_channel_limits(sample))
+
+
+def _build_channel_limits(sample: Sample) -> list[tuple[str, float | None, float, float | None]]:
+    found = []
+    for j, channel in enumerate(sample.channels):
+        limit = _range(sample, j)
+        bound = np.inf if limit is None else IMPLAUSIBLE_RANGE_FACTOR * (
+            top_of_scale(sample.metadata, j, sample.scale) or limit)
+        top = None
+        if limit is not None and _is_fluorescence_or_scatter(channel) and not _is_width(channel):
+            top = to_scale(sample.metadata, j, sample.scale, limit - 1)
+        found.append((channel, limit, bound, top))
     return found
 
 

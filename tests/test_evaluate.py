@@ -17,6 +17,7 @@ from cytopipe.gates import (
     QuadrantGate,
     RectangleGate,
 )
+from cytopipe.memo import Memo
 from cytopipe.transforms import Logicle, Ratio
 
 SPILL = np.array([[1.0, 0.15, 0.02], [0.03, 1.0, 0.2], [0.0, 0.05, 1.0]])
@@ -137,7 +138,7 @@ def test_prepare_builds_the_tables_and_grids_gating_would_build(monkeypatch: pyt
 
     monkeypatch.setattr(transforms_module, "_TABLES", {})
     monkeypatch.setattr(transforms_module, "_APPLIED", {})
-    monkeypatch.setattr(gates_module, "_GRIDS", {})
+    monkeypatch.setattr(gates_module, "_GRIDS", Memo(256))
     sample = _sample(20_000, True)
     strategy = _strategy()
     unprepared = strategy.apply(sample)  # too few values for a table: the cells it meets are solved alone

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cytopipe.errors import FCSError
+from cytopipe.memo import Memo
 
 from .sample import Sample
 from .scale import _decode_values, _scale_mode
@@ -175,7 +176,7 @@ class _Layout:
 
 
 # Layouts by the keywords they are read from: the files of a study share them (see _layout).
-_LAYOUTS: dict[tuple, _Layout] = {}
+_LAYOUTS: Memo[_Layout] = Memo(256)
 
 
 def _layout(fcs: _File, metadata: Mapping[str, str], n_par: int) -> _Layout:
@@ -183,13 +184,7 @@ def _layout(fcs: _File, metadata: Mapping[str, str], n_par: int) -> _Layout:
     distinct set of them; a file whose keywords are invalid raises every time)."""
     key = (n_par, metadata.get("$DATATYPE"), metadata.get("$MODE"), metadata.get("$BYTEORD"),
            *(metadata.get(f"$P{i}{k}") for i in range(1, n_par + 1) for k in ("DATATYPE", "B")))
-    layout = _LAYOUTS.get(key)
-    if layout is None:
-        layout = _read_layout(fcs, metadata, n_par)
-        if len(_LAYOUTS) >= 256:
-            _LAYOUTS.clear()
-        _LAYOUTS[key] = layout
-    return layout
+    return _LAYOUTS.get(key, lambda: _read_layout(fcs, metadata, n_par))
 
 
 def _read_layout(fcs: _File, metadata: Mapping[str, str], n_par: int) -> _Layout:

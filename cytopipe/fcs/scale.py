@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cytopipe.memo import Memo
+
 from .text import _File
 
 #: Value decodings of :func:`read_fcs`: what each does, as recorded in ``manifest.json``.
@@ -113,7 +115,7 @@ def _decode_values(fcs: _File, events: np.ndarray, metadata: Mapping[str, str], 
 
 
 # Decoding plans by the keywords they depend on: the files of a study share them (see _decoding_plan).
-_PLANS: dict[tuple, list[tuple[int, tuple[float, float, float]]]] = {}
+_PLANS: Memo[list[tuple[int, tuple[float, float, float]]]] = Memo(256)
 
 
 def _decoding_plan(metadata: Mapping[str, str], n_channels: int, scale: str) -> list[tuple[int, tuple]]:
@@ -121,13 +123,8 @@ def _decoding_plan(metadata: Mapping[str, str], n_channels: int, scale: str) -> 
     if scale == "raw":
         return []
     key = (scale, *(metadata.get(f"$P{i}{k}") for i in range(1, n_channels + 1) for k in "EG"))
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = [(i, d) for i in range(n_channels) if (d := channel_decoding(metadata, i, scale)) is not None]
-        if len(_PLANS) >= 256:
-            _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
+    return _PLANS.get(key, lambda: [(i, d) for i in range(n_channels)
+                                    if (d := channel_decoding(metadata, i, scale)) is not None])
 
 
 _MAX_DECADES = 300  # 10**300 is still a finite float64

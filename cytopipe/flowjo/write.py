@@ -62,6 +62,7 @@ from cytopipe.gates import (
     RectangleGate,
     SpectrumMatrix,
 )
+from cytopipe.memo import Memo
 from cytopipe.outputs import atomic_write
 from cytopipe.transforms import Arcsinh, Linear, Log, Logicle, Transform
 
@@ -96,7 +97,7 @@ WORKSPACE_NAME = "gates_fitted.wsp"
 ACQUISITION_MATRIX = "Acquisition-defined"
 
 # Matrix records by matrix (name, detectors, coefficients): the samples of a study share one (see matrix_record).
-_MATRIX_RECORDS: dict[tuple, dict] = {}
+_MATRIX_RECORDS: Memo[dict] = Memo(64)
 
 # Polygon resolution for ellipses: doubled from the first until no event of the sample lies between polygon and
 # ellipse; the last is a safety cap (~140 kB of XML for one gate).
@@ -166,6 +167,14 @@ def file_uri(path: str | os.PathLike[str]) -> str:
 # Characters quote(..., safe="/:") leaves as they are: a path made of them alone needs no quoting.
 _URI_SAFE = re.compile(r"[A-Za-z0-9_.\-~/:]*")
 
+
+
+def _matrix_record(name: str, channels: tuple, spill: Any) -> dict:
+    """The ``gates_fitted.wsp`` record of a matrix: its name, a UUID-shaped id from its content, detectors, rows."""
+    rows = [[float(v) for v in row] for row in spill]
+    digest = hashlib.sha256(repr((name, channels, rows)).encode()).hexdigest()
+    ident = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+    return {"name": name, "id": ident, "channels": list(channels), "rows": rows}
 
 class _TreeBuilder:
     """Converts a strategy's gates for one sample (holds the per-sample lookups)."""
@@ -240,16 +249,8 @@ class _TreeBuilder:
         if self.matrix is None:
             return None
         name, channels, spill = self.matrix
-        key = (name, channels, spill.shape, spill.tobytes())
-        found = _MATRIX_RECORDS.get(key)
-        if found is None:
-            rows = [[float(v) for v in row] for row in spill]
-            digest = hashlib.sha256(repr((name, channels, rows)).encode()).hexdigest()
-            ident = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
-            found = {"name": name, "id": ident, "channels": list(channels), "rows": rows}
-            if len(_MATRIX_RECORDS) >= 64:
-                _MATRIX_RECORDS.clear()
-            _MATRIX_RECORDS[key] = found
+        found = _MATRIX_RECORDS.get((name, channels, spill.shape, spill.tobytes()),
+                                    lambda: _matrix_record(name, channels, spill))
         # A copy for each sample: the record travels in its result and may be changed by whoever receives it.
         return {**found, "channels": list(found["channels"]), "rows": [list(row) for row in found["rows"]]}
 
