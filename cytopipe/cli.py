@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
                               "columns file,subject,timepoint,day), or try the bundled study: "
                               "cytopipe demo DIR && cytopipe run DIR/study.csv")
         sheet = DEFAULT_SHEET
-    if args.scheduler is None and args.workers != 1:
+    if args.scheduler is None and (args.workers or os.cpu_count() or 1) > 1:  # the run's own default of workers
         _no_collections()
     _wsp_notice(args.gates, args.wsp_sample, args.quiet)
     from .batch import run
