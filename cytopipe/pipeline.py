@@ -291,30 +291,6 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-_FREED_MEMORY_KEPT = False
-
-
-def keep_freed_memory() -> None:
-    """glibc: keep freed blocks below 64 MiB in this process for the next sample instead of handing them back to the
-    system, which would fault them in and zero them again for every file (up to ~6,000 page faults, ~10 ms, per
-    million events). Called once per process by the executors of a batch (pool and Dask workers, and a run in the
-    calling process), not by :func:`process_sample` itself: a program calling it directly keeps its own allocator
-    settings. A file's event buffer above that size is still mapped and unmapped, so the peak memory does not
-    change; no effect without glibc."""
-    global _FREED_MEMORY_KEPT
-    _FREED_MEMORY_KEPT = True
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-    mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
-
-
 def process_sample(task: SampleTask) -> SampleResult:
     """Read, compensate, transform, gate and count one sample, and draw its gating plot.
 

@@ -646,9 +646,9 @@ def test_allocator_setting_is_left_to_batch_executors():
         "failure_stage='read')\n"
         "result = pipeline.process_sample(task)\n"
         "assert result.failure is not None\n"
-        "print(pipeline._FREED_MEMORY_KEPT)\n"
+        "print(executors._FREED_MEMORY_KEPT)\n"
         "list(executors._run_in_process([]))\n"
-        "print(pipeline._FREED_MEMORY_KEPT)\n"
+        "print(executors._FREED_MEMORY_KEPT)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]

@@ -73,8 +73,8 @@ def _one_thread() -> Any:
 
 def process_one(task: SampleTask) -> SampleResult:
     """:func:`cytopipe.pipeline.process_sample` with one BLAS thread (what every executor runs), in a process that
-    keeps freed memory for the next sample (:func:`cytopipe.pipeline.keep_freed_memory`)."""
-    _keep_freed_memory()
+    keeps freed memory for the next sample (:func:`keep_freed_memory`)."""
+    keep_freed_memory()
     if _LIMITED_AT is not None:  # a pool worker, limited for good by its initializer
         if len(sys.modules) != _LIMITED_AT:  # a library loaded since (scipy's BLAS in the first fit) is limited too
             _limit_worker()
@@ -83,13 +83,30 @@ def process_one(task: SampleTask) -> SampleResult:
         return process_sample(task)
 
 
-def _keep_freed_memory() -> None:
-    """Once per process: glibc keeps freed blocks for the next sample
-    (:func:`cytopipe.pipeline.keep_freed_memory`)."""
-    from cytopipe import pipeline
+_FREED_MEMORY_KEPT = False
 
-    if not pipeline._FREED_MEMORY_KEPT:
-        pipeline.keep_freed_memory()
+
+def keep_freed_memory() -> None:
+    """glibc: keep freed blocks below 64 MiB in this process for the next sample instead of handing them back to the
+    system, which would fault them in and zero them again for every file (up to ~6,000 page faults, ~10 ms, per
+    million events). Done once per process by the executors of a batch (pool and Dask workers, and a run in the
+    calling process), not by :func:`cytopipe.pipeline.process_sample` itself: a program calling it directly keeps
+    its own allocator settings. A file's event buffer above that size is still mapped and unmapped, so the peak
+    memory does not change; no effect without glibc."""
+    global _FREED_MEMORY_KEPT
+    if _FREED_MEMORY_KEPT:
+        return
+    _FREED_MEMORY_KEPT = True
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+    mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
 
 
 def _process_chunk(tasks: list[SampleTask]) -> list[SampleResult]:
@@ -166,7 +183,7 @@ def _run_in_process(tasks: list[SampleTask]) -> Iterator[SampleResult]:
     (finding the libraries costs ~1.5 ms) and again only after an import may have loaded another one."""
     from contextlib import ExitStack
 
-    _keep_freed_memory()
+    keep_freed_memory()
     with ExitStack() as limits:
         limited_at = None
         for task in tasks:
