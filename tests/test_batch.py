@@ -559,7 +559,7 @@ def test_a_worker_killed_mid_run_loses_no_sample(tmp_path):
     import multiprocessing
     import signal
 
-    from cytopipe.batch.executors import _chunks, _run_pool
+    from cytopipe.batch.executors import _chunks, _file_sizes, _run_pool
     from cytopipe.gatefile import load_strategy
     from cytopipe.pipeline import SampleTask, resolve_treg
     from cytopipe.samplesheet import read_sample_rows
@@ -577,8 +577,9 @@ def test_a_worker_killed_mid_run_loses_no_sample(tmp_path):
     records, _ = read_sample_rows(sheet)
     tasks = [SampleTask(sample=r["sample"], file=r["file"], subject=r["subject"], timepoint=r["timepoint"],
                         day=r["day"], strategy=strategy, treg=treg, parent=parent) for r in records]
-    assert [len(chunk) for chunk in _chunks(tasks, 2)][:3] == [1, 1, 1]
-    assert max(len(chunk) for chunk in _chunks(tasks, 2)) > 1  # the small files go in chunks
+    sizes = _file_sizes(tasks)
+    assert [len(chunk) for chunk in _chunks(tasks, sizes, 2)][:3] == [1, 1, 1]
+    assert max(len(chunk) for chunk in _chunks(tasks, sizes, 2)) > 1  # the small files go in chunks
     others = {p.pid for p in multiprocessing.active_children()}
     seen, killed = [], []
     for result in _run_pool(tasks, 2):

@@ -121,19 +121,25 @@ CHUNK_BYTES = 8 * 2**20
 CHUNK_TASKS = 8
 
 
-def _chunks(tasks: list[SampleTask], workers: int) -> Iterator[list[SampleTask]]:
-    """Consecutive tasks grouped for the pool, by the size of their files (a stat each, as they are sent).
-
-    A chunk holds tasks up to :data:`CHUNK_BYTES` of files and :data:`CHUNK_TASKS` tasks, and at most a
-    ``1 / (4 * workers)`` share of the bytes still to send, so chunks shrink to single files towards the end and the
-    workers finish together (guided scheduling). A large file (a 1M-event file is ~50 MB) is a chunk of its own.
-    """
+def _file_sizes(tasks: list[SampleTask]) -> list[int]:
+    """Bytes of each task's file (0 for a task that fails before a worker reads it, or a file that is missing: it
+    fails at once in the worker): one stat per file, for :func:`_prepare_workers` and :func:`_chunks`."""
     sizes = []
     for task in tasks:
         try:
             sizes.append(os.path.getsize(task.file) if task.failure is None else 0)
         except OSError:
-            sizes.append(0)  # missing: it fails at once in the worker
+            sizes.append(0)
+    return sizes
+
+
+def _chunks(tasks: list[SampleTask], sizes: list[int], workers: int) -> Iterator[list[SampleTask]]:
+    """Consecutive tasks grouped for the pool, by the ``sizes`` of their files (:func:`_file_sizes`).
+
+    A chunk holds tasks up to :data:`CHUNK_BYTES` of files and :data:`CHUNK_TASKS` tasks, and at most a
+    ``1 / (4 * workers)`` share of the bytes still to send, so chunks shrink to single files towards the end and the
+    workers finish together (guided scheduling). A large file (a 1M-event file is ~50 MB) is a chunk of its own.
+    """
     left = sum(sizes)
     chunk: list[SampleTask] = []
     held = 0
@@ -234,21 +240,13 @@ def _pool_context(drawing: bool) -> Any:
 _PREPARE_BYTES = 8 << 20
 
 
-def _prepare_workers(tasks: list[SampleTask], workers: int) -> None:
+def _prepare_workers(tasks: list[SampleTask], sizes: list[int], workers: int) -> None:
     """Build once, before the workers are forked, what each would otherwise build for itself (the strategy's
-    transform tables: ~40 ms per worker, and its polygon grids), when the batch is large enough for every worker
-    to build them anyway."""
+    transform tables: ~40 ms per worker, and its polygon grids), when the batch is large enough (``sizes``: its
+    files' bytes) for every worker to build them anyway."""
     from cytopipe.evaluate import prepare
 
-    total = 0
-    for task in tasks:
-        try:
-            total += os.path.getsize(task.file)
-        except OSError:
-            continue  # the worker reports it
-        if total >= _PREPARE_BYTES * min(workers, len(tasks)):
-            break
-    else:
+    if sum(sizes) < _PREPARE_BYTES * min(workers, len(tasks)):
         return
     strategies = {id(task.strategy): task.strategy for task in tasks[:64]}
     for strategy in list(strategies.values())[:4]:  # per-subject fits: the first few only
@@ -270,8 +268,9 @@ def _run_pool(tasks: list[SampleTask], workers: int, idle: Callable[[], None] | 
     if context is None:
         yield from _run_in_process(tasks)
         return
+    sizes = _file_sizes(tasks)
     if context.get_start_method() == "fork":
-        _prepare_workers(tasks, workers)
+        _prepare_workers(tasks, sizes, workers)
     pending = list(tasks)
     for attempt in range(2):
         lost: list[SampleTask] = []
@@ -279,7 +278,7 @@ def _run_pool(tasks: list[SampleTask], workers: int, idle: Callable[[], None] | 
                                    initializer=_limit_threads)
         try:
             # A retry sends one task at a time: a file that kills its worker again fails alone.
-            chunks = _chunks(pending, workers) if attempt == 0 else ([task] for task in pending)
+            chunks = _chunks(pending, sizes, workers) if attempt == 0 else ([task] for task in pending)
             futures = {pool.submit(_process_chunk, chunk): chunk for chunk in chunks}
             if idle is not None:
                 idle()
