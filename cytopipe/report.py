@@ -154,8 +154,6 @@ def inline_svg(path: str | os.PathLike) -> Markup | None:
             text = handle.read().decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    if "\r" in text:  # as a text-mode read: "\r\n" and "\r" (in user text) become "\n"
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
     return _inline(text)
 
 
@@ -164,8 +162,7 @@ def _figure_inline(fig: Any, path: Path, files: list[tuple[Path, str]]) -> Marku
     its text, not from the file); ``(path, text)`` is added to ``files``, for :func:`_write_files`."""
     text = figure_file_text(fig, path)
     files.append((path, text))
-    # Reading in text mode turns "\r\n" and "\r" (in user text) into "\n".
-    return _inline(text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _inline(text)
 
 
 def _html_parts(context: dict[str, Any], files: list[tuple[Path, str]]) -> None:
@@ -188,7 +185,9 @@ def _write_files(files: list[tuple[Path, str]]) -> None:
 
 
 def _inline(text: str) -> Markup | None:
-    """:func:`inline_svg` of an SVG file's text."""
+    """:func:`inline_svg` of an SVG file's text (line ends as a text-mode read gives them)."""
+    if "\r" in text:  # as a text-mode read: "\r\n" and "\r" (in user text) become "\n"
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     start = text.find("<svg")
     if start < 0:
         return None
