@@ -194,6 +194,14 @@ def _parent_values(result: Any, pop: Any, n_events: int, kept: bool = True
     return values, _member_of(result, pop.name, _every(rows, step, n_events)) if inside is None else inside, n_parent
 
 
+def _values_at(result: Any, gate: Any, rows: np.ndarray) -> np.ndarray:
+    """The values ``gate`` was evaluated on, at the event indices ``rows``."""
+    try:
+        return np.asarray(result.values(gate, rows))
+    except TypeError:  # a result without row selection
+        return np.asarray(result.values(gate))[rows]
+
+
 def _every(rows: np.ndarray | None, step: int, n_events: int) -> np.ndarray:
     """Every ``step``-th of the event indices ``rows`` (``None``: of all events)."""
     return np.arange(0, n_events, step) if rows is None else rows[::step]
@@ -332,21 +340,14 @@ def _backgating_panel(result: Any, scatter: Any, treg_name: str, n_events: int, 
     scatter gate's panel, whose axes and counts (the same events) are reused, with its gate dashed."""
     panel = Panel(*_panel_box(index), _PLOT, _PLOT)
     if on is None:
-        every = np.arange(0, n_events, max(1, -(-n_events // _MAX_PLOT_EVENTS)))
-        try:
-            xy = np.asarray(result.values(scatter.gate, every))
-        except TypeError:  # a result without row selection
-            xy = np.asarray(result.values(scatter.gate))[every]
+        xy = _values_at(result, scatter.gate, np.arange(0, n_events, max(1, -(-n_events // _MAX_PLOT_EVENTS))))
     else:
         xy = None
     # Every Treg event (every k-th above the cap) in red: a rare population must not vanish in the stride.
     tregs = _members(result, treg_name)
     n_treg = int(tregs.size)
     tregs = tregs[:: max(1, -(-n_treg // _MAX_PLOT_EVENTS))]
-    try:
-        treg_xy = np.asarray(result.values(scatter.gate, tregs))
-    except TypeError:  # a result without row selection
-        treg_xy = np.asarray(result.values(scatter.gate))[tregs]
+    treg_xy = _values_at(result, scatter.gate, tregs)
     on = _density_panel(panel, None if xy is None else xy[:, :2], scatter.gate.dimensions, None, None,
                         treg_xy[:, :2], on=on)
     panel.title = [f"Back-gating: {_short(treg_name, 16)}", f"{n_treg:,} events (red) on scatter"]
