@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -85,18 +86,11 @@ class Sample:
         query = str(name).strip().casefold()
         try:
             found = _unique_match(self.channels, self.markers, query)
-        except TypeError:  # channels or markers given as lists: looked up below
-            found = None
+        except TypeError:  # channels or markers given as lists: not cached
+            found = _first_unique(_rule_hits(self.channels, self.markers, query))
         if found is not None:
             return found
-        rules = (
-            [i for i, c in enumerate(self.channels) if c.casefold() == query],
-            [i for i, m in enumerate(self.markers) if m and m.casefold() == query],
-            [i for i, m in enumerate(self.markers) if query in _marker_tokens(m)],
-        )
-        for hits in rules:
-            if len(hits) == 1:
-                return hits[0]
+        rules = list(_rule_hits(self.channels, self.markers, query))
         where = self.path or "<in-memory sample>"
         for hits in rules:
             if hits:
@@ -118,16 +112,20 @@ def _unique_match(channels: tuple[str, ...], markers: tuple[str, ...], query: st
     """The channel the first rule of :meth:`Sample.find_channel` with exactly one hit gives, or None (no channel, or
     an ambiguous rule first: the caller then raises). Cached: the files of a study share their channels and markers,
     and every gate dimension and reference population looks its channel up in every sample."""
-    rules = (
-        lambda: [i for i, c in enumerate(channels) if c.casefold() == query],
-        lambda: [i for i, m in enumerate(markers) if m and m.casefold() == query],
-        lambda: [i for i, m in enumerate(markers) if query in _marker_tokens(m)],
-    )
-    for rule in rules:
-        hits = rule()
-        if len(hits) == 1:
-            return hits[0]
-    return None
+    return _first_unique(_rule_hits(channels, markers, query))
+
+
+def _rule_hits(channels: Sequence[str], markers: Sequence[str], query: str) -> Iterator[list[int]]:
+    """The channels each rule of :meth:`Sample.find_channel` matches, rule by rule (a rule is tried only when the
+    ones before it are asked past)."""
+    yield [i for i, c in enumerate(channels) if c.casefold() == query]
+    yield [i for i, m in enumerate(markers) if m and m.casefold() == query]
+    yield [i for i, m in enumerate(markers) if query in _marker_tokens(m)]
+
+
+def _first_unique(rules: Iterable[list[int]]) -> int | None:
+    """The channel of the first rule with exactly one hit, or None."""
+    return next((hits[0] for hits in rules if len(hits) == 1), None)
 
 
 @lru_cache(maxsize=4096)
