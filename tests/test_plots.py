@@ -146,6 +146,34 @@ def test_histogram2d_matches_numpy() -> None:
     assert np.array_equal(ours, theirs.astype(int))
 
 
+@pytest.mark.parametrize("n", [1, 5, 300, 1_000, 2_000, 12_345])
+def test_axis_ranges_are_the_order_statistics_numpy_partition_gives(n: int) -> None:
+    from cytopipe.plots import _order_stats, _ranges
+
+    rng = np.random.default_rng(n)
+    columns = [rng.normal(0, 1, n), rng.lognormal(0, 2, n), rng.integers(0, 3, n) * 1.0,  # heavy ties
+               np.sort(rng.normal(0, 1, n)), np.full(n, 7.0)]  # sorted, constant
+    values = np.asfortranarray(np.column_stack(columns).astype(np.float32))
+    some = values[:: max(1, -(-n // 2_000))]
+    m = some.shape[0]
+    ranks = (int(0.002 * (m - 1)), int(np.ceil(0.998 * (m - 1))))
+    expected = np.partition(some, ranks, axis=0)[list(ranks)].T.tolist()
+    assert [list(r) for r in _ranges(values)] == expected
+    for low, high in ((0, m - 1), (min(3, m - 1), max(m - 4, 0)), (min(15, m - 1), max(m - 16, 0))):
+        ends = np.partition(some, (low, high), axis=0)
+        expected = list(zip(ends[low].tolist(), ends[high].tolist(), strict=True))
+        assert _order_stats(np.asfortranarray(some), low, high) == expected
+    with_nan = values.copy()
+    with_nan[::3, 0] = np.nan  # each column on its finite values
+    column = with_nan[:: max(1, -(-n // 2_000)), 0]
+    finite = column[np.isfinite(column)]
+    if finite.size:
+        ranks = (int(0.002 * (finite.size - 1)), int(np.ceil(0.998 * (finite.size - 1))))
+        assert _ranges(with_nan)[0] == tuple(np.partition(finite, ranks)[list(ranks)].tolist())
+    else:
+        assert _ranges(with_nan)[0] == (0.0, 1.0)
+
+
 def test_logicle_ticks_are_intensities() -> None:
     ticks = dict((label, pos) for pos, label in transform_ticks(LOGICLE, (0.0, 1.0)))
     assert {"0", "10³", "10⁴", "10⁵"} <= set(ticks)
