@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +256,10 @@ def _cells(values: pd.Series) -> list[str]:
         return [f"{x:,}" for x in values.tolist()]
     if kind == "b":
         return ["yes" if x else "no" for x in values.tolist()]
-    return [_cell(v) for v in values]
+    cells = values.tolist()
+    if all(cell.__class__ is str for cell in cells):  # text: each cell is its own _cell (half of a QC table's cells)
+        return cells
+    return [_cell(v) for v in cells]
 
 
 def _body(rows: list[list[str]]) -> Markup:
@@ -522,7 +526,10 @@ def render_from_tables(results_dir: str | os.PathLike, tables: dict[str, pd.Data
         taken as a reading of its file would give it (:func:`_as_read`), so the report and ``baseline.csv`` are
         the bytes ``cytopipe report`` writes from the folder.
     **options
-        The keyword arguments of :func:`render_report`.
+        The keyword arguments of :func:`render_report`, and: ``manifest``, the folder's ``manifest.json`` as
+        :func:`json.loads` reads it, when the file is not written yet (default: read from the folder);
+        ``meanwhile``, a function this process calls once ``report.html`` is written, while the child laying out the
+        PDF still runs (a run writes its own files then).
 
     Returns
     -------
@@ -544,9 +551,13 @@ _OPTIONAL = ("populations", "failures", "gates_fitted", "sensitivity", "gate_dri
 def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | os.PathLike | pd.DataFrame | None = None,
             cva: float = 10.0, cvi: float = 10.0, z: float = 1.96, pdf: bool = True, plots: bool = True,
             min_treg_events: int = 100, min_cd4_events: int = 2000, printer: Printer | None = None,
-            pdf_engine: str = "native", figures: dict[str, Markup] | None = None
-            ) -> tuple[Path, dict[str, pd.DataFrame]]:
-    """:func:`render_report` of tables as :func:`_read_table` reads them: ``report.html`` and the tables written."""
+            pdf_engine: str = "native", figures: dict[str, Markup] | None = None, manifest: dict | None = None,
+            meanwhile: Callable[[], Any] | None = None) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """:func:`render_report` of tables as :func:`_read_table` reads them: ``report.html`` and the tables written.
+
+    ``manifest``: the folder's ``manifest.json`` as read (default: read from the folder). ``meanwhile``: called
+    once the HTML is written, while the PDF child may still run.
+    """
     treg_path = results / "treg.csv"
     if pdf_engine not in ("native", "chromium"):
         raise ConfigError(f"pdf_engine must be 'native' or 'chromium', not {pdf_engine!r}")
@@ -558,13 +569,13 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
             raise ConfigError(f"{treg_path}: column {column!r} holds {str(bad)[:40]!r}, not a number (the file is "
                               "not a treg.csv written by cytopipe run)")
     optional = {name: tables.get(name) for name in _OPTIONAL}
-    manifest: dict[str, Any] = {}
     manifest_path = results / "manifest.json"
-    if manifest_path.is_file():
+    if manifest is None and manifest_path.is_file():
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{manifest_path}: not valid JSON: {err}") from None
+    manifest = manifest if manifest is not None else {}
     clinical_table, clinical_source = _load_clinical(clinical, results, manifest)
 
     if "tcon_events" not in treg and {"cd4_events", "treg_events"} <= set(treg.columns):
@@ -600,6 +611,8 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
             (results / "correlation.csv").unlink(missing_ok=True)  # from an earlier rendering with clinical data
         with atomic_open(out, "w") as handle:  # streamed: no 17 MB page held in memory for 500 samples
             handle.writelines(template.generate(**context, for_print=False))
+        if meanwhile is not None:
+            meanwhile()
     finally:
         written_files = writer is not None and writer.result()[0]
         done = child.result() if child is not None else (False, None)  # both children waited for, whatever fails

@@ -176,6 +176,26 @@ def test_rerun_uses_the_cache_and_adding_a_file_computes_only_it(study, tmp_path
     assert sorted(regated.computed) == sorted(fresh.computed)
 
 
+def test_the_runs_own_files_written_beside_the_report(study, tmp_path):
+    """With a report, the tables, gates_fitted.wsp and manifest.json are written by a forked child while the report
+    renders (from the manifest's text in memory): the same bytes as a run without a report writes itself, and a file
+    that cannot be written still stops the run with the error naming it."""
+    sheet, gates, _ = study
+    with_report = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "a", workers=1, plots=False)
+    without = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "b", workers=1, plots=False, report=False)
+    for name in ("populations.csv", "treg.csv", "failures.csv", "gates_fitted.wsp", "manifest.json"):
+        assert (with_report.out / name).read_bytes() == (without.out / name).read_bytes(), name
+    manifest = json.loads((with_report.out / "manifest.json").read_text())
+    html = (with_report.out / "report.html").read_text()
+    assert manifest["gates"]["sha256"] in html and manifest["inputs"][0]["sha256"] in html  # its provenance
+    blocked = tmp_path / "c"
+    (blocked / "manifest.json").mkdir(parents=True)
+    with pytest.raises(OSError) as err:
+        quiet_run(sheet=sheet, gates=gates, out=blocked, workers=1, plots=False)
+    assert str(err.value.filename).endswith("manifest.json")
+    assert (blocked / "treg.csv").read_bytes() == (without.out / "treg.csv").read_bytes()
+
+
 def test_a_corrupt_file_fails_alone(study, serial, tmp_path):
     sheet, gates, labels = study
     folder = tmp_path / "study"

@@ -28,14 +28,15 @@ from .executors import _one_thread, _pool_context, _run_dask, _run_in_process, _
 from .progress import Progress, _progress_mode
 from .tables import (
     _baseline,
+    _chosen_tables,
     _drift,
+    _manifest_text,
     _reference_qc,
     _remove_stale_temporaries,
     _tables,
     _versions,
-    _write_manifest,
-    _write_tables,
-    _write_workspace,
+    _workspace_text,
+    _write_outputs,
 )
 
 if TYPE_CHECKING:
@@ -347,23 +348,36 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     if mode == "flagged":
         _draw_flagged(tables["baseline"], tasks, settings, str((out / "plots").resolve()), cache, n_workers,
                       scheduler, log)
-    written = _write_tables(tables, out, baseline=not report)
-    workspace = _write_workspace(out, results, log)
+    written, stale = _chosen_tables(tables, baseline=not report)
+    wsp_text, workspace = _workspace_text(results, log)
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
                        "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
                        "z": z, "drift_limit": drift_limit, "plots": mode, "treg": treg_name, "parent": parent_name,
                        "panel": panel_file.record() if panel_file is not None else None, "pregated": pregated,
                        "values": {"scale": strategy.scale, "decoding": SCALES[strategy.scale], "precision": "float32"}}
-    _write_manifest(out, sheet, gates, strategy, table, results, settings_record, workspace)
-    if report:
-        from cytopipe.report import render_from_tables
+    manifest = _manifest_text(sheet, gates, strategy, table, results, settings_record, workspace)
 
-        # The report renders from the tables just written (not re-read from the folder) and writes baseline.csv
-        # (same settings, plus columns from populations.csv): return that one. The PDF is written natively
-        # (cytopipe.pdf): no Chromium is started for it.
-        tables["baseline"] = render_from_tables(
-            out, written, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
-            figures=figures.inlined if figures is not None else None)["baseline"]
+    unwritten = [True]
+
+    def write_outputs() -> None:  # once
+        if unwritten:
+            unwritten.clear()
+            _write_outputs(out, written, stale, wsp_text, manifest)
+
+    try:
+        if report:
+            from cytopipe.report import render_from_tables
+
+            # The report renders from the tables (not re-read from the folder) and the manifest's text, and writes
+            # baseline.csv (same settings, plus columns from populations.csv): return that one. Its PDF is laid
+            # out natively (cytopipe.pdf) by a forked child: this process writes the tables, gates_fitted.wsp and
+            # manifest.json meanwhile, once report.html is written, instead of before the report.
+            tables["baseline"] = render_from_tables(
+                out, written, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
+                figures=figures.inlined if figures is not None else None, manifest=json.loads(manifest),
+                meanwhile=write_outputs)["baseline"]
+    finally:
+        write_outputs()  # without a report, or one that stopped before writing them
 
     computed = [task.sample for task, _ in todo]
     done_here = set(computed)

@@ -161,38 +161,56 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _write_tables(tables: dict[str, pd.DataFrame], out: Path, baseline: bool = True) -> dict[str, pd.DataFrame]:
-    """Write the result tables; return those written by file stem (what the report renders from).
+def _chosen_tables(tables: dict[str, pd.DataFrame], baseline: bool = True
+                   ) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The result tables to write, by file stem (what the report renders from), and the stems of the stale files
+    to remove (see :func:`_write_outputs`).
 
     ``baseline=False`` leaves ``baseline.csv`` to the report, which writes it with the columns that need
     ``populations.csv`` (the file is written once, not twice).
     """
-    written = {}
-    for name in ("populations", "treg", "baseline", "failures"):
-        if name != "baseline" or baseline:
-            write_csv(tables[name], out / f"{name}.csv")
-            written[name] = tables[name]
+    written = {name: tables[name] for name in ("populations", "treg", "baseline", "failures")
+               if name != "baseline" or baseline}
     # Tables that exist only for data-driven gates: a stale one from an earlier run with other gates would mislead.
     # gate_drift.csv is written whenever gates were fitted (only its header when none was fitted per sample).
     fitted = not tables["fitted"].empty
+    stale = []
     for name, key, wanted in (("gates_fitted", "fitted", fitted),
                               ("sensitivity", "sensitivity", not tables["sensitivity"].empty),
                               ("gate_drift", "drift", fitted or not tables["drift"].empty)):
         if wanted:
-            write_csv(tables[key], out / f"{name}.csv")
             written[name] = tables[key]
         else:
-            (out / f"{name}.csv").unlink(missing_ok=True)
-    return written
+            stale.append(name)
+    return written, stale
 
 
-def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> dict:
+def _write_outputs(out: Path, written: dict[str, pd.DataFrame], stale: list[str], workspace: str | None,
+                   manifest: str) -> None:
+    """Write the run's own files: the tables of :func:`_chosen_tables` (removing its stale ones),
+    ``gates_fitted.wsp`` (:func:`_workspace_text`; removed when ``None``) and ``manifest.json``
+    (:func:`_manifest_text`)."""
+    from cytopipe.flowjo.write import WORKSPACE_NAME
+
+    for name, table in written.items():
+        write_csv(table, out / f"{name}.csv")
+    for name in stale:
+        (out / f"{name}.csv").unlink(missing_ok=True)
+    if workspace is None:
+        (out / WORKSPACE_NAME).unlink(missing_ok=True)  # a stale one from an earlier run would mislead
+    else:
+        atomic_write(out / WORKSPACE_NAME, workspace.encode("utf-8"))
+    atomic_write(out / "manifest.json", manifest)
+
+
+def _workspace_text(results: list[SampleResult], log: Progress) -> tuple[str | None, dict]:
     """``gates_fitted.wsp``: every counted sample with its own gates, for FlowJo (subject, day, sample order).
 
-    Samples whose gates FlowJo cannot hold are left out with one error line; with none left the file is removed
-    (a stale one from an earlier run would mislead). Returns the ``manifest.json`` record.
+    Samples whose gates FlowJo cannot hold are left out with one error line. Returns the file's text (``None``
+    when no sample is left: :func:`_write_outputs` then removes the file) and its ``manifest.json`` record.
     """
-    from cytopipe.flowjo.write import WORKSPACE_NAME, write_workspace
+    from cytopipe.flowjo.render import join_workspace, sample_fragment
+    from cytopipe.flowjo.write import WORKSPACE_NAME
 
     ordered = sorted((r for r in results if r.workspace is not None), key=lambda r: (r.subject, r.day, r.sample))
     trees = [r.workspace for r in ordered if "error" not in r.workspace]
@@ -200,22 +218,23 @@ def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> d
     if left_out:
         first = next(iter(left_out.items()))
         log.warning(f"{WORKSPACE_NAME}: {len(left_out)} sample(s) left out, e.g. {first[0]}: {first[1]}")
-    target = out / WORKSPACE_NAME
     if not trees:
-        target.unlink(missing_ok=True)
-        return {"file": None, "samples": 0, "left_out": left_out}
+        return None, {"file": None, "samples": 0, "left_out": left_out}
     subjects: dict[str, list[str]] = {}
     for r in ordered:
         if "error" not in r.workspace:
             subjects.setdefault(f"subject {r.subject}", []).append(r.workspace["name"])
-    size = write_workspace(target, trees, groups=subjects)
-    return {"file": WORKSPACE_NAME, "samples": len(trees), "bytes": size, "left_out": left_out}
+    # As cytopipe.flowjo.write.write_workspace renders and encodes it (the bytes are counted without encoding
+    # them here when the text is ASCII, as it almost always is).
+    text = join_workspace([tree if "xml" in tree else sample_fragment(tree) for tree in trees], subjects)
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    return text, {"file": WORKSPACE_NAME, "samples": len(trees), "bytes": size, "left_out": left_out}
 
 
-def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLike, strategy: Any,
-                    table: pd.DataFrame, results: list[SampleResult], settings: dict,
-                    workspace: dict | None = None) -> None:
-    """``manifest.json``: versions, inputs with their SHA-256, the sheet and gate texts, settings, command line."""
+def _manifest_text(sheet: str | os.PathLike, gates: str | os.PathLike, strategy: Any, table: pd.DataFrame,
+                   results: list[SampleResult], settings: dict, workspace: dict | None = None) -> str:
+    """The text of ``manifest.json``: versions, inputs with their SHA-256, the sheet and gate texts, settings,
+    command line (written by :func:`_write_outputs`)."""
     controls = table[table["role"] != "sample"]
     rows: dict[str, dict] = {}
     for rec in table.to_dict("records"):
@@ -238,7 +257,7 @@ def _write_manifest(out: Path, sheet: str | os.PathLike, gates: str | os.PathLik
         "failed": sorted({r.sample for r in results if r.failure is not None}),
         "flowjo_workspace": workspace or {},
     }
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    return json.dumps(manifest, indent=2, default=str) + "\n"
 
 
 def _row_panel(rec: dict | None, settings: dict) -> dict[str, Any]:
