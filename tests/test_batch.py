@@ -150,6 +150,24 @@ def test_two_workers_give_byte_identical_csvs(study, serial, tmp_path):
     assert read_bytes(tmp_path) == read_bytes(serial.out)
 
 
+def _entry_keys(out: Path) -> list[str]:
+    return sorted(line.split(" ")[1] for line in (out / ".cache" / "entries.log").read_text().split("\n")
+                  if line.startswith("R "))
+
+
+def test_pool_workers_store_their_own_results_in_the_cache(study, serial, tmp_path):
+    """In a pool run each worker appends its samples' cache entries itself: one whole entry per sample under the
+    keys a serial run uses, which a re-run takes every sample from, byte-identically."""
+    sheet, gates, _ = study
+    fast = {"plots": False, "report": False}
+    first = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "pool", workers=2, **fast)
+    in_process = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "serial", workers=1, **fast)
+    assert _entry_keys(first.out) == _entry_keys(in_process.out) and len(_entry_keys(first.out)) == len(serial.computed)
+    again = quiet_run(sheet=sheet, gates=gates, out=first.out, workers=2, **fast)
+    assert again.computed == [] and sorted(again.cached) == sorted(first.computed)
+    assert read_bytes(again.out) == read_bytes(in_process.out)
+
+
 def test_rerun_uses_the_cache_and_adding_a_file_computes_only_it(study, tmp_path):
     sheet, gates, _ = study
     folder = tmp_path / "grow"

@@ -140,13 +140,24 @@ class ResultCache:
         result.cached = True
         return result
 
-    def put(self, key: str, result: SampleResult) -> None:
+    def put(self, key: str, result: SampleResult, remember: bool = True) -> None:
         """Store a successful result with the checksum of its content, and its file's SHA-256, in one append (a
-        cache that cannot be written is skipped)."""
+        cache that cannot be written is skipped).
+
+        ``remember=False``: append it only (a pool worker appending its own samples, see :meth:`share`), without
+        keeping the entry in memory for :meth:`get`.
+        """
         text = _result_text(result)
         checksum = _sha_text(text)
-        self._entries[key] = (checksum, text)
+        if remember:
+            self._entries[key] = (checksum, text)
         self._append(f"{self._file_line(result.file, result.sha256)}R {key} {checksum} {text}\n")
+
+    def share(self) -> None:
+        """Open the log for appending before worker processes are forked from this one, so that they append to it
+        through the same open file (each sample's lines in one ``write``, as :meth:`put` does here) and this
+        process's :meth:`close` syncs what they wrote. A torn last line is ended first."""
+        self._append("")
 
     def _append(self, text: str) -> None:
         data = text.encode("utf-8")
@@ -155,7 +166,8 @@ class ResultCache:
                 self._fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             if self._torn:
                 data = b"\n" + data
-            os.write(self._fd, data)  # one write: a concurrent run's lines never interleave with ours
+            if data:
+                os.write(self._fd, data)  # one write: a concurrent run's lines never interleave with ours
             self._torn = False
         except OSError:
             return  # a full or read-only cache costs a recomputation next time, not this run

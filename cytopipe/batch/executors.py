@@ -16,6 +16,8 @@ from cytopipe.pipeline import (
     process_sample,
 )
 
+from .cache import ResultCache, task_key
+
 # What process_sample imports (plots only when drawing; autogate only for data-driven gates): numpy and cytopipe's
 # own modules, no pandas or scipy.
 # process_sample's own lazy imports (adapt, panel, qc, reference) are preloaded too: each forked worker would
@@ -110,8 +112,49 @@ def keep_freed_memory() -> None:
 
 
 def _process_chunk(tasks: list[SampleTask]) -> list[SampleResult]:
-    """:func:`process_one` for each task of a chunk (what a pool worker runs; see :func:`_chunks`)."""
-    return [process_one(task) for task in tasks]
+    """:func:`process_one` for each task of a chunk (what a pool worker runs; see :func:`_chunks`), each result
+    stored in the run's cache as it is made when the worker was forked with the cache (:class:`WorkerStore`)."""
+    results = []
+    for task in tasks:
+        result = process_one(task)
+        if _STORE is not None:
+            _STORE.put(task, result)
+        results.append(result)
+    return results
+
+
+class WorkerStore:
+    """A pool run's result cache as its forked workers inherit it: each worker appends the entry of every sample it
+    finishes to the cache's log itself (encoding, checksum and ``write``), instead of the process that started the
+    run doing it for every sample as the results arrive (~0.15 ms each, while the workers gate on every core).
+
+    Parameters
+    ----------
+    cache : cytopipe.batch.cache.ResultCache
+        The run's cache (its log is opened before the workers are forked: :meth:`ResultCache.share`).
+    settings : dict
+        Sample -> its cache settings (:func:`cytopipe.batch.cache.task_key`).
+
+    Attributes
+    ----------
+    in_workers : bool
+        Whether the workers store the results (set by :func:`_run_pool` when it forks them); otherwise the caller
+        stores each result with :meth:`put`.
+    """
+
+    def __init__(self, cache: ResultCache, settings: dict[str, str]) -> None:
+        self.cache, self.settings = cache, settings
+        self.in_workers = False
+
+    def put(self, task: SampleTask, result: SampleResult) -> None:
+        """Store a successful result (in a worker: appended only, not kept in its memory)."""
+        if result.ok and result.sha256:
+            self.cache.put(task_key(task, result.sha256, self.settings[task.sample]), result,
+                           remember=not self.in_workers)
+
+
+#: In a pool worker forked with the run's cache: where it stores its results (see :class:`WorkerStore`).
+_STORE: WorkerStore | None = None
 
 
 #: File bytes of one chunk of pool tasks: ~50 ms of a worker's time on 20k-event files, against ~0.2 ms of the
@@ -253,24 +296,40 @@ def _prepare_workers(tasks: list[SampleTask], sizes: list[int], workers: int) ->
         prepare(strategy)
 
 
-def _run_pool(tasks: list[SampleTask], workers: int, idle: Callable[[], None] | None = None
-              ) -> Iterator[SampleResult]:
+def _run_pool(tasks: list[SampleTask], workers: int, idle: Callable[[], None] | None = None,
+              store: WorkerStore | None = None) -> Iterator[SampleResult]:
     """Process tasks in a pool of ``workers`` processes, in chunks of small files (:func:`_chunks`); yields results
     as their chunks finish (``idle`` is called once the tasks are submitted, while this process would only wait).
+    Workers forked from this process store their results in ``store`` themselves (``store.in_workers`` is then
+    set before the first result is yielded).
 
     A worker that dies (e.g. killed for memory) breaks the pool; the unfinished tasks are retried once in a fresh
     pool and those lost again become failures, so one pathological file cannot sink the batch.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
     context = _pool_context(any(task.plots_dir is not None for task in tasks))
     if context is None:
         yield from _run_in_process(tasks)
         return
+    global _STORE
     sizes = _file_sizes(tasks)
     if context.get_start_method() == "fork":
         _prepare_workers(tasks, sizes, workers)
+        if store is not None:
+            store.cache.share()
+            store.in_workers = True
+            _STORE = store  # inherited by the workers forked below
+    try:
+        yield from _pool_attempts(tasks, sizes, workers, context, idle)
+    finally:
+        _STORE = None
+
+
+def _pool_attempts(tasks: list[SampleTask], sizes: list[int], workers: int, context: Any,
+                   idle: Callable[[], None] | None) -> Iterator[SampleResult]:
+    """The pools of :func:`_run_pool`: the tasks in chunks, then those lost with a dead worker once more, alone."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
     pending = list(tasks)
     for attempt in range(2):
         lost: list[SampleTask] = []

@@ -24,7 +24,7 @@ from cytopipe.pipeline import (
 )
 
 from .cache import CACHE_DIR, ResultCache, task_key
-from .executors import _one_thread, _pool_context, _run_dask, _run_in_process, _run_pool
+from .executors import WorkerStore, _one_thread, _pool_context, _run_dask, _run_in_process, _run_pool
 from .progress import Progress, _progress_mode
 from .tables import (
     _baseline,
@@ -621,12 +621,13 @@ def _plan(strategy: Any, records: list[SheetRow], treg: str, parent: str | None,
 
 def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: int, scheduler: str | None,
              scheduler_timeout: float = 300.0, idle: Callable[[], None] | None = None) -> Iterator[SampleResult]:
-    """Run the tasks in process, in a pool or on Dask; cache each successful result as soon as it arrives.
+    """Run the tasks in process, in a pool or on Dask; cache each successful result as soon as it is made (by the
+    pool worker that made it, or here as it arrives).
 
     ``idle`` is called once the tasks are with the workers (pool or Dask), while this process waits for them.
     """
     tasks = [task for task, _ in todo]
-    setting_of = {task.sample: setting for task, setting in todo}
+    store = WorkerStore(cache, {task.sample: setting for task, setting in todo})
     task_of = {task.sample: task for task in tasks}
     if not tasks:
         return
@@ -635,11 +636,11 @@ def _execute(todo: list[tuple[SampleTask, str]], cache: ResultCache, workers: in
     elif workers == 1 or len(tasks) == 1:
         results = _run_in_process(tasks)
     else:
-        results = _run_pool(tasks, workers, idle)
+        results = _run_pool(tasks, workers, idle, store)  # forked workers store their results themselves
     try:
         for result in results:
-            if result.ok and result.sha256:
-                cache.put(task_key(task_of[result.sample], result.sha256, setting_of[result.sample]), result)
+            if not store.in_workers:
+                store.put(task_of[result.sample], result)
             yield result
     finally:
         cache.close()
