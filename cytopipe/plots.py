@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from cytopipe.outputs import atomic_write
-from cytopipe.svg import Axis, Figure, Panel, density_png, nice_ticks, path_d, render, transform_ticks
+from cytopipe.svg import Axis, Figure, Panel, density_png, nice_ticks, path_d, render, trace, transform_ticks
 
 if TYPE_CHECKING:  # pandas only for the per-subject figures: worker processes draw gating figures without it
     import pandas as pd
@@ -64,8 +64,14 @@ def save_figure(fig: Figure, path: str | os.PathLike, ident: str | None = None) 
     path = Path(path)
     if path.suffix.lower() != ".svg":
         path = path.with_name(path.name + ".svg")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, figure_file_text(fig, path, ident).encode("utf-8"))  # bytes: one buffered write
+    data = figure_file_text(fig, path, ident).encode("utf-8")  # bytes: one buffered write
+    try:
+        atomic_write(path, data)
+    except FileNotFoundError:  # its folder is missing (a worker writes many figures to one: no check each time)
+        if path.parent.is_dir():
+            raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)
     return path
 
 
@@ -168,29 +174,58 @@ def _bin(values: np.ndarray, origin: Any, scale: Any, bins: int) -> np.ndarray:
     origin, scale = np.asarray(origin, dtype=float), np.asarray(scale, dtype=float)
     # (value - (origin - 1 / scale)) * scale is 1 + (value - origin) * scale: the shift by one cell rides along,
     # and truncation towards zero then puts (origin - one bin, origin) in cell 0.
-    cells = np.subtract(values, (origin - 1 / scale).astype(np.float32), dtype=np.float32)
+    order = "F" if values.flags.f_contiguous else "C"
+    cells = np.empty(values.shape, dtype=np.float32, order=order)
+    np.subtract(values, (origin - 1 / scale).astype(np.float32), out=cells, dtype=np.float32)
     cells *= scale.astype(np.float32)
-    np.fmax(cells, np.float32(0), out=cells)  # fmax also turns NaN into 0
-    np.minimum(cells, np.float32(bins + 1), out=cells)
+    every = cells.reshape(-1, order=order)  # all cells, a view
+    np.fmax(every, _filled(0, every.size), out=every)  # fmax also turns NaN into 0
+    np.minimum(every, _filled(bins + 1, every.size), out=every)
     return cells.astype(np.int32)
 
 
-def _counts(xy: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], bins: int = _BINS) -> np.ndarray:
-    """``(bins, bins)`` event counts of the two columns of ``xy`` as an image: rows are y bins from the top,
-    columns x bins from the left (the values outside the limits land in border cells, dropped). Both columns in
-    the same passes (the gating's values are in Fortran order), one :func:`numpy.bincount`."""
+def _filled(value: int, size: int) -> np.ndarray | np.float32:
+    """``size`` float32 copies of ``value`` (a view of a cached array; a float32 scalar above 2**16): numpy's
+    maximum and minimum of two arrays run in SIMD loops, of an array and a scalar ~4x slower."""
+    if size > 1 << 16:
+        return np.float32(value)
+    return _filled_block(value, max(size - 1, 1).bit_length())[:size]
+
+
+@lru_cache(maxsize=32)
+def _filled_block(value: int, bits: int) -> np.ndarray:
+    block = np.full(1 << bits, value, dtype=np.float32)
+    block.flags.writeable = False
+    return block
+
+
+def _raster(xy: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], bins: int = _BINS) -> np.ndarray:
+    """Event counts of the two columns of ``xy`` as the rows of a PNG image (:func:`cytopipe.svg.density_png`):
+    ``(bins, bins + 1)``, rows the y bins from the top, column 0 zero (each row's filter byte), then the x bins
+    from the left; values outside the limits are dropped. Both columns binned in the same passes (the gating's
+    values are in Fortran order), one :func:`numpy.bincount`.
+
+    Notes
+    -----
+    Cells are counted at ``y * (bins + 1) + x`` (``x, y`` in ``0..bins + 1``, :func:`_bin`): a row of the image
+    is bins + 1 counts, so the values left of the limits (x = 0) land in their row's column 0, and those right of
+    them (x = bins + 1) in the next row's column 0; both are then zeroed. The rows above and below the limits lie
+    outside the slice taken.
+    """
     cells = _bin(np.asfortranarray(xy), (xlim[0], ylim[1]), (bins / (xlim[1] - xlim[0]), -bins / (ylim[1] - ylim[0])),
                  bins)
-    flat = cells[:, 1] * (bins + 2)
+    flat = np.multiply(cells[:, 1], bins + 1, dtype=np.intp)
     flat += cells[:, 0]
-    return np.bincount(flat, minlength=(bins + 2) ** 2).reshape(bins + 2, bins + 2)[1:-1, 1:-1]
+    rows = np.bincount(flat, minlength=(bins + 1) ** 2)[bins + 1:(bins + 1) ** 2].reshape(bins, bins + 1)
+    rows[:, 0] = 0
+    return rows
 
 
 def histogram2d(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float],
                 bins: int = _BINS) -> np.ndarray:
     """``(bins, bins)`` event counts (x along the first axis), as :func:`numpy.histogram2d` on equal half-open bins:
-    the figures' own binning (:func:`_counts`), turned from image rows to numpy's layout."""
-    return _counts(np.column_stack([x, y]), xlim, ylim, bins)[::-1].T
+    the figures' own binning (:func:`_raster`), turned from image rows to numpy's layout."""
+    return _raster(np.column_stack([x, y]), xlim, ylim, bins)[::-1, 1:].T
 
 
 def _treg_name(strategy: Any, treg: str | None) -> str | None:
@@ -283,7 +318,8 @@ def _panel_box(index: int) -> tuple[float, float]:
 
 
 class _Density:
-    """A density panel's axes and counts, kept so the back-gating panel can draw on the root scatter gate's."""
+    """A density panel's axes and counts (:func:`_raster`), kept so the back-gating panel can draw on the root
+    scatter gate's."""
 
     def __init__(self, xlim: tuple[float, float], ylim: tuple[float, float], counts: np.ndarray) -> None:
         self.xlim, self.ylim, self.counts = xlim, ylim, counts
@@ -299,13 +335,13 @@ def _density_panel(panel: Panel, xy: np.ndarray | None, dims: Sequence[Any], out
         x_range, y_range = _ranges(xy)
         xlim = _limits(x_range, None if outline is None else outline[:, 0].tolist())
         ylim = _limits(y_range, None if outline is None else outline[:, 1].tolist())
-        on = _Density(xlim, ylim, _counts(xy, xlim, ylim))
+        on = _Density(xlim, ylim, _raster(xy, xlim, ylim))
     xlim, ylim = on.xlim, on.ylim
     highlight = None
     if highlight_xy is not None:
-        highlight = _counts(highlight_xy, xlim, ylim)
+        highlight = _raster(highlight_xy, xlim, ylim)
     elif inside is not None:
-        highlight = _counts(xy[inside], xlim, ylim)
+        highlight = _raster(xy[inside], xlim, ylim)
     panel.image = density_png(on.counts, "viridis" if highlight is None else "greys", highlight=highlight)
     if outline is not None:
         panel.path(_outline_d(outline, xlim, ylim, panel), stroke=_GATE, fill=_GATE, width=1.5, gid="gate",
@@ -318,8 +354,9 @@ def _density_panel(panel: Panel, xy: np.ndarray | None, dims: Sequence[Any], out
 def _outline_d(outline: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], panel: Panel) -> str:
     """Path data of a closed gate outline (``(m, 2)`` data units) in the panel's pixels, open sides clipped
     (:meth:`cytopipe.svg.Axis.clip`)."""
-    ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
-    return path_d(ax.trace(outline[:, 0].tolist()), ay.trace(outline[:, 1].tolist()), close=True)
+    bottom = panel.y + panel.height
+    return path_d(trace(outline[:, 0].tolist(), *xlim, panel.x, panel.x + panel.width),
+                  trace(outline[:, 1].tolist(), *ylim, bottom, panel.y), close=True)
 
 
 def _axes(panel: Panel, xlim: tuple[float, float], ylim: tuple[float, float], xticks: Sequence[tuple[float, str]],
@@ -344,9 +381,12 @@ def _histogram_panel(panel: Panel, x: np.ndarray, inside: np.ndarray, dim: Any, 
     bounds = [v for v in (*getattr(gate, "min", ()), *getattr(gate, "max", ())) if v is not None]
     (x_range,) = _ranges(x[:, None])
     xlim = _limits(x_range, bounds)
-    cells = _bin(x, xlim[0], _BINS / (xlim[1] - xlim[0]), _BINS)
-    every = np.bincount(cells, minlength=_BINS + 2)[1:-1] * scale
-    gated = np.bincount(cells[inside], minlength=_BINS + 2)[1:-1] * scale
+    # The cells of the events outside the gate, then (shifted by a row of cells) those inside: one bincount.
+    cells = np.multiply(inside, _BINS + 2, dtype=np.intp)
+    cells += _bin(x, xlim[0], _BINS / (xlim[1] - xlim[0]), _BINS)
+    counts = np.bincount(cells, minlength=2 * (_BINS + 2)).reshape(2, _BINS + 2)[:, 1:-1]
+    gated = counts[1] * scale
+    every = (counts[0] + counts[1]) * scale
     top = max(float(every.max()) * 1.08, 1.0)
     bottom = panel.y + panel.height
     steps = _steps(panel.x, panel.width, _BINS)

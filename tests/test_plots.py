@@ -127,6 +127,18 @@ def test_png_writer_round_trips() -> None:
     assert np.array_equal(rgba[2, 3, :3], palette[11])
 
 
+@pytest.mark.parametrize("transparent", [(0,), (), (0, 3), (-1,)])
+def test_png_transparency_ends_at_the_last_transparent_entry(transparent: tuple[int, ...]) -> None:
+    pixels = np.array([[0, 1, 2], [3, 250, 255]], dtype=np.uint8)
+    png = png_indexed(pixels, colormap("viridis", 256), transparent)
+    alpha = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3]
+    assert np.array_equal(alpha, np.where(np.isin(pixels, [t % 256 for t in transparent]), 0, 255))
+    # tRNS lists the entries up to the last transparent one only (the others are opaque by the standard).
+    trns = png.find(b"tRNS")
+    length = int.from_bytes(png[trns - 4:trns], "big") if trns > 0 else 0
+    assert length == (max(t % 256 for t in transparent) + 1 if transparent else 0)
+
+
 def test_viridis_matches_matplotlib() -> None:
     from matplotlib import colormaps
 
