@@ -606,3 +606,29 @@ def test_text_tokens_decode_as_utf8_each_or_latin1_each(delimiter: bytes) -> Non
                 return value.decode("latin-1")
 
         assert parsed == {token(k).upper(): token(v) for k, v in (pairs[i] for i in keep)}
+
+
+@pytest.mark.parametrize(("datatype", "byteord", "stored"), [("F", "4,3,2,1", ">f4"), ("F", "1,2,3,4", "<f4"),
+                                                              ("D", "4,3,2,1", ">f8")])
+def test_read_fcs_sha256_gives_float_events_in_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       datatype: str, byteord: str, stored: str) -> None:
+    """The worker's read of float data: column-major events with read_fcs's values bit for bit (byte-swapped,
+    NaN payloads and signed zeros kept), over many pieces of events and any alignment of DATA, and the digest of
+    every byte of the file, including what follows DATA."""
+    from cytopipe.fcs import read_fcs_sha256
+
+    monkeypatch.setattr(fcs_read, "_PIECE", 4096)  # 4096 // 4 bytes per piece: many pieces of 42 or 21 events
+    values = _events(1001, 3).astype(stored)
+    values[5, 1] = -0.0
+    values.view(f"{stored[0]}u{stored[2]}")[7, 2] = 0x7FA00001 if stored[2] == "4" else 0x7FF4000000000001  # sNaN
+    bits = 32 if datatype == "F" else 64
+    for pad in range(3):
+        keywords = {"$TOT": "1001", "$DATATYPE": datatype, "$BYTEORD": byteord, "$MODE": "L",
+                    "$COM": "x" * (pad + 1)} | _params([bits] * 3)
+        path = tmp_path / f"c{pad}.fcs"
+        path.write_bytes(_assemble(keywords, values.tobytes(), trailer=b"ANALYSIS" * 700))
+        sample, digest = read_fcs_sha256(path)
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert sample.events.flags.f_contiguous and sample.events.dtype.isnative and sample.events.flags.writeable
+        native = values.astype(values.dtype.newbyteorder("="))
+        assert sample.events.tobytes() == read_fcs(path).events.tobytes() == native.tobytes()

@@ -14,10 +14,11 @@ Big-endian data are byte-swapped in place in that private buffer (or in the copy
 
 Modules: ``sample`` (:class:`Sample`, channel lookup by marker), ``text`` (HEADER and TEXT segments: offsets,
 delimiters, keywords, chained data sets), ``read`` (:func:`read_fcs`: DATA layout and decoding of stored integers
-and floats; :func:`read_fcs_sha256`, the worker's read: the file read and hashed in one pass into one private
-buffer), ``scale`` (``$PnE``/``$PnG`` value decoding: :data:`SCALES`, :func:`channel_decoding`), ``write``
-(:func:`write_fcs`) and ``info`` (:func:`describe` for ``cytopipe info``, :func:`file_sha256`). Everything public
-is re-exported here except ``MAP_THRESHOLD``: set it on :mod:`cytopipe.fcs.read`, where the reader looks it up.
+and floats; :func:`read_fcs_sha256`, the worker's read: the file read and hashed in one pass, float events
+de-interleaved into columns as they arrive), ``scale`` (``$PnE``/``$PnG`` value decoding: :data:`SCALES`,
+:func:`channel_decoding`), ``write`` (:func:`write_fcs`) and ``info`` (:func:`describe` for ``cytopipe info``,
+:func:`file_sha256`). Everything public is re-exported here except ``MAP_THRESHOLD``: set it on
+:mod:`cytopipe.fcs.read`, where the reader looks it up.
 """
 
 from .info import describe, file_sha256, format_description

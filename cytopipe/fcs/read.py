@@ -83,10 +83,13 @@ def read_fcs_sha256(path: str | os.PathLike[str], *, scale: bool | str = "log", 
                     dataset: int = 0) -> tuple[Sample, str]:
     """:func:`read_fcs` and the SHA-256 of the file's bytes (:func:`cytopipe.fcs.file_sha256`), from one read.
 
-    The file is read once, in 1 MiB pieces each hashed while it is in the CPU cache, into one private buffer placed
-    so that DATA is aligned; the events are decoded in that buffer (float32 data are not copied at all). A worker
-    thus holds the event data once: no mapped file pages, no second copy, and the bytes hashed are the bytes
-    gated. Same parameters, result and errors as :func:`read_fcs`.
+    The file is read once, in pieces each hashed while it is in the CPU cache; the bytes hashed are the bytes
+    gated, and a worker holds the event data once (no mapped file pages, no second copy). Float data (the common
+    case) come back column-major (``Sample.events`` Fortran-ordered: each channel's values contiguous), each piece
+    of events transposed as it is read (:func:`_read_columns`): the worker's gating, QC and reference medians read a
+    few channels at a time. Other layouts are read into one private buffer placed so that DATA is aligned and
+    decoded there, C-ordered as :func:`read_fcs` returns them. Same parameters, values and errors as
+    :func:`read_fcs`.
 
     Returns
     -------
@@ -111,8 +114,8 @@ def _read(path: str | os.PathLike[str], scale: bool | str, exact: bool, dataset:
         channels, markers = _channel_names(fcs, metadata)
         events = _read_data(fcs, segments, metadata, len(channels))
         mode = _scale_mode(fcs, scale)
-        if digest is not None and fcs.whole is None:
-            _hash_file(fcs, digest)  # DATA not taken from a whole-file read (no events, bit-packed values)
+        if digest is not None and not fcs.hashed:
+            _hash_file(fcs, digest)  # DATA not taken from a hashed read (no events, bit-packed values)
         events = _decode_values(fcs, events, metadata, mode, exact or scale is True)
     finally:
         fcs.close()
@@ -153,7 +156,49 @@ def _read_whole(fcs: _File, start: int) -> np.ndarray:
         fcs.digest.update(view[done:done + got])
         done += got
     fcs.whole = whole
+    fcs.hashed = True
     return whole
+
+
+def _read_columns(fcs: _File, start: int, n_events: int, n_par: int, stored: np.dtype) -> np.ndarray:
+    """Float events of native byte order in column-major order (each channel's values contiguous), de-interleaved
+    from the file a few hundred kB at a time while the whole file is hashed into ``fcs.digest``.
+
+    The gating and the QC read a few channels at a time, and the reference medians gather channels at scattered
+    events: from contiguous columns they read each channel's values only, where interleaved events make every
+    pass over one channel read the whole event data (a 1M-event file: ~15 ms less per sample). Each piece of
+    events is hashed and transposed while it is in the CPU cache; the values are copied bit for bit (a byte swap for
+    big-endian files, NaN payloads kept)."""
+    out = np.empty((n_events, n_par), dtype=stored.newbyteorder("="), order="F")
+    row_bytes = n_par * stored.itemsize
+    rows = max(1, _PIECE // 4 // row_bytes)  # a piece of events stays in the CPU cache until transposed
+    scratch = np.empty(rows * row_bytes + 64, dtype=np.uint8)
+    scratch = scratch[-scratch.ctypes.data % 64:][:rows * row_bytes]  # aligned for the values' type
+    handle, digest = fcs.handle, fcs.digest
+    handle.seek(0)
+    _hash_span(fcs, start)  # HEADER and TEXT, hashed again from the file: they are a few kB
+    for r0 in range(0, n_events, rows):
+        r1 = min(r0 + rows, n_events)
+        piece = scratch[:(r1 - r0) * row_bytes]
+        if handle.readinto(piece) != piece.size:
+            raise fcs.error(f"DATA segment could not be read in full ({n_events * row_bytes} bytes from byte {start})")
+        digest.update(piece)
+        out[r0:r1] = piece.view(stored).reshape(r1 - r0, n_par)
+    while rest := handle.read(_PIECE):  # what follows DATA (ANALYSIS, further data sets)
+        digest.update(rest)
+    fcs.hashed = True
+    return out
+
+
+def _hash_span(fcs: _File, stop: int) -> None:
+    """Feed the file's bytes from the handle's position up to byte ``stop`` to ``fcs.digest``."""
+    left = stop - fcs.handle.tell()
+    while left > 0:
+        piece = fcs.handle.read(min(left, _PIECE))
+        if not piece:
+            raise fcs.error(f"the file could not be read in full (ends before byte {stop})")
+        fcs.digest.update(piece)
+        left -= len(piece)
 
 
 @dataclass(frozen=True)
@@ -323,6 +368,8 @@ def _decode_bytes(fcs: _File, start: int, n_events: int, layout: _Layout, metada
     kinds = set(layout.kinds)
     widths = {b // 8 for b in layout.bits}
     order = layout.order
+    if fcs.digest is not None and (kinds <= {"F"} or kinds <= {"D"}):  # the worker's read: columns, hashed
+        return _read_columns(fcs, start, n_events, n_par, np.dtype(order + ("f4" if kinds == {"F"} else "f8")))
     buffer, offset = _data_buffer(fcs, start, n_events * layout.event_bits // 8)
     if kinds <= {"F"} or kinds <= {"D"}:
         code = "f4" if kinds == {"F"} else "f8"

@@ -23,8 +23,9 @@ class Sample:
     path : str
         File path as given ('' for an in-memory sample).
     events : numpy.ndarray
-        ``(n_events, n_channels)`` C-ordered, writable; float32 (float64 when any channel is stored as double,
-        ``$DATATYPE=D`` or ``$PnDATATYPE=D``, and for ``read_fcs(exact=True)``).
+        ``(n_events, n_channels)`` C-ordered (column-major from :func:`read_fcs_sha256`), writable; float32
+        (float64 when any channel is stored as double, ``$DATATYPE=D`` or ``$PnDATATYPE=D``, and for
+        ``read_fcs(exact=True)``).
     channels : tuple of str
         ``$PnN`` in file order; duplicates are made unique with a suffix ``_2``, ``_3``, ...
     markers : tuple of str

@@ -44,6 +44,7 @@ class _File:
         self.size = os.fstat(self.handle.fileno()).st_size
         self.digest: Any = None  # a hashlib object: DATA is then read with the whole file, hashed (fcs.read)
         self.whole: Any = None  # that read (a numpy uint8 array of the file's bytes)
+        self.hashed = False  # the whole file has been fed to ``digest``
 
     def close(self) -> None:
         self.handle.close()
