@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from cytopipe.outputs import atomic_write
-from cytopipe.svg import Axis, Figure, Panel, density_png, nice_ticks, path_d, render, trace, transform_ticks
+from cytopipe.svg import Axis, Density, Figure, Panel, nice_ticks, path_d, render, trace, transform_ticks
 
 if TYPE_CHECKING:  # pandas only for the per-subject figures: worker processes draw gating figures without it
     import pandas as pd
@@ -200,7 +200,7 @@ def _filled_block(value: int, bits: int) -> np.ndarray:
 
 
 def _raster(xy: np.ndarray, xlim: tuple[float, float], ylim: tuple[float, float], bins: int = _BINS) -> np.ndarray:
-    """Event counts of the two columns of ``xy`` as the rows of a PNG image (:func:`cytopipe.svg.density_png`):
+    """Event counts of the two columns of ``xy`` as the rows of a PNG image (:class:`cytopipe.svg.Density`):
     ``(bins, bins + 1)``, rows the y bins from the top, column 0 zero (each row's filter byte), then the x bins
     from the left; values outside the limits are dropped. Both columns binned in the same passes (the gating's
     values are in Fortran order), one :func:`numpy.bincount`.
@@ -323,6 +323,7 @@ class _Density:
 
     def __init__(self, xlim: tuple[float, float], ylim: tuple[float, float], counts: np.ndarray) -> None:
         self.xlim, self.ylim, self.counts = xlim, ylim, counts
+        self.image = Density(counts)  # compressed once: viridis on its panel, greys under the back-gating
 
 
 def _density_panel(panel: Panel, xy: np.ndarray | None, dims: Sequence[Any], outline: np.ndarray | None,
@@ -342,7 +343,9 @@ def _density_panel(panel: Panel, xy: np.ndarray | None, dims: Sequence[Any], out
         highlight = _raster(highlight_xy, xlim, ylim)
     elif inside is not None:
         highlight = _raster(xy[inside], xlim, ylim)
-    panel.image = density_png(on.counts, "viridis" if highlight is None else "greys", highlight=highlight)
+    panel.image = on.image.uri("viridis" if highlight is None else "greys")
+    if highlight is not None:  # drawn over the grey density: where the highlighted events are, only they show
+        panel.overlay = Density(highlight).uri("reds")
     if outline is not None:
         panel.path(_outline_d(outline, xlim, ylim, panel), stroke=_GATE, fill=_GATE, width=1.5, gid="gate",
                    fill_opacity=0.12)

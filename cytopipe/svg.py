@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Axis", "Figure", "Panel", "colormap", "density_png", "nice_ticks", "png_indexed", "render", "trace",
-           "transform_ticks"]
+__all__ = ["Axis", "Density", "Figure", "Panel", "colormap", "nice_ticks", "png_indexed", "render",
+           "trace", "transform_ticks"]
 
 #: Anchors (every sixteenth or eighth of the range) of matplotlib's colour maps, interpolated linearly to 256 entries.
 _ANCHORS = {
@@ -91,72 +91,64 @@ def _png(pixels: np.ndarray, colours: bytes) -> bytes:
     height, width = pixels.shape
     rows = np.zeros((height, width + 1), dtype=np.uint8)  # filter byte 0 (none) before every row
     rows[:, 1:] = pixels
-    return _png_rows(rows, colours)
+    return _png_of(_image_data(rows), colours)
 
 
-def _png_rows(rows: np.ndarray, colours: bytes) -> bytes:
-    """An indexed PNG of image rows given with their filter byte (``(height, width + 1)`` uint8, C order, column 0
-    zero: no filter)."""
+def _image_data(rows: np.ndarray) -> bytes:
+    """The ``IHDR`` and ``IDAT`` chunks of an 8-bit indexed image from its rows, each after its filter byte
+    (``(height, width + 1)`` uint8, C order, column 0 zero: no filter): everything of a PNG but its colours."""
     height, width = rows.shape[0], rows.shape[1] - 1
     header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
     # Fastest level, run-length matches only (a density's rows are runs of empty and equal bins: as fast as the
     # general search and ~20 % smaller); a window just covering the data (less memory to set up).
     window = min(max((rows.size - 1).bit_length(), 9), 15)
     deflate = zlib.compressobj(1, zlib.DEFLATED, window, 8, zlib.Z_RLE)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + colours
-            + _chunk(b"IDAT", deflate.compress(rows) + deflate.flush()) + _IEND)
+    return _chunk(b"IHDR", header) + _chunk(b"IDAT", deflate.compress(rows) + deflate.flush())
+
+
+def _png_of(data: bytes, colours: bytes) -> bytes:
+    """A PNG from its image data (:func:`_image_data`) and palette chunks (``PLTE`` must precede ``IDAT``)."""
+    cut = data.index(b"IDAT") - 4  # IHDR, then the colours, then IDAT
+    return b"\x89PNG\r\n\x1a\n" + data[:cut] + colours + data[cut:] + _IEND
 
 
 @cache
-def _palette_chunks(cmap: str, highlight_cmap: str) -> bytes:
-    """:func:`_palette` as PNG chunks, empty bins transparent (built once per colour map pair)."""
-    return _colour_chunks(_palette(cmap, highlight_cmap).tobytes(), 256, (0,))
-
-
-@cache
-def _palette(cmap: str, highlight_cmap: str) -> np.ndarray:
-    """256 entries: 0 empty, then ``cmap`` (all 255 levels, or 127 and ``highlight_cmap``'s 127 after them)."""
-    levels = 127 if highlight_cmap else 255
+def _palette_chunks(cmap: str) -> bytes:
+    """A density's palette as PNG chunks: 0 empty (transparent), then the 255 levels of ``cmap`` (built once per
+    colour map)."""
     palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[1:levels + 1] = colormap(cmap, levels)
-    if highlight_cmap:
-        palette[levels + 1:2 * levels + 1] = colormap(highlight_cmap, levels)
-    return palette
+    palette[1:] = colormap(cmap, 255)
+    return _colour_chunks(palette.tobytes(), 256, (0,))
 
 
-def density_png(counts: np.ndarray, cmap: str = "viridis", highlight: np.ndarray | None = None,
-                highlight_cmap: str = "reds") -> str:
-    """A log-coloured 2-D histogram as a ``data:image/png`` URI; empty bins are transparent.
+class Density:
+    """A log-coloured 2-D histogram compressed once, to be drawn in any colour map (:meth:`uri`).
 
     Parameters
     ----------
     counts : numpy.ndarray
         ``(ny, nx + 1)`` event counts laid out as the image's rows after their PNG filter byte: first row at the
         top, column 0 zero, then the ``nx`` bins of x along the row (C order).
-    cmap : str
-        Colour map of the counts.
-    highlight : numpy.ndarray, optional
-        ``(ny, nx + 1)`` counts of a sub-population (back-gating) in the same layout: bins holding any are drawn in
-        ``highlight_cmap`` over the others.
-    highlight_cmap : str
-        Colour map of the highlighted bins.
 
-    Returns
-    -------
-    str
-        The data URI. A bin of ``c >= 1`` events is colour ``1 + floor(log(c) / log(max(most, 2)) * (levels - 1))``
-        of ``levels`` (255, or 127 per colour map with a highlight), ``most`` the fullest bin.
+    Notes
+    -----
+    A bin of ``c >= 1`` events is colour ``1 + floor(log(c) / log(max(most, 2)) * 254)`` of the map's 255,
+    ``most`` the fullest bin; empty bins are transparent. The palette is the only part of a PNG that depends on
+    the colour map, so one compression serves a density drawn in viridis on its own panel and in greys under a
+    back-gated population.
     """
-    levels = 127 if highlight is not None else 255
-    rows = _levels(counts, levels)  # column 0 stays 0: the filter byte
-    if highlight is not None:
-        rows = np.where(highlight > 0, _levels(highlight, levels) + np.uint8(levels), rows)
-    png = _png_rows(rows, _palette_chunks(cmap, highlight_cmap if highlight is not None else ""))
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+    def __init__(self, counts: np.ndarray) -> None:
+        self.data = _image_data(_levels(counts, 255))  # column 0 stays 0: the filter byte
+
+    def uri(self, cmap: str = "viridis") -> str:
+        """The density as a ``data:image/png`` URI in colour map ``cmap``."""
+        png = _png_of(self.data, _palette_chunks(cmap))
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _levels(counts: np.ndarray, levels: int) -> np.ndarray:
-    """Palette index (uint8) of each bin: 0 when empty, else its log level (see :func:`density_png`)."""
+    """Palette index (uint8) of each bin: 0 when empty, else its log level (see :class:`Density`)."""
     most = int(counts.max())
     if most <= 1 << 16:  # the levels of 0..most, looked up per bin
         return _level_table(most, levels).take(counts)
@@ -345,6 +337,7 @@ class Panel:
     right_colour: str = "#333333"
     grid: bool = False
     image: str | None = None
+    overlay: str | None = None  # a second image drawn over ``image`` (a back-gated population's density)
     paths: list[dict[str, Any]] = field(default_factory=list)
     markers: list[dict[str, Any]] = field(default_factory=list)
     texts: list[dict[str, Any]] = field(default_factory=list)
@@ -472,8 +465,9 @@ def _panel(out: list[str], p: Panel, cid: str) -> None:
         out.extend(f'<line x1="{p.x}" x2="{right}" y1="{t[0]}" y2="{t[0]}" stroke="#e3e3e3" stroke-width="0.6"/>'
                    for t in p.yticks)
     out.append(f'<g clip-path="url(#{cid})">\n')
-    if p.image:
-        out.append(f'<image {box} preserveAspectRatio="none" href="{escape(p.image)}"/>\n')
+    for image in (p.image, p.overlay):
+        if image:
+            out.append(f'<image {box} preserveAspectRatio="none" href="{escape(image)}"/>\n')
     out.extend(_path(s) for s in p.paths)
     out.extend(_marker(m) for m in p.markers)
     out.extend(_text(t) for t in p.texts)

@@ -96,9 +96,15 @@ class _Panel:
         return out
 
     def image(self) -> np.ndarray:
-        href = self.g.find(".//s:image", NS).get("href")
-        assert href.startswith("data:image/png;base64,")
-        return np.asarray(Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1]))).convert("RGBA"))
+        """The panel's raster as a browser shows it: its images (a density, and any drawn over it) composited."""
+        shown = None
+        for element in self.g.iterfind(".//s:image", NS):
+            href = element.get("href")
+            assert href.startswith("data:image/png;base64,")
+            layer = Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1]))).convert("RGBA")
+            shown = layer if shown is None else Image.alpha_composite(shown, layer)
+        assert shown is not None
+        return np.asarray(shown)
 
 
 def _points(d: str) -> np.ndarray:
