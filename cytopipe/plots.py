@@ -366,9 +366,16 @@ def _axes(panel: Panel, xlim: tuple[float, float], ylim: tuple[float, float], xt
           yticks: Sequence[tuple[float, str]]) -> None:
     """Set a panel's data limits and its ticks (``(value, label)``) placed in pixels (to 0.1 px)."""
     panel.limits = (*xlim, *ylim)
-    ax, ay = Axis(*xlim, panel.x, panel.x + panel.width), Axis(*ylim, panel.y + panel.height, panel.y)
-    panel.xticks = [(round(ax.place(v), 1), label) for v, label in xticks]
-    panel.yticks = [(round(ay.place(v), 1), label) for v, label in yticks]
+    panel.xticks = _placed(xticks, *xlim, panel.x, panel.x + panel.width)
+    panel.yticks = _placed(yticks, *ylim, panel.y + panel.height, panel.y)
+
+
+def _placed(ticks: Sequence[tuple[float, str]], lo: float, hi: float, px0: float, px1: float
+            ) -> list[tuple[float, str]]:
+    """Ticks at their pixel (to 0.1 px) on an axis from ``lo`` at ``px0`` to ``hi`` at ``px1``
+    (:meth:`cytopipe.svg.Axis.place`, to the bit)."""
+    scale = (px1 - px0) / (hi - lo)
+    return [(round(px0 + (v - lo) * scale, 1), label) for v, label in ticks]
 
 
 @lru_cache(maxsize=64)

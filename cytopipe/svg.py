@@ -229,9 +229,14 @@ def transform_ticks(transform: Any, limits: tuple[float, float]) -> list[tuple[f
         # Decades crowd near zero on a biexponential axis: 0 and the positive decades first, then the others, each
         # kept only when at least 15 % of the axis away from every kept tick (labels never overlap).
         kept: list[tuple[float, str]] = []
+        gap = 0.15 * (hi - lo)
         for p, label in _decades(transform):
-            if lo <= p <= hi and all(abs(p - q) >= 0.15 * (hi - lo) for q, _ in kept):
-                kept.append((p, label))
+            if lo <= p <= hi:
+                for q, _ in kept:
+                    if abs(p - q) < gap:
+                        break
+                else:
+                    kept.append((p, label))
         return sorted(kept)
     if transform is None or not hasattr(transform, "inverse"):
         return [(v, _si(v)) for v in nice_ticks(lo, hi)]
