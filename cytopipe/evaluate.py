@@ -496,18 +496,26 @@ class _Evaluator:
         return inside
 
     def mask(self, gate: Gate, rows: np.ndarray | slice | None) -> np.ndarray:
-        """``gate.mask`` of its values on ``rows``; a rectangle reads its columns as they are (not stacked)."""
-        if type(gate) is RectangleGate and len(gate.dimensions) > 1:
+        """``gate.mask`` of its values on ``rows``; a rectangle or a polygon reads its columns as they are (not
+        stacked: a worker's events are column-major, so its plain columns are contiguous already)."""
+        kind = type(gate)
+        if kind is RectangleGate and len(gate.dimensions) > 1:
             tick = time.perf_counter()
             columns = [self.column(dim).get(rows) for dim in gate.dimensions]
             self.stacking += time.perf_counter() - tick
             return _box_mask_columns(columns, zip(gate.min, gate.max, strict=True))
+        if kind is PolygonGate and self.sample.events.flags.f_contiguous:
+            tick = time.perf_counter()
+            x, y = (self.column(dim).get(rows) for dim in gate.dimensions)
+            self.stacking += time.perf_counter() - tick
+            if x.dtype == y.dtype:  # as stacked (else stacking would promote one of them)
+                return gate.mask_columns(x, y)
         return gate.mask(self.stack(gate.dimensions, rows))
 
     def selected(self, inside: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """Sorted indices of the events ``inside`` marks (over ``rows``, or over all events)."""
         if rows is not None:
-            return rows[inside]
+            return np.compress(inside, rows)  # rows[inside], ~3x faster than boolean indexing for a mixed mask
         if self.index_type is np.intp:
             return np.flatnonzero(inside)
         return np.concatenate([np.flatnonzero(inside[b0:b0 + BLOCK * 16]).astype(self.index_type) + b0

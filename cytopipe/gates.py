@@ -254,8 +254,11 @@ class PolygonGate(Gate):
 
     def mask(self, values: np.ndarray) -> np.ndarray:
         values = self._check_values(values)
-        x = values[:, 0]
-        y = values[:, 1]
+        return self.mask_columns(values[:, 0], values[:, 1])
+
+    def mask_columns(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """:meth:`mask` of the values given as two columns of one dtype (the gating engine's own columns, not
+        stacked first)."""
         if x.dtype == np.float32 and x.size >= _GRID_MIN_EVENTS:
             grid = _polygon_grid(self)
             if grid is not None:

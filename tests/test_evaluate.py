@@ -166,3 +166,26 @@ def test_root_scatter_columns_are_kept_contiguous_for_later_reads() -> None:
     rows = result.members["cells"]
     scatter = _strategy().populations[1].gate  # log scatter, read on the cells' rows
     assert np.array_equal(result.values(scatter, rows)[:, 0], Logicle().apply(sample.events[rows, 1]))
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_column_major_events_give_the_same_bits(monkeypatch: pytest.MonkeyPatch, lean: bool) -> None:
+    """A worker's events are column-major (read_fcs_sha256): gating them (polygons read their two columns as they
+    are, without a stacked copy) gives the members, verdicts and values of the same events in C order."""
+    from dataclasses import replace
+
+    if lean:
+        monkeypatch.setattr(engine, "LEAN_EVENTS", 0)
+        monkeypatch.setattr(engine, "BLOCK", 997)
+    sample = _sample(30_011, adjacent=False)
+    columns = replace(sample, events=np.asfortranarray(sample.events))
+    strategy = _strategy()
+    expected, got = strategy.apply(sample), strategy.apply(columns)
+    assert got.counts == expected.counts and min(expected.counts.values()) > 50
+    for pop in strategy.populations:
+        assert np.array_equal(got.members[pop.name], expected.members[pop.name])
+        if pop.name in expected.kept:
+            assert np.array_equal(got.kept[pop.name], expected.kept[pop.name])
+        if not isinstance(pop.gate, BooleanGate):
+            rows = expected.members.get(pop.parent) if pop.parent else None
+            assert got.values(pop.gate, rows).tobytes() == expected.values(pop.gate, rows).tobytes()
