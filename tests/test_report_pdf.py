@@ -191,6 +191,38 @@ def test_figures_are_drawn_with_their_rasters(tmp_path: Path) -> None:
     assert gate_red > 50, "gate outline not drawn"
 
 
+def test_back_gated_events_are_drawn_over_the_grey_density(tmp_path: Path) -> None:
+    """The back-gating panel's red population is a second image over the grey density (Panel.overlay): the PDF
+    draws both, as a browser does."""
+    from cytopipe.fcs import Sample
+    from cytopipe.gates import Dimension, GatingStrategy, Population, RectangleGate
+    from cytopipe.plots import gating_hierarchy
+
+    rng = np.random.default_rng(5)
+    events = rng.normal(50000, 9000, (6000, 2)).astype(np.float32)
+    scatter = (Dimension("FSC-A"), Dimension("SSC-A"))
+    pops = (Population("Lymphocytes", RectangleGate("Lymphocytes", scatter, min=(30000, 30000), max=(70000, 70000))),
+            Population("Treg", RectangleGate("Treg", scatter, min=(55000, 55000), max=(70000, 70000)), "Lymphocytes"))
+    strategy = GatingStrategy(pops, treg="Treg", compensation="none")
+    result = strategy.apply(Sample("", events, ("FSC-A", "SSC-A"), ("", ""), {}, "FCS3.1"))
+    figure = gating_hierarchy(result, strategy, "S1")
+    back = figure.panels[-1]
+    assert back.title[0] == "Back-gating: Treg" and back.overlay
+    doc = Document()
+    draw_figure(doc.add_page(), Text(), figure, 30.0, 30.0, 0.5)
+    pdf = tmp_path / "figure.pdf"
+    pdf.write_bytes(doc.tobytes())
+    subprocess.run([_poppler("pdftoppm"), "-r", "72", "-png", "-singlefile", str(pdf), str(tmp_path / "page")],
+                   check=True, capture_output=True, timeout=60)
+    pixels = (mpimg.imread(tmp_path / "page.png")[..., :3] * 255).astype(int)
+    left, top, size = round(30 + 0.5 * back.x), round(30 + 0.5 * back.y), round(0.5 * back.width)
+    box = pixels[top + 2:top + size - 2, left + 2:left + size - 2]  # inside the panel's frame (1 pt = 1 px)
+    red = (box[..., 0] > box[..., 2] + 60).sum()
+    grey = ((np.abs(box[..., 0] - box[..., 2]) < 8) & (box[..., 0] < 230)).sum()
+    assert red > 20, "back-gated events not drawn"
+    assert grey > 20, "grey density not drawn"
+
+
 def test_pdf_write_failure_is_a_warning(tmp_path: Path, results_folder: Callable[..., Path],
                                         caplog: pytest.LogCaptureFixture, no_chromium: None) -> None:
     out = results_folder(tmp_path, clinical=False)

@@ -131,8 +131,9 @@ def _panel(page: Page, text: Text, p: Panel) -> None:
         for t, _ in p.yticks:
             page.line(p.x, t, p.x + p.width, t, "#e3e3e3", 0.6)
     page.raw(f"q {p.x:.2f} {p.y:.2f} {p.width:.2f} {p.height:.2f} re W n")
-    if p.image and p.image.startswith("data:image/png;base64,"):
-        page.image(base64.b64decode(p.image.split(",", 1)[1]), p.x, p.y, p.width, p.height)
+    for image in (p.image, p.overlay):  # a density, then any drawn over it
+        if image and image.startswith("data:image/png;base64,"):
+            page.image(base64.b64decode(image.split(",", 1)[1]), p.x, p.y, p.width, p.height)
     for path in p.paths:
         _paint(page, path)
     for m in p.markers:
