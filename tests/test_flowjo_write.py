@@ -482,3 +482,14 @@ def test_flowjo_7_and_10_trees_round_trip_through_cytopipes_reader(shared_data: 
 ])
 def test_file_uri_quotes_only_what_needs_quoting(path: str, uri: str) -> None:
     assert file_uri(path) == uri
+
+
+def test_characters_xml_cannot_hold_are_exactly_those_outside_its_char_production():
+    """The characters replaced by U+FFFD in a workspace: every code point outside XML 1.0's Char production."""
+    from cytopipe.flowjo.render import _NOT_XML
+
+    def allowed(c: int) -> bool:
+        return c in (0x9, 0xA, 0xD) or 0x20 <= c <= 0xD7FF or 0xE000 <= c <= 0xFFFD or 0x10000 <= c <= 0x10FFFF
+
+    text = "".join(map(chr, range(0x110000)))
+    assert [ord(c) for c in _NOT_XML.findall(text)] == [c for c in range(0x110000) if not allowed(c)]
