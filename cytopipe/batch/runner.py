@@ -35,8 +35,8 @@ from .tables import (
     _remove_stale_temporaries,
     _tables,
     _versions,
-    _workspace_text,
     _write_outputs,
+    _write_workspace,
 )
 
 if TYPE_CHECKING:
@@ -349,7 +349,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         _draw_flagged(tables["baseline"], tasks, settings, str((out / "plots").resolve()), cache, n_workers,
                       scheduler, log)
     written, stale = _chosen_tables(tables, baseline=not report)
-    wsp_text, workspace = _workspace_text(results, log)
+    workspace = _write_workspace(out, results, log)
     settings_record = {"workers": None if scheduler else n_workers, "scheduler": scheduler, "spillover": spill_path,
                        "clinical": str(Path(clinical).resolve()) if clinical else None, "cva": cva, "cvi": cvi,
                        "z": z, "drift_limit": drift_limit, "plots": mode, "treg": treg_name, "parent": parent_name,
@@ -362,7 +362,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     def write_outputs() -> None:  # once
         if unwritten:
             unwritten.clear()
-            _write_outputs(out, written, stale, wsp_text, manifest)
+            _write_outputs(out, written, stale, manifest)
 
     try:
         if report:
@@ -370,8 +370,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
 
             # The report renders from the tables (not re-read from the folder) and the manifest's text, and writes
             # baseline.csv (same settings, plus columns from populations.csv): return that one. Its PDF is laid
-            # out natively (cytopipe.pdf) by a forked child: this process writes the tables, gates_fitted.wsp and
-            # manifest.json meanwhile, once report.html is written, instead of before the report.
+            # out natively (cytopipe.pdf) by a forked child: this process writes the tables and manifest.json
+            # meanwhile, once report.html is written, instead of before the report.
             tables["baseline"] = render_from_tables(
                 out, written, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
                 figures=figures.inlined if figures is not None else None, manifest=json.loads(manifest),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cytopipe import __version__
-from cytopipe.outputs import atomic_write, write_csv
+from cytopipe.outputs import atomic_open, atomic_write, write_csv
 from cytopipe.pipeline import (
     FAILURE_COLUMNS,
     POPULATION_COLUMNS,
@@ -185,31 +185,26 @@ def _chosen_tables(tables: dict[str, pd.DataFrame], baseline: bool = True
     return written, stale
 
 
-def _write_outputs(out: Path, written: dict[str, pd.DataFrame], stale: list[str], workspace: str | None,
-                   manifest: str) -> None:
-    """Write the run's own files: the tables of :func:`_chosen_tables` (removing its stale ones),
-    ``gates_fitted.wsp`` (:func:`_workspace_text`; removed when ``None``) and ``manifest.json``
+def _write_outputs(out: Path, written: dict[str, pd.DataFrame], stale: list[str], manifest: str) -> None:
+    """Write the tables of :func:`_chosen_tables` (removing its stale ones) and ``manifest.json``
     (:func:`_manifest_text`)."""
-    from cytopipe.flowjo.write import WORKSPACE_NAME
-
     for name, table in written.items():
         write_csv(table, out / f"{name}.csv")
     for name in stale:
         (out / f"{name}.csv").unlink(missing_ok=True)
-    if workspace is None:
-        (out / WORKSPACE_NAME).unlink(missing_ok=True)  # a stale one from an earlier run would mislead
-    else:
-        atomic_write(out / WORKSPACE_NAME, workspace.encode("utf-8"))
     atomic_write(out / "manifest.json", manifest)
 
 
-def _workspace_text(results: list[SampleResult], log: Progress) -> tuple[str | None, dict]:
+def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> dict:
     """``gates_fitted.wsp``: every counted sample with its own gates, for FlowJo (subject, day, sample order).
 
-    Samples whose gates FlowJo cannot hold are left out with one error line. Returns the file's text (``None``
-    when no sample is left: :func:`_write_outputs` then removes the file) and its ``manifest.json`` record.
+    Samples whose gates FlowJo cannot hold are left out with one error line; with none left the file is removed
+    (a stale one from an earlier run would mislead). Returns the ``manifest.json`` record.
+
+    The text of :func:`cytopipe.flowjo.write.write_workspace` (the same bytes), written a sample at a time: ~20 kB
+    per sample never held at once, nor in new memory (each page a process touches first costs ~3 us).
     """
-    from cytopipe.flowjo.render import join_workspace, sample_fragment
+    from cytopipe.flowjo.render import sample_fragment, workspace_parts
     from cytopipe.flowjo.write import WORKSPACE_NAME
 
     ordered = sorted((r for r in results if r.workspace is not None), key=lambda r: (r.subject, r.day, r.sample))
@@ -218,17 +213,21 @@ def _workspace_text(results: list[SampleResult], log: Progress) -> tuple[str | N
     if left_out:
         first = next(iter(left_out.items()))
         log.warning(f"{WORKSPACE_NAME}: {len(left_out)} sample(s) left out, e.g. {first[0]}: {first[1]}")
+    target = out / WORKSPACE_NAME
     if not trees:
-        return None, {"file": None, "samples": 0, "left_out": left_out}
+        target.unlink(missing_ok=True)
+        return {"file": None, "samples": 0, "left_out": left_out}
     subjects: dict[str, list[str]] = {}
     for r in ordered:
         if "error" not in r.workspace:
             subjects.setdefault(f"subject {r.subject}", []).append(r.workspace["name"])
-    # As cytopipe.flowjo.write.write_workspace renders and encodes it (the bytes are counted without encoding
-    # them here when the text is ASCII, as it almost always is).
-    text = join_workspace([tree if "xml" in tree else sample_fragment(tree) for tree in trees], subjects)
-    size = len(text) if text.isascii() else len(text.encode("utf-8"))
-    return text, {"file": WORKSPACE_NAME, "samples": len(trees), "bytes": size, "left_out": left_out}
+    size = 0
+    with atomic_open(target, "wb") as handle:
+        for part in workspace_parts([tree if "xml" in tree else sample_fragment(tree) for tree in trees], subjects):
+            data = part.encode("utf-8")
+            handle.write(data)
+            size += len(data)
+    return {"file": WORKSPACE_NAME, "samples": len(trees), "bytes": size, "left_out": left_out}
 
 
 def _manifest_text(sheet: str | os.PathLike, gates: str | os.PathLike, strategy: Any, table: pd.DataFrame,

@@ -115,6 +115,14 @@ def join_workspace(fragments: Sequence[dict], groups: dict[str, Sequence[str]] |
     str
         The workspace: the same text as :func:`render_workspace` of the samples' trees.
     """
+    return "".join(workspace_parts(fragments, groups))
+
+
+def workspace_parts(fragments: Sequence[dict], groups: dict[str, Sequence[str]] | None = None) -> Iterator[str]:
+    """:func:`join_workspace` in consecutive pieces: the text before the samples, each sample's (numbered), the rest.
+
+    A caller writing them one at a time never holds the whole workspace (~20 kB per sample) in memory.
+    """
     out = _Writer()
     out.text('<?xml version="1.0" encoding="UTF-8"?>')
     out.text("<!-- Written by cytopipe: each sample with the gates cytopipe applied to it (fitted gates as fitted); "
@@ -148,7 +156,7 @@ def join_workspace(fragments: Sequence[dict], groups: dict[str, Sequence[str]] |
         out.close("GroupNode")
     out.close("Groups")
     out.open("SampleList")
-    parts = ["\n".join(out.lines)]  # one join at the end: the samples' text is copied once
+    yield "\n".join(out.lines)
     out.lines = []
     gates = 0
     for fragment in fragments:
@@ -157,14 +165,12 @@ def join_workspace(fragments: Sequence[dict], groups: dict[str, Sequence[str]] |
         for k in range(1, len(pieces), 2):  # the markers, between the text pieces
             mark = pieces[k]
             pieces[k] = sample_id if mark == "s" else str(gates + int(mark))
-        parts.append("\n")
-        parts.extend(pieces)
+        pieces[0] = "\n" + pieces[0]
+        yield "".join(pieces)
         gates += fragment["gates"]
     out.close("SampleList")
     out.close("Workspace")
-    parts.append("\n")
-    parts.append(out.result())
-    return "".join(parts)
+    yield "\n" + out.result()
 
 
 def _matrix(out: _Writer, matrix: dict) -> None:
