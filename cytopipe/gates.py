@@ -267,8 +267,8 @@ class PolygonGate(Gate):
 
     def _exact_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The test of every event on its own (see Notes); :meth:`mask` without the grid."""
-        v = np.asarray(self.vertices, dtype=np.float64)
-        box = (x >= v[:, 0].min()) & (x <= v[:, 0].max()) & (y >= v[:, 1].min()) & (y <= v[:, 1].max())
+        (x_low, x_high, y_low, y_high), _ = _edge_table(self.vertices, np.float64)  # float64 bounds, as always
+        box = (x >= x_low) & (x <= x_high) & (y >= y_low) & (y <= y_high)
         if self._core is not None:
             x0, y0, x1, y1 = self._core
             out = (x > x0) & (x < x1) & (y > y0) & (y < y1)
@@ -287,7 +287,7 @@ class PolygonGate(Gate):
         """Even-odd parity or on an edge, for each event (see Notes)."""
         v = np.asarray(self.vertices, dtype=np.float64)
         if px.size * len(v) <= _EDGES_AT_ONCE:
-            return _edge_test_at_once(v, px, py, dtype)
+            return _edge_test_at_once(_edge_table(self.vertices, dtype)[1], px, py)
         # Preallocated buffers and in-place ufuncs: ~12 passes over the events per edge, without allocation.
         m = px.size
         inside = np.zeros(m, dtype=bool)
@@ -327,23 +327,51 @@ class PolygonGate(Gate):
 _EDGES_AT_ONCE = 1 << 15
 
 
-def _edge_test_at_once(v: np.ndarray, px: np.ndarray, py: np.ndarray, dtype: type) -> np.ndarray:
-    """:meth:`PolygonGate._edge_test` with every edge as a row of one ``(edges, events)`` array: the same
-    operations on the same operands for each event and edge, so the same bits."""
-    nxt = np.roll(v, -1, axis=0)
-    sloped = v[:, 1] != nxt[:, 1]  # horizontal edges never count
-    (x1, y1), (x2, y2) = v[sloped].T, nxt[sloped].T
-    if not x1.size:
+#: What the test of a few events derives from a polygon's vertices, by (vertices, dtype) (see _edge_table).
+_EDGE_TABLES: Memo[tuple] = Memo(256)
+
+
+def _edge_table(vertices: tuple[tuple[float, float], ...], dtype: type) -> tuple:
+    """``(bounding box, edges)`` of a polygon, built once per vertices and dtype: the box as float64 scalars
+    ``(x min, x max, y min, y max)``; the edges with ``y1 != y2`` (horizontal edges never count) as ``(edges, 1)``
+    read-only columns of ``dtype``: ``min(y1, y2)``, ``max(y1, y2)``, ``y1``, ``x2 - x1``, ``x1``, ``y2 - y1``
+    and whether ``y2 > y1`` (None without such edges). A grid's boundary events are tested a few hundred at a
+    time, where deriving these again cost more than the test itself."""
+
+    def build() -> tuple:
+        v = np.asarray(vertices, dtype=np.float64)
+        box = (v[:, 0].min(), v[:, 0].max(), v[:, 1].min(), v[:, 1].max())
+        nxt = np.roll(v, -1, axis=0)
+        sloped = v[:, 1] != nxt[:, 1]
+        (x1, y1), (x2, y2) = v[sloped].T, nxt[sloped].T
+        if not x1.size:
+            return box, None
+        edge = (slice(None), None)
+        columns = (np.minimum(y1, y2).astype(dtype)[edge], np.maximum(y1, y2).astype(dtype)[edge],
+                   y1.astype(dtype)[edge], (x2 - x1).astype(dtype)[edge], x1.astype(dtype)[edge],
+                   (y2 - y1).astype(dtype)[edge], (y2 > y1)[edge])
+        for column in columns:
+            column.setflags(write=False)
+        return box, columns
+
+    return _EDGE_TABLES.get((vertices, np.dtype(dtype).str), build)
+
+
+def _edge_test_at_once(edges: tuple | None, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """:meth:`PolygonGate._edge_test` with every edge as a row of one ``(edges, events)`` array (``edges`` from
+    :func:`_edge_table`): the same operations on the same operands for each event and edge, so the same bits."""
+    if edges is None:
         return np.zeros(px.size, dtype=bool)
-    edge, event = (slice(None), None), (None, slice(None))
-    spans = py[event] >= np.minimum(y1, y2).astype(dtype)[edge]
-    spans &= py[event] < np.maximum(y1, y2).astype(dtype)[edge]
-    cross = py[event] - y1.astype(dtype)[edge]
-    cross *= (x2 - x1).astype(dtype)[edge]
-    other = px[event] - x1.astype(dtype)[edge]
-    other *= (y2 - y1).astype(dtype)[edge]
+    y_low, y_high, y1, dx, x1, dy, rising = edges
+    event = (None, slice(None))
+    spans = py[event] >= y_low
+    spans &= py[event] < y_high
+    cross = py[event] - y1
+    cross *= dx
+    other = px[event] - x1
+    other *= dy
     cross -= other
-    hit = np.where((y2 > y1)[edge], cross > 0, cross < 0)
+    hit = np.where(rising, cross > 0, cross < 0)
     hit &= spans
     inside = np.logical_xor.reduce(hit, axis=0)
     np.equal(cross, 0, out=hit)
