@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from cytopipe.errors import GateError
 from cytopipe.gates import (
@@ -53,20 +52,24 @@ from .schema import (
 )
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style for the file, flow style for each gate and transform (one line each)."""
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        # Indent list items under their key, as people write them by hand.
-        return super().increase_indent(flow, False)
-
-
 class _Flow(dict):
     """A mapping written on one line (``{type: range, channels: [CD3], min: 1.9}``)."""
 
 
-_Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
-                                                                            flow_style=True))
+@functools.cache
+def _dumper() -> type:
+    """The YAML dumper: block style for the file, flow style for each gate and transform (one line each); made,
+    and PyYAML imported, when a YAML file is first written."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+            # Indent list items under their key, as people write them by hand.
+            return super().increase_indent(flow, False)
+
+    _Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
+                                                                                flow_style=True))
+    return _Dumper
 
 
 def _transform_spec(transform: Transform) -> _Flow:
@@ -267,7 +270,9 @@ def dump_yaml(strategy: GatingStrategy) -> str:
     GateError
         For what a gate file cannot express: ratio dimensions, bounded transforms, named spectrum matrices.
     """
-    body = yaml.dump(_Writer(strategy).document(), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+    import yaml
+
+    body = yaml.dump(_Writer(strategy).document(), Dumper=_dumper(), sort_keys=False, default_flow_style=False,
                      allow_unicode=True, width=100_000)
     return "# cytopipe gate file; coordinates in each channel's transformed units (see docs/gatefile.md)\n" + body
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from cytopipe.bundled import find_gate_file
 from cytopipe.errors import CytopipeError, GateError
@@ -99,8 +98,10 @@ class _Parser:
             self.problem("", f"the file is too large: {len(text) / 2**20:.1f} MB; a YAML gate file is at most "
                          f"{MAX_YAML_BYTES // 2**20} MB (keep large polygons in Gating-ML)")
             return None
+        import yaml  # PyYAML only for YAML files (see safeyaml._loader)
+
         try:
-            document = _load_yaml(text)  # _Loader is a SafeLoader: no arbitrary objects
+            document = _load_yaml(text)  # a SafeLoader: no arbitrary objects
         except yaml.YAMLError as exc:
             self.problems.append(_yaml_message(self.where, exc))
             return None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from cytopipe.bundled import not_found_hint
 from cytopipe.errors import GateError
+
+if TYPE_CHECKING:
+    import yaml
 
 #: Largest YAML gate file read (a 10,000-vertex polygon is about 0.25 MB; PyYAML reads about 1 MB/s).
 MAX_YAML_BYTES = 2 * 2**20
@@ -20,19 +22,32 @@ MAX_YAML_DEPTH = 64
 MAX_INT_DIGITS = 300
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that refuses repeated keys (a silent overwrite hides a typo in a gate), unhashable keys,
-    huge integers, alias bombs and deep nesting, each as a one-line YAML error."""
+@functools.cache
+def _loader() -> type:
+    """The safe YAML loader class: refuses repeated keys (a silent overwrite hides a typo in a gate), unhashable
+    keys, huge integers, alias bombs and deep nesting, each as a one-line YAML error.
 
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        digits = sum(c.isdigit() for c in str(node.value))
-        if digits > MAX_INT_DIGITS:
-            raise yaml.constructor.ConstructorError(None, None, f"an integer with {digits} digits (at most "
-                                                    f"{MAX_INT_DIGITS})", node.start_mark)
-        return super().construct_yaml_int(node)
+    Made, and PyYAML imported (~10 ms), when a YAML file is first read: a run whose gates are Gating-ML or a FlowJo
+    workspace never needs it before its workers start.
+    """
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+            digits = sum(c.isdigit() for c in str(node.value))
+            if digits > MAX_INT_DIGITS:
+                raise yaml.constructor.ConstructorError(None, None, f"an integer with {digits} digits (at most "
+                                                        f"{MAX_INT_DIGITS})", node.start_mark)
+            return super().construct_yaml_int(node)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+    _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+    return _Loader
 
 
-def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    import yaml
+
     seen: set = set()
     for key_node, _ in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
@@ -44,10 +59,6 @@ def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: b
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 def _check_expansion(node: yaml.Node | None) -> None:
@@ -62,6 +73,8 @@ def _check_expansion(node: yaml.Node | None) -> None:
     """
     if node is None:
         return
+    import yaml
+
     size: dict[int, int] = {}
     stack: list[tuple[yaml.Node, int, bool]] = [(node, 1, False)]
     while stack:
@@ -89,8 +102,10 @@ def _check_expansion(node: yaml.Node | None) -> None:
 
 
 def _load_yaml(text: str) -> Any:
-    """Parse YAML text with :class:`_Loader` after :func:`_check_expansion` (raises ``yaml.YAMLError``)."""
-    loader = _Loader(text)
+    """Parse YAML text with :func:`_loader`'s loader after :func:`_check_expansion` (raises ``yaml.YAMLError``)."""
+    import yaml
+
+    loader = _loader()(text)
     try:
         try:
             node = loader.get_single_node()
