@@ -195,9 +195,10 @@ def test_rerun_uses_the_cache_and_adding_a_file_computes_only_it(study, tmp_path
 
 
 def test_the_runs_own_files_written_beside_the_report(study, tmp_path):
-    """With a report, the tables, gates_fitted.wsp and manifest.json are written by a forked child while the report
-    renders (from the manifest's text in memory): the same bytes as a run without a report writes itself, and a file
-    that cannot be written still stops the run with the error naming it."""
+    """With a report, the tables and manifest.json are written once report.html is (the report renders from the
+    manifest's text in memory, while its PDF child may still run), gates_fitted.wsp a sample at a time: the same
+    bytes as a run without a report writes, and a file that cannot be written still stops the run with the error
+    naming it."""
     sheet, gates, _ = study
     with_report = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "a", workers=1, plots=False)
     without = quiet_run(sheet=sheet, gates=gates, out=tmp_path / "b", workers=1, plots=False, report=False)
