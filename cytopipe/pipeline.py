@@ -402,7 +402,7 @@ def process_sample(task: SampleTask) -> SampleResult:
         # Optional populations not gated and cuts that found no valley are said here, once per sample.
         flags = "; ".join([*qc.flags(), *notes, *fallback_notes(out.fitted)])
         out.treg = {**treg_row(result, task.treg, task.parent, ident), "acquisition_qc": flags}
-        out.references = reference_medians(sample, result, strategy, task.parent)
+        out.references = reference_medians(sample, result, strategy, task.parent, qc.finite)
     except Exception as err:  # noqa: BLE001
         return fail("count", err)
     lap("count")

@@ -15,7 +15,7 @@ decodes what the file says, this stage asks whether what it says can be real.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +49,9 @@ class AcquisitionQC:
         Whether the file carries a spillover (or compensation) matrix.
     n_fluorescence
         Number of fluorescence channels (not scatter, not Time).
+    finite
+        Indices of the channels without a NaN or an infinity (their extremes are finite): statistics over their
+        values need not look for NaN again.
     """
 
     n_events: int
@@ -56,6 +59,7 @@ class AcquisitionQC:
     margin_pct: dict[str, float]
     spillover: bool
     n_fluorescence: int
+    finite: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def corrupt(self) -> bool:
@@ -121,7 +125,8 @@ def check_acquisition(sample: Sample) -> AcquisitionQC:
         # channels need no pass of their own, their extremes being finite and within range.
         bounds = np.array([bound for _, _, bound, _ in limits])
         fine = np.maximum(-lowest.astype(np.float64), highest.astype(np.float64)) <= bounds  # False for NaN
-        fine &= np.isfinite(lowest) & np.isfinite(highest)
+        finite = np.isfinite(lowest) & np.isfinite(highest)
+        fine &= finite
         tops = [j for j, (_, _, _, top) in enumerate(limits) if top is not None]
         # NaN extremes: count (NaN compares false, as before); otherwise only when the top is reached.
         at = np.array([limits[j][3] for j in tops], dtype=events.dtype)
@@ -142,7 +147,8 @@ def check_acquisition(sample: Sample) -> AcquisitionQC:
                          if _is_fluorescence_or_scatter(c) and not _is_scatter(c) and not _is_width(c))
     return AcquisitionQC(n_events=n, corrupt_events=0 if bad is None else int(np.count_nonzero(bad)),
                          margin_pct=margin,
-                         spillover=has_spillover, n_fluorescence=n_fluorescence)
+                         spillover=has_spillover, n_fluorescence=n_fluorescence,
+                         finite=frozenset(np.flatnonzero(finite).tolist()) if n else frozenset())
 
 
 # Each channel's limits by the keywords they depend on: the files of a study share them (see _channel_limits).

@@ -137,3 +137,15 @@ def test_channel_limits_follow_each_files_keywords():
         sample = Sample("", events, ("FSC-A", "FITC-A"), ("", "CD4"), {"$P1R": "1024", "$P2R": prange}, "FCS3.1")
         seen.append(check_acquisition(sample).margin_pct["FITC-A"])
     assert seen == [pytest.approx(10.0), 0.0, pytest.approx(10.0)]
+
+
+def test_finite_channels_are_those_without_nan_or_infinity():
+    events = np.full((200, 3), 100.0, dtype=np.float32)
+    events[7, 1] = np.nan
+    events[9, 2] = np.inf
+    sample = Sample("", np.asfortranarray(events), ("FSC-A", "FITC-A", "PE-A"), ("", "CD4", "CD8"),
+                    {"$P1R": "1024", "$P2R": "1024", "$P3R": "1024"}, "FCS3.1")
+    assert check_acquisition(sample).finite == frozenset({0})
+    empty = Sample("", np.empty((0, 3), dtype=np.float32), sample.channels, sample.markers, sample.metadata,
+                   "FCS3.1")
+    assert check_acquisition(empty).finite == frozenset()
