@@ -303,3 +303,30 @@ def test_other_shared_files_match_reference_parsers(shared_data: Path) -> None:
             np.testing.assert_allclose(sample.events.sum(axis=0, dtype=np.float64), sums, rtol=1e-7)
             checked += 1
     assert checked == 4
+
+
+def test_the_workers_hashed_read_gives_read_fcs_values_on_every_real_file(shared_data: Path) -> None:
+    """A pool worker reads each file with read_fcs_sha256 (float data column-major, each piece hashed while it is
+    transposed): on every real FCS file that read_fcs reads, from every instrument and layout, the same dtype,
+    shape, channels and bytes as read_fcs, and the SHA-256 of the whole file. Bytes, not a tolerance: the worker
+    must gate exactly the values every other command decodes."""
+    import hashlib
+
+    from cytopipe.fcs import read_fcs_sha256
+
+    files = sorted(p for p in shared_data.rglob("*") if p.suffix.lower() in (".fcs", ".lmd") and p.is_file())
+    compared = columns = 0
+    for path in files:
+        try:
+            expected = read_fcs(path)
+        except FCSError:
+            continue  # refused by read_fcs (corrupt files): test_corrupt_and_header_only_files_are_rejected
+        sample, digest = read_fcs_sha256(path)
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest(), path
+        assert sample.channels == expected.channels, path
+        assert (sample.events.dtype, sample.events.shape) == (expected.events.dtype, expected.events.shape), path
+        assert np.ascontiguousarray(sample.events).tobytes() == np.ascontiguousarray(expected.events).tobytes(), path
+        compared += 1
+        columns += bool(sample.events.flags.f_contiguous and not sample.events.flags.c_contiguous)
+    # The shared folder holds over a hundred readable files, most of them float data (the column-major path).
+    assert compared >= 100 and columns >= 50, (compared, columns)
