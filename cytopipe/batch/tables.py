@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cytopipe import __version__
-from cytopipe.outputs import atomic_open, atomic_write, write_csv
+from cytopipe.outputs import atomic_write, write_csv
 from cytopipe.pipeline import (
     FAILURE_COLUMNS,
     POPULATION_COLUMNS,
@@ -200,12 +200,8 @@ def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> d
 
     Samples whose gates FlowJo cannot hold are left out with one error line; with none left the file is removed
     (a stale one from an earlier run would mislead). Returns the ``manifest.json`` record.
-
-    The text of :func:`cytopipe.flowjo.write.write_workspace` (the same bytes), written a sample at a time: ~20 kB
-    per sample never held at once, nor in new memory (each page a process touches first costs ~3 us).
     """
-    from cytopipe.flowjo.render import sample_fragment, workspace_parts
-    from cytopipe.flowjo.write import WORKSPACE_NAME
+    from cytopipe.flowjo.write import WORKSPACE_NAME, write_workspace
 
     ordered = sorted((r for r in results if r.workspace is not None), key=lambda r: (r.subject, r.day, r.sample))
     trees = [r.workspace for r in ordered if "error" not in r.workspace]
@@ -221,12 +217,7 @@ def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> d
     for r in ordered:
         if "error" not in r.workspace:
             subjects.setdefault(f"subject {r.subject}", []).append(r.workspace["name"])
-    size = 0
-    with atomic_open(target, "wb") as handle:
-        for part in workspace_parts([tree if "xml" in tree else sample_fragment(tree) for tree in trees], subjects):
-            data = part.encode("utf-8")
-            handle.write(data)
-            size += len(data)
+    size = write_workspace(target, trees, groups=subjects)
     return {"file": WORKSPACE_NAME, "samples": len(trees), "bytes": size, "left_out": left_out}
 
 
