@@ -260,6 +260,28 @@ def test_tables_taken_from_memory_are_the_tables_read_from_their_files(tmp_path:
     assert _as_read(frame)["treg_pct"].iloc[2] == 123456.789  # the file's digits, not the frame's
 
 
+def test_tables_whose_column_names_read_back_alike_are_read_as_their_files(tmp_path: Path) -> None:
+    """Column names that read back alike (a sheet's extra columns "=a" and "'=a" are both written "'=a"): the
+    table taken from memory is the one read from its file (pandas renames the repeat "=a.1"), and a hand-made
+    header restoring to one name twice is read (no TypeError traceback)."""
+    import numpy as np
+    from pandas.testing import assert_frame_equal
+
+    from cytopipe.outputs import write_csv
+    from cytopipe.report import _as_read, _read_table
+
+    frame = pd.DataFrame({"sample": ["=cmd", "'=x", "NA"], "'=a": [1.5, np.nan, 2.0], "=a": ["1", "", "x"],
+                          "n": [1, 2, 3]})
+    for rows in (frame, frame.iloc[:0]):
+        write_csv(rows, tmp_path / "t.csv")
+        assert_frame_equal(_as_read(rows), _read_table(tmp_path / "t.csv"), check_exact=True)
+    assert list(_as_read(frame).columns) == ["sample", "=a", "=a.1", "n"]
+    (tmp_path / "hand.csv").write_text("sample,'=a,=a\nx,1,y\n", encoding="utf-8")
+    read = _read_table(tmp_path / "hand.csv")
+    assert list(read.columns) == ["sample", "=a", "=a"]
+    assert read.iloc[0].tolist() == ["x", 1, "y"]
+
+
 def test_table_bodies_escaped_at_once_are_the_templates_cells() -> None:
     """_body escapes a whole table in one call; it writes what the template's loop of ``<td>{{ v }}</td>`` wrote,
     also for hostile text, rows holding its separator characters and empty rows or tables."""
