@@ -106,7 +106,12 @@ class GatingResult:
         if bits is None:
             return None
         if isinstance(positions, slice):
-            return np.unpackbits(bits).view(bool)[positions]
+            start, stop, step = positions.indices(bits.size * 8)
+            if step == 1:
+                return np.unpackbits(bits).view(bool)[positions]
+            # Every k-th bit alone (a figure's stride over a large parent): unpacking them all costs more.
+            at = np.arange(start, stop, step)
+            return ((bits[at >> 3] >> (7 - (at & 7)).astype(np.uint8)) & 1) == 1
         count = int(positions.max()) + 1 if positions.size else 0
         return np.unpackbits(bits, count=count).view(bool)[positions]
 

@@ -254,13 +254,8 @@ def _parent_values(result: Any, pop: Any, n_events: int, kept: bool = True
         values = np.asarray(result.values(pop.gate))[_every(rows, step, n_events)]
     if not kept:
         return values, None, n_parent
-    bits = getattr(result, "kept", {}).get(pop.name)
-    if bits is not None and step > 1:  # the k-th bits alone (unpacking all of a large parent's costs more)
-        positions = np.arange(0, n_parent, step)
-        inside = ((bits[positions >> 3] >> (7 - (positions & 7)).astype(np.uint8)) & 1) == 1
-    else:
-        kept_of = getattr(result, "kept_of", None)
-        inside = kept_of(pop.name, slice(0, n_parent, step)) if kept_of is not None else None
+    kept_of = getattr(result, "kept_of", None)
+    inside = kept_of(pop.name, slice(0, n_parent, step)) if kept_of is not None else None
     return values, _member_of(result, pop.name, _every(rows, step, n_events)) if inside is None else inside, n_parent
 
 

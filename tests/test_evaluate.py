@@ -106,6 +106,9 @@ def test_kept_bits_are_the_gate_verdict_on_the_parent_events() -> None:
     positions = np.arange(parent.size)
     assert np.array_equal(result.kept_of("poly", positions), inside)
     assert result.kept_of("both", positions) is None  # Boolean gates record no verdict
+    n = parent.size
+    for part in (slice(0, n), slice(0, n, 3), slice(5, n, 7), slice(0, n, 1000)):
+        assert np.array_equal(result.kept_of("poly", part), inside[part]), part  # strided: the k-th bits alone
 
 
 def test_whole_sample_compensation_in_blocks_gives_the_bits_of_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
