@@ -281,10 +281,6 @@ class Axis:
             return self.hi + span if value > 0 else self.lo - span
         return min(max(value, self.lo - 1000 * span), self.hi + 1000 * span)  # NaN stays NaN (breaks a path)
 
-    def trace(self, values: Sequence[float]) -> list[float]:
-        """``place(clip(v))`` of each value (a gate's vertices), in one loop (:func:`trace`)."""
-        return trace(values, self.lo, self.hi, self.px0, self.px1)
-
 
 def trace(values: Sequence[float], lo: float, hi: float, px0: float, px1: float) -> list[float]:
     """The pixels of values on a linear axis from ``lo`` (at ``px0``) to ``hi`` (at ``px1``), each value first

@@ -80,3 +80,21 @@ def test_a_saved_figure_inlines_as_its_render(tmp_path) -> None:
         assert inline_svg(path) == expected
     (tmp_path / "bad.svg").write_bytes(b"<svg>\xff</svg>")
     assert inline_svg(tmp_path / "bad.svg") is None and inline_svg(tmp_path / "missing.svg") is None
+
+
+def test_trace_places_clipped_values_as_the_axis_does() -> None:
+    """svg.trace (a gate outline's pixels, without two method calls per vertex) is Axis.place of Axis.clip, to the
+    bit: open sides one axis length beyond the limits, huge values a thousand, NaN kept (it breaks the path)."""
+    import math
+
+    from cytopipe.svg import Axis, trace
+
+    for lo, hi, px0, px1 in ((0.0, 1.0, 56.0, 216.0), (-0.37, 4.42, 230.0, 70.0), (1e-3, 262143.0, 0.0, 160.0)):
+        axis = Axis(lo, hi, px0, px1)
+        span = hi - lo
+        values = [lo, hi, 0.1 * span + lo, -math.inf, math.inf, lo - 999 * span, hi + 2000 * span, -1e300, 1e300,
+                  0.0, -0.0]
+        expected = [axis.place(axis.clip(v)) for v in values]
+        got = trace(values, lo, hi, px0, px1)
+        assert [v.hex() for v in got] == [v.hex() for v in expected]
+        assert math.isnan(trace([math.nan], lo, hi, px0, px1)[0])
