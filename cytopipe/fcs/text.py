@@ -191,6 +191,7 @@ def _pairs(fcs: _File, tokens: list, what: str, decode: Any) -> dict[str, str]:
 
 
 def _utf8(raw: bytes) -> str | None:
+    """``raw`` as UTF-8, or None when it is not."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -198,10 +199,9 @@ def _utf8(raw: bytes) -> str | None:
 
 
 def _decode(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")  # pre-3.1 files use 8-bit code pages; latin-1 never fails
+    """A keyword or value: UTF-8, else latin-1 (pre-3.1 files use 8-bit code pages; latin-1 never fails)."""
+    text = _utf8(raw)
+    return raw.decode("latin-1") if text is None else text
 
 
 def _int_keyword(fcs: _File, metadata: Mapping[str, str], key: str, default: int | None = None) -> int:
