@@ -504,17 +504,15 @@ class _Evaluator:
         """``gate.mask`` of its values on ``rows``; a rectangle or a polygon reads its columns as they are (not
         stacked: a worker's events are column-major, so its plain columns are contiguous already)."""
         kind = type(gate)
-        if kind is RectangleGate and len(gate.dimensions) > 1:
+        if (kind is RectangleGate and len(gate.dimensions) > 1) or (
+                kind is PolygonGate and self.sample.events.flags.f_contiguous):
             tick = time.perf_counter()
             columns = [self.column(dim).get(rows) for dim in gate.dimensions]
             self.stacking += time.perf_counter() - tick
-            return _box_mask_columns(columns, zip(gate.min, gate.max, strict=True))
-        if kind is PolygonGate and self.sample.events.flags.f_contiguous:
-            tick = time.perf_counter()
-            x, y = (self.column(dim).get(rows) for dim in gate.dimensions)
-            self.stacking += time.perf_counter() - tick
-            if x.dtype == y.dtype:  # as stacked (else stacking would promote one of them)
-                return gate.mask_columns(x, y)
+            if kind is RectangleGate:
+                return _box_mask_columns(columns, zip(gate.min, gate.max, strict=True))
+            if columns[0].dtype == columns[1].dtype:  # as stacked (else stacking would promote one of them)
+                return gate.mask_columns(*columns)
         return gate.mask(self.stack(gate.dimensions, rows))
 
     def selected(self, inside: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
