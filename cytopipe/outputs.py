@@ -17,6 +17,8 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cytopipe.columns import Table
+
 #: Float format of every CSV table: fixed, so any number of workers or a cluster writes byte-identical files.
 FLOAT_FORMAT = "%.10g"
 
@@ -69,36 +71,43 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
         handle.write(data)
 
 
-def write_csv(table: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write a table as CSV atomically: no index, ``\\n`` line ends, floats as :data:`FLOAT_FORMAT`, text cells
-    and headers that a spreadsheet would run as a formula neutralised (:func:`neutralise`)."""
+def write_csv(table: Table | pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write a table (a :mod:`cytopipe.columns` table or a DataFrame) as CSV atomically: no index, ``\\n`` line
+    ends, floats as :data:`FLOAT_FORMAT`, text cells and headers that a spreadsheet would run as a formula
+    neutralised (:func:`neutralise`)."""
     with atomic_open(path, "w") as handle:
         to_csv(table, handle)
 
 
-def to_csv(table: pd.DataFrame, handle: IO[str]) -> None:
+def to_csv(table: Table | pd.DataFrame, handle: IO[str]) -> None:
     """Write a table as CSV to an open text stream, the way :func:`write_csv` does.
 
     Notes
     -----
-    The bytes are those of ``safe_table(table).to_csv(handle, index=False, lineterminator="\\n",
-    float_format=FLOAT_FORMAT)``; the cells are prepared here column by column, as pandas prepares them for its
-    :mod:`csv` writer (:func:`_column_cells`), in about half the time pandas takes (pandas formats each float
-    through several Python calls, and :func:`safe_table` maps every text cell): the tables of 500 samples in 23.5
-    instead of 43.5 ms. A table with a column type not prepared there is written by pandas.
+    The bytes are those of ``safe_table(frame).to_csv(handle, index=False, lineterminator="\\n",
+    float_format=FLOAT_FORMAT)`` for the table as a DataFrame (:func:`cytopipe.columns.to_frame`); the cells are
+    prepared here column by column, as pandas prepares them for its :mod:`csv` writer (:func:`_cells`), in about
+    half the time pandas takes (pandas formats each float through several Python calls, and :func:`safe_table`
+    maps every text cell): the tables of 500 samples in 23.5 instead of 43.5 ms. A DataFrame with a column type
+    not prepared there is written by pandas.
     """
     import csv
 
-    columns = [table.iloc[:, i] for i in range(table.shape[1])]
-    if not columns or not all(_column_cells(column, 0, 0) is not None for column in columns):
-        safe_table(table).to_csv(handle, index=False, lineterminator="\n", float_format=FLOAT_FORMAT)
-        return
+    if isinstance(table, dict):
+        names, columns = list(table), [(values, None) for values in table.values()]
+        n_rows = len(columns[0][0]) if columns else 0
+    else:
+        names, n_rows = list(table.columns), len(table)
+        columns = [_frame_column(table.iloc[:, i]) for i in range(table.shape[1])]
+        if not columns or any(column is None for column in columns):
+            safe_table(table).to_csv(handle, index=False, lineterminator="\n", float_format=FLOAT_FORMAT)
+            return
     writer = csv.writer(handle, lineterminator="\n")
-    _write_rows(writer, handle, [[neutralise(name) for name in table.columns]], [0])
-    text = [i for i, column in enumerate(columns) if column.dtype == object]
-    for start in range(0, len(table), _CSV_ROWS):  # in chunks, as pandas: a membership table has millions of rows
-        stop = min(start + _CSV_ROWS, len(table))
-        cells = [_column_cells(column, start, stop) for column in columns]
+    _write_rows(writer, handle, [[neutralise(name) for name in names]], [0])
+    text = [i for i, (values, _) in enumerate(columns) if values.dtype == object]
+    for start in range(0, n_rows, _CSV_ROWS):  # in chunks, as pandas: a membership table has millions of rows
+        stop = min(start + _CSV_ROWS, n_rows)
+        cells = [_cells(values, missing, start, stop) for values, missing in columns]
         returns = sorted({row for i in text for row, cell in enumerate(cells[i])
                           if cell.__class__ is str and "\r" in cell})
         _write_rows(writer, handle, list(zip(*cells, strict=True)), returns)
@@ -130,33 +139,43 @@ def _write_rows(writer: Any, handle: IO[str], rows: list[Any], returns: list[int
 _CSV_ROWS = 20_000  # rows prepared at a time by to_csv
 
 
-def _column_cells(column: pd.Series, start: int, stop: int) -> list[Any] | None:
-    """Rows ``start:stop`` of ``column`` as pandas hands them to :mod:`csv` in ``to_csv`` (``None``: a column type
-    this does not prepare).
-
-    numpy floats: :data:`FLOAT_FORMAT` text, NaN as empty. numpy integers and booleans: the Python values. Text
-    (object) columns: the values, missing ones (None, NaN, NA) as empty, text cells through :func:`neutralise`.
-    pandas' nullable integers and booleans: their values as Python objects, missing ones as empty.
-    """
+def _frame_column(column: pd.Series) -> tuple[Any, Any] | None:
+    """A DataFrame column as :func:`_cells` takes it: ``(values, missing)``, ``missing`` a boolean array for text
+    and nullable columns (None: numpy numbers and flags, nothing missing but NaN); ``None`` for a column type this
+    does not prepare (pandas writes the table then)."""
     import numpy as np
     import pandas as pd
 
     dtype = column.dtype
-    if isinstance(dtype, np.dtype) and dtype.kind == "f":
-        return [FLOAT_FORMAT % value if value == value else "" for value in column.to_numpy()[start:stop].tolist()]
-    if isinstance(dtype, np.dtype) and dtype.kind in "iub":
-        return column.to_numpy()[start:stop].tolist()
+    if isinstance(dtype, np.dtype) and dtype.kind in "fiub":
+        return column.to_numpy(), None
     if isinstance(dtype, np.dtype) and dtype.kind == "O":
-        values = column.to_numpy()[start:stop]
-        missing = pd.isna(values).tolist()
-        starts = _FORMULA_START
-        return ["" if gone else neutralise(value) if isinstance(value, str) and value.startswith(starts) else value
-                for value, gone in zip(values.tolist(), missing, strict=True)]
+        values = column.to_numpy()
+        return values, pd.isna(values)
     if isinstance(column.array, (pd.arrays.IntegerArray, pd.arrays.BooleanArray)):
-        part = column.array[start:stop]
-        return ["" if gone else value
-                for value, gone in zip(part.astype(object).tolist(), part.isna().tolist(), strict=True)]
+        return column.array.astype(object), column.array.isna()
     return None
+
+
+def _cells(values: Any, missing: Any, start: int, stop: int) -> list[Any]:
+    """Rows ``start:stop`` of a column as pandas hands them to :mod:`csv` in ``to_csv``.
+
+    numpy floats: :data:`FLOAT_FORMAT` text, NaN as empty. numpy integers and booleans: the Python values. Text
+    (object) columns: the values, missing ones (``missing``, else None and NaN) as empty, text cells through
+    :func:`neutralise`.
+    """
+    from cytopipe.columns import is_missing
+
+    kind = values.dtype.kind
+    part = values[start:stop].tolist()
+    if kind == "f":
+        return [FLOAT_FORMAT % value if value == value else "" for value in part]
+    if kind != "O":
+        return part
+    gone = missing[start:stop].tolist() if missing is not None else [is_missing(value) for value in part]
+    starts = _FORMULA_START
+    return ["" if lost else neutralise(value) if isinstance(value, str) and value.startswith(starts) else value
+            for value, lost in zip(part, gone, strict=True)]
 
 
 def printable(text: str) -> str:
