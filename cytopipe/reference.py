@@ -17,11 +17,14 @@ Treg % measured with gates placed on that data deserves a second look.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import columns
+from .columns import Table
 from .errors import MarkerError
 
 if TYPE_CHECKING:
@@ -170,39 +173,42 @@ def reference_medians(sample: Any, result: Any, strategy: Any, cd4: str | None,
     return out
 
 
-def reference_drift(rows: list[dict] | pd.DataFrame, limit_pct: float = DRIFT_LIMIT_PCT) -> pd.DataFrame:
+def reference_drift(rows: list[dict] | Table | pd.DataFrame, limit_pct: float = DRIFT_LIMIT_PCT
+                    ) -> pd.DataFrame | Table:
     """Each reference median against the subject's baseline sample.
 
     Parameters
     ----------
-    rows : list of dict or pandas.DataFrame
+    rows : list of dict, table or pandas.DataFrame
         One row per sample: ``sample, subject, timepoint, day, baseline`` (bool) and ``references`` (the dict of
-        :func:`reference_medians`).
+        :func:`reference_medians`); a :mod:`cytopipe.columns` table of those columns, or a DataFrame.
     limit_pct : float
         Relative move (percent, either way) above which a row is flagged.
 
     Returns
     -------
-    pandas.DataFrame
-        :data:`DRIFT_COLUMNS`: ``population`` is the reference population (``CD4 T`` ...), ``parameter`` is
-        ``median <marker>``, ``drift`` = value - baseline value (raw units), ``drift_pct`` relative, and ``qc``
-        a readable flag (``moved +27% against baseline (limit 20%)``) or empty. A subject without a flagged
-        baseline falls back to its earliest day; references the baseline lacks are left out.
+    pandas.DataFrame or table
+        A table for a table, else a DataFrame, of the columns :data:`DRIFT_COLUMNS`: ``population`` is the
+        reference population (``CD4 T`` ...), ``parameter`` is ``median <marker>``, ``drift`` = value - baseline
+        value (raw units), ``drift_pct`` relative, and ``qc`` a readable flag (``moved +27% against baseline (limit
+        20%)``) or empty. A subject without a flagged baseline falls back to its earliest day; references the
+        baseline lacks are left out.
 
     Raises
     ------
     ValueError
         When ``limit_pct`` is not a positive number.
     """
-    import pandas as pd
-
     if not (isinstance(limit_pct, int | float) and math.isfinite(limit_pct) and limit_pct > 0):
         raise ValueError(f"the reference drift limit must be a positive percentage, got {limit_pct!r}")
-    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+    if isinstance(rows, dict):
+        records = _records(rows)
+    elif _is_frame(rows):
+        records = rows.to_dict("records")
+    else:
+        records = list(rows)
     out: list[dict] = []
-    if not records:
-        return pd.DataFrame(columns=list(DRIFT_COLUMNS))
-    for visits in _by_subject(records):  # plain lists: a frame selection per subject costs ~1 ms
+    for visits in _by_subject(records) if records else ():
         flagged = [rec for rec in visits if bool(rec.get("baseline", False))]
         base = flagged[0] if flagged else visits[0]
         base_refs: Mapping[str, float] = base["references"] or {}
@@ -218,51 +224,79 @@ def reference_drift(rows: list[dict] | pd.DataFrame, limit_pct: float = DRIFT_LI
                             "day": rec["day"], "population": population, "parameter": f"median {marker}",
                             "value": value, "baseline_value": ref, "drift": value - ref, "drift_pct": pct,
                             "qc": qc})
-    return pd.DataFrame(out, columns=list(DRIFT_COLUMNS))
+    table = columns.from_rows(out, DRIFT_COLUMNS)
+    return table if isinstance(rows, dict) else columns.to_frame(table)
+
+
+def _is_frame(value: Any) -> bool:
+    """Whether ``value`` is a pandas DataFrame (pandas is not imported to find out: without it, none can be)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
 def _by_subject(records: list[dict]) -> list[list[dict]]:
-    """The rows of each subject in subject order, each subject's by day then sample (as a stable sort of the
-    frame by subject, day and sample orders them; pandas sorts rows whose keys Python cannot order)."""
+    """The rows of each subject in subject order, each subject's by day then sample, as a stable sort of the frame
+    by subject, day and sample and its grouping by subject order them: missing days last, rows without a subject
+    left out (pandas sorts the rows whose keys Python cannot order)."""
+    keys = {name: columns.column([rec[name] for rec in records]) for name in ("subject", "day", "sample")}
+    keys["_row"] = np.arange(len(records))
     try:
-        if not all(isinstance(rec["day"], int | float) and math.isfinite(rec["day"]) for rec in records):
-            raise TypeError("days that are not finite numbers")
-        ordered = sorted(records, key=lambda rec: (rec["subject"], rec["day"], rec["sample"]))
+        order = columns.sorted_by(keys, ["subject", "day", "sample"])["_row"].tolist()
     except TypeError:
         import pandas as pd
 
         frame = pd.DataFrame(records).sort_values(["subject", "day", "sample"], kind="mergesort")
         return [group.to_dict("records") for _, group in frame.groupby("subject", sort=True)]
     groups: dict[Any, list[dict]] = {}
-    for rec in ordered:
-        groups.setdefault(rec["subject"], []).append(rec)
+    for i in order:
+        subject = records[i]["subject"]
+        if not columns.is_missing(subject):
+            groups.setdefault(subject, []).append(records[i])
     return list(groups.values())
 
 
-def drift_flags(drift: pd.DataFrame) -> dict[str, str]:
-    """Per sample, the ``acquisition_qc`` text of its flagged reference populations (empty dict if none)."""
+def drift_flags(drift: Table | pd.DataFrame | None) -> dict[str, str]:
+    """Per sample, the ``acquisition_qc`` text of its flagged reference populations (empty dict if none), from the
+    rows of :func:`reference_drift` (a table or a DataFrame)."""
     flags: dict[str, str] = {}
-    if drift is None or drift.empty:
-        return flags
-    moved = drift[drift["qc"].astype(str) != ""]
-    for sample, rows in moved.groupby("sample", sort=False):
-        parts = [f"{r.parameter.removeprefix('median ')} on {r.population} {r.drift_pct:+.0f}%"
-                 for r in rows.itertuples(index=False)]
-        limit = rows["qc"].iloc[0].rsplit("limit ", 1)[-1].rstrip(")")
+    rows = _records(drift)
+    moved: dict[Any, list[dict]] = {}
+    for row in rows:
+        if str(row["qc"]) != "" and not columns.is_missing(row["sample"]):
+            moved.setdefault(row["sample"], []).append(row)
+    for sample, group in moved.items():
+        parts = [f"{r['parameter'].removeprefix('median ')} on {r['population']} {r['drift_pct']:+.0f}%"
+                 for r in group]
+        limit = group[0]["qc"].rsplit("limit ", 1)[-1].rstrip(")")
         flags[str(sample)] = f"reference drift against baseline > {limit}: " + ", ".join(parts)
     return flags
 
 
-def drift_decades(drift: pd.DataFrame) -> dict[str, float]:
-    """Per sample, the largest ``|log10(value / baseline)|`` over its fluorescence reference populations."""
+def drift_decades(drift: Table | pd.DataFrame | None) -> dict[str, float]:
+    """Per sample, the largest ``|log10(value / baseline)|`` over its fluorescence reference populations (rows of
+    :func:`reference_drift`, a table or a DataFrame)."""
     out: dict[str, float] = {}
-    if drift is None or drift.empty:
+    if drift is None or (columns.length(drift) if isinstance(drift, dict) else len(drift)) == 0:
         return out
-    fluor = drift[~drift["parameter"].isin([f"median {c}" for c in _SCATTER])]
+    table = drift if isinstance(drift, dict) else columns.from_frame(drift)
+    scatter = {f"median {c}" for c in _SCATTER}
+    fluor = np.array([p not in scatter for p in table["parameter"].tolist()], dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = fluor["value"].to_numpy(dtype=float) / fluor["baseline_value"].to_numpy(dtype=float)
+        ratio = np.asarray(table["value"][fluor], dtype=float) / np.asarray(table["baseline_value"][fluor],
+                                                                             dtype=float)
         decades = np.abs(np.log10(ratio))
-    for sample, value in zip(fluor["sample"].astype(str), decades, strict=True):
+    for sample, value in zip(table["sample"][fluor].tolist(), decades.tolist(), strict=True):
         if np.isfinite(value):
+            sample = str(sample)
             out[sample] = max(out.get(sample, 0.0), float(value))
     return out
+
+
+def _records(table: Table | pd.DataFrame | None) -> list[dict]:
+    """The rows of a table or DataFrame as dicts (none for ``None``)."""
+    if table is None:
+        return []
+    if not isinstance(table, dict):
+        table = columns.from_frame(table)
+    names = list(table)
+    return [dict(zip(names, cells, strict=True)) for cells in zip(*(v.tolist() for v in table.values()), strict=True)]

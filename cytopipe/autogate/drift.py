@@ -4,6 +4,7 @@ the Treg % to each fitted threshold."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -23,69 +24,149 @@ from .threshold import ThresholdGate
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..columns import Table
+
 _IDENTITY = {"sample", "subject", "timepoint", "day", "baseline", "population", "type", "scope", "fitted_on",
              "n_samples", "n_events"}
 
 
-def gate_drift(fitted_rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+_DRIFT_COLUMNS = ("subject", "sample", "timepoint", "day", "population", "parameter", "value", "baseline_value",
+                  "drift", "drift_pct")
+
+
+def gate_drift(fitted_rows: Sequence[Mapping[str, Any]] | Table | pd.DataFrame) -> pd.DataFrame | Table:
     """Drift of every fitted gate parameter per timepoint against the subject's baseline fit.
 
     Parameters
     ----------
-    fitted_rows : list of dict or pandas.DataFrame
+    fitted_rows : list of dict, table or pandas.DataFrame
         ``gates_fitted.csv`` rows: :func:`fit_strategy` rows with ``sample, subject, timepoint, day`` added (and
-        optionally a bool ``baseline``; a subject with no row flagged falls back to its earliest day).
+        optionally a bool ``baseline``; a subject with no row flagged falls back to its earliest day); as dicts, a
+        :mod:`cytopipe.columns` table or a DataFrame.
 
     Returns
     -------
-    pandas.DataFrame
-        One row per subject x timepoint x population x numeric parameter: ``subject, sample, timepoint, day,
-        population, parameter, value, baseline_value, drift`` (value - baseline value, same units: logicle decades
-        for thresholds, raw for scatter) and ``drift_pct`` (drift relative to the baseline value, percent). Gates
-        fitted once per subject (``subject``/``baseline`` scope, rows without a day) are left out.
+    pandas.DataFrame or table
+        A table for a table, else a DataFrame (its columns typed as pandas types them). One row per subject x
+        timepoint x population x numeric parameter: ``subject, sample, timepoint, day, population, parameter,
+        value, baseline_value, drift`` (value - baseline value, same units: logicle decades for thresholds, raw for
+        scatter) and ``drift_pct`` (drift relative to the baseline value, percent), by subject, day, sample,
+        population (in the order of the rows) and parameter. Gates fitted once per subject (``subject``/
+        ``baseline`` scope, rows without a day) are left out.
 
     Raises
     ------
     ValueError
         The rows lack ``subject``, ``day`` or ``population``.
     """
-    import pandas as pd
+    from .. import columns
 
-    table = pd.DataFrame(list(fitted_rows) if not isinstance(fitted_rows, pd.DataFrame) else fitted_rows)
-    columns = ["subject", "sample", "timepoint", "day", "population", "parameter", "value", "baseline_value",
-               "drift", "drift_pct"]
-    if table.empty:
-        return pd.DataFrame(columns=columns)
-    missing = [c for c in ("subject", "day", "population") if c not in table.columns]
+    if isinstance(fitted_rows, dict):
+        return _drift_table(fitted_rows)
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(fitted_rows, pandas.DataFrame):
+        table = columns.from_frame(fitted_rows)
+    else:
+        rows = list(fitted_rows)
+        table = columns.from_rows(rows, list(dict.fromkeys(name for row in rows for name in row)))
+    return columns.to_frame(_drift_table(table))
+
+
+def _drift_table(table: Table) -> Table:
+    """:func:`gate_drift` of a table, as a table (computed as the DataFrame version computed it: a melt of the
+    numeric parameter columns, the baseline row's value of each subject, population and parameter, a merge)."""
+    from .. import columns
+
+    n = columns.length(table)
+    if not n:
+        return columns.from_rows([], _DRIFT_COLUMNS)
+    missing = [c for c in ("subject", "day", "population") if c not in table]
     if missing:
         raise ValueError(f"gate_drift: fitted rows lack column(s) {', '.join(missing)}")
-    table = table[pd.to_numeric(table["day"], errors="coerce").notna()].copy()
-    table["day"] = table["day"].astype(float)
-    for col in ("sample", "timepoint"):
-        if col not in table.columns:
-            table[col] = ""
-    params = [c for c in table.columns if c not in _IDENTITY and pd.api.types.is_numeric_dtype(table[c])]
-    ids = ["subject", "sample", "timepoint", "day", "population"]
-    if "baseline" in table.columns:
-        ids.append("baseline")
-    long = table.melt(id_vars=ids, value_vars=params, var_name="parameter", value_name="value")
-    long = long.dropna(subset=["value"])
-    # A subject without a flagged baseline row falls back to its earliest day.
-    earliest = long["day"] == long.groupby("subject")["day"].transform("min")
-    if "baseline" in long.columns:
-        flagged = long["baseline"].astype(bool)
-        base = long[flagged | (earliest & ~flagged.groupby(long["subject"]).transform("any"))]
-    else:
-        base = long[earliest]
-    base = base.groupby(["subject", "population", "parameter"], as_index=False)["value"].first()
-    out = long.merge(base.rename(columns={"value": "baseline_value"}), on=["subject", "population", "parameter"])
-    out["drift"] = out["value"] - out["baseline_value"]
-    scale = out["baseline_value"].abs().where(out["baseline_value"].abs() > 0)
-    out["drift_pct"] = 100.0 * out["drift"] / scale
-    order = {n: i for i, n in enumerate(dict.fromkeys(table["population"]))}
-    out["_order"] = out["population"].map(order)
-    out = out.sort_values(["subject", "day", "sample", "_order", "parameter"], kind="mergesort")
-    return out[columns].reset_index(drop=True)
+    # The rows with a day (numbers, or text that reads as one); the parameters are the numeric columns of all rows.
+    days = [_day(value) for value in table["day"].tolist()]
+    kept = [i for i, day in enumerate(days) if day == day]
+    params = [name for name, values in table.items() if name not in _IDENTITY and values.dtype.kind in "biufc"]
+    ids = {name: table[name][kept] if name in table else columns.column([""] * len(kept))
+           for name in ("subject", "sample", "timepoint", "population")}
+    day = np.array([days[i] for i in kept], dtype=np.float64)
+    flags = table["baseline"][kept].tolist() if "baseline" in table else None
+    # The long table (parameter by parameter, rows in order), without missing values.
+    dtype = _common_dtype([table[name].dtype for name in params])
+    long_rows: list[int] = []  # index into kept
+    long_params: list[str] = []
+    long_values: list[Any] = []
+    for name in params:
+        values = table[name][kept].tolist()
+        for i, value in enumerate(values):
+            if not columns.is_missing(value):
+                long_rows.append(i)
+                long_params.append(name)
+                long_values.append(value)
+    subjects = ids["subject"].tolist()
+    populations = ids["population"].tolist()
+    # Each subject's earliest day, and whether any of its rows is flagged baseline.
+    earliest: dict[Any, float] = {}
+    any_flag: dict[Any, bool] = {}
+    for i in long_rows:
+        subject = subjects[i]
+        if columns.is_missing(subject):
+            continue
+        earliest[subject] = min(earliest.get(subject, day[i]), day[i])
+        if flags is not None:
+            any_flag[subject] = any_flag.get(subject, False) or bool(flags[i])
+    base: dict[tuple, Any] = {}
+    for i, name, value in zip(long_rows, long_params, long_values, strict=True):
+        subject, population = subjects[i], populations[i]
+        if columns.is_missing(subject) or columns.is_missing(population):
+            continue
+        flagged = flags is not None and bool(flags[i])
+        if flagged or (day[i] == earliest[subject] and not any_flag.get(subject, False)):
+            base.setdefault((subject, population, name), value)
+    chosen = [k for k, (i, name) in enumerate(zip(long_rows, long_params, strict=True))
+              if not columns.is_missing(subjects[i]) and not columns.is_missing(populations[i])
+              and (subjects[i], populations[i], name) in base]
+    rows = [long_rows[k] for k in chosen]
+    value = np.array([long_values[k] for k in chosen], dtype=dtype)
+    baseline_value = np.array([base[subjects[long_rows[k]], populations[long_rows[k]], long_params[k]]
+                               for k in chosen], dtype=dtype)
+    drift = value - baseline_value
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.abs(baseline_value)
+        scale = np.where(scale > 0, scale, np.nan) if scale.dtype != object else \
+            np.array([v if v > 0 else np.nan for v in scale.tolist()], dtype=np.float64)
+        drift_pct = np.asarray(100.0 * drift / scale, dtype=np.float64)
+    out = {"subject": ids["subject"][rows], "sample": ids["sample"][rows], "timepoint": ids["timepoint"][rows],
+           "day": day[rows], "population": ids["population"][rows],
+           "parameter": columns.column([long_params[k] for k in chosen]) if chosen else np.array([], dtype=object),
+           "value": value, "baseline_value": baseline_value, "drift": drift, "drift_pct": drift_pct}
+    position = {name: i for i, name in enumerate(dict.fromkeys(ids["population"].tolist()))}
+    out["_order"] = np.array([position[p] for p in out["population"].tolist()], dtype=np.int64)
+    out = columns.sorted_by(out, ["subject", "day", "sample", "_order", "parameter"])
+    return columns.select(out, _DRIFT_COLUMNS)
+
+
+def _day(value: Any) -> float:
+    """A ``day`` cell as a number (as ``pandas.to_numeric(errors="coerce")`` reads it), NaN when it is none."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+def _common_dtype(dtypes: list[np.dtype]) -> type | np.dtype:
+    """The dtype of the values of columns of these dtypes melted into one (integers and floats: float)."""
+    if not dtypes:
+        return np.float64  # pandas' melt of no column
+    if len(set(dtypes)) == 1:
+        return dtypes[0]
+    if all(d.kind in "iuf" for d in dtypes):
+        return np.float64
+    return object
 
 
 def sensitivity(

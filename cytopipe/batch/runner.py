@@ -8,10 +8,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from cytopipe import columns
+from cytopipe.columns import Table
 from cytopipe.errors import ConfigError, CytopipeError, GateError
 from cytopipe.fcs import SCALES
 from cytopipe.pipeline import (
@@ -48,7 +50,45 @@ DEFAULT_SCHEDULER_TIMEOUT = 300.0
 CLINICAL_NAME = "clinical.csv"
 
 
-@dataclass
+#: The tables of a :class:`RunResult`, by attribute.
+_TABLES = ("populations", "treg", "baseline", "failures", "fitted", "sensitivity", "drift")
+
+
+class _Frame:
+    """A :class:`RunResult` table as a DataFrame, built from the run's table on first access (a run from the
+    command line never builds it: pandas stays unimported)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, result: RunResult | None, owner: type | None = None) -> Any:
+        if result is None:
+            return self
+        table = result.tables[self.name]
+        if self.name not in result._frames:
+            result._frames[self.name] = table if not isinstance(table, dict) else _as_frame(self.name, table)
+        return result._frames[self.name]
+
+    def __set__(self, result: RunResult, value: Any) -> None:
+        result.tables[self.name] = value
+        result._frames.pop(self.name, None)
+
+
+def _as_frame(name: str, table: Table) -> pd.DataFrame:
+    """A run's table as the DataFrame the run returned before tables: none without columns, ``baseline.csv``'s
+    event counts as pandas' nullable integers (as :func:`cytopipe.stats.baseline_table` types them)."""
+    import pandas as pd
+
+    if not table:
+        return pd.DataFrame()
+    frame = columns.to_frame(table)
+    if name == "baseline":
+        for count in ("treg_events", "cd4_events"):
+            if count in table and table[count].dtype.kind == "i":
+                frame[count] = pd.array(table[count], dtype="Int64")
+    return frame
+
+
 class RunResult:
     """The tables of one batch run and its exit code.
 
@@ -57,7 +97,9 @@ class RunResult:
     populations, treg, baseline, failures, fitted, sensitivity, drift
         The tables written to ``populations.csv``, ``treg.csv``, ``baseline.csv``, ``failures.csv``,
         ``gates_fitted.csv``, ``sensitivity.csv`` and ``gate_drift.csv`` (the last three are empty for fixed
-        gates).
+        gates), as DataFrames (built on first access).
+    tables
+        The same tables by attribute name, as the run made them: :mod:`cytopipe.columns` tables (or DataFrames).
     exit_code
         0 when every sample succeeded, 1 when some failed.
     out
@@ -66,21 +108,35 @@ class RunResult:
         Sample names processed in this run and those taken from the cache.
     elapsed
         Wall-clock seconds of the whole run.
+    n_events
+        Events read by this run (cached samples not counted).
     """
 
-    populations: pd.DataFrame
-    treg: pd.DataFrame
-    baseline: pd.DataFrame
-    failures: pd.DataFrame
-    fitted: pd.DataFrame
-    sensitivity: pd.DataFrame
-    drift: pd.DataFrame
-    exit_code: int
-    out: Path
-    computed: list[str] = field(default_factory=list)
-    cached: list[str] = field(default_factory=list)
-    elapsed: float = 0.0
-    n_events: int = 0
+    populations = _Frame()
+    treg = _Frame()
+    baseline = _Frame()
+    failures = _Frame()
+    fitted = _Frame()
+    sensitivity = _Frame()
+    drift = _Frame()
+
+    def __init__(self, populations: Any, treg: Any, baseline: Any, failures: Any, fitted: Any, sensitivity: Any,
+                 drift: Any, exit_code: int, out: Path, computed: list[str] | None = None,
+                 cached: list[str] | None = None, elapsed: float = 0.0, n_events: int = 0) -> None:
+        self.tables: dict[str, Any] = {"populations": populations, "treg": treg, "baseline": baseline,
+                                       "failures": failures, "fitted": fitted, "sensitivity": sensitivity,
+                                       "drift": drift}
+        self._frames: dict[str, Any] = {}
+        self.exit_code = exit_code
+        self.out = out
+        self.computed = list(computed or [])
+        self.cached = list(cached or [])
+        self.elapsed = elapsed
+        self.n_events = n_events
+
+    def __repr__(self) -> str:
+        return (f"RunResult(exit_code={self.exit_code}, out={str(self.out)!r}, computed={len(self.computed)}, "
+                f"cached={len(self.cached)}, elapsed={self.elapsed:.1f})")
 
 
 class SheetRow(NamedTuple):
@@ -246,7 +302,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     """
     from cytopipe.bundled import find_gate_file
     from cytopipe.gatefile import load_strategy
-    from cytopipe.samplesheet import read_sample_rows, sheet_frame
+    from cytopipe.samplesheet import read_sample_rows
 
     started = time.perf_counter()
     stream = stream if stream is not None else sys.stderr
@@ -334,13 +390,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
             figures.add(result)
     log.finish()
 
-    import pandas as pd
-
-    table = sheet_frame(sheet_rows, sheet_columns)
-
-    tables = _tables(results, strategy, table)
-    if client_fitted:
-        tables["fitted"] = pd.concat([pd.DataFrame(client_fitted), tables["fitted"]], ignore_index=True)
+    table = columns.from_rows(sheet_rows, sheet_columns)  # the sheet as read_sample_sheet's frame, as a table
+    tables: dict[str, Any] = _tables(results, strategy, table, client_fitted)
     tables["drift"] = _drift(tables["fitted"], table)
     _reference_qc(tables, results, table, drift_limit)
     if not report or mode == "flagged":  # the report computes baseline.csv itself (with more columns)
@@ -372,8 +423,9 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
             # baseline.csv (same settings, plus columns from populations.csv): return that one. Its PDF is laid
             # out natively (cytopipe.pdf) by a forked child: this process writes the tables and manifest.json
             # meanwhile, once report.html is written, instead of before the report.
+            frames = {name: columns.to_frame(table) for name, table in written.items()}
             tables["baseline"] = render_from_tables(
-                out, written, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
+                out, frames, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
                 figures=figures.inlined if figures is not None else None, manifest=json.loads(manifest),
                 meanwhile=write_outputs)["baseline"]
     finally:
@@ -382,14 +434,13 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
     computed = [task.sample for task, _ in todo]
     done_here = set(computed)
     cached = [task.sample for task in tasks if task.sample not in done_here]
-    failed = set(tables["failures"]["sample"])
+    failed = set(tables["failures"]["sample"].tolist())
     elapsed = time.perf_counter() - started
     log.log(f"{len(samples) - len(failed)}/{len(samples)} samples ok, {len(failed)} failed; {len(computed)} "
             f"processed, {len(samples) - len(computed)} cached; {elapsed:.1f} s; results in {out}")
-    return RunResult(populations=tables["populations"], treg=tables["treg"], baseline=tables["baseline"],
-                     failures=tables["failures"], fitted=tables["fitted"], sensitivity=tables["sensitivity"],
-                     drift=tables["drift"], exit_code=1 if failed else 0, out=out, computed=computed,
-                     cached=cached, elapsed=elapsed, n_events=sum(r.n_events for r in results if not r.cached))
+    return RunResult(**{name: tables[name] for name in _TABLES}, exit_code=1 if failed else 0, out=out,
+                     computed=computed, cached=cached, elapsed=elapsed,
+                     n_events=sum(r.n_events for r in results if not r.cached))
 
 
 def _prepare_outputs(report: bool) -> None:
@@ -489,14 +540,23 @@ def _row_settings(records: list[SheetRow], strategy: Any, treg: str, parent: str
     return panels, problems, strategies
 
 
-def _draw_flagged(baseline: pd.DataFrame, tasks: list[SampleTask], settings: list[str], plots_dir: str,
+def _draw_flagged(baseline: Any, tasks: list[SampleTask], settings: list[str], plots_dir: str,
                   cache: ResultCache, n_workers: int, scheduler: str | None, log: Progress) -> None:
-    """``--plots flagged``: gate again, drawing the figure, only the samples with a QC flag or a significant change."""
-    if baseline is None or not len(baseline):
+    """``--plots flagged``: gate again, drawing the figure, only the samples with a QC flag or a significant change
+    (``baseline``: the rows of ``baseline.csv``, a table or a DataFrame)."""
+    if baseline is None:
         return
-    flags = baseline["qc_flags"].fillna("").astype(str) != "" if "qc_flags" in baseline else False
-    significant = baseline["significant"].astype(bool) if "significant" in baseline else False
-    chosen = set(baseline.loc[flags | significant, "sample"].astype(str))
+    if not isinstance(baseline, dict):
+        baseline = columns.from_frame(baseline)
+    n = columns.length(baseline)
+    if not n:
+        return
+    flags = ([not columns.is_missing(v) and str(v) != "" for v in baseline["qc_flags"].tolist()]
+             if "qc_flags" in baseline else [False] * n)
+    significant = ([bool(v) for v in baseline["significant"].tolist()] if "significant" in baseline
+                   else [False] * n)
+    chosen = {str(sample) for sample, flag, sig in zip(baseline["sample"].tolist(), flags, significant, strict=True)
+              if flag or sig}
     redo = [(replace(task, plots_dir=plots_dir), setting)
             for task, setting in zip(tasks, settings, strict=True) if task.sample in chosen]
     if redo:

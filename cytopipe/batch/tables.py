@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import sys
@@ -11,7 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cytopipe import __version__
+import numpy as np
+
+from cytopipe import __version__, columns
+from cytopipe.columns import Table
 from cytopipe.outputs import atomic_write, write_csv
 from cytopipe.pipeline import (
     FAILURE_COLUMNS,
@@ -57,63 +61,87 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sort_rows(table: pd.DataFrame, columns: Iterable[str], population_order: list[str] | None = None) -> pd.DataFrame:
-    table = table.copy()
+def _sort_rows(table: Table, names: Iterable[str], population_order: list[str] | None = None) -> Table:
+    """The rows of ``table`` by subject, day, sample (and the position of their population in
+    ``population_order``: unknown ones last), with the columns ``names``."""
     keys = ["subject", "day", "sample"]
     if population_order is not None:
-        table["_order"] = table["population"].map({n: i for i, n in enumerate(population_order)})
+        position = {name: i for i, name in enumerate(population_order)}
+        table = {**table, "_order": columns.column([position.get(name, math.nan)
+                                                     for name in table["population"].tolist()])}
         keys.append("_order")
-    table = table.sort_values(keys, kind="mergesort").reset_index(drop=True)
-    return table[list(columns)]
+    return columns.select(columns.sorted_by(table, keys), list(names))
 
 
-def _per_sample(results: list[SampleResult], attribute: str) -> pd.DataFrame:
-    """Concatenate a per-sample list of rows (fitted gates, sensitivity) in subject, day, sample order."""
-    import pandas as pd
+def _row_names(rows: list[dict]) -> list[str]:
+    """The columns of ``pandas.DataFrame(rows)``: every key, in the order they first appear."""
+    return list(dict.fromkeys(name for row in rows for name in row))
 
+
+def _per_sample(results: list[SampleResult], attribute: str, before: list[dict] | None = None) -> Table:
+    """Concatenate a per-sample list of rows (fitted gates, sensitivity) in subject, day, sample order, after the
+    rows ``before`` (the gates fitted once per subject); no columns when there is no row."""
     ordered = sorted(results, key=lambda r: (r.subject, r.day, r.sample))
-    return pd.DataFrame([row for r in ordered for row in getattr(r, attribute)])
+    rows = [*(before or ()), *(row for r in ordered for row in getattr(r, attribute))]
+    return columns.from_rows(rows, _row_names(rows))
 
 
-def _tables(results: list[SampleResult], strategy: Any, sheet: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The result tables, sorted by subject, day, sample (and population order)."""
-    import pandas as pd
+def _join(table: Table, other: Table, key: str, names: Iterable[str]) -> Table:
+    """``table`` with the columns ``names`` of ``other`` (unique ``key`` values) of the row with the same ``key``,
+    as ``table.join(other.set_index(key)[names], on=key)``: missing cells NaN (int columns become float, flag
+    columns object)."""
+    where = {value: i for i, value in enumerate(other[key].tolist())}
+    index = [where.get(value, -1) for value in table[key].tolist()]
+    out = dict(table)
+    if -1 not in index:
+        for name in names:
+            out[name] = other[name][np.asarray(index, dtype=np.intp)]
+        return out
+    for name in names:
+        values = other[name]
+        cells = [math.nan if i < 0 else value for i, value in zip(index, values[[max(i, 0) for i in index]].tolist(),
+                                                                   strict=True)]
+        kind = values.dtype.kind
+        out[name] = np.array(cells, dtype=np.float64 if kind in "fiu" else object) if cells else values[:0]
+    return out
 
+
+def _tables(results: list[SampleResult], strategy: Any, sheet: Table, client_fitted: list[dict] | None = None
+            ) -> dict[str, Table]:
+    """The result tables, sorted by subject, day, sample (and population order); ``client_fitted``: the rows of
+    the gates fitted once per subject, before the per-sample fits in ``fitted``."""
     order = [p.name for p in strategy.populations]
-    extra = [c for c in sheet.columns if c not in ("sample", "file", "subject", "timepoint", "day", "baseline",
-                                                   "role", "spillover", "panel", "pregated")]
+    extra = [c for c in sheet if c not in ("sample", "file", "subject", "timepoint", "day", "baseline",
+                                           "role", "spillover", "panel", "pregated")]
     counted = [r for r in results if r.treg is not None]
     pop_rows = [row for r in counted for row in r.populations]
-    populations = _sort_rows(pd.DataFrame(pop_rows, columns=list(POPULATION_COLUMNS)), POPULATION_COLUMNS, order)
-    treg = pd.DataFrame([r.treg for r in counted], columns=[*TREG_COLUMNS, "acquisition_qc"])
+    populations = _sort_rows(columns.from_rows(pop_rows, POPULATION_COLUMNS), POPULATION_COLUMNS, order)
+    treg = columns.from_rows([r.treg for r in counted], [*TREG_COLUMNS, "acquisition_qc"])
     # The baseline flag and the sheet's extra columns travel with each sample (the report re-renders from them).
-    treg = treg.join(sheet.set_index("sample")[["baseline", *extra]], on="sample")
+    treg = _join(treg, sheet, "sample", ["baseline", *extra])
     treg = _sort_rows(treg, [*TREG_COLUMNS, "acquisition_qc", "baseline", *extra])
-    failures = pd.DataFrame([r.failure for r in results if r.failure is not None], columns=list(FAILURE_COLUMNS))
-    failures = failures.join(sheet.set_index("sample")[["subject", "day"]], on="sample")
-    failures = failures.sort_values(["subject", "day", "sample"], kind="mergesort")[list(FAILURE_COLUMNS)]
-    return {"populations": populations, "treg": treg, "failures": failures.reset_index(drop=True),
-            "fitted": _per_sample(results, "fitted"), "sensitivity": _per_sample(results, "sensitivity")}
+    failures = columns.from_rows([r.failure for r in results if r.failure is not None], FAILURE_COLUMNS)
+    failures = _sort_rows(_join(failures, sheet, "sample", ["subject", "day"]), FAILURE_COLUMNS)
+    return {"populations": populations, "treg": treg, "failures": failures,
+            "fitted": _per_sample(results, "fitted", client_fitted), "sensitivity": _per_sample(results, "sensitivity")}
 
 
-def _drift(fitted: pd.DataFrame, sheet: pd.DataFrame) -> pd.DataFrame:
+def _drift(fitted: Table, sheet: Table) -> Table:
     """``gate_drift.csv``: each per-sample fitted parameter against the subject's baseline sample's fit.
 
-    The sheet's baseline flag names the baseline sample; gates fitted once per subject have no drift. Empty when
-    nothing was fitted (fixed gates).
+    The sheet's baseline flag names the baseline sample; gates fitted once per subject have no drift. Empty (no
+    columns) when nothing was fitted (fixed gates).
     """
-    if fitted.empty:
-        import pandas as pd
-
-        return pd.DataFrame()
+    if not columns.length(fitted):
+        return {}
     from cytopipe.autogate import gate_drift
 
-    flags = sheet.set_index("sample")["baseline"]
-    return gate_drift(fitted.assign(baseline=fitted["sample"].map(flags).eq(True)))
+    flags = dict(zip(sheet["sample"].tolist(), sheet["baseline"].tolist(), strict=True))
+    baseline = np.array([flags.get(sample) is True for sample in fitted["sample"].tolist()], dtype=bool)
+    return gate_drift({**fitted, "baseline": baseline})
 
 
-def _reference_qc(tables: dict[str, pd.DataFrame], results: list[SampleResult], sheet: pd.DataFrame,
-                  limit: float) -> None:
+def _reference_qc(tables: dict[str, Table], results: list[SampleResult], sheet: Table, limit: float) -> None:
     """Reference-population drift QC and gating SD (issue 14), in place on ``tables``.
 
     The reference medians against each subject's baseline join the gate rows of ``gate_drift.csv`` (column
@@ -122,8 +150,6 @@ def _reference_qc(tables: dict[str, pd.DataFrame], results: list[SampleResult], 
     widened by the sample's reference drift (NaN for fixed gates), which ``baseline.csv`` turns into the combined
     interval of the change.
     """
-    import pandas as pd
-
     from cytopipe.reference import DRIFT_COLUMNS, drift_decades, drift_flags, reference_drift
     from cytopipe.stats import gate_sd_from_sensitivity
 
@@ -131,18 +157,45 @@ def _reference_qc(tables: dict[str, pd.DataFrame], results: list[SampleResult], 
     rows = [{"sample": r.sample, "subject": r.subject, "timepoint": r.timepoint, "day": r.day,
              "baseline": bool(flags.get(r.sample, False)), "references": r.references}
             for r in results if r.treg is not None]
-    references = reference_drift(rows, limit)
-    parts = [t for t in (tables["drift"].assign(qc=""), references) if not t.empty]
+    references = reference_drift(columns.from_rows(rows, ("sample", "subject", "timepoint", "day", "baseline",
+                                                          "references")), limit)
+    gate_rows = tables["drift"]
+    if columns.length(gate_rows):
+        gate_rows = {**gate_rows, "qc": columns.column([""] * columns.length(gate_rows))}
+    parts = [columns.select(t, DRIFT_COLUMNS) for t in (gate_rows, references) if columns.length(t)]
     if parts:
-        drift = pd.concat(parts, ignore_index=True)[list(DRIFT_COLUMNS)]
-        tables["drift"] = drift.sort_values(["subject", "day", "sample"], kind="mergesort").reset_index(drop=True)
+        tables["drift"] = columns.sorted_by(_concat(parts), ["subject", "day", "sample"])
     treg = tables["treg"]
     moved = drift_flags(references)
-    treg["acquisition_qc"] = ["; ".join(x for x in (str(qc or ""), moved.get(str(sample), "")) if x)
-                              for qc, sample in zip(treg["acquisition_qc"], treg["sample"], strict=True)]
-    gate_sd = gate_sd_from_sensitivity(tables["sensitivity"], drift=drift_decades(references))
-    treg.insert(treg.columns.get_loc("acquisition_qc") + 1, "gate_sd_pp",
-                treg["sample"].astype(str).map(gate_sd).astype(float))
+    qc = columns.column(["; ".join(x for x in (str(qc or ""), moved.get(str(sample), "")) if x)
+                         for qc, sample in zip(treg["acquisition_qc"].tolist(), treg["sample"].tolist(),
+                                               strict=True)])
+    if not len(qc):
+        qc = np.empty(0, dtype=np.float64)  # as pandas types an empty list assigned to a column (the API's dtype)
+    sensitivity = tables["sensitivity"]
+    gate_sd = gate_sd_from_sensitivity(columns.to_frame(sensitivity) if columns.length(sensitivity) else None,
+                                       drift=drift_decades(references))
+    sd = np.array([gate_sd.get(str(sample), math.nan) for sample in treg["sample"].tolist()], dtype=np.float64)
+    out: Table = {}
+    for name, values in treg.items():
+        out[name] = qc if name == "acquisition_qc" else values
+        if name == "acquisition_qc":
+            out["gate_sd_pp"] = sd
+    tables["treg"] = out
+
+
+def _concat(parts: list[Table]) -> Table:
+    """The rows of tables with the same columns, one after the other, as ``pandas.concat`` types them (one dtype:
+    kept; integers and floats: float; any other mixture: object)."""
+    out: Table = {}
+    for name in parts[0]:
+        pieces = [part[name] for part in parts]
+        kinds = {piece.dtype for piece in pieces}
+        if len(kinds) > 1:
+            dtype = np.float64 if all(k.kind in "iuf" for k in kinds) else object
+            pieces = [piece.astype(dtype) for piece in pieces]
+        out[name] = np.concatenate(pieces)
+    return out
 
 
 @functools.cache
@@ -161,8 +214,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _chosen_tables(tables: dict[str, pd.DataFrame], baseline: bool = True
-                   ) -> tuple[dict[str, pd.DataFrame], list[str]]:
+def _chosen_tables(tables: dict[str, Table], baseline: bool = True) -> tuple[dict[str, Table], list[str]]:
     """The result tables to write, by file stem (what the report renders from), and the stems of the stale files
     to remove (see :func:`_write_outputs`).
 
@@ -173,11 +225,11 @@ def _chosen_tables(tables: dict[str, pd.DataFrame], baseline: bool = True
                if name != "baseline" or baseline}
     # Tables that exist only for data-driven gates: a stale one from an earlier run with other gates would mislead.
     # gate_drift.csv is written whenever gates were fitted (only its header when none was fitted per sample).
-    fitted = not tables["fitted"].empty
+    fitted = columns.length(tables["fitted"]) > 0
     stale = []
     for name, key, wanted in (("gates_fitted", "fitted", fitted),
-                              ("sensitivity", "sensitivity", not tables["sensitivity"].empty),
-                              ("gate_drift", "drift", fitted or not tables["drift"].empty)):
+                              ("sensitivity", "sensitivity", columns.length(tables["sensitivity"]) > 0),
+                              ("gate_drift", "drift", fitted or columns.length(tables["drift"]) > 0)):
         if wanted:
             written[name] = tables[key]
         else:
@@ -185,7 +237,7 @@ def _chosen_tables(tables: dict[str, pd.DataFrame], baseline: bool = True
     return written, stale
 
 
-def _write_outputs(out: Path, written: dict[str, pd.DataFrame], stale: list[str], manifest: str) -> None:
+def _write_outputs(out: Path, written: dict[str, Table], stale: list[str], manifest: str) -> None:
     """Write the tables of :func:`_chosen_tables` (removing its stale ones) and ``manifest.json``
     (:func:`_manifest_text`)."""
     for name, table in written.items():
@@ -221,13 +273,16 @@ def _write_workspace(out: Path, results: list[SampleResult], log: Progress) -> d
     return {"file": WORKSPACE_NAME, "samples": len(trees), "bytes": size, "left_out": left_out}
 
 
-def _manifest_text(sheet: str | os.PathLike, gates: str | os.PathLike, strategy: Any, table: pd.DataFrame,
+def _manifest_text(sheet: str | os.PathLike, gates: str | os.PathLike, strategy: Any, table: Table,
                    results: list[SampleResult], settings: dict, workspace: dict | None = None) -> str:
     """The text of ``manifest.json``: versions, inputs with their SHA-256, the sheet and gate texts, settings,
     command line (written by :func:`_write_outputs`)."""
-    controls = table[table["role"] != "sample"]
+    names = list(table)
+    records = [dict(zip(names, cells, strict=True))
+               for cells in zip(*(values.tolist() for values in table.values()), strict=True)]
+    controls = [rec for rec in records if rec["role"] != "sample"]
     rows: dict[str, dict] = {}
-    for rec in table.to_dict("records"):
+    for rec in records:
         rows.setdefault(rec["sample"], rec)  # the first row of a sample name, as a lookup by name finds it
     manifest = {
         "cytopipe": __version__,
@@ -241,9 +296,9 @@ def _manifest_text(sheet: str | os.PathLike, gates: str | os.PathLike, strategy:
         "inputs": [{"sample": r.sample, "file": r.file, "sha256": r.sha256, "events": r.n_events,
                     "spillover": r.spillover_source, **_row_panel(rows.get(r.sample), settings)}
                    for r in sorted(results, key=lambda r: r.sample)],
-        "controls": [{"sample": rec.sample, "role": rec.role, "file": rec.file,
-                      "sha256": file_sha256(rec.file) if Path(rec.file).is_file() else ""}
-                     for rec in controls.itertuples(index=False)],
+        "controls": [{"sample": rec["sample"], "role": rec["role"], "file": rec["file"],
+                      "sha256": file_sha256(rec["file"]) if Path(rec["file"]).is_file() else ""}
+                     for rec in controls],
         "failed": sorted({r.sample for r in results if r.failure is not None}),
         "flowjo_workspace": workspace or {},
     }
@@ -258,10 +313,9 @@ def _row_panel(rec: dict | None, settings: dict) -> dict[str, Any]:
     return {"panel": own_panel or run_panel, "pregated": own_pregated or settings.get("pregated") or ""}
 
 
-def _baseline(treg: pd.DataFrame, *, clinical: pd.DataFrame | None, cva: float, cvi: float, z: float
-              ) -> pd.DataFrame:
+def _baseline(treg: Table, *, clinical: pd.DataFrame | None, cva: float, cvi: float, z: float) -> pd.DataFrame:
     """``baseline.csv`` from the Treg table (Treg:Tcon ratio from the CD4 events outside the Treg gate)."""
     from cytopipe.stats import baseline_table
 
-    table = treg.assign(tcon_events=treg["cd4_events"] - treg["treg_events"])
-    return baseline_table(table, cva=cva, cvi=cvi, z=z, clinical=clinical)
+    table = {**treg, "tcon_events": treg["cd4_events"] - treg["treg_events"]}
+    return baseline_table(columns.to_frame(table), cva=cva, cvi=cvi, z=z, clinical=clinical)
