@@ -39,6 +39,9 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
 
 
+_FLOATS = {float, int, type(None)}  # exact types whose mixture with a float is a float64 column
+
+
 def column(values: Sequence[Any]) -> np.ndarray:
     """One column from its values, with the dtype :class:`pandas.DataFrame` infers for them.
 
@@ -55,6 +58,14 @@ def column(values: Sequence[Any]) -> np.ndarray:
         ones become NaN; all missing stays ``object``); ``object`` otherwise (text, mixtures), holding the values
         as they are. Empty: ``object``.
     """
+    kinds = set(map(type, values))  # the plain Python types decide without a look at each value
+    if kinds <= _FLOATS and kinds & {float}:
+        return np.array([np.nan if value is None else value for value in values] if type(None) in kinds else values,
+                        dtype=np.float64)
+    if kinds == {str} or kinds == {str, type(None)}:
+        out = np.empty(len(values), dtype=object)
+        out[:] = list(values)
+        return out
     seen = set()
     for value in values:
         if value is None:
@@ -122,13 +133,19 @@ def sorted_by(table: Table, keys: Sequence[str]) -> Table:
     n = length(table)
     if n < 2 or not keys:
         return dict(table)
-    order = list(range(n))
+    order = np.arange(n)
     for key in reversed(keys):  # stable sorts from the last key to the first: a lexicographic sort
-        values = table[key].tolist()
-        missing = [is_missing(value) for value in values]
-        present = [i for i in order if not missing[i]]
-        present.sort(key=values.__getitem__)
-        order = present + [i for i in order if missing[i]]
+        values = table[key]
+        if values.dtype.kind in "iubf":  # numbers: numpy's stable sort orders them as Python's sort does
+            missing = np.isnan(values[order]) if values.dtype.kind == "f" else np.zeros(n, dtype=bool)
+            present = order[~missing]
+            order = np.concatenate([present[np.argsort(values[present], kind="stable")], order[missing]])
+            continue
+        cells = values.tolist()
+        gone = [is_missing(value) for value in cells]
+        kept = [i for i in order.tolist() if not gone[i]]
+        kept.sort(key=cells.__getitem__)
+        order = np.asarray(kept + [i for i in order.tolist() if gone[i]], dtype=np.intp)
     return take(table, order)
 
 
