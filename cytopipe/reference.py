@@ -207,7 +207,7 @@ def reference_drift(rows: list[dict] | Table | pd.DataFrame, limit_pct: float = 
         records = rows.to_dict("records")
     else:
         records = list(rows)
-    out: list[dict] = []
+    cells: dict[str, list] = {name: [] for name in DRIFT_COLUMNS}
     for visits in _by_subject(records) if records else ():
         flagged = [rec for rec in visits if bool(rec.get("baseline", False))]
         base = flagged[0] if flagged else visits[0]
@@ -220,11 +220,15 @@ def reference_drift(rows: list[dict] | Table | pd.DataFrame, limit_pct: float = 
                 ref = float(base_refs[key])
                 pct = 100.0 * (value - ref) / abs(ref)
                 qc = f"moved {pct:+.0f}% against baseline (limit {limit_pct:g}%)" if abs(pct) > limit_pct else ""
-                out.append({"subject": rec["subject"], "sample": rec["sample"], "timepoint": rec["timepoint"],
-                            "day": rec["day"], "population": population, "parameter": f"median {marker}",
-                            "value": value, "baseline_value": ref, "drift": value - ref, "drift_pct": pct,
-                            "qc": qc})
-    table = columns.from_rows(out, DRIFT_COLUMNS)
+                for name, cell in (("subject", rec["subject"]), ("sample", rec["sample"]),
+                                   ("timepoint", rec["timepoint"]), ("day", rec["day"]),
+                                   ("population", population), ("parameter", f"median {marker}"),
+                                   ("value", value), ("baseline_value", ref), ("drift", value - ref),
+                                   ("drift_pct", pct), ("qc", qc)):
+                    cells[name].append(cell)
+    # The columns pandas.DataFrame(rows) types; those computed here are floats (a float baseline in each).
+    table = {name: np.array(values, dtype=np.float64) if name in ("baseline_value", "drift", "drift_pct") and values
+             else columns.column(values) for name, values in cells.items()}
     return table if isinstance(rows, dict) else columns.to_frame(table)
 
 
@@ -259,15 +263,18 @@ def drift_flags(drift: Table | pd.DataFrame | None) -> dict[str, str]:
     """Per sample, the ``acquisition_qc`` text of its flagged reference populations (empty dict if none), from the
     rows of :func:`reference_drift` (a table or a DataFrame)."""
     flags: dict[str, str] = {}
-    rows = _records(drift)
-    moved: dict[Any, list[dict]] = {}
-    for row in rows:
-        if str(row["qc"]) != "" and not columns.is_missing(row["sample"]):
-            moved.setdefault(row["sample"], []).append(row)
+    if drift is None or (columns.length(drift) if isinstance(drift, dict) else len(drift)) == 0:
+        return flags
+    table = drift if isinstance(drift, dict) else columns.from_frame(drift)
+    rows = [i for i, qc in enumerate(table["qc"].tolist()) if str(qc) != ""]
+    moved: dict[Any, list[int]] = {}
+    for i, sample in zip(rows, table["sample"][rows].tolist(), strict=True):
+        if not columns.is_missing(sample):
+            moved.setdefault(sample, []).append(i)
+    parameter, population, pct, qc = (table[name].tolist() for name in ("parameter", "population", "drift_pct", "qc"))
     for sample, group in moved.items():
-        parts = [f"{r['parameter'].removeprefix('median ')} on {r['population']} {r['drift_pct']:+.0f}%"
-                 for r in group]
-        limit = group[0]["qc"].rsplit("limit ", 1)[-1].rstrip(")")
+        parts = [f"{parameter[i].removeprefix('median ')} on {population[i]} {pct[i]:+.0f}%" for i in group]
+        limit = qc[group[0]].rsplit("limit ", 1)[-1].rstrip(")")
         flags[str(sample)] = f"reference drift against baseline > {limit}: " + ", ".join(parts)
     return flags
 
@@ -286,9 +293,9 @@ def drift_decades(drift: Table | pd.DataFrame | None) -> dict[str, float]:
                                                                              dtype=float)
         decades = np.abs(np.log10(ratio))
     for sample, value in zip(table["sample"][fluor].tolist(), decades.tolist(), strict=True):
-        if np.isfinite(value):
+        if math.isfinite(value):
             sample = str(sample)
-            out[sample] = max(out.get(sample, 0.0), float(value))
+            out[sample] = max(out.get(sample, 0.0), value)
     return out
 
 
