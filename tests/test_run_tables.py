@@ -61,7 +61,7 @@ def _pandas_gate_drift(fitted_rows) -> pd.DataFrame:
     return out[names].reset_index(drop=True)
 
 
-_DAY = st.sampled_from([0, 7, 14, 3.5, math.nan, "", None, "7"])
+_DAY = st.sampled_from([0, 7, 14, 3.5, math.nan, "", None, "7", " 14", "nan", "x", "1e1"])
 _VALUE = st.one_of(st.sampled_from([math.nan, 0.0, -0.0, 1.5, -2.25, 1e-9, 3.0]), st.floats(-1e6, 1e6))
 
 

@@ -151,8 +151,10 @@ def _day(value: Any) -> float:
     if isinstance(value, (int, float, np.integer, np.floating)):
         return float(value)
     if isinstance(value, str):
-        try:
-            return float(value)
+        from ..numeric import parse
+
+        try:  # a day to_numeric reads as a number, as astype(float) then converts it
+            return float(value) if parse(value) is not None else math.nan
         except ValueError:
             return math.nan
     return math.nan
