@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from cytopipe.columns import Table, from_frame, length, sorted_by, take
+from cytopipe.numeric import parse
 from cytopipe.outputs import atomic_write
 from cytopipe.svg import Axis, Density, Figure, Panel, nice_ticks, path_d, render, trace, transform_ticks
 
@@ -530,10 +532,25 @@ class _Series(NamedTuple):
     platelets: tuple[np.ndarray, np.ndarray] | None  # (day, value), finite, sorted by day
 
 
-def _floats(frame: pd.DataFrame, column: str) -> np.ndarray:
-    import pandas as pd
+def _plain(table: Table | pd.DataFrame) -> Table:
+    """A table as is, a DataFrame as a table (:func:`cytopipe.columns.from_frame`)."""
+    return table if isinstance(table, dict) else from_frame(table)
 
-    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+
+def _floats(table: Table, column: str) -> np.ndarray:
+    """A column as floats, as ``pandas.to_numeric(column, errors="coerce")``: numbers as they are, text read as
+    pandas reads it (:func:`cytopipe.numeric.parse`), anything else NaN."""
+    values = table[column]
+    if values.dtype.kind in "fiub":
+        return values.astype(np.float64)
+    return np.array([_float(v) for v in values.tolist()], dtype=np.float64)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool | int | float | np.number):
+        return float(value)
+    parsed = parse(value) if isinstance(value, str) else None
+    return np.nan if parsed is None else parsed[0]
 
 
 def _groups(subjects: Any) -> dict[str, np.ndarray]:
@@ -549,7 +566,8 @@ def _by_day(day: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return rows[np.argsort(day[rows], kind="stable")]
 
 
-def _subject_series(baseline_df: pd.DataFrame, clinical: pd.DataFrame | None = None) -> dict[str, _Series]:
+def _subject_series(baseline_df: Table | pd.DataFrame, clinical: Table | pd.DataFrame | None = None
+                    ) -> dict[str, _Series]:
     """Every subject's time-course data, from one pass over the table (not one selection per subject).
 
     Platelets: the clinical table's rows of the subject (all days) when it has a day and a platelet column,
@@ -557,21 +575,23 @@ def _subject_series(baseline_df: pd.DataFrame, clinical: pd.DataFrame | None = N
     """
     from cytopipe.stats import platelet_column
 
+    baseline_df = _plain(baseline_df)
+    clinical = None if clinical is None else _plain(clinical)
     day = _floats(baseline_df, "day")
     columns = {name: _floats(baseline_df, name) for name in ("treg_pct", "ci_low", "ci_high")}
-    low = baseline_df["low_events"].to_numpy(dtype=bool)
-    significant = baseline_df["significant"].to_numpy(dtype=bool)
+    low = np.asarray(baseline_df["low_events"], dtype=bool)
+    significant = np.asarray(baseline_df["significant"], dtype=bool)
     timepoint = baseline_df["timepoint"].tolist()
     base = _floats(baseline_df, "baseline_pct") if "baseline_pct" in baseline_df else None
     rcv = _floats(baseline_df, "rcv_pct") if "rcv_pct" in baseline_df else None
     plt_day = plt_value = plt_groups = None
-    if clinical is not None and "day" in clinical and platelet_column(list(clinical.columns)) is not None:
-        plt_day, plt_value = _floats(clinical, "day"), _floats(clinical, platelet_column(list(clinical.columns)))
-        plt_groups = _groups(clinical["subject"].astype(str))
-    elif platelet_column(list(baseline_df.columns)) is not None:
-        plt_day, plt_value = day, _floats(baseline_df, platelet_column(list(baseline_df.columns)))
+    if clinical is not None and "day" in clinical and platelet_column(list(clinical)) is not None:
+        plt_day, plt_value = _floats(clinical, "day"), _floats(clinical, platelet_column(list(clinical)))
+        plt_groups = _groups(clinical["subject"].tolist())
+    elif platelet_column(list(baseline_df)) is not None:
+        plt_day, plt_value = day, _floats(baseline_df, platelet_column(list(baseline_df)))
     series = {}
-    for subject, rows in _groups(baseline_df["subject"].astype(str)).items():
+    for subject, rows in _groups(baseline_df["subject"].tolist()).items():
         rows = _by_day(day, rows)
         platelets = None
         if plt_day is not None and plt_value is not None:
@@ -587,14 +607,15 @@ def _subject_series(baseline_df: pd.DataFrame, clinical: pd.DataFrame | None = N
     return series
 
 
-def time_courses(baseline_df: pd.DataFrame, clinical: pd.DataFrame | None = None) -> dict[str, Figure]:
+def time_courses(baseline_df: Table | pd.DataFrame, clinical: Table | pd.DataFrame | None = None
+                 ) -> dict[str, Figure]:
     """:func:`time_course` of every subject of the table (grouped once), by subject (as text, table order).
 
     Parameters
     ----------
-    baseline_df : pandas.DataFrame
-        A :func:`cytopipe.stats.baseline_table` result.
-    clinical : pandas.DataFrame, optional
+    baseline_df : pandas.DataFrame or Table
+        A :func:`cytopipe.stats.baseline_table` result (a DataFrame or a :mod:`cytopipe.columns` table).
+    clinical : pandas.DataFrame or Table, optional
         As for :func:`time_course`.
 
     Returns
@@ -605,16 +626,17 @@ def time_courses(baseline_df: pd.DataFrame, clinical: pd.DataFrame | None = None
     return {subject: _time_course(subject, s) for subject, s in _subject_series(baseline_df, clinical).items()}
 
 
-def time_course(baseline_df: pd.DataFrame, subject: str, clinical: pd.DataFrame | None = None) -> Figure:
+def time_course(baseline_df: Table | pd.DataFrame, subject: str, clinical: Table | pd.DataFrame | None = None
+                ) -> Figure:
     """Treg % of CD4 over days for one subject, with platelets on a second axis.
 
     Parameters
     ----------
-    baseline_df : pandas.DataFrame
-        A :func:`cytopipe.stats.baseline_table` result.
+    baseline_df : pandas.DataFrame or Table
+        A :func:`cytopipe.stats.baseline_table` result (a DataFrame or a :mod:`cytopipe.columns` table).
     subject : str
         The subject to draw.
-    clinical : pandas.DataFrame, optional
+    clinical : pandas.DataFrame or Table, optional
         A :func:`cytopipe.stats.read_clinical` table; its platelet counts (all days, also those without a blood
         draw for cytometry) are drawn on the right axis. Without it, a platelet column joined into
         ``baseline_df`` is used.
@@ -727,13 +749,13 @@ def _legend(fig: Figure, items: list[dict[str, Any]], x0: float, y0: float, righ
 # ---------------------------------------------------------------------------------------------- overview
 
 
-def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
+def fold_change_overview(baseline_df: Table | pd.DataFrame) -> Figure:
     """Forest plot of every subject's fold changes against baseline with their intervals.
 
     Parameters
     ----------
-    baseline_df : pandas.DataFrame
-        A :func:`cytopipe.stats.baseline_table` result.
+    baseline_df : pandas.DataFrame or Table
+        A :func:`cytopipe.stats.baseline_table` result (a DataFrame or a :mod:`cytopipe.columns` table).
 
     Returns
     -------
@@ -742,9 +764,11 @@ def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
         Katz interval as a bar; filled markers are significant changes, open ones are not. The grey band marks
         changes smaller than the RCV.
     """
-    later = baseline_df[~baseline_df["is_baseline"].astype(bool)]
-    later = later.sort_values(["subject", "day"], kind="stable")
-    n = max(len(later), 1)
+    baseline_df = _plain(baseline_df)
+    later = take(baseline_df, np.flatnonzero(~baseline_df["is_baseline"].astype(bool)))
+    later = sorted_by(later, ["subject", "day"])
+    n_later = length(later)
+    n = max(n_later, 1)
     row_h, left = 16.0, 190.0
     panel = Panel(left, 40.0, 420.0, row_h * n)
     fig = Figure(width=660.0, height=panel.y + panel.height + 40, title="Fold change of Treg % of CD4, all subjects",
@@ -753,7 +777,7 @@ def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
     lo, hi = _floats(later, "fc_ci_low"), _floats(later, "fc_ci_high")
     bounds = np.concatenate([fc, lo, hi])
     bounds = bounds[np.isfinite(bounds) & (bounds > 0)]
-    rcv = float(baseline_df["rcv_pct"].iloc[0]) if len(baseline_df) and "rcv_pct" in baseline_df else float("nan")
+    rcv = float(baseline_df["rcv_pct"][0]) if length(baseline_df) and "rcv_pct" in baseline_df else float("nan")
     x_lo = min(float(bounds.min()) if bounds.size else 0.5, 0.5) / 1.15
     x_hi = max(float(bounds.max()) if bounds.size else 2.0, 2.0) * 1.15
     ax = Axis(x_lo, x_hi, panel.x, panel.x + panel.width, log=True)
@@ -764,8 +788,9 @@ def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
     panel.path(f"M{one:.1f},{panel.y}V{panel.y + panel.height}", stroke="#555555", dash="5 3")
     colours: dict[str, str] = {}
     legend: list[dict[str, Any]] = []
-    for i, r in enumerate(later.itertuples(index=False)):
-        subject = str(r.subject)
+    rows = zip(later["subject"].tolist(), later["timepoint"].tolist(), later["significant"].tolist(), strict=True)
+    for i, (subject, timepoint, significant) in enumerate(rows):
+        subject = str(subject)
         if subject not in colours:
             colours[subject] = PALETTE[len(colours) % len(PALETTE)]
             if len(legend) < 12:
@@ -774,13 +799,13 @@ def fold_change_overview(baseline_df: pd.DataFrame) -> Figure:
         y = panel.y + (i + 0.5) * row_h
         if math.isfinite(lo[i]) and math.isfinite(hi[i]) and lo[i] > 0:
             panel.path(f"M{ax(lo[i]):.1f},{y:.1f}H{ax(hi[i]):.1f}", stroke=colour, width=1.3)
-        sig = bool(r.significant)
+        sig = bool(significant)
         panel.marker(float(ax(fc[i])) if fc[i] > 0 else float("nan"), y, "circle", colour if sig else "#ffffff",
-                     colour, 3.5, f"{subject} {r.timepoint}: x{fc[i]:.2f} [{lo[i]:.2f}, {hi[i]:.2f}]"
+                     colour, 3.5, f"{subject} {timepoint}: x{fc[i]:.2f} [{lo[i]:.2f}, {hi[i]:.2f}]"
                      + ("; significant" if sig else ""))
         panel.outside.append({"x": panel.x - 8, "y": round(y + 3.5, 1), "anchor": "end", "cls": "tick",
-                              "text": _short(f"{subject}  {r.timepoint}", 30)})
-    if not len(later):
+                              "text": _short(f"{subject}  {timepoint}", 30)})
+    if not n_later:
         panel.texts.append({"x": panel.x + 8, "y": panel.y + 12, "text": "no timepoint after baseline"})
     ticks = [v for v in (0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 50, 100) if x_lo <= v <= x_hi]
     panel.xticks = [(round(float(ax(v)), 1), f"{v:g}") for v in ticks]

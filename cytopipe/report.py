@@ -21,16 +21,17 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import numpy as np
-import pandas as pd
 from markupsafe import Markup, escape
 
-from cytopipe import __version__, forked
+from cytopipe import __version__, columns, forked
+from cytopipe.columns import Table
 from cytopipe.errors import ConfigError
-from cytopipe.outputs import FLOAT_FORMAT, atomic_open, atomic_write, restore, to_csv, write_csv
+from cytopipe.numeric import numbers
+from cytopipe.outputs import FLOAT_FORMAT, atomic_open, atomic_write, neutralise, restore, write_csv
 from cytopipe.pipeline import plot_path, safe_stem
 from cytopipe.plots import figure_file_text, figure_id, fold_change_overview, time_courses
 from cytopipe.printer import Printer, find_chromium
@@ -44,6 +45,9 @@ from cytopipe.stats import (
     subject_summary,
 )
 from cytopipe.svg import template_cache
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["find_chromium", "inline_svg", "render_from_tables", "render_report", "write_pdf"]
 
@@ -64,8 +68,10 @@ _OPEN_GATING_SAMPLES = 24
 # ---------------------------------------------------------------------------------------------- file helpers
 
 
-def _read_table(path: Path | io.StringIO) -> pd.DataFrame:
-    """A results CSV with identity columns kept as text (a subject called "NA" stays "NA")."""
+def _read_table(path: Path | io.StringIO) -> Table:
+    """A results CSV with identity columns kept as text (a subject called "NA" stays "NA"), as a table."""
+    import pandas as pd
+
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -73,64 +79,74 @@ def _read_table(path: Path | io.StringIO) -> pd.DataFrame:
     return _typed(table)
 
 
-def _as_read(frame: pd.DataFrame) -> pd.DataFrame:
-    """The table :func:`_read_table` reads from the file :func:`cytopipe.outputs.write_csv` writes of ``frame``,
+def _as_read(table: Table) -> Table:
+    """The table :func:`_read_table` reads from the file :func:`cytopipe.outputs.write_csv` writes of ``table``,
     without the file: each cell as the text written (floats as :data:`cytopipe.outputs.FLOAT_FORMAT`, missing
     values empty), then typed as :func:`_read_table` types it. A run's report thus computes from exactly the numbers
     a later ``cytopipe report`` reads from the folder.
 
-    Typed column by column on plain lists (:func:`_typed_cells`), the tables of 500 samples in ~10 instead of ~33 ms.
+    Typed column by column on plain lists (:func:`_typed_cells`). Names written alike (``"=a"`` and ``"'=a"`` are
+    both written ``"'=a"``) are told apart as pandas reads them (:func:`_unique`: ``"=a"``, ``"=a.1"``).
     """
-    names = [restore(str(c)) for c in frame.columns]
-    if len(set(names)) < len(names):  # names that read back alike: read back as text (pandas renames repeats)
-        text = io.StringIO()
-        to_csv(frame, text)
-        text.seek(0)
-        return _read_table(text)
+    written = [neutralise(str(name)) for name in table]
+    names = [restore(name) for name in _unique(written)]
     typed = []
-    for k, name in enumerate(names):
-        values = frame.iloc[:, k]
+    for name, values in zip(names, table.values(), strict=True):
         if values.dtype == np.int64 and len(values) and name not in _TEXT_COLUMNS and name != "baseline":
-            typed.append(values.to_numpy(copy=True))  # written as integers, read back as the same integers
+            typed.append(values.copy())  # written as integers, read back as the same integers
         else:
             typed.append(_typed_cells(name, _written(values), values.dtype.kind != "f"))
-    return _frame(typed, names)
+    return dict(zip(names, typed, strict=True))
 
 
-def _written(values: pd.Series) -> list[str]:
+def _unique(names: list[str]) -> list[str]:
+    """Repeated names told apart as :func:`pandas.read_csv` tells a header's repeats apart: ``a``, ``a.1``,
+    ``a.2``... (a name taken already is passed over)."""
+    if len(set(names)) == len(names):
+        return names
+    counts: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = counts.get(name, 0)
+        while count > 0:
+            counts[name] = count + 1
+            name = f"{name}.{count}"
+            count = counts.get(name, 0)
+        out.append(name)
+        counts[name] = count + 1
+    return out
+
+
+def _written(values: np.ndarray) -> list[str]:
     """The cells :func:`cytopipe.outputs.write_csv` writes for a column, as a reading gives them back (neutralised
     formulas are restored by the typing, like a reading's)."""
-    if isinstance(values.dtype, np.dtype) and values.dtype.kind == "f":
-        return [FLOAT_FORMAT % v if v == v else "" for v in values.to_numpy().tolist()]
-    missing = pd.isna(values.to_numpy()).tolist()
-    return ["" if gone else str(v) for v, gone in zip(values.tolist(), missing, strict=True)]
+    if values.dtype.kind == "f":
+        return [FLOAT_FORMAT % v if v == v else "" for v in values.tolist()]
+    if values.dtype.kind in "iub":
+        return [str(v) for v in values.tolist()]
+    return ["" if columns.is_missing(v) else str(v) for v in values.tolist()]
 
 
-def _typed_cells(name: str, cells: list[str], quoted: bool = True) -> Any:
+def _typed_cells(name: str, cells: list[str], quoted: bool = True) -> np.ndarray:
     """One column of a results table from its cells as read (text): formula-neutralised cells restored, a column of
-    numbers (every non-empty cell one) as numbers, identity columns as text (``quoted=False``: no cell starts with
-    a quote)."""
+    numbers (every non-empty cell one, as :func:`pandas.to_numeric` reads them: :func:`cytopipe.numeric.numbers`)
+    as numbers, identity columns as text (``quoted=False``: no cell starts with a quote)."""
     if quoted and any(cell[:1] == "'" for cell in cells):
         cells = [restore(cell) for cell in cells]
-    if name in _TEXT_COLUMNS or name == "baseline":
-        return np.array(cells, dtype=object)
-    filled = [cell != "" for cell in cells]
-    numbers = pd.to_numeric(np.array([c if f else np.nan for c, f in zip(cells, filled, strict=True)], dtype=object),
-                            errors="coerce")
-    return numbers if int(pd.notna(numbers).sum()) == sum(filled) else np.array(cells, dtype=object)
+    if name not in _TEXT_COLUMNS and name != "baseline":
+        typed = numbers(cells)
+        if typed is not None:
+            return typed
+    text = np.empty(len(cells), dtype=object)
+    text[:] = cells
+    return text
 
 
-def _typed(table: pd.DataFrame) -> pd.DataFrame:
-    """A results table read as text, typed column by column (:func:`_typed_cells`), its names restored."""
-    names = [restore(str(c)) for c in table.columns]
-    return _frame([_typed_cells(name, table.iloc[:, k].tolist()) for k, name in enumerate(names)], names)
-
-
-def _frame(columns: list[Any], names: list[str]) -> pd.DataFrame:
-    """A table of these columns under these names (two names may read back alike, as a reading allows)."""
-    frame = pd.DataFrame(dict(enumerate(columns)))
-    frame.columns = names
-    return frame
+def _typed(table: pd.DataFrame) -> Table:
+    """A results table read as text, typed column by column (:func:`_typed_cells`), its names restored (two that
+    restore alike told apart: :func:`_unique`)."""
+    names = _unique([restore(str(c)) for c in table.columns])
+    return {name: _typed_cells(name, table.iloc[:, k].tolist()) for k, name in enumerate(names)}
 
 
 def _safe_stem(name: str) -> str:
@@ -243,15 +259,16 @@ def _cell(x: Any) -> str:
     return "" if x is None else str(x)
 
 
-def _table(frame: pd.DataFrame) -> dict[str, Any]:
-    columns = [_cells(frame.iloc[:, k]) for k in range(frame.shape[1])]
-    rows = [list(row) for row in zip(*columns, strict=True)] if columns else [[] for _ in range(len(frame))]
-    return {"columns": [str(c) for c in frame.columns], "rows": rows, "body": _body(rows)}
+def _table(table: Table) -> dict[str, Any]:
+    """A table's header, its rows of display cells (:func:`_cell`) and their HTML (:func:`_body`)."""
+    cells = [_cells(values) for values in table.values()]
+    rows = [list(row) for row in zip(*cells, strict=True)] if cells else [[] for _ in range(columns.length(table))]
+    return {"columns": [str(c) for c in table], "rows": rows, "body": _body(rows)}
 
 
-def _cells(values: pd.Series) -> list[str]:
+def _cells(values: np.ndarray) -> list[str]:
     """:func:`_cell` of each value of a column, a column of numbers at once (a QC table has 33,000 cells)."""
-    kind = values.dtype.kind if isinstance(values.dtype, np.dtype) else ""
+    kind = values.dtype.kind
     if kind == "f":
         return ["–" if not math.isfinite(x) else f"{x:.4g}" for x in values.tolist()]
     if kind in ("i", "u"):
@@ -297,7 +314,8 @@ def _provenance_blocks(manifest: Any, title: str = "") -> list[dict[str, Any]]:
         if pairs:
             blocks.insert(0, {"kind": "pairs", "title": title or "run", "pairs": pairs})
     elif isinstance(manifest, list) and all(isinstance(v, dict) for v in manifest):
-        blocks.append({"kind": "table", "title": title, **_table(pd.DataFrame(manifest))})
+        names = list(dict.fromkeys(key for row in manifest for key in row))  # as pandas orders a list of dicts
+        blocks.append({"kind": "table", "title": title, **_table(columns.from_rows(manifest, names))})
     else:
         blocks.append({"kind": "pairs", "title": title, "pairs": [(title, _cell(manifest))]})
     return blocks
@@ -402,35 +420,42 @@ def _native_pdf_written(target: Path, replaced: list[str], error: str | None) ->
 # ---------------------------------------------------------------------------------------------- render
 
 
-def _load_clinical(clinical: str | os.PathLike | pd.DataFrame | None, results: Path,
-                   manifest: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
+def _load_clinical(clinical: str | os.PathLike | pd.DataFrame | Table | None, results: Path,
+                   manifest: dict[str, Any]) -> tuple[Table | None, str]:
     """The clinical table: as given, else the one the run used (``manifest.json``), else ``clinical.csv``."""
-    if isinstance(clinical, pd.DataFrame):
+    if isinstance(clinical, dict):
         return clinical, "given as a table"
+    if clinical is not None and not isinstance(clinical, str | os.PathLike):  # a DataFrame
+        return columns.from_frame(clinical), "given as a table"
     if clinical is not None:
-        return read_clinical(clinical), str(clinical)
+        return columns.from_frame(read_clinical(clinical)), str(clinical)
     recorded = (manifest.get("settings") or {}).get("clinical") if isinstance(manifest, dict) else None
     for candidate in (recorded, results / "clinical.csv"):
         if candidate and Path(candidate).is_file():
-            return read_clinical(candidate), str(candidate)
+            return columns.from_frame(read_clinical(candidate)), str(candidate)
     return None, ""
 
 
-def _lymphocyte_rows(populations: pd.DataFrame) -> pd.DataFrame:
+def _lymphocyte_rows(populations: Table) -> Table:
     """The rows of the lymphocyte gate (``Lymphocytes`` or ``Lymphs``, any case) in ``populations.csv``."""
-    return populations[populations["population"].astype(str).str.lower().isin(("lymphocytes", "lymphs"))]
+    rows = [i for i, name in enumerate(populations["population"].tolist())
+            if str(name).lower() in ("lymphocytes", "lymphs")]
+    return columns.take(populations, rows)
 
 
-def _lymphocyte_events(treg: pd.DataFrame, populations: pd.DataFrame | None) -> pd.DataFrame:
+def _lymphocyte_events(treg: Table, populations: Table | None) -> Table:
     """Join the lymphocyte gate's count (for absolute Tregs/uL) when populations.csv has a Lymphocytes row."""
     if populations is None or "lymphocyte_events" in treg or "population" not in populations:
         return treg
     lym = _lymphocyte_rows(populations)
     counts = dict(zip(lym["sample"].tolist(), lym["count"].tolist(), strict=True))
-    if lym.empty or len(counts) < len(lym):  # none, or a sample with two lymphocyte gates
+    if not columns.length(lym) or len(counts) < columns.length(lym):  # none, or a sample with two lymphocyte gates
         return treg
-    # A left join on the sample, as a lookup (a merge costs ~5 ms of pandas for any size).
-    return treg.assign(lymphocyte_events=treg["sample"].map(counts))
+    # A left join on the sample, as a lookup (pandas' Series.map of the dict: NaN where a sample has none).
+    samples = treg["sample"].tolist()
+    joined = columns.column([counts.get(s, math.nan) for s in samples]) if samples \
+        else columns.column(list(counts.values()))[:0]  # no rows: the counts' type, as pandas' map keeps it
+    return {**treg, "lymphocyte_events": joined}
 
 
 def render_report(
@@ -513,8 +538,8 @@ def render_report(
                    pdf_engine=pdf_engine, figures=figures)[0]
 
 
-def render_from_tables(results_dir: str | os.PathLike, tables: dict[str, pd.DataFrame], **options: Any
-                       ) -> dict[str, pd.DataFrame]:
+def render_from_tables(results_dir: str | os.PathLike, tables: dict[str, Table] | dict[str, pd.DataFrame],
+                       **options: Any) -> dict[str, Table] | dict[str, pd.DataFrame]:
     """:func:`render_report` of the tables a run has just written, from memory instead of reading them back.
 
     Parameters
@@ -522,11 +547,11 @@ def render_from_tables(results_dir: str | os.PathLike, tables: dict[str, pd.Data
     results_dir : str or os.PathLike
         The results folder (``manifest.json`` and the gating figures are read from it; the report's files are
         written into it).
-    tables : dict of str to pandas.DataFrame
-        By file stem, each table as written to ``<stem>.csv`` in ``results_dir`` (``treg``, and those of
-        ``populations``, ``failures``, ``gates_fitted``, ``sensitivity``, ``gate_drift`` that were written). Each is
-        taken as a reading of its file would give it (:func:`_as_read`), so the report and ``baseline.csv`` are
-        the bytes ``cytopipe report`` writes from the folder.
+    tables : dict of str to Table or to pandas.DataFrame
+        By file stem, each table (:mod:`cytopipe.columns`; or each a DataFrame) as written to ``<stem>.csv`` in
+        ``results_dir`` (``treg``, and those of ``populations``, ``failures``, ``gates_fitted``, ``sensitivity``,
+        ``gate_drift`` that were written). Each is taken as a reading of its file would give it (:func:`_as_read`),
+        so the report and ``baseline.csv`` are the bytes ``cytopipe report`` writes from the folder.
     **options
         The keyword arguments of :func:`render_report`, and: ``manifest``, the folder's ``manifest.json`` as
         :func:`json.loads` reads it, when the file is not written yet (default: read from the folder);
@@ -535,27 +560,34 @@ def render_from_tables(results_dir: str | os.PathLike, tables: dict[str, pd.Data
 
     Returns
     -------
-    dict of str to pandas.DataFrame
+    dict of str to Table or to pandas.DataFrame
         The tables written: ``baseline`` (``baseline.csv``), ``summary`` and ``correlation`` (empty without
-        clinical data; ``correlation.csv`` is then not written).
+        clinical data; ``correlation.csv`` is then not written); DataFrames (as
+        :func:`cytopipe.stats.baseline_table` returns them) when ``tables`` holds DataFrames.
     """
     results = Path(results_dir)
-    populations = tables.get("populations")
+    frames = any(not isinstance(table, dict) for table in tables.values())
+    plain = {name: table if isinstance(table, dict) else columns.from_frame(table) for name, table in tables.items()}
+    populations = plain.get("populations")
     if populations is not None and "population" in populations:
         # The report uses only the lymphocyte gate's rows (a neutralised name is never one of them).
-        tables = {**tables, "populations": _lymphocyte_rows(populations)}
-    return _render(results, {name: _as_read(table) for name, table in tables.items()}, **options)[1]
+        plain["populations"] = _lymphocyte_rows(populations)
+    written = _render(results, {name: _as_read(table) for name, table in plain.items()}, **options)[1]
+    return written["frames"] if frames else {name: written[name] for name in ("baseline", "summary", "correlation")}
 
 
 _OPTIONAL = ("populations", "failures", "gates_fitted", "sensitivity", "gate_drift")
 
 
-def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | os.PathLike | pd.DataFrame | None = None,
-            cva: float = 10.0, cvi: float = 10.0, z: float = 1.96, pdf: bool = True, plots: bool = True,
-            min_treg_events: int = 100, min_cd4_events: int = 2000, printer: Printer | None = None,
-            pdf_engine: str = "native", figures: dict[str, Markup] | None = None, manifest: dict | None = None,
-            meanwhile: Callable[[], Any] | None = None) -> tuple[Path, dict[str, pd.DataFrame]]:
-    """:func:`render_report` of tables as :func:`_read_table` reads them: ``report.html`` and the tables written.
+def _render(results: Path, tables: dict[str, Table], *,
+            clinical: str | os.PathLike | pd.DataFrame | Table | None = None, cva: float = 10.0, cvi: float = 10.0,
+            z: float = 1.96, pdf: bool = True, plots: bool = True, min_treg_events: int = 100,
+            min_cd4_events: int = 2000, printer: Printer | None = None, pdf_engine: str = "native",
+            figures: dict[str, Markup] | None = None, manifest: dict | None = None,
+            meanwhile: Callable[[], Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """:func:`render_report` of tables as :func:`_read_table` reads them: ``report.html`` and the tables written
+    (``baseline``, ``summary``, ``correlation``; and ``frames``: the same as DataFrames, as
+    :func:`cytopipe.stats.baseline_table` returns them).
 
     ``manifest``: the folder's ``manifest.json`` as read (default: read from the folder). ``meanwhile``: called
     once the HTML is written, while the PDF child may still run.
@@ -566,8 +598,10 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
     rcv = reference_change_value(cva, cvi, z)
     treg = tables["treg"]
     for column in ("day", "cd4_events", "treg_events", "treg_pct"):
-        if column in treg and treg[column].dtype == object and (treg[column] != "").any():
-            bad = treg[column][treg[column] != ""].iloc[0]
+        filled = [cell for cell in treg[column].tolist() if cell != ""] if column in treg \
+            and treg[column].dtype == object else []
+        if filled:
+            bad = filled[0]
             raise ConfigError(f"{treg_path}: column {column!r} holds {str(bad)[:40]!r}, not a number (the file is "
                               "not a treg.csv written by cytopipe run)")
     optional = {name: tables.get(name) for name in _OPTIONAL}
@@ -580,14 +614,15 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
     manifest = manifest if manifest is not None else {}
     clinical_table, clinical_source = _load_clinical(clinical, results, manifest)
 
-    if "tcon_events" not in treg and {"cd4_events", "treg_events"} <= set(treg.columns):
+    if "tcon_events" not in treg and {"cd4_events", "treg_events"} <= set(treg):
         # Tcon = CD4 events outside the Treg gate (the batch runner's definition).
-        treg = treg.assign(tcon_events=treg["cd4_events"] - treg["treg_events"])
+        treg = {**treg, "tcon_events": treg["cd4_events"] - treg["treg_events"]}
     treg = _lymphocyte_events(treg, optional["populations"])
-    table = baseline_table(treg, cva=cva, cvi=cvi, z=z, min_treg_events=min_treg_events,
-                           min_cd4_events=min_cd4_events, clinical=clinical_table, source=str(treg_path))
-    summary = subject_summary(table)
-    correlation = clinical_correlation(table)
+    frame = baseline_table(columns.to_frame(treg), cva=cva, cvi=cvi, z=z, min_treg_events=min_treg_events,
+                           min_cd4_events=min_cd4_events, source=str(treg_path),
+                           clinical=None if clinical_table is None else columns.to_frame(clinical_table))
+    frames = {"baseline": frame, "summary": subject_summary(frame), "correlation": clinical_correlation(frame)}
+    table, summary, correlation = (columns.from_frame(frames[name]) for name in ("baseline", "summary", "correlation"))
 
     (results / "plots").mkdir(exist_ok=True)
     context = _context(results, table, summary, correlation, clinical_table, clinical_source, optional, manifest,
@@ -607,7 +642,7 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
     try:
         write_csv(table, results / "baseline.csv")
         write_csv(summary, results / "summary.csv")
-        if len(correlation):
+        if columns.length(correlation):
             write_csv(correlation, results / "correlation.csv")
         else:
             (results / "correlation.csv").unlink(missing_ok=True)  # from an earlier rendering with clinical data
@@ -628,7 +663,7 @@ def _render(results: Path, tables: dict[str, pd.DataFrame], *, clinical: str | o
     if not written and (results / "report.pdf").is_file():
         (results / "report.pdf").unlink()
         log.warning("removed %s from an earlier rendering (it no longer matches report.html)", results / "report.pdf")
-    return out, {"baseline": table, "summary": summary, "correlation": correlation}
+    return out, {"baseline": table, "summary": summary, "correlation": correlation, "frames": frames}
 
 
 def _subject_stems(subjects: list[str]) -> dict[str, str]:
@@ -644,50 +679,60 @@ def _subject_stems(subjects: list[str]) -> dict[str, str]:
     return stems
 
 
-def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlation: pd.DataFrame,
-             clinical: pd.DataFrame | None, clinical_source: str, optional: dict[str, pd.DataFrame | None],
-             manifest: dict[str, Any], settings: dict[str, float], draw: bool = True,
-             figures: dict[str, Markup] | None = None) -> dict[str, Any]:
+def _records(table: Table) -> list[dict[str, Any]]:
+    """The rows of a table as dicts of plain Python values (``DataFrame.to_dict("records")``)."""
+    names = list(table)
+    cells = [values.tolist() for values in table.values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*cells, strict=True)] if names else []
+
+
+def _context(results: Path, table: Table, summary: Table, correlation: Table, clinical: Table | None,
+             clinical_source: str, optional: dict[str, Table | None], manifest: dict[str, Any],
+             settings: dict[str, float], draw: bool = True, figures: dict[str, Markup] | None = None
+             ) -> dict[str, Any]:
     """The report's context: all :mod:`cytopipe.pdf` needs; :func:`_html_parts` adds what only the HTML shows."""
-    plt_col = platelet_column(list(table.columns))
-    clinical_cols = [c for c in table.columns if c not in _COMPUTED]
-    subjects = [str(s) for s in summary["subject"]] if len(summary) else []
+    plt_col = platelet_column(list(table))
+    clinical_cols = [c for c in table if c not in _COMPUTED]
+    subjects = [str(s) for s in summary["subject"].tolist()] if columns.length(summary) else []
     stems = _subject_stems(subjects)
+    n_rows = columns.length(table)
 
     overview_figure = None
     courses: dict[str, Any] = {}
-    if draw and len(table):
+    if draw and n_rows:
         overview_figure = fold_change_overview(table)
         courses = time_courses(table, clinical)  # every subject from one grouping of the table
 
-    records = table.to_dict("records")  # once: per-subject selections of the frame cost ~4 ms each
+    records = _records(table)  # once: per-subject selections of the table cost more
     by_subject: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_subject.setdefault(str(record["subject"]), []).append(record)
+    correlations: dict[str, dict[str, Any]] = {}
+    for record in _records(correlation):  # each subject's first row
+        correlations.setdefault(record["subject"], record)
     summary_rows, sections = [], []
-    for index, row in enumerate(summary.itertuples(index=False)):
-        subject = str(row.subject)
+    for index, row in enumerate(_records(summary)):
+        subject = str(row["subject"])
         anchor = f"subject-{index + 1}"
-        corr = correlation[correlation["subject"] == subject] if len(correlation) else correlation
+        c = correlations.get(subject)
         corr_text = ""
-        if len(corr) and int(corr.iloc[0]["n"]) < 3:
-            corr_text = f"Treg % vs {corr.iloc[0]['variable']}: too few paired values (n = {int(corr.iloc[0]['n'])})"
-        elif len(corr):
-            c = corr.iloc[0]
+        if c is not None and int(c["n"]) < 3:
+            corr_text = f"Treg % vs {c['variable']}: too few paired values (n = {int(c['n'])})"
+        elif c is not None:
             corr_text = (f"Treg % vs {c['variable']}: Spearman rho {_num(c['spearman_r'])} "
                          f"(p {_num(c['spearman_p'], 3)}), Pearson r {_num(c['pearson_r'])} "
                          f"(p {_num(c['pearson_p'], 3)}), n = {int(c['n'])}")
         peak = ""
-        if _finite(row.peak_fold_change):
-            fold = _interval(row.peak_fold_change, row.peak_fc_ci_low, row.peak_fc_ci_high)
-            peak = f"x{fold} at {row.peak_timepoint}"
-        summary_rows.append({"anchor": anchor, "subject": subject, "baseline": _num(row.baseline_pct),
-                             "peak": peak or "–", "significant": "yes" if row.significant else "no",
-                             "direction": row.direction, "verdict": row.treg_verdict,
-                             "clinical": row.clinical_verdict, "correlation": corr_text})
+        if _finite(row["peak_fold_change"]):
+            fold = _interval(row["peak_fold_change"], row["peak_fc_ci_low"], row["peak_fc_ci_high"])
+            peak = f"x{fold} at {row['peak_timepoint']}"
+        summary_rows.append({"anchor": anchor, "subject": subject, "baseline": _num(row["baseline_pct"]),
+                             "peak": peak or "–", "significant": "yes" if row["significant"] else "no",
+                             "direction": row["direction"], "verdict": row["treg_verdict"],
+                             "clinical": row["clinical_verdict"], "correlation": corr_text})
         rows = by_subject.get(subject, [])
         sections.append({
-            "anchor": anchor, "subject": subject, "verdict": row.treg_verdict, "clinical": row.clinical_verdict,
+            "anchor": anchor, "subject": subject, "verdict": row["treg_verdict"], "clinical": row["clinical_verdict"],
             "correlation": corr_text, "image": None, "figure": courses.get(subject) if draw else None,
             "figure_file": results / "plots" / f"timecourse_{stems[subject]}.svg",
             "clinical_columns": clinical_cols,
@@ -701,7 +746,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
     figures = figures or {}
     samples = [_sample_entry(results, r["sample"], r["subject"], r["timepoint"], r["qc_flags"], r["cd4_events"],
                              r["treg_events"], fitted, sensitivity, figures) for r in records]
-    for f in (failures.to_dict("records") if failures is not None else []):
+    for f in (_records(failures) if failures is not None else []):
         entry = _sample_entry(results, f["sample"], "", "", f"failed at {f['stage']}: {f['reason']}", None, None,
                               {}, {}, {})
         entry["failed"] = True
@@ -718,8 +763,8 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
 
     qc_tables = []
     drift = optional["gate_drift"]
-    if drift is not None and len(drift):
-        qc_tables.append({"title": "Gate drift against baseline (gate_drift.csv)", "n_rows": len(drift),
+    if drift is not None and columns.length(drift):
+        qc_tables.append({"title": "Gate drift against baseline (gate_drift.csv)", "n_rows": columns.length(drift),
                           "frame": drift})  # its cells: _html_parts
 
     return {
@@ -732,7 +777,7 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         "overview": None,  # _html_parts
         "overview_file": results / "plots" / "fold_change_overview.svg",
         "overview_figure": overview_figure,  # the descriptions, for the PDF (cytopipe.pdf)
-        "overview_rows": int((~table["is_baseline"].astype(bool)).sum()) if len(table) else 0,
+        "overview_rows": int((~table["is_baseline"].astype(bool)).sum()) if n_rows else 0,
         "sections": sections,
         "platelet_column": plt_col or "",
         "clinical_source": clinical_source,
@@ -744,9 +789,9 @@ def _context(results: Path, table: pd.DataFrame, summary: pd.DataFrame, correlat
         "n_drawn": sum(1 for s in samples if s["svg"] is not None),
         "n_failed": sum(1 for s in samples if s["failed"]),
         "n_flagged": sum(1 for s in samples if s["flags"] and not s["failed"]),
-        "n_low": int(table["low_events"].sum()) if len(table) else 0,
-        "failures": _table(failures[["sample", "file", "stage", "reason"]]) if failures is not None
-        and len(failures) and {"sample", "file", "stage", "reason"} <= set(failures.columns) else None,
+        "n_low": int(table["low_events"].sum()) if n_rows else 0,
+        "failures": _table(columns.select(failures, ["sample", "file", "stage", "reason"])) if failures is not None
+        and columns.length(failures) and {"sample", "file", "stage", "reason"} <= set(failures) else None,
         "qc_tables": qc_tables,
         "has_manifest": bool(manifest),
         "provenance": [{"kind": "pairs", "title": "this rendering", "pairs": [
@@ -762,15 +807,15 @@ _IDENTITY = ("sample", "subject", "timepoint", "day", "population", "type", "sco
              "n_events")
 
 
-def _per_sample(frame: pd.DataFrame | None, rows_of: Any) -> dict[str, list[dict[str, str]]]:
+def _per_sample(table: Table | None, rows_of: Any) -> dict[str, list[dict[str, str]]]:
     """Sample -> its display rows of a per-sample table (``gates_fitted.csv``, ``sensitivity.csv``)."""
-    if frame is None or not len(frame) or "sample" not in frame:
+    if table is None or not columns.length(table) or "sample" not in table:
         return {}
-    columns = [str(c) for c in frame.columns]
+    names = [str(c) for c in table]
     groups: dict[str, list[dict[str, Any]]] = {}
-    for record in frame.to_dict("records"):  # plain lists: a frame per sample costs ~1 ms each
+    for record in _records(table):
         groups.setdefault(str(record["sample"]), []).append(record)
-    return {sample: rows_of(records, columns) for sample, records in groups.items()}
+    return {sample: rows_of(records, names) for sample, records in groups.items()}
 
 
 def _fitted_rows(group: list[dict[str, Any]], columns: list[str]) -> list[dict[str, str]]:

@@ -527,3 +527,22 @@ def test_gating_on_the_bundled_study_draws_the_singlet_band(tmp_path: Path) -> N
     # The band itself is drawn (a polygon of real width holding the singlets), not a centre line.
     assert inside.mean() > 0.95
     assert (inside == pop.gate.mask(values)).mean() > 0.995
+
+
+def test_figures_of_a_plain_table_are_those_of_its_dataframe() -> None:
+    """time_course(s) and fold_change_overview draw the same SVG from a cytopipe.columns table as from the
+    DataFrame (also a clinical table as either, text numbers and an index that is not the default one)."""
+    from cytopipe.columns import from_frame
+
+    frame = _table(STUDY, CLINICAL).iloc[::-1]
+    frame.index = range(100, 100 + len(frame))  # positions, not labels
+    clinical = CLINICAL.assign(platelets=CLINICAL["platelets"].astype(object))
+    clinical.loc[0, "platelets"] = str(clinical.loc[0, "platelets"])  # a number as text: read as the number
+    plain, plain_clinical = from_frame(frame), from_frame(clinical)
+    assert render(fold_change_overview(plain)) == render(fold_change_overview(frame))
+    for other, expected in ((plain_clinical, clinical), (clinical, clinical), (None, None)):
+        drawn = {s: render(f) for s, f in time_courses(plain, other).items()}
+        assert drawn == {s: render(f) for s, f in time_courses(frame, expected).items()}
+        assert render(time_course(plain, "ITP-01", other)) == drawn["ITP-01"]
+        if other is not None:
+            assert "platelets day 0" in drawn["ITP-01"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cytopipe.columns import from_frame
 from cytopipe.errors import ConfigError, SampleSheetError
 from cytopipe.report import render_report
 
@@ -234,7 +235,6 @@ def test_tables_taken_from_memory_are_the_tables_read_from_their_files(tmp_path:
     """_as_read (a run's tables, for its report) gives what _read_table reads from write_csv's file: floats at
     the file's 10 digits, neutralised formulas restored, numeric text as numbers, identity columns as text."""
     import numpy as np
-    from pandas.testing import assert_frame_equal
 
     from cytopipe.outputs import write_csv
     from cytopipe.report import _as_read, _read_table
@@ -256,8 +256,8 @@ def test_tables_taken_from_memory_are_the_tables_read_from_their_files(tmp_path:
     })
     for rows in (frame, frame.iloc[:0]):
         write_csv(rows, tmp_path / "t.csv")
-        assert_frame_equal(_as_read(rows), _read_table(tmp_path / "t.csv"), check_exact=True)
-    assert _as_read(frame)["treg_pct"].iloc[2] == 123456.789  # the file's digits, not the frame's
+        _same_tables(_as_read(from_frame(rows)), _read_table(tmp_path / "t.csv"))
+    assert _as_read(from_frame(frame))["treg_pct"][2] == 123456.789  # the file's digits, not the frame's
 
 
 def test_tables_whose_column_names_read_back_alike_are_read_as_their_files(tmp_path: Path) -> None:
@@ -265,7 +265,6 @@ def test_tables_whose_column_names_read_back_alike_are_read_as_their_files(tmp_p
     table taken from memory is the one read from its file (pandas renames the repeat "=a.1"), and a hand-made
     header restoring to one name twice is read (no TypeError traceback)."""
     import numpy as np
-    from pandas.testing import assert_frame_equal
 
     from cytopipe.outputs import write_csv
     from cytopipe.report import _as_read, _read_table
@@ -274,12 +273,28 @@ def test_tables_whose_column_names_read_back_alike_are_read_as_their_files(tmp_p
                           "n": [1, 2, 3]})
     for rows in (frame, frame.iloc[:0]):
         write_csv(rows, tmp_path / "t.csv")
-        assert_frame_equal(_as_read(rows), _read_table(tmp_path / "t.csv"), check_exact=True)
-    assert list(_as_read(frame).columns) == ["sample", "=a", "=a.1", "n"]
-    (tmp_path / "hand.csv").write_text("sample,'=a,=a\nx,1,y\n", encoding="utf-8")
+        _same_tables(_as_read(from_frame(rows)), _read_table(tmp_path / "t.csv"))
+    assert list(_as_read(from_frame(frame))) == ["sample", "=a", "=a.1", "n"]
+    # A hand-made header whose names restore alike: told apart as pandas tells repeats apart (a table's names are
+    # unique), the repeat "=a.1".
+    (tmp_path / "hand.csv").write_text("sample,'=a,=a,=a.1\nx,1,y,z\n", encoding="utf-8")
     read = _read_table(tmp_path / "hand.csv")
-    assert list(read.columns) == ["sample", "=a", "=a"]
-    assert read.iloc[0].tolist() == ["x", 1, "y"]
+    assert list(read) == ["sample", "=a", "=a.1", "=a.1.1"]
+    assert [values[0] for values in read.values()] == ["x", 1, "y", "z"]
+
+
+def _same_tables(ours: dict, theirs: dict) -> None:
+    """Two tables with the same names in order, dtypes and cells (NaN equal to NaN)."""
+    import numpy as np
+
+    assert list(ours) == list(theirs)
+    for name in ours:
+        a, b = ours[name], theirs[name]
+        assert a.dtype == b.dtype, (name, a.dtype, b.dtype)
+        if a.dtype.kind == "f":
+            assert a.tobytes() == b.tobytes(), name
+        else:
+            assert np.array_equal(a, b) if a.dtype != object else a.tolist() == b.tolist(), name
 
 
 def test_table_bodies_escaped_at_once_are_the_templates_cells() -> None:
@@ -302,10 +317,83 @@ def test_table_cells_formatted_by_column_are_each_cells_format() -> None:
 
     from cytopipe.report import _cell, _table
 
-    frame = pd.DataFrame({"f": [1234.5678, np.nan, -np.inf, 1e-7], "i": [1, 1000, -12345, 0],
-                          "b": [True, False, True, False], "e": pd.array([1, None, 3, 4], dtype="Int64"),
-                          "o": ["x", 2.5, None, True], "u": np.array([1, 2, 3, 2**40], dtype=np.uint64)})
-    table = _table(frame)
-    assert table["rows"] == [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    plain = from_frame(pd.DataFrame({
+        "f": [1234.5678, np.nan, -np.inf, 1e-7], "i": [1, 1000, -12345, 0], "b": [True, False, True, False],
+        "e": pd.array([1, None, 3, 4], dtype="Int64"), "o": ["x", 2.5, None, True],
+        "u": np.array([1, 2, 3, 2**40], dtype=np.uint64), "t": ["a", "<b>", "", "d"]}))
+    table = _table(plain)
+    assert table["rows"] == [[_cell(v) for v in row] for row in zip(*(c.tolist() for c in plain.values()), strict=True)]
     assert table["rows"][0][:3] == ["1235", "1", "yes"] and table["rows"][2][1] == "-12,345"
-    assert _table(frame[[]])["rows"] == [[], [], [], []]
+    assert table["rows"][1][3] == "–" and table["rows"][3][5] == f"{2**40:,}"
+    assert _table({})["rows"] == [] and _table({"x": np.zeros(0)})["rows"] == []
+
+
+def test_report_of_tables_or_dataframes_is_the_report_of_the_folder(tmp_path: Path,
+                                                                    results_folder: Callable[..., Path]) -> None:
+    """render_from_tables of plain tables and of DataFrames writes the bytes render_report writes from the folder
+    (baseline.csv, summary.csv, correlation.csv, report.html apart from its time), and returns the type given: tables
+    for tables, for DataFrames the DataFrames stats returns (nullable Int64 counts)."""
+    import numpy as np
+
+    from cytopipe.outputs import write_csv
+    from cytopipe.report import render_from_tables
+
+    out = results_folder(tmp_path, clinical=True)
+    clinical = tmp_path / "clinical.csv"
+    stems = ("treg", "populations", "failures", "gates_fitted")
+    frames = {stem: pd.read_csv(out / f"{stem}.csv", keep_default_na=False, na_values=[""]) for stem in stems}
+    for stem, frame in frames.items():  # the files as a run writes its tables
+        write_csv(frame, out / f"{stem}.csv")
+    written = ("baseline.csv", "summary.csv", "correlation.csv", "report.html")
+
+    def outputs() -> dict[str, bytes]:
+        return {name: re.sub(rb"rendered [0-9: -]+UTC", b"", (out / name).read_bytes()) for name in written}
+
+    render_report(out, clinical=clinical, pdf=False)
+    expected = outputs()
+    as_frames = render_from_tables(out, frames, clinical=clinical, pdf=False)
+    assert outputs() == expected
+    as_tables = render_from_tables(out, {stem: from_frame(f) for stem, f in frames.items()}, clinical=clinical,
+                                   pdf=False)
+    assert outputs() == expected
+    assert all(isinstance(t, pd.DataFrame) for t in as_frames.values())
+    assert all(isinstance(t, dict) for t in as_tables.values())
+    assert str(as_frames["baseline"]["treg_events"].dtype) == "Int64"  # as stats.baseline_table returns it
+    for name in ("baseline", "summary", "correlation"):
+        _same_tables(as_tables[name], from_frame(as_frames[name]))
+    assert np.isfinite(as_tables["correlation"]["spearman_r"]).any()
+
+
+def test_provenance_tables_are_those_of_pandas_records() -> None:
+    """A manifest's list of records is shown as pandas.DataFrame(records) types it: columns in order of first
+    appearance, a missing key NaN (a count column with one missing is a float column), mixtures as text."""
+    from cytopipe.report import _provenance_blocks, _table
+
+    records = [{"sample": "a", "events": 10, "ok": True, "tags": ["x", "y"], "sha": None},
+               {"events": 20, "sample": "=b", "extra": 1.5, "ok": False},
+               {"sample": "c", "ok": None, "events": None, "nested": {"k": 1}}]
+    for rows in (records, records[:1], [{"only": 1}, {}]):
+        (block,) = _provenance_blocks({"inputs": rows})
+        expected = _table(from_frame(pd.DataFrame(rows)))
+        assert block["kind"] == "table" and block["title"] == "inputs"
+        assert (block["columns"], block["rows"], str(block["body"])) == \
+            (expected["columns"], expected["rows"], str(expected["body"]))
+
+
+def test_lymphocyte_counts_are_joined_as_pandas_maps_them() -> None:
+    """The lymphocyte gate's count joined by sample: integers when every sample has one, floats with NaN when one
+    has none, the counts' type for no rows; no join for a sample with two lymphocyte gates."""
+    import numpy as np
+
+    from cytopipe.report import _lymphocyte_events
+
+    populations = from_frame(pd.DataFrame({"sample": ["a", "b", "a", "c"], "population": ["Lymphocytes", "LYMPHS",
+                                                                                         "CD4", "T cells"],
+                                           "count": [100, 200, 50, 7]}))
+    for samples in (["a", "b"], ["b", "x", "a"], []):
+        treg = {"sample": np.array(samples, dtype=object)}
+        joined = _lymphocyte_events(treg, populations)["lymphocyte_events"]
+        expected = pd.Series(samples, dtype=object).map({"a": 100, "b": 200}).to_numpy()
+        assert joined.dtype == expected.dtype and np.array_equal(joined, expected, equal_nan=joined.dtype.kind == "f")
+    twice = {name: np.concatenate([values, values[:1]]) for name, values in populations.items()}
+    assert "lymphocyte_events" not in _lymphocyte_events({"sample": np.array(["a"], dtype=object)}, twice)
