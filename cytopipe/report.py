@@ -131,7 +131,7 @@ def _typed_cells(name: str, cells: list[str], quoted: bool = True) -> np.ndarray
     """One column of a results table from its cells as read (text): formula-neutralised cells restored, a column of
     numbers (every non-empty cell one, as :func:`pandas.to_numeric` reads them: :func:`cytopipe.numeric.numbers`)
     as numbers, identity columns as text (``quoted=False``: no cell starts with a quote)."""
-    if quoted and any(cell[:1] == "'" for cell in cells):
+    if quoted and "'" in "".join(cells):  # restore() leaves a cell alone unless it starts with a quote
         cells = [restore(cell) for cell in cells]
     if name not in _TEXT_COLUMNS and name != "baseline":
         typed = numbers(cells)
