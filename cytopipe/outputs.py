@@ -108,8 +108,9 @@ def to_csv(table: Table | pd.DataFrame, handle: IO[str]) -> None:
     for start in range(0, n_rows, _CSV_ROWS):  # in chunks, as pandas: a membership table has millions of rows
         stop = min(start + _CSV_ROWS, n_rows)
         cells = [_cells(values, missing, start, stop) for values, missing in columns]
-        returns = sorted({row for i in text for row, cell in enumerate(cells[i])
-                          if cell.__class__ is str and "\r" in cell})
+        # Rows with a carriage return in a text cell (looked for cell by cell only in a column whose text has one).
+        returns = sorted({row for i in text if "\r" in "".join(map(str, cells[i]))
+                          for row, cell in enumerate(cells[i]) if cell.__class__ is str and "\r" in cell})
         _write_rows(writer, handle, list(zip(*cells, strict=True)), returns)
 
 
@@ -164,16 +165,24 @@ def _cells(values: Any, missing: Any, start: int, stop: int) -> list[Any]:
     (object) columns: the values, missing ones (``missing``, else None and NaN) as empty, text cells through
     :func:`neutralise`.
     """
+    import numpy as np
+
     from cytopipe.columns import is_missing
 
     kind = values.dtype.kind
     part = values[start:stop].tolist()
     if kind == "f":
-        return [FLOAT_FORMAT % value if value == value else "" for value in part]
+        text = list(map(FLOAT_FORMAT.__mod__, part))
+        for row in np.flatnonzero(np.isnan(values[start:stop])).tolist():
+            text[row] = ""  # NaN
+        return text
     if kind != "O":
         return part
-    gone = missing[start:stop].tolist() if missing is not None else [is_missing(value) for value in part]
     starts = _FORMULA_START
+    if missing is None:  # a text cell is never missing: only the others are looked at
+        return [(neutralise(value) if value.startswith(starts) else value) if isinstance(value, str)
+                else "" if is_missing(value) else value for value in part]
+    gone = missing[start:stop].tolist()
     return ["" if lost else neutralise(value) if isinstance(value, str) and value.startswith(starts) else value
             for value, lost in zip(part, gone, strict=True)]
 
