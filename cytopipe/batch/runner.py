@@ -423,9 +423,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
             # baseline.csv (same settings, plus columns from populations.csv): return that one. Its PDF is laid
             # out natively (cytopipe.pdf) by a forked child: this process writes the tables and manifest.json
             # meanwhile, once report.html is written, instead of before the report.
-            frames = {name: columns.to_frame(table) for name, table in written.items()}
             tables["baseline"] = render_from_tables(
-                out, frames, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
+                out, written, clinical=clinical, cva=cva, cvi=cvi, z=z, pdf=pdf, plots=mode != "none",
                 figures=figures.inlined if figures is not None else None, manifest=json.loads(manifest),
                 meanwhile=write_outputs)["baseline"]
     finally:
