@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["numbers", "parse"]
+__all__ = ["numbers", "parse", "to_numeric"]
 
 _SPACE = " \t\n\v\f\r"
 _DIGITS = "0123456789"
@@ -164,6 +164,62 @@ def numbers(cells: Sequence[str]) -> np.ndarray | None:
             else:
                 ints.append(parsed[1])
     if ints is not None:
+        if all(_INT64[0] <= i <= _INT64[1] for i in ints):
+            return np.array(ints, dtype=np.int64)
+        if all(0 <= i <= _UINT64_MAX for i in ints):
+            return np.array(ints, dtype=np.uint64)
+    return np.array(floats, dtype=np.float64)
+
+
+def to_numeric(values: np.ndarray | Sequence[object]) -> np.ndarray:
+    """``pandas.to_numeric(values, errors="coerce")`` of a whole column of any cells.
+
+    Parameters
+    ----------
+    values : numpy.ndarray or sequence
+        The cells: text (read by :func:`parse`), numbers, bools, None. A numeric array is returned as it is.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cells that are no number (text :func:`parse` does not read, None, empty text, other objects) NaN.
+        ``int64`` (``uint64`` above its range, none negative) when every cell is an integer (an ``int`` or integer
+        text; also when there is no cell; when the first cell is an ``int``, pandas tries the column as integers
+        first, so ``[1, 2.0]`` is ``int64`` too), ``bool`` when every cell is a bool, ``float64`` otherwise.
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        return values
+    cells = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    if cells and isinstance(cells[0], (int, np.integer)) and not isinstance(cells[0], (bool, np.bool_)):
+        try:
+            whole = [int(cell) for cell in cells]  # type: ignore[call-overload]
+            if all(_INT64[0] <= i <= _INT64[1] and i == cell for i, cell in zip(whole, cells, strict=True)):
+                return np.array(whole, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    floats: list[float] = []
+    ints: list[int] = []
+    real = False
+    for cell in cells:
+        if isinstance(cell, (bool, np.bool_, int, np.integer)):
+            floats.append(float(cell))
+            ints.append(int(cell))
+        elif isinstance(cell, (float, np.floating)):
+            real = True
+            floats.append(float(cell))
+        elif isinstance(cell, str) and cell:
+            parsed = parse(cell)
+            floats.append(np.nan if parsed is None else parsed[0])
+            if parsed is None or parsed[1] is None:
+                real = True
+            else:
+                ints.append(parsed[1])
+        else:
+            real = True
+            floats.append(np.nan)
+    if not real:
+        if cells and all(isinstance(cell, (bool, np.bool_)) for cell in cells):
+            return np.array(ints, dtype=bool)
         if all(_INT64[0] <= i <= _INT64[1] for i in ints):
             return np.array(ints, dtype=np.int64)
         if all(0 <= i <= _UINT64_MAX for i in ints):
