@@ -18,6 +18,9 @@ A change is called significant when all agree: the relative change exceeds the R
 the difference (counting and gating noise) excludes zero.
 
 The clinical side (platelets) follows the ITP International Working Group platelet thresholds (Rodeghiero 2009).
+
+The tables are computed as plain columns (:mod:`cytopipe.columns`): a function given a table returns one, a function
+given a pandas DataFrame returns a DataFrame (with the dtypes pandas gives the same computation).
 """
 
 from __future__ import annotations
@@ -25,18 +28,22 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cytopipe import columns
+from cytopipe.clinical import read_clinical, read_clinical_table
 from cytopipe.errors import ConfigError, SampleSheetError
+from cytopipe.numeric import to_numeric
 
-# pandas is imported inside the functions that use it: worker processes import this module for
-# wilson_interval alone and start about 1.5 s sooner without it.
+# pandas is not imported: the functions compute on plain tables (cytopipe.columns) and give a DataFrame back only to
+# a caller that gave one (pandas is then loaded already). Worker processes import this module for wilson_interval.
 if TYPE_CHECKING:
     import pandas as pd
     from numpy.typing import ArrayLike
+
+    Tabular = pd.DataFrame | columns.Table
 
 __all__ = [
     "BASELINE_COLUMNS",
@@ -50,6 +57,7 @@ __all__ = [
     "newcombe_difference",
     "platelet_column",
     "read_clinical",
+    "read_clinical_table",
     "reference_change_value",
     "subject_summary",
     "t_two_sided_p",
@@ -264,13 +272,13 @@ def combined_difference_interval(
     return _scalar_or_array(np.asarray(low)), _scalar_or_array(np.asarray(high))
 
 
-def gate_sd_from_sensitivity(sensitivity: pd.DataFrame, placement_sd: float = GATE_PLACEMENT_SD,
+def gate_sd_from_sensitivity(sensitivity: Tabular | None, placement_sd: float = GATE_PLACEMENT_SD,
                              drift: Mapping[str, float] | None = None) -> dict[str, float]:
     """Gating SD of each sample's Treg %, in percentage points, from its ``sensitivity.csv`` rows.
 
     Parameters
     ----------
-    sensitivity : pandas.DataFrame
+    sensitivity : pandas.DataFrame or Table
         ``sensitivity.csv`` rows: ``sample, delta, treg_pct_minus, treg_pct_plus`` per fitted threshold.
     placement_sd : float
         SD of a threshold's placement between visits, logicle decades.
@@ -295,13 +303,15 @@ def gate_sd_from_sensitivity(sensitivity: pd.DataFrame, placement_sd: float = GA
     if not (math.isfinite(placement_sd) and placement_sd >= 0):
         raise ConfigError(f"gate placement SD must be a non-negative number of decades, got {placement_sd!r}")
     out: dict[str, float] = {}
-    if sensitivity is None or len(sensitivity) == 0:
+    table = _as_table(sensitivity) if sensitivity is not None else {}
+    if columns.length(table) == 0:
         return out
     drift = drift or {}
-    for sample, rows in sensitivity.groupby(sensitivity["sample"].astype(str), sort=False):
-        delta = rows["delta"].to_numpy(dtype=float)
-        slope = (rows["treg_pct_plus"].to_numpy(dtype=float) - rows["treg_pct_minus"].to_numpy(dtype=float)) / (
-            2.0 * delta)
+    delta_all = table["delta"].astype(float)
+    minus_all, plus_all = table["treg_pct_minus"].astype(float), table["treg_pct_plus"].astype(float)
+    for sample, rows in _groups(_text(table["sample"])).items():
+        delta = delta_all[rows]
+        slope = (plus_all[rows] - minus_all[rows]) / (2.0 * delta)
         extra = float(drift.get(sample, 0.0) or 0.0)
         sd = math.sqrt(placement_sd ** 2 + extra ** 2)
         out[sample] = float(np.sqrt(np.nansum((slope * sd) ** 2)))
@@ -374,92 +384,6 @@ def iwg_response(platelets: float, baseline_platelets: float) -> str:
 # ---------------------------------------------------------------------------------------------- clinical table
 
 
-def _norm_name(name: object) -> str:
-    return str(name).strip()
-
-
-def read_clinical(path: str | Path) -> pd.DataFrame:
-    """Read a clinical table (CSV) keyed by subject and day or timepoint.
-
-    Parameters
-    ----------
-    path : str or pathlib.Path
-        CSV with a ``subject`` column, a ``day`` and/or ``timepoint`` column (names case-insensitive) and any
-        further columns, e.g. ``platelets`` (x10^9/L) or ``lymphocytes_per_ul``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``subject`` and ``timepoint`` as strings, ``day`` as float, value columns numeric when every non-empty
-        value is a number (otherwise kept as text).
-
-    Raises
-    ------
-    SampleSheetError
-        When the file is missing or unreadable, a key column is absent, a day or a value is not a number in a
-        numeric column, or a subject has two rows for the same day/timepoint.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise SampleSheetError(f"{path}: clinical table not found")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise SampleSheetError(f"{path}: cannot read clinical table as CSV: {err}") from None
-    table.columns = [_norm_name(c) for c in table.columns]
-    lower: dict[str, str] = {}
-    for column in table.columns:
-        if column.lower() in lower or re.fullmatch(r".+\.[0-9]+", column) and column.rsplit(".", 1)[0].lower() in lower:
-            raise SampleSheetError(f"{path}: columns {lower.get(column.lower(), column.rsplit('.', 1)[0])!r} and "
-                                   f"{column!r} name the same column; keep one")
-        lower[column.lower()] = column
-    if "subject" not in lower:
-        raise SampleSheetError(f"{path}: clinical table needs a 'subject' column (found: {', '.join(table.columns)})")
-    if "day" not in lower and "timepoint" not in lower:
-        raise SampleSheetError(f"{path}: clinical table needs a 'day' or 'timepoint' column besides 'subject'")
-    table = table.rename(columns={lower[k]: k for k in ("subject", "day", "timepoint") if k in lower})
-    table = table.apply(lambda col: col.str.strip())
-    if table.empty:
-        raise SampleSheetError(f"{path}: clinical table has no rows")
-    blank_subject = table["subject"] == ""
-    if blank_subject.any():
-        raise SampleSheetError(f"{path}: row {int(np.argmax(blank_subject.to_numpy())) + 2}: subject is empty")
-    if "day" in table:
-        day = pd.to_numeric(table["day"].where(table["day"] != ""), errors="coerce")
-        bad = day.isna() & (table["day"] != "")
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise SampleSheetError(f"{path}: row {row + 2}: day {table['day'].iloc[row]!r} is not a number")
-        table["day"] = day.astype(float)
-    key = "day" if "day" in table and table["day"].notna().all() else "timepoint"
-    if key == "timepoint" and "timepoint" not in table:
-        raise SampleSheetError(f"{path}: clinical table has rows without a day and no 'timepoint' column")
-    dup = table.duplicated(["subject", key])
-    if dup.any():
-        row = int(np.argmax(dup.to_numpy()))
-        raise SampleSheetError(
-            f"{path}: subject {table['subject'].iloc[row]!r} has two rows for {key} {table[key].iloc[row]!r}"
-        )
-    for col in table.columns:
-        if col in ("subject", "day", "timepoint"):
-            continue
-        text = table[col]
-        values = pd.to_numeric(text.where(text != ""), errors="coerce")
-        bad = values.isna() & (text != "") & ~text.str.lower().isin(("na", "nan", "n/a", "nd", "-"))
-        if values.notna().any() and bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise SampleSheetError(f"{path}: row {row + 2}: {col} {text.iloc[row]!r} is not a number")
-        infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
-        if infinite.any():
-            row = int(np.argmax(infinite))
-            raise SampleSheetError(f"{path}: row {row + 2}: {col} {text.iloc[row]!r} is not a finite number")
-        if values.notna().any():
-            table[col] = values.astype(float)
-    return table.reset_index(drop=True)
-
-
 def platelet_column(columns: Sequence[str]) -> str | None:
     """Name of the platelet column among ``columns`` (``platelets``, ``plt``, ``platelet_count``...), or None."""
     for col in columns:
@@ -469,34 +393,71 @@ def platelet_column(columns: Sequence[str]) -> str | None:
     return None
 
 
-def _join_key(clinical: pd.DataFrame) -> str:
-    return "day" if "day" in clinical and clinical["day"].notna().all() else "timepoint"
+def _join_key(clinical: columns.Table) -> str:
+    """The column a clinical table is joined by: ``day`` when every row has one, else ``timepoint``."""
+    return "day" if "day" in clinical and not any(map(columns.is_missing, clinical["day"].tolist())) else "timepoint"
+
+
+# ---------------------------------------------------------------------------------------------- plain columns
+
+
+def _as_table(data: Tabular) -> columns.Table:
+    """A table of a table (a shallow copy) or of a DataFrame (its columns, the index left out)."""
+    return dict(data) if isinstance(data, dict) else columns.from_frame(data)
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _texts(values: list[str]) -> np.ndarray:
+    """A column of strings; without rows ``float64``, the dtype pandas gives an empty list."""
+    return _objects(values) if values else np.empty(0)
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """``Series.astype(str)``: every cell as its ``str`` (a missing one too: ``'nan'``, ``'None'``)."""
+    return _objects([str(value) for value in values.tolist()])
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    """``pandas.to_numeric(values, errors="coerce").astype(float)``."""
+    return to_numeric(values).astype(float)
+
+
+def _groups(keys: np.ndarray) -> dict[Any, list[int]]:
+    """Row positions of each key, keys in order of first appearance (a groupby without sorting)."""
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys.tolist()):
+        groups.setdefault(key, []).append(i)
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------- baseline table
 
 
-def _as_bool(values: pd.Series) -> pd.Series:
+_TRUE_WORDS = frozenset(("true", "yes", "y", "1", "1.0"))
+
+
+def _as_bool(values: np.ndarray) -> np.ndarray:
     """Sample-sheet booleans: True/true/yes/1 are True; anything else (also empty) is False."""
     if values.dtype == bool:
         return values
-    return values.astype(str).str.strip().str.lower().isin(("true", "yes", "y", "1", "1.0"))
+    return np.array([str(value).strip().lower() in _TRUE_WORDS for value in values.tolist()], dtype=bool)
 
 
-def _baseline_rows(treg: pd.DataFrame, source: str) -> dict[str, int | None]:
-    """Index of each subject's baseline row: the flagged one, else (no ``baseline`` column) the earliest day."""
-    # One pass over plain lists (a groupby with per-subject selections costs ~10 ms for 84 subjects); ``treg`` has a
-    # default index, so positions are its labels.
-    rows: dict[str, list[int]] = {}
-    for i, subject in enumerate(treg["subject"].tolist()):
-        rows.setdefault(subject, []).append(i)
+def _baseline_rows(treg: columns.Table, source: str) -> dict[str, int | None]:
+    """Position of each subject's baseline row: the flagged one, else (no ``baseline`` column) the earliest day."""
+    rows = _groups(treg["subject"])
     chosen: dict[str, int | None] = {}
     if "baseline" in treg:
         flags = _as_bool(treg["baseline"]).tolist()
         for subject, positions in rows.items():
             flagged = [i for i in positions if flags[i]]
             if len(flagged) > 1:
-                names = ", ".join(str(treg.at[i, "sample"]) for i in flagged)
+                names = ", ".join(str(treg["sample"][i]) for i in flagged)
                 raise SampleSheetError(f"{source}: subject {subject!r} has {len(flagged)} baseline samples ({names})")
             # A flagged baseline that is missing here failed upstream: never promote a later sample to baseline.
             chosen[str(subject)] = flagged[0] if flagged else None
@@ -509,21 +470,21 @@ def _baseline_rows(treg: pd.DataFrame, source: str) -> dict[str, int | None]:
 
 
 def baseline_table(
-    treg: pd.DataFrame,
+    treg: Tabular,
     *,
     cva: float = 10.0,
     cvi: float = 10.0,
     z: float = 1.96,
     min_treg_events: int = 100,
     min_cd4_events: int = 2000,
-    clinical: pd.DataFrame | None = None,
+    clinical: Tabular | None = None,
     source: str = "treg.csv",
-) -> pd.DataFrame:
+) -> Tabular:
     """Compare every sample with its subject's baseline: the table written as ``baseline.csv``.
 
     Parameters
     ----------
-    treg : pandas.DataFrame
+    treg : pandas.DataFrame or Table
         One row per sample with ``sample, subject, timepoint, day, cd4_events, treg_events, treg_pct`` (the
         ``treg.csv`` contract); optional ``baseline`` (bool or true/false text), ``tcon_events``,
         ``lymphocyte_events`` (events in the lymphocyte gate), ``gate_sd_pp`` (gating SD of ``treg_pct``,
@@ -535,16 +496,18 @@ def baseline_table(
         Standard normal quantile for every interval and the RCV.
     min_treg_events, min_cd4_events : int
         Rows below either count are flagged ``low_events`` (not dropped).
-    clinical : pandas.DataFrame, optional
-        A table from :func:`read_clinical`, joined by subject and day (or timepoint). A platelet column adds
+    clinical : pandas.DataFrame or Table, optional
+        A table from :func:`read_clinical` (or :func:`read_clinical_table`), joined by subject and day (or
+        timepoint). A platelet column adds
         ``baseline_platelets``, ``platelet_fold`` and ``iwg_response``.
     source : str
         Name of the table in error messages.
 
     Returns
     -------
-    pandas.DataFrame
-        Columns :data:`BASELINE_COLUMNS`, then ``sample, is_baseline, baseline_sample, treg_events, cd4_events,
+    pandas.DataFrame or Table
+        The type of ``treg`` (in a DataFrame the counts are nullable ``Int64`` when every one is known). Columns
+        :data:`BASELINE_COLUMNS`, then ``sample, is_baseline, baseline_sample, treg_events, cd4_events,
         ci_low, ci_high, pct_change, direction, qc_flags, gate_sd_pp, delta_ci_low_total, delta_ci_high_total``,
         then optional ``treg_tcon_ratio``, ``tregs_per_ul``,
         the clinical columns and the platelet response columns. Sorted by subject and day. Every column is
@@ -565,30 +528,28 @@ def baseline_table(
     the baseline row itself is never significant. A subject whose flagged baseline sample is absent (it failed)
     keeps its rows with NaN comparisons and a ``qc_flags`` note.
     """
-    import pandas as pd
-
     rcv = reference_change_value(cva, cvi, z)
-    missing = [c for c in _TREG_REQUIRED if c not in treg.columns]
+    given_frame = not isinstance(treg, dict)
+    missing = [c for c in _TREG_REQUIRED if c not in (list(treg.columns) if given_frame else treg)]
     if missing:
         raise SampleSheetError(f"{source}: missing column(s) {', '.join(missing)}")
-    t = treg.copy().reset_index(drop=True)
-    t["subject"] = t["subject"].astype(str)
-    t["timepoint"] = t["timepoint"].astype(str)
-    t["sample"] = t["sample"].astype(str)
+    t = _as_table(treg)
+    for col in ("subject", "timepoint", "sample"):
+        t[col] = _text(t[col])
     for col in ("day", "cd4_events", "treg_events", "treg_pct"):
-        t[col] = pd.to_numeric(t[col], errors="coerce").astype(float)
+        t[col] = _floats(t[col])
+    rows = len(t["sample"])
     base_of = _baseline_rows(t, source)
 
-    k, n = t["treg_events"].to_numpy(), t["cd4_events"].to_numpy()
-    base_idx = np.array([-1 if base_of[s] is None else base_of[s] for s in t["subject"]], dtype=int)
+    k, n, pct = t["treg_events"], t["cd4_events"], t["treg_pct"]
+    base_idx = np.array([-1 if base_of[s] is None else base_of[s] for s in t["subject"].tolist()], dtype=int)
     has_base = base_idx >= 0
-    kb = np.where(has_base, t["treg_events"].to_numpy()[np.maximum(base_idx, 0)], np.nan)
-    nb = np.where(has_base, t["cd4_events"].to_numpy()[np.maximum(base_idx, 0)], np.nan)
-    pct_b = np.where(has_base, t["treg_pct"].to_numpy()[np.maximum(base_idx, 0)], np.nan)
-    is_base = base_idx == np.arange(len(t))
+    kb = np.where(has_base, k[np.maximum(base_idx, 0)], np.nan)
+    nb = np.where(has_base, n[np.maximum(base_idx, 0)], np.nan)
+    pct_b = np.where(has_base, pct[np.maximum(base_idx, 0)], np.nan)
+    is_base = base_idx == np.arange(rows)
 
-    gate_sd = (pd.to_numeric(t["gate_sd_pp"], errors="coerce").to_numpy(dtype=float) if "gate_sd_pp" in t
-               else np.full(len(t), np.nan))
+    gate_sd = _floats(t["gate_sd_pp"]) if "gate_sd_pp" in t else np.full(rows, np.nan)
     gate_sd_b = np.where(has_base, gate_sd[np.maximum(base_idx, 0)], np.nan)
 
     ci_low, ci_high = wilson_interval(k, n, z)
@@ -596,8 +557,8 @@ def baseline_table(
     t_low, t_high = combined_difference_interval(k, n, kb, nb, gate_sd / 100.0, gate_sd_b / 100.0, z)
     f_low, f_high = fold_change_interval(k, n, kb, nb, z)
     with np.errstate(divide="ignore", invalid="ignore"):
-        fold = t["treg_pct"].to_numpy() / pct_b
-    delta = t["treg_pct"].to_numpy() - pct_b
+        fold = pct / pct_b
+    delta = pct - pct_b
     pct_change = (fold - 1.0) * 100.0
     excludes_zero = (np.asarray(t_low) > 0) | (np.asarray(t_high) < 0)
     significant = (np.abs(pct_change) > rcv) & excludes_zero & ~is_base
@@ -608,10 +569,10 @@ def baseline_table(
 
     low_treg = ~(k >= min_treg_events)
     low_cd4 = ~(n >= min_cd4_events)
-    acquisition = (t["acquisition_qc"].fillna("").astype(str).to_numpy() if "acquisition_qc" in t.columns
-                   else np.full(len(t), "", dtype=object))
+    acquisition = (["" if columns.is_missing(v) else str(v) for v in t["acquisition_qc"].tolist()]
+                   if "acquisition_qc" in t else [""] * rows)
     flags: list[str] = []
-    for i in range(len(t)):
+    for i in range(rows):
         notes = [acquisition[i]] if acquisition[i] else []
         if low_treg[i]:
             notes.append(f"Treg gate {_count(k[i])} events < {min_treg_events}")
@@ -623,44 +584,53 @@ def baseline_table(
             notes.append("baseline has low events")
         flags.append("; ".join(notes))
 
-    out = pd.DataFrame(
-        {
-            "subject": t["subject"],
-            "timepoint": t["timepoint"],
-            "day": t["day"],
-            "treg_pct": t["treg_pct"],
-            "baseline_pct": pct_b,
-            "delta_pp": delta,
-            "fold_change": fold,
-            "delta_ci_low": np.asarray(d_low) * 100.0,
-            "delta_ci_high": np.asarray(d_high) * 100.0,
-            "fc_ci_low": f_low,
-            "fc_ci_high": f_high,
-            "rcv_pct": rcv,
-            "significant": significant,
-            "low_events": low_treg | low_cd4,
-            "sample": t["sample"],
-            "is_baseline": is_base,
-            "baseline_sample": [t.at[b, "sample"] if b >= 0 else "" for b in base_idx],
-            "treg_events": pd.array(np.round(k), dtype="Int64") if np.isfinite(k).all() else k,
-            "cd4_events": pd.array(np.round(n), dtype="Int64") if np.isfinite(n).all() else n,
-            "ci_low": np.asarray(ci_low) * 100.0,
-            "ci_high": np.asarray(ci_high) * 100.0,
-            "pct_change": pct_change,
-            "direction": direction,
-            "qc_flags": flags,
-            "gate_sd_pp": gate_sd,
-            "delta_ci_low_total": np.asarray(t_low) * 100.0,
-            "delta_ci_high_total": np.asarray(t_high) * 100.0,
-            "change_verdict": [_change_words(*a, rcv) for a in zip(is_base, significant, pct_change, delta, t_low,
-                                                                    t_high, gate_sd, gate_sd_b, strict=True)],
-        }
-    )
-    if clinical is not None and not clinical.empty:
-        out = _join_clinical(out, clinical)
+    samples = t["sample"].tolist()
+    out: columns.Table = {
+        "subject": t["subject"],
+        "timepoint": t["timepoint"],
+        "day": t["day"],
+        "treg_pct": pct,
+        "baseline_pct": pct_b,
+        "delta_pp": delta,
+        "fold_change": fold,
+        "delta_ci_low": np.asarray(d_low) * 100.0,
+        "delta_ci_high": np.asarray(d_high) * 100.0,
+        "fc_ci_low": f_low,
+        "fc_ci_high": f_high,
+        "rcv_pct": np.full(rows, rcv),
+        "significant": significant,
+        "low_events": low_treg | low_cd4,
+        "sample": t["sample"],
+        "is_baseline": is_base,
+        "baseline_sample": _texts([samples[b] if b >= 0 else "" for b in base_idx.tolist()]),
+        # Counts as integers when every one is known (nullable Int64 in a DataFrame), else as floats with NaN.
+        "treg_events": np.round(k).astype(np.int64) if np.isfinite(k).all() else k,
+        "cd4_events": np.round(n).astype(np.int64) if np.isfinite(n).all() else n,
+        "ci_low": np.asarray(ci_low) * 100.0,
+        "ci_high": np.asarray(ci_high) * 100.0,
+        "pct_change": pct_change,
+        "direction": direction.astype(object),
+        "qc_flags": _texts(flags),
+        "gate_sd_pp": gate_sd,
+        "delta_ci_low_total": np.asarray(t_low) * 100.0,
+        "delta_ci_high_total": np.asarray(t_high) * 100.0,
+        "change_verdict": _texts([_change_words(*a, rcv) for a in zip(is_base, significant, pct_change, delta,
+                                                                          t_low, t_high, gate_sd, gate_sd_b,
+                                                                          strict=True)]),
+    }
+    if clinical is not None:
+        clin = _as_table(clinical)
+        if columns.length(clin):
+            out = _join_clinical(out, clin)
     _add_absolute(out, t)
-    out = out.sort_values(["subject", "day"], kind="stable").reset_index(drop=True)
-    return out
+    out = columns.sorted_by(out, ["subject", "day"])
+    if not given_frame:
+        return out
+    frame = columns.to_frame(out)
+    for col in ("treg_events", "cd4_events"):
+        if out[col].dtype == np.int64:
+            frame[col] = frame[col].astype("Int64")
+    return frame
 
 
 def _change_words(is_base: bool, significant: bool, pct_change: float, delta: float, low: float, high: float,
@@ -682,66 +652,84 @@ def _count(x: float) -> str:
     return "no" if not np.isfinite(x) else f"{int(x):,}"
 
 
-def _add_absolute(out: pd.DataFrame, t: pd.DataFrame) -> None:
+def _add_absolute(out: columns.Table, t: columns.Table) -> None:
     """Treg:Tcon ratio and absolute Tregs/uL, when the inputs for them exist (in ``t`` or joined clinical)."""
-    import pandas as pd
-
     with np.errstate(divide="ignore", invalid="ignore"):
         if "tcon_events" in t:
-            tcon = pd.to_numeric(t["tcon_events"], errors="coerce").to_numpy(dtype=float)
-            out["treg_tcon_ratio"] = out["treg_events"].to_numpy(dtype=float) / tcon
+            out["treg_tcon_ratio"] = out["treg_events"].astype(float) / _floats(t["tcon_events"])
         source = {c: (out[c] if c in out else t[c] if c in t else None) for c in
                   ("lymphocytes_per_ul", "lymphocytes", "lymphocyte_events", "cd4_per_ul")}
         lym_count = source["lymphocytes_per_ul"]
         if lym_count is None and source["lymphocytes"] is not None:
             # A blood count's unit, like platelets: x10^9/L = 1,000 cells/uL.
-            lym_count = pd.to_numeric(source["lymphocytes"], errors="coerce") * 1000.0
+            lym_count = to_numeric(source["lymphocytes"]) * 1000.0
         if lym_count is not None and source["lymphocyte_events"] is not None:
-            lym = pd.to_numeric(lym_count, errors="coerce").to_numpy(dtype=float)
-            lym_events = pd.to_numeric(source["lymphocyte_events"], errors="coerce").to_numpy(dtype=float)
-            out["tregs_per_ul"] = lym * out["treg_events"].to_numpy(dtype=float) / lym_events
+            lym, lym_events = _floats(lym_count), _floats(source["lymphocyte_events"])
+            out["tregs_per_ul"] = lym * out["treg_events"].astype(float) / lym_events
         elif source["cd4_per_ul"] is not None:
-            cd4 = pd.to_numeric(source["cd4_per_ul"], errors="coerce").to_numpy(dtype=float)
-            out["tregs_per_ul"] = cd4 * out["treg_pct"].to_numpy(dtype=float) / 100.0
+            out["tregs_per_ul"] = _floats(source["cd4_per_ul"]) * out["treg_pct"] / 100.0
 
 
-def _join_clinical(out: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
-    import pandas as pd
-
-    clin = clinical.copy()
-    clin["subject"] = clin["subject"].astype(str)
+def _join_clinical(out: columns.Table, clinical: columns.Table) -> columns.Table:
+    """``out`` with the clinical columns of each row's subject and day (or timepoint) to its right (a left join,
+    many rows to one; names ``out`` has get ``_clinical``), and the platelet response columns."""
+    clin = dict(clinical)
+    clin["subject"] = _text(clin["subject"])
     key = _join_key(clin)
-    if key == "timepoint":
-        clin["timepoint"] = clin["timepoint"].astype(str)
-    else:
-        clin["day"] = clin["day"].astype(float)
-    values = [c for c in clin.columns if c not in ("subject", "day", "timepoint")]
-    renamed = {c: (f"{c}_clinical" if c in out.columns else c) for c in values}
-    clin = clin[["subject", key, *values]].rename(columns=renamed)
-    merged = out.merge(clin, on=["subject", key], how="left", validate="many_to_one")
+    clin[key] = _text(clin[key]) if key == "timepoint" else clin[key].astype(float)
+    values = [c for c in clin if c not in ("subject", "day", "timepoint")]
+    renamed = {c: (f"{c}_clinical" if c in out else c) for c in values}
+    row_of: dict[tuple[str, Any], int] = {}
+    for i, pair in enumerate(zip(clin["subject"].tolist(), clin[key].tolist(), strict=True)):
+        if pair in row_of:
+            from pandas.errors import MergeError  # read_clinical refuses such a table: the run never comes here
+
+            raise MergeError("Merge keys are not unique in right dataset; not a many-to-one merge")
+        row_of[pair] = i
+    at = np.array([row_of.get(pair, -1) for pair in zip(out["subject"].tolist(), out[key].tolist(), strict=True)],
+                  dtype=np.intp)
+    merged = dict(out)
+    for c in values:
+        merged[renamed[c]] = _take(clin[c], at)
     plt_col = platelet_column(list(renamed.values()))
     if plt_col is None:
         return merged
-    merged[plt_col] = pd.to_numeric(merged[plt_col], errors="coerce")
+    merged[plt_col] = to_numeric(merged[plt_col])
+    platelets = merged[plt_col].astype(float)
     # Baseline platelets: the count at the baseline sample, else the latest one on or before the baseline day.
+    clin_rows = _groups(clin["subject"])
+    clin_day = clin[key].tolist()
+    clin_plt = _floats(clin[next(c for c in values if renamed[c] == plt_col)]).tolist()
+    is_base = merged["is_baseline"].tolist()
     base_plt: dict[str, float] = {}
-    for subject, rows in merged.groupby("subject", sort=False):
-        at_base = rows.loc[rows["is_baseline"], plt_col]
-        value = float(at_base.iloc[0]) if len(at_base) and np.isfinite(at_base.iloc[0]) else np.nan
-        if not np.isfinite(value) and key == "day" and rows["is_baseline"].any():
-            day0 = float(rows.loc[rows["is_baseline"], "day"].iloc[0])
-            earlier = clin[(clin["subject"] == subject) & (clin["day"] <= day0)].sort_values("day")
-            earlier = pd.to_numeric(earlier[plt_col], errors="coerce").dropna()
-            value = float(earlier.iloc[-1]) if len(earlier) else np.nan
+    for subject, positions in _groups(merged["subject"]).items():
+        at_base = [i for i in positions if is_base[i]]
+        value = float(platelets[at_base[0]]) if at_base and np.isfinite(platelets[at_base[0]]) else np.nan
+        if not np.isfinite(value) and key == "day" and at_base:
+            day0 = float(merged["day"][at_base[0]])
+            earlier = [j for j in clin_rows.get(subject, []) if clin_day[j] <= day0 and clin_plt[j] == clin_plt[j]]
+            value = float(clin_plt[max(earlier, key=clin_day.__getitem__)]) if earlier else np.nan
         base_plt[str(subject)] = value
-    merged["baseline_platelets"] = merged["subject"].map(base_plt).astype(float)
+    merged["baseline_platelets"] = np.array([base_plt[s] for s in merged["subject"].tolist()], dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        merged["platelet_fold"] = merged[plt_col].astype(float) / merged["baseline_platelets"]
-    merged["iwg_response"] = [
+        merged["platelet_fold"] = platelets / merged["baseline_platelets"]
+    merged["iwg_response"] = _texts([
         "" if is_b else iwg_response(float(p), float(b))
-        for p, b, is_b in zip(merged[plt_col], merged["baseline_platelets"], merged["is_baseline"], strict=True)
-    ]
+        for p, b, is_b in zip(merged[plt_col].tolist(), merged["baseline_platelets"].tolist(), is_base, strict=True)
+    ])
     return merged
+
+
+def _take(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values[at]`` with a missing cell where ``at`` is -1, in the dtype a pandas left join gives: integers become
+    floats and flags objects when a cell is missing."""
+    found = at >= 0
+    if found.all():
+        return values[at]
+    taken = values[np.maximum(at, 0)]
+    taken = taken.astype(float) if taken.dtype.kind in "iuf" else taken.astype(object)
+    taken[~found] = np.nan
+    return taken
 
 
 # ---------------------------------------------------------------------------------------------- per subject
@@ -800,45 +788,45 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return r, t_two_sided_p(r * math.sqrt(df / (1.0 - r * r)), df)
 
 
-def clinical_correlation(table: pd.DataFrame, column: str | None = None) -> pd.DataFrame:
+def clinical_correlation(table: Tabular, column: str | None = None) -> Tabular:
     """Per-subject correlation of Treg % with a clinical column (platelets by default).
 
     Parameters
     ----------
-    table : pandas.DataFrame
+    table : pandas.DataFrame or Table
         A :func:`baseline_table` result with the clinical column joined.
     column : str, optional
         The clinical column; default the platelet column.
 
     Returns
     -------
-    pandas.DataFrame
-        ``subject, variable, n, spearman_r, spearman_p, pearson_r, pearson_p``; NaN coefficients when fewer than 3
-        paired values or a constant series. Empty when the column is absent.
+    pandas.DataFrame or Table
+        The type of ``table``: ``subject, variable, n, spearman_r, spearman_p, pearson_r, pearson_p``; NaN
+        coefficients when fewer than 3 paired values or a constant series. Empty when the column is absent.
 
     Notes
     -----
     Spearman's rho is Pearson's r of the average ranks; both p-values are two-sided t tests with n - 2 degrees of
     freedom (:func:`t_two_sided_p`), the definitions of ``scipy.stats.spearmanr`` and ``pearsonr``.
     """
-    import pandas as pd
-
-    column = column or platelet_column(list(table.columns))
+    t = _as_table(table)
+    column = column or platelet_column(list(t))
     cols = ["subject", "variable", "n", "spearman_r", "spearman_p", "pearson_r", "pearson_p"]
-    if column is None or column not in table:
-        return pd.DataFrame(columns=cols)
     rows = []
-    for subject, grp in table.groupby("subject", sort=True):
-        pair = grp[["treg_pct", column]].apply(pd.to_numeric, errors="coerce").dropna()
-        n = len(pair)
-        sr = sp = pr = pp = np.nan
-        if n >= 3 and pair["treg_pct"].nunique() > 1 and pair[column].nunique() > 1:
-            x = pair["treg_pct"].to_numpy(dtype=float)
-            y = pair[column].to_numpy(dtype=float)
-            sr, sp = _pearson(_average_ranks(x), _average_ranks(y))
-            pr, pp = _pearson(x, y)
-        rows.append([subject, column, n, float(sr), float(sp), float(pr), float(pp)])
-    return pd.DataFrame(rows, columns=cols)
+    if column is not None and column in t:
+        treg_pct, values = _floats(t["treg_pct"]), _floats(t[column])
+        groups = _groups(t["subject"])
+        for subject in sorted(s for s in groups if not columns.is_missing(s)):  # groupby leaves out a missing subject
+            paired = [i for i in groups[subject] if treg_pct[i] == treg_pct[i] and values[i] == values[i]]
+            x, y = treg_pct[paired], values[paired]
+            sr = sp = pr = pp = np.nan
+            if len(paired) >= 3 and len(set(x.tolist())) > 1 and len(set(y.tolist())) > 1:
+                sr, sp = _pearson(_average_ranks(x), _average_ranks(y))
+                pr, pp = _pearson(x, y)
+            rows.append(dict(zip(cols, (subject, column, len(paired), float(sr), float(sp), float(pr), float(pp)),
+                                 strict=True)))
+    out = columns.from_rows(rows, cols)
+    return out if isinstance(table, dict) else columns.to_frame(out)
 
 
 def _fmt_pct(x: float) -> str:
@@ -849,32 +837,33 @@ def _fmt_fold(x: float) -> str:
     return f"x{x:.1f}" if x >= 0.995 else f"x{x:.2f}"
 
 
-def subject_summary(table: pd.DataFrame) -> pd.DataFrame:
+def subject_summary(table: Tabular) -> Tabular:
     """One row per subject: the answer to "did Tregs change, and did platelets respond?".
 
     Parameters
     ----------
-    table : pandas.DataFrame
+    table : pandas.DataFrame or Table
         A :func:`baseline_table` result.
 
     Returns
     -------
-    pandas.DataFrame
-        ``subject, n_samples, baseline_pct, peak_timepoint, peak_day, peak_fold_change, peak_fc_ci_low,
-        peak_fc_ci_high, significant, direction, treg_verdict, clinical_response, clinical_verdict``.
+    pandas.DataFrame or Table
+        The type of ``table``: ``subject, n_samples, baseline_pct, peak_timepoint, peak_day, peak_fold_change,
+        peak_fc_ci_low, peak_fc_ci_high, significant, direction, treg_verdict, clinical_response, clinical_verdict``.
         The peak is the significant timepoint furthest from baseline on the log scale, or, with no significant
         change, the furthest of all. ``direction`` is rise, fall, mixed or none.
     """
-    import pandas as pd
-
-    plt_col = platelet_column(list(table.columns))
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for rec in table.to_dict("records"):  # plain lists: frame selections per subject cost ~3 ms each
-        if rec["subject"] == rec["subject"]:  # groupby leaves out a missing (NaN) subject
-            groups.setdefault(rec["subject"], []).append(rec)
+    t = _as_table(table)
+    plt_col = platelet_column(list(t))
+    cells = {c: t[c].tolist() for c in ("subject", "is_baseline", "fold_change", "significant", "baseline_pct",
+                                         "timepoint", "day", "fc_ci_low", "fc_ci_high", "direction", "qc_flags")}
+    groups: dict[Any, list[int]] = {}
+    for i, subject in enumerate(cells["subject"]):
+        if subject == subject:  # groupby leaves out a missing (NaN) subject
+            groups.setdefault(subject, []).append(i)
     rows = []
     for subject in sorted(groups):
-        grp = groups[subject]
+        grp = [{c: cells[c][i] for c in cells} for i in groups[subject]]
         later = [r for r in grp if not r["is_baseline"] and np.isfinite(float(r["fold_change"]))
                  and float(r["fold_change"]) > 0]
         sig = [r for r in later if r["significant"]]
@@ -915,26 +904,34 @@ def subject_summary(table: pd.DataFrame) -> pd.DataFrame:
             verdict += f". Reference populations drifted at {', '.join(drifted)}: check the instrument settings " \
                        "of those visits"
         row["treg_verdict"] = verdict
-        row["clinical_response"], row["clinical_verdict"] = _platelet_verdict(
-            pd.DataFrame(grp, columns=table.columns) if plt_col is not None else None, plt_col)
+        row["clinical_response"], row["clinical_verdict"] = _platelet_verdict(t, groups[subject], plt_col)
         rows.append(row)
-    return pd.DataFrame(rows)
+    if isinstance(table, dict):
+        return columns.from_rows(rows, list(rows[0]) if rows else [])
+    if not rows:
+        import pandas as pd  # loaded already: the caller gave a DataFrame
+
+        return pd.DataFrame(rows)
+    return columns.to_frame(columns.from_rows(rows, list(rows[0])))
 
 
-def _platelet_verdict(grp: pd.DataFrame | None, plt_col: str | None) -> tuple[str, str]:
-    if plt_col is None or grp is None or "iwg_response" not in grp or grp[plt_col].notna().sum() == 0:
+def _platelet_verdict(table: columns.Table, rows: list[int], plt_col: str | None) -> tuple[str, str]:
+    """IWG response of one subject (its ``rows`` of a baseline table): the best category after baseline, at the
+    highest count in it."""
+    if plt_col is None or "iwg_response" not in table or all(columns.is_missing(table[plt_col][i]) for i in rows):
         return "", "Platelets: no clinical data"
-    later = grp[~grp["is_baseline"] & (grp["iwg_response"] != "")]
+    later = [i for i in rows if not table["is_baseline"][i] and table["iwg_response"][i] != ""]
     if not len(later):
         return "", "Platelets: no count after baseline"
     rank = {c: i for i, c in enumerate(IWG_CATEGORIES)}
-    best_rank = min(rank[c] for c in later["iwg_response"])
-    best = later[later["iwg_response"].map(rank) == best_rank]
-    top = best.loc[best[plt_col].astype(float).idxmax()]
+    best_rank = min(rank[table["iwg_response"][i]] for i in later)
+    best = [i for i in later if rank[table["iwg_response"][i]] == best_rank]
+    counts = [float(table[plt_col][i]) for i in best]
+    top = best[counts.index(max(v for v in counts if v == v))]  # the first of the highest counts
     category = IWG_CATEGORIES[best_rank]
-    base = float(top["baseline_platelets"])
-    value = float(top[plt_col])
-    where = f"at {top['timepoint']}"
+    base = float(table["baseline_platelets"][top])
+    value = float(table[plt_col][top])
+    where = f"at {table['timepoint'][top]}"
     if np.isfinite(base) and base > 0:
         return category, (f"Platelets: {category} ({value:g} x10^9/L = {value / base:.1f}x baseline {base:g} x10^9/L, "
                           f"{where})")

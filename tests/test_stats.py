@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 from scipy.stats.contingency import relative_risk
 
+from cytopipe import columns
 from cytopipe.errors import ConfigError, SampleSheetError
 from cytopipe.stats import (
     BASELINE_COLUMNS,
@@ -24,6 +25,7 @@ from cytopipe.stats import (
     iwg_response,
     newcombe_difference,
     read_clinical,
+    read_clinical_table,
     reference_change_value,
     subject_summary,
     t_two_sided_p,
@@ -449,23 +451,155 @@ def test_wilson_of_one_count_is_the_vectorised_interval_bit_for_bit() -> None:
 def test_baseline_rows_are_pandas_groupby_choices(rows, flagged) -> None:
     """Each subject's baseline row: its flagged row (an error for two), or without flags its first earliest day (None
     without days), as a pandas groupby picks them."""
-    from cytopipe.stats import _as_bool, _baseline_rows
+    from cytopipe.stats import _baseline_rows
 
     treg = pd.DataFrame({"sample": [f"s{i}" for i in range(len(rows))], "subject": [r[0] for r in rows],
                          "day": [np.nan if r[1] is None else float(r[1]) for r in rows]})
     if flagged:
-        treg["baseline"] = [r[2] for r in rows]
+        treg["baseline"] = [("yes" if r[2] else "no") if r[1] == 3 else r[2] for r in rows]  # text flags too
     expected: dict[str, int | None] = {}
     problem = None
     for subject, group in treg.groupby("subject", sort=False):
         if flagged:
-            picked = group.index[_as_bool(group["baseline"]).to_numpy()]
+            picked = group.index[group["baseline"].isin([True, "yes"]).to_numpy()]
             problem = problem or (subject if len(picked) > 1 else None)
             expected[subject] = int(picked[0]) if len(picked) else None
         else:
             expected[subject] = int(group["day"].idxmin()) if group["day"].notna().any() else None
     if problem is not None:
         with pytest.raises(SampleSheetError, match=f"subject '{problem}' has"):
-            _baseline_rows(treg, "treg.csv")
+            _baseline_rows(columns.from_frame(treg), "treg.csv")
     else:
-        assert _baseline_rows(treg, "treg.csv") == expected
+        assert _baseline_rows(columns.from_frame(treg), "treg.csv") == expected
+
+
+# ---------------------------------------------------------------------------------------------- plain tables
+
+
+def _with_platelets(tmp_path: Path, text: str) -> pd.DataFrame:
+    return read_clinical(_clinical(tmp_path, text))
+
+
+def test_table_in_table_out_holds_the_frames_cells(tmp_path: Path) -> None:
+    """A table given gives a table back with the cells of the DataFrame result (counts int64 there, Int64 here)."""
+    treg = _treg([("A", "D0", 0, 20000, 600), ("A", "W1", 7, 20000, 1100), ("B", "D0", 0, 5000, 90)],
+                 gate_sd_pp=[0.1, np.nan, 0.2], acquisition_qc=["", None, "flow rate"])
+    path = _clinical(tmp_path, "subject,day,platelets,note\nA,0,20,x\nA,7,,\nB,0,150,y\n")
+    frame = baseline_table(treg, clinical=read_clinical(path))
+    table = baseline_table(columns.from_frame(treg), clinical=read_clinical_table(path))
+    assert isinstance(table, dict) and list(table) == list(frame.columns)
+    assert frame["treg_events"].dtype == "Int64" and table["treg_events"].dtype == np.int64
+    for name, values in columns.from_frame(frame).items():
+        assert values.dtype == table[name].dtype, name
+        assert values.tolist() == table[name].tolist() or np.array_equal(values, table[name], equal_nan=True), name
+    for function in (subject_summary, clinical_correlation):
+        pd.testing.assert_frame_equal(columns.to_frame(function(table)), function(frame), check_exact=True)
+    assert table["qc_flags"].tolist() == ["", "", "flow rate; Treg gate 90 events < 100"]
+
+
+def test_nan_days_missing_clinical_rows_and_colliding_names(tmp_path: Path) -> None:
+    """A sample without a day is never the baseline, sorts last in its subject and joins no clinical row; a subject
+    the clinical table lacks gets missing cells; clinical names that baseline.csv already has get ``_clinical``."""
+    treg = _treg([("A", "W2", np.nan, 20000, 900), ("A", "D0", 0, 20000, 600), ("A", "W1", 7, 20000, 700),
+                  ("B", "D0", 0, 20000, 600)])
+    clinical = _with_platelets(tmp_path, "subject,day,platelets,treg_pct,is_baseline,note\nA,0,20,1.5,yes,first\n"
+                                         "A,7,70,2.5,no,\nA,14,90,3,no,late\n")
+    table = baseline_table(treg, clinical=clinical)
+    assert table["timepoint"].tolist() == ["D0", "W1", "W2", "D0"]
+    assert table["is_baseline"].tolist() == [True, False, False, True]
+    assert table["platelets"].tolist()[:2] == [20.0, 70.0] and np.isnan(table["platelets"].iloc[2:]).all()
+    assert table["treg_pct_clinical"].tolist()[:2] == [1.5, 2.5]  # the clinical value, not the measured one
+    assert table["is_baseline_clinical"].tolist()[:2] == ["yes", "no"] and table["note"].tolist()[1] == ""
+    assert all(isinstance(v, float) and math.isnan(v) for v in table["note"].tolist()[2:])
+    assert table["iwg_response"].tolist() == ["", "response", "", ""]
+    assert table["baseline_platelets"].tolist()[:3] == [20.0] * 3 and np.isnan(table["baseline_platelets"].iloc[3])
+    names = list(table.columns)
+    assert names.index("change_verdict") < names.index("platelets") < names.index("treg_pct_clinical") \
+        < names.index("baseline_platelets")
+
+
+def test_clinical_join_by_timepoint_when_a_day_is_missing(tmp_path: Path) -> None:
+    clinical = _with_platelets(tmp_path, "subject,timepoint,day,platelets\nA,D0,0,20\nA,W4,,110\n")
+    table = baseline_table(_treg([("A", "D0", 0, 20000, 600), ("A", "W4", 31, 20000, 1500)]), clinical=clinical)
+    assert table["platelets"].tolist() == [20.0, 110.0] and table["day"].tolist() == [0.0, 31.0]
+
+
+def test_baseline_platelets_from_the_latest_earlier_count(tmp_path: Path) -> None:
+    """No count at the baseline sample: the latest count on or before its day (not a later one, not a NaN)."""
+    clinical = _with_platelets(tmp_path, "subject,day,platelets\nA,-9,12\nA,-2,NA\nA,-5,18\nA,0,\nA,7,60\n")
+    table = baseline_table(_treg([("A", "D0", 0, 20000, 600), ("A", "W1", 7, 20000, 700)]), clinical=clinical)
+    assert table["baseline_platelets"].tolist() == [18.0, 18.0]
+    assert table["platelet_fold"].tolist()[1] == 60 / 18 and table["iwg_response"].tolist() == ["", "response"]
+
+
+@pytest.mark.parametrize("as_table", [False, True])
+def test_duplicate_clinical_keys_are_refused_in_one_line(as_table: bool) -> None:
+    """Two clinical rows for one subject and day: the error pandas' many-to-one merge gave (a ValueError)."""
+    clinical = pd.DataFrame({"subject": ["A", "A"], "day": [0.0, 0.0], "platelets": [20.0, 30.0]})
+    treg = _treg([("A", "D0", 0, 20000, 600)])
+    with pytest.raises(ValueError, match="^Merge keys are not unique in right dataset; not a many-to-one merge$"):
+        baseline_table(columns.from_frame(treg) if as_table else treg,
+                       clinical=columns.from_frame(clinical) if as_table else clinical)
+
+
+def test_empty_treg_table() -> None:
+    treg = _treg([])
+    frame = baseline_table(treg)
+    assert frame.empty and tuple(frame.columns[: len(BASELINE_COLUMNS)]) == BASELINE_COLUMNS
+    table = baseline_table(columns.from_frame(treg))
+    assert list(table) == list(frame.columns) and columns.length(table) == 0
+    assert subject_summary(frame).empty and subject_summary(table) == {}
+    assert clinical_correlation(frame).empty and list(clinical_correlation(table)) == list(clinical_correlation(
+        frame).columns)
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [("36\nA,7,x", "row 3: platelets 'x' is not a number"),
+     ("36\nA,7,inf", "row 3: platelets 'inf' is not a finite number"),
+     ("36\nA,7,1e999", "row 3: platelets '1e999' is not a number"),  # pandas reads no number there: not infinity
+     ("36\nA,7,-Infinity", "row 3: platelets '-Infinity' is not a finite number")],
+)
+def test_text_in_a_numeric_clinical_column(tmp_path: Path, cells: str, message: str) -> None:
+    with pytest.raises(SampleSheetError, match=message):
+        read_clinical(_clinical(tmp_path, "subject,day,platelets\nA,0," + cells + "\n"))
+
+
+def test_clinical_words_for_no_value_and_text_columns(tmp_path: Path) -> None:
+    table = read_clinical_table(_clinical(tmp_path, "subject,day,platelets,site,code\nA,0,nd,Bern,x\nA,7, 1e2 ,,NA\n"
+                                                    "A,14,-,Basel,\n"))
+    assert np.isnan(table["platelets"][[0, 2]]).all() and table["platelets"][1] == 100.0
+    assert table["site"].tolist() == ["Bern", "", "Basel"] and table["code"].tolist() == ["x", "NA", ""]
+    assert table["day"].dtype == np.float64 and table["subject"].dtype == object
+
+
+def test_duplicate_clinical_day_message(tmp_path: Path) -> None:
+    """The day in the message is shown as pandas showed it (a numpy scalar), "7" and "7.0" being one day."""
+    with pytest.raises(SampleSheetError, match=r"subject 'A' has two rows for day np.float64\(7.0\)$"):
+        read_clinical(_clinical(tmp_path, "subject,day,platelets\nA,7,1\nA,7.0,2\n"))
+
+
+def test_the_run_path_does_not_import_pandas(tmp_path: Path) -> None:
+    """Reading the clinical table and every table of ``baseline.csv``, the report and ``gate_sd_pp`` leave pandas
+    unimported when given plain tables."""
+    import subprocess
+    import sys
+
+    path = _clinical(tmp_path, "subject,day,platelets\nA,0,20\nA,7,80\n")
+    code = f"""
+import sys
+import numpy as np
+from cytopipe import stats
+clinical = stats.read_clinical_table({str(path)!r})
+treg = {{"sample": np.array(["a", "b"], dtype=object), "subject": np.array(["A", "A"], dtype=object),
+        "timepoint": np.array(["D0", "W1"], dtype=object), "day": np.array([0.0, 7.0]),
+        "cd4_events": np.array([20000, 20000]), "treg_events": np.array([600, 1200]), "treg_pct": np.array([3.0, 6.0])}}
+table = stats.baseline_table(treg, clinical=clinical)
+stats.subject_summary(table)
+stats.clinical_correlation(table)
+stats.gate_sd_from_sensitivity({{"sample": np.array(["a"], dtype=object), "delta": np.array([0.1]),
+                                 "treg_pct_minus": np.array([3.1]), "treg_pct_plus": np.array([2.9])}})
+assert table["iwg_response"].tolist() == ["", "response"], table
+assert "pandas" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
