@@ -322,7 +322,7 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         raise ConfigError(f"--plots must be all, none or flagged (got {plots!r})")
     if scheduler is None and (workers or os.cpu_count() or 1) > 1:
         _pool_context(mode == "all")  # warm the worker processes' imports while this process does the set-up
-    # The sheet as plain rows: pandas (~0.3 s to import) is imported while the workers gate, not before.
+    # The sheet as plain rows (no pandas: a run imports none, cytopipe.columns tables stand in for its frames).
     sheet_rows, sheet_columns = read_sample_rows(sheet)
     records = [SheetRow(*(row[name] for name in SheetRow._fields)) for row in sheet_rows]
     from cytopipe.adapt import pregate
@@ -347,9 +347,9 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
         log.log(f"clinical data: {clinical} (beside the sample sheet; --clinical FILE to choose another)")
     clinical_table = None
     if clinical is not None:
-        from cytopipe.stats import read_clinical
+        from cytopipe.stats import read_clinical_table
 
-        clinical_table = read_clinical(clinical)  # a malformed table is a usage error before any work
+        clinical_table = read_clinical_table(clinical)  # a malformed table is a usage error before any work
     treg_name, parent_name = resolve_treg(strategy, treg, parent)
     _check_markers(strategy, gates, samples, panel_file)
     out = Path(out)
@@ -443,10 +443,8 @@ def run(sheet: str | os.PathLike = "sample_fcs/study.csv", gates: str | os.PathL
 
 
 def _prepare_outputs(report: bool) -> None:
-    """Import what the tables and the report need while the workers gate (the client is idle then): pandas,
-    the package metadata of the manifest, and Jinja2 with the report's modules."""
-    import pandas  # noqa: F401
-
+    """Import what the tables and the report need while the workers gate (the client is idle then): the package
+    metadata of the manifest, and Jinja2 with the report's modules (the tables need no pandas)."""
     _versions()  # the package versions manifest.json records
     if report:
         import cytopipe.report  # noqa: F401

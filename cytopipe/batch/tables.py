@@ -10,7 +10,7 @@ import platform
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +26,6 @@ from cytopipe.pipeline import (
 )
 
 from .progress import Progress
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 #: The installed packages whose code computes or writes the results (scipy, scikit-learn and matplotlib are test
 #: oracles only and never imported by a run).
@@ -172,9 +169,7 @@ def _reference_qc(tables: dict[str, Table], results: list[SampleResult], sheet: 
                                                strict=True)])
     if not len(qc):
         qc = np.empty(0, dtype=np.float64)  # as pandas types an empty list assigned to a column (the API's dtype)
-    sensitivity = tables["sensitivity"]
-    gate_sd = gate_sd_from_sensitivity(columns.to_frame(sensitivity) if columns.length(sensitivity) else None,
-                                       drift=drift_decades(references))
+    gate_sd = gate_sd_from_sensitivity(tables["sensitivity"], drift=drift_decades(references))
     sd = np.array([gate_sd.get(str(sample), math.nan) for sample in treg["sample"].tolist()], dtype=np.float64)
     out: Table = {}
     for name, values in treg.items():
@@ -313,9 +308,9 @@ def _row_panel(rec: dict | None, settings: dict) -> dict[str, Any]:
     return {"panel": own_panel or run_panel, "pregated": own_pregated or settings.get("pregated") or ""}
 
 
-def _baseline(treg: Table, *, clinical: pd.DataFrame | None, cva: float, cvi: float, z: float) -> pd.DataFrame:
+def _baseline(treg: Table, *, clinical: Table | None, cva: float, cvi: float, z: float) -> Table:
     """``baseline.csv`` from the Treg table (Treg:Tcon ratio from the CD4 events outside the Treg gate)."""
     from cytopipe.stats import baseline_table
 
     table = {**treg, "tcon_events": treg["cd4_events"] - treg["treg_events"]}
-    return baseline_table(columns.to_frame(table), cva=cva, cvi=cvi, z=z, clinical=clinical)
+    return baseline_table(table, cva=cva, cvi=cvi, z=z, clinical=clinical)
