@@ -614,9 +614,9 @@ def baseline_table(
         "gate_sd_pp": gate_sd,
         "delta_ci_low_total": np.asarray(t_low) * 100.0,
         "delta_ci_high_total": np.asarray(t_high) * 100.0,
-        "change_verdict": _texts([_change_words(*a, rcv) for a in zip(is_base, significant, pct_change, delta,
-                                                                          t_low, t_high, gate_sd, gate_sd_b,
-                                                                          strict=True)]),
+        "change_verdict": _texts([_change_words(*a, rcv) for a in zip(
+            *(np.asarray(c).tolist() for c in (is_base, significant, pct_change, delta, t_low, t_high, gate_sd,
+                                               gate_sd_b)), strict=True)]),
     }
     if clinical is not None:
         clin = _as_table(clinical)
@@ -636,9 +636,9 @@ def baseline_table(
 def _change_words(is_base: bool, significant: bool, pct_change: float, delta: float, low: float, high: float,
                   gate_sd: float, gate_sd_base: float, rcv: float) -> str:
     """One timepoint's verdict in a clinician's words, with the gating uncertainty it includes."""
-    if is_base or not np.isfinite(delta):
+    if is_base or not math.isfinite(delta):
         return ""
-    gating = math.hypot(*(0.0 if not np.isfinite(g) else g for g in (gate_sd, gate_sd_base)))
+    gating = math.hypot(*(g if math.isfinite(g) else 0.0 for g in (gate_sd, gate_sd_base)))
     noise = f"gating +/- {1.96 * gating:.1f} pp" if gating > 0 else "fixed gates"
     if significant:
         return f"{NOISE_WORDS} ({noise})"
@@ -862,28 +862,29 @@ def subject_summary(table: Tabular) -> Tabular:
         if subject == subject:  # groupby leaves out a missing (NaN) subject
             groups.setdefault(subject, []).append(i)
     rows = []
+    is_base, fold, significant = cells["is_baseline"], cells["fold_change"], cells["significant"]
     for subject in sorted(groups):
-        grp = [{c: cells[c][i] for c in cells} for i in groups[subject]]
-        later = [r for r in grp if not r["is_baseline"] and np.isfinite(float(r["fold_change"]))
-                 and float(r["fold_change"]) > 0]
-        sig = [r for r in later if r["significant"]]
+        grp = groups[subject]
+        later = [i for i in grp if not is_base[i] and math.isfinite(float(fold[i])) and float(fold[i]) > 0]
+        sig = [i for i in later if significant[i]]
         pool = sig if len(sig) else later
         row: dict[str, object] = {"subject": subject, "n_samples": len(grp)}
-        row["baseline_pct"] = float(grp[0]["baseline_pct"])
+        row["baseline_pct"] = float(cells["baseline_pct"][grp[0]])
         if len(pool):
-            peak = pool[int(np.argmax(np.abs(np.log(np.array([r["fold_change"] for r in pool], dtype=float)))))]
-            row.update(peak_timepoint=peak["timepoint"], peak_day=peak["day"], peak_fold_change=peak["fold_change"],
-                       peak_fc_ci_low=peak["fc_ci_low"], peak_fc_ci_high=peak["fc_ci_high"])
+            peak = pool[int(np.argmax(np.abs(np.log(np.array([fold[i] for i in pool], dtype=float)))))]
+            row.update(peak_timepoint=cells["timepoint"][peak], peak_day=cells["day"][peak],
+                       peak_fold_change=fold[peak], peak_fc_ci_low=cells["fc_ci_low"][peak],
+                       peak_fc_ci_high=cells["fc_ci_high"][peak])
         else:
             row.update(peak_timepoint="", peak_day=np.nan, peak_fold_change=np.nan,
                        peak_fc_ci_low=np.nan, peak_fc_ci_high=np.nan)
-        dirs = {r["direction"] for r in sig}
+        dirs = {cells["direction"][i] for i in sig}
         direction = "mixed" if len(dirs) > 1 else (dirs.pop() if dirs else "none")
         row["significant"] = bool(len(sig))
         row["direction"] = direction
-        if not any(r["is_baseline"] for r in grp):
+        if not any(is_base[i] for i in grp):
             verdict = "No baseline sample: change not assessed"
-        elif all(r["is_baseline"] for r in grp):
+        elif all(is_base[i] for i in grp):
             verdict = "Baseline only: no later timepoint"
         elif not len(later):
             verdict = f"Change not assessable (baseline Treg % is {_fmt_pct(row['baseline_pct'])})"
@@ -899,12 +900,12 @@ def subject_summary(table: Tabular) -> Tabular:
         else:
             verdict = f"No significant change (largest {_fmt_fold(row['peak_fold_change'])} " \
                       f"at {row['peak_timepoint']}): not beyond the assay, counting and gating noise"
-        drifted = [str(r["timepoint"]) for r in grp if "reference drift" in str(r["qc_flags"])]
+        drifted = [str(cells["timepoint"][i]) for i in grp if "reference drift" in str(cells["qc_flags"][i])]
         if drifted and len(later):
             verdict += f". Reference populations drifted at {', '.join(drifted)}: check the instrument settings " \
                        "of those visits"
         row["treg_verdict"] = verdict
-        row["clinical_response"], row["clinical_verdict"] = _platelet_verdict(t, groups[subject], plt_col)
+        row["clinical_response"], row["clinical_verdict"] = _platelet_verdict(t, grp, plt_col)
         rows.append(row)
     if isinstance(table, dict):
         return columns.from_rows(rows, list(rows[0]) if rows else [])
