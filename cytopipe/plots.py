@@ -70,8 +70,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, ident: str | None = None) 
     try:
         atomic_write(path, data)
     except FileNotFoundError:  # its folder is missing (a worker writes many figures to one: no check each time)
-        if path.parent.is_dir():
-            raise
+        # Made here, then written again (a second failure raises). Not "raise when the folder exists now": two
+        # workers that both found it missing race, and the one that looks after the other made it failed its
+        # sample ("plot failed: ...: No such file or directory").
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, data)
     return path

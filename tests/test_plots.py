@@ -546,3 +546,25 @@ def test_figures_of_a_plain_table_are_those_of_its_dataframe() -> None:
         assert render(time_course(plain, "ITP-01", other)) == drawn["ITP-01"]
         if other is not None:
             assert "platelets day 0" in drawn["ITP-01"]
+
+
+def test_save_figure_survives_another_worker_making_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """Two workers write their first figures into a plots folder that does not exist yet: both fail, one makes the
+    folder; the other, finding it made, writes its figure (it failed its sample with "No such file or directory").
+    """
+    import cytopipe.plots as plots
+
+    real = plots.atomic_write
+    calls = []
+
+    def raced(path: Path, data: bytes) -> None:
+        calls.append(path)
+        if len(calls) == 1:  # the folder is missing for this worker's write, and another worker makes it meanwhile
+            Path(path).parent.mkdir()
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(plots, "atomic_write", raced)
+    path = save_figure(time_course(_table(STUDY), "ITP-01"), tmp_path / "plots" / "tc")
+    assert path.read_bytes().startswith(b"<?xml") and len(calls) == 2
