@@ -40,7 +40,7 @@ from cytopipe.stats import (
     baseline_table,
     clinical_correlation,
     platelet_column,
-    read_clinical,
+    read_clinical_table,
     reference_change_value,
     subject_summary,
 )
@@ -428,11 +428,11 @@ def _load_clinical(clinical: str | os.PathLike | pd.DataFrame | Table | None, re
     if clinical is not None and not isinstance(clinical, str | os.PathLike):  # a DataFrame
         return columns.from_frame(clinical), "given as a table"
     if clinical is not None:
-        return columns.from_frame(read_clinical(clinical)), str(clinical)
+        return read_clinical_table(clinical), str(clinical)
     recorded = (manifest.get("settings") or {}).get("clinical") if isinstance(manifest, dict) else None
     for candidate in (recorded, results / "clinical.csv"):
         if candidate and Path(candidate).is_file():
-            return columns.from_frame(read_clinical(candidate)), str(candidate)
+            return read_clinical_table(candidate), str(candidate)
     return None, ""
 
 
@@ -572,8 +572,7 @@ def render_from_tables(results_dir: str | os.PathLike, tables: dict[str, Table] 
     if populations is not None and "population" in populations:
         # The report uses only the lymphocyte gate's rows (a neutralised name is never one of them).
         plain["populations"] = _lymphocyte_rows(populations)
-    written = _render(results, {name: _as_read(table) for name, table in plain.items()}, **options)[1]
-    return written["frames"] if frames else {name: written[name] for name in ("baseline", "summary", "correlation")}
+    return _render(results, {name: _as_read(table) for name, table in plain.items()}, frames=frames, **options)[1]
 
 
 _OPTIONAL = ("populations", "failures", "gates_fitted", "sensitivity", "gate_drift")
@@ -584,10 +583,10 @@ def _render(results: Path, tables: dict[str, Table], *,
             z: float = 1.96, pdf: bool = True, plots: bool = True, min_treg_events: int = 100,
             min_cd4_events: int = 2000, printer: Printer | None = None, pdf_engine: str = "native",
             figures: dict[str, Markup] | None = None, manifest: dict | None = None,
-            meanwhile: Callable[[], Any] | None = None) -> tuple[Path, dict[str, Any]]:
+            meanwhile: Callable[[], Any] | None = None, frames: bool = False) -> tuple[Path, dict[str, Any]]:
     """:func:`render_report` of tables as :func:`_read_table` reads them: ``report.html`` and the tables written
-    (``baseline``, ``summary``, ``correlation``; and ``frames``: the same as DataFrames, as
-    :func:`cytopipe.stats.baseline_table` returns them).
+    (``baseline``, ``summary``, ``correlation``; with ``frames``, as the DataFrames :mod:`cytopipe.stats` returns
+    for DataFrames).
 
     ``manifest``: the folder's ``manifest.json`` as read (default: read from the folder). ``meanwhile``: called
     once the HTML is written, while the PDF child may still run.
@@ -618,11 +617,17 @@ def _render(results: Path, tables: dict[str, Table], *,
         # Tcon = CD4 events outside the Treg gate (the batch runner's definition).
         treg = {**treg, "tcon_events": treg["cd4_events"] - treg["treg_events"]}
     treg = _lymphocyte_events(treg, optional["populations"])
-    frame = baseline_table(columns.to_frame(treg), cva=cva, cvi=cvi, z=z, min_treg_events=min_treg_events,
-                           min_cd4_events=min_cd4_events, source=str(treg_path),
-                           clinical=None if clinical_table is None else columns.to_frame(clinical_table))
-    frames = {"baseline": frame, "summary": subject_summary(frame), "correlation": clinical_correlation(frame)}
-    table, summary, correlation = (columns.from_frame(frames[name]) for name in ("baseline", "summary", "correlation"))
+    computed_with = {"cva": cva, "cvi": cvi, "z": z, "min_treg_events": min_treg_events,
+                     "min_cd4_events": min_cd4_events, "source": str(treg_path)}
+    if frames:  # the DataFrames stats returns for DataFrames (nullable Int64 counts), for a caller that gave them
+        given = baseline_table(columns.to_frame(treg), **computed_with,
+                               clinical=None if clinical_table is None else columns.to_frame(clinical_table))
+        returned = {"baseline": given, "summary": subject_summary(given), "correlation": clinical_correlation(given)}
+        table, summary, correlation = (columns.from_frame(returned[name]) for name in returned)
+    else:
+        table = baseline_table(treg, **computed_with, clinical=clinical_table)
+        summary, correlation = subject_summary(table), clinical_correlation(table)
+        returned = {"baseline": table, "summary": summary, "correlation": correlation}
 
     (results / "plots").mkdir(exist_ok=True)
     context = _context(results, table, summary, correlation, clinical_table, clinical_source, optional, manifest,
@@ -663,7 +668,7 @@ def _render(results: Path, tables: dict[str, Table], *,
     if not written and (results / "report.pdf").is_file():
         (results / "report.pdf").unlink()
         log.warning("removed %s from an earlier rendering (it no longer matches report.html)", results / "report.pdf")
-    return out, {"baseline": table, "summary": summary, "correlation": correlation, "frames": frames}
+    return out, returned
 
 
 def _subject_stems(subjects: list[str]) -> dict[str, str]:
