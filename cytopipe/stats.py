@@ -618,11 +618,14 @@ def baseline_table(
             *(np.asarray(c).tolist() for c in (is_base, significant, pct_change, delta, t_low, t_high, gate_sd,
                                                gate_sd_b)), strict=True)]),
     }
+    joined: dict[str, str] = {}  # output column -> the clinical column whose cells it holds
     if clinical is not None:
         clin = _as_table(clinical)
         if columns.length(clin):
-            out = _join_clinical(out, clin)
+            out, joined = _join_clinical(out, clin)
+    before = dict(out)
     _add_absolute(out, t)
+    joined = {name: source for name, source in joined.items() if out[name] is before[name]}
     out = columns.sorted_by(out, ["subject", "day"])
     if not given_frame:
         return out
@@ -630,6 +633,14 @@ def baseline_table(
     for col in ("treg_events", "cd4_events"):
         if out[col].dtype == np.int64:
             frame[col] = frame[col].astype("Int64")
+    if joined and not isinstance(clinical, dict):
+        for name, source in joined.items():  # pandas' own types (nullable integers, text, flags) survive its join
+            dtype = clinical[source].dtype
+            if isinstance(dtype, np.dtype):
+                continue
+            if frame[name].dtype.kind in "iuf" and dtype.kind not in "iufb":  # text read as pandas' nullable numbers
+                dtype = "Int64" if frame[name].dtype.kind in "iu" else "Float64"
+            frame[name] = frame[name].astype(dtype)
     return frame
 
 
@@ -670,9 +681,10 @@ def _add_absolute(out: columns.Table, t: columns.Table) -> None:
             out["tregs_per_ul"] = _floats(source["cd4_per_ul"]) * out["treg_pct"] / 100.0
 
 
-def _join_clinical(out: columns.Table, clinical: columns.Table) -> columns.Table:
+def _join_clinical(out: columns.Table, clinical: columns.Table) -> tuple[columns.Table, dict[str, str]]:
     """``out`` with the clinical columns of each row's subject and day (or timepoint) to its right (a left join,
-    many rows to one; names ``out`` has get ``_clinical``), and the platelet response columns."""
+    many rows to one; names ``out`` has get ``_clinical``), and the platelet response columns; and the joined
+    columns that hold the clinical cells as they were (output name -> clinical name)."""
     clin = dict(clinical)
     clin["subject"] = _text(clin["subject"])
     key = _join_key(clin)
@@ -691,9 +703,10 @@ def _join_clinical(out: columns.Table, clinical: columns.Table) -> columns.Table
     merged = dict(out)
     for c in values:
         merged[renamed[c]] = _take(clin[c], at)
+    joined = {renamed[c]: c for c in values}
     plt_col = platelet_column(list(renamed.values()))
     if plt_col is None:
-        return merged
+        return merged, joined
     merged[plt_col] = to_numeric(merged[plt_col])
     platelets = merged[plt_col].astype(float)
     # Baseline platelets: the count at the baseline sample, else the latest one on or before the baseline day.
@@ -717,7 +730,9 @@ def _join_clinical(out: columns.Table, clinical: columns.Table) -> columns.Table
         "" if is_b else iwg_response(float(p), float(b))
         for p, b, is_b in zip(merged[plt_col].tolist(), merged["baseline_platelets"].tolist(), is_base, strict=True)
     ])
-    return merged
+    for name in ("baseline_platelets", "platelet_fold", "iwg_response"):
+        joined.pop(name, None)
+    return merged, joined
 
 
 def _take(values: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -856,7 +871,8 @@ def subject_summary(table: Tabular) -> Tabular:
     t = _as_table(table)
     plt_col = platelet_column(list(t))
     cells = {c: t[c].tolist() for c in ("subject", "is_baseline", "fold_change", "significant", "baseline_pct",
-                                         "timepoint", "day", "fc_ci_low", "fc_ci_high", "direction", "qc_flags")}
+                                         "timepoint", "day", "fc_ci_low", "fc_ci_high", "direction", "qc_flags",
+                                         plt_col, "iwg_response", "baseline_platelets") if c in t}
     groups: dict[Any, list[int]] = {}
     for i, subject in enumerate(cells["subject"]):
         if subject == subject:  # groupby leaves out a missing (NaN) subject
@@ -905,7 +921,7 @@ def subject_summary(table: Tabular) -> Tabular:
             verdict += f". Reference populations drifted at {', '.join(drifted)}: check the instrument settings " \
                        "of those visits"
         row["treg_verdict"] = verdict
-        row["clinical_response"], row["clinical_verdict"] = _platelet_verdict(t, grp, plt_col)
+        row["clinical_response"], row["clinical_verdict"] = _platelet_verdict(cells, grp, plt_col)
         rows.append(row)
     if isinstance(table, dict):
         return columns.from_rows(rows, list(rows[0]) if rows else [])
@@ -916,9 +932,9 @@ def subject_summary(table: Tabular) -> Tabular:
     return columns.to_frame(columns.from_rows(rows, list(rows[0])))
 
 
-def _platelet_verdict(table: columns.Table, rows: list[int], plt_col: str | None) -> tuple[str, str]:
-    """IWG response of one subject (its ``rows`` of a baseline table): the best category after baseline, at the
-    highest count in it."""
+def _platelet_verdict(table: dict[str, list[Any]], rows: list[int], plt_col: str | None) -> tuple[str, str]:
+    """IWG response of one subject (its ``rows`` of a baseline table's column lists): the best category after
+    baseline, at the highest count in it."""
     if plt_col is None or "iwg_response" not in table or all(columns.is_missing(table[plt_col][i]) for i in rows):
         return "", "Platelets: no clinical data"
     later = [i for i in rows if not table["is_baseline"][i] and table["iwg_response"][i] != ""]

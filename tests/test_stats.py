@@ -603,3 +603,17 @@ assert table["iwg_response"].tolist() == ["", "response"], table
 assert "pandas" not in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pandas_types_of_clinical_columns_survive_the_join() -> None:
+    """A clinical DataFrame with pandas' nullable types keeps them in the result (missing cells <NA>), as its merge
+    kept them; a plain table gets numpy types."""
+    clinical = pd.DataFrame({"subject": ["A", "A"], "day": [0.0, 7.0], "lymph": [1, 2], "note": ["x", "y"],
+                             "flag": [True, False]}).convert_dtypes()
+    treg = _treg([("A", "D0", 0, 20000, 600), ("A", "W1", 7, 20000, 900), ("B", "D0", 0, 20000, 600)])
+    table = baseline_table(treg, clinical=clinical)
+    for name in ("lymph", "note", "flag"):
+        assert table[name].dtype == clinical[name].dtype, name
+        assert table[name].iloc[:2].tolist() == clinical[name].tolist() and table[name].iloc[2] is pd.NA
+    plain = baseline_table(columns.from_frame(treg), clinical=columns.from_frame(clinical))
+    assert plain["lymph"].dtype == np.float64 and plain["flag"].tolist()[:2] == [True, False]
