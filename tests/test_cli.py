@@ -227,3 +227,26 @@ def test_a_pool_worker_collects_only_its_own_objects():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                           check=True)
     assert done.stdout.split() == ["True", "True"]
+
+
+_PANDAS_FREE = """\
+import sys
+from cytopipe.cli import main
+sys.argv = ["cytopipe", *sys.argv[1:]]
+code = main()
+print(code, "pandas" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("options", [[], ["--no-report"], ["--no-report", "--workers", "1"],
+                                     ["--plots", "flagged", "--no-pdf"], ["--no-plots"]],
+                         ids=["default", "no-report", "in-process", "plots-flagged", "no-plots"])
+def test_run_never_imports_pandas(tmp_path, options):
+    """``cytopipe run`` on the bundled study (clinical data, data-driven gates, reference drift, report and PDF)
+    writes every table and the report without importing pandas (~0.2 s of CPU); the Python API's DataFrames are
+    built on demand."""
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-c", _PANDAS_FREE, "run", "--out", str(tmp_path / "out"), "--quiet",
+                           *options], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.stdout.split() == ["0", "False"], (proc.stdout, proc.stderr)
+    assert (tmp_path / "out" / "baseline.csv").is_file() and (tmp_path / "out" / "gate_drift.csv").is_file()
