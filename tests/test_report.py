@@ -397,3 +397,38 @@ def test_lymphocyte_counts_are_joined_as_pandas_maps_them() -> None:
         assert joined.dtype == expected.dtype and np.array_equal(joined, expected, equal_nan=joined.dtype.kind == "f")
     twice = {name: np.concatenate([values, values[:1]]) for name, values in populations.items()}
     assert "lymphocyte_events" not in _lymphocyte_events({"sample": np.array(["a"], dtype=object)}, twice)
+
+
+def test_a_run_s_report_renders_without_pandas(tmp_path: Path, results_folder: Callable[..., Path]) -> None:
+    """render_from_tables of plain tables (text cells, as a CSV reader gives them) with clinical data, figures and
+    the native PDF, in a process where pandas cannot be imported: what a run's report does."""
+    import subprocess
+    import sys
+
+    out = results_folder(tmp_path, clinical=True)
+    code = f"""
+import csv, sys
+from pathlib import Path
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            raise ImportError("pandas imported")
+sys.meta_path.insert(0, Blocked())
+from cytopipe.columns import from_rows
+from cytopipe.report import render_from_tables
+out = Path({str(out)!r})
+tables = {{}}
+for stem in ("treg", "populations", "failures", "gates_fitted"):
+    with open(out / f"{{stem}}.csv", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        tables[stem] = from_rows(list(reader), reader.fieldnames)
+written = render_from_tables(out, tables, clinical=out.parent / "clinical.csv")
+assert isinstance(written["baseline"], dict) and len(written["correlation"]["subject"]) == 3
+assert "pandas" not in sys.modules
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # this checkout's cytopipe
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "timecourse" in html and (out / "report.pdf").stat().st_size > 1000
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
