@@ -237,3 +237,29 @@ def test_run_result_builds_each_dataframe_once_on_first_access(tmp_path: Path):
     assert list(result.failures.columns) == ["sample", "file", "stage", "reason"] and result.failures.empty
     result.drift = pd.DataFrame({"a": [1]})  # set: taken as it is
     assert result.drift["a"].tolist() == [1]
+
+
+def test_manifest_versions_are_those_importlib_metadata_finds():
+    from importlib import metadata
+
+    from cytopipe.batch.tables import _DEPENDENCIES, _metadata_version, _versions
+
+    versions = _versions()
+    for name in _DEPENDENCIES:
+        try:
+            expected = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            assert name not in versions
+            continue
+        assert versions[name] == expected
+    assert _metadata_version("/nonexistent/METADATA") is None
+
+
+def test_metadata_version_reads_the_header_only(tmp_path: Path):
+    from cytopipe.batch.tables import _metadata_version
+
+    path = tmp_path / "METADATA"
+    path.write_text("Metadata-Version: 2.1\nName: x\nVersion: 1.2.3rc1 \n\nVersion: 9\n", encoding="utf-8")
+    assert _metadata_version(str(path)) == "1.2.3rc1"
+    path.write_text("Metadata-Version: 2.1\nName: x\n\nVersion: 9\n", encoding="utf-8")
+    assert _metadata_version(str(path)) is None  # a Version in the body is not the package's
