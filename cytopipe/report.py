@@ -68,8 +68,18 @@ _OPEN_GATING_SAMPLES = 24
 # ---------------------------------------------------------------------------------------------- file helpers
 
 
-def _read_table(path: Path | io.StringIO) -> Table:
-    """A results CSV with identity columns kept as text (a subject called "NA" stays "NA"), as a table."""
+def _read_table(path: Path) -> Table:
+    """A results CSV with identity columns kept as text (a subject called "NA" stays "NA"), as a table.
+
+    Its cells are those of ``pandas.read_csv(path, dtype=str, keep_default_na=False)``: read by :mod:`csv` when the
+    file is exactly what a CSV writer writes of them (as cytopipe writes its tables: :func:`_plain_rows`), by pandas
+    otherwise (a file edited by hand: other line ends, repeated or missing names, ragged rows...).
+    """
+    plain = _plain_rows(path)
+    if plain is not None:
+        header, rows = plain
+        names = _unique([restore(name) for name in header])
+        return {name: _typed_cells(name, [row[k] for row in rows]) for k, name in enumerate(names)}
     import pandas as pd
 
     try:
@@ -77,6 +87,32 @@ def _read_table(path: Path | io.StringIO) -> Table:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read results table: {err}") from None
     return _typed(table)
+
+
+def _plain_rows(path: Path) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of a CSV file that :mod:`csv` writes back to the same text (UTF-8, ``\\n`` line ends,
+    minimal quoting), with a unique non-empty name per column and every row as long as the header: a file both
+    :mod:`csv` and pandas read one way. None for any other file."""
+    import csv
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:
+        return None
+    if not rows or "\x00" in text or text.startswith("\ufeff"):
+        return None
+    header = rows[0]
+    if any(not name for name in header) or len(set(header)) != len(header) \
+            or any(len(row) != len(header) for row in rows) \
+            or (len(header) == 1 and any(not row[0].strip() for row in rows)):
+        return None  # (a one-column row of an empty or blank cell: a blank line, which pandas skips)
+    again = io.StringIO()
+    csv.writer(again, lineterminator="\n").writerows(rows)
+    return (header, rows[1:]) if again.getvalue() == text else None
 
 
 def _as_read(table: Table) -> Table:

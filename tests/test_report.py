@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cytopipe.columns import from_frame
 from cytopipe.errors import ConfigError, SampleSheetError
@@ -432,3 +434,50 @@ assert "pandas" not in sys.modules
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "timecourse" in html and (out / "report.pdf").stat().st_size > 1000
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+_CELL_TEXT = st.text(st.sampled_from(list("ab ,\"'\n\r\t=-+@1.5eNA\u00e9\u202e")), max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(st.sampled_from(list("ab ,\"'\n=.1")), min_size=1, max_size=4), min_size=1, max_size=4,
+                unique=True),
+       st.lists(st.lists(st.one_of(_CELL_TEXT, st.floats(allow_nan=True), st.integers(-10**6, 10**6)), min_size=4,
+                         max_size=4), max_size=5))
+def test_results_files_read_by_csv_are_read_as_pandas_reads_them(names: list[str], rows: list[list[object]]) -> None:
+    """A results file cytopipe writes (hostile text: quotes, commas, line ends, formulas) is read without pandas
+    into the cells pandas.read_csv(dtype=str, keep_default_na=False) reads, typed alike."""
+    import tempfile
+
+    from cytopipe.outputs import write_csv
+    from cytopipe.report import _plain_rows, _read_table, _typed
+
+    frame = pd.DataFrame([row[: len(names)] for row in rows], columns=names) if rows else pd.DataFrame(columns=names)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "t.csv"
+        write_csv(frame, path)
+        try:
+            expected = _typed(pd.read_csv(path, dtype=str, keep_default_na=False))
+        except pd.errors.EmptyDataError:  # a blank header line only
+            with pytest.raises(ConfigError, match="cannot read results table"):
+                _read_table(path)
+            return
+        _same_tables(_read_table(path), expected)
+        blank = len(names) == 1 and any(not str(v).strip() or v != v for v in [names[0], *frame.iloc[:, 0]])
+        if b"\r" not in path.read_bytes() and not blank:
+            assert _plain_rows(path) is not None  # read without pandas
+
+
+def test_results_files_edited_by_hand_are_read_by_pandas(tmp_path: Path) -> None:
+    """Files that are not what a CSV writer writes (CRLF, a BOM, blank lines, ragged or unnamed columns) are left
+    to pandas, whose reading they get."""
+    from cytopipe.report import _plain_rows, _read_table, _typed
+
+    for text in ("a,b\r\n1,x\r\n", "\ufeffa,b\n1,x\n", "a,b\n\n1,x\n", "a,b\n1\n", "a,\n1,2\n", "a\n\n1\n",
+                 'a,b\n"1",x\n', "a,b\n1,x"):
+        path = tmp_path / "t.csv"
+        path.write_bytes(text.encode("utf-8"))
+        assert _plain_rows(path) is None, text
+        _same_tables(_read_table(path), _typed(pd.read_csv(path, dtype=str, keep_default_na=False)))
+    path.write_text("a,b\n1,x\n", encoding="utf-8")
+    assert _plain_rows(path) == (["a", "b"], [["1", "x"]])
