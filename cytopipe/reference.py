@@ -208,6 +208,7 @@ def reference_drift(rows: list[dict] | Table | pd.DataFrame, limit_pct: float = 
     else:
         records = list(rows)
     cells: dict[str, list] = {name: [] for name in DRIFT_COLUMNS}
+    subjects, samples, timepoints, days, populations, parameters, values, bases, drifts, pcts, qcs = cells.values()
     for visits in _by_subject(records) if records else ():
         flagged = [rec for rec in visits if bool(rec.get("baseline", False))]
         base = flagged[0] if flagged else visits[0]
@@ -219,13 +220,18 @@ def reference_drift(rows: list[dict] | Table | pd.DataFrame, limit_pct: float = 
                 population, marker = key.split("|", 1)
                 ref = float(base_refs[key])
                 pct = 100.0 * (value - ref) / abs(ref)
-                qc = f"moved {pct:+.0f}% against baseline (limit {limit_pct:g}%)" if abs(pct) > limit_pct else ""
-                for name, cell in (("subject", rec["subject"]), ("sample", rec["sample"]),
-                                   ("timepoint", rec["timepoint"]), ("day", rec["day"]),
-                                   ("population", population), ("parameter", f"median {marker}"),
-                                   ("value", value), ("baseline_value", ref), ("drift", value - ref),
-                                   ("drift_pct", pct), ("qc", qc)):
-                    cells[name].append(cell)
+                subjects.append(rec["subject"])
+                samples.append(rec["sample"])
+                timepoints.append(rec["timepoint"])
+                days.append(rec["day"])
+                populations.append(population)
+                parameters.append(f"median {marker}")
+                values.append(value)
+                bases.append(ref)
+                drifts.append(value - ref)
+                pcts.append(pct)
+                qcs.append(f"moved {pct:+.0f}% against baseline (limit {limit_pct:g}%)" if abs(pct) > limit_pct
+                           else "")
     # The columns pandas.DataFrame(rows) types; those computed here are floats (a float baseline in each).
     table = {name: np.array(values, dtype=np.float64) if name in ("baseline_value", "drift", "drift_pct") and values
              else columns.column(values) for name, values in cells.items()}
