@@ -20,6 +20,7 @@ import numpy as np
 from cytopipe import columns
 from cytopipe.errors import SampleSheetError
 from cytopipe.numeric import to_numeric
+from cytopipe.samplesheet import plain_csv_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +71,7 @@ def read_clinical_table(path: str | Path) -> columns.Table:
     path = Path(path)
     if not path.is_file():
         raise SampleSheetError(f"{path}: clinical table not found")
-    header, rows = _parse_plain(path) or _parse_with_pandas(path)
+    header, rows = plain_csv_rows(path, as_pandas=True) or _parse_with_pandas(path)
     names = [str(name).strip() for name in header]
     lower: dict[str, str] = {}
     for name in names:
@@ -88,7 +89,7 @@ def read_clinical_table(path: str | Path) -> columns.Table:
              for name, column in zip(names, zip(*rows, strict=True) if rows else [()] * len(names), strict=True)}
     if not rows:
         raise SampleSheetError(f"{path}: clinical table has no rows")
-    table: columns.Table = {name: _objects(column) for name, column in cells.items()}
+    table: columns.Table = {name: columns.objects(column) for name, column in cells.items()}
     if "" in cells["subject"]:
         raise SampleSheetError(f"{path}: row {cells['subject'].index('') + 2}: subject is empty")
     if "day" in cells:
@@ -128,39 +129,6 @@ def _numeric_column(path: Path, table: columns.Table, name: str, text: list[Any]
         if math.isinf(value):
             raise SampleSheetError(f"{path}: row {row + 2}: {name} {text[row]!r} is not a finite number")
     table[name] = values
-
-
-def _objects(values: list[Any] | tuple[Any, ...]) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = list(values)
-    return out
-
-
-def _parse_plain(path: Path) -> tuple[list[str], list[list[str]]] | None:
-    """Header and rows of a CSV file :mod:`csv` reads as pandas does: UTF-8, a unique non-empty name per column,
-    every row as long as the header, lines ending in LF or CRLF (pandas reads the header of a file with bare CR
-    line ends twice); ``None`` for anything else, left to :func:`_parse_with_pandas`."""
-    import csv
-    import io
-
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if "\x00" in text or "\r" in text.replace("\r\n", ""):
-        return None
-    try:
-        rows = [row for row in csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
-                if row]
-    except csv.Error:
-        return None
-    if not rows or any(len(row) == 1 and not row[0].strip() for row in rows):  # pandas skips blank lines
-        return None
-    header = rows[0]
-    if any(not name for name in header) or len(set(header)) != len(header) or \
-            any(len(row) != len(header) for row in rows[1:]):
-        return None
-    return header, rows[1:]
 
 
 def _parse_with_pandas(path: Path) -> tuple[list[str], list[list[Any]]]:

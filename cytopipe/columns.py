@@ -27,8 +27,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Table", "column", "from_frame", "from_rows", "is_missing", "length", "select", "sorted_by", "take",
-           "to_frame"]
+__all__ = ["Table", "column", "from_frame", "from_rows", "is_missing", "length", "objects", "select", "sorted_by",
+           "take", "to_frame"]
 
 #: A result table: column name -> equal-length numpy array (float64, int64, bool or object).
 Table = dict[str, np.ndarray]
@@ -40,6 +40,15 @@ def is_missing(value: Any) -> bool:
 
 
 _FLOATS = {float, int, type(None)}  # exact types whose mixture with a float is a float64 column
+
+
+def objects(values: Iterable[Any]) -> np.ndarray:
+    """An ``object`` column holding ``values`` as they are (numpy would otherwise make a 2-D array of sequences or
+    guess a dtype)."""
+    values = list(values)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def column(values: Sequence[Any]) -> np.ndarray:
@@ -63,9 +72,7 @@ def column(values: Sequence[Any]) -> np.ndarray:
         return np.array([np.nan if value is None else value for value in values] if type(None) in kinds else values,
                         dtype=np.float64)
     if kinds == {str} or kinds == {str, type(None)}:
-        out = np.empty(len(values), dtype=object)
-        out[:] = list(values)
-        return out
+        return objects(values)
     seen = set()
     for value in values:
         if value is None:
@@ -88,9 +95,7 @@ def column(values: Sequence[Any]) -> np.ndarray:
             pass
     elif seen and seen <= {"i", "f", "n"} and seen != {"n"}:
         return np.array([np.nan if value is None else value for value in values], dtype=np.float64)
-    out = np.empty(len(values), dtype=object)
-    out[:] = list(values)
-    return out
+    return objects(values)
 
 
 def from_rows(rows: Iterable[Mapping[str, Any]], names: Sequence[str]) -> Table:

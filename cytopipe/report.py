@@ -173,9 +173,7 @@ def _typed_cells(name: str, cells: list[str], quoted: bool = True) -> np.ndarray
         typed = numbers(cells)
         if typed is not None:
             return typed
-    text = np.empty(len(cells), dtype=object)
-    text[:] = cells
-    return text
+    return columns.objects(cells)
 
 
 def _typed(table: pd.DataFrame) -> Table:

@@ -88,7 +88,7 @@ def read_sample_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]
     path = Path(path)
     if not path.is_file():
         raise SampleSheetError(f"{path}: sample sheet not found")
-    header, cells = _parse_plain(path) or _parse_with_pandas(path)
+    header, cells = plain_csv_rows(path) or _parse_with_pandas(path)
     return _sheet_rows(path, header, cells)
 
 
@@ -128,8 +128,14 @@ def _sheet_rows(path: Path, header: list[str], cells: list[list[Any]]) -> tuple[
 _ROW_COLUMNS = ("sample", "file", "subject", "timepoint", "day", "baseline", "role", "spillover", "panel", "pregated")
 
 
-def _parse_plain(path: Path) -> tuple[list[str], list[list[str]]] | None:
-    """Header and rows of a sheet :mod:`csv` reads as a plain table; ``None`` for anything else (left to pandas)."""
+def plain_csv_rows(path: Path, *, as_pandas: bool = False) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of a CSV file that :mod:`csv` reads as a plain table (UTF-8, a unique non-empty name per
+    column, every row as long as the header; blank lines skipped); ``None`` for anything else (left to pandas).
+
+    ``as_pandas``: also leave to pandas what :mod:`csv` would read otherwise than :func:`pandas.read_csv`: bare CR
+    line ends (pandas reads the header twice), a line of spaces alone, an unterminated quote (the clinical table,
+    whose reading must be pandas' own).
+    """
     import csv
     import io
 
@@ -137,13 +143,14 @@ def _parse_plain(path: Path) -> tuple[list[str], list[list[str]]] | None:
         text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError):
         return None
-    if "\x00" in text:
+    if "\x00" in text or (as_pandas and "\r" in text.replace("\r\n", "")):
         return None
     try:
-        rows = [row for row in csv.reader(io.StringIO(text, newline=""), skipinitialspace=True) if row]
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=as_pandas)
+                if row]
     except csv.Error:
         return None
-    if not rows:
+    if not rows or (as_pandas and any(len(row) == 1 and not row[0].strip() for row in rows)):
         return None
     header = rows[0]
     if any(not name for name in header) or len(set(header)) != len(header) or \
@@ -220,7 +227,7 @@ def _assign_baselines(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _parse_with_pandas(path: Path) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of a sheet :func:`_parse_plain` leaves out (unnamed or repeated columns, ragged rows...),
+    """Header and rows of a sheet :func:`plain_csv_rows` leaves out (unnamed or repeated columns, ragged rows...),
     as :func:`pandas.read_csv` reads it; its parse errors become one line."""
     import pandas as pd
 

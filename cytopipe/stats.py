@@ -406,20 +406,14 @@ def _as_table(data: Tabular) -> columns.Table:
     return dict(data) if isinstance(data, dict) else columns.from_frame(data)
 
 
-def _objects(values: Sequence[Any]) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = list(values)
-    return out
-
-
 def _texts(values: list[str]) -> np.ndarray:
     """A column of strings; without rows ``float64``, the dtype pandas gives an empty list."""
-    return _objects(values) if values else np.empty(0)
+    return columns.objects(values) if values else np.empty(0)
 
 
 def _text(values: np.ndarray) -> np.ndarray:
     """``Series.astype(str)``: every cell as its ``str`` (a missing one too: ``'nan'``, ``'None'``)."""
-    return _objects([str(value) for value in values.tolist()])
+    return columns.objects([str(value) for value in values.tolist()])
 
 
 def _floats(values: np.ndarray) -> np.ndarray:

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cytopipe.clinical import _parse_plain, read_clinical_table
+from cytopipe.clinical import read_clinical_table
 from cytopipe.errors import SampleSheetError
+from cytopipe.samplesheet import plain_csv_rows
 
 _CELL = st.text(alphabet='ab1 ,"\t\r\n.', max_size=4)
 
@@ -23,7 +24,7 @@ def test_plain_parse_is_read_csv_or_declined(tmp_path_factory, rows: list[list[s
     reads (header and cells); anything else is left to pandas."""
     path = tmp_path_factory.mktemp("csv") / "clinical.csv"
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + end.join(",".join(row) for row in rows).encode())
-    plain = _parse_plain(path)
+    plain = plain_csv_rows(path, as_pandas=True)
     if plain is None:
         return
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -40,7 +41,7 @@ def test_plain_parse_is_read_csv_or_declined(tmp_path_factory, rows: list[list[s
 def test_files_csv_does_not_read_plainly_are_read_by_pandas(tmp_path: Path, text: str, message: str | None) -> None:
     path = tmp_path / "clinical.csv"
     path.write_text(text, newline="")
-    assert _parse_plain(path) is None
+    assert plain_csv_rows(path, as_pandas=True) is None
     if message is None:
         assert list(read_clinical_table(path)) == ["subject", "Unnamed: 1", "day"]
         return

@@ -101,11 +101,11 @@ def test_sheet_read_without_pandas_is_the_pandas_reading(tmp_path, text, plain):
     as a plain table are read by pandas."""
     import pandas as pd
 
-    from cytopipe.samplesheet import _parse_plain, _parse_with_pandas, _sheet_rows, sheet_frame
+    from cytopipe.samplesheet import _parse_with_pandas, _sheet_rows, plain_csv_rows, sheet_frame
 
     path = tmp_path / "study.csv"
     path.write_bytes(text.encode("utf-8"))
-    assert (_parse_plain(path) is not None) == plain
+    assert (plain_csv_rows(path) is not None) == plain
     by_pandas = sheet_frame(*_sheet_rows(path, *_parse_with_pandas(path)))
     pd.testing.assert_frame_equal(read_sample_sheet(path), by_pandas, check_exact=True)
 
