@@ -19,8 +19,14 @@ Full mode (the measurement of issue 12; about 15-25 minutes on 2 cores, most of 
    * ``no-plots``: the same with ``--no-plots`` (report and PDF still on);
    * ``tables``: ``--no-plots --no-report`` (gating and tables only), to price the figures and the report.
 
-   Each cytopipe run starts from an empty results folder (no cache). cytopipe's modules are compiled to bytecode
-   first (``compileall``), as a pip install does; FlowKit's already are.
+   Each cytopipe run writes into a new, empty results folder (no cache), as a user's first run of a study does;
+   the benchmark removes its output folders before its first run and after its last, never between runs.
+   Deleting a run's ~600 files just before the next run (``--delete-before``, how this benchmark ran until
+   2026-12-05) made the default run on 500 x 20k 0.2-0.35 s slower on this project's machine: its ext4 has no
+   journal, and without one the kernel skips recently deleted inodes when it allocates a new file's inode
+   (``recently_deleted`` in ``find_inode_bit``), so creating a file cost ~0.03 ms after no deletion and 0.2-0.6 ms
+   after a few hundred; FlowKit writes no files. cytopipe's modules are compiled to bytecode first
+   (``compileall``), as a pip install does; FlowKit's already are.
 4. Prints per configuration the median, min and max seconds over the rounds; ratios FlowKit / cytopipe as the
    ratio of medians with the spread (min-max over rounds of the per-round ratios); and the share of the default
    run's wall time spent on figures + report + PDF: ``(default - tables) / default`` (medians).
@@ -197,14 +203,18 @@ def flowkit_child(folder: Path, xml: Path, treg: str, parent: str, workers: int)
     print(json.dumps({name: [t, c] for name, t, c in rows}))
 
 
-def run_config(kind: str, folder: Path, xml: Path, treg: str, parent: str, workers: int = 2) -> dict:
-    """One configuration in a fresh process: wall seconds (outside view), peak RSS, Treg/parent counts per file."""
+def run_config(kind: str, folder: Path, xml: Path, treg: str, parent: str, workers: int = 2, index: int = 0,
+               delete_before: bool = False) -> dict:
+    """One configuration in a fresh process: wall seconds (outside view), peak RSS, Treg/parent counts per file.
+
+    cytopipe writes into a new folder, ``_runs/<kind>_<index>`` (removed when the benchmark ends, not before the next
+    run), or with ``delete_before`` into ``_out_<kind>``, deleted just before the run (see the module's notes)."""
     if kind == "flowkit":
         command = [sys.executable, str(Path(__file__).resolve()), "--flowkit-child", "--folder", str(folder),
                    "--xml", str(xml), "--treg", treg, "--parent", parent, "--workers", str(workers)]
         out = None
     else:
-        out = folder / f"_out_{kind}"
+        out = folder / f"_out_{kind}" if delete_before else folder / RUNS / f"{kind}_{index}"
         shutil.rmtree(out, ignore_errors=True)
         command = [sys.executable, "-m", "cytopipe", "run", str(folder / "study.csv"), "--gates", str(xml),
                    "--out", str(out), "--treg", treg, "--parent", parent, "--workers", str(workers), "--quiet",
@@ -239,7 +249,7 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):6.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
-def study(n_files: int, n_events: int, gates: Path, rounds: int) -> dict:
+def study(n_files: int, n_events: int, gates: Path, rounds: int, delete_before: bool = False) -> dict:
     """Measure one study; print its table; return the medians."""
     import flowkit
 
@@ -257,7 +267,8 @@ def study(n_files: int, n_events: int, gates: Path, rounds: int) -> dict:
         # Rotate the order each round: no configuration always runs first (cold disk cache) or last.
         order = CONFIGS[index % len(CONFIGS):] + CONFIGS[:index % len(CONFIGS)]
         for kind in order:
-            trials[kind].append(run_config(kind, folder, xml, treg, parent))
+            trials[kind].append(run_config(kind, folder, xml, treg, parent, index=index,
+                                           delete_before=delete_before))
         print(f"   round {index + 1}: " + ", ".join(f"{k} {trials[k][-1]['seconds']:.2f} s" for k in CONFIGS),
               flush=True)
     reference = trials["flowkit"][0]["counts"]
@@ -334,6 +345,17 @@ def memory_check(gates: Path, n_events: int = 10_000_000) -> None:
           f"{job / event_mib:.2f}x the event data (target <= 1.5x)")
 
 
+#: Per study folder, the output folders of the timed cytopipe runs (one per run; see run_config).
+RUNS = "_runs"
+
+
+def _remove_runs() -> None:
+    """Remove the benchmark's output folders (``_runs`` and ``_out_*``) of every study folder."""
+    for folder in (HERE / "_data").glob("f*_e*"):
+        for out in [folder / RUNS, *folder.glob("_out_*")]:
+            shutil.rmtree(out, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller studies (2 x 1M, 20 x 50k, 60 x 20k)")
@@ -341,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", help="comma-separated FILESxEVENTS, e.g. 6x1000000,100x50000")
     parser.add_argument("--memory", action="store_true", help="also the worker's peak RSS on a 10M-event file")
     parser.add_argument("--gates", type=Path, default=REPO / "gates" / "treg_fixed.yaml")
+    parser.add_argument("--delete-before", action="store_true",
+                        help="each cytopipe run into one folder per configuration, deleted just before the run")
     parser.add_argument("--flowkit-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--xml", type=Path, help=argparse.SUPPRESS)
@@ -366,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cytopipe {cytopipe.__version__}; numpy {np.__version__}; {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.1f} at start; gates {args.gates.name} (fitted on each study's first "
           "file, then fixed)")
-    summary = [study(n, e, args.gates, args.rounds) for n, e in studies]
+    _remove_runs()  # an earlier benchmark's output folders: removed before any run is timed
+    try:
+        summary = [study(n, e, args.gates, args.rounds, args.delete_before) for n, e in studies]
+    finally:
+        _remove_runs()
     print("\nsummary (ratio of medians, FlowKit 2-process pool / cytopipe):")
     print(f"   {'study':>16s} {'default':>8s} {'no-plots':>9s} {'tables':>7s} {'figures+report share':>21s}")
     for row in summary:
