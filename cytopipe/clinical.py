@@ -102,13 +102,14 @@ def read_clinical_table(path: str | Path) -> columns.Table:
     key = "day" if "day" in table and not np.isnan(table["day"]).any() else "timepoint"
     if key == "timepoint" and "timepoint" not in table:
         raise SampleSheetError(f"{path}: clinical table has rows without a day and no 'timepoint' column")
-    seen: set[tuple[Any, Any]] = set()
+    seen: dict[tuple[Any, Any], int] = {}
     for row, pair in enumerate(zip(table["subject"].tolist(), table[key].tolist(), strict=True)):
         pair = tuple(None if columns.is_missing(v) else v for v in pair)  # duplicated() pairs NaN with NaN
         if pair in seen:
-            shown = table[key][row]  # a numpy scalar for days, as pandas' .iloc gives it
-            raise SampleSheetError(f"{path}: subject {table['subject'][row]!r} has two rows for {key} {shown!r}")
-        seen.add(pair)
+            shown = cells[key][row]  # as written ("7" and "7.0" are one day)
+            raise SampleSheetError(f"{path}: subject {table['subject'][row]!r} has two rows for {key} {shown!r} "
+                                   f"(rows {seen[pair] + 2} and {row + 2})")
+        seen[pair] = row
     for name in names:
         if name not in _KEYS:
             _numeric_column(path, table, name, cells[name])

@@ -574,8 +574,8 @@ def test_clinical_words_for_no_value_and_text_columns(tmp_path: Path) -> None:
 
 
 def test_duplicate_clinical_day_message(tmp_path: Path) -> None:
-    """The day in the message is shown as pandas showed it (a numpy scalar), "7" and "7.0" being one day."""
-    with pytest.raises(SampleSheetError, match=r"subject 'A' has two rows for day np.float64\(7.0\)$"):
+    """The day in the message is shown as written in the file, "7" and "7.0" being one day, with both rows."""
+    with pytest.raises(SampleSheetError, match=r"subject 'A' has two rows for day '7.0' \(rows 2 and 3\)$"):
         read_clinical(_clinical(tmp_path, "subject,day,platelets\nA,7,1\nA,7.0,2\n"))
 
 
