@@ -141,4 +141,7 @@ def _parse_with_pandas(path: Path) -> tuple[list[str], list[list[Any]]]:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise SampleSheetError(f"{path}: cannot read clinical table as CSV: {err}") from None
+    if not isinstance(table.index, pd.RangeIndex):  # every row longer than the header: an index of the extra cells
+        raise SampleSheetError(f"{path}: the rows have more cells than the header has names "
+                               f"({table.shape[1]}); a column name is missing or a row has extra commas")
     return [str(name) for name in table.columns], table.to_numpy(dtype=object).tolist()

@@ -236,6 +236,9 @@ def _parse_with_pandas(path: Path) -> tuple[list[str], list[list[Any]]]:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SampleSheetError(f"{path}: not a readable CSV file ({first})") from None
+    if not isinstance(sheet.index, pd.RangeIndex):  # every row longer than the header: an index of the extra cells
+        raise SampleSheetError(f"{path}: the rows have more cells than the header has names "
+                               f"({sheet.shape[1]}); a column name is missing or a row has extra commas")
     return [str(c) for c in sheet.columns], sheet.to_numpy(dtype=object).tolist()
 
 

@@ -131,3 +131,18 @@ def test_paths_are_resolved_as_pathlib_resolves_them_symlinks_included(tmp_path)
     assert list(sheet["file"])[:3] == [str(data / "real.fcs"), str(data / "sub" / "deep.fcs"),
                                        str(study.resolve() / "plain.fcs")]
     assert set(sheet["spillover"]) == {str(data / "spill.csv")}
+
+
+def test_rows_longer_than_the_header_are_an_error_not_shifted_columns(tmp_path: Path) -> None:
+    """pandas reads a file whose every row has more cells than the header with the extra cells as an index, which
+    would shift every value into the wrong column: the sheet and the clinical table say so instead."""
+    from cytopipe.stats import read_clinical
+
+    sheet = tmp_path / "study.csv"
+    sheet.write_text("file,subject,timepoint,day\na.fcs,P1,baseline,0,extra\nb.fcs,P1,W1,7,extra\n")
+    with pytest.raises(SampleSheetError, match=r"more cells than the header has names \(4\)"):
+        read_sample_sheet(sheet)
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("subject,day,platelets\nP1,0,36,1\nP1,7,40,1\n")
+    with pytest.raises(SampleSheetError, match=r"more cells than the header has names \(3\)"):
+        read_clinical(clinical)
