@@ -692,3 +692,17 @@ def test_allocator_setting_is_left_to_batch_executors():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_a_worker_whose_parent_died_before_it_started_exits_at_once():
+    """A pool worker is told its parent's pid: one that starts after the run was killed (its parent now init) exits
+    in its initializer instead of taking init for its parent and living on; one whose parent is alive goes on."""
+    code = ("import os, sys\nfrom cytopipe.batch.executors import _die_with_parent\n"
+            "_die_with_parent(int(sys.argv[1]))\nprint('alive')\n")
+    gone = subprocess.run([sys.executable, "-c", code, str(os.getpid() + 10**6)], capture_output=True, text=True,
+                          timeout=60)
+    assert (gone.returncode, gone.stdout, gone.stderr) == (1, "", "")
+    alive = subprocess.run([sys.executable, "-c", code, str(os.getpid())], capture_output=True, text=True,
+                           timeout=60)
+    assert (alive.returncode, alive.stdout) == (0, "alive\n"), alive.stderr

@@ -27,9 +27,10 @@ _WORKER_MODULES = ("cytopipe.pipeline", "cytopipe.fcs", "cytopipe.compensate", "
                    "cytopipe.reference")
 
 
-def _limit_threads() -> None:
-    """Worker initializer: die with the parent; one BLAS/OpenMP thread per worker process (the pool is the
-    parallelism); the garbage collector on, for this process's own objects only.
+def _limit_threads(parent: int | None = None) -> None:
+    """Worker initializer: die with the parent (``parent``: its pid, when the pool knows it; see
+    :func:`_die_with_parent`); one BLAS/OpenMP thread per worker process (the pool is the parallelism); the garbage
+    collector on, for this process's own objects only.
 
     The objects a forked worker inherits are frozen out of its collections (:func:`gc.freeze` moves them in O(1)):
     collecting over them would write to every one of them, copying the parent's memory pages into the worker, and
@@ -40,7 +41,7 @@ def _limit_threads() -> None:
 
     gc.freeze()
     gc.enable()
-    _die_with_parent()
+    _die_with_parent(parent)
     _limit_worker()
 
 
@@ -197,16 +198,21 @@ def _chunks(tasks: list[SampleTask], sizes: list[int], workers: int) -> Iterator
         yield chunk
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int | None = None) -> None:
     """Make this worker process exit when the process that started the run dies (even by ``kill -9``).
 
     On Linux the kernel sends SIGKILL to the worker when its parent exits (``PR_SET_PDEATHSIG``; a fork-server
     worker's parent is the fork server, which exits with the run). Elsewhere a daemon thread polls the parent.
+    ``parent``: the parent's pid as the pool that started this worker knew it; a worker that starts after its
+    parent died (a run killed while its pool starts) would otherwise take its new parent (init) for it and live
+    on. Default: this process's parent now.
     """
     import signal
     import threading
 
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:  # the parent died before this worker started
+        os._exit(1)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -334,7 +340,8 @@ def _pool_attempts(tasks: list[SampleTask], sizes: list[int], workers: int, cont
     for attempt in range(2):
         lost: list[SampleTask] = []
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
-                                   initializer=_limit_threads)
+                                   initializer=_limit_threads,
+                                   initargs=(os.getpid() if context.get_start_method() != "forkserver" else None,))
         try:
             # A retry sends one task at a time: a file that kills its worker again fails alone.
             chunks = _chunks(pending, sizes, workers) if attempt == 0 else ([task] for task in pending)
