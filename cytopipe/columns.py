@@ -19,6 +19,7 @@ DataFrames (:func:`to_frame`); :func:`from_frame` takes one in.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Table", "column", "from_frame", "from_rows", "is_missing", "length", "objects", "select", "sorted_by",
-           "take", "to_frame"]
+__all__ = ["Table", "as_table", "column", "from_frame", "from_rows", "is_frame", "is_missing", "length", "objects",
+           "records", "select", "sorted_by", "take", "to_frame"]
 
 #: A result table: column name -> equal-length numpy array (float64, int64, bool or object).
 Table = dict[str, np.ndarray]
@@ -98,22 +99,42 @@ def column(values: Sequence[Any]) -> np.ndarray:
     return objects(values)
 
 
-def from_rows(rows: Iterable[Mapping[str, Any]], names: Sequence[str]) -> Table:
+def from_rows(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None) -> Table:
     """A table from rows (one mapping per row), as ``pandas.DataFrame(rows, columns=names)`` builds it.
 
     Parameters
     ----------
     rows : iterable of mapping
         Each row's cells by column name; a name a row lacks is a missing cell (NaN).
-    names : sequence of str
-        The columns to keep, in order (names no row has are columns of missing cells).
+    names : sequence of str, optional
+        The columns to keep, in order (names no row has are columns of missing cells). Default: every name of the
+        rows, in the order they first appear (as ``pandas.DataFrame(rows)``).
 
     Returns
     -------
     Table
     """
     rows = list(rows)
+    if names is None:
+        names = list(dict.fromkeys(name for row in rows for name in row))
     return {name: column([row.get(name, math.nan) for row in rows]) for name in names}
+
+
+def records(table: Table) -> list[dict[str, Any]]:
+    """The rows of a table as dicts of plain Python values (``DataFrame.to_dict("records")``)."""
+    names = list(table)
+    return [dict(zip(names, cells, strict=True)) for cells in zip(*(v.tolist() for v in table.values()), strict=True)]
+
+
+def is_frame(value: Any) -> bool:
+    """Whether ``value`` is a pandas DataFrame (pandas is not imported to find out: without it, none can be)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
+
+
+def as_table(data: Table | pd.DataFrame) -> Table:
+    """A table of a table (a shallow copy) or of a DataFrame (its columns, the index left out)."""
+    return dict(data) if isinstance(data, dict) else from_frame(data)
 
 
 def length(table: Table) -> int:

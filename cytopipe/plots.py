@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from cytopipe.columns import Table, from_frame, length, sorted_by, take
+from cytopipe.columns import Table, as_table, length, sorted_by, take
 from cytopipe.numeric import parse
 from cytopipe.outputs import atomic_write
 from cytopipe.svg import Axis, Density, Figure, Panel, nice_ticks, path_d, render, trace, transform_ticks
@@ -533,11 +533,6 @@ class _Series(NamedTuple):
     platelets: tuple[np.ndarray, np.ndarray] | None  # (day, value), finite, sorted by day
 
 
-def _plain(table: Table | pd.DataFrame) -> Table:
-    """A table as is, a DataFrame as a table (:func:`cytopipe.columns.from_frame`)."""
-    return table if isinstance(table, dict) else from_frame(table)
-
-
 def _floats(table: Table, column: str) -> np.ndarray:
     """A column as floats, as ``pandas.to_numeric(column, errors="coerce")``: numbers as they are, text read as
     pandas reads it (:func:`cytopipe.numeric.parse`), anything else NaN."""
@@ -576,8 +571,8 @@ def _subject_series(baseline_df: Table | pd.DataFrame, clinical: Table | pd.Data
     """
     from cytopipe.stats import platelet_column
 
-    baseline_df = _plain(baseline_df)
-    clinical = None if clinical is None else _plain(clinical)
+    baseline_df = as_table(baseline_df)
+    clinical = None if clinical is None else as_table(clinical)
     day = _floats(baseline_df, "day")
     columns = {name: _floats(baseline_df, name) for name in ("treg_pct", "ci_low", "ci_high")}
     low = np.asarray(baseline_df["low_events"], dtype=bool)
@@ -765,7 +760,7 @@ def fold_change_overview(baseline_df: Table | pd.DataFrame) -> Figure:
         Katz interval as a bar; filled markers are significant changes, open ones are not. The grey band marks
         changes smaller than the RCV.
     """
-    baseline_df = _plain(baseline_df)
+    baseline_df = as_table(baseline_df)
     later = take(baseline_df, np.flatnonzero(~baseline_df["is_baseline"].astype(bool)))
     later = sorted_by(later, ["subject", "day"])
     n_later = length(later)

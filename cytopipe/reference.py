@@ -17,7 +17,6 @@ Treg % measured with gates placed on that data deserves a second look.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -202,8 +201,8 @@ def reference_drift(rows: list[dict] | Table | pd.DataFrame, limit_pct: float = 
     if not (isinstance(limit_pct, int | float) and math.isfinite(limit_pct) and limit_pct > 0):
         raise ValueError(f"the reference drift limit must be a positive percentage, got {limit_pct!r}")
     if isinstance(rows, dict):
-        records = _records(rows)
-    elif _is_frame(rows):
+        records = columns.records(rows)
+    elif columns.is_frame(rows):
         records = rows.to_dict("records")
     else:
         records = list(rows)
@@ -238,12 +237,6 @@ def reference_drift(rows: list[dict] | Table | pd.DataFrame, limit_pct: float = 
     return table if isinstance(rows, dict) else columns.to_frame(table)
 
 
-def _is_frame(value: Any) -> bool:
-    """Whether ``value`` is a pandas DataFrame (pandas is not imported to find out: without it, none can be)."""
-    pandas = sys.modules.get("pandas")
-    return pandas is not None and isinstance(value, pandas.DataFrame)
-
-
 def _by_subject(records: list[dict]) -> list[list[dict]]:
     """The rows of each subject in subject order, each subject's by day then sample, as a stable sort of the frame
     by subject, day and sample and its grouping by subject order them: missing days last, rows without a subject
@@ -271,7 +264,7 @@ def drift_flags(drift: Table | pd.DataFrame | None) -> dict[str, str]:
     flags: dict[str, str] = {}
     if drift is None or (columns.length(drift) if isinstance(drift, dict) else len(drift)) == 0:
         return flags
-    table = drift if isinstance(drift, dict) else columns.from_frame(drift)
+    table = columns.as_table(drift)
     rows = [i for i, qc in enumerate(table["qc"].tolist()) if str(qc) != ""]
     moved: dict[Any, list[int]] = {}
     for i, sample in zip(rows, table["sample"][rows].tolist(), strict=True):
@@ -291,7 +284,7 @@ def drift_decades(drift: Table | pd.DataFrame | None) -> dict[str, float]:
     out: dict[str, float] = {}
     if drift is None or (columns.length(drift) if isinstance(drift, dict) else len(drift)) == 0:
         return out
-    table = drift if isinstance(drift, dict) else columns.from_frame(drift)
+    table = columns.as_table(drift)
     scatter = {f"median {c}" for c in _SCATTER}
     fluor = np.array([p not in scatter for p in table["parameter"].tolist()], dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -303,13 +296,3 @@ def drift_decades(drift: Table | pd.DataFrame | None) -> dict[str, float]:
             sample = str(sample)
             out[sample] = max(out.get(sample, 0.0), value)
     return out
-
-
-def _records(table: Table | pd.DataFrame | None) -> list[dict]:
-    """The rows of a table or DataFrame as dicts (none for ``None``)."""
-    if table is None:
-        return []
-    if not isinstance(table, dict):
-        table = columns.from_frame(table)
-    names = list(table)
-    return [dict(zip(names, cells, strict=True)) for cells in zip(*(v.tolist() for v in table.values()), strict=True)]

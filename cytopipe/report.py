@@ -348,8 +348,7 @@ def _provenance_blocks(manifest: Any, title: str = "") -> list[dict[str, Any]]:
         if pairs:
             blocks.insert(0, {"kind": "pairs", "title": title or "run", "pairs": pairs})
     elif isinstance(manifest, list) and all(isinstance(v, dict) for v in manifest):
-        names = list(dict.fromkeys(key for row in manifest for key in row))  # as pandas orders a list of dicts
-        blocks.append({"kind": "table", "title": title, **_table(columns.from_rows(manifest, names))})
+        blocks.append({"kind": "table", "title": title, **_table(columns.from_rows(manifest))})
     else:
         blocks.append({"kind": "pairs", "title": title, "pairs": [(title, _cell(manifest))]})
     return blocks
@@ -601,7 +600,7 @@ def render_from_tables(results_dir: str | os.PathLike, tables: dict[str, Table] 
     """
     results = Path(results_dir)
     frames = any(not isinstance(table, dict) for table in tables.values())
-    plain = {name: table if isinstance(table, dict) else columns.from_frame(table) for name, table in tables.items()}
+    plain = {name: columns.as_table(table) for name, table in tables.items()}
     populations = plain.get("populations")
     if populations is not None and "population" in populations:
         # The report uses only the lymphocyte gate's rows (a neutralised name is never one of them).
@@ -718,13 +717,6 @@ def _subject_stems(subjects: list[str]) -> dict[str, str]:
     return stems
 
 
-def _records(table: Table) -> list[dict[str, Any]]:
-    """The rows of a table as dicts of plain Python values (``DataFrame.to_dict("records")``)."""
-    names = list(table)
-    cells = [values.tolist() for values in table.values()]
-    return [dict(zip(names, row, strict=True)) for row in zip(*cells, strict=True)] if names else []
-
-
 def _context(results: Path, table: Table, summary: Table, correlation: Table, clinical: Table | None,
              clinical_source: str, optional: dict[str, Table | None], manifest: dict[str, Any],
              settings: dict[str, float], draw: bool = True, figures: dict[str, Markup] | None = None
@@ -742,15 +734,15 @@ def _context(results: Path, table: Table, summary: Table, correlation: Table, cl
         overview_figure = fold_change_overview(table)
         courses = time_courses(table, clinical)  # every subject from one grouping of the table
 
-    records = _records(table)  # once: per-subject selections of the table cost more
+    records = columns.records(table)  # once: per-subject selections of the table cost more
     by_subject: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_subject.setdefault(str(record["subject"]), []).append(record)
     correlations: dict[str, dict[str, Any]] = {}
-    for record in _records(correlation):  # each subject's first row
+    for record in columns.records(correlation):  # each subject's first row
         correlations.setdefault(record["subject"], record)
     summary_rows, sections = [], []
-    for index, row in enumerate(_records(summary)):
+    for index, row in enumerate(columns.records(summary)):
         subject = str(row["subject"])
         anchor = f"subject-{index + 1}"
         c = correlations.get(subject)
@@ -785,7 +777,7 @@ def _context(results: Path, table: Table, summary: Table, correlation: Table, cl
     figures = figures or {}
     samples = [_sample_entry(results, r["sample"], r["subject"], r["timepoint"], r["qc_flags"], r["cd4_events"],
                              r["treg_events"], fitted, sensitivity, figures) for r in records]
-    for f in (_records(failures) if failures is not None else []):
+    for f in (columns.records(failures) if failures is not None else []):
         entry = _sample_entry(results, f["sample"], "", "", f"failed at {f['stage']}: {f['reason']}", None, None,
                               {}, {}, {})
         entry["failed"] = True
@@ -852,7 +844,7 @@ def _per_sample(table: Table | None, rows_of: Any) -> dict[str, list[dict[str, s
         return {}
     names = [str(c) for c in table]
     groups: dict[str, list[dict[str, Any]]] = {}
-    for record in _records(table):
+    for record in columns.records(table):
         groups.setdefault(str(record["sample"]), []).append(record)
     return {sample: rows_of(records, names) for sample, records in groups.items()}
 

@@ -303,7 +303,7 @@ def gate_sd_from_sensitivity(sensitivity: Tabular | None, placement_sd: float = 
     if not (math.isfinite(placement_sd) and placement_sd >= 0):
         raise ConfigError(f"gate placement SD must be a non-negative number of decades, got {placement_sd!r}")
     out: dict[str, float] = {}
-    table = _as_table(sensitivity) if sensitivity is not None else {}
+    table = columns.as_table(sensitivity) if sensitivity is not None else {}
     if columns.length(table) == 0:
         return out
     drift = drift or {}
@@ -399,11 +399,6 @@ def _join_key(clinical: columns.Table) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- plain columns
-
-
-def _as_table(data: Tabular) -> columns.Table:
-    """A table of a table (a shallow copy) or of a DataFrame (its columns, the index left out)."""
-    return dict(data) if isinstance(data, dict) else columns.from_frame(data)
 
 
 def _texts(values: list[str]) -> np.ndarray:
@@ -527,7 +522,7 @@ def baseline_table(
     missing = [c for c in _TREG_REQUIRED if c not in (list(treg.columns) if given_frame else treg)]
     if missing:
         raise SampleSheetError(f"{source}: missing column(s) {', '.join(missing)}")
-    t = _as_table(treg)
+    t = columns.as_table(treg)
     for col in ("subject", "timepoint", "sample"):
         t[col] = _text(t[col])
     for col in ("day", "cd4_events", "treg_events", "treg_pct"):
@@ -614,7 +609,7 @@ def baseline_table(
     }
     joined: dict[str, str] = {}  # output column -> the clinical column whose cells it holds
     if clinical is not None:
-        clin = _as_table(clinical)
+        clin = columns.as_table(clinical)
         if columns.length(clin):
             out, joined = _join_clinical(out, clin)
     before = dict(out)
@@ -818,7 +813,7 @@ def clinical_correlation(table: Tabular, column: str | None = None) -> Tabular:
     Spearman's rho is Pearson's r of the average ranks; both p-values are two-sided t tests with n - 2 degrees of
     freedom (:func:`t_two_sided_p`), the definitions of ``scipy.stats.spearmanr`` and ``pearsonr``.
     """
-    t = _as_table(table)
+    t = columns.as_table(table)
     column = column or platelet_column(list(t))
     cols = ["subject", "variable", "n", "spearman_r", "spearman_p", "pearson_r", "pearson_p"]
     rows = []
@@ -862,7 +857,7 @@ def subject_summary(table: Tabular) -> Tabular:
         The peak is the significant timepoint furthest from baseline on the log scale, or, with no significant
         change, the furthest of all. ``direction`` is rise, fall, mixed or none.
     """
-    t = _as_table(table)
+    t = columns.as_table(table)
     plt_col = platelet_column(list(t))
     cells = {c: t[c].tolist() for c in ("subject", "is_baseline", "fold_change", "significant", "baseline_pct",
                                          "timepoint", "day", "fc_ci_low", "fc_ci_high", "direction", "qc_flags",

@@ -4,7 +4,6 @@ the Treg % to each fitted threshold."""
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -63,12 +62,7 @@ def gate_drift(fitted_rows: Sequence[Mapping[str, Any]] | Table | pd.DataFrame) 
 
     if isinstance(fitted_rows, dict):
         return _drift_table(fitted_rows)
-    pandas = sys.modules.get("pandas")
-    if pandas is not None and isinstance(fitted_rows, pandas.DataFrame):
-        table = columns.from_frame(fitted_rows)
-    else:
-        rows = list(fitted_rows)
-        table = columns.from_rows(rows, list(dict.fromkeys(name for row in rows for name in row)))
+    table = columns.from_frame(fitted_rows) if columns.is_frame(fitted_rows) else columns.from_rows(fitted_rows)
     return columns.to_frame(_drift_table(table))
 
 

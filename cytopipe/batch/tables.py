@@ -70,17 +70,12 @@ def _sort_rows(table: Table, names: Iterable[str], population_order: list[str] |
     return columns.select(columns.sorted_by(table, keys), list(names))
 
 
-def _row_names(rows: list[dict]) -> list[str]:
-    """The columns of ``pandas.DataFrame(rows)``: every key, in the order they first appear."""
-    return list(dict.fromkeys(name for row in rows for name in row))
-
-
 def _per_sample(results: list[SampleResult], attribute: str, before: list[dict] | None = None) -> Table:
     """Concatenate a per-sample list of rows (fitted gates, sensitivity) in subject, day, sample order, after the
     rows ``before`` (the gates fitted once per subject); no columns when there is no row."""
     ordered = sorted(results, key=lambda r: (r.subject, r.day, r.sample))
     rows = [*(before or ()), *(row for r in ordered for row in getattr(r, attribute))]
-    return columns.from_rows(rows, _row_names(rows))
+    return columns.from_rows(rows)
 
 
 def _join(table: Table, other: Table, key: str, names: Iterable[str]) -> Table:
@@ -320,9 +315,7 @@ def _manifest_text(sheet: str | os.PathLike, gates: str | os.PathLike, strategy:
                    results: list[SampleResult], settings: dict, workspace: dict | None = None) -> str:
     """The text of ``manifest.json``: versions, inputs with their SHA-256, the sheet and gate texts, settings,
     command line (written by :func:`_write_outputs`)."""
-    names = list(table)
-    records = [dict(zip(names, cells, strict=True))
-               for cells in zip(*(values.tolist() for values in table.values()), strict=True)]
+    records = columns.records(table)
     controls = [rec for rec in records if rec["role"] != "sample"]
     rows: dict[str, dict] = {}
     for rec in records:
