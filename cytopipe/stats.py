@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASELINE_COLUMNS",
     "GATE_PLACEMENT_SD",
+    "baseline_frame",
     "baseline_table",
     "clinical_correlation",
     "combined_difference_interval",
@@ -618,10 +619,7 @@ def baseline_table(
     out = columns.sorted_by(out, ["subject", "day"])
     if not given_frame:
         return out
-    frame = columns.to_frame(out)
-    for col in ("treg_events", "cd4_events"):
-        if out[col].dtype == np.int64:
-            frame[col] = frame[col].astype("Int64")
+    frame = baseline_frame(out)
     if joined and not isinstance(clinical, dict):
         for name, source in joined.items():  # pandas' own types (nullable integers, text, flags) survive its join
             dtype = clinical[source].dtype
@@ -630,6 +628,16 @@ def baseline_table(
             if frame[name].dtype.kind in "iuf" and dtype.kind not in "iufb":  # text read as pandas' nullable numbers
                 dtype = "Int64" if frame[name].dtype.kind in "iu" else "Float64"
             frame[name] = frame[name].astype(dtype)
+    return frame
+
+
+def baseline_frame(table: columns.Table) -> pd.DataFrame:
+    """A :func:`baseline_table` table as the DataFrame it returns for DataFrames: the event counts as pandas'
+    nullable integers when every one is known (``int64`` in the table)."""
+    frame = columns.to_frame(table)
+    for col in ("treg_events", "cd4_events"):
+        if col in table and table[col].dtype == np.int64:
+            frame[col] = frame[col].astype("Int64")
     return frame
 
 

@@ -75,18 +75,17 @@ class _Frame:
 
 
 def _as_frame(name: str, table: Table) -> pd.DataFrame:
-    """A run's table as the DataFrame the run returned before tables: none without columns, ``baseline.csv``'s
-    event counts as pandas' nullable integers (as :func:`cytopipe.stats.baseline_table` types them)."""
+    """A run's table as the DataFrame the run returned before tables: none without columns, ``baseline.csv`` as
+    :func:`cytopipe.stats.baseline_table` returns it for DataFrames (:func:`cytopipe.stats.baseline_frame`)."""
     import pandas as pd
 
     if not table:
         return pd.DataFrame()
-    frame = columns.to_frame(table)
     if name == "baseline":
-        for count in ("treg_events", "cd4_events"):
-            if count in table and table[count].dtype.kind == "i":
-                frame[count] = pd.array(table[count], dtype="Int64")
-    return frame
+        from cytopipe.stats import baseline_frame
+
+        return baseline_frame(table)
+    return columns.to_frame(table)
 
 
 class RunResult:
