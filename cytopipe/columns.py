@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Table", "as_table", "column", "from_frame", "from_rows", "is_frame", "is_missing", "length", "objects",
-           "records", "select", "sorted_by", "take", "to_frame"]
+           "records", "select", "sorted_by", "take", "take_or_missing", "to_frame"]
 
 #: A result table: column name -> equal-length numpy array (float64, int64, bool or object).
 Table = dict[str, np.ndarray]
@@ -146,6 +146,18 @@ def take(table: Table, rows: Sequence[int] | np.ndarray) -> Table:
     """The rows at positions ``rows``, in that order."""
     index = np.asarray(rows, dtype=np.intp)
     return {name: values[index] for name, values in table.items()}
+
+
+def take_or_missing(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values[at]`` with a missing cell (NaN) where ``at`` is -1, in the dtype a pandas left join gives: when a
+    cell is missing, integers become floats and every other column (flags, text) objects."""
+    found = at >= 0
+    if found.all():
+        return values[at]
+    taken = values[np.maximum(at, 0)]
+    taken = taken.astype(float) if taken.dtype.kind in "iuf" else taken.astype(object)
+    taken[~found] = np.nan
+    return taken
 
 
 def select(table: Table, names: Sequence[str]) -> Table:

@@ -699,7 +699,7 @@ def _join_clinical(out: columns.Table, clinical: columns.Table) -> tuple[columns
                   dtype=np.intp)
     merged = dict(out)
     for c in values:
-        merged[renamed[c]] = _take(clin[c], at)
+        merged[renamed[c]] = columns.take_or_missing(clin[c], at)
     joined = {renamed[c]: c for c in values}
     plt_col = platelet_column(list(renamed.values()))
     if plt_col is None:
@@ -730,18 +730,6 @@ def _join_clinical(out: columns.Table, clinical: columns.Table) -> tuple[columns
     for name in ("baseline_platelets", "platelet_fold", "iwg_response"):
         joined.pop(name, None)
     return merged, joined
-
-
-def _take(values: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """``values[at]`` with a missing cell where ``at`` is -1, in the dtype a pandas left join gives: integers become
-    floats and flags objects when a cell is missing."""
-    found = at >= 0
-    if found.all():
-        return values[at]
-    taken = values[np.maximum(at, 0)]
-    taken = taken.astype(float) if taken.dtype.kind in "iuf" else taken.astype(object)
-    taken[~found] = np.nan
-    return taken
 
 
 # ---------------------------------------------------------------------------------------------- per subject

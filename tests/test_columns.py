@@ -82,3 +82,15 @@ def test_take_select_and_length():
     assert list(columns.select(table, ["b", "a"])) == ["b", "a"]
     with pytest.raises(KeyError):
         columns.select(table, ["c"])
+
+
+@pytest.mark.parametrize("values", [[3, 4], [True, False], [0.5, math.nan], ["x", None]])
+@pytest.mark.parametrize("keys", [["b", "a", "b"], ["a", "zz", "b"], []])
+def test_take_or_missing_gives_a_pandas_left_join(values, keys):
+    right = pd.DataFrame({"key": ["a", "b"], "value": values})
+    want = pd.DataFrame({"key": keys}).join(right.set_index("key"), on="key")["value"]
+    at = np.array([{"a": 0, "b": 1}.get(key, -1) for key in keys], dtype=np.intp)
+    got = columns.take_or_missing(columns.from_frame(right)["value"], at)
+    assert got.dtype == want.dtype
+    assert [None if columns.is_missing(v) else v for v in got.tolist()] == \
+        [None if columns.is_missing(v) else v for v in want.tolist()]

@@ -83,19 +83,8 @@ def _join(table: Table, other: Table, key: str, names: Iterable[str]) -> Table:
     as ``table.join(other.set_index(key)[names], on=key)``: missing cells NaN (int columns become float, flag
     columns object)."""
     where = {value: i for i, value in enumerate(other[key].tolist())}
-    index = [where.get(value, -1) for value in table[key].tolist()]
-    out = dict(table)
-    if -1 not in index:
-        for name in names:
-            out[name] = other[name][np.asarray(index, dtype=np.intp)]
-        return out
-    for name in names:
-        values = other[name]
-        cells = [math.nan if i < 0 else value for i, value in zip(index, values[[max(i, 0) for i in index]].tolist(),
-                                                                   strict=True)]
-        kind = values.dtype.kind
-        out[name] = np.array(cells, dtype=np.float64 if kind in "fiu" else object) if cells else values[:0]
-    return out
+    at = np.array([where.get(value, -1) for value in table[key].tolist()], dtype=np.intp)
+    return {**table, **{name: columns.take_or_missing(other[name], at) for name in names}}
 
 
 def _tables(results: list[SampleResult], strategy: Any, sheet: Table, client_fitted: list[dict] | None = None
