@@ -163,12 +163,18 @@ def numbers(cells: Sequence[str]) -> np.ndarray | None:
                 ints = None
             else:
                 ints.append(parsed[1])
-    if ints is not None:
-        if all(_INT64[0] <= i <= _INT64[1] for i in ints):
-            return np.array(ints, dtype=np.int64)
-        if all(0 <= i <= _UINT64_MAX for i in ints):
-            return np.array(ints, dtype=np.uint64)
-    return np.array(floats, dtype=np.float64)
+    whole = _integers(ints) if ints is not None else None
+    return whole if whole is not None else np.array(floats, dtype=np.float64)
+
+
+def _integers(ints: list[int]) -> np.ndarray | None:
+    """Integers as pandas types them: ``int64`` within its range, else ``uint64`` when none is negative and all fit
+    it; None otherwise (pandas' floats)."""
+    if all(_INT64[0] <= i <= _INT64[1] for i in ints):
+        return np.array(ints, dtype=np.int64)
+    if all(0 <= i <= _UINT64_MAX for i in ints):
+        return np.array(ints, dtype=np.uint64)
+    return None
 
 
 def to_numeric(values: np.ndarray | Sequence[object]) -> np.ndarray:
@@ -220,8 +226,7 @@ def to_numeric(values: np.ndarray | Sequence[object]) -> np.ndarray:
     if not real:
         if cells and all(isinstance(cell, (bool, np.bool_)) for cell in cells):
             return np.array(ints, dtype=bool)
-        if all(_INT64[0] <= i <= _INT64[1] for i in ints):
-            return np.array(ints, dtype=np.int64)
-        if all(0 <= i <= _UINT64_MAX for i in ints):
-            return np.array(ints, dtype=np.uint64)
+        whole = _integers(ints)
+        if whole is not None:
+            return whole
     return np.array(floats, dtype=np.float64)
