@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from cytopipe.columns import Table, as_table, length, sorted_by, take
-from cytopipe.numeric import parse
+from cytopipe.numeric import to_numeric
 from cytopipe.outputs import atomic_write
 from cytopipe.svg import Axis, Density, Figure, Panel, nice_ticks, path_d, render, trace, transform_ticks
 
@@ -534,19 +534,9 @@ class _Series(NamedTuple):
 
 
 def _floats(table: Table, column: str) -> np.ndarray:
-    """A column as floats, as ``pandas.to_numeric(column, errors="coerce")``: numbers as they are, text read as
-    pandas reads it (:func:`cytopipe.numeric.parse`), anything else NaN."""
-    values = table[column]
-    if values.dtype.kind in "fiub":
-        return values.astype(np.float64)
-    return np.array([_float(v) for v in values.tolist()], dtype=np.float64)
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool | int | float | np.number):
-        return float(value)
-    parsed = parse(value) if isinstance(value, str) else None
-    return np.nan if parsed is None else parsed[0]
+    """A column as floats, as ``pandas.to_numeric(column, errors="coerce")`` (:func:`cytopipe.numeric.to_numeric`):
+    numbers as they are, text read as pandas reads it, anything else NaN."""
+    return to_numeric(table[column]).astype(np.float64)
 
 
 def _groups(subjects: Any) -> dict[str, np.ndarray]:
