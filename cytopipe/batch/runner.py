@@ -536,14 +536,10 @@ def _row_settings(records: list[SheetRow], strategy: Any, treg: str, parent: str
     return panels, problems, strategies
 
 
-def _draw_flagged(baseline: Any, tasks: list[SampleTask], settings: list[str], plots_dir: str,
+def _draw_flagged(baseline: Table, tasks: list[SampleTask], settings: list[str], plots_dir: str,
                   cache: ResultCache, n_workers: int, scheduler: str | None, log: Progress) -> None:
     """``--plots flagged``: gate again, drawing the figure, only the samples with a QC flag or a significant change
-    (``baseline``: the rows of ``baseline.csv``, a table or a DataFrame)."""
-    if baseline is None:
-        return
-    if not isinstance(baseline, dict):
-        baseline = columns.from_frame(baseline)
+    (``baseline``: the rows of ``baseline.csv``)."""
     n = columns.length(baseline)
     if not n:
         return
